@@ -1,0 +1,240 @@
+"""Retrieval metrics: Recall@K, Precision@10 and MAP@R for a query set against a gallery.
+
+Definitions follow Musgrave et al. 2020, "A Metric Learning Reality Check". For each query the
+gallery is ranked by Euclidean distance between L2-normalised embeddings (equivalently by cosine
+similarity, highest first), exactly, by chunked brute force:
+
+- ``recall_at_K``: the fraction of queries with at least one same-class item among their K nearest.
+- ``precision_at_10``: the mean over queries of (same-class items among the 10 nearest) / 10.
+- ``map_at_r``: with R the number of same-class items in the gallery for that query (not counting
+  the query itself in leave-one-out), the mean over queries of
+  (1 / R) * sum_{i=1..R} P(i) * rel(i), where rel(i) is 1 when the i-th nearest item is
+  same-class and P(i) is the precision among the i nearest.
+
+Without a gallery, every query is searched against all the other queries (leave-one-out: the
+query itself is never its own neighbour). With a gallery, queries and gallery are separate sets
+(cross-set, e.g. shop photos against catalogue images). A query with R = 0 (no same-class item to
+find) has no defined MAP@R and is left out of every metric; ``n_skipped_queries`` counts them.
+
+Public names: :func:`retrieval_metrics` (embeddings in, metrics out) and :func:`evaluate_run`
+(a run directory and image folders in, metrics out).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retrieval.errors import RetrievalError
+
+__all__ = ["retrieval_metrics", "evaluate_run", "PRECISION_K", "METRIC_KEYS"]
+
+logger = logging.getLogger("retrieval")
+
+PRECISION_K = 10
+"""Precision is reported at this rank (``precision_at_10``)."""
+
+METRIC_KEYS = (
+    "recall_at_1",
+    "recall_at_5",
+    "recall_at_10",
+    "precision_at_10",
+    "map_at_r",
+    "n_queries",
+)
+"""The keys of ``retrieval evaluate --json`` (DESIGN.md), all present with the default ``ks``."""
+
+# Similarity-matrix elements per chunk when chunk_size is not given (64 Mi float32 = 256 MiB).
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def retrieval_metrics(
+    query_embeddings: np.ndarray | torch.Tensor,
+    query_labels: Sequence[int] | np.ndarray | torch.Tensor,
+    gallery_embeddings: np.ndarray | torch.Tensor | None = None,
+    gallery_labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+) -> dict[str, float | int]:
+    """Recall@K for each K in ``ks``, Precision@10 and MAP@R, computed exactly.
+
+    Embeddings are (N, D) arrays or tensors; they are L2-normalised here (a no-op for a model's
+    output), so ranking by dot product equals ranking by the training distance. Labels are
+    integers, compared for equality; in cross-set mode the caller must give query and gallery
+    labels in one numbering (e.g. indices into a shared list of class names).
+
+    ``chunk_size`` queries are ranked at a time (default: as many as keep the similarity chunk
+    near 256 MiB), so memory stays bounded for large sets.
+
+    Returns ``recall_at_K`` per K, ``precision_at_10``, ``map_at_r`` (floats), ``n_queries``
+    (queries that count) and ``n_skipped_queries`` (queries with no same-class gallery item).
+    Raises :class:`RetrievalError` when no query has a same-class item to find.
+    """
+    leave_one_out = gallery_embeddings is None
+    if leave_one_out != (gallery_labels is None):
+        raise ValueError("give both gallery_embeddings and gallery_labels, or neither")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+
+    queries = _unit_rows(query_embeddings)
+    q_labels = _label_array(query_labels, len(queries), "query")
+    if leave_one_out:
+        gallery, g_labels = queries, q_labels
+    else:
+        gallery = _unit_rows(gallery_embeddings)
+        g_labels = _label_array(gallery_labels, len(gallery), "gallery")
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"query and gallery embeddings differ in dimension: "
+                f"{queries.shape[1]} vs {gallery.shape[1]}"
+            )
+
+    n_relevant = _same_class_counts(q_labels, g_labels) - int(leave_one_out)
+    counted = n_relevant > 0
+    n_queries = int(counted.sum())
+    n_skipped = len(queries) - n_queries
+    if n_queries == 0:
+        raise RetrievalError(
+            "no query has a same-class item in the gallery: nothing to evaluate "
+            "(each class needs at least two images for leave-one-out)"
+        )
+
+    n_candidates = len(gallery) - int(leave_one_out)
+    max_k = max(ks[-1], PRECISION_K)
+    if chunk_size is None:
+        chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // max(1, len(gallery))))
+
+    hits = {k: 0.0 for k in ks}
+    precision_sum = 0.0
+    map_sum = 0.0
+    query_ids = np.flatnonzero(counted)
+    g_labels_t = torch.from_numpy(g_labels)
+    for start in range(0, len(query_ids), chunk_size):
+        rows = torch.from_numpy(query_ids[start : start + chunk_size])
+        r = torch.from_numpy(n_relevant[rows.numpy()])
+        similarity = queries[rows] @ gallery.T
+        if leave_one_out:
+            similarity[torch.arange(len(rows)), rows] = -torch.inf
+        depth = min(n_candidates, max(max_k, int(r.max())))
+        ranked = torch.topk(similarity, depth, dim=1, largest=True, sorted=True).indices
+        relevant = g_labels_t[ranked] == torch.from_numpy(q_labels[rows.numpy()])[:, None]
+
+        for k in ks:
+            hits[k] += relevant[:, :k].any(dim=1).sum().item()
+        # Musgrave et al. divide by K even where fewer than K items exist; so do we.
+        precision_sum += relevant[:, :PRECISION_K].sum().item() / PRECISION_K
+
+        ranks = torch.arange(1, depth + 1, dtype=torch.float64)
+        within_r = ranks[None, :] <= r[:, None]
+        rel = relevant & within_r
+        precision_at_i = rel.cumsum(dim=1) / ranks[None, :]
+        map_sum += ((precision_at_i * rel).sum(dim=1) / r.double()).sum().item()
+
+    metrics: dict[str, float | int] = {f"recall_at_{k}": hits[k] / n_queries for k in ks}
+    metrics["precision_at_10"] = precision_sum / n_queries
+    metrics["map_at_r"] = map_sum / n_queries
+    metrics["n_queries"] = n_queries
+    metrics["n_skipped_queries"] = n_skipped
+    return metrics
+
+
+def evaluate_run(
+    run_dir: Path | str,
+    data_dir: Path | str | None = None,
+    *,
+    query_dir: Path | str | None = None,
+    gallery_dir: Path | str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float | int]:
+    """Embed labelled folders with a run's model and eval transform, and compute the metrics.
+
+    Give ``data_dir`` for leave-one-out over one labelled folder, or ``query_dir`` and
+    ``gallery_dir`` for one set against another; classes are matched by folder name across the
+    two sets. Unreadable images are skipped with a warning. ``on_progress(done, total)`` is
+    called as images are embedded (both sets counted together).
+    """
+    from retrieval.data import build_transforms, scan_folder
+    from retrieval.index import embed_paths
+    from retrieval.models import load_model, resolve_device
+
+    cross_set = query_dir is not None or gallery_dir is not None
+    if cross_set and data_dir is not None:
+        raise RetrievalError("give DATA_DIR for leave-one-out, or --query and --gallery, not both")
+    if cross_set and (query_dir is None or gallery_dir is None):
+        raise RetrievalError("cross-set evaluation needs both --query DIR and --gallery DIR")
+    if not cross_set and data_dir is None:
+        raise RetrievalError("give DATA_DIR (leave-one-out) or --query DIR --gallery DIR")
+
+    torch_device = resolve_device(device)
+    model, config = load_model(run_dir, device=torch_device)
+    transform = build_transforms(config["data_config"], train=False)
+
+    folders = [scan_folder(Path(d), labelled=True) for d in
+               ((query_dir, gallery_dir) if cross_set else (data_dir,))]
+    class_ids: dict[str, int] = {}
+    total = sum(len(f.paths) for f in folders)
+    done = 0
+    sets = []
+    for folder in folders:
+        def progress(n: int, _total: int, offset: int = done) -> None:
+            if on_progress is not None:
+                on_progress(offset + n, total)
+
+        embeddings, kept = embed_paths(
+            model, folder.paths, transform, batch_size=batch_size, device=torch_device,
+            num_workers=num_workers, on_progress=progress,
+        )
+        done += len(folder.paths)
+        labels = np.array(
+            [class_ids.setdefault(folder.class_names[folder.labels[i]], len(class_ids))
+             for i in kept],
+            dtype=np.int64,
+        )
+        sets.append((embeddings, labels))
+
+    if cross_set:
+        (q, q_labels), (g, g_labels) = sets
+        return retrieval_metrics(q, q_labels, g, g_labels)
+    (q, q_labels), = sets
+    return retrieval_metrics(q, q_labels)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _unit_rows(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, D) float32 CPU tensor with L2-normalised rows."""
+    x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor)
+                        else embeddings)
+    x = x.detach().to(device="cpu", dtype=torch.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {tuple(x.shape)}")
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def _label_array(labels: Any, n: int, which: str) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    array = np.asarray(labels)
+    if array.shape != (n,):
+        raise ValueError(f"{which} labels must have shape ({n},), got {array.shape}")
+    return array.astype(np.int64)
+
+
+def _same_class_counts(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """For each query, the number of gallery items with its label."""
+    classes, counts = np.unique(gallery_labels, return_counts=True)
+    position = np.searchsorted(classes, query_labels)
+    position = np.clip(position, 0, len(classes) - 1)
+    found = classes[position] == query_labels
+    return np.where(found, counts[position], 0).astype(np.int64)
