@@ -39,20 +39,114 @@ def sample_data_command(
 @app.command("train")
 def train_command(
     data_dir: Path = typer.Argument(..., help="Labelled folder: DATA_DIR/<class>/<image>."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    out: Path = typer.Option(..., "--out", help="Run directory to write (models/NAME)."),
+    backbone: str = typer.Option("resnet18", help="A timm model name."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start from the backbone's pretrained weights (downloads them)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors backbone weights (offline machines)."),
+    embedding_dim: int = typer.Option(128, help="Embedding size D."),
+    image_size: int = typer.Option(128, help="Square input size in pixels."),
+    loss: str = typer.Option("triplet", help="triplet | contrastive | lifted | npair | nce | infonce."),
+    miner: Optional[str] = typer.Option(None, help="all | hard | semihard | easy | batch-hard | batch-semihard | none (default: the loss's natural miner)."),
+    margin: float = typer.Option(0.2, help="Margin ε in distance units (0 to 2), for triplet, contrastive, lifted and the miners."),
+    temperature: float = typer.Option(0.1, help="Temperature τ for nce and infonce."),
+    epochs: int = typer.Option(10, help="Epochs; 0 writes the untrained model (a baseline)."),
+    classes_per_batch: int = typer.Option(16, "--classes-per-batch", "-P", help="P: classes per batch."),
+    images_per_class: int = typer.Option(4, "--images-per-class", "-K", help="K: images per class in a batch."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule); the backbone gets a tenth when pretrained."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of classes held out for validation."),
+    seed: int = typer.Option(0, help="Seed for the split, the sampler, augmentation and initialisation."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU or GPU supports it)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader worker processes (default: chosen for this machine)."),
+    augment: float = typer.Option(1.0, help="Augmentation strength (0 = none)."),
+    class_groups: Optional[Path] = typer.Option(None, "--class-groups", help="CSV mapping class -> group (e.g. grocery classes.csv)."),
+    groups_per_batch: Optional[int] = typer.Option(None, help="Draw each batch's classes from this many groups."),
+    negatives: str = typer.Option("all", help="all | same-group: which classes count as negatives."),
+    never_negative: Optional[Path] = typer.Option(None, "--never-negative", help="CSV of class pairs that are never negatives."),
+    hardest: int = typer.Option(50, help="Hardest triplets logged per epoch in mining/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Train an embedding model on a labelled folder."""
-    _not_built_yet("train", 4)
+    """Train an embedding model on a labelled folder; writes the run directory."""
+    import logging
+
+    from retrieval.train import TrainConfig, train
+
+    _log_warnings()
+    config = TrainConfig(
+        data_dir=data_dir, out=out, backbone=backbone, pretrained=pretrained, weights=weights,
+        embedding_dim=embedding_dim, image_size=image_size, loss=loss, miner=miner, margin=margin,
+        temperature=temperature, epochs=epochs, classes_per_batch=classes_per_batch,
+        images_per_class=images_per_class, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
+        precision=precision, num_workers=workers, augment=augment, class_groups=class_groups,
+        groups_per_batch=groups_per_batch, negatives=negatives, never_negative=never_negative,
+        hardest_per_epoch=hardest, resume=resume, command=" ".join(["retrieval"] + sys.argv[1:]),
+    )
+
+    def report(row: dict) -> None:
+        typer.echo(
+            f"epoch {row['epoch']}: loss {row['loss']:.4f}, active {_fmt(row.get('active_fraction'))}, "
+            f"val R@1 {_fmt(row.get('recall_at_1'))}, MAP@R {_fmt(row.get('map_at_r'))}, "
+            f"{row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s"
+        )
+
+    result = train(config, progress=not quiet, on_epoch=report)
+    baseline = result.history[0] if result.history else {}
+    typer.echo(
+        f"untrained: val R@1 {_fmt(baseline.get('recall_at_1'))}, MAP@R {_fmt(baseline.get('map_at_r'))}; "
+        f"best epoch {result.best_epoch}. Run written to {out}"
+    )
+    if result.interrupted:
+        raise typer.Exit(130)
+    typer.echo(f"next: retrieval index {out} GALLERY_DIR   (then: retrieval app {out})")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _log_warnings() -> None:
+    """Send the library's warnings (logger ``retrieval``) to stderr as one line each."""
+    import logging
+
+    logger = logging.getLogger("retrieval")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 @app.command("evaluate")
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
     data_dir: Optional[Path] = typer.Argument(None, help="Labelled folder, evaluated leave-one-out."),
+    query: Optional[Path] = typer.Option(None, "--query", help="Labelled query folder (with --gallery)."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Labelled gallery folder (with --query)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(64, help="Images per embedding batch."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Recall@K, Precision@10 and MAP@R of a run on a labelled folder."""
-    _not_built_yet("evaluate", 4)
+    """Recall@1/5/10, Precision@10 and MAP@R (exact search): leave-one-out on DATA_DIR, or --query against --gallery."""
+    import json
+
+    from retrieval.evaluate import evaluate_run
+
+    _log_warnings()
+    metrics = evaluate_run(run_dir, data_dir, query_dir=query, gallery_dir=gallery, device=device, batch_size=batch_size)
+    if json_output:
+        typer.echo(json.dumps(metrics))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir}: " + (f"{query} → {gallery}" if query else f"{data_dir} (leave-one-out)"))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 @app.command("index")
@@ -77,10 +171,42 @@ def search_command(
 @app.command("mining")
 def mining_command(
     run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    epoch: Optional[int] = typer.Option(None, help="Epoch to show (default: the last one logged)."),
+    top: int = typer.Option(20, help="How many triplets, hardest first."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show the hardest negatives that training mined."""
-    _not_built_yet("mining", 4)
+    """Show the hardest negatives that training mined: anchor, positive, negative, d_ap, d_an, margin violation."""
+    import json
+
+    from retrieval.models import read_config
+    from retrieval.runs import mining_epochs, read_mining_log
+
+    if top < 1:
+        raise RetrievalError(f"--top must be at least 1, got {top}")
+    config = read_config(run_dir)
+    rows = read_mining_log(run_dir, epoch)[:top]
+    shown_epoch = epoch if epoch is not None else mining_epochs(run_dir)[-1]
+    margin = float(config.get("margin", 0.0))
+    for row in rows:
+        row["margin_violation"] = margin - row["d_an_minus_d_ap"]
+    if json_output:
+        typer.echo(json.dumps({"epoch": shown_epoch, "margin": margin, "triplets": rows}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir}: hardest mined triplets, epoch {shown_epoch} (margin {margin:g})")
+    for column in ("anchor", "positive", "negative", "d_ap", "d_an", "violation"):
+        table.add_column(column, justify="right" if column[0] in "dv" else "left")
+    for row in rows:
+        table.add_row(
+            f"{row['anchor_label']}\n[dim]{row['anchor_path']}[/dim]",
+            f"{row['positive_label']}\n[dim]{row['positive_path']}[/dim]",
+            f"{row['negative_label']}\n[dim]{row['negative_path']}[/dim]",
+            f"{row['d_ap']:.3f}", f"{row['d_an']:.3f}", f"{row['margin_violation']:+.3f}",
+        )
+    Console().print(table)
+    typer.echo("violation = margin − (d_an − d_ap): positive means the negative lies inside the margin.")
 
 
 @app.command("app")
