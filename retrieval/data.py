@@ -107,7 +107,9 @@ class ImageFolder:
 
     def class_counts(self) -> dict[str, int]:
         """Number of usable images per class, in ``class_names`` order ({} for a flat folder)."""
-        counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.class_names)) if self.labelled else []
+        if not self.labelled:
+            return {}
+        counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.class_names))
         return {name: int(count) for name, count in zip(self.class_names, counts)}
 
     def subset(self, class_names: Sequence[str]) -> ImageFolder:
@@ -291,6 +293,8 @@ def _examples(items: Sequence[str], shown: int = _SHOWN_PATHS) -> str:
 def _unreadable_reason(path: Path) -> str | None:
     """Why ``path`` cannot be used as an image (cheap check: header + ``verify``), or None."""
     try:
+        if path.stat().st_size == 0:
+            return "empty file"
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
