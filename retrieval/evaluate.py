@@ -154,14 +154,16 @@ def evaluate_run(
     batch_size: int = 64,
     device: str = "auto",
     num_workers: int | None = None,
+    precision: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float | int]:
     """Embed labelled folders with a run's model and eval transform, and compute the metrics.
 
     Give ``data_dir`` for leave-one-out over one labelled folder, or ``query_dir`` and
     ``gallery_dir`` for one set against another; classes are matched by folder name across the
-    two sets. Unreadable images are skipped with a warning. ``on_progress(done, total)`` is
-    called as images are embedded (both sets counted together).
+    two sets. Unreadable images are skipped with a warning. ``precision`` is the forward pass's
+    (``retrieval.models.autocast``). ``on_progress(done, total)`` is called as images are embedded
+    (both sets counted together).
     """
     from retrieval.data import build_transforms, scan_folder
     from retrieval.index import embed_paths
@@ -192,7 +194,7 @@ def evaluate_run(
 
         embeddings, kept = embed_paths(
             model, folder.paths, transform, batch_size=batch_size, device=torch_device,
-            num_workers=num_workers, on_progress=progress,
+            num_workers=num_workers, precision=precision, on_progress=progress,
         )
         done += len(folder.paths)
         labels = np.array(

@@ -186,10 +186,12 @@ def embed_paths(
 ) -> tuple[np.ndarray, list[int]]:
     """Embed image files in batches through a DataLoader, skipping any that cannot be read.
 
-    Rows are written in order into ``out`` (e.g. a memory-mapped array of shape (len(paths), D);
-    a new array when None). Returns ``(embeddings, kept)``: ``embeddings`` is ``out[:len(kept)]``
-    and ``kept`` lists the indices into ``paths`` that were embedded (unreadable files are
-    warned about by the dataset and left out). ``on_progress(done, total)`` follows the files.
+    Rows are written in order, batch by batch, with ``out[a:b] = rows`` into ``out``: an array or
+    memory map of shape (len(paths), D), or any object taking such slice assignments (the index
+    build passes a writer that streams them to disk); a new array when None. Returns
+    ``(out[:len(kept)], kept)``: ``kept`` lists the indices into ``paths`` that were embedded, in
+    order (unreadable files are warned about by the dataset and left out).
+    ``on_progress(done, total)`` follows the files.
     """
     import torch
 
@@ -224,7 +226,7 @@ def embed_paths(
 
 
 def build_annoy(
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | str | Path,
     ann_path: str | Path,
     *,
     n_trees: int = DEFAULT_N_TREES,
@@ -234,21 +236,20 @@ def build_annoy(
     on_progress: ProgressCallback | None = None,
 ):
     """Build an angular Annoy index of the rows of ``embeddings`` (item i = row i), written
-    straight to ``ann_path`` (Annoy's on-disk build: the nodes live in the file, not in RAM).
-    ``embeddings`` may be a memory map; it is read in chunks of ``chunk_rows``. Returns the
-    AnnoyIndex (built, memory-mapped)."""
+    straight to ``ann_path`` (Annoy's on-disk build: the nodes live in that file, not in the
+    process's heap). ``embeddings`` is an (N, D) array or the path of a float32 ``.npy`` file,
+    which is then read in chunks of ``chunk_rows`` with plain reads. Returns the built AnnoyIndex."""
     from annoy import AnnoyIndex
 
-    n, dim = embeddings.shape
+    n, dim = _npy_shape(embeddings) if isinstance(embeddings, (str, Path)) else embeddings.shape
     index = AnnoyIndex(int(dim), METRIC)
     index.set_seed(int(seed))
     index.on_disk_build(str(ann_path))
-    for start in range(0, n, chunk_rows):
-        rows = np.asarray(embeddings[start : start + chunk_rows], dtype=np.float32)
+    for start, rows in _iter_rows(embeddings, chunk_rows):
         for offset, vector in enumerate(rows.tolist()):
             index.add_item(start + offset, vector)
         if on_progress is not None:
-            on_progress("add", min(n, start + chunk_rows), n)
+            on_progress("add", start + len(rows), n)
     if on_progress is not None:
         on_progress("build", 0, 1)
     index.build(int(n_trees), n_jobs=int(n_jobs))
@@ -501,29 +502,26 @@ def _build(run_dir, gallery_dir, *, add: bool, n_trees, batch_size, device, num_
         tmp.mkdir()
         try:
             n_old = len(previous) if previous is not None else 0
-            total = n_old + len(new_ids)
-            store = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=np.float32,
-                                              shape=(total, dim))
-            if previous is not None:
-                _copy_rows(previous.embeddings, store, on_progress)
-            _, embedded = embed_paths(
-                model, [folder.paths[i] for i in new_ids], transform, out=store[n_old:], batch_size=batch_size,
-                device=torch_device, num_workers=num_workers, precision=precision,
-                on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress else None,
-            )
+            embeddings_path = tmp / EMBEDDINGS_NAME
+            with _RowWriter(embeddings_path, n_old + len(new_ids), dim) as writer:
+                if previous is not None:
+                    _copy_rows(index_dir / EMBEDDINGS_NAME, writer, n_old, on_progress)
+                _, embedded = embed_paths(
+                    model, [folder.paths[i] for i in new_ids], transform, out=writer.rows_from(n_old),
+                    batch_size=batch_size, device=torch_device, num_workers=num_workers,
+                    precision=precision,
+                    on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress else None,
+                )
             kept = [new_ids[j] for j in embedded]
             unread = [folder.paths[i] for i in sorted(set(new_ids) - set(kept))]
             if not kept:
                 raise RetrievalError(f"{gallery_dir}: none of the gallery images could be read")
-            store.flush()
             if len(kept) < len(new_ids):
-                del store
-                store = _shrink_rows(tmp / EMBEDDINGS_NAME, n_old + len(kept))
+                _shrink_rows(embeddings_path, n_old + len(kept), dim)
 
-            annoy_index = build_annoy(store, tmp / ANN_NAME, n_trees=n_trees, seed=seed,
+            annoy_index = build_annoy(embeddings_path, tmp / ANN_NAME, n_trees=n_trees, seed=seed,
                                       n_jobs=n_jobs, on_progress=on_progress)
             annoy_index.unload()
-            del store
 
             metadata = _metadata(
                 previous=previous, folder=folder, kept=kept, gallery_dir=gallery_dir, config=config,
@@ -626,25 +624,104 @@ def _verify_file(path: Path, expected: dict[str, Any], run_dir: Path) -> None:
         )
 
 
-def _copy_rows(source: np.ndarray, target: np.ndarray, on_progress, chunk_rows: int = 65_536) -> None:
-    for start in range(0, len(source), chunk_rows):
-        rows = source[start : start + chunk_rows]
-        target[start : start + len(rows)] = rows
+class _RowWriter:
+    """Writes a float32 (N, D) ``.npy`` file block by block with plain file writes: the rows go
+    to disk as they come and, unlike a writable memory map, never accumulate in this process's
+    resident memory."""
+
+    def __init__(self, path: Path, n_rows: int, dim: int) -> None:
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+        del header  # the file now has its header and its (sparse) full size
+        self.dim = dim
+        self._file = open(path, "r+b")
+        _read_npy_header(self._file)
+        self._data_offset = self._file.tell()
+
+    def write(self, first_row: int, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"rows of shape {rows.shape} do not fit dimension {self.dim}")
+        self._file.seek(self._data_offset + first_row * self.dim * 4)
+        self._file.write(rows.tobytes())
+
+    def rows_from(self, first_row: int) -> "_RowSlice":
+        """An ``out`` for :func:`embed_paths`: ``out[a:b] = rows`` writes rows first_row + a ..."""
+        return _RowSlice(self, first_row)
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def __enter__(self) -> "_RowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _RowSlice:
+    def __init__(self, writer: _RowWriter, first_row: int) -> None:
+        self.writer, self.first_row = writer, first_row
+
+    def __setitem__(self, key: slice, rows: np.ndarray) -> None:
+        self.writer.write(self.first_row + (key.start or 0), rows)
+
+    def __getitem__(self, key: slice) -> None:  # embed_paths returns out[:n]; rows live on disk
+        return None
+
+
+def _read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
+    """Read an .npy header, leaving ``handle`` at the first data byte; (shape, dtype)."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+    if fortran_order:
+        raise RetrievalError(f"{handle.name}: Fortran-ordered arrays are not supported")
+    return shape, dtype
+
+
+def _npy_shape(path: str | Path) -> tuple[int, int]:
+    with open(path, "rb") as handle:
+        shape, dtype = _read_npy_header(handle)
+    if dtype != np.float32 or len(shape) != 2:
+        raise RetrievalError(f"{path}: expected a float32 (N, D) array, found {dtype} {shape}")
+    return shape
+
+
+def _iter_rows(source: np.ndarray | str | Path, chunk_rows: int, n_rows: int | None = None):
+    """(first row, float32 rows) blocks of an array or of a ``.npy`` file read with plain reads."""
+    if not isinstance(source, (str, Path)):
+        n = len(source) if n_rows is None else n_rows
+        for start in range(0, n, chunk_rows):
+            yield start, np.asarray(source[start : min(n, start + chunk_rows)], dtype=np.float32)
+        return
+    shape = _npy_shape(source)
+    n = shape[0] if n_rows is None else n_rows
+    with open(source, "rb") as handle:
+        _read_npy_header(handle)
+        for start in range(0, n, chunk_rows):
+            count = min(chunk_rows, n - start)
+            rows = np.fromfile(handle, dtype=np.float32, count=count * shape[1])
+            yield start, rows.reshape(count, shape[1])
+
+
+def _copy_rows(source: Path, writer: _RowWriter, n_rows: int, on_progress,
+               chunk_rows: int = 65_536) -> None:
+    for start, rows in _iter_rows(source, chunk_rows, n_rows):
+        writer.write(start, rows)
         if on_progress is not None:
-            on_progress("copy", min(len(source), start + chunk_rows), len(source))
+            on_progress("copy", start + len(rows), n_rows)
 
 
-def _shrink_rows(path: Path, n_rows: int) -> np.ndarray:
-    """Rewrite an .npy file keeping its first ``n_rows`` rows (after unreadable images)."""
-    source = np.load(path, mmap_mode="r")
+def _shrink_rows(path: Path, n_rows: int, dim: int) -> None:
+    """Keep the first ``n_rows`` rows of an .npy file (after unreadable images were left out)."""
     smaller = path.with_name(path.name + ".part")
-    target = np.lib.format.open_memmap(smaller, mode="w+", dtype=source.dtype,
-                                       shape=(n_rows, source.shape[1]))
-    _copy_rows(source[:n_rows], target, None)
-    target.flush()
-    del source, target
+    with _RowWriter(smaller, n_rows, dim) as writer:
+        _copy_rows(path, writer, n_rows, None)
     os.replace(smaller, path)
-    return np.load(path, mmap_mode="r")
 
 
 @contextlib.contextmanager

@@ -208,3 +208,37 @@ def test_cross_set_agrees_with_pytorch_metric_learning():
     assert ours["recall_at_1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
     assert ours["map_at_r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
     assert not math.isnan(ours["map_at_r"])
+
+
+# --- evaluate_run: a run directory and image folders --------------------------------------
+
+
+def test_evaluate_run_matches_classes_by_folder_name_across_query_and_gallery(tmp_path):
+    from PIL import Image
+
+    from retrieval.evaluate import evaluate_run
+    from retrieval.models import EmbeddingModel, save_model
+
+    torch.manual_seed(0)
+    model = EmbeddingModel("resnet10t", 8).eval()
+    save_model(tmp_path / "run", model, {"image_size": 32, "data_config": model.data_config(32)})
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        (tmp_path / "gallery" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "gallery" / name / f"{i}.png")
+    # The query folder holds copies of classes b and c only: its class 0 is "b", the gallery's
+    # is "a". Matched by name, every query finds its own copy first: recall@1 = 1.
+    for name in ("b", "c"):
+        (tmp_path / "query" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "query" / name / f"{i}.png").write_bytes((tmp_path / "gallery" / name / f"{i}.png").read_bytes())
+    options = {"device": "cpu", "num_workers": 0, "batch_size": 4}
+    cross = evaluate_run(tmp_path / "run", query_dir=tmp_path / "query", gallery_dir=tmp_path / "gallery", **options)
+    assert cross["n_queries"] == 6 and cross["recall_at_1"] == pytest.approx(1.0)
+    leave_one_out = evaluate_run(tmp_path / "run", tmp_path / "gallery", **options)
+    assert leave_one_out["n_queries"] == 9
+    assert set(leave_one_out) >= {"recall_at_1", "recall_at_5", "recall_at_10", "precision_at_10", "map_at_r"}
+    with pytest.raises(RetrievalError, match="--gallery"):
+        evaluate_run(tmp_path / "run", query_dir=tmp_path / "query", **options)
