@@ -1,0 +1,361 @@
+"""What the app shows about a run, computed without any user interface: why a query got the
+neighbours it got, how hard the mined negatives were over training, and where the gallery lies.
+
+- :func:`explain_search` runs one query through a :class:`~retrieval.index.GalleryIndex` and adds
+  the margin picture's facts: which neighbours lie within the training margin ε of the best match,
+  and, when the query's label is known, its nearest positive and nearest negative in the whole
+  gallery and whether their gap d_an − d_ap clears ε (a triplet (q, p, n) is satisfied when
+  d(q, n) ≥ d(q, p) + ε).
+- :func:`hardness_by_epoch` and :func:`pair_history` summarise the mining log
+  (``mining/epoch_NNN.jsonl``): the mean gap d_an − d_ap of the logged hardest triplets per epoch,
+  with the active fraction of ``metrics.jsonl`` beside it, and which (anchor, negative) image pairs
+  and class pairs came back as hard in several epochs.
+- :func:`project_2d` projects the gallery embeddings to two dimensions (PCA, or UMAP when
+  ``umap-learn`` is installed) and can place a query on the same map.
+- :func:`distance_summary` reads ``val_distances.json``: how far the positive- and negative-pair
+  distance distributions of the held-out classes overlap around the margin.
+
+The app (``streamlit_app.py``) and ``benchmarks/app.py`` call these; charts of their results are
+built by :mod:`retrieval.figures`. Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+
+__all__ = [
+    "GalleryHit",
+    "MarginReport",
+    "Projection",
+    "SearchExplanation",
+    "class_pair",
+    "distance_summary",
+    "explain_search",
+    "hardness_by_epoch",
+    "margin_report",
+    "nearest_by_label",
+    "pair_history",
+    "project_2d",
+    "read_mining_logs",
+    "umap_available",
+]
+
+EXACT_LABEL_SEARCH_LIMIT = 2_000_000
+"""Galleries up to this many items get an exact nearest positive / negative (one pass over the
+stored embeddings); larger ones take them from an approximate top-``LABEL_SEARCH_K`` search."""
+LABEL_SEARCH_K = 200
+
+
+# ----------------------------------------------------------------------------- search and margin
+
+
+@dataclass(frozen=True)
+class GalleryHit:
+    """One gallery item at a distance from the query (the nearest positive or negative)."""
+
+    item: int
+    path: str
+    label: str | None
+    distance: float
+
+
+@dataclass(frozen=True)
+class MarginReport:
+    """The query's nearest positive and nearest negative and whether their gap clears the margin.
+
+    ``gap`` = d_an − d_ap; the pair is separated as training asked when ``gap >= margin``, and
+    ``violation`` = margin − gap is positive when the negative lies inside the margin (the triplet
+    would still have a loss). Either hit may be None (no other item of the query's class, or no
+    item of another class).
+    """
+
+    query_label: str
+    margin: float
+    positive: GalleryHit | None
+    negative: GalleryHit | None
+
+    @property
+    def gap(self) -> float | None:
+        if self.positive is None or self.negative is None:
+            return None
+        return self.negative.distance - self.positive.distance
+
+    @property
+    def violation(self) -> float | None:
+        return None if self.gap is None else self.margin - self.gap
+
+    @property
+    def clears_margin(self) -> bool | None:
+        return None if self.gap is None else self.gap >= self.margin
+
+
+@dataclass
+class SearchExplanation:
+    """A query's neighbours with what the margin picture needs.
+
+    ``neighbours`` are nearest first; ``band`` = (nearest distance, nearest distance + margin);
+    ``within_margin`` counts the neighbours inside the band (the best match included).
+    """
+
+    vector: np.ndarray
+    neighbours: list  # list[retrieval.index.Neighbour]
+    margin: float
+    report: MarginReport | None = None
+    band: tuple[float, float] | None = None
+    within_margin: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def explain_search(
+    index,
+    query,
+    k: int,
+    *,
+    margin: float,
+    query_label: str | None = None,
+    exclude_item: int | None = None,
+) -> SearchExplanation:
+    """Search ``index`` (a :class:`~retrieval.index.GalleryIndex`) for the ``k`` nearest items of
+    ``query`` (a PIL image, an image path or an embedding) and explain them against ``margin``.
+
+    ``exclude_item`` leaves one gallery item out (the query itself, when it was picked from the
+    gallery). With ``query_label``, the report names the nearest positive and negative.
+    """
+    import time
+
+    started = time.perf_counter()
+    if isinstance(query, np.ndarray):
+        vector = np.asarray(query, dtype=np.float32).reshape(-1)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    else:
+        vector = index.embed(query)
+    embedded = time.perf_counter()
+    extra = 1 if exclude_item is not None else 0
+    neighbours = [n for n in index.search(vector, k + extra) if n.item != exclude_item][:k]
+    searched = time.perf_counter()
+    explanation = SearchExplanation(vector=vector, neighbours=neighbours, margin=float(margin))
+    if neighbours:
+        nearest = neighbours[0].distance
+        explanation.band = (nearest, nearest + float(margin))
+        explanation.within_margin = sum(1 for n in neighbours if n.distance <= nearest + float(margin))
+    if query_label is not None:
+        explanation.report = margin_report(index, vector, query_label, margin, exclude_item=exclude_item,
+                                           neighbours=neighbours)
+    explanation.seconds = {
+        "embed": embedded - started,
+        "search": searched - embedded,
+        "margin": time.perf_counter() - searched,
+    }
+    return explanation
+
+
+def margin_report(index, vector: np.ndarray, query_label: str, margin: float, *,
+                  exclude_item: int | None = None, neighbours: Sequence = ()) -> MarginReport:
+    """The nearest positive (same label) and nearest negative (another label) of ``vector`` in the
+    gallery: exact over the stored embeddings for galleries up to EXACT_LABEL_SEARCH_LIMIT items,
+    else from an approximate top-LABEL_SEARCH_K search (``neighbours`` are used when they already
+    contain both)."""
+    labels = index.labels
+    positive = negative = None
+    for n in neighbours:
+        if n.item == exclude_item or n.label is None:
+            continue
+        if n.label == query_label and positive is None:
+            positive = GalleryHit(n.item, n.path, n.label, n.distance)
+        elif n.label != query_label and negative is None:
+            negative = GalleryHit(n.item, n.path, n.label, n.distance)
+    if positive is None or negative is None:
+        if len(labels) <= EXACT_LABEL_SEARCH_LIMIT:
+            (pos_item, pos_d), (neg_item, neg_d) = nearest_by_label(
+                index.embeddings, labels, vector, query_label, exclude_item=exclude_item)
+        else:
+            found = [n for n in index.search(vector, LABEL_SEARCH_K) if n.item != exclude_item]
+            pos = next((n for n in found if n.label == query_label), None)
+            neg = next((n for n in found if n.label is not None and n.label != query_label), None)
+            pos_item, pos_d = (pos.item, pos.distance) if pos else (None, None)
+            neg_item, neg_d = (neg.item, neg.distance) if neg else (None, None)
+        if positive is None and pos_item is not None:
+            positive = GalleryHit(pos_item, str(index.path(pos_item)), labels[pos_item], pos_d)
+        if negative is None and neg_item is not None:
+            negative = GalleryHit(neg_item, str(index.path(neg_item)), labels[neg_item], neg_d)
+    return MarginReport(query_label=query_label, margin=float(margin), positive=positive, negative=negative)
+
+
+def nearest_by_label(
+    embeddings: np.ndarray,
+    labels: Sequence[str | None],
+    vector: np.ndarray,
+    label: str,
+    *,
+    exclude_item: int | None = None,
+    chunk_rows: int = 262_144,
+) -> tuple[tuple[int | None, float | None], tuple[int | None, float | None]]:
+    """Exact nearest item with ``label`` and nearest item with another (non-None) label, as
+    ``((item, distance), (item, distance))``; distances sqrt(2 − 2 cos) between unit vectors.
+    ``embeddings`` may be memory-mapped; it is read in chunks."""
+    label_array = np.asarray([-1 if x is None else (1 if x == label else 0) for x in labels], dtype=np.int8)
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    best = {1: (None, -np.inf), 0: (None, -np.inf)}
+    for start in range(0, len(embeddings), chunk_rows):
+        sims = np.asarray(embeddings[start : start + chunk_rows], dtype=np.float32) @ vector
+        kinds = label_array[start : start + len(sims)]
+        if exclude_item is not None and start <= exclude_item < start + len(sims):
+            sims[exclude_item - start] = -np.inf
+        for kind in (1, 0):
+            masked = np.where(kinds == kind, sims, -np.inf)
+            if len(masked) and np.isfinite(masked.max()):
+                i = int(np.argmax(masked))
+                if masked[i] > best[kind][1]:
+                    best[kind] = (start + i, float(masked[i]))
+
+    def as_distance(hit):
+        item, sim = hit
+        return (None, None) if item is None else (item, math.sqrt(max(0.0, 2.0 - 2.0 * sim)))
+
+    return as_distance(best[1]), as_distance(best[0])
+
+
+# ----------------------------------------------------------------------------- mining log
+
+
+def class_pair(a: str, b: str) -> tuple[str, str]:
+    """An unordered class pair as a sorted tuple (confusing a with b is confusing b with a)."""
+    return (a, b) if str(a) <= str(b) else (b, a)
+
+
+def pair_history(logs: Mapping[int, Sequence[Mapping[str, Any]]], by: str = "image") -> dict[tuple[str, str], list[int]]:
+    """For each (anchor, negative) pair in the mining logs (``{epoch: rows}``), the epochs in which
+    it was among the hardest triplets, ascending.
+
+    ``by="image"`` keys by the (anchor_path, negative_path) image pair; ``by="class"`` by the
+    unordered (anchor_label, negative_label) class pair (:func:`class_pair`).
+    """
+    if by not in ("image", "class"):
+        raise ValueError(f"by must be 'image' or 'class', got {by!r}")
+    history: dict[tuple[str, str], set[int]] = {}
+    for epoch, rows in logs.items():
+        for row in rows:
+            key = ((row["anchor_path"], row["negative_path"]) if by == "image"
+                   else class_pair(str(row["anchor_label"]), str(row["negative_label"])))
+            history.setdefault(key, set()).add(int(epoch))
+    return {key: sorted(epochs) for key, epochs in history.items()}
+
+
+def hardness_by_epoch(logs: Mapping[int, Sequence[Mapping[str, Any]]],
+                      metrics: Iterable[Mapping[str, Any]] = (), *, margin: float | None = None) -> list[dict[str, Any]]:
+    """One row per epoch that has a mining log or a metrics row: ``epoch``, ``mean_gap`` (mean
+    d_an − d_ap of the logged hardest triplets), ``n_logged``, ``n_violating`` (logged triplets
+    with gap < margin, when ``margin`` is given) and ``active_fraction`` (from ``metrics.jsonl``:
+    the fraction of all mined triplets with a loss > 0). Missing values are None."""
+    active = {int(row["epoch"]): row.get("active_fraction") for row in metrics if "epoch" in row}
+    rows = []
+    for epoch in sorted(set(logs) | {e for e, v in active.items() if v is not None}):
+        triplets = logs.get(epoch, [])
+        gaps = [float(t["d_an_minus_d_ap"]) if "d_an_minus_d_ap" in t else float(t["d_an"]) - float(t["d_ap"])
+                for t in triplets]
+        rows.append({
+            "epoch": int(epoch),
+            "mean_gap": float(np.mean(gaps)) if gaps else None,
+            "n_logged": len(gaps),
+            "n_violating": sum(1 for g in gaps if g < margin) if margin is not None and gaps else None,
+            "active_fraction": active.get(epoch),
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- 2-D projection
+
+
+def umap_available() -> bool:
+    """Whether ``umap-learn`` is installed (the ``[umap]`` extra)."""
+    return importlib.util.find_spec("umap") is not None
+
+
+@dataclass
+class Projection:
+    """A fitted 2-D projection of some gallery items: ``coords`` (n, 2) for ``items`` (gallery item
+    ids), and :meth:`transform` to place new vectors (a query) on the same map."""
+
+    method: str
+    items: np.ndarray
+    coords: np.ndarray
+    explained: tuple[float, float] | None = None  # PCA: fraction of variance per axis
+    _mean: np.ndarray | None = None
+    _axes: np.ndarray | None = None
+    _reducer: Any = None
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if self.method == "pca":
+            return (vectors - self._mean) @ self._axes
+        return np.asarray(self._reducer.transform(vectors), dtype=np.float32)
+
+
+def project_2d(embeddings: np.ndarray, *, method: str = "pca", max_points: int = 5000, seed: int = 0) -> Projection:
+    """Fit a 2-D projection of ``embeddings`` (N, D), on at most ``max_points`` rows drawn at
+    random (seeded) when N is larger. ``method`` is ``"pca"`` (centred SVD; axes signed so the
+    result is deterministic) or ``"umap"`` (needs ``umap-learn``)."""
+    n = len(embeddings)
+    if n == 0:
+        raise RetrievalError("the gallery is empty: nothing to project")
+    if method not in ("pca", "umap"):
+        raise RetrievalError(f"unknown projection {method!r}: use pca or umap")
+    if method == "umap" and not umap_available():
+        raise RetrievalError("UMAP needs the umap-learn package: pip install 'retrieval[umap]'")
+    items = np.arange(n) if n <= max_points else np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    x = np.asarray(embeddings[items], dtype=np.float32)
+    if method == "pca":
+        mean = x.mean(axis=0)
+        centred = x - mean
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        axes = vt[:2].T.copy() if vt.shape[0] >= 2 else np.pad(vt.T, ((0, 0), (0, 2 - vt.shape[0])))
+        for j in range(axes.shape[1]):  # sign convention: largest loading positive
+            if axes[np.argmax(np.abs(axes[:, j])), j] < 0:
+                axes[:, j] = -axes[:, j]
+        variance = singular ** 2
+        total = float(variance.sum()) or 1.0
+        explained = tuple(float(v / total) for v in (list(variance[:2]) + [0.0, 0.0])[:2])
+        return Projection("pca", items, (centred @ axes).astype(np.float32), explained, mean, axes)
+    import umap  # noqa: PLC0415
+
+    reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, max(2, len(x) - 1)))
+    coords = np.asarray(reducer.fit_transform(x), dtype=np.float32)
+    return Projection("umap", items, coords, _reducer=reducer)
+
+
+# ----------------------------------------------------------------------------- validation distances
+
+
+def distance_summary(val: Mapping[str, Any], margin: float) -> dict[str, Any]:
+    """Numbers for the held-out distance histogram: counts and medians of positive- and
+    negative-pair distances, ``threshold`` = median positive distance + margin (a negative closer
+    than that violates the margin for a typical positive) and ``negatives_inside``, the fraction
+    of negative pairs closer than the threshold."""
+    positive = np.asarray(val.get("positive") or [], dtype=np.float64)
+    negative = np.asarray(val.get("negative") or [], dtype=np.float64)
+    summary: dict[str, Any] = {"n_positive": int(positive.size), "n_negative": int(negative.size), "margin": float(margin)}
+    summary["median_positive"] = float(np.median(positive)) if positive.size else None
+    summary["median_negative"] = float(np.median(negative)) if negative.size else None
+    if positive.size:
+        summary["threshold"] = summary["median_positive"] + float(margin)
+        summary["negatives_inside"] = float(np.mean(negative < summary["threshold"])) if negative.size else None
+    else:
+        summary["threshold"] = None
+        summary["negatives_inside"] = None
+    return summary
+
+
+def read_mining_logs(run_dir: str | Path) -> dict[int, list[dict[str, Any]]]:
+    """Every epoch's mining log of a run, ``{epoch: rows}`` (empty when the run has none)."""
+    from retrieval.runs import mining_epochs, read_mining_log
+
+    return {epoch: read_mining_log(run_dir, epoch) for epoch in mining_epochs(run_dir)}

@@ -1,0 +1,238 @@
+"""The app's charts, as Altair (Vega-Lite) specifications built from plain data.
+
+Each function takes lists / arrays (what :mod:`retrieval.runs`, :mod:`retrieval.index` and
+:mod:`retrieval.diagnostics` return) and returns an Altair chart whose data is inlined as a list of
+row dicts (``alt.InlineData``), so a chart can be tested, saved (``chart.save("x.html")``) or shown
+by any front end; nothing here imports streamlit.
+
+- :func:`margin_chart`: a query's neighbours' distances as bars, coloured by label, with the
+  training margin ε drawn as a band from the nearest distance d₁ to d₁ + ε: a bar that ends inside
+  the band is within the margin of the best match.
+- :func:`hardness_chart`: per epoch, the mean d_an − d_ap of the logged hardest triplets (with ε,
+  below which a triplet still has a loss) and the active fraction of all mined triplets.
+- :func:`embedding_map`: the 2-D projection of the gallery, coloured by class, the query on it.
+- :func:`training_curves`: loss, active fraction, Recall@1 and MAP@R over the epochs.
+- :func:`distance_histogram`: positive- against negative-pair distances on held-out classes,
+  with the margin lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import numpy as np
+
+__all__ = [
+    "LEGEND_MAX_CLASSES",
+    "TRAINING_METRICS",
+    "distance_histogram",
+    "embedding_map",
+    "hardness_chart",
+    "margin_chart",
+    "training_curves",
+]
+
+LEGEND_MAX_CLASSES = 20
+"""Above this many classes a colour legend is unreadable: the class is shown on hover instead."""
+
+TRAINING_METRICS = {
+    "loss": "training loss",
+    "active_fraction": "active fraction (loss > 0)",
+    "recall_at_1": "Recall@1 (held-out classes)",
+    "map_at_r": "MAP@R (held-out classes)",
+}
+
+_BAND_COLOUR = "#f58518"
+_QUERY_COLOUR = "#000000"
+
+
+def _data(rows: Sequence[Mapping[str, Any]]) -> alt.InlineData:
+    return alt.InlineData(values=[dict(row) for row in rows])
+
+
+def _colour(field: str, title: str, n_classes: int) -> alt.Color:
+    legend = alt.Legend(title=title, symbolLimit=LEGEND_MAX_CLASSES) if n_classes <= LEGEND_MAX_CLASSES else None
+    scheme = "tableau10" if n_classes <= 10 else "tableau20"
+    return alt.Color(f"{field}:N", legend=legend, scale=alt.Scale(scheme=scheme))
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def margin_chart(neighbours: Sequence[Any], margin: float, *, query_label: str | None = None,
+                 height: int = 260) -> alt.LayerChart:
+    """Bars of the neighbours' distances (nearest first), coloured by label, with the margin band
+    [d₁, d₁ + margin] above the nearest distance d₁ and a rule at d₁.
+
+    ``neighbours`` are :class:`~retrieval.index.Neighbour` records (or objects with ``path``,
+    ``label``, ``distance``, ``similarity``). Layers: 0 the band, 1 the bars, 2 the rule at d₁,
+    3 the band's label. Returns an empty-data chart for no neighbours.
+    """
+    rows = []
+    for rank, n in enumerate(neighbours, start=1):
+        label = "(unlabelled)" if n.label is None else str(n.label)
+        relation = ("" if query_label is None or n.label is None
+                    else ("positive" if str(n.label) == str(query_label) else "negative"))
+        rows.append({
+            "rank": rank, "name": Path(str(n.path)).name, "label": label,
+            "distance": round(float(n.distance), 5), "similarity": round(float(n.similarity), 5),
+            "relation": relation,
+        })
+    nearest = rows[0]["distance"] if rows else 0.0
+    top = nearest + float(margin)
+    y_max = max([top] + [r["distance"] for r in rows]) * 1.08 or 1.0
+    y = alt.Y("distance:Q", title="distance to the query (0 to 2)", scale=alt.Scale(domain=[0, y_max]))
+    band = alt.Chart(_data([{"low": nearest, "high": top, "margin": float(margin)}])).mark_rect(
+        color=_BAND_COLOUR, opacity=0.18
+    ).encode(
+        y=alt.Y("low:Q", scale=alt.Scale(domain=[0, y_max])), y2="high:Q",
+        tooltip=[alt.Tooltip("low:Q", title="nearest d₁", format=".3f"),
+                 alt.Tooltip("high:Q", title="d₁ + ε", format=".3f"),
+                 alt.Tooltip("margin:Q", title="margin ε")],
+    )
+    tooltip = [alt.Tooltip("rank:O"), alt.Tooltip("name:N"), alt.Tooltip("label:N"),
+               alt.Tooltip("distance:Q", format=".3f"), alt.Tooltip("similarity:Q", title="cosine", format=".3f")]
+    if query_label is not None:
+        tooltip.append(alt.Tooltip("relation:N"))
+    n_labels = len({r["label"] for r in rows})
+    bars = alt.Chart(_data(rows)).mark_bar(size=18).encode(
+        x=alt.X("rank:O", title="neighbour (nearest first)", axis=alt.Axis(labelAngle=0)),
+        y=y,
+        color=_colour("label", "label", n_labels),
+        tooltip=tooltip,
+    )
+    rule = alt.Chart(_data([{"nearest": nearest}])).mark_rule(color=_BAND_COLOUR, strokeDash=[4, 3]).encode(
+        y=alt.Y("nearest:Q", scale=alt.Scale(domain=[0, y_max]))
+    )
+    text = alt.Chart(_data([{"high": top, "text": f"within ε = {float(margin):g} of the best match"}])).mark_text(
+        align="left", baseline="bottom", dx=4, dy=-2, color=_BAND_COLOUR, fontSize=11
+    ).encode(y=alt.Y("high:Q", scale=alt.Scale(domain=[0, y_max])), x=alt.value(0), text="text:N")
+    return alt.layer(band, bars, rule, text).properties(height=height)
+
+
+# ----------------------------------------------------------------------------- mining
+
+
+def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = None, *,
+                   width: int = 300, height: int = 200) -> alt.HConcatChart:
+    """Two panels over the epochs: the mean d_an − d_ap of the logged hardest triplets (with a
+    rule at the margin: triplets below it still have a loss) and the active fraction from
+    ``metrics.jsonl``. ``rows`` are :func:`retrieval.diagnostics.hardness_by_epoch` rows."""
+    gap_rows = [{"epoch": int(r["epoch"]), "mean_gap": float(r["mean_gap"]),
+                 "n_logged": r.get("n_logged"), "n_violating": r.get("n_violating")}
+                for r in rows if r.get("mean_gap") is not None]
+    active_rows = [{"epoch": int(r["epoch"]), "active_fraction": float(r["active_fraction"])}
+                   for r in rows if r.get("active_fraction") is not None]
+    x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
+    gap = alt.Chart(_data(gap_rows)).mark_line(point=True).encode(
+        x=x, y=alt.Y("mean_gap:Q", title="mean d_an − d_ap of logged hardest"),
+        tooltip=["epoch:Q", alt.Tooltip("mean_gap:Q", format=".3f"), "n_logged:Q", "n_violating:Q"],
+    )
+    if margin is not None:
+        rule = alt.Chart(_data([{"margin": float(margin), "text": f"margin ε = {float(margin):g}"}])).mark_rule(
+            color=_BAND_COLOUR, strokeDash=[4, 3]).encode(y="margin:Q")
+        label = alt.Chart(_data([{"margin": float(margin), "text": f"ε = {float(margin):g}"}])).mark_text(
+            align="left", baseline="bottom", dx=3, color=_BAND_COLOUR).encode(y="margin:Q", x=alt.value(0), text="text:N")
+        gap = alt.layer(gap, rule, label)
+    gap = gap.properties(title="How hard were the hardest?", width=width, height=height)
+    active = alt.Chart(_data(active_rows)).mark_line(point=True, color="#54a24b").encode(
+        x=x, y=alt.Y("active_fraction:Q", title="fraction of mined triplets with loss > 0", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["epoch:Q", alt.Tooltip("active_fraction:Q", format=".3f")],
+    ).properties(title="Active fraction", width=width, height=height)
+    return alt.hconcat(gap, active)
+
+
+# ----------------------------------------------------------------------------- embedding map
+
+
+def embedding_map(coords: np.ndarray, labels: Sequence[str | None], names: Sequence[str], *,
+                  query: Sequence[float] | None = None, query_name: str = "query",
+                  height: int = 520) -> alt.LayerChart:
+    """A scatter of gallery points ``coords`` (n, 2) coloured by label, with the image name on
+    hover; ``query`` (x, y) is drawn as a black cross on top. Layer 0 is the gallery, layer 1
+    (when a query is given) the query. Zoom and pan with the mouse."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    rows = [{"x": round(float(x), 5), "y": round(float(y), 5),
+             "label": "(unlabelled)" if label is None else str(label), "name": str(name)}
+            for (x, y), label, name in zip(coords, labels, names)]
+    n_labels = len({r["label"] for r in rows})
+    points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75).encode(
+        x=alt.X("x:Q", title="axis 1"), y=alt.Y("y:Q", title="axis 2"),
+        color=_colour("label", "class", n_labels),
+        tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title="class")],
+    )
+    layers = [points]
+    if query is not None:
+        qx, qy = (float(v) for v in query)
+        layers.append(alt.Chart(_data([{"x": qx, "y": qy, "name": query_name}])).mark_point(
+            shape="cross", size=400, filled=True, color=_QUERY_COLOUR, strokeWidth=1
+        ).encode(x="x:Q", y="y:Q", tooltip=[alt.Tooltip("name:N", title="query")]))
+    return alt.layer(*layers).properties(height=height).interactive()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def training_curves(metrics: Sequence[Mapping[str, Any]], *, width: int = 300, height: int = 170) -> alt.FacetChart:
+    """One panel per metric of ``TRAINING_METRICS`` (loss, active fraction, Recall@1, MAP@R)
+    against the epoch; rows of ``metrics.jsonl`` with a missing value (epoch 0 has no loss) are
+    left out of that panel. Data rows: ``{"epoch", "metric", "value"}``."""
+    rows = []
+    for row in metrics:
+        for key, title in TRAINING_METRICS.items():
+            value = row.get(key)
+            if value is not None and np.isfinite(float(value)):
+                rows.append({"epoch": int(row["epoch"]), "metric": title, "value": float(value)})
+    base = alt.Chart().mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("value:Q", title=None),
+        tooltip=["epoch:Q", "metric:N", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(width=width, height=height)
+    return alt.FacetChart(
+        data=_data(rows), spec=base,
+        facet=alt.Facet("metric:N", sort=list(TRAINING_METRICS.values()), title=None),
+        columns=2,
+    ).resolve_scale(y="independent")
+
+
+def distance_histogram(positive: Sequence[float], negative: Sequence[float], margin: float, *,
+                       median_positive: float | None = None, bin_width: float = 0.04,
+                       height: int = 260) -> alt.LayerChart:
+    """Histograms of positive- and negative-pair distances (each as a share of its own pairs, so
+    few positives are not drowned by many negatives), binned over [0, 2], with a rule at the
+    margin ε and, when ``median_positive`` is given, a dashed rule at median d_ap + ε (a negative
+    left of it violates the margin for a typical positive). Layer 0 is the histogram (rows
+    ``{"pairs", "start", "end", "share", "count"}``), then the rules."""
+    edges = np.arange(0.0, 2.0 + bin_width / 2, bin_width)
+    rows = []
+    for kind, values in (("positive pairs", positive), ("negative pairs", negative)):
+        values = np.asarray(values, dtype=np.float64)
+        counts, _ = np.histogram(values, bins=edges)
+        total = max(int(values.size), 1)
+        rows.extend({"pairs": kind, "start": round(float(lo), 4), "end": round(float(hi), 4),
+                     "count": int(c), "share": float(c) / total}
+                    for lo, hi, c in zip(edges[:-1], edges[1:], counts))
+    hist = alt.Chart(_data(rows)).mark_rect(opacity=0.55).encode(
+        x=alt.X("start:Q", title="distance between the pair's embeddings", scale=alt.Scale(domain=[0, 2])),
+        x2="end:Q",
+        y=alt.Y("share:Q", title="share of pairs", axis=alt.Axis(format="%")),
+        y2=alt.datum(0),
+        color=alt.Color("pairs:N", title=None, scale=alt.Scale(domain=["positive pairs", "negative pairs"],
+                                                               range=["#4c78a8", "#e45756"])),
+        tooltip=["pairs:N", alt.Tooltip("start:Q", format=".2f"), alt.Tooltip("end:Q", format=".2f"), "count:Q",
+                 alt.Tooltip("share:Q", format=".1%")],
+    )
+    lines = [{"x": float(margin), "text": f"ε = {float(margin):g}", "dash": "margin"}]
+    if median_positive is not None:
+        lines.append({"x": float(median_positive) + float(margin), "text": "median d_ap + ε", "dash": "threshold"})
+    rules = alt.Chart(_data(lines)).mark_rule(color=_BAND_COLOUR, strokeWidth=2).encode(
+        x="x:Q", strokeDash=alt.StrokeDash("dash:N", legend=None,
+                                           scale=alt.Scale(domain=["margin", "threshold"], range=[[1, 0], [5, 4]])),
+        tooltip=["text:N", alt.Tooltip("x:Q", format=".3f")],
+    )
+    texts = alt.Chart(_data(lines)).mark_text(align="left", baseline="top", dx=3, dy=2, color=_BAND_COLOUR).encode(
+        x="x:Q", y=alt.value(0), text="text:N")
+    return alt.layer(hist, rules, texts).properties(height=height)

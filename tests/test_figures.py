@@ -1,0 +1,144 @@
+"""retrieval.figures: each chart is an Altair chart with the expected data, and a valid Vega-Lite spec."""
+
+import json
+
+import altair as alt
+import numpy as np
+import pytest
+
+from retrieval import figures
+from retrieval.index import Neighbour
+
+
+def rows(chart) -> list[dict]:
+    return list(chart.data.values)
+
+
+def neighbours(distances, labels):
+    return [Neighbour(path=f"/gallery/{label}/img_{i}.png", label=label, distance=d,
+                      similarity=1 - d * d / 2, item=i)
+            for i, (d, label) in enumerate(zip(distances, labels))]
+
+
+def valid(chart) -> dict:
+    spec = chart.to_dict()  # validates against the Vega-Lite schema
+    json.dumps(spec)
+    return spec
+
+
+def test_margin_chart_has_one_bar_per_neighbour_and_band_from_nearest_to_nearest_plus_margin():
+    found = neighbours([0.31, 0.35, 0.52, 0.60], ["a", "a", "b", "c"])
+    chart = figures.margin_chart(found, 0.2, query_label="a")
+    assert isinstance(chart, alt.LayerChart)
+    band, bars, rule, _text = chart.layer
+    assert [r["rank"] for r in rows(bars)] == [1, 2, 3, 4]
+    assert [r["distance"] for r in rows(bars)] == [0.31, 0.35, 0.52, 0.60]
+    assert [r["relation"] for r in rows(bars)] == ["positive", "positive", "negative", "negative"]
+    assert rows(bars)[0]["name"] == "img_0.png"
+    assert rows(band) == [{"low": 0.31, "high": pytest.approx(0.51), "margin": 0.2}]
+    assert rows(rule)[0]["nearest"] == 0.31
+    assert bars.encoding.color.shorthand == "label:N"
+    valid(chart)
+
+
+def test_margin_chart_y_axis_shows_the_whole_band():
+    chart = figures.margin_chart(neighbours([0.1, 0.12], ["a", "b"]), 0.5)
+    domain = valid(chart)["layer"][1]["encoding"]["y"]["scale"]["domain"]
+    assert domain[0] == 0 and domain[1] >= 0.6
+
+
+def test_margin_chart_unlabelled_gallery_and_no_neighbours():
+    chart = figures.margin_chart(neighbours([0.2], [None]), 0.1)
+    assert rows(chart.layer[1])[0]["label"] == "(unlabelled)"
+    assert rows(chart.layer[1])[0]["relation"] == ""
+    empty = figures.margin_chart([], 0.1)
+    assert rows(empty.layer[1]) == []
+    valid(empty)
+
+
+def test_hardness_chart_plots_gap_and_active_fraction_per_epoch_with_margin_rule():
+    hardness = [
+        {"epoch": 0, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": None},
+        {"epoch": 1, "mean_gap": -0.05, "n_logged": 3, "n_violating": 3, "active_fraction": 0.8},
+        {"epoch": 2, "mean_gap": 0.04, "n_logged": 3, "n_violating": 2, "active_fraction": 0.5},
+        {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": 0.4},
+    ]
+    chart = figures.hardness_chart(hardness, margin=0.2)
+    assert isinstance(chart, alt.HConcatChart)
+    gap_panel, active_panel = chart.hconcat
+    gap_line, margin_rule, _label = gap_panel.layer
+    assert [(r["epoch"], r["mean_gap"]) for r in rows(gap_line)] == [(1, -0.05), (2, 0.04)]
+    assert rows(margin_rule)[0]["margin"] == 0.2
+    assert [(r["epoch"], r["active_fraction"]) for r in rows(active_panel)] == [(1, 0.8), (2, 0.5), (3, 0.4)]
+    valid(chart)
+
+
+def test_hardness_chart_without_margin_has_no_rule():
+    chart = figures.hardness_chart([{"epoch": 1, "mean_gap": 0.1, "active_fraction": 0.3}])
+    assert isinstance(chart.hconcat[0], alt.Chart)
+    valid(chart)
+
+
+def test_embedding_map_has_a_point_per_item_and_the_query_on_top():
+    coords = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
+    chart = figures.embedding_map(coords, ["a", "b", None], ["x.png", "y.png", "z.png"], query=(0.2, 0.3), query_name="q.jpg")
+    points, query = chart.layer
+    assert [(r["x"], r["y"], r["label"], r["name"]) for r in rows(points)] == [
+        (0.0, 1.0, "a", "x.png"), (1.0, 0.0, "b", "y.png"), (0.5, 0.5, "(unlabelled)", "z.png")]
+    assert rows(query) == [{"x": 0.2, "y": 0.3, "name": "q.jpg"}]
+    tooltips = [t.shorthand for t in points.encoding.tooltip]
+    assert "name:N" in tooltips
+    valid(chart)
+
+
+def test_embedding_map_without_query_and_many_classes_drops_the_legend():
+    n = figures.LEGEND_MAX_CLASSES + 5
+    chart = figures.embedding_map(np.zeros((n, 2)), [f"c{i}" for i in range(n)], [f"{i}.png" for i in range(n)])
+    assert len(chart.layer) == 1
+    assert valid(chart)["layer"][0]["encoding"]["color"]["legend"] is None
+
+
+def test_training_curves_one_row_per_present_metric_value():
+    metrics = [
+        {"epoch": 0, "loss": None, "active_fraction": None, "recall_at_1": 0.2, "map_at_r": 0.1},
+        {"epoch": 1, "loss": 0.4, "active_fraction": 0.7, "recall_at_1": 0.5, "map_at_r": 0.3},
+        {"epoch": 2, "loss": 0.3, "active_fraction": 0.6, "recall_at_1": None, "map_at_r": float("nan")},
+    ]
+    chart = figures.training_curves(metrics)
+    assert isinstance(chart, alt.FacetChart)
+    data = rows(chart)
+    assert len(data) == 2 + 4 + 2
+    titles = figures.TRAINING_METRICS
+    assert {"epoch": 1, "metric": titles["loss"], "value": 0.4} in data
+    assert not any(r["epoch"] == 0 and r["metric"] == titles["loss"] for r in data)
+    valid(chart)
+
+
+def test_distance_histogram_bins_both_kinds_as_shares_with_margin_and_threshold_lines():
+    positive = [0.1, 0.15, 0.5, 0.55]
+    negative = [0.9, 1.0, 1.1, 1.9, 0.52]
+    chart = figures.distance_histogram(positive, negative, 0.2, median_positive=0.325, bin_width=0.1)
+    hist, rules, _texts = chart.layer
+    data = rows(hist)
+    assert len(data) == 2 * 20
+    for kind, values in (("positive pairs", positive), ("negative pairs", negative)):
+        mine = [r for r in data if r["pairs"] == kind]
+        assert sum(r["count"] for r in mine) == len(values)
+        assert sum(r["share"] for r in mine) == pytest.approx(1.0)
+    assert [r["x"] for r in rows(rules)] == [0.2, pytest.approx(0.525)]
+    valid(chart)
+
+
+def test_distance_histogram_with_no_pairs_is_still_a_chart():
+    chart = figures.distance_histogram([], [], 0.3)
+    assert all(r["count"] == 0 for r in rows(chart.layer[0]))
+    assert [r["x"] for r in rows(chart.layer[1])] == [0.3]
+    valid(chart)
+
+
+def test_figures_module_does_not_import_streamlit():
+    import subprocess
+    import sys
+
+    code = "import sys, retrieval.figures, retrieval.diagnostics; sys.exit('streamlit' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
