@@ -46,7 +46,7 @@ def train_command(
     embedding_dim: int = typer.Option(128, help="Embedding size D."),
     image_size: int = typer.Option(128, help="Square input size in pixels."),
     loss: str = typer.Option("triplet", help="triplet | contrastive | lifted | npair | nce | infonce."),
-    miner: Optional[str] = typer.Option(None, help="all | hard | semihard | easy | batch-hard | batch-semihard | none (default: the loss's natural miner)."),
+    miner: Optional[str] = typer.Option(None, help="Triplet miner all | hard | semihard | easy | batch-hard | batch-semihard, pair miner pair-all | pair-active | pair-hard | pair-batch-hard, or none (default: semihard for triplet, none otherwise)."),
     margin: float = typer.Option(0.2, help="Margin ε in distance units (0 to 2), for triplet, contrastive, lifted and the miners."),
     temperature: float = typer.Option(0.1, help="Temperature τ for nce and infonce."),
     epochs: int = typer.Option(10, help="Epochs; 0 writes the untrained model (a baseline)."),
@@ -61,7 +61,7 @@ def train_command(
     augment: float = typer.Option(1.0, help="Augmentation strength (0 = none)."),
     class_groups: Optional[Path] = typer.Option(None, "--class-groups", help="CSV mapping class -> group (e.g. grocery classes.csv)."),
     groups_per_batch: Optional[int] = typer.Option(None, help="Draw each batch's classes from this many groups."),
-    negatives: str = typer.Option("all", help="all | same-group: which classes count as negatives."),
+    negatives: str = typer.Option("all", help="all | same-group | prefer-same-group: which classes count as negatives (groups from --class-groups)."),
     never_negative: Optional[Path] = typer.Option(None, "--never-negative", help="CSV of class pairs that are never negatives."),
     hardest: int = typer.Option(50, help="Hardest triplets logged per epoch in mining/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -295,10 +295,38 @@ def mining_command(
 
 @app.command("app")
 def app_command(
-    run_dir: Optional[Path] = typer.Argument(None, help="A run directory (else pick one in the app)."),
+    run_dir: Optional[Path] = typer.Argument(None, help="A run directory (else pick one of models/* in the app)."),
+    port: int = typer.Option(8501, "--port", help="Port to serve the app on."),
+    address: str = typer.Option("localhost", "--address", help="Address to listen on (0.0.0.0: reachable from other machines)."),
 ) -> None:
-    """Start the Streamlit front end on a run directory."""
-    _not_built_yet("app", 6)
+    """Start the Streamlit front end (search, hardest negatives, embedding map, training curves)."""
+    import os
+
+    import retrieval
+    from retrieval.models import read_config
+
+    if not 1 <= port <= 65535:
+        raise RetrievalError(f"--port must be between 1 and 65535, got {port}")
+    if run_dir is not None:
+        read_config(run_dir)  # a clear one-line error for a missing folder / not a run directory
+    script = Path(retrieval.__file__).resolve().parent.parent / "streamlit_app.py"
+    if not script.is_file():
+        raise RetrievalError(
+            f"streamlit_app.py not found at {script}: the app runs from a source checkout "
+            "installed with `pip install -e .` (as `make install` does)"
+        )
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+    ]
+    if run_dir is not None:
+        command += ["--", str(run_dir.resolve())]
+    shown = "localhost" if address in ("0.0.0.0", "::") else address
+    typer.echo(f"Retrieval app{f' for {run_dir}' if run_dir is not None else ''}: http://{shown}:{port}  (Ctrl+C stops it)")
+    sys.stdout.flush()
+    os.execvp(command[0], command)
 
 
 def main() -> None:

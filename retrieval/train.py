@@ -42,13 +42,13 @@ from retrieval import data, losses, mining, models
 from retrieval.errors import RetrievalError
 from retrieval.evaluate import retrieval_metrics
 from retrieval.models import CONFIG_NAME, EmbeddingModel, write_atomic
-from retrieval.negatives import NegativeRules
+from retrieval.negatives import NEGATIVE_MODES, NegativeRules
 from retrieval.runs import CHECKPOINT_NAME, LAST_WEIGHTS_NAME, METRICS_NAME, VAL_DISTANCES_NAME, mining_log_path
 
 log = __import__("logging").getLogger("retrieval")
 
-LOSSES = ("triplet", "contrastive", "lifted", "npair", "nce", "infonce")
-MINERS = ("all", "hard", "semihard", "easy", "batch-hard", "batch-semihard", "none")
+LOSSES = tuple(losses.LOSSES)
+MINERS = mining.TRIPLET_STRATEGIES + tuple(f"pair-{s}" for s in mining.PAIR_STRATEGIES) + ("none",)
 #: the miner each objective uses when ``--miner`` is not given
 NATURAL_MINER = {
     "triplet": "semihard",
@@ -109,8 +109,8 @@ class TrainConfig:
             (self.margin >= 0 and math.isfinite(self.margin), f"--margin must be 0 or more, got {self.margin}"),
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-            (self.negatives in ("all", "same-group"), f"--negatives must be all or same-group, got {self.negatives!r}"),
-            (self.negatives == "all" or self.class_groups is not None, "--negatives same-group needs --class-groups FILE"),
+            (self.negatives in NEGATIVE_MODES, f"--negatives must be one of {', '.join(NEGATIVE_MODES)}, got {self.negatives!r}"),
+            (self.negatives == "all" or self.class_groups is not None, f"--negatives {self.negatives} needs --class-groups FILE"),
             (self.hardest_per_epoch >= 0, "--hardest must be 0 or more"),
             (self.augment >= 0, f"--augment must be 0 or more, got {self.augment}"),
         ]
@@ -144,19 +144,10 @@ def build_objective(config: TrainConfig, rules: NegativeRules | None):
     The record miner computes the mining record (hardest triplets, active fraction) when the
     objective uses no miner of its own: every run logs which negatives were hardest.
     """
-    margin, temperature = config.margin, config.temperature
-    loss = {
-        "triplet": lambda: losses.TripletMarginLoss(margin=margin, negative_rules=rules),
-        "contrastive": lambda: losses.ContrastiveLoss(margin=margin, negative_rules=rules),
-        "lifted": lambda: losses.LiftedStructureLoss(margin=margin, negative_rules=rules),
-        "npair": lambda: losses.NPairLoss(negative_rules=rules),
-        "nce": lambda: losses.NCELoss(temperature=temperature, negative_rules=rules),
-        "infonce": lambda: losses.InfoNCELoss(temperature=temperature, negative_rules=rules),
-    }[config.loss]()
+    loss = losses.build_loss(config.loss, margin=config.margin, temperature=config.temperature, negative_rules=rules)
     hardest_k = max(config.hardest_per_epoch, 1)
-    strategy = config.effective_miner
-    miner = None if strategy == "none" else mining.TripletMiner(strategy, margin, negative_rules=rules, hardest_k=hardest_k)
-    record_miner = miner or mining.TripletMiner("all", margin, negative_rules=rules, hardest_k=hardest_k)
+    miner = mining.build_miner(config.effective_miner, config.margin, negative_rules=rules, hardest_k=hardest_k)
+    record_miner = miner or mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=hardest_k)
     return loss, miner, record_miner
 
 
@@ -228,7 +219,12 @@ def train(config: TrainConfig, *, progress: bool = True, on_epoch: Callable[[dic
     folder = data.scan_folder(config.data_dir, labelled=True)
     data.require_trainable(folder)
     train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
-    data.require_trainable(train_folder)
+    trainable = sum(count >= 2 for count in train_folder.class_counts().values())
+    if trainable < 2:
+        raise RetrievalError(
+            f"{config.data_dir}: {trainable} class(es) with two or more images left for training after holding out "
+            f"{len(val_folder.class_names)} for validation; negatives need at least 2 (lower --val-fraction or add classes)"
+        )
     groups, never_negative = _domain_knowledge(config, train_folder)
     rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives) if (groups is not None or never_negative) else None
 
@@ -499,9 +495,7 @@ def _domain_knowledge(config: TrainConfig, folder: data.ImageFolder):
     """Group id per training class and never-negative label pairs, from the CSV files given."""
     groups = None
     if config.class_groups is not None:
-        mapping = data.read_class_groups(config.class_groups, folder.class_names)
-        names = sorted(set(mapping.values()))
-        groups = [names.index(mapping[c]) if c in mapping else len(names) + i for i, c in enumerate(folder.class_names)]
+        groups = data.class_group_ids(folder.class_names, data.read_class_groups(config.class_groups, folder.class_names))
     never = []
     if config.never_negative is not None:
         index = {c: i for i, c in enumerate(folder.class_names)}
