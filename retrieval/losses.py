@@ -1,0 +1,424 @@
+"""The six training objectives, one ``torch.nn.Module`` each, exactly as DESIGN.md states them.
+
+Every loss is called as ``loss(embeddings, labels, mined=None) -> scalar tensor``. It L2-normalises
+the embeddings first (so raw network outputs are fine), works in float32 whatever the input
+precision (bfloat16 / float16 inputs are upcast and autocast is switched off inside; float64 stays
+float64), and returns a float32 / float64 scalar with a gradient. Notation: x̂ the normalised
+embedding, s(i, j) = x̂_i · x̂_j the cosine similarity, d(i, j) = ||x̂_i − x̂_j|| = sqrt(2 − 2 s(i, j))
+the Euclidean distance (0 to 2), ε a margin, τ a temperature, P the positive pairs (y_i = y_j,
+i ≠ j) and N(i) the negatives of i (y_k ≠ y_i, minus what ``negative_rules`` excludes).
+
+Without ``mined`` a loss uses every valid tuple of the batch. With a miner's output
+(:class:`~retrieval.mining.MinedTriplets`, :class:`~retrieval.mining.MinedPairs`, or an index
+tuple (a, p, n) / (a1, p, a2, n) as pytorch-metric-learning writes them) it uses only those:
+the triplet loss its triplets (or, from pairs, every (a, p, n) whose (a, p) and (a, n) pairs were
+both mined); the pair losses the distinct (a, p) and (a, n) pairs the tuples contain. A batch with
+no valid tuple gives a loss of 0 that still has a (zero) gradient, never NaN; so do collapsed
+(constant) embeddings give a finite loss and finite gradients.
+
+``negative_rules`` (:class:`~retrieval.negatives.NegativeRules`) removes the pairs that domain
+knowledge says are never negatives (and restricts negatives to the anchor's group when asked),
+also from a miner's output.
+
+Everything is computed from B×B matrices: no Python loop over the batch, and the all-triplets
+triplet loss never builds a B×B×B tensor (see :class:`TripletMarginLoss`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from retrieval.distances import euclidean_from_squared, full_precision, normalize, to_float
+from retrieval.mining import MinedPairs, MinedTriplets, TripletRuns, padded_positives
+from retrieval.negatives import NegativeRules, negative_mask, positive_mask
+
+__all__ = [
+    "ContrastiveLoss",
+    "TripletMarginLoss",
+    "LiftedStructureLoss",
+    "NPairLoss",
+    "NCELoss",
+    "InfoNCELoss",
+    "LOSSES",
+    "build_loss",
+]
+
+Mined = MinedTriplets | MinedPairs | Sequence[torch.Tensor] | None
+
+
+class MetricLoss(torch.nn.Module):
+    """Shared plumbing: input checks, normalisation, and the pair masks of a batch or a miner's output."""
+
+    def __init__(self, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__()
+        self.negative_rules = negative_rules
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], mined: Mined = None) -> torch.Tensor:
+        if embeddings.dim() != 2:
+            raise ValueError(f"embeddings must be a (batch, dim) matrix, got shape {tuple(embeddings.shape)}")
+        labels = torch.as_tensor(labels, device=embeddings.device).long()
+        if labels.shape != (len(embeddings),):
+            raise ValueError(f"labels must have shape ({len(embeddings)},), got {tuple(labels.shape)}")
+        with full_precision(embeddings):
+            return self.compute(embeddings, labels, mined)
+
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Mined) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pair_masks(self, labels: torch.Tensor, mined: Mined, *, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, B) bool masks of the positive and negative pairs to use: every valid pair without
+        ``mined``; else the mined pairs (made symmetric when asked) that are valid."""
+        positives = positive_mask(labels)
+        negatives = negative_mask(labels, self.negative_rules)
+        if mined is None:
+            return positives, negatives
+        a1, p, a2, n = _as_pairs(mined)
+        batch = len(labels)
+        pos_kept = torch.zeros(batch, batch, dtype=torch.bool, device=labels.device)
+        neg_kept = torch.zeros_like(pos_kept)
+        pos_kept[a1, p] = True
+        neg_kept[a2, n] = True
+        if symmetric:
+            pos_kept |= pos_kept.T.clone()
+            neg_kept |= neg_kept.T.clone()
+        return pos_kept & positives, neg_kept & negatives
+
+
+class ContrastiveLoss(MetricLoss):
+    """Contrastive loss (Chopra et al. 2005; Hadsell et al. 2006) with margin ε::
+
+        L = mean_{(i,j) ∈ P} d(i,j)²  +  mean_{(i,j) ∈ Neg} max(0, ε − d(i,j))²
+
+    Positive and negative pairs are averaged separately, so the many negatives do not drown the
+    few positives; an empty set contributes 0. Pairs are unordered ((i, j) and (j, i) count once).
+
+    Differs from pytorch-metric-learning's ``ContrastiveLoss(pos_margin, neg_margin)``, which
+    uses the unsquared hinges max(0, d − pos_margin) and max(0, neg_margin − d) and averages
+    only the non-zero terms.
+    """
+
+    def __init__(self, margin: float, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__(negative_rules=negative_rules)
+        self.margin = float(margin)
+
+    def compute(self, embeddings, labels, mined):
+        x = normalize(embeddings)
+        squared = _squared_distances(x)
+        pos, neg = self.pair_masks(labels, mined, symmetric=True)
+        pull = (squared * pos).sum() / pos.sum().clamp_min(1)
+        hinge = F.relu(self.margin - euclidean_from_squared(squared)) ** 2
+        push = (hinge * neg).sum() / neg.sum().clamp_min(1)
+        return pull + push
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}"
+
+
+class TripletMarginLoss(MetricLoss):
+    """Triplet margin loss (Schroff et al. 2015) with margin ε, per triplet (a, p, n)::
+
+        ℓ(a, p, n) = max(0, d(a,p) − d(a,n) + ε)          (squared=True: d² in place of d)
+
+    ``reduction="nonzero_mean"`` (default) averages over the triplets with ℓ > 0 (0 when there is
+    none), ``"mean"`` over all triplets used. Without a miner, every valid triplet is used; that
+    sum is computed without enumerating the triplets: for each (a, p) the negatives of a are sorted
+    by distance, the active ones (d(a,n) < d(a,p) + ε) are a prefix of that order, and
+    Σ_n ℓ = c·(d(a,p) + ε) − Σ_{first c} d(a,n), with c the prefix length, found by binary search.
+
+    Equals pytorch-metric-learning's ``TripletMarginLoss`` (default ``AvgNonZeroReducer``) for the
+    same triplets; with ``squared=True`` it matches its ``LpDistance(power=2)`` on normalised embeddings.
+    """
+
+    def __init__(
+        self,
+        margin: float,
+        squared: bool = False,
+        reduction: str = "nonzero_mean",
+        *,
+        negative_rules: NegativeRules | None = None,
+    ) -> None:
+        super().__init__(negative_rules=negative_rules)
+        if reduction not in ("nonzero_mean", "mean"):
+            raise ValueError(f'reduction must be "nonzero_mean" or "mean", got {reduction!r}')
+        self.margin = float(margin)
+        self.squared = bool(squared)
+        self.reduction = reduction
+
+    def compute(self, embeddings, labels, mined):
+        x = normalize(embeddings)
+        squared = _squared_distances(x)
+        dist = squared if self.squared else euclidean_from_squared(squared)
+        if isinstance(mined, MinedTriplets) and mined.runs is not None and self.negative_rules in (None, mined.runs.negative_rules):
+            total, n_active, n_used = _runs_sum(dist, mined.runs, self.margin)
+        elif isinstance(mined, MinedTriplets) or (isinstance(mined, (tuple, list)) and len(mined) == 3):
+            a, p, n = (mined.anchors, mined.positives, mined.negatives) if isinstance(mined, MinedTriplets) else mined
+            if self.negative_rules is not None:
+                keep = positive_mask(labels)[a, p] & negative_mask(labels, self.negative_rules)[a, n]
+                a, p, n = a[keep], p[keep], n[keep]
+            losses = F.relu(dist[a, p] - dist[a, n] + self.margin)
+            total, n_active, n_used = losses.sum(), (losses > 0).sum(), len(losses)
+        else:
+            pos, neg = self.pair_masks(labels, mined, symmetric=False)
+            total, n_active, n_used = _all_triplets_sum(dist, pos, neg, self.margin)
+        if self.reduction == "nonzero_mean":
+            return total / torch.as_tensor(n_active).clamp_min(1)
+        return total / max(int(n_used), 1)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, squared={self.squared}, reduction={self.reduction!r}"
+
+
+class LiftedStructureLoss(MetricLoss):
+    """Lifted structured loss (Song et al. 2016) with margin ε. For each positive pair (i, j), i < j::
+
+        J_ij = log( Σ_{k ∈ N(i)} exp(ε − d(i,k)) + Σ_{l ∈ N(j)} exp(ε − d(j,l)) ) + d(i,j)
+        L    = 1 / (2|P|) · Σ_{(i,j) ∈ P} max(0, J_ij)²
+
+    A pair where neither sample has a negative has J = −∞ and contributes 0 (it still counts in
+    |P|). Computed in B×B matrix form with a numerically safe log-sum-exp.
+
+    Equals pytorch-metric-learning's ``LiftedStructureLoss(neg_margin=ε, pos_margin=0)``, which
+    reaches the same value by averaging over ordered pairs with a factor 1/2, through a
+    |pairs| × |negative pairs| mask (our form is O(B²)).
+    """
+
+    def __init__(self, margin: float, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__(negative_rules=negative_rules)
+        self.margin = float(margin)
+
+    def compute(self, embeddings, labels, mined):
+        x = normalize(embeddings)
+        dist = euclidean_from_squared(_squared_distances(x))
+        pos, neg = self.pair_masks(labels, mined, symmetric=True)
+        lse, has = _masked_logsumexp(self.margin - dist, neg, dim=1)  # log Σ_{k∈N(i)} exp(ε − d(i,k))
+        has_i, has_j = has[:, None], has[None, :]
+        peak = torch.maximum(lse.masked_fill(~has, -math.inf)[:, None], lse.masked_fill(~has, -math.inf)[None, :])
+        peak = torch.where(torch.isfinite(peak), peak, 0).detach()
+        total = torch.where(has_i, torch.exp(lse[:, None] - peak), 0) + torch.where(has_j, torch.exp(lse[None, :] - peak), 0)
+        either = has_i | has_j
+        j_ij = torch.log(torch.where(either, total, 1)) + peak + dist
+        pairs = torch.triu(pos, diagonal=1)
+        terms = torch.where(pairs & either, F.relu(j_ij) ** 2, 0)
+        return terms.sum() / (2 * pairs.sum()).clamp_min(1)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}"
+
+
+class NPairLoss(MetricLoss):
+    """Multi-class N-pair loss (Sohn 2016). One (anchor, positive) pair per class in the batch —
+    its first two samples in batch order (with a miner: the class's first mined positive pair) —
+    and, for the N pairs::
+
+        logits_ij = s(a_i, p_j)
+        L = mean_i −log softmax(logits_i)_i = mean_i log(1 + Σ_{j≠i} exp(s(a_i,p_j) − s(a_i,p_i)))
+            + l2_reg · mean_{f ∈ {a_i, p_i}} ||f||²     (on the unnormalised embeddings)
+
+    p_j takes part in anchor i's sum only if it is a negative of a_i (never-negative pairs and
+    group rules drop it; with a miner, only mined negative pairs count). Classes with a single
+    sample have no pair and are left out.
+
+    Equals pytorch-metric-learning's ``NPairsLoss`` (which picks the same pairs) when ``l2_reg=0``.
+    """
+
+    def __init__(self, l2_reg: float = 0.0, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__(negative_rules=negative_rules)
+        self.l2_reg = float(l2_reg)
+
+    def compute(self, embeddings, labels, mined):
+        raw = to_float(embeddings)
+        x = normalize(raw)
+        pos, neg = self.pair_masks(labels, mined, symmetric=False)
+        batch = len(labels)
+        has_positive = pos.any(dim=1)
+        first_positive = pos.to(torch.uint8).argmax(dim=1)
+        _, class_of = torch.unique(labels, return_inverse=True)
+        candidate = torch.where(has_positive, torch.arange(batch, device=labels.device), batch)
+        first_anchor = torch.full((int(class_of.max()) + 1 if batch else 0,), batch, device=labels.device, dtype=torch.long)
+        first_anchor = first_anchor.scatter_reduce(0, class_of, candidate, reduce="amin")
+        anchors = first_anchor[first_anchor < batch]
+        if len(anchors) == 0:
+            return _zero(x)
+        positives = first_positive[anchors]
+        logits = x[anchors] @ x[positives].T
+        allowed = neg[anchors][:, positives]
+        allowed.fill_diagonal_(True)
+        loss = -F.log_softmax(logits.masked_fill(~allowed, -math.inf), dim=1).diagonal().mean()
+        if self.l2_reg:
+            norms = torch.cat([raw[anchors], raw[positives]]).pow(2).sum(dim=1)
+            loss = loss + self.l2_reg * norms.mean()
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"l2_reg={self.l2_reg}"
+
+
+class NCELoss(MetricLoss):
+    """Noise-contrastive estimation (Gutmann & Hyvärinen 2010) with temperature τ. Each ordered
+    positive pair (a, p) is told apart from the N negatives of a used with it, the noise q being
+    uniform over a's M valid in-batch negatives::
+
+        logit(x) = s(a,x)/τ − log(N q),   q = 1/M
+        ℓ(a, p)  = −log σ(logit(p)) − Σ_{n} log σ(−logit(n))
+        L        = mean over the ordered positive pairs of ℓ(a, p)
+
+    Without a miner every in-batch negative is used, N q = 1 and the correction vanishes; with a
+    miner N is the number of mined negatives of a. An anchor with no negative has ℓ = 0 (with N = 0
+    the posterior of the data class is 1). pytorch-metric-learning has no NCE loss.
+    """
+
+    def __init__(self, temperature: float, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__(negative_rules=negative_rules)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def compute(self, embeddings, labels, mined):
+        x = normalize(embeddings)
+        logits = (x @ x.T) / self.temperature
+        pos, neg = self.pair_masks(labels, mined, symmetric=False)
+        n_used = neg.sum(dim=1)
+        has_noise = n_used > 0
+        if mined is not None:
+            n_valid = negative_mask(labels, self.negative_rules).sum(dim=1)
+            ratio = n_used.clamp_min(1).to(logits.dtype) / n_valid.clamp_min(1).to(logits.dtype)  # N q
+            logits = logits - torch.where(has_noise, torch.log(ratio), 0)[:, None]
+        noise_term = (F.softplus(logits) * neg).sum(dim=1)  # −Σ_n log σ(−logit(n))
+        per_pair = (F.softplus(-logits) + noise_term[:, None]) * has_noise[:, None]  # −log σ(logit(p)) + ...
+        return (per_pair * pos).sum() / pos.sum().clamp_min(1)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class InfoNCELoss(MetricLoss):
+    """InfoNCE / NT-Xent (van den Oord et al. 2018; Chen et al. 2020) with temperature τ. For each
+    ordered positive pair (a, p)::
+
+        ℓ(a, p) = −log( exp(s(a,p)/τ) / (exp(s(a,p)/τ) + Σ_{n ∈ N(a)} exp(s(a,n)/τ)) )
+        L       = mean over the ordered positive pairs of ℓ(a, p)
+
+    computed as softplus(logsumexp_{n∈N(a)} s(a,n)/τ − s(a,p)/τ); an anchor without negatives
+    gives ℓ = 0. Equals pytorch-metric-learning's ``NTXentLoss(temperature=τ)``.
+    """
+
+    def __init__(self, temperature: float, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__(negative_rules=negative_rules)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def compute(self, embeddings, labels, mined):
+        x = normalize(embeddings)
+        logits = (x @ x.T) / self.temperature
+        pos, neg = self.pair_masks(labels, mined, symmetric=False)
+        lse, has = _masked_logsumexp(logits, neg, dim=1)
+        per_pair = F.softplus(lse[:, None] - logits) * has[:, None]
+        return (per_pair * pos).sum() / pos.sum().clamp_min(1)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+LOSSES: dict[str, type[MetricLoss]] = {
+    "contrastive": ContrastiveLoss,
+    "triplet": TripletMarginLoss,
+    "lifted": LiftedStructureLoss,
+    "npair": NPairLoss,
+    "nce": NCELoss,
+    "infonce": InfoNCELoss,
+}
+
+
+def build_loss(
+    name: str, *, margin: float = 0.2, temperature: float = 0.1, negative_rules: NegativeRules | None = None
+) -> MetricLoss:
+    """The loss for a command-line name (a key of ``LOSSES``), given the run's margin / temperature;
+    each loss takes only the parameter it uses."""
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {name!r}")
+    cls = LOSSES[name]
+    if cls in (NCELoss, InfoNCELoss):
+        return cls(temperature, negative_rules=negative_rules)
+    if cls is NPairLoss:
+        return cls(negative_rules=negative_rules)
+    return cls(margin, negative_rules=negative_rules)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """d² = 2 − 2 x̂ x̂ᵀ, clamped to [0, 4], for normalised rows x."""
+    return (2.0 - 2.0 * (x @ x.T)).clamp(0.0, 4.0)
+
+
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    """A 0 that is still connected to the graph, so backward() works and gives zero gradients."""
+    return (x * 0).sum()
+
+
+def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log Σ_{mask} exp(values) along dim, and whether the mask had any entry there. Where it had
+    none the value is 0 (not −∞), so no NaN reaches the gradient."""
+    masked = values.masked_fill(~mask, -math.inf)
+    peak = masked.amax(dim=dim, keepdim=True).detach()
+    peak = torch.where(torch.isfinite(peak), peak, 0)
+    total = torch.exp(masked - peak).sum(dim=dim)
+    has = mask.any(dim=dim)
+    lse = torch.log(torch.where(has, total, 1)) + peak.squeeze(dim)
+    return torch.where(has, lse, 0), has
+
+
+def _all_triplets_sum(dist, pos, neg, margin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Σ max(0, d_ap − d_an + ε) over every (a, p, n) with pos[a, p] and neg[a, n], the number of
+    non-zero terms, and the number of triplets — from sorted negatives and prefix sums, O(B² log B)."""
+    n_pos, n_neg = pos.sum(dim=1), neg.sum(dim=1)
+    n_triplets = (n_pos * n_neg).sum()
+    k_max = int(n_pos.max()) if len(pos) else 0
+    if k_max == 0:
+        return _zero(dist), torch.zeros((), dtype=torch.long, device=dist.device), n_triplets
+    positives, valid = padded_positives(pos, n_pos, k_max)
+    d_ap = dist.gather(1, positives)
+    sorted_d_an, _ = dist.masked_fill(~neg, math.inf).sort(dim=1)
+    prefix = F.pad(sorted_d_an.masked_fill(torch.isinf(sorted_d_an), 0).cumsum(dim=1), (1, 0))
+    threshold = d_ap + margin
+    active = torch.searchsorted(sorted_d_an.detach(), threshold.detach(), side="left")  # count of d_an < d_ap + ε
+    active = torch.where(valid, active, 0)
+    sums = active * threshold - prefix.gather(1, active)
+    total = torch.where(valid, sums, 0).sum()
+    return total, active.sum(), n_triplets
+
+
+def _runs_sum(dist, runs: TripletRuns, margin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same three numbers as :func:`_all_triplets_sum` for a threshold miner's triplets, from
+    their runs of sorted negatives: the active part of a run [lo, hi) is [lo, min(hi, c)), c the
+    count of negatives with d_an < d_ap + ε; O(B²), however many triplets were mined."""
+    d_ap = dist.gather(1, runs.positives)
+    sorted_d_an = dist.gather(1, runs.order)  # ascending over each anchor's negatives
+    prefix = F.pad(sorted_d_an.cumsum(dim=1), (1, 0))
+    threshold = d_ap + margin
+    columns = torch.arange(sorted_d_an.shape[1], device=dist.device)
+    searchable = sorted_d_an.detach().masked_fill(columns >= runs.n_negatives[:, None], math.inf)
+    below = torch.searchsorted(searchable, threshold.detach(), side="left")
+    active_end = torch.maximum(torch.minimum(runs.hi, below), runs.lo)
+    active = torch.where(runs.valid, active_end - runs.lo, 0)
+    sums = active * threshold - (prefix.gather(1, active_end) - prefix.gather(1, runs.lo))
+    total = torch.where(runs.valid, sums, 0).sum()
+    return total, active.sum(), runs.n_mined
+
+
+def _as_pairs(mined) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if isinstance(mined, (MinedTriplets, MinedPairs)):
+        return mined.as_pairs()
+    if isinstance(mined, (tuple, list)) and len(mined) == 3:
+        a, p, n = mined
+        return a, p, a, n
+    if isinstance(mined, (tuple, list)) and len(mined) == 4:
+        return tuple(mined)  # type: ignore[return-value]
+    raise TypeError("mined must be MinedTriplets, MinedPairs, or an index tuple (a, p, n) / (a1, p, a2, n)")

@@ -1,0 +1,347 @@
+"""retrieval.mining: every miner against a brute-force enumeration, the mining record, parity with
+pytorch-metric-learning, edge cases, memory at B=512, CUDA."""
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from retrieval.mining import (
+    PAIR_STRATEGIES,
+    TRIPLET_STRATEGIES,
+    MinedPairs,
+    MinedTriplets,
+    MiningRecord,
+    PairMiner,
+    TripletMiner,
+    build_miner,
+)
+from retrieval.negatives import NegativeRules
+
+MARGIN = 0.3
+
+
+def uneven_batch(seed, sizes=(1, 2, 3, 5, 4, 2, 3), dim=6, dtype=torch.float64):
+    """Random embeddings with several classes of uneven sizes (one a single sample), shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((s,), c) for c, s in enumerate(sizes)])
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    return torch.randn(len(labels), dim, generator=g, dtype=dtype), labels
+
+
+def brute_distances(x):
+    rows = [[float(v) for v in r] for r in x]
+    unit = [[v / math.sqrt(sum(u * u for u in r)) for v in r] for r in rows]
+    return [[math.sqrt(sum((a - b) ** 2 for a, b in zip(ui, uj))) for uj in unit] for ui in unit]
+
+
+def brute_is_negative(labels, rules=None):
+    """is_neg(a, n) from the rules' definition, by hand."""
+    y = [int(v) for v in labels]
+    never = set() if rules is None else {frozenset(p) for p in rules.never_negative}
+    groups = None if rules is None else rules.class_groups
+    mode = "all" if rules is None else rules.negatives
+
+    def allowed(a, n):
+        return y[a] != y[n] and frozenset((y[a], y[n])) not in never
+
+    def is_neg(a, n):
+        if not allowed(a, n):
+            return False
+        if mode == "all":
+            return True
+        same = groups[y[a]] == groups[y[n]]
+        if mode == "same-group":
+            return same
+        has_same = any(allowed(a, m) and groups[y[a]] == groups[y[m]] for m in range(len(y)))
+        return same or not has_same
+
+    return is_neg
+
+
+def brute_valid_triplets(labels, is_neg):
+    y = [int(v) for v in labels]
+    b = len(y)
+    return [(a, p, n) for a in range(b) for p in range(b) for n in range(b) if a != p and y[a] == y[p] and is_neg(a, n)]
+
+
+def brute_mine(x, labels, strategy, margin, rules=None):
+    d = brute_distances(x)
+    is_neg = brute_is_negative(labels, rules)
+    valid = brute_valid_triplets(labels, is_neg)
+    y = [int(v) for v in labels]
+    b = len(y)
+    if strategy == "all":
+        return set(valid), valid, d
+    if strategy == "hard":
+        return {t for t in valid if d[t[0]][t[2]] < d[t[0]][t[1]]}, valid, d
+    if strategy == "semihard":
+        return {t for t in valid if d[t[0]][t[1]] < d[t[0]][t[2]] < d[t[0]][t[1]] + margin}, valid, d
+    if strategy == "easy":
+        return {t for t in valid if d[t[0]][t[2]] >= d[t[0]][t[1]] + margin}, valid, d
+    mined = set()
+    for a in range(b):
+        positives = [p for p in range(b) if p != a and y[p] == y[a]]
+        negatives = [n for n in range(b) if is_neg(a, n)]
+        if not positives or not negatives:
+            continue
+        if strategy == "batch-hard":
+            p = max(positives, key=lambda p: d[a][p])
+            n = min(negatives, key=lambda n: d[a][n])
+            mined.add((a, p, n))
+        else:  # batch-semihard
+            for p in positives:
+                farther = [n for n in negatives if d[a][n] > d[a][p]]
+                n = min(farther, key=lambda n: d[a][n]) if farther else max(negatives, key=lambda n: d[a][n])
+                mined.add((a, p, n))
+    return mined, valid, d
+
+
+def as_set(mined):
+    return set(zip(mined.anchors.tolist(), mined.positives.tolist(), mined.negatives.tolist()))
+
+
+RULES = {
+    "none": None,
+    "never-negative": NegativeRules(never_negative=[(0, 1), (3, 4)]),
+    "same-group": NegativeRules(class_groups=[0, 0, 1, 1, 1, 2, 0], negatives="same-group"),
+    "prefer-same-group": NegativeRules(never_negative=[(2, 3)], class_groups=[0, 0, 1, 1, 1, 2, 0], negatives="prefer-same-group"),
+}
+
+
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triplet_miner_mines_the_same_triplets_as_brute_force(strategy, seed):
+    x, labels = uneven_batch(seed)
+    expected, _, _ = brute_mine(x, labels, strategy, MARGIN)
+    mined = TripletMiner(strategy, MARGIN)(x, labels)
+    assert len(mined) == len(expected)
+    assert as_set(mined) == expected
+
+
+@pytest.mark.parametrize("rules_name", list(RULES)[1:])
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+def test_triplet_miner_with_negative_rules_mines_the_same_triplets_as_brute_force(strategy, rules_name):
+    rules = RULES[rules_name]
+    x, labels = uneven_batch(5)
+    expected, _, _ = brute_mine(x, labels, strategy, MARGIN, rules)
+    mined = TripletMiner(strategy, MARGIN, negative_rules=rules)(x, labels)
+    assert as_set(mined) == expected and len(mined) == len(expected)
+
+
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+def test_mining_record_matches_brute_force(strategy):
+    x, labels = uneven_batch(3, sizes=(4, 3, 5, 2, 6))
+    dataset_indices = torch.arange(len(labels)) * 10 + 7
+    expected, valid, d = brute_mine(x, labels, strategy, MARGIN)
+    record = TripletMiner(strategy, MARGIN, hardest_k=5)(x, labels, indices=dataset_indices).record
+    assert record.n_valid == len(valid)
+    assert record.n_mined == len(expected)
+    active = [t for t in expected if d[t[0]][t[2]] < d[t[0]][t[1]] + MARGIN]
+    assert record.active_fraction == pytest.approx(len(active) / len(expected), abs=1e-12)
+    assert record.mean_d_ap == pytest.approx(sum(d[a][p] for a, p, _ in expected) / len(expected), abs=1e-9)
+    assert record.mean_d_an == pytest.approx(sum(d[a][n] for a, _, n in expected) / len(expected), abs=1e-9)
+    hardest = sorted(expected, key=lambda t: d[t[0]][t[2]] - d[t[0]][t[1]])[:5]
+    got = record.hardest
+    assert [(h["anchor"], h["positive"], h["negative"]) for h in got] == [
+        tuple(int(dataset_indices[i]) for i in t) for t in hardest
+    ]
+    for h, (a, p, n) in zip(got, hardest):
+        assert h["d_ap"] == pytest.approx(d[a][p], abs=1e-9) and h["d_an"] == pytest.approx(d[a][n], abs=1e-9)
+
+
+def test_hardest_triplets_use_batch_indices_without_dataset_indices_and_are_sorted():
+    x, labels = uneven_batch(4)
+    record = TripletMiner("all", MARGIN, hardest_k=8)(x, labels).record
+    gaps = [h["d_an"] - h["d_ap"] for h in record.hardest]
+    assert gaps == sorted(gaps) and len(gaps) == 8
+    assert all(0 <= h[k] < len(labels) for h in record.hardest for k in ("anchor", "positive", "negative"))
+    assert all(labels[h["anchor"]] == labels[h["positive"]] != labels[h["negative"]] for h in record.hardest)
+
+
+def test_mining_record_is_json_ready_and_merges_an_epoch():
+    import json
+
+    miner = TripletMiner("semihard", MARGIN, hardest_k=4)
+    records = [miner(*uneven_batch(seed)).record for seed in range(3)]
+    merged = MiningRecord.merge(records, hardest_k=4)
+    assert merged.n_valid == sum(r.n_valid for r in records)
+    assert merged.n_mined == sum(r.n_mined for r in records)
+    weighted = sum(r.mean_d_ap * r.n_mined for r in records) / merged.n_mined
+    assert merged.mean_d_ap == pytest.approx(weighted)
+    all_hardest = sorted((h for r in records for h in r.hardest), key=lambda h: h["d_an"] - h["d_ap"])
+    assert merged.hardest == all_hardest[:4]
+    json.dumps(merged.to_dict())
+
+
+@pytest.mark.parametrize("strategy", PAIR_STRATEGIES)
+@pytest.mark.parametrize("rules_name", ["none", "never-negative", "same-group"])
+def test_pair_miner_mines_the_same_pairs_as_brute_force(strategy, rules_name):
+    rules = RULES[rules_name]
+    x, labels = uneven_batch(6)
+    d = brute_distances(x)
+    is_neg = brute_is_negative(labels, rules)
+    y = labels.tolist()
+    b = len(y)
+    pos = [(a, p) for a in range(b) for p in range(b) if a != p and y[a] == y[p]]
+    neg = [(a, n) for a in range(b) for n in range(b) if is_neg(a, n)]
+    if strategy == "all":
+        exp_pos, exp_neg = set(pos), set(neg)
+    elif strategy == "active":
+        exp_pos, exp_neg = set(pos), {(a, n) for a, n in neg if d[a][n] < MARGIN}
+    elif strategy == "hard":
+        nearest = {a: min(d[a][n] for aa, n in neg if aa == a) for a, _ in neg}
+        farthest = {a: max(d[a][p] for aa, p in pos if aa == a) for a, _ in pos}
+        exp_pos = {(a, p) for a, p in pos if a in nearest and d[a][p] > nearest[a]}
+        exp_neg = {(a, n) for a, n in neg if a in farthest and d[a][n] < farthest[a]}
+    else:
+        exp_pos = {max(((a, p) for aa, p in pos if aa == a), key=lambda t: d[t[0]][t[1]]) for a, _ in pos}
+        exp_neg = {min(((a, n) for aa, n in neg if aa == a), key=lambda t: d[t[0]][t[1]]) for a, _ in neg}
+    mined = PairMiner(strategy, MARGIN, negative_rules=rules)(x, labels)
+    assert isinstance(mined, MinedPairs)
+    assert set(zip(mined.anchors.tolist(), mined.positives.tolist())) == exp_pos
+    assert set(zip(mined.negative_anchors.tolist(), mined.negatives.tolist())) == exp_neg
+    record = mined.record
+    assert record.n_valid == len(pos) + len(neg) and record.n_mined == len(exp_pos) + len(exp_neg)
+    if exp_neg:
+        assert record.mean_d_an == pytest.approx(sum(d[a][n] for a, n in exp_neg) / len(exp_neg))
+        gaps = [h["d_an"] - h["d_ap"] for h in record.hardest]
+        assert gaps == sorted(gaps)
+
+
+@pytest.mark.parametrize("strategy", ["hard", "semihard", "easy"])
+def test_threshold_miners_keep_the_same_triplets_as_pytorch_metric_learning(strategy):
+    from pytorch_metric_learning import miners
+
+    x, labels = uneven_batch(7, sizes=(3, 4, 2, 5, 1, 4))
+    ours = as_set(TripletMiner(strategy, MARGIN)(x, labels))
+    a, p, n = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets=strategy)(x, labels)
+    assert ours == set(zip(a.tolist(), p.tolist(), n.tolist()))
+
+
+def test_batch_hard_keeps_the_same_triplets_as_pytorch_metric_learning_batch_hard_miner():
+    from pytorch_metric_learning import miners
+
+    x, labels = uneven_batch(8, sizes=(3, 4, 2, 5, 1, 4))
+    ours = as_set(TripletMiner("batch-hard", MARGIN)(x, labels))
+    a, p, n = miners.BatchHardMiner()(x, labels)
+    assert ours == set(zip(a.tolist(), p.tolist(), n.tolist()))
+
+
+def test_semihard_keeps_only_negatives_inside_the_margin_beyond_the_positive():
+    x, labels = uneven_batch(9)
+    mined = TripletMiner("semihard", MARGIN)(x, labels)
+    d = torch.cdist(torch.nn.functional.normalize(x), torch.nn.functional.normalize(x))
+    d_ap, d_an = d[mined.anchors, mined.positives], d[mined.anchors, mined.negatives]
+    assert len(mined) > 0 and bool(((d_ap < d_an) & (d_an < d_ap + MARGIN)).all())
+
+
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+def test_one_class_batch_mines_nothing_and_records_no_means(strategy):
+    x = torch.randn(6, 4)
+    mined = TripletMiner(strategy, MARGIN)(x, torch.zeros(6, dtype=torch.long))
+    assert len(mined) == 0 and mined.anchors.dtype == torch.long
+    r = mined.record
+    assert (r.n_valid, r.n_mined, r.active_fraction, r.mean_d_ap, r.mean_d_an, r.hardest) == (0, 0, 0.0, None, None, [])
+
+
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+def test_batch_of_single_sample_classes_mines_nothing(strategy):
+    mined = TripletMiner(strategy, MARGIN)(torch.randn(5, 4), torch.arange(5))
+    assert len(mined) == 0 and mined.record.n_valid == 0
+
+
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+def test_collapsed_embeddings_mine_finite_distances(strategy):
+    x = torch.ones(8, 4)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    mined = TripletMiner(strategy, MARGIN)(x, labels)
+    r = mined.record
+    if r.n_mined:
+        assert math.isfinite(r.mean_d_ap) and math.isfinite(r.mean_d_an)
+        assert all(math.isfinite(h["d_an"]) for h in r.hardest)
+    # all distances are 0: no negative is farther than a positive, none is nearer either
+    assert (r.n_mined > 0) == (strategy in ("all", "batch-hard", "batch-semihard"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_embeddings_mine_like_their_float32_copy(dtype):
+    x, labels = uneven_batch(10, dtype=torch.float32)
+    x = x.to(dtype)
+    for strategy in TRIPLET_STRATEGIES:
+        assert as_set(TripletMiner(strategy, MARGIN)(x, labels)) == as_set(TripletMiner(strategy, MARGIN)(x.float(), labels))
+
+
+def test_mining_under_bf16_autocast_uses_float32_distances():
+    x, labels = uneven_batch(11, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = TripletMiner("semihard", MARGIN)(x, labels)
+    assert as_set(under) == as_set(TripletMiner("semihard", MARGIN)(x, labels))
+
+
+def test_miner_rejects_unknown_strategy_and_mismatched_labels():
+    with pytest.raises(ValueError, match="strategy"):
+        TripletMiner("hardest", MARGIN)
+    with pytest.raises(ValueError, match="labels"):
+        TripletMiner("all", MARGIN)(torch.randn(4, 3), torch.tensor([0, 1]))
+
+
+def test_build_miner_maps_command_line_names():
+    assert build_miner("none", 0.2) is None
+    assert isinstance(build_miner("semihard", 0.2), TripletMiner)
+    miner = build_miner("pair-active", 0.5)
+    assert isinstance(miner, PairMiner) and miner.strategy == "active"
+
+
+def test_mining_a_batch_of_512_stays_within_1_gb():
+    """Each strategy on B=512, dim 128, in a fresh process: the peak resident memory grows by < 1 GB."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        torch.set_num_threads(2)
+        from retrieval.mining import TripletMiner, TRIPLET_STRATEGIES
+        from retrieval.losses import TripletMarginLoss
+        x = torch.randn(512, 128, requires_grad=True)
+        labels = torch.arange(16).repeat_interleave(32)  # K = 32: 7.6 M valid triplets
+        TripletMiner("batch-hard", 0.2)(x[:8], labels[:8])
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for strategy in TRIPLET_STRATEGIES:
+            mined = TripletMiner(strategy, 0.2)(x, labels)
+            TripletMarginLoss(0.2)(x, labels, mined).backward()
+            mined.record.hardest
+        TripletMarginLoss(0.2)(x, labels).backward()
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    grown_mb = float(out.stdout.strip().splitlines()[-1])
+    assert grown_mb < 1024
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_miners_on_cuda_match_cpu():
+    x, labels = uneven_batch(12, dtype=torch.float32)
+    for strategy in TRIPLET_STRATEGIES:
+        on_gpu = TripletMiner(strategy, MARGIN)(x.cuda(), labels.cuda())
+        assert on_gpu.anchors.device.type == "cuda"
+        assert as_set(on_gpu) == as_set(TripletMiner(strategy, MARGIN)(x, labels))
+        assert on_gpu.record.n_mined == len(on_gpu)
+    before = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    big = torch.randn(512, 128, device="cuda")
+    big_labels = torch.arange(16, device="cuda").repeat_interleave(32)
+    for strategy in TRIPLET_STRATEGIES:
+        TripletMiner(strategy, MARGIN)(big, big_labels).record.hardest
+    assert torch.cuda.max_memory_allocated() < 2**30 or before is None
+
+
+def test_mined_triplets_expose_their_pairs():
+    x, labels = uneven_batch(13)
+    mined = TripletMiner("all", MARGIN)(x, labels)
+    assert isinstance(mined, MinedTriplets)
+    a1, p, a2, n = mined.as_pairs()
+    assert a1 is mined.anchors and a2 is mined.anchors and p is mined.positives and n is mined.negatives
