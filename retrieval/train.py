@@ -204,8 +204,19 @@ class _KeyedBatches(torch.utils.data.Sampler):
 # ----------------------------------------------------------------------------- training
 
 
-def train(config: TrainConfig, *, progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train (or resume) a run as the module docstring describes; returns the run and its history."""
+def train(
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+    objective: tuple[Callable, Callable | None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run as the module docstring describes; returns the run and its history.
+
+    ``objective`` replaces the (loss, miner) that ``config.loss`` / ``config.miner`` name, with the
+    same call conventions (``miner(embeddings, labels, indices)``, ``loss(embeddings, labels,
+    mined)``); the benchmarks use it to run another library's loss in the same pipeline.
+    """
     config.validate()
     run_dir = Path(config.out)
     checkpoint = _load_checkpoint(run_dir) if config.resume else None
@@ -235,6 +246,8 @@ def train(config: TrainConfig, *, progress: bool = True, on_epoch: Callable[[dic
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn, miner, record_miner = build_objective(config, rules)
+    if objective is not None:
+        loss_fn, miner = objective
 
     train_transform = data.build_transforms(data_config, train=True, strength=config.augment)
     eval_transform = data.build_transforms(data_config, train=False)
