@@ -396,7 +396,10 @@ def map_page(run_dir: Path, config: dict) -> None:
     controls = st.columns([1, 2])
     method = controls[0].radio("Projection", methods, horizontal=True, key="map_method")
     sizes = [s for s in (500, 1000, 2000, 5000, 10000, 20000) if s < len(index)] + [len(index)]
-    max_points = controls[1].select_slider("Points drawn", options=sizes, value=min(sizes, key=lambda s: abs(s - 2000)), key="map_points")
+    max_points = len(index)
+    if len(sizes) > 1:
+        max_points = controls[1].select_slider("Points drawn", options=sizes, value=min(sizes, key=lambda s: abs(s - 2000)),
+                                               key="map_points", help="Large galleries are drawn as a random sample.")
     if len(methods) == 1:
         st.caption("UMAP is offered when umap-learn is installed: `pip install 'retrieval[umap]'`.")
     fitted = projection(index, stamp, method.lower(), int(max_points))

@@ -1,0 +1,122 @@
+"""The app in a real browser: `streamlit run` on a free port, Debian's Chromium driven by Playwright.
+
+Uploads a query through the page's file input, waits for the neighbour cards, checks their number
+and that each shows a distance, visits the other pages, and saves screenshots under
+test-artifacts/ (git-ignored). Every wait is bounded; the server is stopped in a finally.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import fake_runs
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "streamlit_app.py"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SERVER_START_S = 40
+WAIT_MS = 30_000
+K = 10
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(port: int, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"streamlit did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.fail(f"Chromium is missing ({CHROMIUM}): .ci/run installs it (apt-get install chromium); "
+                    "install it the same way to run the browser test")
+    from playwright.sync_api import sync_playwright
+
+    gallery = fake_runs.make_gallery(tmp_path / "gallery")
+    run = fake_runs.make_run(tmp_path / "run", gallery)
+    query = tmp_path / "query.png"
+    query.write_bytes(fake_runs.png_bytes((0, 230, 40), size=48))
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env.pop("RETRIEVAL_RUN_DIR", None)
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--client.toolbarMode", "minimal", "--", str(run)]
+    with open(log, "w") as log_file:
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        wait_for_health(port, server, log)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=WAIT_MS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1800})
+                page.set_default_timeout(WAIT_MS)
+                page.goto(f"http://127.0.0.1:{port}/", timeout=WAIT_MS)
+                file_input = page.locator("input[type=file]")
+                file_input.wait_for(state="attached", timeout=WAIT_MS)
+                file_input.set_input_files(str(query))
+
+                cards = page.locator("[class*='st-key-neighbour-']")
+                page.locator(f".st-key-neighbour-{K}").wait_for(timeout=WAIT_MS)
+                assert cards.count() == K
+                for i in range(K):
+                    text = cards.nth(i).inner_text()
+                    assert f"{i + 1}. " in text and "d = " in text and "cos = " in text, text
+                page.get_by_text("Margin picture").wait_for(timeout=WAIT_MS)
+                page.locator(".vega-embed").first.wait_for(timeout=WAIT_MS)
+                assert not page.locator("[data-testid='stException']").count()
+                page.wait_for_timeout(800)  # let the images and the chart paint
+                page.screenshot(path=str(ARTIFACTS / "app_search.png"), full_page=True)
+
+                for name, marker in (("Hardest negatives", ".st-key-triplet-1"),
+                                     ("Embedding map", ".vega-embed"),
+                                     ("Training", ".vega-embed")):
+                    page.locator("[data-testid='stSidebar']").get_by_text(name, exact=True).click()
+                    page.get_by_role("heading", name=name).wait_for(timeout=WAIT_MS)
+                    page.locator(marker).first.wait_for(timeout=WAIT_MS)
+                    assert not page.locator("[data-testid='stException']").count(), name
+                    page.wait_for_timeout(500)
+                    page.screenshot(path=str(ARTIFACTS / f"app_{name.lower().replace(' ', '_')}.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop(server)
