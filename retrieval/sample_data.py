@@ -45,7 +45,7 @@ from retrieval.errors import RetrievalError
 
 GENERATOR = "retrieval.sample_data"
 #: Bump whenever the drawing changes, so that `make demo` regenerates an old folder.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "sample_data.json"
 SPLITS = ("train", "test", "catalog")
 
@@ -85,8 +85,19 @@ TRIMS: dict[str, tuple[int, int, int]] = {
     "gold": (212, 175, 60),
     "silver": (175, 180, 192),
 }
-_N_GROUPS = math.lcm(len(COLOURS), len(LOGOS) // 2)  # every (shape, colour, logo) is used once
-MAX_CLASSES = _N_GROUPS * 6
+_N_GROUPS = math.lcm(len(COLOURS), len(LOGOS) // 2)  # the group pattern repeats after this
+MUTED = 0.3  # backgrounds are less saturated than products, as in real shelf photos
+#: How strong the nuisance is (tuned so raw pixels fail and a model learns in ~90 s of CPU).
+NUISANCE = {
+    "scale": (0.55, 0.95),  # the product's longest side, as a fraction of the frame
+    "rotation_sd": 14.0,  # degrees, clipped to +-35
+    "perspective": 0.09,  # corner jitter, as a fraction of the product size
+    "background_p": (0.3, 0.3, 0.4),  # texture, tablecloth pattern, clutter
+    "clutter_items": (12, 35),
+    "occlusion_p": 0.35,
+    "crop_min": 0.8,  # the kept fraction of the frame in a random crop
+    "blur_p": 0.4,
+}
 _SPLIT_CODES = {"train": 1, "test": 2}
 _RESAMPLE = Image.Resampling
 
@@ -103,26 +114,47 @@ class ProductSpec:
     group: int
 
 
+def _group(group: int) -> list[ProductSpec]:
+    """The six products of one group, built to be confusable.
+
+    With A a colour, B its neighbour (a similar hue) and x, y, z three logos::
+
+        box-A-x     box-A-y       differ only in logo
+        bottle-A-x  bottle-B-x    differ only in colour (similar hues)
+        can-B-y     can-A-z       differ in colour and logo
+        box-A-x     bottle-A-x    differ only in shape
+    """
+    colours, trims = list(COLOURS), list(TRIMS)
+    a, b = colours[group % len(colours)], colours[(group + 1) % len(colours)]
+    pair = group % (len(LOGOS) // 2)
+    x, y, z = LOGOS[2 * pair], LOGOS[2 * pair + 1], LOGOS[(2 * pair + 3) % len(LOGOS)]
+    layout = [("box", a, x), ("box", a, y), ("bottle", a, x), ("bottle", b, x), ("can", b, y), ("can", a, z)]
+    return [
+        ProductSpec(f"{shape}-{colour}-{logo}", shape, colour, logo, trims[(group + SHAPES.index(shape)) % len(trims)], group)
+        for shape, colour, logo in layout
+    ]
+
+
+def _all_specs() -> list[ProductSpec]:
+    seen: set[str] = set()
+    specs = []
+    for group in range(_N_GROUPS):
+        for spec in _group(group):
+            if spec.name not in seen:
+                seen.add(spec.name)
+                specs.append(spec)
+    return specs
+
+
+_ALL_SPECS = _all_specs()
+MAX_CLASSES = len(_ALL_SPECS)
+
+
 def product_specs(n_classes: int) -> list[ProductSpec]:
     """The first ``n_classes`` products, in a fixed (seed-independent) order of confusable groups."""
     if not 0 <= n_classes <= MAX_CLASSES:
         raise RetrievalError(f"the sample data has at most {MAX_CLASSES} classes, not {n_classes}")
-    colours = list(COLOURS)
-    trims = list(TRIMS)
-    specs: list[ProductSpec] = []
-    for group in range(_N_GROUPS):
-        pair = group % (len(LOGOS) // 2)
-        logos = LOGOS[2 * pair : 2 * pair + 2]
-        shared = colours[group % len(colours)]
-        neighbour = colours[(group + 1) % len(colours)]
-        for shape_index, (shape, colour) in enumerate(zip(SHAPES, (shared, shared, neighbour))):
-            trim = trims[(group + shape_index) % len(trims)]
-            for logo in logos:
-                name = f"{shape}-{colour}-{logo}"
-                specs.append(ProductSpec(name, shape, colour, logo, trim, group))
-                if len(specs) == n_classes:
-                    return specs
-    return specs
+    return _ALL_SPECS[:n_classes]
 
 
 def split_specs(n_train: int, n_test: int) -> tuple[list[ProductSpec], list[ProductSpec]]:
@@ -216,11 +248,11 @@ def render_product(spec: ProductSpec, size: int) -> Image.Image:
         draw.polygon([(x0, y0), (x1, y0), (x1 + depth, y0 - depth), (x0 + depth, y0 - depth)], fill=_mix(body, (255, 255, 255), 0.35))
         draw.polygon([(x1, y0), (x1 + depth, y0 - depth), (x1 + depth, y1 - depth), (x1, y1)], fill=_scale(body, 0.6))
         draw.rectangle((x0, y0, x1, y1), fill=body)
-        for top, bottom in ((0.27, 0.34), (0.84, 0.90)):
+        for top, bottom in ((0.09, 0.15), (0.90, 0.95)):
             ya, yb = y0 + top * (y1 - y0), y0 + bottom * (y1 - y0)
             draw.rectangle((x0, ya, x1, yb), fill=trim)
             draw.polygon([(x1, ya), (x1 + depth, ya - depth), (x1 + depth, yb - depth), (x1, yb)], fill=_scale(trim, 0.6))
-        cx, cy, r = (x0 + x1) / 2, y0 + 0.59 * (y1 - y0), 0.27 * (x1 - x0)
+        cx, cy, r = (x0 + x1) / 2, y0 + 0.53 * (y1 - y0), 0.4 * (x1 - x0)
     elif spec.shape == "bottle":
         x0, x1 = 0.27 * s, 0.73 * s
         draw.rounded_rectangle((x0, 0.38 * s, x1, 0.98 * s), radius=int(0.08 * s), fill=body)
@@ -229,11 +261,11 @@ def render_product(spec: ProductSpec, size: int) -> Image.Image:
         draw.rectangle((0.41 * s, 0.12 * s, 0.59 * s, 0.28 * s), fill=body)
         draw.rectangle((0.39 * s, 0.02 * s, 0.61 * s, 0.13 * s), fill=trim)
         label = (245, 240, 225)
-        draw.rectangle((x0, 0.56 * s, x1, 0.88 * s), fill=label)
-        draw.rectangle((x0, 0.56 * s, x1, 0.59 * s), fill=trim)
-        draw.rectangle((x0, 0.85 * s, x1, 0.88 * s), fill=trim)
+        draw.rectangle((x0, 0.52 * s, x1, 0.93 * s), fill=label)
+        draw.rectangle((x0, 0.52 * s, x1, 0.545 * s), fill=trim)
+        draw.rectangle((x0, 0.905 * s, x1, 0.93 * s), fill=trim)
         draw.rectangle((0.44 * s, 0.16 * s, 0.56 * s, 0.19 * s), fill=trim)
-        cx, cy, r = s / 2, 0.72 * s, 0.12 * s
+        cx, cy, r = s / 2, 0.725 * s, 0.17 * s
         ink = _scale(body, 0.8)
     else:  # can
         x0, x1 = 0.24 * s, 0.76 * s
@@ -243,7 +275,7 @@ def render_product(spec: ProductSpec, size: int) -> Image.Image:
         draw.rectangle((x0, 0.78 * s, x1, 0.84 * s), fill=trim)
         draw.ellipse((x0, 0.03 * s, x1, 0.17 * s), fill=(190, 192, 200))
         draw.ellipse((x0 + 0.05 * s, 0.05 * s, x1 - 0.05 * s, 0.15 * s), fill=(150, 152, 160))
-        cx, cy, r = s / 2, 0.54 * s, 0.15 * s
+        cx, cy, r = s / 2, 0.54 * s, 0.225 * s
     draw_logo(draw, spec.logo, cx, cy, r, ink)
     if spec.shape in ("bottle", "can"):  # a specular highlight band on the cylinder
         highlight = Image.new("RGBA", image.size, (0, 0, 0, 0))
@@ -253,8 +285,9 @@ def render_product(spec: ProductSpec, size: int) -> Image.Image:
     return image
 
 
-def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, size=3))
+def _random_colour(rng: np.random.Generator, muted: float = 0.0) -> tuple[int, int, int]:
+    """A uniform random colour, mixed ``muted`` of the way to mid grey."""
+    return _mix(tuple(int(v) for v in rng.integers(0, 256, size=3)), (128, 128, 128), muted)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, amplitude: float) -> np.ndarray:
@@ -265,7 +298,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, amplitude: fl
 
 
 def _background_texture(rng: np.random.Generator, size: int) -> Image.Image:
-    a, b = np.array(_random_colour(rng), np.float32), np.array(_random_colour(rng), np.float32)
+    a, b = np.array(_random_colour(rng, MUTED), np.float32), np.array(_random_colour(rng, MUTED), np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
     t = np.clip(0.5 + (xs - 0.5) * math.cos(angle) + (ys - 0.5) * math.sin(angle), 0, 1)[..., None]
@@ -275,7 +308,7 @@ def _background_texture(rng: np.random.Generator, size: int) -> Image.Image:
 
 def _background_pattern(rng: np.random.Generator, size: int) -> Image.Image:
     """A tablecloth: stripes or checks of two colours at a random angle and period."""
-    a, b = np.array(_random_colour(rng), np.float32), np.array(_random_colour(rng), np.float32)
+    a, b = np.array(_random_colour(rng, MUTED), np.float32), np.array(_random_colour(rng, MUTED), np.float32)
     angle = rng.uniform(0, math.pi)
     period = rng.uniform(0.08, 0.35) * size
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -290,13 +323,13 @@ def _background_pattern(rng: np.random.Generator, size: int) -> Image.Image:
 
 def _background_clutter(rng: np.random.Generator, size: int) -> Image.Image:
     """A cluttered scene: random rectangles, blobs, lines and distractor logos."""
-    image = Image.new("RGB", (size, size), _random_colour(rng))
+    image = Image.new("RGB", (size, size), _random_colour(rng, MUTED))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(12, 35))):
+    for _ in range(int(rng.integers(*NUISANCE["clutter_items"]))):
         kind = int(rng.integers(0, 5))
         cx, cy = rng.uniform(-0.1, 1.1, size=2) * size
         r = rng.uniform(0.04, 0.3) * size
-        colour = _random_colour(rng)
+        colour = _random_colour(rng, MUTED)
         if kind == 0:
             w, h = r * rng.uniform(0.4, 1.6, size=2)
             draw.rectangle((cx - w, cy - h, cx + w, cy + h), fill=colour)
@@ -333,21 +366,25 @@ def _perspective_coefficients(src: list[tuple[float, float]], dst: list[tuple[fl
     return [float(c) for c in np.linalg.solve(np.array(rows, np.float64), np.array(rhs, np.float64))]
 
 
-def _pose(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Perspective tilt and in-plane rotation; returns the RGBA product cropped to its pixels."""
-    s = sprite.width
-    pad = s // 4
-    canvas = Image.new("RGBA", (s + 2 * pad, s + 2 * pad), (0, 0, 0, 0))
-    canvas.paste(sprite, (pad, pad))
-    n = canvas.width
-    corners = [(0.0, 0.0), (n, 0.0), (n, n), (0.0, n)]
-    jitter = rng.uniform(-0.09, 0.09, size=(4, 2)) * s
-    moved = [(x + float(dx), y + float(dy)) for (x, y), (dx, dy) in zip(corners, jitter)]
-    canvas = canvas.transform(canvas.size, Image.Transform.PERSPECTIVE, _perspective_coefficients(corners, moved), _RESAMPLE.BICUBIC)
-    angle = float(np.clip(rng.normal(0.0, 14.0), -35.0, 35.0))
-    canvas = canvas.rotate(angle, resample=_RESAMPLE.BICUBIC, expand=True)
-    box = canvas.getchannel("A").point(lambda a: 255 if a > 8 else 0).getbbox()
-    return canvas.crop(box) if box else canvas
+def _pose(sprite: Image.Image, rng: np.random.Generator, longest: float) -> Image.Image:
+    """Scale, perspective tilt and in-plane rotation in one resampling; the product cropped to its pixels.
+
+    ``longest`` is the side, in pixels, that the (square) sprite is scaled to before the tilt.
+    """
+    n = max(2, int(round(longest)))
+    small = sprite.resize((n, n), _RESAMPLE.LANCZOS) if n != sprite.width else sprite
+    corners = np.array([(0.0, 0.0), (n, 0.0), (n, n), (0.0, n)])
+    moved = corners + rng.uniform(-1, 1, size=(4, 2)) * NUISANCE["perspective"] * n
+    angle = math.radians(float(np.clip(rng.normal(0.0, NUISANCE["rotation_sd"]), -35.0, 35.0)))
+    centred = moved - n / 2
+    cos, sin = math.cos(angle), math.sin(angle)
+    moved = np.stack([centred[:, 0] * cos + centred[:, 1] * sin, -centred[:, 0] * sin + centred[:, 1] * cos], axis=1)
+    moved -= moved.min(axis=0)
+    width, height = (int(math.ceil(v)) + 1 for v in moved.max(axis=0))
+    coefficients = _perspective_coefficients([tuple(c) for c in corners], [tuple(c) for c in moved])
+    posed = small.transform((width, height), Image.Transform.PERSPECTIVE, coefficients, _RESAMPLE.BICUBIC)
+    box = posed.getchannel("A").point(lambda a: 255 if a > 8 else 0).getbbox()
+    return posed.crop(box) if box else posed
 
 
 def _light(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -356,7 +393,7 @@ def _light(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size * 2 - 1
     angle = rng.uniform(0, 2 * math.pi)
     ramp = 1 + rng.uniform(0.0, 0.35) * (xs * math.cos(angle) + ys * math.sin(angle))
-    cast = 1 + rng.normal(0.0, 0.07, size=3)
+    cast = 1 + rng.normal(0.0, 0.05, size=3)
     pixels = pixels * ramp[..., None] * cast * rng.uniform(0.65, 1.3)
     mean = pixels.mean()
     pixels = (pixels - mean) * rng.uniform(0.7, 1.25) + mean
@@ -366,11 +403,8 @@ def _light(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def render_photo(sprite: Image.Image, image_size: int, rng: np.random.Generator) -> Image.Image:
     """One "photograph" of the product in ``sprite`` (RGBA from :func:`render_product`)."""
     canvas_size = 2 * image_size  # draw at twice the size, then downsample: anti-aliased edges
-    background = _BACKGROUNDS[int(rng.choice(len(_BACKGROUNDS), p=[0.3, 0.3, 0.4]))](rng, canvas_size)
-    product = _pose(sprite, rng)
-    longest = rng.uniform(0.5, 0.95) * canvas_size
-    factor = longest / max(product.size)
-    product = product.resize((max(1, round(product.width * factor)), max(1, round(product.height * factor))), _RESAMPLE.LANCZOS)
+    background = _BACKGROUNDS[int(rng.choice(len(_BACKGROUNDS), p=NUISANCE["background_p"]))](rng, canvas_size)
+    product = _pose(sprite, rng, rng.uniform(*NUISANCE["scale"]) * canvas_size)
     cx, cy = (0.5 + rng.uniform(-0.22, 0.22, size=2)) * canvas_size
     x, y = int(round(cx - product.width / 2)), int(round(cy - product.height / 2))
     scene = background.convert("RGBA")
@@ -382,7 +416,7 @@ def render_photo(sprite: Image.Image, image_size: int, rng: np.random.Generator)
         offset = rng.integers(2, max(3, canvas_size // 16), size=2)
         _paste(scene, shadow, x + int(offset[0]), y + int(offset[1]))
     _paste(scene, product, x, y)
-    if rng.random() < 0.35:  # partial occlusion: a hand, a price tag or another object in front
+    if rng.random() < NUISANCE["occlusion_p"]:  # partial occlusion: a hand, a price tag or another object in front
         draw = ImageDraw.Draw(scene)
         w, h = product.width * rng.uniform(0.2, 0.45), product.height * rng.uniform(0.15, 0.4)
         ox, oy = x + rng.uniform(0, product.width), y + rng.uniform(0, product.height)
@@ -394,11 +428,11 @@ def render_photo(sprite: Image.Image, image_size: int, rng: np.random.Generator)
             draw.rectangle((ox - w / 2, oy - h / 2, ox + w / 2, oy + h / 2), fill=(250, 250, 245, 255), outline=(120, 120, 120, 255))
         else:
             draw.rectangle((ox - w, oy - h, ox + w, oy + h), fill=_random_colour(rng) + (255,))
-    crop = rng.uniform(0.8, 1.0) * canvas_size  # a random crop / zoom of the frame
+    crop = rng.uniform(NUISANCE["crop_min"], 1.0) * canvas_size  # a random crop / zoom of the frame
     left, top = rng.uniform(0, canvas_size - crop, size=2)
     scene = scene.convert("RGB").crop((int(left), int(top), int(left + crop), int(top + crop)))
-    if rng.random() < 0.5:
-        scene = scene.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 2.2))))
+    if rng.random() < NUISANCE["blur_p"]:
+        scene = scene.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.8))))
     scene = scene.resize((image_size, image_size), _RESAMPLE.LANCZOS)
     pixels = _light(np.asarray(scene, dtype=np.float32) / 255.0, rng) * 255.0
     pixels = pixels + rng.normal(0.0, rng.uniform(0.0, 5.0), size=pixels.shape)
@@ -471,7 +505,8 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 def _foreign_files(out_dir: Path, manifest: dict) -> list[str]:
     """Files under ``out_dir`` that the manifest does not list (a user's own files)."""
-    known = set(manifest.get("files", {})) | {MANIFEST_NAME}
+    files = manifest.get("files")
+    known = (set(files) if isinstance(files, dict) else set()) | {MANIFEST_NAME}
     foreign = []
     for path in sorted(out_dir.rglob("*")):
         if not path.is_dir() and path.relative_to(out_dir).as_posix() not in known:
