@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.distances import euclidean_from_squared, full_precision, normalize, to_float
-from retrieval.mining import MinedPairs, MinedTriplets, TripletRuns, padded_positives
+from retrieval.mining import MinedPairs, MinedTriplets, anchor_chunks, padded_positives
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 
 __all__ = [
@@ -76,15 +76,13 @@ class MetricLoss(torch.nn.Module):
         negatives = negative_mask(labels, self.negative_rules)
         if mined is None:
             return positives, negatives
-        a1, p, a2, n = _as_pairs(mined)
-        batch = len(labels)
-        pos_kept = torch.zeros(batch, batch, dtype=torch.bool, device=labels.device)
-        neg_kept = torch.zeros_like(pos_kept)
-        pos_kept[a1, p] = True
-        neg_kept[a2, n] = True
+        if isinstance(mined, (MinedTriplets, MinedPairs)):
+            pos_kept, neg_kept = mined.pair_masks(len(labels))
+        else:
+            pos_kept, neg_kept = _pairs_to_masks(len(labels), *_as_pairs(mined))
         if symmetric:
-            pos_kept |= pos_kept.T.clone()
-            neg_kept |= neg_kept.T.clone()
+            pos_kept = pos_kept | pos_kept.T
+            neg_kept = neg_kept | neg_kept.T
         return pos_kept & positives, neg_kept & negatives
 
 
@@ -107,8 +105,14 @@ class ContrastiveLoss(MetricLoss):
 
     def compute(self, embeddings, labels, mined):
         x = normalize(embeddings)
-        squared = _squared_distances(x)
         pos, neg = self.pair_masks(labels, mined, symmetric=True)
+        if mined is not None:  # a miner's pairs: distances of those pairs only, no B×B matrix
+            i, j = torch.nonzero(pos, as_tuple=True)
+            k, n = torch.nonzero(neg, as_tuple=True)
+            squared_ap = (x[i] - x[j]).pow(2).sum(dim=1)
+            hinge = F.relu(self.margin - euclidean_from_squared((x[k] - x[n]).pow(2).sum(dim=1))) ** 2
+            return squared_ap.sum() / max(len(i), 1) + hinge.sum() / max(len(k), 1)
+        squared = _squared_distances(x)
         pull = (squared * pos).sum() / pos.sum().clamp_min(1)
         hinge = F.relu(self.margin - euclidean_from_squared(squared)) ** 2
         push = (hinge * neg).sum() / neg.sum().clamp_min(1)
@@ -124,10 +128,10 @@ class TripletMarginLoss(MetricLoss):
         ℓ(a, p, n) = max(0, d(a,p) − d(a,n) + ε)          (squared=True: d² in place of d)
 
     ``reduction="nonzero_mean"`` (default) averages over the triplets with ℓ > 0 (0 when there is
-    none), ``"mean"`` over all triplets used. Without a miner, every valid triplet is used; that
-    sum is computed without enumerating the triplets: for each (a, p) the negatives of a are sorted
-    by distance, the active ones (d(a,n) < d(a,p) + ε) are a prefix of that order, and
-    Σ_n ℓ = c·(d(a,p) + ε) − Σ_{first c} d(a,n), with c the prefix length, found by binary search.
+    none), ``"mean"`` over all triplets used. Without a miner every valid triplet is used. The
+    hinge is evaluated on the dense (anchor, positive, negative) form — each anchor's K positives
+    against the whole batch, B·K·B terms in chunks of anchors, never the B×B×B cube — which also
+    takes a threshold miner's mask as it is, without enumerating the triplets.
 
     Equals pytorch-metric-learning's ``TripletMarginLoss`` (default ``AvgNonZeroReducer``) for the
     same triplets; with ``squared=True`` it matches its ``LpDistance(power=2)`` on normalised embeddings.
@@ -150,23 +154,38 @@ class TripletMarginLoss(MetricLoss):
 
     def compute(self, embeddings, labels, mined):
         x = normalize(embeddings)
-        squared = _squared_distances(x)
-        dist = squared if self.squared else euclidean_from_squared(squared)
-        if isinstance(mined, MinedTriplets) and mined.runs is not None and self.negative_rules in (None, mined.runs.negative_rules):
-            total, n_active, n_used = _runs_sum(dist, mined.runs, self.margin)
-        elif isinstance(mined, MinedTriplets) or (isinstance(mined, (tuple, list)) and len(mined) == 3):
+        if isinstance(mined, MinedTriplets) and mined.dense is None or isinstance(mined, (tuple, list)) and len(mined) == 3:
             a, p, n = (mined.anchors, mined.positives, mined.negatives) if isinstance(mined, MinedTriplets) else mined
             if self.negative_rules is not None:
                 keep = positive_mask(labels)[a, p] & negative_mask(labels, self.negative_rules)[a, n]
                 a, p, n = a[keep], p[keep], n[keep]
-            losses = F.relu(dist[a, p] - dist[a, n] + self.margin)
+            if 8 * len(a) <= len(x) ** 2:  # few triplets (batch-hard, batch-semihard): no B×B matrix
+                x_a = x[a]
+                squared = torch.stack([(x_a - x[p]).pow(2).sum(dim=1), (x_a - x[n]).pow(2).sum(dim=1)])
+            else:
+                squared = _squared_distances(x)
+                squared = torch.stack([squared[a, p], squared[a, n]])
+            d_ap, d_an = (squared if self.squared else euclidean_from_squared(squared)).unbind()
+            losses = F.relu(d_ap - d_an + self.margin)
             total, n_active, n_used = losses.sum(), (losses > 0).sum(), len(losses)
         else:
-            pos, neg = self.pair_masks(labels, mined, symmetric=False)
-            total, n_active, n_used = _all_triplets_sum(dist, pos, neg, self.margin)
+            squared = _squared_distances(x)
+            dist = squared if self.squared else euclidean_from_squared(squared)
+            if isinstance(mined, MinedTriplets):  # a threshold miner's dense (anchor, positive, negative) mask
+                positives, mask = mined.dense
+                if self.negative_rules is not None:
+                    mask = mask & negative_mask(labels, self.negative_rules)[:, None, :]
+                valid, neg = None, None
+            else:  # every (a, p, n) with a valid (or mined) positive pair (a, p) and negative pair (a, n)
+                pos, neg = self.pair_masks(labels, mined, symmetric=False)
+                positives, valid = padded_positives(pos)
+                mask = None
+            total, n_active, n_used = _dense_triplet_sum(
+                dist, positives, self.margin, mask=mask, valid=valid, neg=neg, count=self.reduction == "mean"
+            )
         if self.reduction == "nonzero_mean":
             return total / torch.as_tensor(n_active).clamp_min(1)
-        return total / max(int(n_used), 1)
+        return total / torch.as_tensor(n_used).clamp_min(1)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, squared={self.squared}, reduction={self.reduction!r}"
@@ -232,6 +251,27 @@ class NPairLoss(MetricLoss):
     def compute(self, embeddings, labels, mined):
         raw = to_float(embeddings)
         x = normalize(raw)
+        if mined is None:
+            anchors, positives = _first_two_of_each_class(labels)
+            neg = None if self.negative_rules is None else negative_mask(labels, self.negative_rules)
+        else:
+            anchors, positives, neg = self._first_mined_pairs(labels, mined)
+        if len(anchors) == 0:
+            return _zero(x)
+        logits = x[anchors] @ x[positives].T
+        if neg is None:  # every other pair's positive is a negative
+            loss = F.cross_entropy(logits, torch.arange(len(anchors), device=logits.device))
+        else:
+            allowed = neg[anchors][:, positives]
+            allowed.fill_diagonal_(True)
+            loss = -F.log_softmax(logits.masked_fill(~allowed, -math.inf), dim=1).diagonal().mean()
+        if self.l2_reg:
+            norms = torch.cat([raw[anchors], raw[positives]]).pow(2).sum(dim=1)
+            loss = loss + self.l2_reg * norms.mean()
+        return loss
+
+    def _first_mined_pairs(self, labels, mined):
+        """Per class, the mined positive pair (a, p) that comes first in batch order, and the mined negative pairs."""
         pos, neg = self.pair_masks(labels, mined, symmetric=False)
         batch = len(labels)
         has_positive = pos.any(dim=1)
@@ -241,17 +281,7 @@ class NPairLoss(MetricLoss):
         first_anchor = torch.full((int(class_of.max()) + 1 if batch else 0,), batch, device=labels.device, dtype=torch.long)
         first_anchor = first_anchor.scatter_reduce(0, class_of, candidate, reduce="amin")
         anchors = first_anchor[first_anchor < batch]
-        if len(anchors) == 0:
-            return _zero(x)
-        positives = first_positive[anchors]
-        logits = x[anchors] @ x[positives].T
-        allowed = neg[anchors][:, positives]
-        allowed.fill_diagonal_(True)
-        loss = -F.log_softmax(logits.masked_fill(~allowed, -math.inf), dim=1).diagonal().mean()
-        if self.l2_reg:
-            norms = torch.cat([raw[anchors], raw[positives]]).pow(2).sum(dim=1)
-            loss = loss + self.l2_reg * norms.mean()
-        return loss
+        return anchors, first_positive[anchors], neg
 
     def extra_repr(self) -> str:
         return f"l2_reg={self.l2_reg}"
@@ -363,6 +393,18 @@ def _zero(x: torch.Tensor) -> torch.Tensor:
     return (x * 0).sum()
 
 
+def _first_two_of_each_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each class with two or more samples, its first and second sample in batch order."""
+    order = torch.argsort(labels, stable=True)  # classes together, batch order within a class
+    ordered = labels[order]
+    starts_class = torch.ones_like(ordered, dtype=torch.bool)
+    starts_class[1:] = ordered[1:] != ordered[:-1]
+    has_second = torch.zeros_like(starts_class)
+    has_second[:-1] = ordered[1:] == ordered[:-1]
+    first = torch.nonzero(starts_class & has_second).squeeze(1)
+    return order[first], order[first + 1]
+
+
 def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """log Σ_{mask} exp(values) along dim, and whether the mask had any entry there. Where it had
     none the value is 0 (not −∞), so no NaN reaches the gradient."""
@@ -375,42 +417,44 @@ def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int) -> tup
     return torch.where(has, lse, 0), has
 
 
-def _all_triplets_sum(dist, pos, neg, margin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Σ max(0, d_ap − d_an + ε) over every (a, p, n) with pos[a, p] and neg[a, n], the number of
-    non-zero terms, and the number of triplets — from sorted negatives and prefix sums, O(B² log B)."""
-    n_pos, n_neg = pos.sum(dim=1), neg.sum(dim=1)
-    n_triplets = (n_pos * n_neg).sum()
-    k_max = int(n_pos.max()) if len(pos) else 0
+def _dense_triplet_sum(dist, positives, margin, *, mask=None, valid=None, neg=None, count=True):
+    """Σ max(0, d_ap − d_an + ε) over the triplets (a, positives[a, k], n) where mask[a, k, n]
+    (or, without a mask, where valid[a, k] and neg[a, n]), the number of non-zero terms, and
+    the number of triplets (when ``count``; else None); evaluated on (anchors × K × B) chunks."""
+    batch, k_max = positives.shape
     if k_max == 0:
-        return _zero(dist), torch.zeros((), dtype=torch.long, device=dist.device), n_triplets
-    positives, valid = padded_positives(pos, n_pos, k_max)
-    d_ap = dist.gather(1, positives)
-    sorted_d_an, _ = dist.masked_fill(~neg, math.inf).sort(dim=1)
-    prefix = F.pad(sorted_d_an.masked_fill(torch.isinf(sorted_d_an), 0).cumsum(dim=1), (1, 0))
-    threshold = d_ap + margin
-    active = torch.searchsorted(sorted_d_an.detach(), threshold.detach(), side="left")  # count of d_an < d_ap + ε
-    active = torch.where(valid, active, 0)
-    sums = active * threshold - prefix.gather(1, active)
-    total = torch.where(valid, sums, 0).sum()
-    return total, active.sum(), n_triplets
+        zero = torch.zeros((), dtype=torch.long, device=dist.device)
+        return _zero(dist), zero, zero
+    threshold = dist.gather(1, positives) + margin  # d_ap + ε
+    d_an = dist
+    if mask is None:  # push excluded terms below the hinge: d_ap + ε − d_an < 0 there
+        out_of_reach = 2.0 * (2.0 + abs(margin)) + 1.0
+        threshold = threshold.masked_fill(~valid, -out_of_reach)
+        d_an = dist.masked_fill(~neg, out_of_reach)
+    totals, actives = [], []
+    for rows in anchor_chunks(batch, k_max * batch):
+        hinge = F.relu(threshold[rows, :, None] - d_an[rows, None, :])  # (c, K, B)
+        if mask is not None:
+            hinge = hinge * mask[rows]
+        totals.append(hinge.sum())
+        actives.append(torch.sign(hinge.detach()).sum())  # hinge >= 0: counts the non-zero terms
+    if not count:
+        n_triplets = None
+    elif mask is not None:
+        n_triplets = mask.sum()
+    else:
+        n_triplets = (valid.sum(dim=1) * neg.sum(dim=1)).sum()
+    if len(totals) == 1:
+        return totals[0], actives[0], n_triplets
+    return torch.stack(totals).sum(), torch.stack(actives).sum(), n_triplets
 
 
-def _runs_sum(dist, runs: TripletRuns, margin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The same three numbers as :func:`_all_triplets_sum` for a threshold miner's triplets, from
-    their runs of sorted negatives: the active part of a run [lo, hi) is [lo, min(hi, c)), c the
-    count of negatives with d_an < d_ap + ε; O(B²), however many triplets were mined."""
-    d_ap = dist.gather(1, runs.positives)
-    sorted_d_an = dist.gather(1, runs.order)  # ascending over each anchor's negatives
-    prefix = F.pad(sorted_d_an.cumsum(dim=1), (1, 0))
-    threshold = d_ap + margin
-    columns = torch.arange(sorted_d_an.shape[1], device=dist.device)
-    searchable = sorted_d_an.detach().masked_fill(columns >= runs.n_negatives[:, None], math.inf)
-    below = torch.searchsorted(searchable, threshold.detach(), side="left")
-    active_end = torch.maximum(torch.minimum(runs.hi, below), runs.lo)
-    active = torch.where(runs.valid, active_end - runs.lo, 0)
-    sums = active * threshold - (prefix.gather(1, active_end) - prefix.gather(1, runs.lo))
-    total = torch.where(runs.valid, sums, 0).sum()
-    return total, active.sum(), runs.n_mined
+def _pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.zeros(batch, batch, dtype=torch.bool, device=a1.device)
+    neg = torch.zeros_like(pos)
+    pos[a1, p] = True
+    neg[a2, n] = True
+    return pos, neg
 
 
 def _as_pairs(mined) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

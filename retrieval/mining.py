@@ -22,24 +22,25 @@ d_ap and d_an, and the k hardest triplets (smallest d_an − d_ap) with dataset 
 training writes to ``mining/epoch_NNN.jsonl`` and the app shows as images.
 
 How it stays fast and small. The miners never build the B×B×B triplet tensor. Each anchor's
-negatives are sorted by distance once (B×B); a threshold rule then selects a contiguous run of
-that sorted row for every (anchor, positive) pair, found with a binary search, and the triplets
-are enumerated from those runs with ``repeat_interleave``. Counts, the fraction with loss > 0 and
-the mean d_an come from the run bounds and prefix sums of the sorted distances, and the hardest
-triplets are the first few entries of each run, so the record costs O(B² log B), not O(triplets).
-Everything runs on the embeddings' device under ``torch.no_grad``, in float32 (float64 stays
-float64); there is no Python loop over anchors.
+positives are gathered into a (B, K) matrix, K the largest number of positives an anchor has (K − 1
+for P×K batches), so a rule is evaluated on (anchor, positive, candidate negative) tensors of
+B·K·B elements — K/B of the full cube — in chunks of anchors that bound the memory. The
+threshold miners keep that boolean mask as their result and enumerate the index triplets only
+when asked; the triplet loss evaluates its hinge on the same dense form, which on a CPU is many
+times cheaper than gathering scattered triplets. The record (counts, means, the hardest
+triplets through one ``topk`` per chunk) comes from the same tensors. Everything runs on the
+embeddings' device under ``torch.no_grad``, in float32 (float64 stays float64); there is no
+Python loop over anchors.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from retrieval.distances import euclidean_distance, full_precision, normalize
+from retrieval.distances import euclidean_distance, euclidean_from_squared, full_precision, normalize, squared_euclidean_distance
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "PairMiner",
     "MinedTriplets",
     "MinedPairs",
-    "TripletRuns",
     "MiningRecord",
     "build_miner",
 ]
@@ -170,10 +170,11 @@ class MiningRecord:
 class MinedTriplets:
     """Triplets (anchors[i], positives[i], negatives[i]), LongTensors of batch indices, and the record.
 
-    The threshold miners (all / hard / semihard / easy) find their triplets as runs of each
-    anchor's distance-sorted negatives (see the module docstring) and keep that compact form:
-    ``anchors``, ``positives`` and ``negatives`` are enumerated on first access, and the triplet
-    loss computes its value from the runs directly, without ever enumerating them.
+    The threshold miners (all / hard / semihard / easy) keep their triplets in the dense form
+    ``dense = (positives, mask)``: ``positives`` (B, K) holds each anchor's positives and ``mask``
+    (B, K, B) is True at [a, k, n] when (a, positives[a, k], n) was mined. ``anchors``,
+    ``positives`` and ``negatives`` are enumerated from it on first access (ordered by anchor,
+    positive, negative); the losses read the dense form directly.
     """
 
     def __init__(
@@ -183,18 +184,19 @@ class MinedTriplets:
         negatives: torch.Tensor | None,
         record: MiningRecord,
         *,
-        runs: "TripletRuns | None" = None,
+        dense: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        if anchors is None and runs is None:
-            raise ValueError("MinedTriplets needs the triplets or their runs")
+        if anchors is None and dense is None:
+            raise ValueError("MinedTriplets needs the triplets or their dense form")
         self._triplets = None if anchors is None else (anchors, positives, negatives)
         self.record = record
-        self.runs = runs
+        self.dense = dense
 
     def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._triplets is None:
-            assert self.runs is not None
-            self._triplets = self.runs.enumerate()
+            positives, mask = self.dense
+            a, k, n = torch.nonzero(mask, as_tuple=True)
+            self._triplets = (a, positives[a, k], n)
         return self._triplets
 
     @property
@@ -220,52 +222,68 @@ class MinedTriplets:
         a, p, n = self._enumerated()
         return a, p, a, n
 
-
-@dataclass
-class TripletRuns:
-    """Triplets as runs: for anchor a and its k-th positive ``positives[a, k]`` (where
-    ``valid[a, k]``), the negatives ``order[a, lo[a, k]] … order[a, hi[a, k] − 1]``, where ``order``
-    sorts a's ``n_negatives[a]`` negatives by distance (non-negatives after them).
-    ``negative_rules`` are the miner's."""
-
-    positives: torch.Tensor
-    valid: torch.Tensor
-    order: torch.Tensor
-    n_negatives: torch.Tensor
-    lo: torch.Tensor
-    hi: torch.Tensor
-    n_mined: torch.Tensor  # 0-dim
-    negative_rules: NegativeRules | None
-
-    def enumerate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The (anchors, positives, negatives) index tensors, ordered by anchor, positive, d_an."""
-        k_max = self.positives.shape[1]
-        lengths = torch.where(self.valid, self.hi - self.lo, 0).reshape(-1)
-        device = lengths.device
-        n_mined = int(self.n_mined)
-        run_of = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths, output_size=n_mined)
-        run_start = torch.cumsum(lengths, 0) - lengths
-        rank = self.lo.reshape(-1)[run_of] + torch.arange(n_mined, device=device) - run_start[run_of]
-        anchors = torch.div(run_of, k_max, rounding_mode="floor")
-        return anchors, self.positives.reshape(-1)[run_of], self.order[anchors, rank]
+    def pair_masks(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, B) bool masks of the distinct (anchor, positive) and (anchor, negative) pairs."""
+        if self.dense is not None:
+            positives, mask = self.dense
+            return _scatter_or(batch, positives, mask.any(dim=2)), mask.any(dim=1)
+        return _pairs_to_masks(batch, *self.as_pairs())
 
 
-@dataclass
 class MinedPairs:
     """Positive pairs (anchors[i], positives[i]) and negative pairs (negative_anchors[j],
-    negatives[j]), LongTensors of batch indices, and the record."""
+    negatives[j]), LongTensors of batch indices, and the record. The pair miner keeps them as two
+    (B, B) masks and enumerates the indices on first access."""
 
-    anchors: torch.Tensor
-    positives: torch.Tensor
-    negative_anchors: torch.Tensor
-    negatives: torch.Tensor
-    record: MiningRecord
-
-    def __len__(self) -> int:
-        return len(self.anchors) + len(self.negatives)
+    def __init__(
+        self,
+        anchors: torch.Tensor | None,
+        positives: torch.Tensor | None,
+        negative_anchors: torch.Tensor | None,
+        negatives: torch.Tensor | None,
+        record: MiningRecord,
+        *,
+        masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        if anchors is None and masks is None:
+            raise ValueError("MinedPairs needs the pairs or their masks")
+        self._pairs = None if anchors is None else (anchors, positives, negative_anchors, negatives)
+        self.record = record
+        self.masks = masks
 
     def as_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.anchors, self.positives, self.negative_anchors, self.negatives
+        if self._pairs is None:
+            pos, neg = self.masks
+            self._pairs = (*torch.nonzero(pos, as_tuple=True), *torch.nonzero(neg, as_tuple=True))
+        return self._pairs
+
+    @property
+    def anchors(self) -> torch.Tensor:
+        return self.as_pairs()[0]
+
+    @property
+    def positives(self) -> torch.Tensor:
+        return self.as_pairs()[1]
+
+    @property
+    def negative_anchors(self) -> torch.Tensor:
+        return self.as_pairs()[2]
+
+    @property
+    def negatives(self) -> torch.Tensor:
+        return self.as_pairs()[3]
+
+    def __len__(self) -> int:
+        return self.record.n_mined if self._pairs is None else len(self._pairs[0]) + len(self._pairs[2])
+
+    def __repr__(self) -> str:
+        return f"MinedPairs({len(self)} pairs, record={self.record!r})"
+
+    def pair_masks(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, B) bool masks of the mined positive and negative pairs."""
+        if self.masks is not None:
+            return self.masks
+        return _pairs_to_masks(batch, *self._pairs)
 
 
 class TripletMiner:
@@ -311,88 +329,99 @@ class TripletMiner:
         with torch.no_grad(), full_precision(embeddings):
             x = normalize(embeddings.detach())
             labels, indices = _batch_labels(labels, indices, x)
-            dist = euclidean_distance(x, normalized=True)
-            pos = positive_mask(labels)
+            squared = squared_euclidean_distance(x, normalized=True)
             neg = negative_mask(labels, self.negative_rules)
-            n_pos, n_neg = pos.sum(1), neg.sum(1)
-            n_valid = (n_pos * n_neg).sum()
+            positives, valid = padded_positives(positive_mask(labels))
+            n_valid = (valid.sum(dim=1) * neg.sum(dim=1)).sum()
+            if positives.shape[1] == 0:
+                return _empty_triplets(x.device, n_valid, x.dtype)
             if self.strategy == "batch-hard":
-                return self._batch_hard(dist, pos, neg, n_pos, n_neg, n_valid, indices)
-            k_max = int(n_pos.max()) if len(labels) else 0
-            if k_max == 0 or not bool((n_neg > 0).any()):
-                return _empty_triplets(x.device, n_valid, dist.dtype)
-            positives, valid = padded_positives(pos, n_pos, k_max)
-            d_ap = dist.gather(1, positives)
-            sorted_d_an, order = dist.masked_fill(~neg, math.inf).sort(dim=1)
+                return self._batch_hard(squared, positives, valid, neg, n_valid, indices)
             if self.strategy == "batch-semihard":
-                return self._batch_semihard(dist, positives, valid, d_ap, sorted_d_an, order, n_neg, n_valid, indices)
-            return self._threshold(positives, valid, d_ap, sorted_d_an, order, n_neg, n_valid, indices)
+                return self._batch_semihard(squared, positives, valid, neg, n_valid, indices)
+            dist = euclidean_from_squared(squared)
+            return self._threshold(dist, positives, valid, dist.gather(1, positives), neg, n_valid, indices)
 
-    # -- the threshold rules: a contiguous run [lo, hi) of each anchor's sorted negatives -----------
+    # -- the threshold rules, on the dense (anchor, positive, negative) form ------------------------
 
-    def _threshold(self, positives, valid, d_ap, sorted_d_an, order, n_neg, n_valid, indices) -> MinedTriplets:
+    def _threshold(self, dist, positives, valid, d_ap, neg, n_valid, indices) -> MinedTriplets:
         batch, k_max = positives.shape
-        threshold = d_ap + self.margin
-        n_neg = n_neg[:, None].expand(batch, k_max)
-        below_threshold = torch.searchsorted(sorted_d_an, threshold, side="left")  # count of d_an < d_ap + ε
-        zero = torch.zeros_like(below_threshold)
-        if self.strategy == "all":
-            lo, hi = zero, n_neg
-        elif self.strategy == "hard":
-            lo, hi = zero, torch.searchsorted(sorted_d_an, d_ap, side="left")  # d_an < d_ap
-        elif self.strategy == "semihard":
-            lo, hi = torch.searchsorted(sorted_d_an, d_ap, side="right"), below_threshold  # d_ap < d_an < d_ap + ε
-        else:  # easy
-            lo, hi = below_threshold, n_neg  # d_an >= d_ap + ε
-        hi = torch.minimum(hi, n_neg)
-        lo = torch.minimum(lo, hi)
-        lengths = torch.where(valid, hi - lo, 0)
-
-        n_mined = lengths.sum()
-
-        # The record from run bounds and prefix sums of the sorted distances.
-        n_active = torch.where(valid, (torch.minimum(hi, below_threshold) - lo).clamp_min(0), 0).sum()
-        prefix = torch.nn.functional.pad(sorted_d_an.masked_fill(torch.isinf(sorted_d_an), 0).cumsum(1), (1, 0))
-        sum_d_an = torch.where(valid, prefix.gather(1, hi) - prefix.gather(1, lo), 0).sum()
-        sum_d_ap = (lengths * d_ap).sum()
-        counts = torch.stack([n_valid, n_mined, n_active, n_mined, n_mined])
-        sums = torch.stack([sum_d_ap, sum_d_an])
+        # NaN where (a, k) is padding or n is not a negative of a: every comparison with NaN is False.
+        d_an_or_nan = dist.masked_fill(~neg, math.nan)
+        d_ap_or_nan = d_ap.masked_fill(~valid, math.nan)
+        masks, stats, candidates = [], [], []
+        for rows in anchor_chunks(batch, k_max * batch):
+            gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]  # d_an − d_ap, (c, K, B)
+            if self.strategy == "all":
+                mask = ~torch.isnan(gap)
+            elif self.strategy == "hard":
+                mask = gap < 0
+            elif self.strategy == "semihard":
+                mask = (gap > 0) & (gap < self.margin)
+            else:  # easy
+                mask = gap >= self.margin
+            weight = mask.to(dist.dtype)
+            per_pair = weight.sum(dim=2)  # (c, K): negatives per (a, p)
+            n_active = (gap < self.margin).sum() if self.strategy == "all" else per_pair.new_zeros(())
+            chunk_stats = [per_pair.sum(), n_active, (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
+            stats.append(torch.stack(chunk_stats).to(_exact_dtype(dist.device)))  # counts stay exact integers
+            if self.hardest_k > 0:
+                values, flat = _smallest(gap.masked_fill_(~mask, math.inf).reshape(-1, batch), self.hardest_k)
+                candidates.append((values, flat + rows.start * k_max * batch))
+            masks.append(mask)
+        n_mined, n_active, sum_d_ap, sum_d_an = (stats[0] if len(stats) == 1 else torch.stack(stats).sum(dim=0)).unbind()
+        sum_d_ap, sum_d_an = sum_d_ap.to(dist.dtype), sum_d_an.to(dist.dtype)
+        n_mined = n_mined.round().long()
+        if self.strategy in ("hard", "semihard"):
+            n_active = n_mined  # every such triplet violates the margin
+        else:  # "all" counted them; "easy" triplets have d_an − d_ap >= ε, a zero hinge
+            n_active = n_active.round().long()
+        record_counts = torch.stack([n_valid, n_mined, n_active, n_mined, n_mined])
         hardest = None
-        if self.hardest_k > 0:
-            k = min(self.hardest_k, sorted_d_an.shape[1])
-            steps = torch.arange(k, device=lo.device)
-            cand_rank = (lo[..., None] + steps).clamp_max(sorted_d_an.shape[1] - 1)  # (B, K, k)
-            cand_d_an = sorted_d_an.gather(1, cand_rank.reshape(batch, -1)).reshape(batch, k_max, k)
-            gap = (cand_d_an - d_ap[..., None]).masked_fill(steps >= lengths[..., None], math.inf)
-            top = torch.topk(gap.reshape(-1), min(k, gap.numel()), largest=False).indices
-            a = torch.div(top, k_max * k, rounding_mode="floor")
-            pk = torch.div(top, k, rounding_mode="floor") % k_max
-            r = cand_rank.reshape(-1)[top]
-            d_an = torch.where(torch.isinf(gap.reshape(-1)[top]), math.inf, sorted_d_an[a, r])  # inf: padding
-            hardest = (a, positives[a, pk], order[a, r], d_ap[a, pk], d_an)
-        record = MiningRecord(counts, sums, hardest, indices)
-        runs = TripletRuns(positives, valid, order, n_neg[:, 0], lo, hi, n_mined, self.negative_rules)
-        return MinedTriplets(None, None, None, record, runs=runs)
+        if candidates:
+            gap, flat = (torch.cat(t) for t in zip(*candidates)) if len(candidates) > 1 else candidates[0]
+            top = torch.topk(gap, min(self.hardest_k, len(gap)), largest=False).indices
+            gap, flat = gap[top], flat[top]
+            a = torch.div(flat, k_max * batch, rounding_mode="floor")
+            k = torch.div(flat, batch, rounding_mode="floor") % k_max
+            n = flat % batch
+            d_ap_top = d_ap[a, k]
+            hardest = (a, positives[a, k], n, d_ap_top, d_ap_top + gap)  # gap is inf where fewer were mined
+        record = MiningRecord(record_counts, torch.stack([sum_d_ap, sum_d_an]), hardest, indices)
+        mask = masks[0] if len(masks) == 1 else torch.cat(masks)
+        return MinedTriplets(None, None, None, record, dense=(positives, mask))
 
-    # -- the per-anchor / per-pair rules ----------------------------------------------------------
+    # -- the per-anchor / per-pair rules, decided on squared distances (the same order) ------------
 
-    def _batch_hard(self, dist, pos, neg, n_pos, n_neg, n_valid, indices) -> MinedTriplets:
-        d_ap, positives = dist.masked_fill(~pos, -math.inf).max(dim=1)
-        d_an, negatives = dist.masked_fill(~neg, math.inf).min(dim=1)
-        anchors = torch.nonzero((n_pos > 0) & (n_neg > 0)).squeeze(1)
-        return self._explicit(anchors, positives[anchors], negatives[anchors], d_ap[anchors], d_an[anchors], n_valid, indices)
+    def _batch_hard(self, squared, positives, valid, neg, n_valid, indices) -> MinedTriplets:
+        sq_ap, k = squared.gather(1, positives).masked_fill_(~valid, -1.0).max(dim=1)  # farthest positive
+        sq_an, negatives = squared.masked_fill(~neg, 5.0).min(dim=1)  # nearest negative (d² <= 4)
+        anchors = torch.nonzero(valid[:, 0] & (sq_an <= 4.0)).squeeze(1)
+        positives = positives.gather(1, k[:, None]).squeeze(1)
+        d_ap, d_an = euclidean_from_squared(torch.stack([sq_ap[anchors], sq_an[anchors]])).unbind()
+        return self._explicit(anchors, positives[anchors], negatives[anchors], d_ap, d_an, n_valid, indices)
 
-    def _batch_semihard(self, dist, positives, valid, d_ap, sorted_d_an, order, n_neg, n_valid, indices) -> MinedTriplets:
-        first_farther = torch.searchsorted(sorted_d_an, d_ap, side="right")  # nearest negative with d_an > d_ap
-        last = (n_neg - 1).clamp_min(0)[:, None].expand_as(first_farther)
-        rank = torch.where(first_farther < n_neg[:, None], first_farther, last)  # else the farthest negative
-        a, k = torch.nonzero(valid & (n_neg > 0)[:, None], as_tuple=True)
-        r = rank[a, k]
-        return self._explicit(a, positives[a, k], order[a, r], d_ap[a, k], sorted_d_an[a, r], n_valid, indices)
+    def _batch_semihard(self, squared, positives, valid, neg, n_valid, indices) -> MinedTriplets:
+        batch, k_max = positives.shape
+        sq_ap = squared.gather(1, positives)
+        farthest_sq_an, farthest = squared.masked_fill(~neg, -1.0).max(dim=1)
+        nearest_farther = []
+        for rows in anchor_chunks(batch, k_max * batch):
+            sq_an = squared[rows, None, :]
+            farther = neg[rows, None, :] & (sq_an > sq_ap[rows, :, None])
+            nearest_farther.append(sq_an.masked_fill(~farther, 5.0).min(dim=2))  # nearest with d_an > d_ap
+        sq_an = torch.cat([v for v, _ in nearest_farther]) if len(nearest_farther) > 1 else nearest_farther[0][0]
+        negatives = torch.cat([i for _, i in nearest_farther]) if len(nearest_farther) > 1 else nearest_farther[0][1]
+        none_farther = sq_an > 4.0
+        sq_an = torch.where(none_farther, farthest_sq_an[:, None], sq_an)  # else the farthest negative
+        negatives = torch.where(none_farther, farthest[:, None], negatives)
+        a, k = torch.nonzero(valid & (farthest_sq_an >= 0)[:, None], as_tuple=True)
+        d_ap, d_an = euclidean_from_squared(torch.stack([sq_ap[a, k], sq_an[a, k]])).unbind()
+        return self._explicit(a, positives[a, k], negatives[a, k], d_ap, d_an, n_valid, indices)
 
     def _explicit(self, anchors, positives, negatives, d_ap, d_an, n_valid, indices) -> MinedTriplets:
-        n = torch.tensor(len(anchors), device=anchors.device)
-        counts = torch.stack([n_valid, n, (d_an < d_ap + self.margin).sum(), n, n])
+        n = torch.full((), len(anchors), device=anchors.device)
+        counts = torch.stack([n_valid, n, (d_an - d_ap < self.margin).sum(), n, n])
         sums = torch.stack([d_ap.sum(), d_an.sum()])
         hardest = _hardest_of(anchors, positives, negatives, d_ap, d_an, self.hardest_k)
         return MinedTriplets(anchors, positives, negatives, MiningRecord(counts, sums, hardest, indices))
@@ -412,8 +441,9 @@ class PairMiner:
     - ``"batch-hard"``: per anchor, its farthest positive pair and its nearest negative pair.
 
     Called as ``miner(embeddings, labels, indices=None) -> MinedPairs``. Pairs are ordered (a, x);
-    the contrastive loss treats (a, x) and (x, a) as one pair.
-    (pytorch-metric-learning's ``PairMarginMiner`` uses separate positive and negative margins.)
+    the contrastive loss treats (a, x) and (x, a) as one pair. ``"active"`` equals
+    pytorch-metric-learning's ``PairMarginMiner(pos_margin=0, neg_margin=ε)`` (up to positive pairs
+    at distance exactly 0).
     """
 
     def __init__(
@@ -441,32 +471,32 @@ class PairMiner:
             dist = euclidean_distance(x, normalized=True)
             pos = positive_mask(labels)
             neg = negative_mask(labels, self.negative_rules)
-            farthest_d_ap, farthest_positive = dist.masked_fill(~pos, -math.inf).max(dim=1)
-            nearest_d_an, nearest_negative = dist.masked_fill(~neg, math.inf).min(dim=1)
+            farthest_d_ap, farthest_positive = dist.masked_fill(~pos, -1.0).max(dim=1)  # -1: no positive
             if self.strategy == "all":
                 pos_kept, neg_kept = pos, neg
             elif self.strategy == "active":
                 pos_kept, neg_kept = pos, neg & (dist < self.margin)
             elif self.strategy == "hard":
+                nearest_d_an = dist.masked_fill(~neg, math.inf).amin(dim=1)
                 pos_kept = pos & (dist > nearest_d_an[:, None])
                 neg_kept = neg & (dist < farthest_d_ap[:, None])
             else:  # batch-hard
+                nearest_negative = dist.masked_fill(~neg, math.inf).argmin(dim=1)
                 pos_kept = torch.zeros_like(pos).scatter_(1, farthest_positive[:, None], True) & pos
                 neg_kept = torch.zeros_like(neg).scatter_(1, nearest_negative[:, None], True) & neg
-            anchors, positives = torch.nonzero(pos_kept, as_tuple=True)
-            negative_anchors, negatives = torch.nonzero(neg_kept, as_tuple=True)
-            n_ap, n_an = pos_kept.sum(), neg_kept.sum()
-            n_active = (pos_kept & (dist > 0)).sum() + (neg_kept & (dist < self.margin)).sum()
-            counts = torch.stack([pos.sum() + neg.sum(), n_ap + n_an, n_active, n_ap, n_an])
-            sums = torch.stack([(dist * pos_kept).sum(), (dist * neg_kept).sum()])
+            masks = torch.stack([pos_kept, neg_kept, pos_kept & (dist > 0), neg_kept & (dist < self.margin), pos, neg])
+            weights = masks.to(dist.dtype if masks[0].numel() < 2**24 else _exact_dtype(dist.device))
+            n_ap, n_an, active_ap, active_an, n_pos, n_neg = weights.sum(dim=(1, 2)).round().long().unbind()
+            sums = (weights[:2] * dist).sum(dim=(1, 2))
+            counts = torch.stack([n_pos + n_neg, n_ap + n_an, active_ap + active_an, n_ap, n_an])
             hardest = None
-            if self.hardest_k > 0:
-                a, n = negative_anchors, negatives
-                has_positive = torch.isfinite(farthest_d_ap[a])
-                a, n = a[has_positive], n[has_positive]
-                hardest = _hardest_of(a, farthest_positive[a], n, farthest_d_ap[a], dist[a, n], self.hardest_k)
+            if self.hardest_k > 0:  # mined negative pairs, each with the anchor's farthest positive
+                gap = (dist - farthest_d_ap[:, None]).masked_fill_(~neg_kept | (farthest_d_ap < 0)[:, None], math.inf)
+                value, flat = _smallest(gap, self.hardest_k)
+                a, n = torch.div(flat, len(dist), rounding_mode="floor"), flat % len(dist)
+                hardest = (a, farthest_positive[a], n, farthest_d_ap[a], farthest_d_ap[a] + value)
             record = MiningRecord(counts, sums, hardest, indices)
-            return MinedPairs(anchors, positives, negative_anchors, negatives, record)
+            return MinedPairs(None, None, None, None, record, masks=(pos_kept, neg_kept))
 
 
 def build_miner(
@@ -486,16 +516,57 @@ def build_miner(
 # helpers shared with retrieval.losses
 
 
-def padded_positives(pos: torch.Tensor, n_pos: torch.Tensor, k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each anchor's positives as a (B, k_max) index matrix in ascending order, padded with 0,
-    and the (B, k_max) mask of the real entries."""
+# Elements of one (anchors × positives × batch) chunk: 4 Mi, 4 MiB as bool, 16 MiB as float32.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def padded_positives(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each anchor's positives as a (B, K) index matrix in ascending order (K the most positives
+    any anchor has; padding entries hold arbitrary indices) and the (B, K) mask of real entries."""
     batch = pos.shape[0]
-    rank = pos.cumsum(1) - 1
-    a, p = torch.nonzero(pos, as_tuple=True)
-    positives = torch.zeros(batch, k_max, dtype=torch.long, device=pos.device)
-    positives[a, rank[a, p]] = p
-    valid = torch.arange(k_max, device=pos.device) < n_pos[:, None]
-    return positives, valid
+    k_max = int(pos.sum(dim=1).max()) if batch else 0
+    key = pos * torch.arange(batch, 0, -1, device=pos.device)  # larger for smaller indices, 0 off-mask
+    values, positives = torch.topk(key, k_max, dim=1)
+    return positives, values > 0
+
+
+def anchor_chunks(batch: int, elements_per_anchor: int) -> list[slice]:
+    """Slices of anchors such that each chunk holds at most CHUNK_ELEMENTS elements."""
+    step = max(1, CHUNK_ELEMENTS // max(1, elements_per_anchor))
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+
+def _smallest(gap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest entries of a (R, B) matrix (inf marks entries to skip) and their flat indices.
+
+    The k smallest entries lie in the k rows with the smallest minima (a row holding one of them
+    has a minimum at most that entry, and at most k − 1 rows can beat it), so only those rows are
+    searched: a row-wise ``amin`` and two small ``topk``s instead of one over the whole matrix.
+    """
+    rows = torch.topk(gap.amin(dim=1), min(k, gap.shape[0]), largest=False).indices
+    values, where = torch.topk(gap[rows].reshape(-1), min(k, rows.numel() * gap.shape[1]), largest=False)
+    width = gap.shape[1]
+    return values, rows[torch.div(where, width, rounding_mode="floor")] * width + where % width
+
+
+def _scatter_or(batch: int, columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: [a, columns[a, k]] is True where values[a, k]."""
+    out = torch.zeros(batch, batch, dtype=torch.uint8, device=columns.device)
+    out.scatter_add_(1, columns, values.to(torch.uint8))
+    return out > 0
+
+
+def _pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.zeros(batch, batch, dtype=torch.bool, device=a1.device)
+    neg = torch.zeros_like(pos)
+    pos[a1, p] = True
+    neg[a2, n] = True
+    return pos, neg
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """float64 (integers exact to 2^53) where the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _hardest_of(anchors, positives, negatives, d_ap, d_an, k) -> tuple[torch.Tensor, ...] | None:

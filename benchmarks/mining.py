@@ -1,0 +1,199 @@
+"""Speed of the miners and losses against pytorch-metric-learning's equivalents, forward + backward.
+
+For B in 64, 128, 256, 512 (P×K batches, K = 4), embedding dim 128, each miner + loss combination
+and each loss alone is timed per call (mine, loss, backward) beside pytorch-metric-learning's
+equivalent, the two interleaved round by round in the same process so that load on the machine
+hits both alike; the median per call is reported with the ratio ours / PML. It also times what
+the mining record costs. The table goes into the ``mining`` section of BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/mining.py [--quick] [--device cpu|cuda|all] [--threads 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from _report import command_line, machine_description, write_section
+from retrieval import losses, mining
+
+MARGIN = 0.2
+TEMPERATURE = 0.1
+# A PML call slower than this is timed once after its warm-up (its lifted / NT-Xent losses take seconds).
+SLOW_SECONDS = 1.0
+
+
+def combinations() -> list[tuple[str, Callable, str, Callable | None]]:
+    """(our name, make ours, PML's name, make PML's) — each maker returns f(x, labels) -> loss."""
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning import miners as pml_miners
+
+    def ours_mined(strategy, loss):
+        miner = mining.TripletMiner(strategy, MARGIN) if not strategy.startswith("pair-") else mining.PairMiner(strategy[5:], MARGIN)
+        return lambda x, y: loss(x, y, miner(x, y))
+
+    def pml_mined(miner, loss):
+        return lambda x, y: loss(x, y, miner(x, y))
+
+    triplet = lambda: losses.TripletMarginLoss(MARGIN)  # noqa: E731
+    pml_triplet = lambda: pml_losses.TripletMarginLoss(margin=MARGIN)  # noqa: E731
+    rows = []
+    for strategy in ("all", "hard", "semihard", "easy"):
+        rows.append((
+            f"{strategy} + triplet",
+            lambda s=strategy: ours_mined(s, triplet()),
+            f'TripletMarginMiner("{strategy}") + TripletMarginLoss',
+            lambda s=strategy: pml_mined(pml_miners.TripletMarginMiner(margin=MARGIN, type_of_triplets=s), pml_triplet()),
+        ))
+    rows.append((
+        "batch-hard + triplet",
+        lambda: ours_mined("batch-hard", triplet()),
+        "BatchHardMiner + TripletMarginLoss",
+        lambda: pml_mined(pml_miners.BatchHardMiner(), pml_triplet()),
+    ))
+    rows.append((
+        "batch-semihard + triplet",
+        lambda: ours_mined("batch-semihard", triplet()),
+        'BatchEasyHardMiner("hard", "semihard") + TripletMarginLoss (closest: one positive per anchor)',
+        lambda: pml_mined(pml_miners.BatchEasyHardMiner(pos_strategy="hard", neg_strategy="semihard"), pml_triplet()),
+    ))
+    rows.append((
+        "pair-active + contrastive",
+        lambda: ours_mined("pair-active", losses.ContrastiveLoss(MARGIN)),
+        "PairMarginMiner(0, ε) + ContrastiveLoss(0, ε)",
+        lambda: pml_mined(pml_miners.PairMarginMiner(pos_margin=0, neg_margin=MARGIN), pml_losses.ContrastiveLoss(pos_margin=0, neg_margin=MARGIN)),
+    ))
+    rows += [
+        ("contrastive", lambda: losses.ContrastiveLoss(MARGIN), "ContrastiveLoss(0, ε)", lambda: pml_losses.ContrastiveLoss(pos_margin=0, neg_margin=MARGIN)),
+        ("triplet (all triplets)", triplet, "TripletMarginLoss", pml_triplet),
+        ("lifted structure", lambda: losses.LiftedStructureLoss(1.0), "LiftedStructureLoss(1, 0)", lambda: pml_losses.LiftedStructureLoss(neg_margin=1.0, pos_margin=0)),
+        ("N-pair", lambda: losses.NPairLoss(), "NPairsLoss", lambda: pml_losses.NPairsLoss()),
+        ("NCE", lambda: losses.NCELoss(TEMPERATURE), "(none)", None),
+        ("InfoNCE", lambda: losses.InfoNCELoss(TEMPERATURE), "NTXentLoss", lambda: pml_losses.NTXentLoss(temperature=TEMPERATURE)),
+    ]
+    return rows
+
+
+def call_seconds(fn, x, labels, device) -> float:
+    x.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn(x, labels).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(ours, theirs, x, labels, device, rounds: int) -> tuple[float, float | None]:
+    """Median seconds per call of ours and theirs, interleaved round by round after a warm-up."""
+    call_seconds(ours, x, labels, device)
+    slow = theirs is not None and call_seconds(theirs, x, labels, device) > SLOW_SECONDS
+    ours_t, theirs_t = [], []
+    for i in range(rounds):
+        ours_t.append(call_seconds(ours, x, labels, device))
+        if theirs is not None and (not slow or i == 0):
+            theirs_t.append(call_seconds(theirs, x, labels, device))
+    return statistics.median(ours_t), (statistics.median(theirs_t) if theirs_t else None)
+
+
+def record_cost(x, labels, device, rounds: int) -> list[str]:
+    """Per strategy: the miner with the record read (hardest 20) vs the miner with no hardest and the record unread."""
+    lines = []
+    for strategy in mining.TRIPLET_STRATEGIES:
+        with_record = mining.TripletMiner(strategy, MARGIN, hardest_k=20)
+        without = mining.TripletMiner(strategy, MARGIN, hardest_k=0)
+        loss = losses.TripletMarginLoss(MARGIN)
+        read = lambda x, y: _read(with_record(x, y), loss, x, y)  # noqa: E731
+        bare = lambda x, y: loss(x, y, without(x, y))  # noqa: E731
+        a, b = measure(read, bare, x, labels, device, rounds)
+        lines.append(f"| {strategy} | {b * 1e3:.2f} | {a * 1e3:.2f} | {(a - b) * 1e3:+.2f} |")
+    return lines
+
+
+def _read(mined, loss, x, labels):
+    value = loss(x, labels, mined)
+    mined.record.to_dict()  # counts, means and the 20 hardest as Python values
+    return value
+
+
+def run_device(device: torch.device, sizes: list[int], rounds: int) -> str:
+    torch.manual_seed(0)
+    rows = combinations()
+    cells: dict[str, list[str]] = {name: [] for name, *_ in rows}
+    worst: list[tuple[float, str, int]] = []
+    for batch in sizes:
+        labels = torch.arange(batch // 4, device=device).repeat_interleave(4)
+        x = torch.randn(batch, 128, device=device, requires_grad=True)
+        for name, make_ours, _, make_theirs in rows:
+            ours_s, theirs_s = measure(make_ours(), make_theirs() if make_theirs else None, x, labels, device, rounds)
+            if theirs_s is None:
+                cells[name].append(f"{ours_s * 1e3:.2f} / –")
+            else:
+                cells[name].append(f"{ours_s * 1e3:.2f} / {theirs_s * 1e3:.2f} ({ours_s / theirs_s:.2f}×)")
+                worst.append((ours_s / theirs_s, name, batch))
+            print(f"{device.type} B={batch} {name}: {cells[name][-1]}", flush=True)
+    header = "| ours | PML equivalent | " + " | ".join(f"B={b}" for b in sizes) + " |"
+    lines = [header, "|" + "---|" * (len(sizes) + 2)]
+    for name, _, pml_name, _ in rows:
+        lines.append(f"| {name} | {pml_name} | " + " | ".join(cells[name]) + " |")
+    worst.sort(reverse=True)
+    summary = f"Slowest ratio: {worst[0][0]:.2f}× ({worst[0][1]}, B={worst[0][2]})." if worst else ""
+    batch = 256 if 256 in sizes else sizes[-1]
+    labels = torch.arange(batch // 4, device=device).repeat_interleave(4)
+    x = torch.randn(batch, 128, device=device, requires_grad=True)
+    record = [
+        f"Mining record cost at B={batch} (miner + triplet loss + backward, ms): without the record's hardest triplets"
+        " and never reading it, vs keeping the 20 hardest and reading every field as Python values.",
+        "",
+        "| strategy | no record | with record | difference |",
+        "|---|---|---|---|",
+        *record_cost(x, labels, device, rounds),
+    ]
+    return "\n".join([f"#### {device.type.upper()}", "", "Milliseconds per call, ours / PML (ours ÷ PML):", "", *lines, "", summary, "", *record])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="B = 64 and 256 only, fewer rounds")
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="all: CPU, and CUDA when present")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine is shared)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed calls per item (default 7, --quick 3)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sizes = [64, 256] if args.quick else [64, 128, 256, 512]
+    rounds = args.rounds or (3 if args.quick else 7)
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    elif args.device == "cuda":
+        raise SystemExit("--device cuda: no CUDA device here")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    tables = [run_device(device, sizes, rounds) for device in devices]
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    import pytorch_metric_learning
+
+    body = "\n".join([
+        "### Miners and losses vs pytorch-metric-learning",
+        "",
+        f"Machine: {machine_description(devices[-1])}; pytorch-metric-learning {pytorch_metric_learning.__version__}.",
+        f"Command: `{command_line()}`. Run at {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average {load:.1f} at the start,"
+        f" {load_end:.1f} at the end (the CPU is shared: a load above {os.cpu_count()} means other work ran beside it).",
+        f"P×K batches with K = 4, dim 128, margin {MARGIN}, temperature {TEMPERATURE}; forward + backward, median of {rounds} calls,"
+        f" ours and PML's interleaved; a PML call over {SLOW_SECONDS:.0f} s is timed once.",
+        "",
+        *tables,
+    ])
+    print(body)
+    if not args.no_write:
+        write_section("mining", body)
+
+
+if __name__ == "__main__":
+    main()
