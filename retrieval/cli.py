@@ -243,9 +243,10 @@ def index_command(
     if json_output:
         typer.echo(json.dumps(summary))
         return
+    skipped = f" ({summary['n_skipped']} unreadable images skipped)" if summary["n_skipped"] else ""
     typer.echo(
-        f"indexed {summary['n_items']} images ({summary['n_skipped']} skipped, unreadable) in "
-        f"{summary['index']} with {summary['n_trees']} trees, {summary['seconds']:.1f} s"
+        f"indexed {summary['n_items']} images{skipped} in {summary['index']} "
+        f"with {summary['n_trees']} trees, {summary['seconds']:.1f} s"
     )
     typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")
 
@@ -277,11 +278,16 @@ def search_command(
     from rich.table import Table
 
     method = "exact" if exact else f"Annoy, {gallery.n_trees} trees"
-    table = Table(title=f"{len(neighbours)} nearest to {image} ({method})")
+    one_root = len(gallery.roots) == 1
+    table = Table(
+        title=f"{len(neighbours)} nearest to {image} ({method})",
+        caption=f"paths relative to {gallery.roots[0]}" if one_root else None,
+    )
     for column, justify in (("#", "right"), ("path", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")
     for rank, n in enumerate(neighbours, 1):
-        table.add_row(str(rank), n.path, "-" if n.label is None else n.label, f"{n.distance:.4f}", f"{n.similarity:.4f}")
+        shown = gallery.relative_paths[n.item] if one_root else n.path
+        table.add_row(str(rank), shown, "-" if n.label is None else n.label, f"{n.distance:.4f}", f"{n.similarity:.4f}")
     Console().print(table)
 
 

@@ -191,7 +191,8 @@ def embed_paths(
     build passes a writer that streams them to disk); a new array when None. Returns
     ``(out[:len(kept)], kept)``: ``kept`` lists the indices into ``paths`` that were embedded, in
     order (unreadable files are warned about by the dataset and left out).
-    ``on_progress(done, total)`` follows the files.
+    ``on_progress(done, total)`` follows the files. ``num_workers=None``: no loader processes on
+    a CPU device with at most 4 cores, else :func:`retrieval.data.make_loader`'s default.
     """
     import torch
 
@@ -206,6 +207,10 @@ def embed_paths(
     kept: list[int] = []
     if len(paths) == 0:
         return out[:0], kept
+    if num_workers is None and device.type == "cpu" and _usable_cpus() <= 4:
+        # On a few cores the model's threads already use every core: loader processes only
+        # preempt them (measured slower and erratic, BENCHMARKS.md); decode between batches.
+        num_workers = 0
     dataset = ImageDataset(list(paths), [-1] * len(paths), transform)
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
     done = 0
@@ -456,6 +461,13 @@ class GalleryIndex:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _load_model_and_transform(run_dir: Path, device: torch.device):
     from retrieval.data import build_transforms
     from retrieval.models import load_model
@@ -522,6 +534,7 @@ def _build(run_dir, gallery_dir, *, add: bool, n_trees, batch_size, device, num_
             annoy_index = build_annoy(embeddings_path, tmp / ANN_NAME, n_trees=n_trees, seed=seed,
                                       n_jobs=n_jobs, on_progress=on_progress)
             annoy_index.unload()
+            shutil.copymode(embeddings_path, tmp / ANN_NAME)  # Annoy creates it 0600; follow the umask
 
             metadata = _metadata(
                 previous=previous, folder=folder, kept=kept, gallery_dir=gallery_dir, config=config,
