@@ -25,10 +25,13 @@ them out. The model and index are loaded once per run (``st.cache_resource``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -83,8 +86,18 @@ def index_stamp(run_dir: Path) -> str:
 
 @st.cache_resource(show_spinner="Loading the model and the gallery index…", max_entries=4)
 def load_index(run_dir: str, stamp: str) -> GalleryIndex:
-    """The run's gallery index with its model, once per run (and again after a rebuild)."""
-    return GalleryIndex.load(run_dir, device="auto")
+    """The run's gallery index with its model, once per run (and again after a rebuild); warmed
+    up (one embedding, the margin chart's template) so that the first query is as fast as the next."""
+    from PIL import Image
+
+    import pandas  # noqa: F401  Streamlit turns chart data into Arrow tables with it: import it now, not on the first query
+    import pyarrow  # noqa: F401
+
+    index = GalleryIndex.load(run_dir, device="auto")
+    with one_torch_thread():
+        vector = index.embed(Image.new("RGB", (64, 64), (128, 128, 128)))
+    figures.margin_spec(index.search(vector, 1), 0.2)
+    return index
 
 
 @st.cache_resource(max_entries=4)
@@ -110,20 +123,45 @@ def projection(_index: GalleryIndex, stamp: str, method: str, max_points: int) -
 def embed_upload(_index: GalleryIndex, stamp: str, digest: str, _data: bytes, name: str):
     """Decode and embed an uploaded image once per (run, file content): (embedding, thumbnail)."""
     image = load_image_bytes(_data, name)
-    vector = _index.embed(image)
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    return vector, image
+    with one_torch_thread():
+        vector = _index.embed(image)
+    return vector, encode_thumbnail(image)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Embed one query image with a single torch thread: a batch of one gains little from more,
+    and on a busy machine the extra threads wait for cores (BENCHMARKS.md, app section)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def thumbnail(path: str, stamp: str):
-    """A small RGB copy of an image file, or None when it cannot be read."""
+def thumbnail(path: str, stamp: str) -> bytes | None:
+    """A small encoded copy of an image file (read once, then served from the cache), or None
+    when it cannot be read."""
     try:
-        image = load_image(path)
+        return encode_thumbnail(load_image(path))
     except RetrievalError:
         return None
+
+
+def encode_thumbnail(image) -> bytes:
+    """At most THUMBNAIL_PX on a side, as JPEG (PNG for tiny images, which JPEG smears)."""
+    image = image.copy()
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    return image
+    buffer = io.BytesIO()
+    if max(image.size) < 96:
+        image.save(buffer, format="PNG")
+    else:
+        image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
 
 
 def show_image(path: str | Path, caption: str | None = None) -> None:
@@ -152,6 +190,8 @@ def open_index(run_dir: Path, what: str) -> GalleryIndex | None:
 
 
 def search_page(run_dir: Path, config: dict) -> None:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
     st.header("Search the gallery")
     index = open_index(run_dir, "search")
     if index is None:
@@ -165,7 +205,7 @@ def search_page(run_dir: Path, config: dict) -> None:
     k = top[1].number_input("Neighbours (K)", min_value=1, max_value=min(100, len(index)), value=min(10, len(index)), key="k")
 
     query_col, result_col = st.columns([1, 3], gap="large")
-    with query_col:
+    with query_col, timed(timings, "query"):
         if source == "Upload an image":
             query = upload_query(index, stamp, labels)
         else:
@@ -174,12 +214,26 @@ def search_page(run_dir: Path, config: dict) -> None:
         return
     vector_or_image, query_name, query_label, exclude = query
 
-    explanation = diagnostics.explain_search(index, vector_or_image, int(k), margin=margin,
-                                             query_label=query_label, exclude_item=exclude)
+    with timed(timings, "search"):
+        explanation = diagnostics.explain_search(index, vector_or_image, int(k), margin=margin,
+                                                 query_label=query_label, exclude_item=exclude)
     st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": query_name}
-    with result_col:
+    with result_col, timed(timings, "neighbours"):
         show_neighbours(explanation, query_label)
-    show_margin(explanation, query_label, margin)
+    with timed(timings, "margin picture"):
+        show_margin(explanation, query_label, margin)
+    total = time.perf_counter() - started
+    st.caption(f"Server time {1000 * total:.0f} ms: " + ", ".join(f"{name} {1000 * seconds:.0f} ms" for name, seconds in timings.items())
+               + " (query = decode + embed, skipped for an image already seen).")
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
@@ -266,7 +320,7 @@ def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | N
     low, high = explanation.band
     chart_col, text_col = st.columns([3, 1], gap="large")
     with chart_col:
-        st.altair_chart(figures.margin_chart(explanation.neighbours, margin, query_label=query_label), width="stretch")
+        st.vega_lite_chart(figures.margin_spec(explanation.neighbours, margin, query_label=query_label), width="stretch")
     with text_col:
         st.markdown(
             f"The band runs from the nearest distance **{low:.3f}** to **{high:.3f}** (+ margin ε = {margin:g}). "

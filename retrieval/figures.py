@@ -7,7 +7,8 @@ by any front end; nothing here imports streamlit.
 
 - :func:`margin_chart`: a query's neighbours' distances as bars, coloured by label, with the
   training margin ε drawn as a band from the nearest distance d₁ to d₁ + ε: a bar that ends inside
-  the band is within the margin of the best match.
+  the band is within the margin of the best match. :func:`margin_spec` is the same chart as a
+  Vega-Lite dict from a cached template, for redrawing on every query without Altair's cost.
 - :func:`hardness_chart`: per epoch, the mean d_an − d_ap of the logged hardest triplets (with ε,
   below which a triplet still has a loss) and the active fraction of all mined triplets.
 - :func:`embedding_map`: the 2-D projection of the gallery, coloured by class, the query on it.
@@ -18,6 +19,8 @@ by any front end; nothing here imports streamlit.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ __all__ = [
     "embedding_map",
     "hardness_chart",
     "margin_chart",
+    "margin_spec",
     "training_curves",
 ]
 
@@ -71,6 +75,29 @@ def margin_chart(neighbours: Sequence[Any], margin: float, *, query_label: str |
     ``label``, ``distance``, ``similarity``). Layers: 0 the band, 1 the bars, 2 the rule at d₁,
     3 the band's label. Returns an empty-data chart for no neighbours.
     """
+    data = _margin_data(neighbours, margin, query_label)
+    return _margin_layers(data, query_label is not None, _legend_bucket(data["n_labels"]), height)
+
+
+def margin_spec(neighbours: Sequence[Any], margin: float, *, query_label: str | None = None,
+                height: int = 260) -> dict[str, Any]:
+    """``margin_chart(...).to_dict()`` (under Altair's "none" theme, as Streamlit renders it) in
+    well under a millisecond: the chart's structure is built and validated by Altair once per
+    shape (query label given or not, legend kind, height) and each call only fills in the data
+    (as named ``datasets``) and the y scale. For front ends that redraw on every query."""
+    data = _margin_data(neighbours, margin, query_label)
+    template = _margin_template(query_label is not None, _legend_bucket(data["n_labels"]), height)
+    spec = copy.deepcopy(template)
+    spec["datasets"] = {name: data[name] for name in _MARGIN_LAYERS}
+    for layer in spec["layer"]:
+        layer["encoding"]["y"]["scale"]["domain"] = [0, data["y_max"]]
+    return spec
+
+
+_MARGIN_LAYERS = ("band", "bars", "rule", "text")
+
+
+def _margin_data(neighbours: Sequence[Any], margin: float, query_label: str | None) -> dict[str, Any]:
     rows = []
     for rank, n in enumerate(neighbours, start=1):
         label = "(unlabelled)" if n.label is None else str(n.label)
@@ -83,33 +110,59 @@ def margin_chart(neighbours: Sequence[Any], margin: float, *, query_label: str |
         })
     nearest = rows[0]["distance"] if rows else 0.0
     top = nearest + float(margin)
-    y_max = max([top] + [r["distance"] for r in rows]) * 1.08 or 1.0
-    y = alt.Y("distance:Q", title="distance to the query (0 to 2)", scale=alt.Scale(domain=[0, y_max]))
-    band = alt.Chart(_data([{"low": nearest, "high": top, "margin": float(margin)}])).mark_rect(
-        color=_BAND_COLOUR, opacity=0.18
-    ).encode(
-        y=alt.Y("low:Q", scale=alt.Scale(domain=[0, y_max])), y2="high:Q",
+    return {
+        "bars": rows,
+        "band": [{"low": nearest, "high": top, "margin": float(margin)}],
+        "rule": [{"nearest": nearest}],
+        "text": [{"high": top, "text": f"within ε = {float(margin):g} of the best match"}],
+        "y_max": max([top] + [r["distance"] for r in rows]) * 1.08 or 1.0,
+        "n_labels": len({r["label"] for r in rows}),
+    }
+
+
+def _legend_bucket(n_labels: int) -> int:
+    """Classes count as far as the colour encoding cares: scheme tableau10 / tableau20, legend or none."""
+    return 10 if n_labels <= 10 else (LEGEND_MAX_CLASSES if n_labels <= LEGEND_MAX_CLASSES else LEGEND_MAX_CLASSES + 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _margin_template(with_relation: bool, n_labels: int, height: int) -> dict[str, Any]:
+    placeholder = {name: [] for name in _MARGIN_LAYERS}
+    placeholder["y_max"] = 1.0
+    layers = _margin_layers(placeholder, with_relation, n_labels, height, named=True)
+    with alt.theme.enable("none"):
+        spec = layers.to_dict()
+    spec.pop("datasets", None)
+    return spec
+
+
+def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, height: int, *,
+                   named: bool = False) -> alt.LayerChart:
+    """The margin chart's layers; ``named`` refers to datasets by layer name (for the template)."""
+    source = (lambda name: alt.NamedData(name=name)) if named else (lambda name: _data(data[name]))
+    domain = alt.Scale(domain=[0, data["y_max"]])
+    band = alt.Chart(source("band")).mark_rect(color=_BAND_COLOUR, opacity=0.18).encode(
+        y=alt.Y("low:Q", scale=domain), y2="high:Q",
         tooltip=[alt.Tooltip("low:Q", title="nearest d₁", format=".3f"),
                  alt.Tooltip("high:Q", title="d₁ + ε", format=".3f"),
                  alt.Tooltip("margin:Q", title="margin ε")],
     )
     tooltip = [alt.Tooltip("rank:O"), alt.Tooltip("name:N"), alt.Tooltip("label:N"),
                alt.Tooltip("distance:Q", format=".3f"), alt.Tooltip("similarity:Q", title="cosine", format=".3f")]
-    if query_label is not None:
+    if with_relation:
         tooltip.append(alt.Tooltip("relation:N"))
-    n_labels = len({r["label"] for r in rows})
-    bars = alt.Chart(_data(rows)).mark_bar(size=18).encode(
+    bars = alt.Chart(source("bars")).mark_bar(size=18).encode(
         x=alt.X("rank:O", title="neighbour (nearest first)", axis=alt.Axis(labelAngle=0)),
-        y=y,
+        y=alt.Y("distance:Q", title="distance to the query (0 to 2)", scale=domain),
         color=_colour("label", "label", n_labels),
         tooltip=tooltip,
     )
-    rule = alt.Chart(_data([{"nearest": nearest}])).mark_rule(color=_BAND_COLOUR, strokeDash=[4, 3]).encode(
-        y=alt.Y("nearest:Q", scale=alt.Scale(domain=[0, y_max]))
+    rule = alt.Chart(source("rule")).mark_rule(color=_BAND_COLOUR, strokeDash=[4, 3]).encode(
+        y=alt.Y("nearest:Q", scale=domain)
     )
-    text = alt.Chart(_data([{"high": top, "text": f"within ε = {float(margin):g} of the best match"}])).mark_text(
+    text = alt.Chart(source("text")).mark_text(
         align="left", baseline="bottom", dx=4, dy=-2, color=_BAND_COLOUR, fontSize=11
-    ).encode(y=alt.Y("high:Q", scale=alt.Scale(domain=[0, y_max])), x=alt.value(0), text="text:N")
+    ).encode(y=alt.Y("high:Q", scale=domain), x=alt.value(0), text="text:N")
     return alt.layer(band, bars, rule, text).properties(height=height)
 
 

@@ -165,3 +165,26 @@ def test_distance_summary_threshold_is_median_positive_plus_margin():
     assert summary["negatives_inside"] == pytest.approx(0.25)
     empty = diagnostics.distance_summary({"positive": [], "negative": [1.0]}, 0.2)
     assert empty["threshold"] is None and empty["negatives_inside"] is None
+
+
+def test_project_2d_uses_umap_when_installed_and_places_queries_with_it(monkeypatch):
+    import sys
+    import types
+
+    class FakeUMAP:
+        def __init__(self, n_components, random_state, n_neighbors):
+            assert n_components == 2 and n_neighbors <= 15
+
+        def fit_transform(self, x):
+            return x[:, :2] * 2
+
+        def transform(self, x):
+            return x[:, :2] * 2
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    monkeypatch.setattr(diagnostics, "umap_available", lambda: True)
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    fitted = diagnostics.project_2d(x, method="umap")
+    assert fitted.method == "umap" and fitted.explained is None
+    np.testing.assert_array_equal(fitted.coords, x[:, :2] * 2)
+    np.testing.assert_array_equal(fitted.transform(x[4]), x[4:5, :2] * 2)

@@ -142,3 +142,32 @@ def test_figures_module_does_not_import_streamlit():
 
     code = "import sys, retrieval.figures, retrieval.diagnostics; sys.exit('streamlit' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def resolve_datasets(spec: dict) -> dict:
+    """The spec with each layer's named dataset replaced by its rows (names differ, content must not)."""
+    spec = json.loads(json.dumps(spec))
+    datasets = spec.pop("datasets", {})
+    for layer in spec["layer"]:
+        layer["data"] = datasets[layer["data"]["name"]]
+    return spec
+
+
+@pytest.mark.parametrize("query_label, labels", [
+    (None, ["a", "b", "a"]),
+    ("a", ["a", "b", None]),
+    ("a", [f"c{i}" for i in range(15)]),
+    (None, [f"c{i}" for i in range(30)]),
+])
+def test_margin_spec_is_the_margin_chart_as_vega_lite(query_label, labels):
+    found = neighbours([0.2 + 0.01 * i for i in range(len(labels))], labels)
+    with alt.theme.enable("none"):
+        expected = figures.margin_chart(found, 0.25, query_label=query_label).to_dict()
+    assert resolve_datasets(figures.margin_spec(found, 0.25, query_label=query_label)) == resolve_datasets(expected)
+
+
+def test_margin_spec_does_not_share_state_between_calls():
+    first = figures.margin_spec(neighbours([0.1], ["a"]), 0.2)
+    second = figures.margin_spec(neighbours([0.5, 0.6], ["a", "b"]), 0.2)
+    assert len(first["datasets"]["bars"]) == 1 and len(second["datasets"]["bars"]) == 2
+    assert first["layer"][1]["encoding"]["y"]["scale"]["domain"] != second["layer"][1]["encoding"]["y"]["scale"]["domain"]
