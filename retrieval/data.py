@@ -27,6 +27,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+# albumentations asks PyPI for a newer version at import time; offline machines would wait and warn.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
