@@ -414,6 +414,9 @@ def main() -> None:
     parser.add_argument("--no-real", action="store_true", help="skip the real-image throughput part")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
+    parser.add_argument("--save", type=Path, default=None, help="also write the raw figures to this JSON file")
+    parser.add_argument("--from-results", type=Path, default=None,
+                        help="re-render the table from a --save file instead of measuring")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     if args.sizes:
@@ -425,19 +428,29 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import command_line, machine_description, write_section
 
-    started = time.perf_counter()
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        workdir = Path(tmp)
-        results = synthetic(settings, workdir)
-        real = None if args.no_real or not GROCERY.is_dir() else real_images(settings, workdir)
-    load_after = os.getloadavg()
-    elapsed = time.perf_counter() - started
-    load = (f"Load average (1 min) {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end "
-            f"on {os.cpu_count()} cores" + (": the machine was shared and loaded, timings are pessimistic."
-                                            if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) else "."))
-    device = torch.device("cuda") if torch.cuda.is_available() else None
-    text = markdown(results, real, machine_description(device), command_line(), load, elapsed)
+    if args.from_results:
+        saved = json.loads(args.from_results.read_text())
+    else:
+        started = time.perf_counter()
+        load_before = os.getloadavg()
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            workdir = Path(tmp)
+            results = synthetic(settings, workdir)
+            real = None if args.no_real or not GROCERY.is_dir() else real_images(settings, workdir)
+        load_after = os.getloadavg()
+        device = torch.device("cuda") if torch.cuda.is_available() else None
+        saved = {
+            "results": results, "real": real, "machine": machine_description(device), "command": command_line(),
+            "load": [load_before[0], load_after[0]], "cores": os.cpu_count(), "elapsed": time.perf_counter() - started,
+        }
+        if args.save:
+            args.save.write_text(json.dumps(saved, indent=1))
+    results, real = saved["results"], saved["real"]
+    (before, after), cores = saved["load"], saved["cores"]
+    load = (f"Load average (1 min) {before:.1f} at the start, {after:.1f} at the end on {cores} cores"
+            + (": the machine was shared with other agents' jobs and loaded, wall-clock timings are pessimistic."
+               if max(before, after) > 0.5 * cores else "."))
+    text = markdown(results, real, saved["machine"], saved["command"], load, saved["elapsed"])
     print()
     print(text)
     best = choose_defaults(results)

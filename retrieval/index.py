@@ -251,8 +251,11 @@ def build_annoy(
     index.set_seed(int(seed))
     index.on_disk_build(str(ann_path))
     for start, rows in _iter_rows(embeddings, chunk_rows):
-        for offset, vector in enumerate(rows.tolist()):
-            index.add_item(start + offset, vector)
+        # Annoy takes Python lists; convert a few thousand rows at a time (as float objects,
+        # 65536 rows of 128 would take ~270 MB).
+        for block in range(0, len(rows), 2048):
+            for offset, vector in enumerate(rows[block : block + 2048].tolist(), start + block):
+                index.add_item(offset, vector)
         if on_progress is not None:
             on_progress("add", start + len(rows), n)
     if on_progress is not None:
