@@ -183,6 +183,23 @@ def test_hardest_negatives_page_shows_triples_filters_and_recurring_pairs(monkey
     assert len(at.dataframe) == 1  # the confused class pairs
 
 
+def test_large_logs_and_galleries_are_paged(monkeypatch, tmp_path, gallery, full_run):
+    run = fake_runs.make_run(tmp_path / "long", gallery, index=False, epochs=1)
+    rows = [dict(fake_runs.mining_rows(1)[0], d_an=0.5 + i / 100, d_an_minus_d_ap=i / 100) for i in range(20)]
+    (run / "mining" / "epoch_001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = go(start(monkeypatch, run), "Hardest negatives")
+    shown = lambda: [m for m in texts(at.markdown) if "d_ap = " in m]  # noqa: E731
+    assert len(shown()) == 8 and shown()[0].startswith("**#1**")
+    at.number_input(key="mining_page").set_value(3).run()
+    assert len(shown()) == 4 and shown()[0].startswith("**#17**")
+
+    at = start(monkeypatch, full_run)
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    assert len([b for b in at.button if b.key.startswith("pick-")]) == 12
+    at.number_input(key="pick_page").set_value(2).run()
+    assert len([b for b in at.button if b.key.startswith("pick-")]) == 16 - 12
+
+
 def test_embedding_map_places_the_last_query(monkeypatch, full_run):
     at = go(start(monkeypatch, full_run), "Embedding map")
     assert any("Search on the Search page" in c for c in texts(at.caption))
