@@ -394,11 +394,10 @@ def prepare(config) -> ImplicitData:
     """The ``--pairs`` training data for a :class:`~retrieval.train.TrainConfig`."""
     folder, train_part, val_folder = hidden_label_split(config.data_dir, config.val_fraction, config.seed)
     pairs = read_pairs(config.pairs, folder)
-    held_out = set()
+    held_out: set[int] = set()
     if val_folder.paths:
-        held_out = {p for p in val_folder.paths}
         index_of = {p: i for i, p in enumerate(folder.paths)}
-        held_out = {index_of[p] for p in held_out}
+        held_out = {index_of[p] for p in val_folder.paths}
         kept = [(a, b) for a, b in pairs if a not in held_out and b not in held_out]
         if len(kept) < len(pairs):
             log.warning("%s: dropped %d of %d pairs that touch the %d held-out validation classes", config.pairs,

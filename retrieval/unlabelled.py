@@ -23,9 +23,8 @@ recipe; the views need some, so 0 is refused).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
