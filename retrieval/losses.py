@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from retrieval.distances import euclidean_from_squared, full_precision, normalize, to_float
+from retrieval.distances import euclidean_from_squared, full_precision, normalize, squared_from_unit_rows, to_float
 from retrieval.mining import MinedPairs, MinedTriplets, anchor_chunks, padded_positives
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 
@@ -106,7 +106,8 @@ class ContrastiveLoss(MetricLoss):
     def compute(self, embeddings, labels, mined):
         x = normalize(embeddings)
         pos, neg = self.pair_masks(labels, mined, symmetric=True)
-        if mined is not None:  # a miner's pairs: distances of those pairs only, no B×B matrix
+        if mined is not None and 32 * int(pos.sum() + neg.sum()) <= len(x) ** 2:
+            # few mined pairs: the distances of those pairs only, no B×B matrix
             i, j = torch.nonzero(pos, as_tuple=True)
             k, n = torch.nonzero(neg, as_tuple=True)
             squared_ap = (x[i] - x[j]).pow(2).sum(dim=1)
@@ -134,7 +135,8 @@ class TripletMarginLoss(MetricLoss):
     takes a threshold miner's mask as it is, without enumerating the triplets.
 
     Equals pytorch-metric-learning's ``TripletMarginLoss`` (default ``AvgNonZeroReducer``) for the
-    same triplets; with ``squared=True`` it matches its ``LpDistance(power=2)`` on normalised embeddings.
+    same triplets; for a few triplets (batch-hard) the distances are computed per triplet, not as a
+    B×B matrix.
     """
 
     def __init__(
@@ -159,7 +161,7 @@ class TripletMarginLoss(MetricLoss):
             if self.negative_rules is not None:
                 keep = positive_mask(labels)[a, p] & negative_mask(labels, self.negative_rules)[a, n]
                 a, p, n = a[keep], p[keep], n[keep]
-            if 8 * len(a) <= len(x) ** 2:  # few triplets (batch-hard, batch-semihard): no B×B matrix
+            if 32 * len(a) <= len(x) ** 2:  # few triplets (batch-hard; batch-semihard at large B): no B×B matrix
                 x_a = x[a]
                 squared = torch.stack([(x_a - x[p]).pow(2).sum(dim=1), (x_a - x[n]).pow(2).sum(dim=1)])
             else:
@@ -385,7 +387,7 @@ def build_loss(
 
 def _squared_distances(x: torch.Tensor) -> torch.Tensor:
     """d² = 2 − 2 x̂ x̂ᵀ, clamped to [0, 4], for normalised rows x."""
-    return (2.0 - 2.0 * (x @ x.T)).clamp(0.0, 4.0)
+    return squared_from_unit_rows(x, x)
 
 
 def _zero(x: torch.Tensor) -> torch.Tensor:

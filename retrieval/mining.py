@@ -27,16 +27,20 @@ for P×K batches), so a rule is evaluated on (anchor, positive, candidate negati
 B·K·B elements — K/B of the full cube — in chunks of anchors that bound the memory. The
 threshold miners keep that boolean mask as their result and enumerate the index triplets only
 when asked; the triplet loss evaluates its hinge on the same dense form, which on a CPU is many
-times cheaper than gathering scattered triplets. The record (counts, means, the hardest
-triplets through one ``topk`` per chunk) comes from the same tensors. Everything runs on the
-embeddings' device under ``torch.no_grad``, in float32 (float64 stays float64); there is no
-Python loop over anchors.
+times cheaper than gathering scattered triplets. The record (counts, means, and the hardest
+triplets through a row-minimum pre-selection and two small ``topk``s) is computed from the same
+tensors the first time it is read, so mining for a loss that nobody inspects costs nothing extra.
+Everything runs on the embeddings' device under ``torch.no_grad``, in float32 (float64 stays
+float64); there is no Python loop over anchors.
+
+The strict comparisons are made on d_an − d_ap (as pytorch-metric-learning does), so
+``semihard`` is 0 < d_an − d_ap < ε and ``easy`` is d_an − d_ap ≥ ε.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -77,18 +81,12 @@ class MiningRecord:
       mined negative pairs, each with the anchor's farthest positive.)
     """
 
-    def __init__(
-        self,
-        counts: torch.Tensor,
-        sums: torch.Tensor,
-        hardest: tuple[torch.Tensor, ...] | None = None,
-        indices: torch.Tensor | None = None,
-    ) -> None:
-        # counts: int64 [n_valid, n_mined, n_active, n_ap, n_an]; sums: float [sum d_ap, sum d_an];
-        # hardest: (anchors, positives, negatives, d_ap, d_an) batch indices, sorted, may hold +inf padding.
-        self._counts = counts
-        self._sums = sums
-        self._hardest_tensors = hardest
+    def __init__(self, compute: Callable[[], tuple], indices: torch.Tensor | None = None) -> None:
+        # compute() -> (counts, sums, hardest): counts [n_valid, n_mined, n_active, n_ap, n_an]
+        # (integers, possibly held as floats), sums [sum d_ap, sum d_an], hardest None or
+        # (anchors, positives, negatives, d_ap, d_an) as batch indices, hardest first, +inf padding.
+        # It runs on first access, so a step that never reads the record never pays for it.
+        self._compute: Callable[[], tuple] | None = compute
         self._indices = indices
         self._values: dict | None = None
 
@@ -98,29 +96,35 @@ class MiningRecord:
         they average, and ``hardest`` keeps the ``hardest_k`` hardest triplets of all of them."""
         records = list(records)
         values = [r._materialise() for r in records]
-        counts = [sum(v["counts"][i] for v in values) for i in range(5)]
-        sums = [math.fsum(v["sums"][i] for v in values) for i in range(2)]
-        hardest = sorted((h for r in records for h in r.hardest), key=lambda h: h["d_an"] - h["d_ap"])[:hardest_k]
-        merged = cls(torch.tensor(counts, dtype=torch.long), torch.tensor(sums, dtype=torch.float64))
-        merged._values = {"counts": counts, "sums": sums, "hardest": hardest}
+        merged = cls(lambda: None)
+        merged._compute = None
+        merged._values = {
+            "counts": [sum(v["counts"][i] for v in values) for i in range(5)],
+            "sums": [math.fsum(v["sums"][i] for v in values) for i in range(2)],
+            "hardest": sorted((h for r in records for h in r.hardest), key=lambda h: h["d_an"] - h["d_ap"])[:hardest_k],
+        }
         return merged
 
     def _materialise(self) -> dict:
         if self._values is None:
-            counts = [int(c) for c in self._counts.tolist()]
-            sums = [float(s) for s in self._sums.tolist()]
+            assert self._compute is not None
+            with torch.no_grad():
+                counts, sums, hardest_tensors = self._compute()
+            self._compute = None  # let go of the batch's tensors
             hardest: list[dict] = []
-            if self._hardest_tensors is not None:
-                anchors, positives, negatives, d_ap, d_an = self._hardest_tensors
+            if hardest_tensors is not None:
+                anchors, positives, negatives, d_ap, d_an = (t.cpu() for t in hardest_tensors)
                 keep = torch.isfinite(d_an - d_ap)
-                keep = keep.cpu()
-                rows = [t.cpu()[keep] for t in (anchors, positives, negatives)]
-                d_ap, d_an = d_ap.cpu(), d_an.cpu()
+                rows = [t[keep] for t in (anchors, positives, negatives)]
                 if self._indices is not None:
                     rows = [self._indices[r] for r in rows]
                 for a, p, n, dap, dan in zip(*(r.tolist() for r in rows), d_ap[keep].tolist(), d_an[keep].tolist()):
                     hardest.append({"anchor": a, "positive": p, "negative": n, "d_ap": dap, "d_an": dan})
-            self._values = {"counts": counts, "sums": sums, "hardest": hardest}
+            self._values = {
+                "counts": [int(round(c)) for c in counts.tolist()],
+                "sums": [float(v) for v in sums.tolist()],
+                "hardest": hardest,
+            }
         return self._values
 
     @property
@@ -232,8 +236,10 @@ class MinedTriplets:
 
 class MinedPairs:
     """Positive pairs (anchors[i], positives[i]) and negative pairs (negative_anchors[j],
-    negatives[j]), LongTensors of batch indices, and the record. The pair miner keeps them as two
-    (B, B) masks and enumerates the indices on first access."""
+    negatives[j]), LongTensors of batch indices, and the record. The pair miner keeps them as
+    ``masks = (positives, positive_kept, negative_kept)``: each anchor's positives (B, K), which of
+    them were mined (B, K), and the mined negative pairs (B, B); the indices are enumerated on
+    first access."""
 
     def __init__(
         self,
@@ -243,7 +249,7 @@ class MinedPairs:
         negatives: torch.Tensor | None,
         record: MiningRecord,
         *,
-        masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+        masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if anchors is None and masks is None:
             raise ValueError("MinedPairs needs the pairs or their masks")
@@ -253,8 +259,9 @@ class MinedPairs:
 
     def as_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._pairs is None:
-            pos, neg = self.masks
-            self._pairs = (*torch.nonzero(pos, as_tuple=True), *torch.nonzero(neg, as_tuple=True))
+            positives, positive_kept, negative_kept = self.masks
+            a, k = torch.nonzero(positive_kept, as_tuple=True)
+            self._pairs = (a, positives[a, k], *torch.nonzero(negative_kept, as_tuple=True))
         return self._pairs
 
     @property
@@ -282,7 +289,8 @@ class MinedPairs:
     def pair_masks(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, B) bool masks of the mined positive and negative pairs."""
         if self.masks is not None:
-            return self.masks
+            positives, positive_kept, negative_kept = self.masks
+            return _scatter_or(batch, positives, positive_kept), negative_kept
         return _pairs_to_masks(batch, *self._pairs)
 
 
@@ -298,7 +306,7 @@ class TripletMiner:
 
     Called as ``miner(embeddings, labels, indices=None) -> MinedTriplets``; ``indices`` are the
     samples' dataset indices, used only to name the hardest triplets in the record. Triplets come
-    ordered by anchor, then positive, then d_an.
+    ordered by anchor, then positive, then negative.
 
     Compared with pytorch-metric-learning: its ``TripletMarginMiner`` ``"all"`` keeps only the
     triplets that violate the margin (d_an < d_ap + ε), ours keeps every valid triplet (with the
@@ -349,47 +357,51 @@ class TripletMiner:
         # NaN where (a, k) is padding or n is not a negative of a: every comparison with NaN is False.
         d_an_or_nan = dist.masked_fill(~neg, math.nan)
         d_ap_or_nan = d_ap.masked_fill(~valid, math.nan)
-        masks, stats, candidates = [], [], []
+        masks = []
         for rows in anchor_chunks(batch, k_max * batch):
-            gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]  # d_an − d_ap, (c, K, B)
             if self.strategy == "all":
-                mask = ~torch.isnan(gap)
-            elif self.strategy == "hard":
-                mask = gap < 0
+                masks.append(valid[rows, :, None] & neg[rows, None, :])
+                continue
+            gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]  # d_an − d_ap, (c, K, B)
+            if self.strategy == "hard":
+                masks.append(gap < 0)
             elif self.strategy == "semihard":
-                mask = (gap > 0) & (gap < self.margin)
+                masks.append((gap > 0) & (gap < self.margin))
             else:  # easy
-                mask = gap >= self.margin
-            weight = mask.to(dist.dtype)
-            per_pair = weight.sum(dim=2)  # (c, K): negatives per (a, p)
-            n_active = (gap < self.margin).sum() if self.strategy == "all" else per_pair.new_zeros(())
-            chunk_stats = [per_pair.sum(), n_active, (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
-            stats.append(torch.stack(chunk_stats).to(_exact_dtype(dist.device)))  # counts stay exact integers
-            if self.hardest_k > 0:
-                values, flat = _smallest(gap.masked_fill_(~mask, math.inf).reshape(-1, batch), self.hardest_k)
-                candidates.append((values, flat + rows.start * k_max * batch))
-            masks.append(mask)
-        n_mined, n_active, sum_d_ap, sum_d_an = (stats[0] if len(stats) == 1 else torch.stack(stats).sum(dim=0)).unbind()
-        sum_d_ap, sum_d_an = sum_d_ap.to(dist.dtype), sum_d_an.to(dist.dtype)
-        n_mined = n_mined.round().long()
-        if self.strategy in ("hard", "semihard"):
-            n_active = n_mined  # every such triplet violates the margin
-        else:  # "all" counted them; "easy" triplets have d_an − d_ap >= ε, a zero hinge
-            n_active = n_active.round().long()
-        record_counts = torch.stack([n_valid, n_mined, n_active, n_mined, n_mined])
-        hardest = None
-        if candidates:
-            gap, flat = (torch.cat(t) for t in zip(*candidates)) if len(candidates) > 1 else candidates[0]
-            top = torch.topk(gap, min(self.hardest_k, len(gap)), largest=False).indices
-            gap, flat = gap[top], flat[top]
-            a = torch.div(flat, k_max * batch, rounding_mode="floor")
-            k = torch.div(flat, batch, rounding_mode="floor") % k_max
-            n = flat % batch
-            d_ap_top = d_ap[a, k]
-            hardest = (a, positives[a, k], n, d_ap_top, d_ap_top + gap)  # gap is inf where fewer were mined
-        record = MiningRecord(record_counts, torch.stack([sum_d_ap, sum_d_an]), hardest, indices)
+                masks.append(gap >= self.margin)
         mask = masks[0] if len(masks) == 1 else torch.cat(masks)
-        return MinedTriplets(None, None, None, record, dense=(positives, mask))
+
+        def compute_record():
+            stats, candidates = [], []
+            for rows in anchor_chunks(batch, k_max * batch):
+                gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]
+                chunk_mask = mask[rows]
+                weight = chunk_mask.to(dist.dtype)
+                per_pair = weight.sum(dim=2)  # (c, K): negatives per (a, p)
+                n_active = (gap < self.margin).sum() if self.strategy == "all" else per_pair.new_zeros(())
+                chunk_stats = [per_pair.sum(), n_active, (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
+                stats.append(torch.stack(chunk_stats).to(_exact_dtype(dist.device)))  # counts stay exact integers
+                if self.hardest_k > 0:
+                    values, flat = _smallest(gap.masked_fill_(~chunk_mask, math.inf).reshape(-1, batch), self.hardest_k)
+                    candidates.append((values, flat + rows.start * k_max * batch))
+            stats = stats[0] if len(stats) == 1 else torch.stack(stats).sum(dim=0)
+            n_mined, n_active = stats[0], stats[1]
+            if self.strategy in ("hard", "semihard"):
+                n_active = n_mined  # every such triplet violates the margin
+            # ("all" counted them; "easy" triplets have d_an − d_ap >= ε, a zero hinge: n_active stays 0)
+            counts = torch.stack([n_valid.to(stats.dtype), n_mined, n_active, n_mined, n_mined])
+            hardest = None
+            if candidates:
+                gap, flat = (torch.cat(t) for t in zip(*candidates)) if len(candidates) > 1 else candidates[0]
+                top = torch.topk(gap, min(self.hardest_k, len(gap)), largest=False).indices
+                gap, flat = gap[top], flat[top]
+                a = torch.div(flat, k_max * batch, rounding_mode="floor")
+                k = torch.div(flat, batch, rounding_mode="floor") % k_max
+                d_ap_top = d_ap[a, k]
+                hardest = (a, positives[a, k], flat % batch, d_ap_top, d_ap_top + gap)  # gap is inf where fewer were mined
+            return counts, stats[2:], hardest
+
+        return MinedTriplets(None, None, None, MiningRecord(compute_record, indices), dense=(positives, mask))
 
     # -- the per-anchor / per-pair rules, decided on squared distances (the same order) ------------
 
@@ -416,15 +428,18 @@ class TripletMiner:
         sq_an = torch.where(none_farther, farthest_sq_an[:, None], sq_an)  # else the farthest negative
         negatives = torch.where(none_farther, farthest[:, None], negatives)
         a, k = torch.nonzero(valid & (farthest_sq_an >= 0)[:, None], as_tuple=True)
-        d_ap, d_an = euclidean_from_squared(torch.stack([sq_ap[a, k], sq_an[a, k]])).unbind()
-        return self._explicit(a, positives[a, k], negatives[a, k], d_ap, d_an, n_valid, indices)
+        mined_positives, mined_negatives = torch.stack([positives, negatives])[:, a, k]
+        d_ap, d_an = euclidean_from_squared(torch.stack([sq_ap, sq_an])[:, a, k]).unbind()
+        return self._explicit(a, mined_positives, mined_negatives, d_ap, d_an, n_valid, indices)
 
     def _explicit(self, anchors, positives, negatives, d_ap, d_an, n_valid, indices) -> MinedTriplets:
-        n = torch.full((), len(anchors), device=anchors.device)
-        counts = torch.stack([n_valid, n, (d_an - d_ap < self.margin).sum(), n, n])
-        sums = torch.stack([d_ap.sum(), d_an.sum()])
-        hardest = _hardest_of(anchors, positives, negatives, d_ap, d_an, self.hardest_k)
-        return MinedTriplets(anchors, positives, negatives, MiningRecord(counts, sums, hardest, indices))
+        def compute_record():
+            n = torch.full((), len(anchors), device=anchors.device)
+            counts = torch.stack([n_valid, n, (d_an - d_ap < self.margin).sum(), n, n])
+            sums = torch.stack([d_ap.sum(), d_an.sum()])
+            return counts, sums, _hardest_of(anchors, positives, negatives, d_ap, d_an, self.hardest_k)
+
+        return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, indices))
 
 
 class PairMiner:
@@ -469,34 +484,51 @@ class PairMiner:
             x = normalize(embeddings.detach())
             labels, indices = _batch_labels(labels, indices, x)
             dist = euclidean_distance(x, normalized=True)
-            pos = positive_mask(labels)
             neg = negative_mask(labels, self.negative_rules)
-            farthest_d_ap, farthest_positive = dist.masked_fill(~pos, -1.0).max(dim=1)  # -1: no positive
+            positives, valid = padded_positives(positive_mask(labels))  # positive pairs as (B, K)
+            d_ap = dist.gather(1, positives)
+            if positives.shape[1]:
+                farthest_d_ap, farthest_k = d_ap.masked_fill(~valid, -1.0).max(dim=1)  # -1: no positive
+            else:
+                farthest_d_ap = dist.new_full((len(dist),), -1.0)
+                farthest_k = torch.zeros(len(dist), dtype=torch.long, device=dist.device)
             if self.strategy == "all":
-                pos_kept, neg_kept = pos, neg
+                pos_kept, neg_kept = valid, neg
             elif self.strategy == "active":
-                pos_kept, neg_kept = pos, neg & (dist < self.margin)
+                pos_kept, neg_kept = valid, neg & (dist < self.margin)
             elif self.strategy == "hard":
                 nearest_d_an = dist.masked_fill(~neg, math.inf).amin(dim=1)
-                pos_kept = pos & (dist > nearest_d_an[:, None])
+                pos_kept = valid & (d_ap > nearest_d_an[:, None])
                 neg_kept = neg & (dist < farthest_d_ap[:, None])
             else:  # batch-hard
+                pos_kept = valid & (torch.arange(positives.shape[1], device=valid.device) == farthest_k[:, None])
                 nearest_negative = dist.masked_fill(~neg, math.inf).argmin(dim=1)
-                pos_kept = torch.zeros_like(pos).scatter_(1, farthest_positive[:, None], True) & pos
                 neg_kept = torch.zeros_like(neg).scatter_(1, nearest_negative[:, None], True) & neg
-            masks = torch.stack([pos_kept, neg_kept, pos_kept & (dist > 0), neg_kept & (dist < self.margin), pos, neg])
-            weights = masks.to(dist.dtype if masks[0].numel() < 2**24 else _exact_dtype(dist.device))
-            n_ap, n_an, active_ap, active_an, n_pos, n_neg = weights.sum(dim=(1, 2)).round().long().unbind()
-            sums = (weights[:2] * dist).sum(dim=(1, 2))
-            counts = torch.stack([n_pos + n_neg, n_ap + n_an, active_ap + active_an, n_ap, n_an])
-            hardest = None
-            if self.hardest_k > 0:  # mined negative pairs, each with the anchor's farthest positive
-                gap = (dist - farthest_d_ap[:, None]).masked_fill_(~neg_kept | (farthest_d_ap < 0)[:, None], math.inf)
-                value, flat = _smallest(gap, self.hardest_k)
-                a, n = torch.div(flat, len(dist), rounding_mode="floor"), flat % len(dist)
-                hardest = (a, farthest_positive[a], n, farthest_d_ap[a], farthest_d_ap[a] + value)
-            record = MiningRecord(counts, sums, hardest, indices)
-            return MinedPairs(None, None, None, None, record, masks=(pos_kept, neg_kept))
+
+            def compute_record():
+                pos_w, neg_w = pos_kept.to(dist.dtype), neg_kept.to(dist.dtype)
+                n_ap, n_an = pos_w.sum(), neg_w.sum()
+                active_an = n_an if self.strategy == "active" else (neg_w * (dist < self.margin)).sum()
+                counts = torch.stack([
+                    valid.sum() + neg.sum(),
+                    n_ap + n_an,
+                    (pos_w * (d_ap > 0)).sum() + active_an,  # positive pairs apart, negative pairs inside ε
+                    n_ap,
+                    n_an,
+                ])
+                sums = torch.stack([(pos_w * d_ap).sum(), (neg_w * dist).sum()])
+                hardest = None
+                if self.hardest_k > 0:  # mined negative pairs, each with the anchor's farthest positive
+                    no_positive = (farthest_d_ap < 0)[:, None]
+                    gap = (dist - farthest_d_ap[:, None]).masked_fill_(~neg_kept | no_positive, math.inf)
+                    value, flat = _smallest(gap, self.hardest_k)
+                    a, n = torch.div(flat, len(dist), rounding_mode="floor"), flat % len(dist)
+                    farthest = positives.gather(1, farthest_k[:, None]).squeeze(1) if positives.shape[1] else farthest_k
+                    hardest = (a, farthest[a], n, farthest_d_ap[a], farthest_d_ap[a] + value)
+                return counts, sums, hardest
+
+            record = MiningRecord(compute_record, indices)
+            return MinedPairs(None, None, None, None, record, masks=(positives, pos_kept, neg_kept))
 
 
 def build_miner(
@@ -550,10 +582,9 @@ def _smallest(gap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scatter_or(batch: int, columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """(B, B) bool: [a, columns[a, k]] is True where values[a, k]."""
-    out = torch.zeros(batch, batch, dtype=torch.uint8, device=columns.device)
-    out.scatter_add_(1, columns, values.to(torch.uint8))
-    return out > 0
+    """(B, B) bool: [a, columns[a, k]] is True where values[a, k]. (Padding entries of a
+    padded-positives matrix point at distinct non-positive columns and carry False.)"""
+    return torch.zeros(batch, batch, dtype=torch.bool, device=columns.device).scatter_(1, columns, values)
 
 
 def _pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
@@ -573,14 +604,14 @@ def _hardest_of(anchors, positives, negatives, d_ap, d_an, k) -> tuple[torch.Ten
     if k <= 0 or len(anchors) == 0:
         return None
     top = torch.topk(d_an - d_ap, min(k, len(anchors)), largest=False).indices
-    return anchors[top], positives[top], negatives[top], d_ap[top], d_an[top]
+    return (*torch.stack([anchors, positives, negatives])[:, top], *torch.stack([d_ap, d_an])[:, top])
 
 
 def _empty_triplets(device, n_valid, dtype) -> MinedTriplets:
     empty = torch.zeros(0, dtype=torch.long, device=device)
     zero = torch.zeros((), dtype=torch.long, device=device)
     counts = torch.stack([n_valid.to(device), zero, zero, zero, zero])
-    record = MiningRecord(counts, torch.zeros(2, dtype=dtype, device=device))
+    record = MiningRecord(lambda: (counts, torch.zeros(2, dtype=dtype, device=device), None))
     return MinedTriplets(empty, empty.clone(), empty.clone(), record)
 
 
