@@ -479,10 +479,20 @@ def _load_model_and_transform(run_dir: Path, device: torch.device):
     return model, build_transforms(config["data_config"], train=False)
 
 
-def _build(run_dir, gallery_dir, *, add: bool, n_trees, batch_size, device, num_workers, precision,
-           seed, n_jobs, on_progress) -> dict[str, Any]:
+def _build(run_dir, gallery_dir, *, device, **options) -> dict[str, Any]:
+    """Under ``torchrun`` every process embeds a share of the gallery and rank 0 writes the index
+    (:meth:`retrieval.distributed.DistributedContext.embed_paths`); the other processes return
+    ``{"rank", "world_size"}`` once their share is embedded."""
+    from retrieval import distributed
+
+    with distributed.process_group(device) as ctx:
+        return _build_with(ctx, run_dir, gallery_dir, **options)
+
+
+def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, num_workers, precision,
+                seed, n_jobs, on_progress) -> dict[str, Any]:
     from retrieval.data import scan_folder
-    from retrieval.models import model_fingerprint, read_config, resolve_device
+    from retrieval.models import model_fingerprint, read_config
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -505,9 +515,15 @@ def _build(run_dir, gallery_dir, *, add: bool, n_trees, batch_size, device, num_
                            len(folder.paths), gallery_dir)
             previous.close()
             return read_index_metadata(run_dir)
-    torch_device = resolve_device(device) if isinstance(device, str) else device
+    torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
     model, transform = _load_model_and_transform(run_dir, torch_device)
     dim = int(config["embedding_dim"])
+    if not ctx.is_main:  # a helper process of a torchrun launch: embed its batches for rank 0, write nothing
+        ctx.embed_paths(model, [folder.paths[i] for i in new_ids], transform, batch_size=batch_size,
+                        device=torch_device, num_workers=num_workers, precision=precision, collect=False)
+        if previous is not None:
+            previous.close()
+        return {"rank": ctx.rank, "world_size": ctx.world_size}
 
     index_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(index_dir):
@@ -521,7 +537,7 @@ def _build(run_dir, gallery_dir, *, add: bool, n_trees, batch_size, device, num_
             with _RowWriter(embeddings_path, n_old + len(new_ids), dim) as writer:
                 if previous is not None:
                     _copy_rows(index_dir / EMBEDDINGS_NAME, writer, n_old, on_progress)
-                _, embedded = embed_paths(
+                _, embedded = ctx.embed_paths(
                     model, [folder.paths[i] for i in new_ids], transform, out=writer.rows_from(n_old),
                     batch_size=batch_size, device=torch_device, num_workers=num_workers,
                     precision=precision,
