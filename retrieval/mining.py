@@ -417,11 +417,12 @@ class TripletMiner:
         batch, k_max = positives.shape
         sq_ap = squared.gather(1, positives)
         farthest_sq_an, farthest = squared.masked_fill(~neg, -1.0).max(dim=1)
+        sq_neg = squared.masked_fill(~neg, math.nan)  # NaN: not a negative, never "farther"
         nearest_farther = []
         for rows in anchor_chunks(batch, k_max * batch):
-            sq_an = squared[rows, None, :]
-            farther = neg[rows, None, :] & (sq_an > sq_ap[rows, :, None])
-            nearest_farther.append(sq_an.masked_fill(~farther, 5.0).min(dim=2))  # nearest with d_an > d_ap
+            sq_an = sq_neg[rows, None, :]
+            candidates = torch.where(sq_an > sq_ap[rows, :, None], sq_an, 5.0)  # d² <= 4 < 5: no candidate
+            nearest_farther.append(candidates.min(dim=2))  # nearest negative with d_an > d_ap
         sq_an = torch.cat([v for v, _ in nearest_farther]) if len(nearest_farther) > 1 else nearest_farther[0][0]
         negatives = torch.cat([i for _, i in nearest_farther]) if len(nearest_farther) > 1 else nearest_farther[0][1]
         none_farther = sq_an > 4.0
