@@ -96,7 +96,9 @@ def load_index(run_dir: str, stamp: str) -> GalleryIndex:
     index = GalleryIndex.load(run_dir, device="auto")
     with one_torch_thread():
         vector = index.embed(Image.new("RGB", (64, 64), (128, 128, 128)))
-    figures.margin_spec(index.search(vector, 1), 0.2)
+    nearest = index.search(vector, 1)
+    for query_label in (None, nearest[0].label):  # the chart's templates without and with a known query class
+        figures.margin_spec(nearest, 0.2, query_label=query_label)
     return index
 
 
@@ -397,7 +399,9 @@ def mining_page(run_dir: Path, config: dict) -> None:
     n_pages = max(1, math.ceil(len(rows) / TRIPLETS_PAGE))
     st.markdown(f"**{len(rows)}** logged triplets in epoch {epoch}, hardest first "
                 f"(violation = ε − (d_an − d_ap); positive: the negative lies inside the margin).")
-    page = st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="mining_page") if n_pages > 1 else 1
+    page = 1
+    if n_pages > 1:
+        page = st.columns([1, 3])[0].number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="mining_page")
     for number, row in enumerate(rows[(page - 1) * TRIPLETS_PAGE : page * TRIPLETS_PAGE], start=(page - 1) * TRIPLETS_PAGE + 1):
         show_triplet(number, row, config, margin, image_pairs, class_pairs)
 
@@ -427,7 +431,7 @@ def show_triplet(number: int, row: dict, config: dict, margin: float, image_pair
                 st.caption(Path(row[f"{role}_path"]).name)
         with columns[3]:
             st.markdown(f"**#{number}** d_ap = {row['d_ap']:.3f} · d_an = {row['d_an']:.3f}  \n"
-                        f"d_an − d_ap = {row['d_an_minus_d_ap']:+.3f} · violation **{violation:+.3f}**")
+                        f"d_an − d_ap = {row['d_an_minus_d_ap']:+.4f} · violation **{violation:+.4f}**")
             image_epochs = image_pairs.get((row["anchor_path"], row["negative_path"]), [])
             class_epochs = class_pairs.get(diagnostics.class_pair(str(row["anchor_label"]), str(row["negative_label"])), [])
             if len(image_epochs) > 1:

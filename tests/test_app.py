@@ -167,7 +167,7 @@ def test_hardest_negatives_page_shows_triples_filters_and_recurring_pairs(monkey
     assert len(triples) == 3
     gaps = [float(m.split("d_an − d_ap = ")[1].split()[0]) for m in triples]
     assert gaps == sorted(gaps)
-    assert "violation **+0.140**" in triples[0]  # margin 0.2 - gap 0.06
+    assert "violation **+0.1400**" in triples[0]  # margin 0.2 - gap 0.06
     recurring = [m for m in texts(at.markdown) if "pair was hard in epochs 1, 2, 3" in m]
     assert len(recurring) == 2
     hardness = [c for c in charts(at) if "hconcat" in c]
@@ -296,3 +296,30 @@ def test_app_command_rejects_a_folder_that_is_not_a_run(monkeypatch, tmp_path):
     result, calls = run_cli(monkeypatch, tmp_path / "nowhere")
     assert calls == []
     assert isinstance(result.exception, RetrievalError) and "run directory not found" in str(result.exception)
+
+
+# ----------------------------------------------------------------------------- a really trained run
+
+
+def test_every_page_on_a_run_written_by_train_and_index(monkeypatch, tmp_path):
+    from retrieval.index import build_index
+    from retrieval.sample_data import generate_sample_data
+    from retrieval.train import TrainConfig, train
+
+    data = tmp_path / "data"
+    generate_sample_data(data, n_train_classes=5, n_test_classes=2, images_per_class=4, image_size=32)
+    run = tmp_path / "trained"
+    train(TrainConfig(data_dir=data / "train", out=run, epochs=1, backbone="resnet10t", embedding_dim=16,
+                      image_size=32, classes_per_batch=2, images_per_class=2, num_workers=0, precision="fp32",
+                      hardest_per_epoch=10, val_fraction=0.4), progress=False)
+    build_index(run, data / "test", n_trees=4, device="cpu", num_workers=0, precision="fp32")
+
+    query = next((data / "catalog").rglob("*.png"))
+    at = upload(start(monkeypatch, run), query.name, query.read_bytes())
+    assert len(neighbour_cards(at)) == 2 * 4  # the whole test gallery
+    for page in ("Hardest negatives", "Embedding map", "Training"):
+        go(at, page)
+        assert not at.error, (page, texts(at.error))
+    go(at, "Hardest negatives")
+    assert [m for m in texts(at.markdown) if "d_ap = " in m]
+    assert not any("cannot read" in c for c in texts(at.caption))  # logged paths resolve under data_dir
