@@ -71,14 +71,14 @@ def sample_data_command(
 
 @app.command("train")
 def train_command(
-    data_dir: Path = typer.Argument(..., help="Labelled folder: DATA_DIR/<class>/<image>."),
+    data_dir: Path = typer.Argument(..., help="Labelled folder: DATA_DIR/<class>/<image> (with --unlabelled or --pairs also a flat folder of images)."),
     out: Path = typer.Option(..., "--out", help="Run directory to write (models/NAME)."),
     backbone: str = typer.Option("resnet18", help="A timm model name."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start from the backbone's pretrained weights (downloads them)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors backbone weights (offline machines)."),
     embedding_dim: int = typer.Option(128, help="Embedding size D."),
     image_size: int = typer.Option(128, help="Square input size in pixels."),
-    loss: str = typer.Option("triplet", help="triplet | contrastive | lifted | npair | nce | infonce."),
+    loss: Optional[str] = typer.Option(None, help="triplet | contrastive | lifted | npair | nce | infonce (default: triplet; infonce with --unlabelled)."),
     miner: Optional[str] = typer.Option(None, help="Triplet miner all | hard | semihard | easy | batch-hard | batch-semihard, pair miner pair-all | pair-active | pair-hard | pair-batch-hard, or none (default: semihard for triplet, none otherwise)."),
     margin: float = typer.Option(0.2, help="Margin ε in distance units (0 to 2), for triplet, contrastive, lifted and the miners."),
     temperature: float = typer.Option(0.1, help="Temperature τ for nce and infonce."),
@@ -99,8 +99,13 @@ def train_command(
     hardest: int = typer.Option(50, help="Hardest triplets logged per epoch in mining/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="Self-supervised: two augmented views of each image are its positive pair, the batch's other images its negatives; class folders, if any, only hold out validation classes."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="With --unlabelled: distinct images per batch (default P*K/2; each gives two views)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image pairs known to match (paths relative to DATA_DIR): linked images are positives; unpaired is unknown, not negative."),
+    pair_negatives: str = typer.Option("random", "--pair-negatives", help="With --pairs: random (batches of random linked groups) | hard (batches of each other's nearest not-linked groups, re-found every epoch)."),
+    pair_groups: Optional[Path] = typer.Option(None, "--pair-groups", help="With --pairs: CSV image,group; images of one group are never each other's negatives."),
 ) -> None:
-    """Train an embedding model on a labelled folder; writes the run directory."""
+    """Train an embedding model on a labelled folder (or, with --unlabelled / --pairs, without negative labels); writes the run directory."""
     import logging
 
     from retrieval.train import TrainConfig, train
@@ -108,12 +113,13 @@ def train_command(
     _log_warnings()
     config = TrainConfig(
         data_dir=data_dir, out=out, backbone=backbone, pretrained=pretrained, weights=weights,
-        embedding_dim=embedding_dim, image_size=image_size, loss=loss, miner=miner, margin=margin,
+        embedding_dim=embedding_dim, image_size=image_size, loss=loss or ("infonce" if unlabelled else "triplet"), miner=miner, margin=margin,
         temperature=temperature, epochs=epochs, classes_per_batch=classes_per_batch,
         images_per_class=images_per_class, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
         precision=precision, num_workers=workers, augment=augment, class_groups=class_groups,
         groups_per_batch=groups_per_batch, negatives=negatives, never_negative=never_negative,
         hardest_per_epoch=hardest, resume=resume, command=" ".join(["retrieval"] + sys.argv[1:]),
+        unlabelled=unlabelled, batch_size=batch_size, pairs=pairs, pair_negatives=pair_negatives, pair_groups=pair_groups,
     )
 
     def report(row: dict) -> None:

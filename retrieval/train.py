@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from retrieval import data, losses, mining, models
+from retrieval import data, implicit, losses, mining, models
 from retrieval.errors import RetrievalError
 from retrieval.evaluate import retrieval_metrics
 from retrieval.models import CONFIG_NAME, EmbeddingModel, write_atomic
@@ -94,6 +94,12 @@ class TrainConfig:
     resume: bool = False
     channels_last: bool = False
     command: str = ""
+    # issue 7, training without negative labels (retrieval.implicit): augmentation positives / positive-only pairs
+    unlabelled: bool = False
+    pairs: Optional[Path] = None
+    pair_negatives: str = "random"
+    pair_groups: Optional[Path] = None
+    batch_size: Optional[int] = None
 
     def validate(self) -> None:
         """One-line errors for flag values that cannot work."""
@@ -119,6 +125,7 @@ class TrainConfig:
                 raise RetrievalError(message)
         if self.pretrained and self.weights is not None:
             raise RetrievalError("give --pretrained or --weights FILE, not both")
+        implicit.check_config(self)
 
     @property
     def effective_miner(self) -> str:
@@ -227,17 +234,21 @@ def train(
 
     device = models.resolve_device(config.device)
     precision = models.resolve_precision(config.precision, device)
-    folder = data.scan_folder(config.data_dir, labelled=True)
-    data.require_trainable(folder)
-    train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
-    trainable = sum(count >= 2 for count in train_folder.class_counts().values())
-    if trainable < 2:
-        raise RetrievalError(
-            f"{config.data_dir}: {trainable} class(es) with two or more images left for training after holding out "
-            f"{len(val_folder.class_names)} for validation; negatives need at least 2 (lower --val-fraction or add classes)"
-        )
-    groups, never_negative = _domain_knowledge(config, train_folder)
-    rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives) if (groups is not None or never_negative) else None
+    source = implicit.prepare(config) if implicit.is_implicit(config) else None  # --unlabelled / --pairs: pseudo-labels
+    if source is not None:
+        folder, train_folder, val_folder, groups, rules = source.folder, source.train_folder, source.val_folder, None, source.rules
+    else:
+        folder = data.scan_folder(config.data_dir, labelled=True)
+        data.require_trainable(folder)
+        train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
+        trainable = sum(count >= 2 for count in train_folder.class_counts().values())
+        if trainable < 2:
+            raise RetrievalError(
+                f"{config.data_dir}: {trainable} class(es) with two or more images left for training after holding out "
+                f"{len(val_folder.class_names)} for validation; negatives need at least 2 (lower --val-fraction or add classes)"
+            )
+        groups, never_negative = _domain_knowledge(config, train_folder)
+        rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives) if (groups is not None or never_negative) else None
 
     torch.manual_seed(config.seed)
     model = EmbeddingModel(config.backbone, config.embedding_dim, pretrained=config.pretrained, weights=config.weights)
@@ -249,13 +260,16 @@ def train(
     if objective is not None:
         loss_fn, miner = objective
 
-    train_transform = data.build_transforms(data_config, train=True, strength=config.augment)
+    train_transform = source.make_train_transform(data_config) if source else data.build_transforms(data_config, train=True, strength=config.augment)
     eval_transform = data.build_transforms(data_config, train=False)
     train_set = data.ImageDataset(train_folder.paths, train_folder.labels, train_transform)
-    sampler = data.PKSampler(
-        train_folder.labels, config.classes_per_batch, config.images_per_class, seed=config.seed,
-        class_groups=groups, groups_per_batch=config.groups_per_batch,
-    )
+    if source is not None:
+        sampler = source.make_sampler(model=model, transform=eval_transform, device=device, precision=precision)
+    else:
+        sampler = data.PKSampler(
+            train_folder.labels, config.classes_per_batch, config.images_per_class, seed=config.seed,
+            class_groups=groups, groups_per_batch=config.groups_per_batch,
+        )
     batches = _KeyedBatches(sampler, config.seed)
     loader = data.make_loader(_SeededItems(train_set), batch_sampler=batches, num_workers=config.num_workers, device=device)
 
@@ -270,6 +284,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and precision == "fp16"))
 
     run_config = _run_config(config, folder, train_folder, val_folder, data_config, precision, steps_per_epoch)
+    run_config.update(source.config_entries() if source else implicit.labelled_entries())
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "map_at_r": -1.0}
     if checkpoint is not None:
@@ -590,7 +605,7 @@ def _config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in saved.items() if k in fields}
     values.update(keep)
-    for key in ("data_dir", "out", "weights", "class_groups", "never_negative"):
+    for key in ("data_dir", "out", "weights", "class_groups", "never_negative", "pairs", "pair_groups"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     return TrainConfig(**values)
