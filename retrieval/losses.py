@@ -115,9 +115,12 @@ class ContrastiveLoss(MetricLoss):
             return squared_ap.sum() / max(len(i), 1) + hinge.sum() / max(len(k), 1)
         squared = _squared_distances(x)
         pull = (squared * pos).sum() / pos.sum().clamp_min(1)
-        hinge = F.relu(self.margin - euclidean_from_squared(squared)) ** 2
-        push = (hinge * neg).sum() / neg.sum().clamp_min(1)
-        return pull + push
+        # Only negatives inside the margin (d < ε, i.e. d² < ε²) have a non-zero hinge: take those alone.
+        k, n = torch.nonzero(neg & (squared.detach() < self.margin**2), as_tuple=True) if self.margin > 0 else (None, None)
+        if k is None or len(k) == 0:
+            return pull + _zero(squared)
+        hinge = F.relu(self.margin - euclidean_from_squared(squared[k, n])) ** 2
+        return pull + hinge.sum() / neg.sum().clamp_min(1)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
