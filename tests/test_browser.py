@@ -101,7 +101,7 @@ def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
                 for i in range(K):
                     text = cards.nth(i).inner_text()
                     assert f"{i + 1}. " in text and "d = " in text and "cos = " in text, text
-                page.get_by_text("Margin picture").wait_for(timeout=WAIT_MS)
+                page.get_by_role("heading", name="Margin picture", exact=True).wait_for(timeout=WAIT_MS)
                 page.locator(".vega-embed").first.wait_for(timeout=WAIT_MS)
                 assert not page.locator("[data-testid='stException']").count()
                 page.wait_for_timeout(800)  # let the images and the chart paint
@@ -111,7 +111,7 @@ def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
                                      ("Embedding map", ".vega-embed"),
                                      ("Training", ".vega-embed")):
                     page.locator("[data-testid='stSidebar']").get_by_text(name, exact=True).click()
-                    page.get_by_role("heading", name=name).wait_for(timeout=WAIT_MS)
+                    page.get_by_role("heading", name=name, exact=True).wait_for(timeout=WAIT_MS)
                     page.locator(marker).first.wait_for(timeout=WAIT_MS)
                     assert not page.locator("[data-testid='stException']").count(), name
                     page.wait_for_timeout(500)
