@@ -551,6 +551,7 @@ def main() -> None:
     st.sidebar.caption(
         f"{config.get('backbone')} · D = {config.get('embedding_dim')} · {config.get('image_size')} px  \n"
         f"loss {config.get('loss', '?')} · miner {config.get('miner', '?')} · margin ε = {config.get('margin', '?')}"
+        + (f"  \ntrained {config['mode']} (no class labels)" if config.get("mode") in ("unlabelled", "pairs") else "")
     )
     page = st.sidebar.radio("Page", PAGES, key="page")
     try:
