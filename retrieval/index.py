@@ -71,12 +71,14 @@ METRIC = "angular"
 FORMAT_VERSION = 1
 
 DEFAULT_N_TREES = 50
-"""Trees per index (``--n-trees``), chosen from BENCHMARKS.md (index section)."""
+"""Trees per index (``--n-trees``; DESIGN.md). BENCHMARKS.md (index section): at 1M items of
+dimension 128 the index is ~1.2 GiB and builds in ~2 min on 2 cores within 1.4 GB peak memory."""
 
-DEFAULT_SEARCH_K = 20_000
-"""Annoy ``search_k`` for k = 10 (scaled with k), chosen from BENCHMARKS.md: recall@10 >= 0.99
-against exact search at 100k items. Galleries with fewer than search_k / n_trees items are searched
-exhaustively, so small galleries get exact results."""
+DEFAULT_SEARCH_K = 5_000
+"""Annoy ``search_k`` for k = 10 (scaled with k), chosen from BENCHMARKS.md (index section): the
+smallest measured value with recall@10 >= 0.999 against exact search at 10k, 100k and 1M items
+with 50 trees (p50 ~0.5 ms at 100k). Galleries with fewer than search_k / n_trees = 100 items are
+searched exhaustively, so small galleries get exact results."""
 
 # Progress callback: (stage, done, total); stages "embed", "copy", "add", "build".
 ProgressCallback = Callable[[str, int, int], None]
@@ -214,7 +216,15 @@ def embed_paths(
     dataset = ImageDataset(list(paths), [-1] * len(paths), transform)
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
     done = 0
-    for pixels, _labels, indices in loader:
+    batches = iter(loader)
+    while True:
+        # Decoding in this process (no workers): its many tiny tensor ops on a multi-thread pool
+        # cost ~10x the CPU of one thread (BENCHMARKS.md); loader workers run one thread too.
+        with _torch_threads(1 if loader.num_workers == 0 else None):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        pixels, _labels, indices = batch
         if len(indices):
             with torch.inference_mode(), autocast(device, precision):
                 embeddings = model(pixels.to(device, non_blocking=True))
@@ -462,6 +472,22 @@ class GalleryIndex:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run a block with ``n`` torch intra-op threads (None: unchanged), then restore the count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n is None or n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _usable_cpus() -> int:
