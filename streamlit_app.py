@@ -18,6 +18,15 @@ Pages (sidebar):
 - Training: loss, active fraction, Recall@1, MAP@R per epoch; held-out positive- and
   negative-pair distances against the margin.
 
+Runs trained without class labels (``retrieval train --unlabelled`` / ``--pairs FILE``; config.json
+``"mode"``, ``"labelled"``, ``"has_validation"``) and flat galleries (index labels None) get the
+same pages less what needs labels: the Search page has no class filter and no nearest positive /
+negative verdict when the gallery has no labels; the Hardest negatives page has no class filter
+and no class-pair table when training had no labels (unlabelled-mode triplets are shown as view 1 /
+view 2 / negative); the map is coloured by folder or not at all for a gallery without labels; a
+run without held-out classes has no Recall@1 / MAP@R curves and no held-out histogram. Each page
+says so in one line.
+
 All numbers come from the library (:mod:`retrieval.runs`, :mod:`retrieval.index`,
 :mod:`retrieval.diagnostics`) and all charts from :mod:`retrieval.figures`; this file only lays
 them out. The model and index are loaded once per run (``st.cache_resource``).
@@ -51,6 +60,41 @@ TRIPLETS_PAGE = 8         # mining triples per page
 THUMBNAIL_PX = 256
 UNKNOWN = "(unknown)"
 ALL_CLASSES = "(all classes)"
+VALIDATION_METRICS = ("recall_at_1", "map_at_r")
+ROLE_TITLES = {"unlabelled": ("view 1", "view 2", "negative")}  # else anchor / positive / negative
+NO_LABEL_VALUES = ("", "-1")  # gallery labels that mean "no label" (besides None)
+
+
+# ----------------------------------------------------------------------------- what the run knows
+
+
+def training_mode(config: dict) -> str:
+    """"labelled", "unlabelled" or "pairs" (config.json "mode"; runs from before the modes are labelled)."""
+    mode = config.get("mode")
+    if mode in ("labelled", "unlabelled", "pairs"):
+        return mode
+    return "labelled" if config.get("labelled", True) is not False else "unlabelled"
+
+
+def trained_with_labels(config: dict) -> bool:
+    return training_mode(config) == "labelled" and config.get("labelled", True) is not False
+
+
+def has_validation(config: dict) -> bool:
+    """Whether the run held out classes to measure Recall@1 / MAP@R on (older runs: assumed)."""
+    return config.get("has_validation", True) is not False
+
+
+def gallery_label(label) -> str | None:
+    """A gallery index label as the app uses it: None for no label (None, -1, ""), else a string."""
+    if label is None or str(label).strip() in NO_LABEL_VALUES:
+        return None
+    return str(label)
+
+
+def mode_note(config: dict) -> str:
+    return {"unlabelled": "trained with --unlabelled (each image its own class, seen as two augmented views)",
+            "pairs": "trained with --pairs (images linked by the pair file form the classes)"}.get(training_mode(config), "")
 
 
 # ----------------------------------------------------------------------------- loading (cached)
@@ -94,6 +138,7 @@ def load_index(run_dir: str, stamp: str) -> GalleryIndex:
     import pyarrow  # noqa: F401
 
     index = GalleryIndex.load(run_dir, device="auto")
+    index.labels = [gallery_label(label) for label in index.labels]  # a flat gallery: all None (or -1)
     with one_torch_thread():
         vector = index.embed(Image.new("RGB", (64, 64), (128, 128, 128)))
     nearest = index.search(vector, 1)
@@ -205,6 +250,9 @@ def search_page(run_dir: Path, config: dict) -> None:
     top = st.columns([3, 1])
     source = top[0].radio("Query", ["Upload an image", "Pick from the gallery"], horizontal=True, key="query_source")
     k = top[1].number_input("Neighbours (K)", min_value=1, max_value=min(100, len(index)), value=min(10, len(index)), key="k")
+    if not labels:
+        st.caption(":material/info: This gallery has no class labels (a flat folder), so there is no class filter and "
+                   "no nearest positive / negative check; the neighbours, their distances and the margin picture are shown.")
 
     query_col, result_col = st.columns([1, 3], gap="large")
     with query_col, timed(timings, "query"):
@@ -223,7 +271,7 @@ def search_page(run_dir: Path, config: dict) -> None:
     with result_col, timed(timings, "neighbours"):
         show_neighbours(explanation, query_label)
     with timed(timings, "margin picture"):
-        show_margin(explanation, query_label, margin)
+        show_margin(explanation, query_label, margin, gallery_labelled=bool(labels), config=config)
     total = time.perf_counter() - started
     st.caption(f"Server time {1000 * total:.0f} ms: " + ", ".join(f"{name} {1000 * seconds:.0f} ms" for name, seconds in timings.items())
                + " (query = decode + embed, skipped for an image already seen).")
@@ -276,7 +324,8 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
     if picked is not None:
         item = picked["item"]
         show_image(index.path(item), caption=f"query: {Path(index.relative_paths[item]).name}")
-        st.caption(f"class {index.labels[item]} · the query itself is left out of the results")
+        label = index.labels[item]
+        st.caption(("" if label is None else f"class {label} · ") + "the query itself is left out of the results")
     with st.expander("Gallery (pick a query)", expanded=picked is None):
         columns = st.columns(3)
         for position, item in enumerate(shown):
@@ -312,10 +361,12 @@ def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str
                 st.markdown(f"**{rank}. {n.label if n.label is not None else Path(n.path).name}**{relation}  \n"
                             f"{mark}d = {n.distance:.3f}  \n"
                             f"cos = {n.similarity:.3f}")
-                st.caption(Path(n.path).name)
+                if n.label is not None:  # without a label the file name is the card's title already
+                    st.caption(Path(n.path).name)
 
 
-def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float) -> None:
+def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
+                gallery_labelled: bool = True, config: dict | None = None) -> None:
     st.subheader("Margin picture")
     if not explanation.neighbours:
         return
@@ -332,9 +383,12 @@ def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | N
         )
     report = explanation.report
     if report is None:
-        st.caption("Give the query's class (or pick a gallery image) to see its nearest positive and negative.")
+        if gallery_labelled:
+            st.caption("Give the query's class (or pick a gallery image) to see its nearest positive and negative.")
         return
     st.subheader("Nearest positive and nearest negative")
+    if config is not None and not trained_with_labels(config):
+        st.caption(f"The classes are the gallery's folders; this run was {mode_note(config)}, so they did not guide training.")
     pos_col, neg_col, verdict_col = st.columns([1, 1, 2], gap="large")
     with pos_col:
         if report.positive is None:
@@ -382,15 +436,28 @@ def mining_page(run_dir: Path, config: dict) -> None:
                "margin ε still has a loss, below 0 its negative is nearer than its positive. Right: the fraction of "
                "all mined triplets with a loss (metrics.jsonl).")
 
+    labelled = trained_with_labels(config)
+    mode = training_mode(config)
+    if mode == "unlabelled":
+        st.caption(":material/info: Trained without labels (--unlabelled): each triplet is two augmented views of one "
+                   "file (view 1, view 2; the pictures show the file itself) and another image of the batch. "
+                   "There are no classes, so no class filter and no table of confused class pairs.")
+    elif not labelled:
+        st.caption(":material/info: Trained without class labels (--pairs): the positive is linked to the anchor through "
+                   "the pair file, the negative is an image of another linked group. Groups are not classes, so there "
+                   "is no class filter and no table of confused class pairs.")
+
     image_pairs = diagnostics.pair_history(logs, by="image")
-    class_pairs = diagnostics.pair_history(logs, by="class")
+    class_pairs = diagnostics.pair_history(logs, by="class") if labelled else {}
     epochs = sorted(logs)
-    classes = sorted({str(r[f"{role}_label"]) for rows in logs.values() for r in rows for role in ("anchor", "negative")})
     controls = st.columns([2, 2, 2])
     epoch = controls[0].select_slider("Epoch", options=epochs, value=epochs[-1], key="mining_epoch") if len(epochs) > 1 else epochs[0]
-    chosen_class = controls[1].selectbox("Class", [ALL_CLASSES] + classes, key="mining_class",
-                                         help="Triplets whose anchor or negative is of this class.")
-    recurring_only = controls[2].checkbox("Only pairs hard in several epochs", key="mining_recurring")
+    chosen_class = ALL_CLASSES
+    if labelled:
+        classes = sorted({str(r[f"{role}_label"]) for rows in logs.values() for r in rows for role in ("anchor", "negative")})
+        chosen_class = controls[1].selectbox("Class", [ALL_CLASSES] + classes, key="mining_class",
+                                             help="Triplets whose anchor or negative is of this class.")
+    recurring_only = controls[2 if labelled else 1].checkbox("Only pairs hard in several epochs", key="mining_recurring")
     rows = [r for r in logs[epoch]
             if chosen_class == ALL_CLASSES or chosen_class in (str(r["anchor_label"]), str(r["negative_label"]))]
     if recurring_only:
@@ -405,6 +472,8 @@ def mining_page(run_dir: Path, config: dict) -> None:
     for number, row in enumerate(rows[(page - 1) * TRIPLETS_PAGE : page * TRIPLETS_PAGE], start=(page - 1) * TRIPLETS_PAGE + 1):
         show_triplet(number, row, config, margin, image_pairs, class_pairs)
 
+    if not labelled:
+        return
     st.subheader("Class pairs confused most often")
     confused = sorted(class_pairs.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:15]
     counts: dict[tuple[str, str], list[float]] = {}
@@ -421,14 +490,22 @@ def mining_page(run_dir: Path, config: dict) -> None:
 
 def show_triplet(number: int, row: dict, config: dict, margin: float, image_pairs, class_pairs) -> None:
     violation = margin - float(row["d_an_minus_d_ap"])
+    labelled = trained_with_labels(config)
+    titles = ROLE_TITLES.get(training_mode(config), ("anchor", "positive", "negative"))
     with st.container(border=True, key=f"triplet-{number}"):
         columns = st.columns([1, 1, 1, 2])
-        for column, role in zip(columns, ("anchor", "positive", "negative")):
+        for column, role, title in zip(columns, ("anchor", "positive", "negative"), titles):
             with column:
                 path = runs.resolve_logged_path(config, row[f"{role}_path"])
                 show_image(path)
-                st.markdown(f"{role}: **{row[f'{role}_label']}**")
-                st.caption(Path(row[f"{role}_path"]).name)
+                name = Path(row[f"{role}_path"]).name
+                if labelled:
+                    st.markdown(f"{role}: **{row[f'{role}_label']}**")
+                    st.caption(name)
+                else:  # the label is a pseudo-label: the image's own path (--unlabelled) or its linked group (--pairs)
+                    st.markdown(f"**{title}**")
+                    group = "" if training_mode(config) == "unlabelled" else f" · {row[f'{role}_label']}"
+                    st.caption(name + group)
         with columns[3]:
             st.markdown(f"**#{number}** d_ap = {row['d_ap']:.3f} · d_an = {row['d_an']:.3f}  \n"
                         f"d_an − d_ap = {row['d_an_minus_d_ap']:+.4f} · violation **{violation:+.4f}**")
@@ -461,14 +538,15 @@ def map_page(run_dir: Path, config: dict) -> None:
     if len(methods) == 1:
         st.caption("UMAP is offered when umap-learn is installed: `pip install 'retrieval[umap]'`.")
     fitted = projection(index, stamp, method.lower(), int(max_points))
-    labels = [index.labels[i] for i in fitted.items]
     names = [index.relative_paths[i] for i in fitted.items]
+    labels, colour_title, colour_note = map_colours(index, fitted.items)
     last = st.session_state.get("last_query")
     query_xy, query_name = None, "query"
     if last is not None and last.get("stamp") == stamp:
         query_xy = fitted.transform(last["vector"])[0]
         query_name = last["name"]
-    st.altair_chart(figures.embedding_map(fitted.coords, labels, names, query=query_xy, query_name=query_name), width="stretch")
+    st.altair_chart(figures.embedding_map(fitted.coords, labels, names, query=query_xy, query_name=query_name,
+                                          colour_title=colour_title), width="stretch")
     shown = f"all {len(index)}" if len(fitted.items) == len(index) else f"{len(fitted.items)} of {len(index)} (drawn at random)"
     explained = ""
     if fitted.explained is not None:
@@ -477,6 +555,23 @@ def map_page(run_dir: Path, config: dict) -> None:
                   else " Search on the Search page to place the query on the map.")
     st.caption(f"{method} of the gallery embeddings: {shown} images{explained}. Hover for the image name; "
                f"scroll to zoom, drag to pan.{query_text}")
+    if colour_note:
+        st.caption(colour_note)
+
+
+def map_colours(index: GalleryIndex, items) -> tuple[list[str | None] | None, str, str]:
+    """(labels to colour the map's points by, what they are, a note): the class when the gallery has
+    labels; else the folder when the points come from several folders; else nothing (labels None)."""
+    labels = [index.labels[i] for i in items]
+    if any(label is not None for label in labels):
+        return labels, "class", ""
+    folders = [index.path(int(i)).parent for i in items]
+    distinct = set(folders)
+    if len(distinct) > 1:
+        short = len({f.name for f in distinct}) == len(distinct)
+        return ([f.name if short else str(f) for f in folders], "folder",
+                ":material/info: The gallery has no class labels, so the points are coloured by the folder they come from.")
+    return None, "", ":material/info: The gallery has no class labels (one flat folder), so the points are not coloured."
 
 
 # ----------------------------------------------------------------------------- Training
@@ -486,14 +581,30 @@ def training_page(run_dir: Path, config: dict) -> None:
     st.header("Training")
     margin = float(config.get("margin", 0.2))
     metrics = runs.read_metrics(run_dir)
+    validation = has_validation(config)
+    if not validation:
+        st.caption(":material/info: This run held out no classes (a flat folder, or --val-fraction 0): "
+                   "no Recall@1 / MAP@R curves and no held-out distances.")
+        metrics = [{key: value for key, value in row.items() if key not in VALIDATION_METRICS} for row in metrics]
     if metrics:
         st.altair_chart(figures.training_curves(metrics), width="content")
-        st.caption("Epoch 0 is the untrained model. Recall@1 and MAP@R are measured on the held-out classes.")
+        if validation:
+            st.caption("Epoch 0 is the untrained model. Recall@1 and MAP@R are measured on the held-out classes"
+                       + ("" if trained_with_labels(config) else " (their labels are used only to measure, not to train)") + ".")
+        else:
+            st.caption("Epoch 0 is the untrained model.")
         with st.expander("metrics.jsonl"):
             st.dataframe(metrics, hide_index=True, width="stretch")
     else:
         st.info("This run has no metrics.jsonl: `retrieval train` writes one row per epoch.")
 
+    if validation:
+        held_out_distances(run_dir, margin)
+    with st.expander("config.json"):
+        st.json(config, expanded=False)
+
+
+def held_out_distances(run_dir: Path, margin: float) -> None:
     st.subheader("Held-out distances")
     val = runs.read_val_distances(run_dir)
     if not val or not (val.get("positive") or val.get("negative")):
@@ -509,8 +620,6 @@ def training_page(run_dir: Path, config: dict) -> None:
                      f"{summary['negatives_inside']:.1%} of negative pairs are nearer than median d_ap + ε = "
                      f"{summary['threshold']:.3f}, i.e. inside the margin for a typical positive.")
         st.caption(text)
-    with st.expander("config.json"):
-        st.json(config, expanded=False)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -552,6 +661,7 @@ def main() -> None:
         f"{config.get('backbone')} · D = {config.get('embedding_dim')} · {config.get('image_size')} px  \n"
         f"loss {config.get('loss', '?')} · miner {config.get('miner', '?')} · margin ε = {config.get('margin', '?')}"
         + (f"  \ntrained {config['mode']} (no class labels)" if config.get("mode") in ("unlabelled", "pairs") else "")
+        + ("" if has_validation(config) else "  \nno held-out classes")
     )
     page = st.sidebar.radio("Page", PAGES, key="page")
     try:

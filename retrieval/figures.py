@@ -11,7 +11,8 @@ by any front end; nothing here imports streamlit.
   Vega-Lite dict from a cached template, for redrawing on every query without Altair's cost.
 - :func:`hardness_chart`: per epoch, the mean d_an − d_ap of the logged hardest triplets (with ε,
   below which a triplet still has a loss) and the active fraction of all mined triplets.
-- :func:`embedding_map`: the 2-D projection of the gallery, coloured by class, the query on it.
+- :func:`embedding_map`: the 2-D projection of the gallery, coloured by class (or folder, or
+  nothing), the query on it.
 - :func:`training_curves`: loss, active fraction, Recall@1 and MAP@R over the epochs.
 - :func:`distance_histogram`: positive- against negative-pair distances on held-out classes,
   with the margin lines.
@@ -201,22 +202,33 @@ def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = Non
 # ----------------------------------------------------------------------------- embedding map
 
 
-def embedding_map(coords: np.ndarray, labels: Sequence[str | None], names: Sequence[str], *,
+def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names: Sequence[str], *,
                   query: Sequence[float] | None = None, query_name: str = "query",
-                  height: int = 520) -> alt.LayerChart:
+                  colour_title: str = "class", height: int = 520) -> alt.LayerChart:
     """A scatter of gallery points ``coords`` (n, 2) coloured by label, with the image name on
     hover; ``query`` (x, y) is drawn as a black cross on top. Layer 0 is the gallery, layer 1
-    (when a query is given) the query. Zoom and pan with the mouse."""
+    (when a query is given) the query. Zoom and pan with the mouse.
+
+    ``colour_title`` names what the labels are (legend and tooltip: "class", "folder", ...);
+    ``labels=None`` draws every point in one colour, without a legend (a gallery without labels)."""
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    rows = [{"x": round(float(x), 5), "y": round(float(y), 5),
-             "label": "(unlabelled)" if label is None else str(label), "name": str(name)}
-            for (x, y), label, name in zip(coords, labels, names)]
-    n_labels = len({r["label"] for r in rows})
-    points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75).encode(
-        x=alt.X("x:Q", title="axis 1"), y=alt.Y("y:Q", title="axis 2"),
-        color=_colour("label", "class", n_labels),
-        tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title="class")],
-    )
+    if labels is None:
+        rows = [{"x": round(float(x), 5), "y": round(float(y), 5), "name": str(name)}
+                for (x, y), name in zip(coords, names)]
+        points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75, color="#4c78a8").encode(
+            x=alt.X("x:Q", title="axis 1"), y=alt.Y("y:Q", title="axis 2"),
+            tooltip=[alt.Tooltip("name:N", title="image")],
+        )
+    else:
+        rows = [{"x": round(float(x), 5), "y": round(float(y), 5),
+                 "label": "(unlabelled)" if label is None else str(label), "name": str(name)}
+                for (x, y), label, name in zip(coords, labels, names)]
+        n_labels = len({r["label"] for r in rows})
+        points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75).encode(
+            x=alt.X("x:Q", title="axis 1"), y=alt.Y("y:Q", title="axis 2"),
+            color=_colour("label", colour_title, n_labels),
+            tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title=colour_title)],
+        )
     layers = [points]
     if query is not None:
         qx, qy = (float(v) for v in query)

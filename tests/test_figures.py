@@ -98,6 +98,16 @@ def test_embedding_map_without_query_and_many_classes_drops_the_legend():
     assert valid(chart)["layer"][0]["encoding"]["color"]["legend"] is None
 
 
+def test_embedding_map_without_labels_has_one_colour_and_by_folder_names_the_legend():
+    coords = np.array([[0.0, 1.0], [1.0, 0.0]])
+    plain = valid(figures.embedding_map(coords, None, ["x.png", "y.png"], query=(0.1, 0.1)))
+    points = plain["layer"][0]
+    assert "color" not in points["encoding"] and "label" not in json.dumps(points["encoding"])
+    assert [t["field"] for t in points["encoding"]["tooltip"]] == ["name"]
+    by_folder = valid(figures.embedding_map(coords, ["shop", "web"], ["x.png", "y.png"], colour_title="folder"))
+    assert by_folder["layer"][0]["encoding"]["color"]["legend"]["title"] == "folder"
+
+
 def test_training_curves_one_row_per_present_metric_value():
     metrics = [
         {"epoch": 0, "loss": None, "active_fraction": None, "recall_at_1": 0.2, "map_at_r": 0.1},
