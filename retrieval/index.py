@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
+from retrieval.models import embed_paths  # noqa: F401  (re-exported: the index embeds galleries with it)
 
 if TYPE_CHECKING:  # torch is imported where it is used: building an index from vectors needs none
     import torch
@@ -172,72 +173,6 @@ def read_index_metadata(run_dir: str | Path) -> dict[str, Any]:
 def search_k_for(k: int, n_trees: int = DEFAULT_N_TREES) -> int:
     """The Annoy ``search_k`` used for ``k`` neighbours: DEFAULT_SEARCH_K at k = 10, scaled with k."""
     return max(n_trees * k, math.ceil(DEFAULT_SEARCH_K * max(k, 10) / 10))
-
-
-def embed_paths(
-    model: torch.nn.Module,
-    paths: Sequence[Path],
-    transform: Callable,
-    *,
-    out: np.ndarray | None = None,
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    num_workers: int | None = None,
-    precision: str = "auto",
-    on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, list[int]]:
-    """Embed image files in batches through a DataLoader, skipping any that cannot be read.
-
-    Rows are written in order, batch by batch, with ``out[a:b] = rows`` into ``out``: an array or
-    memory map of shape (len(paths), D), or any object taking such slice assignments (the index
-    build passes a writer that streams them to disk); a new array when None. Returns
-    ``(out[:len(kept)], kept)``: ``kept`` lists the indices into ``paths`` that were embedded, in
-    order (unreadable files are warned about by the dataset and left out).
-    ``on_progress(done, total)`` follows the files. ``num_workers=None``: no loader processes on
-    a CPU device with at most 4 cores, else :func:`retrieval.data.make_loader`'s default.
-    """
-    import torch
-
-    from retrieval.data import ImageDataset, make_loader
-    from retrieval.models import autocast
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval()
-    dim = int(model.embedding_dim)
-    if out is None:
-        out = np.empty((len(paths), dim), dtype=np.float32)
-    kept: list[int] = []
-    if len(paths) == 0:
-        return out[:0], kept
-    if num_workers is None and device.type == "cpu" and _usable_cpus() <= 4:
-        # On a few cores the model's threads already use every core: loader processes only
-        # preempt them (measured slower and erratic, BENCHMARKS.md); decode between batches.
-        num_workers = 0
-    dataset = ImageDataset(list(paths), [-1] * len(paths), transform)
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-    done = 0
-    batches = iter(loader)
-    while True:
-        # Decoding in this process (no workers): its many tiny tensor ops on a multi-thread pool
-        # cost ~10x the CPU of one thread (BENCHMARKS.md); loader workers run one thread too.
-        with _torch_threads(1 if loader.num_workers == 0 else None):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        pixels, _labels, indices = batch
-        if len(indices):
-            with torch.inference_mode(), autocast(device, precision):
-                embeddings = model(pixels.to(device, non_blocking=True))
-            out[len(kept) : len(kept) + len(indices)] = embeddings.float().cpu().numpy()
-            kept.extend(int(i) for i in indices)
-            done = kept[-1] + 1
-        else:
-            done = min(len(paths), done + batch_size)
-        if on_progress is not None:
-            on_progress(done, len(paths))
-    if on_progress is not None:
-        on_progress(len(paths), len(paths))
-    return out[: len(kept)], kept
 
 
 def build_annoy(
@@ -472,29 +407,6 @@ class GalleryIndex:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """Run a block with ``n`` torch intra-op threads (None: unchanged), then restore the count."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if n is None or n == previous:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _load_model_and_transform(run_dir: Path, device: torch.device):

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -317,6 +317,94 @@ def model_fingerprint(run_dir: str | Path) -> str:
 # ----------------------------------------------------------------------------- embedding
 
 
+def embed_paths(
+    model: torch.nn.Module,
+    paths: Sequence[Path],
+    transform: Callable,
+    *,
+    out: np.ndarray | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int | None = None,
+    precision: str = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Embed image files in batches through a DataLoader, skipping any that cannot be read.
+
+    Rows are written in order, batch by batch, with ``out[a:b] = rows`` into ``out``: an array or
+    memory map of shape (len(paths), D), or any object taking such slice assignments (the index
+    build passes a writer that streams them to disk); a new array when None. Returns
+    ``(out[:len(kept)], kept)``: ``kept`` lists the indices into ``paths`` that were embedded, in
+    order (unreadable files are warned about by the dataset and left out).
+    ``on_progress(done, total)`` follows the files. ``num_workers=None``: no loader processes on
+    a CPU device with at most 4 cores, else :func:`retrieval.data.make_loader`'s default.
+    """
+    import torch
+
+    from retrieval.data import ImageDataset, make_loader
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    dim = int(model.embedding_dim)
+    if out is None:
+        out = np.empty((len(paths), dim), dtype=np.float32)
+    kept: list[int] = []
+    if len(paths) == 0:
+        return out[:0], kept
+    if num_workers is None and device.type == "cpu" and _usable_cpus() <= 4:
+        # On a few cores the model's threads already use every core: loader processes only
+        # preempt them (measured slower and erratic, BENCHMARKS.md); decode between batches.
+        num_workers = 0
+    dataset = ImageDataset(list(paths), [-1] * len(paths), transform)
+    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
+    done = 0
+    batches = iter(loader)
+    while True:
+        # Decoding in this process (no workers): its many tiny tensor ops on a multi-thread pool
+        # cost ~10x the CPU of one thread (BENCHMARKS.md); loader workers run one thread too.
+        with _torch_threads(1 if loader.num_workers == 0 else None):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        pixels, _labels, indices = batch
+        if len(indices):
+            with torch.inference_mode(), autocast(device, precision):
+                embeddings = model(pixels.to(device, non_blocking=True))
+            out[len(kept) : len(kept) + len(indices)] = embeddings.float().cpu().numpy()
+            kept.extend(int(i) for i in indices)
+            done = kept[-1] + 1
+        else:
+            done = min(len(paths), done + batch_size)
+        if on_progress is not None:
+            on_progress(done, len(paths))
+    if on_progress is not None:
+        on_progress(len(paths), len(paths))
+    return out[: len(kept)], kept
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run a block with ``n`` torch intra-op threads (None: unchanged), then restore the count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n is None or n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @torch.inference_mode()
 def embed_images(
     model: EmbeddingModel,
@@ -331,13 +419,11 @@ def embed_images(
 ) -> np.ndarray:
     """Unit embeddings (N, D) float32 of image paths or PIL images, in batches.
 
-    Paths are loaded through :class:`retrieval.data.ImageDataset` (with ``num_workers`` loader
-    processes); a path that cannot be read raises :class:`RetrievalError` naming it.
-    ``progress`` is called with the number of images done after each batch.
+    Paths go through :func:`embed_paths` (a DataLoader; ``num_workers=0`` lets it choose); a path
+    that cannot be read raises :class:`RetrievalError` naming it. ``progress`` is called with the
+    number of images done.
     """
     from PIL import Image
-
-    from retrieval import data
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
@@ -351,9 +437,14 @@ def embed_images(
         )
     else:
         paths = [Path(image) for image in images]
-        dataset = data.ImageDataset(paths, [-1] * len(paths), transform)
-        loader = data.make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-        batches = _loader_batches(loader, paths)
+        rows, kept = embed_paths(model, paths, transform, batch_size=batch_size, device=device,
+                                 num_workers=num_workers or None, precision=precision)
+        if len(kept) != len(paths):
+            missing = sorted(set(range(len(paths))) - set(kept))
+            raise RetrievalError(f"cannot read image {paths[missing[0]]}")
+        if progress is not None:
+            progress(len(paths))
+        return rows
     for pixels, start in batches:
         pixels = pixels.to(device, non_blocking=True)
         with autocast(device, precision):
@@ -362,15 +453,3 @@ def embed_images(
         if progress is not None:
             progress(start + len(pixels))
     return out
-
-
-def _loader_batches(loader, paths: list[Path]):
-    expected = 0
-    for pixels, _labels, indices in loader:
-        indices = indices.tolist()
-        if indices != list(range(expected, expected + len(indices))) or len(indices) != len(pixels):
-            missing = sorted(set(range(expected, expected + loader.batch_size)) - set(indices))
-            bad = paths[missing[0]] if missing and missing[0] < len(paths) else paths[expected]
-            raise RetrievalError(f"cannot read image {bad}")
-        yield pixels, expected
-        expected += len(indices)
