@@ -200,12 +200,12 @@ class DistributedContext:
         on_progress: Callable[[int, int], None] | None = None,
         collect: bool = True,
     ) -> tuple[Any, list[int]]:
-        """:func:`retrieval.index.embed_paths` shared among the processes: batch b (of
+        """:func:`retrieval.models.embed_paths` shared among the processes: batch b (of
         ``batch_size`` consecutive paths) is embedded by process b mod N, and every process
         receives the rows in path order, so ``out`` and ``kept`` are what one process would write.
         ``collect=False`` (a process that only helps) embeds its batches and keeps no rows;
         it then returns ``(None, kept)``."""
-        from retrieval.index import embed_paths
+        from retrieval.models import embed_paths
 
         if not self.enabled:
             return embed_paths(model, paths, transform, out=out, batch_size=batch_size, device=device,
