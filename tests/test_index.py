@@ -217,13 +217,15 @@ def test_add_embeds_only_the_new_images(tmp_path, run_dir, monkeypatch):
     shutil.copytree(run_dir, run)
     build_index(run, write_images(tmp_path / "old", ["a"], 4), n_trees=3, **FAST)
     embedded = []
-    original = index_module.embed_paths
+    import retrieval.models as models_module
+
+    original = models_module.embed_paths
 
     def counting(model, paths, *args, **kwargs):
         embedded.extend(paths)
         return original(model, paths, *args, **kwargs)
 
-    monkeypatch.setattr(index_module, "embed_paths", counting)
+    monkeypatch.setattr(models_module, "embed_paths", counting)
     metadata = add_to_index(run, write_images(tmp_path / "new", ["b"], 3, seed=5), **FAST)
     assert len(embedded) == 3 and metadata["n_items"] == 7
 
