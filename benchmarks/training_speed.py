@@ -34,9 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def limit_images_per_second(args, device, precision: str, steps: int) -> float:
     torch.manual_seed(0)
     model = EmbeddingModel(args.backbone, 128).to(device).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = args.classes_per_batch * args.images_per_class
     images = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+    if TrainConfig.channels_last:  # the same memory format training uses
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for step in range(steps + 2):
         started = time.perf_counter()
@@ -84,7 +87,7 @@ def main() -> None:
     body = "\n".join([
         "## Training throughput against the model's own limit (benchmarks/training_speed.py)",
         "",
-        f"Machine: {machine_description(device)}, device {device}, precision {precision}.",
+        f"Machine: {machine_description(device)}, device {device}, precision {precision}, channels_last {TrainConfig.channels_last}.",
         f"Command: `{command_line()}`. {args.backbone} at {args.image_size} px, P×K = {args.classes_per_batch}×{args.images_per_class}, "
         f"triplet + semihard, data {args.data.name} ({steps} steps per epoch); training figure from the last of {args.epochs} epochs.",
         "",

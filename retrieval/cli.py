@@ -98,6 +98,8 @@ def train_command(
     never_negative: Optional[Path] = typer.Option(None, "--never-negative", help="CSV of class pairs that are never negatives."),
     hardest: int = typer.Option(50, help="Hardest triplets logged per epoch in mining/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun: BatchNorm uses the statistics of the whole batch across processes (SyncBatchNorm, CUDA only); else each process normalises its own share."),
+    dist_timeout: float = typer.Option(300.0, "--dist-timeout", help="Under torchrun: seconds to wait for the other processes before the run stops with an error."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     unlabelled: bool = typer.Option(False, "--unlabelled", help="Self-supervised: two augmented views of each image are its positive pair, the batch's other images its negatives; class folders, if any, only hold out validation classes."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="With --unlabelled: distinct images per batch (default P*K/2; each gives two views)."),
@@ -118,7 +120,7 @@ def train_command(
         images_per_class=images_per_class, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
         precision=precision, num_workers=workers, augment=augment, class_groups=class_groups,
         groups_per_batch=groups_per_batch, negatives=negatives, never_negative=never_negative,
-        hardest_per_epoch=hardest, resume=resume, command=" ".join(["retrieval"] + sys.argv[1:]),
+        hardest_per_epoch=hardest, resume=resume, sync_bn=sync_bn, dist_timeout=dist_timeout, command=" ".join(["retrieval"] + sys.argv[1:]),
         unlabelled=unlabelled, batch_size=batch_size, pairs=pairs, pair_negatives=pair_negatives, pair_groups=pair_groups,
     )
 
@@ -130,6 +132,10 @@ def train_command(
         )
 
     result = train(config, progress=not quiet, on_epoch=report)
+    from retrieval.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 reports
+        raise typer.Exit(130 if result.interrupted else 0)
     baseline = result.history[0] if result.history else {}
     typer.echo(
         f"untrained: val R@1 {_fmt(baseline.get('recall_at_1'))}, MAP@R {_fmt(baseline.get('map_at_r'))}; "
@@ -213,6 +219,7 @@ def index_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from retrieval.distributed import is_main_process
     from retrieval.index import DEFAULT_N_TREES, add_to_index, build_index
 
     _log_warnings()
@@ -222,7 +229,7 @@ def index_command(
               "build": "building Annoy trees"}
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=quiet,
+        console=Console(stderr=True), disable=quiet or not is_main_process(),
     )
     tasks: dict[str, int] = {}
 
@@ -238,6 +245,8 @@ def index_command(
             metadata = add_to_index(run_dir, add, n_trees=n_trees, **options)
         else:
             metadata = build_index(run_dir, gallery_dir, n_trees=n_trees or DEFAULT_N_TREES, **options)
+    if not is_main_process():  # under torchrun the other processes only embed their shares; rank 0 reports
+        return
     summary = {
         "index": str(Path(run_dir) / "index"),
         "n_items": metadata["n_items"],

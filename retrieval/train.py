@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from retrieval import data, implicit, losses, mining, models
+from retrieval import data, distributed, implicit, losses, mining, models
 from retrieval.errors import RetrievalError
 from retrieval.evaluate import retrieval_metrics
 from retrieval.models import CONFIG_NAME, EmbeddingModel, write_atomic
@@ -92,8 +92,11 @@ class TrainConfig:
     negatives: str = "all"
     hardest_per_epoch: int = 50
     resume: bool = False
-    channels_last: bool = False
+    channels_last: bool = False  # faster model step on CPU, but the whole step was not (BENCHMARKS.md)
     command: str = ""
+    # issue 8, several processes under torchrun (retrieval.distributed)
+    sync_bn: bool = False
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_S
     # issue 7, training without negative labels (retrieval.implicit): augmentation positives / positive-only pairs
     unlabelled: bool = False
     pairs: Optional[Path] = None
@@ -119,6 +122,7 @@ class TrainConfig:
             (self.negatives == "all" or self.class_groups is not None, f"--negatives {self.negatives} needs --class-groups FILE"),
             (self.hardest_per_epoch >= 0, "--hardest must be 0 or more"),
             (self.augment >= 0, f"--augment must be 0 or more, got {self.augment}"),
+            (self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,7 +158,10 @@ def build_objective(config: TrainConfig, rules: NegativeRules | None):
     loss = losses.build_loss(config.loss, margin=config.margin, temperature=config.temperature, negative_rules=rules)
     hardest_k = max(config.hardest_per_epoch, 1)
     miner = mining.build_miner(config.effective_miner, config.margin, negative_rules=rules, hardest_k=hardest_k)
-    record_miner = miner or mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=hardest_k)
+    if isinstance(miner, mining.TripletMiner):
+        record_miner = miner
+    else:
+        record_miner = mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=hardest_k)
     return loss, miner, record_miner
 
 
@@ -186,10 +193,11 @@ class _SeededItems(torch.utils.data.Dataset):
 class _KeyedBatches(torch.utils.data.Sampler):
     """Turns the PK sampler's index batches into (seed, epoch, position, index) keys for _SeededItems."""
 
-    def __init__(self, sampler: data.PKSampler, seed: int) -> None:
+    def __init__(self, sampler: data.PKSampler, seed: int, *, shard: tuple[int, int] = (0, 1)) -> None:
         self.sampler = sampler
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size = shard  # under torchrun process r loads batch[r::N], keyed by global position
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -205,7 +213,7 @@ class _KeyedBatches(torch.utils.data.Sampler):
             for index in batch:
                 keys.append((self.seed, self.epoch, position, int(index)))
                 position += 1
-            yield keys
+            yield keys[self.rank :: self.world_size]
 
 
 # ----------------------------------------------------------------------------- training
@@ -223,7 +231,16 @@ def train(
     ``objective`` replaces the (loss, miner) that ``config.loss`` / ``config.miner`` name, with the
     same call conventions (``miner(embeddings, labels, indices)``, ``loss(embeddings, labels,
     mined)``); the benchmarks use it to run another library's loss in the same pipeline.
+
+    Under ``torchrun`` every process calls this; they train one model with DDP on shares of each
+    global batch, and rank 0 writes the run (:mod:`retrieval.distributed`).
     """
+    config.validate()
+    with distributed.process_group(config.device, timeout_s=config.dist_timeout) as ctx:
+        return _train(config, ctx, progress=progress, on_epoch=on_epoch, objective=objective)
+
+
+def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress, on_epoch, objective) -> TrainResult:
     config.validate()
     run_dir = Path(config.out)
     checkpoint = _load_checkpoint(run_dir) if config.resume else None
@@ -232,7 +249,7 @@ def train(
     if checkpoint is not None:
         config = _config_for_resume(config, run_dir)
 
-    device = models.resolve_device(config.device)
+    device = ctx.device  # config.device, or cuda:LOCAL_RANK under torchrun
     precision = models.resolve_precision(config.precision, device)
     source = implicit.prepare(config) if implicit.is_implicit(config) else None  # --unlabelled / --pairs: pseudo-labels
     if source is not None:
@@ -256,6 +273,7 @@ def train(
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    forward = ctx.wrap_model(model, sync_bn=config.sync_bn)  # model.forward_unnormalised, or DDP around it
     loss_fn, miner, record_miner = build_objective(config, rules)
     if objective is not None:
         loss_fn, miner = objective
@@ -270,8 +288,9 @@ def train(
             train_folder.labels, config.classes_per_batch, config.images_per_class, seed=config.seed,
             class_groups=groups, groups_per_batch=config.groups_per_batch,
         )
-    batches = _KeyedBatches(sampler, config.seed)
-    loader = data.make_loader(_SeededItems(train_set), batch_sampler=batches, num_workers=config.num_workers, device=device)
+    ctx.require_batch(sampler.classes_per_batch * sampler.images_per_class)
+    batches = _KeyedBatches(sampler, config.seed, shard=(ctx.rank, ctx.world_size))
+    loader = data.make_loader(_SeededItems(train_set), batch_sampler=batches, num_workers=ctx.loader_workers(config.num_workers), device=device)
 
     steps_per_epoch = len(sampler)
     total_steps = max(1, config.epochs * steps_per_epoch)
@@ -285,6 +304,7 @@ def train(
 
     run_config = _run_config(config, folder, train_folder, val_folder, data_config, precision, steps_per_epoch)
     run_config.update(source.config_entries() if source else implicit.labelled_entries())
+    run_config["distributed"] = ctx.describe()
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "map_at_r": -1.0}
     if checkpoint is not None:
@@ -300,17 +320,20 @@ def train(
         if start_epoch > config.epochs:
             log.warning("%s: already trained for %d epochs; raise --epochs to train more", run_dir, start_epoch - 1)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        baseline = _validate(model, val_folder, eval_transform, device, precision, config.margin)
+        baseline = _validate(model, val_folder, eval_transform, device, precision, config.margin, ctx=ctx)
         history.append({"epoch": 0, "loss": None, **baseline.metrics, "active_fraction": None, "mean_d_ap": None,
                         "mean_d_an": None, "lr": 0.0, "images_per_second": None, "seconds": 0.0})
-        _write_metrics(run_dir, history)
-        if baseline.distances is not None:
-            write_atomic(run_dir / VAL_DISTANCES_NAME, json.dumps(baseline.distances).encode())
+        if ctx.is_main:  # only rank 0 writes the run directory
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_metrics(run_dir, history)
+            if baseline.distances is not None:
+                write_atomic(run_dir / VAL_DISTANCES_NAME, json.dumps(baseline.distances).encode())
         if config.epochs == 0:
-            models.save_model(run_dir, model, run_config)
-            models.save_model(run_dir, model, run_config, weights_name=LAST_WEIGHTS_NAME)
-            _save_checkpoint(run_dir, model, optimiser, schedule, scaler, 0, history, best, run_config)
+            if ctx.is_main:
+                models.save_model(run_dir, model, run_config)
+                models.save_model(run_dir, model, run_config, weights_name=LAST_WEIGHTS_NAME)
+                _save_checkpoint(run_dir, model, optimiser, schedule, scaler, 0, history, best, run_config)
+            ctx.barrier()  # the run directory is complete when train() returns, on every process
             return TrainResult(run_dir, history, best_epoch=0)
 
     result = TrainResult(run_dir, history, best_epoch=best["epoch"])
@@ -321,18 +344,21 @@ def train(
             batches.set_epoch(epoch)
             model.train()
             totals = _EpochTotals(config.hardest_per_epoch)
-            bar = _progress_bar(progress, epoch, config.epochs, steps_per_epoch)
+            bar = _progress_bar(progress and ctx.is_main, epoch, config.epochs, steps_per_epoch)
             try:
                 for step, (images, labels, indices) in enumerate(loader):
-                    if interrupted.requested:
+                    if ctx.any(interrupted.requested):  # every process stops at the same step
+                        interrupted.requested = True
                         break
                     images = images.to(device, non_blocking=True)
                     if config.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
                     labels = labels.to(device, non_blocking=True)
                     with models.autocast(device, precision):
-                        embeddings = model.forward_unnormalised(images)
+                        embeddings = forward(images)
                     embeddings = embeddings.float()
+                    # under torchrun: the global batch, in sampler order, gradients back to this share
+                    embeddings, labels, indices = ctx.gather_batch(embeddings, labels, indices)
                     mined = miner(embeddings, labels, indices) if miner is not None else None
                     value = loss_fn(embeddings, labels, mined)
                     if not torch.isfinite(value):
@@ -346,34 +372,42 @@ def train(
                     scaler.update()
                     schedule.step()
                     record = (mined if mined is not None else record_miner(embeddings.detach(), labels, indices)).record
-                    totals.add(float(value.detach()), len(images), record, embeddings.detach())
+                    # the hardest-negative log names triplets; a pair miner's record has them only for
+                    # negatives inside the margin, so the triplet record miner supplies them then
+                    hardest = record.hardest if not isinstance(miner, mining.PairMiner) else record_miner(embeddings.detach(), labels, indices).record.hardest
+                    totals.add(float(value.detach()), len(embeddings), record, embeddings.detach(), hardest)
                     bar.advance(totals)
             finally:
+                totals.finish()
                 bar.close()
-            if interrupted.requested:
+            if ctx.any(interrupted.requested):
                 result.interrupted = True
                 log.warning("interrupted: epoch %d discarded; %s holds epoch %d. Continue with --resume.", epoch, run_dir, epoch - 1)
                 break
-            validation = _validate(model, val_folder, eval_transform, device, precision, config.margin)
+            validation = _validate(model, val_folder, eval_transform, device, precision, config.margin, ctx=ctx)
             row = totals.summary(epoch, time.perf_counter() - started, schedule.get_last_lr()[-1])
             row.update(validation.metrics)
             history.append(row)
-            _warn_on_collapse(row, totals)
-            hardest = totals.hardest_rows(epoch, train_folder, config.data_dir)
-            write_atomic(mining_log_path(run_dir, epoch), "".join(json.dumps(r) + "\n" for r in hardest).encode())
-            _write_metrics(run_dir, history)
-            if validation.distances is not None:
-                write_atomic(run_dir / VAL_DISTANCES_NAME, json.dumps(validation.distances).encode())
             score = row.get("map_at_r")
-            if score is None or score >= best["map_at_r"]:
+            improved = score is None or score >= best["map_at_r"]
+            if improved:
                 best = {"epoch": epoch, "map_at_r": -1.0 if score is None else score}
-                models.save_model(run_dir, model, {**run_config, "best_epoch": epoch})
-            models.save_model(run_dir, model, {**run_config, "epoch": epoch}, weights_name=LAST_WEIGHTS_NAME)
-            _save_checkpoint(run_dir, model, optimiser, schedule, scaler, epoch, history, best, run_config)
+            if ctx.is_main:  # only rank 0 writes; the others go on to the next epoch's first step
+                _warn_on_collapse(row, totals)
+                hardest = totals.hardest_rows(epoch, train_folder, config.data_dir)
+                write_atomic(mining_log_path(run_dir, epoch), "".join(json.dumps(r) + "\n" for r in hardest).encode())
+                _write_metrics(run_dir, history)
+                if validation.distances is not None:
+                    write_atomic(run_dir / VAL_DISTANCES_NAME, json.dumps(validation.distances).encode())
+                if improved:
+                    models.save_model(run_dir, model, {**run_config, "best_epoch": epoch})
+                models.save_model(run_dir, model, {**run_config, "epoch": epoch}, weights_name=LAST_WEIGHTS_NAME)
+                _save_checkpoint(run_dir, model, optimiser, schedule, scaler, epoch, history, best, run_config)
             result.best_epoch = best["epoch"]
-            if on_epoch is not None:
+            if on_epoch is not None and ctx.is_main:
                 on_epoch(row)
     result.history = history
+    ctx.barrier()  # the run directory is complete when train() returns, on every process
     return result
 
 
@@ -393,11 +427,13 @@ class _EpochTotals:
         self.active = 0.0
         self.d_ap = 0.0
         self.d_an = 0.0
+        self.n_ap = 0
+        self.n_an = 0
         self.started = time.perf_counter()
         self.hardest: dict[tuple[int, int], dict] = {}
         self.spread = 0.0
 
-    def add(self, loss: float, n_images: int, record, embeddings: torch.Tensor) -> None:
+    def add(self, loss: float, n_images: int, record, embeddings: torch.Tensor, hardest: list[dict]) -> None:
         self.loss_sum += loss
         self.steps += 1
         self.images += n_images
@@ -405,11 +441,16 @@ class _EpochTotals:
         if n:
             self.mined += n
             self.active += float(record.active_fraction) * n
-            self.d_ap += float(record.mean_d_ap) * n
-            self.d_an += float(record.mean_d_an) * n
+            # a pair miner may mine only positive or only negative pairs: one mean can be None
+            if record.mean_d_ap is not None:
+                self.d_ap += float(record.mean_d_ap) * n
+                self.n_ap += n
+            if record.mean_d_an is not None:
+                self.d_an += float(record.mean_d_an) * n
+                self.n_an += n
         unit = torch.nn.functional.normalize(embeddings, dim=1)
         self.spread += float((unit - unit.mean(0)).norm(dim=1).mean())
-        for triplet in record.hardest:
+        for triplet in hardest:
             key = tuple(sorted((int(triplet["anchor"]), int(triplet["negative"]))))
             gap = float(triplet["d_an"]) - float(triplet["d_ap"])
             if key not in self.hardest or gap < self.hardest[key]["gap"]:
@@ -421,9 +462,14 @@ class _EpochTotals:
         kept = sorted(self.hardest.items(), key=lambda item: item[1]["gap"])[: self.keep]
         self.hardest = dict(kept)
 
+    def finish(self) -> None:
+        """Mark the end of the epoch's training steps (validation is timed apart)."""
+        self.train_seconds = time.perf_counter() - self.started
+
     @property
     def images_per_second(self) -> float:
-        return self.images / max(time.perf_counter() - self.started, 1e-9)
+        elapsed = getattr(self, "train_seconds", None) or (time.perf_counter() - self.started)
+        return self.images / max(elapsed, 1e-9)
 
     @property
     def mean_loss(self) -> float:
@@ -438,11 +484,12 @@ class _EpochTotals:
             "epoch": epoch,
             "loss": self.mean_loss,
             "active_fraction": self.active_fraction,
-            "mean_d_ap": self.d_ap / self.mined if self.mined else None,
-            "mean_d_an": self.d_an / self.mined if self.mined else None,
+            "mean_d_ap": self.d_ap / self.n_ap if self.n_ap else None,
+            "mean_d_an": self.d_an / self.n_an if self.n_an else None,
             "embedding_spread": self.spread / max(self.steps, 1),
             "lr": lr,
-            "images_per_second": self.images / max(seconds, 1e-9),
+            "images_per_second": self.images_per_second,
+            "train_seconds": getattr(self, "train_seconds", seconds),
             "seconds": seconds,
         }
 
@@ -473,7 +520,7 @@ def _warn_on_collapse(row: dict[str, Any], totals: _EpochTotals) -> None:
     d_ap, d_an, active = row.get("mean_d_ap"), row.get("mean_d_an"), row.get("active_fraction")
     if spread < 0.05:
         log.warning("epoch %d: embeddings have collapsed (all alike: mean distance to their centre %.3f); try a lower --lr or another --miner", row["epoch"], spread)
-    elif active is not None and active > 0.99 and d_ap is not None and abs(d_an - d_ap) < 0.01:
+    elif active is not None and active > 0.99 and d_ap is not None and d_an is not None and abs(d_an - d_ap) < 0.01:
         log.warning("epoch %d: every triplet active with d_an ≈ d_ap (%.3f ≈ %.3f): training may be collapsing", row["epoch"], d_an, d_ap)
 
 
@@ -483,11 +530,13 @@ class _Validation:
     distances: dict[str, Any] | None
 
 
-def _validate(model, folder: data.ImageFolder, transform, device, precision, margin, max_pairs: int = 5000) -> _Validation:
-    """Recall@1 and MAP@R (leave-one-out) on the held-out classes, and sampled pair distances."""
+def _validate(model, folder: data.ImageFolder, transform, device, precision, margin, max_pairs: int = 5000, *, ctx=None) -> _Validation:
+    """Recall@1 and MAP@R (leave-one-out) on the held-out classes, and sampled pair distances
+    (under torchrun each process embeds a share of the images and all get the same numbers)."""
     if not folder.paths:
         return _Validation({"recall_at_1": None, "map_at_r": None}, None)
-    embeddings = models.embed_images(model, folder.paths, transform, batch_size=128, device=device, precision=precision)
+    ctx = ctx or distributed.DistributedContext(device=torch.device(device))
+    embeddings = ctx.embed_images(model, folder.paths, transform, batch_size=128, device=device, precision=precision)
     labels = np.asarray(folder.labels)
     metrics = retrieval_metrics(embeddings, labels)
     x = torch.from_numpy(embeddings)
@@ -601,7 +650,8 @@ def _load_checkpoint(run_dir: Path) -> dict[str, Any]:
 def _config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The saved run's settings, with only --epochs, --device, --num-workers taken from this call."""
     saved = json.loads((run_dir / CONFIG_NAME).read_text())["train_settings"]
-    keep = {"epochs": config.epochs, "device": config.device, "num_workers": config.num_workers, "resume": True, "command": config.command}
+    keep = {"epochs": config.epochs, "device": config.device, "num_workers": config.num_workers, "resume": True, "command": config.command,
+            "dist_timeout": config.dist_timeout}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in saved.items() if k in fields}
     values.update(keep)

@@ -104,12 +104,17 @@ def test_starting_over_an_existing_run_needs_resume(trained, sample):
         train(TrainConfig(data_dir=sample / "train", out=run, epochs=1, **TINY), progress=False)
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "lifted", "npair", "nce", "infonce"])
-def test_every_objective_trains_one_epoch(sample, tmp_path, loss):
-    config = TrainConfig(data_dir=sample / "train", out=tmp_path / loss, epochs=1, loss=loss, val_fraction=0.0,
+@pytest.mark.parametrize(
+    "loss, miner",
+    [("contrastive", None), ("contrastive", "pair-active"), ("lifted", None), ("npair", None), ("nce", None),
+     ("infonce", None), ("triplet", "batch-hard")],
+)
+def test_every_objective_trains_one_epoch(sample, tmp_path, loss, miner):
+    config = TrainConfig(data_dir=sample / "train", out=tmp_path / loss, epochs=1, loss=loss, miner=miner, val_fraction=0.0,
                          **{k: v for k, v in TINY.items() if k != "val_fraction"})
     result = train(config, progress=False)
     assert result.history[-1]["loss"] >= 0 and mining_epochs(tmp_path / loss) == [1]
+    assert read_mining_log(tmp_path / loss, 1), "every objective logs its hardest triplets"
 
 
 def test_cli_train_evaluate_and_mining_end_to_end(sample, tmp_path):
