@@ -8,3 +8,20 @@ os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+import pytest  # noqa: E402
+
+from retrieval.sample_data import generate_sample_data  # noqa: E402
+
+# Training settings small enough for a CPU test run: a tiny backbone, 32 px images, P×K = 4×3,
+# no worker processes, fp32. Test modules import it (``from conftest import TINY``) and add their own keys.
+TINY = dict(backbone="resnet10t", embedding_dim=16, image_size=32, classes_per_batch=4, images_per_class=3,
+            num_workers=0, precision="fp32", hardest_per_epoch=10, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """Generated sample data (8 training classes, 3 test classes, 6 images each, 32 px), once per module."""
+    root = tmp_path_factory.mktemp("sample")
+    generate_sample_data(root / "data", n_train_classes=8, n_test_classes=3, images_per_class=6, image_size=32)
+    return root / "data"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY
 from distributed_workers import run_processes, session_worker
 from retrieval import distributed
 from retrieval.data import build_transforms, scan_folder
@@ -23,13 +24,11 @@ from retrieval.index import embed_paths
 from retrieval.errors import RetrievalError
 from retrieval.models import EmbeddingModel, load_model
 from retrieval.runs import mining_epochs, read_metrics, read_mining_log
-from retrieval.sample_data import generate_sample_data
 from retrieval.train import TrainConfig, _KeyedBatches, build_objective, train
 
 OBJECTIVES = ["triplet", "contrastive", "lifted", "npair", "nce", "infonce"]
 MARGIN = 0.5  # wide enough that semihard mining finds triplets in a random model's batch
-TINY = dict(backbone="resnet10t", embedding_dim=16, image_size=32, classes_per_batch=4, images_per_class=3,
-            num_workers=0, precision="fp32", hardest_per_epoch=10, val_fraction=0.25, device="cpu")
+TINY = {**TINY, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +43,6 @@ def global_batch(tmp_path_factory):
     path = tmp_path_factory.mktemp("batch") / "batch.pt"
     torch.save(batch, path)
     return batch, path
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample")
-    generate_sample_data(root / "data", n_train_classes=8, n_test_classes=3, images_per_class=6, image_size=32)
-    return root / "data"
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TINY
 from retrieval.cli import app
 from retrieval.data import scan_folder
 from retrieval.errors import RetrievalError
@@ -23,18 +24,9 @@ from retrieval.pairs import (
     read_pairs,
 )
 from retrieval.runs import read_metrics, read_mining_log
-from retrieval.sample_data import generate_sample_data
 from retrieval.train import TrainConfig, train
 
-TINY = dict(backbone="resnet10t", embedding_dim=16, image_size=32, classes_per_batch=3, images_per_class=2,
-            num_workers=0, precision="fp32", hardest_per_epoch=10, val_fraction=0.25)
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample")
-    generate_sample_data(root / "data", n_train_classes=8, n_test_classes=3, images_per_class=6, image_size=32)
-    return root / "data"
+TINY = {**TINY, "classes_per_batch": 3, "images_per_class": 2}
 
 
 @pytest.fixture(scope="module")
