@@ -469,12 +469,12 @@ def read_class_groups(csv_path: str | Path, class_names: Sequence[str]) -> dict[
     malformed row (wrong number of fields, an empty value, a class given two groups).
     """
     path = Path(csv_path)
-    rows = _read_csv_rows(path)
+    rows = read_csv_rows(path)
     if not rows:
         raise RetrievalError(f"{path}: empty file, expected a header such as class,group")
     known = set(class_names)
     line, header = rows[0]
-    columns = [_normalise_column(value) for value in header]
+    columns = [normalise_column(value) for value in header]
     class_col = next((columns.index(c) for c in _CLASS_COLUMNS if c in columns), None)
     group_col = next((columns.index(c) for c in _GROUP_COLUMNS if c in columns), None)
     if class_col is None or group_col is None:
@@ -531,8 +531,8 @@ def read_class_pairs(csv_path: str | Path, class_names: Sequence[str]) -> list[t
     non-empty, different class names.
     """
     path = Path(csv_path)
-    rows = _read_csv_rows(path)
-    if rows and {_normalise_column(value) for value in rows[0][1]} <= _PAIR_HEADERS and len(rows[0][1]) == 2:
+    rows = read_csv_rows(path)
+    if rows and {normalise_column(value) for value in rows[0][1]} <= _PAIR_HEADERS and len(rows[0][1]) == 2:
         rows = rows[1:]
     known = set(class_names)
     pairs: list[tuple[str, str]] = []
@@ -576,15 +576,21 @@ def class_group_ids(class_names: Sequence[str], class_groups: dict[str, str]) ->
     return out
 
 
-def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of each non-blank, non-comment row of a CSV file."""
+def read_csv_rows(path: Path, *, what: str = "CSV file") -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank, non-comment (``#``) row of a UTF-8 CSV file.
+
+    Line numbers are the file's own (1-based, counting blank and comment lines and the lines of
+    quoted fields that span several), so callers can report ``path:line`` in their errors.
+    Raises :class:`RetrievalError` for a missing file (``"<what> not found: <path>"``), a file
+    that is not UTF-8 text, and malformed CSV (``"<path>:<line>: ..."``).
+    """
     if not path.is_file():
-        raise RetrievalError(f"CSV file not found: {path}")
+        raise RetrievalError(f"{what} not found: {path}")
     rows: list[tuple[int, list[str]]] = []
+    line = 1
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            line = 1
             for row in reader:
                 if row and any(value.strip() for value in row) and not row[0].lstrip().startswith("#"):
                     rows.append((line, row))
@@ -596,7 +602,8 @@ def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _normalise_column(name: str) -> str:
+def normalise_column(name: str) -> str:
+    """A CSV header cell as a column key: stripped, lower case, ``-`` and spaces as ``_``."""
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 

@@ -33,7 +33,6 @@ are dropped (one warning), so the held-out metrics stay honest.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -87,8 +86,8 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
     warning line each.
     """
     path = Path(csv_path)
-    rows = _csv_rows(path, what="pair file")
-    if rows and len(rows[0][1]) == 2 and {_column(v) for v in rows[0][1]} <= _PAIR_HEADERS:
+    rows = data.read_csv_rows(path, what="pair file")
+    if rows and len(rows[0][1]) == 2 and {data.normalise_column(v) for v in rows[0][1]} <= _PAIR_HEADERS:
         rows = rows[1:]
     lookup = _path_lookup(folder)
     unreadable = {_key(p.relative_to(folder.root).as_posix()) for p in folder.skipped}
@@ -133,8 +132,8 @@ def read_image_groups(csv_path: str | Path, folder: data.ImageFolder) -> dict[in
     are never negatives of each other. Optional header, blank and ``#`` lines skipped; errors as in
     :func:`read_pairs` (one line with the line number); an image given two groups is an error."""
     path = Path(csv_path)
-    rows = _csv_rows(path, what="group file")
-    if rows and len(rows[0][1]) == 2 and {_column(v) for v in rows[0][1]} <= _GROUP_HEADERS:
+    rows = data.read_csv_rows(path, what="group file")
+    if rows and len(rows[0][1]) == 2 and {data.normalise_column(v) for v in rows[0][1]} <= _GROUP_HEADERS:
         rows = rows[1:]
     lookup = _path_lookup(folder)
     unreadable = {_key(p.relative_to(folder.root).as_posix()) for p in folder.skipped}
@@ -157,30 +156,6 @@ def read_image_groups(csv_path: str | Path, folder: data.ImageFolder) -> dict[in
         groups[index] = group
         lines[index] = line
     return groups
-
-
-def _csv_rows(path: Path, *, what: str) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of each non-blank, non-comment row."""
-    if not path.is_file():
-        raise RetrievalError(f"{what} not found: {path}")
-    rows: list[tuple[int, list[str]]] = []
-    line = 1
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            for row in reader:
-                if row and any(v.strip() for v in row) and not row[0].lstrip().startswith("#"):
-                    rows.append((line, row))
-                line = reader.line_num + 1
-    except UnicodeDecodeError as error:
-        raise RetrievalError(f"{path}: not a UTF-8 text file ({error.reason})") from None
-    except csv.Error as error:
-        raise RetrievalError(f"{path}:{line}: {error}") from None
-    return rows
-
-
-def _column(name: str) -> str:
-    return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
 def _key(value: str, root: Path | None = None) -> str:
