@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.distances import euclidean_from_squared, full_precision, normalize, squared_from_unit_rows, to_float
-from retrieval.mining import MinedPairs, MinedTriplets, anchor_chunks, padded_positives
+from retrieval.mining import MinedPairs, MinedTriplets, anchor_chunks, padded_positives, pairs_to_masks
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 
 __all__ = [
@@ -79,7 +79,7 @@ class MetricLoss(torch.nn.Module):
         if isinstance(mined, (MinedTriplets, MinedPairs)):
             pos_kept, neg_kept = mined.pair_masks(len(labels))
         else:
-            pos_kept, neg_kept = _pairs_to_masks(len(labels), *_as_pairs(mined))
+            pos_kept, neg_kept = pairs_to_masks(len(labels), *_as_pairs(mined))
         if symmetric:
             pos_kept = pos_kept | pos_kept.T
             neg_kept = neg_kept | neg_kept.T
@@ -292,7 +292,28 @@ class NPairLoss(MetricLoss):
         return f"l2_reg={self.l2_reg}"
 
 
-class NCELoss(MetricLoss):
+class _TemperatureLoss(MetricLoss):
+    """What NCE and InfoNCE share: the temperature τ (> 0) and the scaled similarities s(a,x)/τ of
+    the normalised embeddings with the ordered (not symmetrised) positive and negative pair masks."""
+
+    def __init__(self, temperature: float, *, negative_rules: NegativeRules | None = None) -> None:
+        super().__init__(negative_rules=negative_rules)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def _logits_and_pairs(self, embeddings, labels, mined) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, B) logits s(a,x)/τ and the (B, B) bool masks of the positive and negative pairs used."""
+        x = normalize(embeddings)
+        logits = (x @ x.T) / self.temperature
+        pos, neg = self.pair_masks(labels, mined, symmetric=False)
+        return logits, pos, neg
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class NCELoss(_TemperatureLoss):
     """Noise-contrastive estimation (Gutmann & Hyvärinen 2010) with temperature τ. Each ordered
     positive pair (a, p) is told apart from the N negatives of a used with it, the noise q being
     uniform over a's M valid in-batch negatives::
@@ -306,16 +327,8 @@ class NCELoss(MetricLoss):
     the posterior of the data class is 1). pytorch-metric-learning has no NCE loss.
     """
 
-    def __init__(self, temperature: float, *, negative_rules: NegativeRules | None = None) -> None:
-        super().__init__(negative_rules=negative_rules)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-
     def compute(self, embeddings, labels, mined):
-        x = normalize(embeddings)
-        logits = (x @ x.T) / self.temperature
-        pos, neg = self.pair_masks(labels, mined, symmetric=False)
+        logits, pos, neg = self._logits_and_pairs(embeddings, labels, mined)
         n_used = neg.sum(dim=1)
         has_noise = n_used > 0
         if mined is not None:
@@ -326,11 +339,8 @@ class NCELoss(MetricLoss):
         per_pair = (F.softplus(-logits) + noise_term[:, None]) * has_noise[:, None]  # −log σ(logit(p)) + ...
         return (per_pair * pos).sum() / pos.sum().clamp_min(1)
 
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
-
-class InfoNCELoss(MetricLoss):
+class InfoNCELoss(_TemperatureLoss):
     """InfoNCE / NT-Xent (van den Oord et al. 2018; Chen et al. 2020) with temperature τ. For each
     ordered positive pair (a, p)::
 
@@ -341,22 +351,11 @@ class InfoNCELoss(MetricLoss):
     gives ℓ = 0. Equals pytorch-metric-learning's ``NTXentLoss(temperature=τ)``.
     """
 
-    def __init__(self, temperature: float, *, negative_rules: NegativeRules | None = None) -> None:
-        super().__init__(negative_rules=negative_rules)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-
     def compute(self, embeddings, labels, mined):
-        x = normalize(embeddings)
-        logits = (x @ x.T) / self.temperature
-        pos, neg = self.pair_masks(labels, mined, symmetric=False)
+        logits, pos, neg = self._logits_and_pairs(embeddings, labels, mined)
         lse, has = _masked_logsumexp(logits, neg, dim=1)
         per_pair = F.softplus(lse[:, None] - logits) * has[:, None]
         return (per_pair * pos).sum() / pos.sum().clamp_min(1)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
 
 LOSSES: dict[str, type[MetricLoss]] = {
@@ -452,14 +451,6 @@ def _dense_triplet_sum(dist, positives, margin, *, mask=None, valid=None, neg=No
     if len(totals) == 1:
         return totals[0], actives[0], n_triplets
     return torch.stack(totals).sum(), torch.stack(actives).sum(), n_triplets
-
-
-def _pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
-    pos = torch.zeros(batch, batch, dtype=torch.bool, device=a1.device)
-    neg = torch.zeros_like(pos)
-    pos[a1, p] = True
-    neg[a2, n] = True
-    return pos, neg
 
 
 def _as_pairs(mined) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -231,7 +231,7 @@ class MinedTriplets:
         if self.dense is not None:
             positives, mask = self.dense
             return _scatter_or(batch, positives, mask.any(dim=2)), mask.any(dim=1)
-        return _pairs_to_masks(batch, *self.as_pairs())
+        return pairs_to_masks(batch, *self.as_pairs())
 
 
 class MinedPairs:
@@ -291,10 +291,33 @@ class MinedPairs:
         if self.masks is not None:
             positives, positive_kept, negative_kept = self.masks
             return _scatter_or(batch, positives, positive_kept), negative_kept
-        return _pairs_to_masks(batch, *self._pairs)
+        return pairs_to_masks(batch, *self._pairs)
 
 
-class TripletMiner:
+class _MarginMiner:
+    """What the triplet and pair miners share: a ``strategy`` out of the class's ``strategies``,
+    the margin ε (>= 0), the negative rules and how many hardest examples the record keeps."""
+
+    strategies: tuple[str, ...] = ()
+
+    def __init__(
+        self, strategy: str, margin: float, *, negative_rules: NegativeRules | None = None, hardest_k: int = 20
+    ) -> None:
+        if strategy not in self.strategies:
+            raise ValueError(f"strategy must be one of {', '.join(self.strategies)}; got {strategy!r}")
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.strategy = strategy
+        self.margin = float(margin)
+        self.negative_rules = negative_rules
+        self.hardest_k = int(hardest_k)
+
+    def __repr__(self) -> str:
+        rules = "" if self.negative_rules is None else f", negative_rules={self.negative_rules!r}"
+        return f"{type(self).__name__}({self.strategy!r}, margin={self.margin}{rules})"
+
+
+class TripletMiner(_MarginMiner):
     """Online triplet miner; ``strategy`` is one of the rules in the module docstring's table.
 
     Args:
@@ -315,21 +338,7 @@ class TripletMiner:
     ``batch-hard`` is its ``BatchHardMiner``. ``batch-semihard`` has no exact counterpart.
     """
 
-    def __init__(
-        self, strategy: str, margin: float, *, negative_rules: NegativeRules | None = None, hardest_k: int = 20
-    ) -> None:
-        if strategy not in TRIPLET_STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(TRIPLET_STRATEGIES)}; got {strategy!r}")
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.strategy = strategy
-        self.margin = float(margin)
-        self.negative_rules = negative_rules
-        self.hardest_k = int(hardest_k)
-
-    def __repr__(self) -> str:
-        rules = "" if self.negative_rules is None else f", negative_rules={self.negative_rules!r}"
-        return f"TripletMiner({self.strategy!r}, margin={self.margin}{rules})"
+    strategies = TRIPLET_STRATEGIES
 
     def __call__(
         self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int] | None = None
@@ -443,7 +452,7 @@ class TripletMiner:
         return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, indices))
 
 
-class PairMiner:
+class PairMiner(_MarginMiner):
     """Online pair miner for pair losses (the contrastive loss).
 
     With d the distance of a pair and ε the margin, ``strategy`` keeps
@@ -462,21 +471,7 @@ class PairMiner:
     at distance exactly 0).
     """
 
-    def __init__(
-        self, strategy: str, margin: float, *, negative_rules: NegativeRules | None = None, hardest_k: int = 20
-    ) -> None:
-        if strategy not in PAIR_STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(PAIR_STRATEGIES)}; got {strategy!r}")
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.strategy = strategy
-        self.margin = float(margin)
-        self.negative_rules = negative_rules
-        self.hardest_k = int(hardest_k)
-
-    def __repr__(self) -> str:
-        rules = "" if self.negative_rules is None else f", negative_rules={self.negative_rules!r}"
-        return f"PairMiner({self.strategy!r}, margin={self.margin}{rules})"
+    strategies = PAIR_STRATEGIES
 
     def __call__(
         self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int] | None = None
@@ -588,7 +583,8 @@ def _scatter_or(batch: int, columns: torch.Tensor, values: torch.Tensor) -> torc
     return torch.zeros(batch, batch, dtype=torch.bool, device=columns.device).scatter_(1, columns, values)
 
 
-def _pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
+def pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, B) bool masks of the pairs (a1[i], p[i]) and (a2[j], n[j]), as ``pair_masks`` returns them."""
     pos = torch.zeros(batch, batch, dtype=torch.bool, device=a1.device)
     neg = torch.zeros_like(pos)
     pos[a1, p] = True
