@@ -28,7 +28,8 @@ sample-data: $(STAMP)
 DEMO_TRAIN := --backbone resnet10t --image-size 64 --epochs 40 --val-fraction 0.2
 
 demo: $(STAMP) sample-data
-	@if [ -f $(RUN)/checkpoint.pt ]; then echo "$(RUN) exists: reusing it (make clean-demo to train again)"; \
+	@if [ -f $(RUN)/checkpoint.pt ]; then echo "$(RUN) exists: continuing it (make clean-demo to train from scratch)"; \
+	$(VENV)/bin/retrieval train $(SAMPLE)/train --out $(RUN) $(DEMO_TRAIN) --resume; \
 	else $(VENV)/bin/retrieval train $(SAMPLE)/train --out $(RUN) $(DEMO_TRAIN); fi
 	$(VENV)/bin/retrieval evaluate $(RUN) $(SAMPLE)/test
 	$(VENV)/bin/retrieval evaluate $(RUN) --query $(SAMPLE)/test --gallery $(SAMPLE)/catalog
