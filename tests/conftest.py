@@ -25,3 +25,27 @@ def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     generate_sample_data(root / "data", n_train_classes=8, n_test_classes=3, images_per_class=6, image_size=32)
     return root / "data"
+
+
+def brute_is_negative(labels, rules=None):
+    """is_neg(a, n) from the rules' definition, by hand."""
+    y = [int(v) for v in labels]
+    never = set() if rules is None else {frozenset(p) for p in rules.never_negative}
+    groups = None if rules is None else rules.class_groups
+    mode = "all" if rules is None else rules.negatives
+
+    def allowed(a, n):
+        return y[a] != y[n] and frozenset((y[a], y[n])) not in never
+
+    def is_neg(a, n):
+        if not allowed(a, n):
+            return False
+        if mode == "all":
+            return True
+        same = groups[y[a]] == groups[y[n]]
+        if mode == "same-group":
+            return same
+        has_same = any(allowed(a, m) and groups[y[a]] == groups[y[m]] for m in range(len(y)))
+        return same or not has_same
+
+    return is_neg

@@ -4,6 +4,7 @@
 import math
 
 import pytest
+from conftest import brute_is_negative
 import torch
 
 from retrieval.losses import (
@@ -47,33 +48,11 @@ def dist(u, i, j):
     return math.sqrt(sum((a - b) ** 2 for a, b in zip(u[i], u[j])))
 
 
-def make_is_neg(labels, rules=None):
-    y = [int(v) for v in labels]
-    never = set() if rules is None else {frozenset(p) for p in rules.never_negative}
-    groups = None if rules is None else rules.class_groups
-    mode = "all" if rules is None else rules.negatives
-
-    def allowed(a, n):
-        return y[a] != y[n] and frozenset((y[a], y[n])) not in never
-
-    def is_neg(a, n):
-        if not allowed(a, n):
-            return False
-        if mode == "all":
-            return True
-        same = groups[y[a]] == groups[y[n]]
-        if mode == "same-group":
-            return same
-        return same or not any(allowed(a, m) and groups[y[a]] == groups[y[m]] for m in range(len(y)))
-
-    return is_neg
-
-
 def pairs_of(labels, rules=None, mined=None, symmetric=False):
     """Ordered positive and negative pairs: all valid ones, or the valid ones among a miner's tuples."""
     y = [int(v) for v in labels]
     b = len(y)
-    is_neg = make_is_neg(labels, rules)
+    is_neg = brute_is_negative(labels, rules)
     is_pos = lambda a, p: a != p and y[a] == y[p]  # noqa: E731
     if mined is None:
         pos = [(a, p) for a in range(b) for p in range(b) if is_pos(a, p)]

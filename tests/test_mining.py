@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import brute_is_negative
 import torch
 
 from retrieval.mining import (
@@ -36,30 +37,6 @@ def brute_distances(x):
     rows = [[float(v) for v in r] for r in x]
     unit = [[v / math.sqrt(sum(u * u for u in r)) for v in r] for r in rows]
     return [[math.sqrt(sum((a - b) ** 2 for a, b in zip(ui, uj))) for uj in unit] for ui in unit]
-
-
-def brute_is_negative(labels, rules=None):
-    """is_neg(a, n) from the rules' definition, by hand."""
-    y = [int(v) for v in labels]
-    never = set() if rules is None else {frozenset(p) for p in rules.never_negative}
-    groups = None if rules is None else rules.class_groups
-    mode = "all" if rules is None else rules.negatives
-
-    def allowed(a, n):
-        return y[a] != y[n] and frozenset((y[a], y[n])) not in never
-
-    def is_neg(a, n):
-        if not allowed(a, n):
-            return False
-        if mode == "all":
-            return True
-        same = groups[y[a]] == groups[y[n]]
-        if mode == "same-group":
-            return same
-        has_same = any(allowed(a, m) and groups[y[a]] == groups[y[m]] for m in range(len(y)))
-        return same or not has_same
-
-    return is_neg
 
 
 def brute_valid_triplets(labels, is_neg):
