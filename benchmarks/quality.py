@@ -89,6 +89,13 @@ def run_row(name, loss, miner, dataset, seed, args, workdir: Path) -> dict:
     return results
 
 
+def _row_matches(name: str, wanted: str) -> bool:
+    """``wanted`` names one row exactly ("NCE" is not "InfoNCE"), or else is a substring of its name."""
+    names = {row[0].lower() for row in ROWS}
+    wanted = wanted.lower()
+    return name.lower() == wanted if wanted in names else wanted in name.lower()
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -99,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["faces", "grocery"], choices=sorted(DATASETS))
     parser.add_argument("--datasets-root", type=Path, default=ROOT.parent / "shared" / "datasets")
-    parser.add_argument("--rows", nargs="+", default=None, help="subset of row names (substring match)")
+    parser.add_argument("--rows", nargs="+", default=None, help="subset of rows: exact row names, or substrings of them")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=96)
@@ -116,7 +123,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    rows = [r for r in ROWS if args.rows is None or any(s.lower() in r[0].lower() for s in args.rows)]
+    rows = [r for r in ROWS if args.rows is None or any(_row_matches(r[0], s) for s in args.rows)]
     tables = []
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         for dataset in args.datasets:

@@ -183,7 +183,9 @@ class _SeededItems(torch.utils.data.Dataset):
         item_seed = int.from_bytes(hashlib.blake2b(f"{seed}/{epoch}/{position}".encode(), digest_size=4).digest(), "little")
         random.seed(item_seed)
         np.random.seed(item_seed)
-        torch.manual_seed(item_seed)
+        # the CPU generator only: torch.manual_seed also queues a CUDA seeding call, whose lazy-call
+        # bookkeeping formats a stack trace every time (~0.3 ms an image, 7 % of a 2-core training step)
+        torch.random.default_generator.manual_seed(item_seed)
         transform = self.dataset.transform
         if hasattr(transform, "set_random_seed"):
             transform.set_random_seed(item_seed)
