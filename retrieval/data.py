@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -835,8 +836,18 @@ class ImageTransform:
         return self.pipeline(image=image)["image"].contiguous()
 
     def set_random_seed(self, seed: int) -> None:
-        """Re-seed the augmentation's random generator (numpy and Python)."""
-        self.pipeline.set_random_seed(int(seed) % 2**32)
+        """Re-seed the augmentation's random generators (numpy and Python).
+
+        One numpy and one Python generator, shared by every step of the pipeline (albumentations'
+        ``set_random_state``): seeding each step separately costs 8 generator constructions, about
+        0.1 ms an image, which a 2-core machine pays out of the training step.
+        """
+        seed = int(seed) % 2**32
+        share = getattr(self.pipeline, "set_random_state", None)
+        if share is None:  # albumentations < 2
+            self.pipeline.set_random_seed(seed)
+        else:
+            share(np.random.default_rng(seed), random.Random(seed))
 
     def __repr__(self) -> str:
         return f"ImageTransform(train={self.train}, {self.pipeline!r})"
@@ -905,6 +916,10 @@ class ImageDataset(Dataset):
     ``None`` instead, with one warning per file, so training goes on; :func:`collate_images`
     drops it from the batch. ``labels=None`` labels every image -1; ``transform=None`` returns
     the RGB ``PIL.Image`` itself.
+
+    ``cache_bytes`` > 0 keeps decoded images in memory (width x height x 3 bytes each) until that
+    budget is used, so later epochs skip reading and decoding them; each loader worker holds its
+    own cache. Images that no longer fit are decoded every time.
     """
 
     def __init__(
@@ -912,12 +927,17 @@ class ImageDataset(Dataset):
         paths: Sequence[str | Path],
         labels: Sequence[int] | None,
         transform: Callable[[Image.Image], Any] | None,
+        *,
+        cache_bytes: int = 0,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.labels = [int(v) for v in labels] if labels is not None else [-1] * len(self.paths)
         if len(self.labels) != len(self.paths):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
         self.transform = transform
+        self.cache_bytes = max(0, int(cache_bytes))
+        self._cache: dict[int, Image.Image] = {}
+        self._cached_bytes = 0
         self._warned: set[Path] = set()
 
     def __len__(self) -> int:
@@ -925,14 +945,20 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
         index = int(index)
-        path = self.paths[index]
-        try:
-            image = load_image(path)
-        except RetrievalError as error:
-            if path not in self._warned:
-                self._warned.add(path)
-                logger.warning("skipped at load time: %s", error)
-            return None
+        image = self._cache.get(index)
+        if image is None:
+            path = self.paths[index]
+            try:
+                image = load_image(path)
+            except RetrievalError as error:
+                if path not in self._warned:
+                    self._warned.add(path)
+                    logger.warning("skipped at load time: %s", error)
+                return None
+            size = image.width * image.height * 3
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[index] = image
+                self._cached_bytes += size
         pixels = self.transform(image) if self.transform is not None else image
         return pixels, self.labels[index], index
 
@@ -976,7 +1002,7 @@ def make_loader(
     if batch_sampler is not None and shuffle:
         raise ValueError("shuffle is for batch_size loading; a batch_sampler decides the order itself")
     if num_workers is None:
-        num_workers = _default_num_workers(device)
+        num_workers = default_num_workers(device)
     options: dict[str, Any] = {
         "num_workers": num_workers,
         "collate_fn": collate_images,
@@ -989,7 +1015,9 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
 
 
-def _default_num_workers(device: torch.device) -> int:
+def default_num_workers(device: str | torch.device) -> int:
+    """Loader workers when none are asked for (see :func:`make_loader`)."""
+    device = torch.device(device)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -85,6 +85,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     num_workers: Optional[int] = None
+    cache_mb: float = 1024.0  # decoded training images kept in memory, split between loader workers
     augment: float = 1.0
     class_groups: Optional[Path] = None
     groups_per_batch: Optional[int] = None
@@ -122,6 +123,7 @@ class TrainConfig:
             (self.negatives == "all" or self.class_groups is not None, f"--negatives {self.negatives} needs --class-groups FILE"),
             (self.hardest_per_epoch >= 0, "--hardest must be 0 or more"),
             (self.augment >= 0, f"--augment must be 0 or more, got {self.augment}"),
+            (self.cache_mb >= 0, f"--cache-mb must be 0 or more, got {self.cache_mb}"),
             (self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}"),
         ]
         for ok, message in checks:
@@ -282,7 +284,12 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
 
     train_transform = source.make_train_transform(data_config) if source else data.build_transforms(data_config, train=True, strength=config.augment)
     eval_transform = data.build_transforms(data_config, train=False)
-    train_set = data.ImageDataset(train_folder.paths, train_folder.labels, train_transform)
+    workers = ctx.loader_workers(config.num_workers)
+    if workers is None:
+        workers = data.default_num_workers(device)
+    # every worker sees every image over an epoch, so each holds its own share-sized cache
+    cache_bytes = int(config.cache_mb * 2**20) // max(1, workers)
+    train_set = data.ImageDataset(train_folder.paths, train_folder.labels, train_transform, cache_bytes=cache_bytes)
     if source is not None:
         sampler = source.make_sampler(model=model, transform=eval_transform, device=device, precision=precision)
     else:
@@ -292,7 +299,7 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
         )
     ctx.require_batch(sampler.classes_per_batch * sampler.images_per_class)
     batches = _KeyedBatches(sampler, config.seed, shard=(ctx.rank, ctx.world_size))
-    loader = data.make_loader(_SeededItems(train_set), batch_sampler=batches, num_workers=ctx.loader_workers(config.num_workers), device=device)
+    loader = data.make_loader(_SeededItems(train_set), batch_sampler=batches, num_workers=workers, device=device)
 
     steps_per_epoch = len(sampler)
     total_steps = max(1, config.epochs * steps_per_epoch)
@@ -652,7 +659,7 @@ def _load_checkpoint(run_dir: Path) -> dict[str, Any]:
 def _config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The saved run's settings, with only --epochs, --device, --num-workers taken from this call."""
     saved = json.loads((run_dir / CONFIG_NAME).read_text())["train_settings"]
-    keep = {"epochs": config.epochs, "device": config.device, "num_workers": config.num_workers, "resume": True, "command": config.command,
+    keep = {"epochs": config.epochs, "device": config.device, "num_workers": config.num_workers, "cache_mb": config.cache_mb, "resume": True, "command": config.command,
             "dist_timeout": config.dist_timeout}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in saved.items() if k in fields}

@@ -511,6 +511,36 @@ def test_dataset_returns_none_for_image_corrupted_after_scan_and_collate_drops_i
     assert empty_images.numel() == 0 and empty_labels.numel() == 0
 
 
+def test_dataset_cache_keeps_decoded_images_within_its_budget(tmp_path, monkeypatch):
+    folder = scan_folder(_labelled_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(16, 16)))  # 768 bytes decoded each
+    reads = []
+    real_load = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda path: reads.append(Path(path).name) or real_load(path))
+    transform = build_transforms(DATA_CONFIG, train=False)
+    cached = ImageDataset(folder.paths, folder.labels, transform, cache_bytes=2 * 768)  # room for two images
+    first = [cached[i][0] for i in range(4)]
+    second = [cached[i][0] for i in range(4)]
+    assert reads == [p.name for p in folder.paths] + [p.name for p in folder.paths[2:]]  # 0 and 1 came from memory
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    folder.paths[0].unlink()  # a cached image no longer needs its file; an uncached one does
+    folder.paths[2].unlink()
+    assert torch.equal(cached[0][0], first[0]) and cached[2] is None
+    plain = ImageDataset(folder.paths, folder.labels, transform)  # cache_bytes=0: no cache
+    reads.clear()
+    plain[1], plain[1]
+    assert reads == [folder.paths[1].name] * 2
+
+
+def test_train_transform_seeds_give_different_draws():
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    transform = build_transforms(DATA_CONFIG, train=True, strength=1.5)
+    draws = []
+    for seed in range(4):
+        transform.set_random_seed(seed)
+        draws.append(transform(picture))
+    assert all(not torch.equal(draws[i], draws[j]) for i in range(4) for j in range(i + 1, 4))
+
+
 def test_loader_with_workers_follows_the_pk_sampler_across_epochs(tmp_path):
     folder = scan_folder(_labelled_folder(tmp_path / "d", {f"c{i}": 3 for i in range(4)}, size=(8, 8)), verify=False)
     sampler = PKSampler(folder.labels, 2, 2, seed=1)
