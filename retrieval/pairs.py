@@ -405,15 +405,18 @@ def prepare(config) -> ImplicitData:
     def make_train_transform(data_config: dict):
         return data.build_transforms(data_config, train=True, strength=config.augment)
 
-    def make_sampler(*, model=None, transform=None, device="cpu", precision="fp32", **_: Any):
+    def make_sampler(*, model=None, transform=None, device="cpu", precision="fp32", embed_images=None, **_: Any):
         if strategy == "random":
             return data.PKSampler(labels, config.classes_per_batch, config.images_per_class, seed=config.seed)
-        from retrieval import models
+        if embed_images is None:
+            from retrieval.models import embed_images
 
         def embed() -> np.ndarray:
             was_training = model.training
             try:
-                return models.embed_images(model, train_folder.paths, transform, batch_size=256, device=device, precision=precision)
+                # one set of rows for every process under torchrun (DistributedContext.embed_images):
+                # each regrouping the components from its own GPU's rounding could draw other batches
+                return embed_images(model, train_folder.paths, transform, batch_size=256, device=device, precision=precision)
             finally:
                 model.train(was_training)
 

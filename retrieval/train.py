@@ -291,7 +291,8 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
     cache_bytes = int(config.cache_mb * 2**20) // max(1, workers)
     train_set = data.ImageDataset(train_folder.paths, train_folder.labels, train_transform, cache_bytes=cache_bytes)
     if source is not None:
-        sampler = source.make_sampler(model=model, transform=eval_transform, device=device, precision=precision)
+        sampler = source.make_sampler(model=model, transform=eval_transform, device=device, precision=precision,
+                                      embed_images=ctx.embed_images)
     else:
         sampler = data.PKSampler(
             train_folder.labels, config.classes_per_batch, config.images_per_class, seed=config.seed,

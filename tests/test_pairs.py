@@ -176,6 +176,30 @@ def test_hard_batches_depend_only_on_seed_epoch_and_embeddings():
         assert len(set(labels[batch].tolist())) == 4  # P components, K images each
 
 
+def test_hard_sampler_embeds_through_the_function_training_gives_it(sample, folder, tmp_path):
+    """Under torchrun training passes DistributedContext.embed_images, so every process groups the
+    components from the same rows; the sampler must use it rather than embed on its own."""
+    from retrieval.models import EmbeddingModel
+    from retrieval.pairs import prepare
+
+    pairs = _write(tmp_path / "pairs.csv", "".join(f"{a},{b}\n" for a, b in _chain_pairs(folder)))
+    source = prepare(TrainConfig(data_dir=sample / "train", out=tmp_path / "r", pairs=pairs, pair_negatives="hard", **{**TINY, "val_fraction": 0.0}))
+    calls = []
+    rows = np.random.default_rng(0).normal(size=(len(source.train_folder.paths), 4)).astype(np.float32)
+
+    def shared_embed(model, paths, transform, **options):
+        calls.append(list(paths))
+        return rows
+
+    model = EmbeddingModel("resnet10t", 8).train()
+    sampler = source.make_sampler(model=model, transform=None, device="cpu", precision="fp32", embed_images=shared_embed)
+    sampler.set_epoch(1)
+    assert calls == [list(source.train_folder.paths)] and model.training  # back in training mode
+    reference = HardNegativeBatches(source.train_folder.labels, TINY["classes_per_batch"], TINY["images_per_class"], seed=TINY.get("seed", 0), embed=lambda: rows)
+    reference.set_epoch(1)
+    assert list(sampler) == list(reference)
+
+
 # ----------------------------------------------------------------------------- training
 
 
