@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,38 +53,10 @@ P, K = 4, 4
 # ----------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _spawn(target, world: int, args: tuple, timeout: float) -> list[int | None]:
-    context = multiprocessing.get_context("spawn")
-    port = _free_port()
-    processes = [context.Process(target=_entry, args=(rank, world, port, target, args)) for rank in range(world)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-    codes = []
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join()
-            codes.append(None)
-        else:
-            codes.append(process.exitcode)
-    return codes
+    from retrieval.distributed import run_local_processes
 
-
-def _entry(rank, world, port, target, args) -> None:
-    os.environ.update({
-        "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-    })
-    target(rank, *args)
+    return run_local_processes(target, *args, world_size=world, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- one step

@@ -4,62 +4,19 @@ processes can import the functions by name."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def run_processes(target: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 120.0) -> list[int | None]:
+    """Run ``target(rank, *args)`` in ``world_size`` spawned processes, as torchrun would, one
+    thread each and nothing downloaded; returns their exit codes (None: killed after ``timeout``)."""
+    from retrieval.distributed import run_local_processes
 
-
-def torchrun_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
-    """The variables torchrun sets for one process on one host."""
-    return {
-        "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-    }
-
-
-def run_processes(target: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 120.0) -> list[int]:
-    """Run ``target(rank, *args)`` in ``world_size`` spawned processes, as torchrun would; returns
-    their exit codes. Processes still running after ``timeout`` seconds are killed (code None)."""
-    context = multiprocessing.get_context("spawn")
-    port = free_port()
-    processes = [context.Process(target=_entry, args=(rank, world_size, port, target, args)) for rank in range(world_size)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-    codes = []
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join()
-            codes.append(None)
-        else:
-            codes.append(process.exitcode)
-    return codes
-
-
-def _entry(rank: int, world_size: int, port: int, target: Callable[..., Any], args: tuple) -> None:
-    os.environ.update(torchrun_environment(rank, world_size, port))
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        target(rank, *args)
-    except BaseException:
-        traceback.print_exc()
-        raise
+    return run_local_processes(target, *args, world_size=world_size, timeout=timeout,
+                               environment={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, threads=1)
 
 
 def freeze_batchnorm() -> None:

@@ -7,7 +7,6 @@ test-artifacts/ (git-ignored). Every wait is bounded; the server is stopped in a
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import fake_runs
+from retrieval.distributed import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,12 +29,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SERVER_START_S = 40
 WAIT_MS = 30_000
 K = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_health(port: int, server: subprocess.Popen, log: Path) -> None:

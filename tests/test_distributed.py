@@ -114,9 +114,11 @@ def test_two_process_training_ctrl_c_resume_and_index_equal_one_process_with_fro
     for name in b:
         # float32 sums in another order (per share, then across processes) differ in the last bits,
         # and Adam's per-element normalisation magnifies that where a gradient is near 0: a few
-        # weights differ by ~1e-5, each tensor as a whole by ~1e-6 (relative)
+        # weights differ by up to ~1e-4, each large tensor as a whole by ~1e-5 (relative), and a
+        # small one (a BatchNorm bias of norm 0.03) by ~4e-6 absolute. Images loaded or augmented
+        # differently would move many weights by about the learning rate (1e-3) instead.
         difference = (a[name].double() - b[name].double()).norm()
-        assert difference <= 1e-4 * b[name].double().norm() + 1e-7, name
+        assert difference <= 1e-4 * b[name].double().norm() + 1e-5, name
     rows_ddp, rows_one = read_metrics(ddp), read_metrics(one)
     assert [r["epoch"] for r in rows_ddp] == [0, 1, 2]
     for row_ddp, row_one in zip(rows_ddp, rows_one):
