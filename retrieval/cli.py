@@ -128,6 +128,7 @@ def train_command(
     def report(row: dict) -> None:
         typer.echo(
             f"epoch {row['epoch']}: loss {row['loss']:.4f}, active {_fmt(row.get('active_fraction'))}, "
+            f"violating {_fmt(row.get('violating_fraction'))}, "
             f"val R@1 {_fmt(row.get('recall_at_1'))}, MAP@R {_fmt(row.get('map_at_r'))}, "
             f"{row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s"
         )

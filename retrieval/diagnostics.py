@@ -254,9 +254,12 @@ def hardness_by_epoch(logs: Mapping[int, Sequence[Mapping[str, Any]]],
                       metrics: Iterable[Mapping[str, Any]] = (), *, margin: float | None = None) -> list[dict[str, Any]]:
     """One row per epoch that has a mining log or a metrics row: ``epoch``, ``mean_gap`` (mean
     d_an − d_ap of the logged hardest triplets), ``n_logged``, ``n_violating`` (logged triplets
-    with gap < margin, when ``margin`` is given) and ``active_fraction`` (from ``metrics.jsonl``:
-    the fraction of all mined triplets with a loss > 0). Missing values are None."""
+    with gap < margin, when ``margin`` is given), ``active_fraction`` and ``violating_fraction``
+    (from ``metrics.jsonl``: the fraction of the mined triplets with a loss > 0, and of all valid
+    triplets in the batches with d_an < d_ap + ε). Missing values are None."""
+    metrics = list(metrics)
     active = {int(row["epoch"]): row.get("active_fraction") for row in metrics if "epoch" in row}
+    violating = {int(row["epoch"]): row.get("violating_fraction") for row in metrics if "epoch" in row}
     rows = []
     for epoch in sorted(set(logs) | {e for e, v in active.items() if v is not None}):
         triplets = logs.get(epoch, [])
@@ -268,6 +271,7 @@ def hardness_by_epoch(logs: Mapping[int, Sequence[Mapping[str, Any]]],
             "n_logged": len(gaps),
             "n_violating": sum(1 for g in gaps if g < margin) if margin is not None and gaps else None,
             "active_fraction": active.get(epoch),
+            "violating_fraction": violating.get(epoch),
         })
     return rows
 

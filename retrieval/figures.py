@@ -173,13 +173,14 @@ def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, 
 def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = None, *,
                    width: int = 300, height: int = 200) -> alt.HConcatChart:
     """Two panels over the epochs: the mean d_an − d_ap of the logged hardest triplets (with a
-    rule at the margin: triplets below it still have a loss) and the active fraction from
-    ``metrics.jsonl``. ``rows`` are :func:`retrieval.diagnostics.hardness_by_epoch` rows."""
+    rule at the margin: triplets below it still have a loss) and, from ``metrics.jsonl``, the
+    fraction of mined triplets with a loss and of all valid triplets inside the margin. ``rows`` are :func:`retrieval.diagnostics.hardness_by_epoch` rows."""
     gap_rows = [{"epoch": int(r["epoch"]), "mean_gap": float(r["mean_gap"]),
                  "n_logged": r.get("n_logged"), "n_violating": r.get("n_violating")}
                 for r in rows if r.get("mean_gap") is not None]
-    active_rows = [{"epoch": int(r["epoch"]), "active_fraction": float(r["active_fraction"])}
-                   for r in rows if r.get("active_fraction") is not None]
+    series = {"active_fraction": "mined triplets with loss > 0", "violating_fraction": "all triplets inside the margin"}
+    active_rows = [{"epoch": int(r["epoch"]), "fraction": float(r[key]), "of": name}
+                   for r in rows for key, name in series.items() if r.get(key) is not None]
     x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
     gap = alt.Chart(_data(gap_rows)).mark_line(point=True).encode(
         x=x, y=alt.Y("mean_gap:Q", title="mean d_an − d_ap of logged hardest"),
@@ -192,9 +193,11 @@ def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = Non
             align="left", baseline="bottom", dx=3, color=_BAND_COLOUR).encode(y="margin:Q", x=alt.value(0), text="text:N")
         gap = alt.layer(gap, rule, label)
     gap = gap.properties(title="How hard were the hardest?", width=width, height=height)
-    active = alt.Chart(_data(active_rows)).mark_line(point=True, color="#54a24b").encode(
-        x=x, y=alt.Y("active_fraction:Q", title="fraction of mined triplets with loss > 0", scale=alt.Scale(domain=[0, 1])),
-        tooltip=["epoch:Q", alt.Tooltip("active_fraction:Q", format=".3f")],
+    active = alt.Chart(_data(active_rows)).mark_line(point=True).encode(
+        x=x, y=alt.Y("fraction:Q", title="fraction with loss > 0", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom"),
+                        scale=alt.Scale(domain=list(series.values()), range=["#54a24b", "#e45756"])),
+        tooltip=["epoch:Q", "of:N", alt.Tooltip("fraction:Q", format=".3f")],
     ).properties(title="Active fraction", width=width, height=height)
     return alt.hconcat(gap, active)
 

@@ -279,6 +279,7 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
         model.to(memory_format=torch.channels_last)
     forward = ctx.wrap_model(model, sync_bn=config.sync_bn)  # model.forward_unnormalised, or DDP around it
     loss_fn, miner, record_miner = build_objective(config, rules)
+    violation_miner = mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=0)
     if objective is not None:
         loss_fn, miner = objective
 
@@ -331,7 +332,7 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
             log.warning("%s: already trained for %d epochs; raise --epochs to train more", run_dir, start_epoch - 1)
     else:
         baseline = _validate(model, val_folder, eval_transform, device, precision, config.margin, ctx=ctx)
-        history.append({"epoch": 0, "loss": None, **baseline.metrics, "active_fraction": None, "mean_d_ap": None,
+        history.append({"epoch": 0, "loss": None, **baseline.metrics, "active_fraction": None, "violating_fraction": None, "mean_d_ap": None,
                         "mean_d_an": None, "lr": 0.0, "images_per_second": None, "seconds": 0.0})
         if ctx.is_main:  # only rank 0 writes the run directory
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -385,7 +386,9 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
                     # the hardest-negative log names triplets; a pair miner's record has them only for
                     # negatives inside the margin, so the triplet record miner supplies them then
                     hardest = record.hardest if not isinstance(miner, mining.PairMiner) else record_miner(embeddings.detach(), labels, indices).record.hardest
-                    totals.add(float(value.detach()), len(embeddings), record, embeddings.detach(), hardest)
+                    # every valid triplet of the batch, whatever the miner kept: how many still violate the margin
+                    every = violation_miner(embeddings.detach(), labels, indices).record
+                    totals.add(float(value.detach()), len(embeddings), record, embeddings.detach(), hardest, every)
                     bar.advance(totals)
             finally:
                 totals.finish()
@@ -442,11 +445,18 @@ class _EpochTotals:
         self.started = time.perf_counter()
         self.hardest: dict[tuple[int, int], dict] = {}
         self.spread = 0.0
+        self.valid = 0
+        self.violating = 0.0
 
-    def add(self, loss: float, n_images: int, record, embeddings: torch.Tensor, hardest: list[dict]) -> None:
+    def add(self, loss: float, n_images: int, record, embeddings: torch.Tensor, hardest: list[dict], every=None) -> None:
+        """One step: its loss, the miner's record, the embeddings, the hardest triplets it logs and
+        ``every``, the record of all the batch's valid triplets (a ``TripletMiner("all")``)."""
         self.loss_sum += loss
         self.steps += 1
         self.images += n_images
+        if every is not None and every.n_mined:
+            self.valid += int(every.n_mined)
+            self.violating += float(every.active_fraction) * int(every.n_mined)
         n = int(record.n_mined)
         if n:
             self.mined += n
@@ -489,11 +499,17 @@ class _EpochTotals:
     def active_fraction(self) -> float | None:
         return self.active / self.mined if self.mined else None
 
+    @property
+    def violating_fraction(self) -> float | None:
+        """Of all valid triplets in the epoch's batches, the fraction with d_an < d_ap + ε."""
+        return self.violating / self.valid if self.valid else None
+
     def summary(self, epoch: int, seconds: float, lr: float) -> dict[str, Any]:
         return {
             "epoch": epoch,
             "loss": self.mean_loss,
             "active_fraction": self.active_fraction,
+            "violating_fraction": self.violating_fraction,
             "mean_d_ap": self.d_ap / self.n_ap if self.n_ap else None,
             "mean_d_an": self.d_an / self.n_an if self.n_an else None,
             "embedding_spread": self.spread / max(self.steps, 1),
@@ -528,10 +544,15 @@ def _relative(path: Path, root: Path) -> str:
 def _warn_on_collapse(row: dict[str, Any], totals: _EpochTotals) -> None:
     spread = row.get("embedding_spread") or 0.0
     d_ap, d_an, active = row.get("mean_d_ap"), row.get("mean_d_an"), row.get("active_fraction")
+    violating = row.get("violating_fraction")
     if spread < 0.05:
         log.warning("epoch %d: embeddings have collapsed (all alike: mean distance to their centre %.3f); try a lower --lr or another --miner", row["epoch"], spread)
     elif active is not None and active > 0.99 and d_ap is not None and d_an is not None and abs(d_an - d_ap) < 0.01:
-        log.warning("epoch %d: every triplet active with d_an ≈ d_ap (%.3f ≈ %.3f): training may be collapsing", row["epoch"], d_an, d_ap)
+        # the mined triplets all violate the margin without the negatives being any farther; a
+        # semihard miner's triplets always violate it, so say how many of all triplets do
+        share = f" ({violating:.0%} of all valid triplets violate the margin)" if violating is not None else ""
+        log.warning("epoch %d: every mined triplet active with d_an ≈ d_ap (%.3f ≈ %.3f)%s: training may be collapsing",
+                    row["epoch"], d_an, d_ap, share)
 
 
 @dataclass
@@ -715,8 +736,13 @@ class _progress_bar:
     def advance(self, totals: _EpochTotals) -> None:
         if self.progress is None:
             return
-        active = totals.active_fraction
-        status = f"loss {totals.mean_loss:.4f}  active {active:.2f}  {totals.images_per_second:.0f} img/s" if active is not None else f"loss {totals.mean_loss:.4f}"
+        active, violating = totals.active_fraction, totals.violating_fraction
+        status = f"loss {totals.mean_loss:.4f}"
+        if active is not None:
+            status += f"  active {active:.2f}"
+        if violating is not None:
+            status += f"  violating {violating:.2f}"
+        status += f"  {totals.images_per_second:.0f} img/s"
         self.progress.update(self.task, advance=1, status=status)
 
     def close(self) -> None:

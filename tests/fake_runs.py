@@ -73,6 +73,7 @@ def make_run(run_dir: Path, gallery: Path, *, index: bool = True, mining: bool =
     if metrics:
         rows = [{"epoch": e, "loss": None if e == 0 else 0.3 / e, "recall_at_1": 0.3 + 0.1 * e,
                  "map_at_r": 0.1 + 0.05 * e, "active_fraction": None if e == 0 else 0.6 - 0.1 * e,
+                 "violating_fraction": None if e == 0 else 0.3 - 0.05 * e,
                  "seconds": 1.0, "mean_d_ap": 0.5, "mean_d_an": 0.6, "lr": 1e-3, "images_per_second": 100.0}
                 for e in range(epochs + 1)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -120,12 +120,13 @@ def test_pair_history_marks_image_pairs_and_unordered_class_pairs_across_epochs(
 def test_hardness_by_epoch_averages_gaps_and_joins_the_active_fraction():
     logs = {1: [log_row(1, "a1", "b1", -0.1), log_row(1, "c1", "a2", 0.3)], 2: [log_row(2, "a1", "b1", 0.1)]}
     metrics = [{"epoch": 0, "active_fraction": None}, {"epoch": 1, "active_fraction": 0.7},
-               {"epoch": 2, "active_fraction": 0.5}, {"epoch": 3, "active_fraction": 0.4}]
+               {"epoch": 2, "active_fraction": 0.5}, {"epoch": 3, "active_fraction": 0.4, "violating_fraction": 0.2}]
     rows = diagnostics.hardness_by_epoch(logs, metrics, margin=0.2)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[0]["mean_gap"] == pytest.approx(0.1) and rows[0]["n_violating"] == 1 and rows[0]["n_logged"] == 2
-    assert rows[1]["active_fraction"] == 0.5
-    assert rows[2] == {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": 0.4}
+    assert rows[1]["active_fraction"] == 0.5 and rows[1]["violating_fraction"] is None
+    assert rows[2] == {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": 0.4,
+                       "violating_fraction": 0.2}
 
 
 def test_project_2d_pca_places_a_gallery_row_where_it_was_fitted():

@@ -122,7 +122,7 @@ def test_two_process_training_ctrl_c_resume_and_index_equal_one_process_with_fro
     rows_ddp, rows_one = read_metrics(ddp), read_metrics(one)
     assert [r["epoch"] for r in rows_ddp] == [0, 1, 2]
     for row_ddp, row_one in zip(rows_ddp, rows_one):
-        for key in ("loss", "recall_at_1", "map_at_r", "active_fraction", "mean_d_ap", "mean_d_an", "lr"):
+        for key in ("loss", "recall_at_1", "map_at_r", "active_fraction", "violating_fraction", "mean_d_ap", "mean_d_an", "lr"):
             expected = row_one[key]
             assert row_ddp[key] == (expected if expected is None else pytest.approx(expected, rel=1e-4, abs=1e-6)), (row_ddp["epoch"], key)
     for epoch in (1, 2):

@@ -61,7 +61,7 @@ def test_hardness_chart_plots_gap_and_active_fraction_per_epoch_with_margin_rule
         {"epoch": 0, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": None},
         {"epoch": 1, "mean_gap": -0.05, "n_logged": 3, "n_violating": 3, "active_fraction": 0.8},
         {"epoch": 2, "mean_gap": 0.04, "n_logged": 3, "n_violating": 2, "active_fraction": 0.5},
-        {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": 0.4},
+        {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": 0.4, "violating_fraction": 0.1},
     ]
     chart = figures.hardness_chart(hardness, margin=0.2)
     assert isinstance(chart, alt.HConcatChart)
@@ -69,7 +69,9 @@ def test_hardness_chart_plots_gap_and_active_fraction_per_epoch_with_margin_rule
     gap_line, margin_rule, _label = gap_panel.layer
     assert [(r["epoch"], r["mean_gap"]) for r in rows(gap_line)] == [(1, -0.05), (2, 0.04)]
     assert rows(margin_rule)[0]["margin"] == 0.2
-    assert [(r["epoch"], r["active_fraction"]) for r in rows(active_panel)] == [(1, 0.8), (2, 0.5), (3, 0.4)]
+    assert [(r["epoch"], r["fraction"], r["of"]) for r in rows(active_panel)] == [
+        (1, 0.8, "mined triplets with loss > 0"), (2, 0.5, "mined triplets with loss > 0"),
+        (3, 0.4, "mined triplets with loss > 0"), (3, 0.1, "all triplets inside the margin")]
     valid(chart)
 
 

@@ -40,6 +40,41 @@ def test_metrics_have_one_row_per_epoch_after_the_untrained_baseline(trained):
         for key in ("loss", "recall_at_1", "map_at_r", "active_fraction", "seconds", "images_per_second"):
             assert isinstance(row[key], float), key
         assert 0 <= row["recall_at_1"] <= 1 and 0 <= row["active_fraction"] <= 1
+        assert 0 <= row["violating_fraction"] <= 1  # of all valid triplets, not only the semihard ones
+    assert rows[0]["violating_fraction"] is None
+
+
+def test_violating_fraction_counts_every_valid_triplet_of_the_epoch_inside_the_margin():
+    from conftest import brute_is_negative
+    from retrieval import mining
+    from retrieval.train import _EpochTotals
+
+    margin, totals, brute = 0.3, _EpochTotals(5), [0, 0]
+    every = mining.TripletMiner("all", margin, hardest_k=0)
+    generator = torch.Generator().manual_seed(3)
+    for step in range(3):
+        embeddings = torch.nn.functional.normalize(torch.randn(12, 4, generator=generator), dim=1)
+        labels = torch.randint(0, 4, (12,), generator=generator)
+        semihard = mining.TripletMiner("semihard", margin)(embeddings, labels).record
+        totals.add(0.1, 12, semihard, embeddings, [], every(embeddings, labels).record)
+        d = torch.cdist(embeddings.double(), embeddings.double())
+        negative = brute_is_negative(labels.tolist())
+        for a in range(12):
+            for p in range(12):
+                if p == a or labels[p] != labels[a]:
+                    continue
+                for n in range(12):
+                    if negative(a, n):
+                        brute[0] += 1
+                        brute[1] += int(d[a, n] < d[a, p] + margin)
+    assert totals.valid == brute[0] and totals.violating_fraction == pytest.approx(brute[1] / brute[0], abs=1e-9)
+    assert totals.active_fraction == 1.0  # what a semihard miner's own record always says
+
+
+def test_with_the_all_miner_the_violating_fraction_is_the_active_fraction(sample, tmp_path):
+    train(TrainConfig(data_dir=sample / "train", out=tmp_path / "all", epochs=1, miner="all", **TINY), progress=False)
+    row = read_metrics(tmp_path / "all")[1]
+    assert row["violating_fraction"] == pytest.approx(row["active_fraction"], rel=1e-9)
 
 
 def test_mining_log_holds_hardest_distinct_triplets_with_paths(trained, sample):
