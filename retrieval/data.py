@@ -16,6 +16,7 @@ greyscale / palette / alpha / 16-bit converted properly, decompression bombs ref
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -1009,7 +1010,7 @@ def make_loader(
         "pin_memory": device.type == "cuda",
     }
     if num_workers > 0:
-        options.update(persistent_workers=True, worker_init_fn=_seed_worker_transform)
+        options.update(persistent_workers=True, worker_init_fn=functools.partial(_start_worker, nice=_worker_nice(device)))
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **options)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
@@ -1027,8 +1028,33 @@ def default_num_workers(device: str | torch.device) -> int:
     return min(8 if device.type == "cuda" else 2, cpus)
 
 
-def _seed_worker_transform(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (torch seeds it base_seed + worker_id)."""
+WORKER_NICE_ON_CPU = 10
+"""Scheduling niceness of loader workers when the model runs on the CPU (environment variable
+``RETRIEVAL_WORKER_NICE`` overrides it; 0 leaves them as they are)."""
+
+
+def _worker_nice(device: torch.device) -> int:
+    if device.type != "cpu":
+        return 0  # the main process mostly waits on the GPU: the workers must keep it fed
+    try:
+        return max(0, int(os.environ.get("RETRIEVAL_WORKER_NICE", WORKER_NICE_ON_CPU)))
+    except ValueError:
+        return WORKER_NICE_ON_CPU
+
+
+def _start_worker(worker_id: int, nice: int = 0) -> None:
+    """Set up one loader worker: one OpenCV thread (the worker is one of several processes; OpenCV's
+    own pool would compete with the training step's threads), ``nice`` added to its scheduling
+    niceness (on a CPU run the step's threads then come first and the worker fills the gaps),
+    and its own augmentation stream (torch seeds it base_seed + worker_id)."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if hasattr(transform, "set_random_seed"):
