@@ -1043,16 +1043,10 @@ def _worker_nice(device: torch.device) -> int:
 
 
 def _start_worker(worker_id: int, nice: int = 0) -> None:
-    """Set up one loader worker: one OpenCV thread (the worker is one of several processes; OpenCV's
-    own pool would compete with the training step's threads), ``nice`` added to its scheduling
-    niceness (on a CPU run the step's threads then come first and the worker fills the gaps),
-    and its own augmentation stream (torch seeds it base_seed + worker_id)."""
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    """Set up one loader worker: ``nice`` added to its scheduling niceness (on a CPU run the
+    step's threads then come first and the worker fills the gaps) and its own augmentation stream
+    (torch seeds it base_seed + worker_id). OpenCV's thread count is left alone: changing it in a
+    forked worker whose parent had used OpenCV's pool hung the worker in the test suite."""
     if nice > 0 and hasattr(os, "nice"):
         os.nice(nice)
     info = torch.utils.data.get_worker_info()
