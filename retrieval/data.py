@@ -16,7 +16,6 @@ greyscale / palette / alpha / 16-bit converted properly, decompression bombs ref
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import logging
 import math
@@ -937,7 +936,7 @@ class ImageDataset(Dataset):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
         self.transform = transform
         self.cache_bytes = max(0, int(cache_bytes))
-        self._cache: dict[int, Image.Image] = {}
+        self._cache: dict[Path, Image.Image] = {}
         self._cached_bytes = 0
         self._warned: set[Path] = set()
 
@@ -946,9 +945,9 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
         index = int(index)
-        image = self._cache.get(index)
+        path = self.paths[index]
+        image = self._cache.get(path)  # by path: a repeated image (unlabelled mode's two views) is held once
         if image is None:
-            path = self.paths[index]
             try:
                 image = load_image(path)
             except RetrievalError as error:
@@ -958,7 +957,7 @@ class ImageDataset(Dataset):
                 return None
             size = image.width * image.height * 3
             if self._cached_bytes + size <= self.cache_bytes:
-                self._cache[index] = image
+                self._cache[path] = image
                 self._cached_bytes += size
         pixels = self.transform(image) if self.transform is not None else image
         return pixels, self.labels[index], index
@@ -1010,7 +1009,7 @@ def make_loader(
         "pin_memory": device.type == "cuda",
     }
     if num_workers > 0:
-        options.update(persistent_workers=True, worker_init_fn=functools.partial(_start_worker, nice=_worker_nice(device)))
+        options.update(persistent_workers=True, worker_init_fn=_seed_worker_transform)
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **options)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
@@ -1028,27 +1027,8 @@ def default_num_workers(device: str | torch.device) -> int:
     return min(8 if device.type == "cuda" else 2, cpus)
 
 
-WORKER_NICE_ON_CPU = 10
-"""Scheduling niceness of loader workers when the model runs on the CPU (environment variable
-``RETRIEVAL_WORKER_NICE`` overrides it; 0 leaves them as they are)."""
-
-
-def _worker_nice(device: torch.device) -> int:
-    if device.type != "cpu":
-        return 0  # the main process mostly waits on the GPU: the workers must keep it fed
-    try:
-        return max(0, int(os.environ.get("RETRIEVAL_WORKER_NICE", WORKER_NICE_ON_CPU)))
-    except ValueError:
-        return WORKER_NICE_ON_CPU
-
-
-def _start_worker(worker_id: int, nice: int = 0) -> None:
-    """Set up one loader worker: ``nice`` added to its scheduling niceness (on a CPU run the
-    step's threads then come first and the worker fills the gaps) and its own augmentation stream
-    (torch seeds it base_seed + worker_id). OpenCV's thread count is left alone: changing it in a
-    forked worker whose parent had used OpenCV's pool hung the worker in the test suite."""
-    if nice > 0 and hasattr(os, "nice"):
-        os.nice(nice)
+def _seed_worker_transform(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream (torch seeds it base_seed + worker_id)."""
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if hasattr(transform, "set_random_seed"):

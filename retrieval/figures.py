@@ -174,7 +174,8 @@ def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = Non
                    width: int = 300, height: int = 200) -> alt.HConcatChart:
     """Two panels over the epochs: the mean d_an − d_ap of the logged hardest triplets (with a
     rule at the margin: triplets below it still have a loss) and, from ``metrics.jsonl``, the
-    fraction of mined triplets with a loss and of all valid triplets inside the margin. ``rows`` are :func:`retrieval.diagnostics.hardness_by_epoch` rows."""
+    fraction of mined triplets with a loss and of all valid triplets inside the margin.
+    ``rows`` are :func:`retrieval.diagnostics.hardness_by_epoch` rows."""
     gap_rows = [{"epoch": int(r["epoch"]), "mean_gap": float(r["mean_gap"]),
                  "n_logged": r.get("n_logged"), "n_violating": r.get("n_violating")}
                 for r in rows if r.get("mean_gap") is not None]

@@ -279,7 +279,9 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
         model.to(memory_format=torch.channels_last)
     forward = ctx.wrap_model(model, sync_bn=config.sync_bn)  # model.forward_unnormalised, or DDP around it
     loss_fn, miner, record_miner = build_objective(config, rules)
-    violation_miner = mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=0)
+    # every valid triplet of a batch, whatever the miner kept (how many still violate the margin);
+    # the record miner already mines them all when the objective has no triplet miner of its own
+    violation_miner = record_miner if record_miner.strategy == "all" else mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=0)
     if objective is not None:
         loss_fn, miner = objective
 
@@ -382,13 +384,19 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
                     scaler.step(optimiser)
                     scaler.update()
                     schedule.step()
-                    record = (mined if mined is not None else record_miner(embeddings.detach(), labels, indices)).record
+                    detached = embeddings.detach()
+                    records = {} if mined is None else {miner: mined.record}  # each miner's record, computed once
+
+                    def record_of(source):
+                        if source not in records:
+                            records[source] = source(detached, labels, indices).record
+                        return records[source]
+
+                    record = mined.record if mined is not None else record_of(record_miner)
                     # the hardest-negative log names triplets; a pair miner's record has them only for
-                    # negatives inside the margin, so the triplet record miner supplies them then
-                    hardest = record.hardest if not isinstance(miner, mining.PairMiner) else record_miner(embeddings.detach(), labels, indices).record.hardest
-                    # every valid triplet of the batch, whatever the miner kept: how many still violate the margin
-                    every = violation_miner(embeddings.detach(), labels, indices).record
-                    totals.add(float(value.detach()), len(embeddings), record, embeddings.detach(), hardest, every)
+                    # negatives inside the margin, so the triplet record miner supplies them
+                    hardest = record_of(record_miner).hardest
+                    totals.add(float(value.detach()), len(embeddings), record, detached, hardest, record_of(violation_miner))
                     bar.advance(totals)
             finally:
                 totals.finish()

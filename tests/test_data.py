@@ -525,6 +525,10 @@ def test_dataset_cache_keeps_decoded_images_within_its_budget(tmp_path, monkeypa
     folder.paths[0].unlink()  # a cached image no longer needs its file; an uncached one does
     folder.paths[2].unlink()
     assert torch.equal(cached[0][0], first[0]) and cached[2] is None
+    twice = ImageDataset([folder.paths[1]] * 2, [0, 0], transform, cache_bytes=768)  # one image, two items (two views)
+    reads.clear()
+    twice[0], twice[1]
+    assert reads == [folder.paths[1].name] and twice._cached_bytes == 768  # read once, held once
     plain = ImageDataset(folder.paths, folder.labels, transform)  # cache_bytes=0: no cache
     reads.clear()
     plain[1], plain[1]
