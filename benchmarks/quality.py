@@ -9,7 +9,7 @@ MAP@R (mean ± standard deviation over seeds) and training minutes.
 
     python benchmarks/quality.py --datasets faces grocery --seeds 0 1 2 [--epochs 15] [--device auto]
 
-The table goes into BENCHMARKS.md (section "quality"). Data sets are read from ../shared/datasets
+The table goes into BENCHMARKS.md (section "quality", or ``--section NAME``). Data sets are read from ../shared/datasets
 beside the checkout (``--datasets-root`` to change).
 """
 
@@ -139,7 +139,7 @@ def main() -> None:
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(r['minutes'] for r in runs):.2f} |")
             tables.append("\n".join(lines))
     body = "\n".join([
-        "## Retrieval quality on real data (benchmarks/quality.py)",
+        f"## Retrieval quality on real data: {' and '.join(args.datasets)} (benchmarks/quality.py)",
         "",
         f"Machine: {machine_description(device)}, device {device}.",
         f"Command: `{command_line()}`.",
