@@ -177,6 +177,7 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     non_images: list[Path] = []
     candidates: list[tuple[str, Path]] = []  # (class name or "", image path)
     if labelled:
+        _warn_if_split_root(root, class_files)
         stray = [p for p in top_files if _is_image(p)]
         if stray:
             logger.warning(
@@ -233,6 +234,27 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
         skipped=skipped,
         non_images=non_images,
     )
+
+
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "query", "gallery", "catalog", "catalogue"})
+
+
+def _warn_if_split_root(root: Path, class_files: dict[str, list[Path]]) -> None:
+    """Warn when ``root`` looks like the parent of data splits (``root/train/<class>/<image>``):
+    a sub-folder named like a split whose images all sit in its own sub-folders would otherwise
+    silently become one class."""
+    splits = [
+        name for name, files in class_files.items()
+        if name.lower() in SPLIT_FOLDER_NAMES
+        and any(_is_image(p) for p in files)
+        and all(p.parent != root / name for p in files if _is_image(p))
+    ]
+    if splits:
+        logger.warning(
+            "%s looks like a folder of data splits (%s hold class folders), but each of its sub-folders is "
+            "taken as one class: point at one split instead, e.g. %s",
+            root, ", ".join(splits), root / ("train" if "train" in splits else splits[0]),
+        )
 
 
 def require_trainable(folder: ImageFolder) -> None:
@@ -664,17 +686,17 @@ class PKSampler(Sampler[list[int]]):
         if labels.size and labels.min() < 0:
             raise RetrievalError("the P x K sampler needs labelled images (found label -1: a flat folder?)")
         if classes_per_batch < 2:
-            raise RetrievalError(f"classes_per_batch must be at least 2 (negatives come from other classes), got {classes_per_batch}")
+            raise RetrievalError(f"--classes-per-batch (P) must be at least 2 (negatives come from other classes), got {classes_per_batch}")
         if images_per_class < 2:
-            raise RetrievalError(f"images_per_class must be at least 2 (positives come from the same class), got {images_per_class}")
+            raise RetrievalError(f"--images-per-class (K) must be at least 2 (positives come from the same class), got {images_per_class}")
         counts = np.bincount(labels) if labels.size else np.zeros(0, np.int64)
         anchor_classes = np.flatnonzero(counts >= 2)
         if len(anchor_classes) < 2:
             raise RetrievalError(f"the P x K sampler needs two classes with two or more images, found {len(anchor_classes)}")
         if classes_per_batch > len(anchor_classes):
             raise RetrievalError(
-                f"classes_per_batch={classes_per_batch} but only {len(anchor_classes)} classes have two or more "
-                f"images: lower classes_per_batch"
+                f"{classes_per_batch} classes per batch (P) but only {len(anchor_classes)} classes have two or more "
+                f"images: lower --classes-per-batch"
             )
         self.classes_per_batch = int(classes_per_batch)
         self.images_per_class = int(images_per_class)

@@ -177,6 +177,24 @@ def test_one_image_class_stays_in_gallery_but_is_warned_as_never_an_anchor(tmp_p
     assert any("single image" in m and "single" in m for m in _warnings(caplog))
 
 
+def test_scan_warns_when_pointed_at_a_folder_of_splits_and_names_the_split_to_use(tmp_path, caplog):
+    _labelled_folder(tmp_path / "splits" / "train", {"a": 2, "b": 2})
+    _labelled_folder(tmp_path / "splits" / "test", {"c": 2})
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        folder = data.scan_folder(tmp_path / "splits")
+    assert folder.class_names == ["test", "train"]  # still scanned as asked
+    lines = [m for m in _warnings(caplog) if "data splits" in m]
+    assert len(lines) == 1 and "test, train" in lines[0] and str(tmp_path / "splits" / "train") in lines[0]
+
+
+def test_scan_does_not_warn_about_splits_for_a_class_named_like_one_with_its_own_images(tmp_path, caplog):
+    root = _labelled_folder(tmp_path / "data", {"test": 2, "b": 2})
+    _labelled_folder(tmp_path / "data" / "b", {"session1": 2})  # nested images in a class that is not split-named
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        data.scan_folder(root)
+    assert not [m for m in _warnings(caplog) if "data splits" in m]
+
+
 def test_require_trainable_raises_when_no_class_has_two_images(tmp_path):
     folder = scan_folder(_labelled_folder(tmp_path / "d", {"a": 1, "b": 1}))
     with pytest.raises(RetrievalError, match="no class has two or more images"):
@@ -437,9 +455,11 @@ def test_pk_groups_too_small_for_p_take_more_groups_and_skip_one_image_classes()
 
 
 def test_pk_sampler_rejects_impossible_settings_with_one_line_errors():
-    with pytest.raises(RetrievalError, match="only 8 classes"):
+    with pytest.raises(RetrievalError, match="only 8 classes .*: lower --classes-per-batch"):
         PKSampler(LABELS, 9, K)
-    with pytest.raises(RetrievalError, match="images_per_class"):
+    with pytest.raises(RetrievalError, match="--classes-per-batch"):
+        PKSampler(LABELS, 1, K)
+    with pytest.raises(RetrievalError, match="--images-per-class"):
         PKSampler(LABELS, P, 1)
     with pytest.raises(RetrievalError, match="labelled"):
         PKSampler([-1, -1, -1], 2, 2)
