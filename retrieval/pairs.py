@@ -402,8 +402,8 @@ def prepare(config) -> ImplicitData:
     strategy = getattr(config, "pair_negatives", "random")
     labels = train_folder.labels
 
-    def make_train_transform(data_config: dict):
-        return data.build_transforms(data_config, train=True, strength=config.augment)
+    def make_train_transform(data_config: dict, *, normalise_in_batch: bool = False) -> data.ImageTransform:
+        return data.build_transforms(data_config, train=True, strength=config.augment, normalise_in_batch=normalise_in_batch)
 
     def make_sampler(*, model=None, transform=None, device="cpu", precision="fp32", embed_images=None, **_: Any):
         if strategy == "random":

@@ -285,7 +285,11 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
     if objective is not None:
         loss_fn, miner = objective
 
-    train_transform = source.make_train_transform(data_config) if source else data.build_transforms(data_config, train=True, strength=config.augment)
+    # workers hand over uint8 pixels; the step normalises the whole batch (train_transform.finish_batch)
+    if source is not None:
+        train_transform = source.make_train_transform(data_config, normalise_in_batch=True)
+    else:
+        train_transform = data.build_transforms(data_config, train=True, strength=config.augment, normalise_in_batch=True)
     eval_transform = data.build_transforms(data_config, train=False)
     workers = ctx.loader_workers(config.num_workers)
     if workers is None:
@@ -363,7 +367,7 @@ def _train(config: TrainConfig, ctx: distributed.DistributedContext, *, progress
                     if ctx.any(interrupted.requested):  # every process stops at the same step
                         interrupted.requested = True
                         break
-                    images = images.to(device, non_blocking=True)
+                    images = train_transform.finish_batch(images.to(device, non_blocking=True))
                     if config.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
                     labels = labels.to(device, non_blocking=True)

@@ -26,7 +26,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from retrieval import data
 from retrieval.errors import RetrievalError
@@ -40,7 +39,7 @@ VIEWS = 2
 """Views per image in a batch: a positive pair."""
 
 
-def build_view_transform(data_config: dict[str, Any], strength: float = 1.0) -> data.ImageTransform:
+def build_view_transform(data_config: dict[str, Any], strength: float = 1.0, *, normalise_in_batch: bool = False) -> data.ImageTransform:
     """The augmentation that makes one view of an image, for a backbone's ``data_config``.
 
     With s = ``strength`` (1 the usual recipe, more is stronger): random resized crop to the
@@ -48,13 +47,13 @@ def build_view_transform(data_config: dict[str, Any], strength: float = 1.0) -> 
     horizontal flip (p 0.5), rotation by up to 10·s degrees (p 0.5, border reflected), colour
     jitter (brightness / contrast / saturation 0.4 s, hue 0.1 s, p 0.8), greyscale (p 0.2 s),
     Gaussian blur (σ up to 1 + s, p 0.3 s) and Gaussian noise (σ 2-8 % of full scale, p 0.2 s);
-    then the backbone's normalisation. Stronger than the labelled recipe
+    then the backbone's normalisation (per batch with ``normalise_in_batch``, see
+    :func:`retrieval.data.finish_pipeline`). Stronger than the labelled recipe
     (:func:`retrieval.data.build_transforms`): here the augmentation is the only source of
     invariance. ``strength`` must be positive.
     """
     import albumentations as A
     import cv2
-    from albumentations.pytorch import ToTensorV2
 
     s = float(strength)
     if not s > 0:
@@ -69,11 +68,8 @@ def build_view_transform(data_config: dict[str, Any], strength: float = 1.0) -> 
         A.ToGray(p=min(1.0, 0.2 * s)),
         A.GaussianBlur(sigma_limit=(0.1, 1.0 + s), p=min(1.0, 0.3 * s)),
         A.GaussNoise(std_range=(0.02, min(0.5, 0.08 * s)), p=min(1.0, 0.2 * s)),
-        A.Normalize(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), max_pixel_value=255.0),
-        ToTensorV2(),
     ]
-    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return data.ImageTransform(A.Compose(steps, seed=seed), train=True)
+    return data.finish_pipeline(steps, data_config, train=True, normalise_in_batch=normalise_in_batch)
 
 
 def view_pairs(folder: data.ImageFolder) -> data.ImageFolder:
@@ -112,8 +108,8 @@ def prepare(config) -> ImplicitData:
     train_folder = view_pairs(train_part)
     strength = config.augment
 
-    def make_train_transform(data_config: dict) -> data.ImageTransform:
-        return build_view_transform(data_config, strength)
+    def make_train_transform(data_config: dict, *, normalise_in_batch: bool = False) -> data.ImageTransform:
+        return build_view_transform(data_config, strength, normalise_in_batch=normalise_in_batch)
 
     def make_sampler(**_: Any) -> data.PKSampler:
         return data.PKSampler(train_folder.labels, batch, VIEWS, seed=config.seed)

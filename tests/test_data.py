@@ -512,6 +512,35 @@ def test_train_transform_is_repeatable_for_a_seed():
     assert not torch.equal(first[0], first[1])
 
 
+def test_normalising_in_batch_gives_the_per_image_pipeline_pixels_from_a_quarter_of_the_bytes():
+    import pickle
+
+    pictures = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)) for i in range(3)]
+    for train in (False, True):
+        torch.manual_seed(3)
+        per_image = build_transforms(DATA_CONFIG, train=train, strength=1.5)
+        torch.manual_seed(3)
+        deferred = build_transforms(DATA_CONFIG, train=train, strength=1.5, normalise_in_batch=True)
+        assert per_image.batch_normalise is None and deferred.batch_normalise is not None
+        pixels = torch.stack([deferred(p) for p in pictures])  # same seed, same augmentation draws
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 32, 32) and pixels.is_contiguous()
+        expected = torch.stack([per_image(p) for p in pictures])
+        assert torch.allclose(deferred.finish_batch(pixels), expected, atol=1e-5)
+        assert torch.equal(per_image.finish_batch(expected), expected)  # already normalised: unchanged
+    # the formula, by hand: (x - 255 mean) / (255 std) per channel
+    normalise = deferred.batch_normalise
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2).contiguous()
+    want = [(v - 255 * m) / (255 * sd) for v, m, sd in zip((0, 128, 255), DATA_CONFIG["mean"], DATA_CONFIG["std"])]
+    assert torch.allclose(normalise(x)[:, :, 0, 0], torch.tensor([want, want]), atol=1e-6)
+    assert x.dtype == torch.uint8 and int(x[0, 1, 0, 0]) == 128  # the uint8 batch is left as it was
+    assert torch.allclose(pickle.loads(pickle.dumps(normalise))(x), normalise(x))  # crosses into loader workers
+    with pytest.raises(TypeError, match="uint8"):
+        normalise(x.float())
+    with pytest.raises(ValueError, match="channels"):
+        normalise(x[:, :2])
+    assert deferred.finish_batch(torch.empty(0)).numel() == 0  # a batch whose images were all unreadable
+
+
 # ------------------------------------------------------------------------------------------
 # Dataset, collate, loader
 # ------------------------------------------------------------------------------------------

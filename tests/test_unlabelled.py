@@ -69,6 +69,10 @@ def test_view_transform_refuses_zero_strength_and_makes_varied_views():
         views.append(transform(image))
     assert all(v.shape == (3, 32, 32) for v in views)
     assert len({round(float(v.sum()), 3) for v in views}) == 4
+    deferred = build_view_transform(data_config, 1.0, normalise_in_batch=True)  # how training builds it
+    deferred.set_random_seed(3)
+    pixels = deferred(image)
+    assert pixels.dtype == torch.uint8 and torch.allclose(deferred.finish_batch(pixels[None])[0], views[3], atol=1e-5)
     with pytest.raises(RetrievalError, match="augmentation"):
         build_view_transform(data_config, 0.0)
 
