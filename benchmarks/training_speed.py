@@ -71,7 +71,7 @@ class Limit:
         return self.batch * len(times) / sum(times)
 
 
-def loader_milliseconds(args, data_config: dict, *, normalise_in_batch: bool, batches: int = 8) -> tuple[float, float]:
+def loader_milliseconds(args, data_config: dict, *, normalise_in_batch: bool, batches: int = 18) -> tuple[float, float]:
     """(one core's ms to make a batch as a loader worker does, the training thread's ms to finish it).
 
     A worker's share: per-item seeding, augmentation from the decoded-image cache (warmed first),
@@ -89,18 +89,20 @@ def loader_milliseconds(args, data_config: dict, *, normalise_in_batch: bool, ba
     for batch in keys:  # decode into the cache
         data.collate_images([items[key] for key in batch])
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
+    worker = finish = 0.0
+    with torch.random.fork_rng(devices=[]):
+        for number, batch in enumerate(keys):
+            torch.set_num_threads(1)  # a loader worker's one thread
             started = time.perf_counter()
-            collated = [data.collate_images([items[key] for key in batch])[0] for batch in keys]
-            worker = (time.perf_counter() - started) / batches
-    finally:
-        torch.set_num_threads(threads)
-    started = time.perf_counter()
-    for images in collated:
-        transform.finish_batch(images)
-    return 1000 * worker, 1000 * (time.perf_counter() - started) / batches
+            images = data.collate_images([items[key] for key in batch])[0]
+            made = time.perf_counter()
+            torch.set_num_threads(threads)
+            transform.finish_batch(images)
+            if number >= 2:  # two warm-up batches
+                worker += made - started
+                finish += time.perf_counter() - made
+    torch.set_num_threads(threads)
+    return 1000 * worker / (batches - 2), 1000 * finish / (batches - 2)
 
 
 def main() -> None:
