@@ -60,7 +60,7 @@ def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         pytest.fail(f"Chromium is missing ({CHROMIUM}): .ci/run installs it (apt-get install chromium); "
                     "install it the same way to run the browser test")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     gallery = fake_runs.make_gallery(tmp_path / "gallery")
     run = fake_runs.make_run(tmp_path / "run", gallery)
@@ -93,6 +93,8 @@ def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
                 page.locator(f".st-key-neighbour-{K}").wait_for(timeout=WAIT_MS)
                 assert cards.count() == K
                 for i in range(K):
+                    # a card's container is attached before its text renders: wait for the text (retrying)
+                    expect(cards.nth(i)).to_contain_text("cos = ", timeout=WAIT_MS)
                     text = cards.nth(i).inner_text()
                     assert f"{i + 1}. " in text and "d = " in text and "cos = " in text, text
                 page.get_by_role("heading", name="Margin picture", exact=True).wait_for(timeout=WAIT_MS)
