@@ -26,7 +26,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-
 from retrieval import data
 from retrieval.errors import RetrievalError
 from retrieval.implicit import ImplicitData, hidden_label_split
