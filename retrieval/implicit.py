@@ -50,7 +50,8 @@ class ImplicitData:
     ``train_folder`` is what the training dataset indexes: its ``paths`` may repeat an image (its
     two views) and its ``labels`` are pseudo-labels (an image, a linked component), named by
     ``class_names``. ``make_train_transform(data_config, normalise_in_batch=...)`` gives the
-    training augmentation (an :class:`~retrieval.data.ImageTransform`) and ``make_sampler(model=..., transform=..., device=..., precision=..., embed_images=...)`` the
+    training augmentation (an :class:`~retrieval.data.ImageTransform`) and
+    ``make_sampler(model=..., transform=..., device=..., precision=..., embed_images=...)`` the
     batch sampler (a :class:`~retrieval.data.PKSampler` or one with the same interface);
     ``embed_images`` is how a sampler that looks at the model embeds images (under torchrun the
     processes share the work and all receive the same rows, so they draw the same batches).
