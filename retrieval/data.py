@@ -1090,6 +1090,8 @@ def make_loader(
         raise ValueError("shuffle is for batch_size loading; a batch_sampler decides the order itself")
     if num_workers is None:
         num_workers = default_num_workers(device)
+    if num_workers < 0:
+        raise RetrievalError(f"--workers (loader worker processes) must be 0 or more, got {num_workers}")
     options: dict[str, Any] = {
         "num_workers": num_workers,
         "collate_fn": collate_images,

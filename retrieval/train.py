@@ -124,6 +124,7 @@ class TrainConfig:
             (self.hardest_per_epoch >= 0, "--hardest must be 0 or more"),
             (self.augment >= 0, f"--augment must be 0 or more, got {self.augment}"),
             (self.cache_mb >= 0, f"--cache-mb must be 0 or more, got {self.cache_mb}"),
+            (self.num_workers is None or self.num_workers >= 0, f"--workers must be 0 or more, got {self.num_workers}"),
             (self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}"),
         ]
         for ok, message in checks:

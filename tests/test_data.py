@@ -625,6 +625,8 @@ def test_make_loader_needs_exactly_one_of_batch_sampler_or_batch_size(tmp_path):
         make_loader(dataset, batch_sampler=[[0]], batch_size=2, device="cpu")
     loader = make_loader(dataset, batch_size=4, num_workers=0, device="cpu")
     assert loader.num_workers == 0 and loader.collate_fn is collate_images
+    with pytest.raises(RetrievalError, match="--workers .* 0 or more, got -1"):  # retrieval index --workers -1
+        make_loader(dataset, batch_size=4, num_workers=-1, device="cpu")
     cpus = len(os.sched_getaffinity(0))
     assert make_loader(dataset, batch_size=4, device="cpu").num_workers == (0 if cpus < 2 else min(2, cpus))
 
