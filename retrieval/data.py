@@ -901,24 +901,16 @@ class BatchNormalise:
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"BatchNormalise takes uint8 pixels, got {images.dtype}")
         if images.shape[1] != len(self.mean):
             raise ValueError(f"BatchNormalise: {len(self.mean)} channels expected, batch has shape {tuple(images.shape)}")
-        constants = self._constants.get(images.device)
-        if constants is None:
-            shape = (1, len(self.mean), 1, 1)
-            mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(shape) * 255.0
-            std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(shape) * 255.0
-            constants = self._constants[images.device] = (mean, std)
-        mean, std = constants
+        shape = (1, len(self.mean), 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(shape) * 255.0
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(shape) * 255.0
         return images.float().sub_(mean).div_(std)
-
-    def __getstate__(self) -> dict[str, Any]:  # the per-device constants are rebuilt where they are used
-        return {"mean": self.mean, "std": self.std, "_constants": {}}
 
     def __repr__(self) -> str:
         return f"BatchNormalise(mean={self.mean}, std={self.std})"
