@@ -2,7 +2,8 @@
 
 Builds (once, cached under .benchmarks/app/) a random-init resnet18 run at 128 px and an index of
 a gallery of sample-data product photos (``retrieval.sample_data``, 150 classes x 20 = 3000
-images), then times, per query, the path the Search page runs for a new upload:
+images), then times, per query, the path the Search page (``app_pages/search.py``) runs for a
+new upload:
 
 1. decode: ``retrieval.data.load_image_bytes`` of the uploaded file;
 2. embed: the run's eval transform + model forward (``GalleryIndex.embed``);
@@ -43,7 +44,8 @@ K = 10
 
 def build(cache: Path, gallery_classes: int, images_per_class: int, rebuild: bool) -> tuple[Path, Path]:
     from retrieval.index import build_index, index_exists
-    from retrieval.models import EmbeddingModel, save_model
+    from retrieval.model import EmbeddingModel
+    from retrieval.run import save_model
     from retrieval.sample_data import generate_sample_data
 
     data_dir, run_dir = cache / "sample_data", cache / "run"

@@ -11,7 +11,7 @@ same run.
 
 Real-image part: a random-init resnet18 run (embedding 128, 128 px; the weights do not change
 the speed) embeds shop photos of ../shared/datasets/grocery/test: gallery embedding through
-``retrieval.index.embed_paths`` (files, DataLoader workers, eval transform) against the same
+``retrieval.embed.embed_readable`` (files, DataLoader workers, eval transform) against the same
 model's forward pass on preloaded tensors.
 
     python benchmarks/index.py --quick   # N = 10k only, small sweeps, 256 images: a minute or two
@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 DIM = 128
 K = 10
@@ -94,10 +93,10 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def write_gallery(path: Path, n: int, generator: ClusteredVectors, seed: int, chunk: int = 50_000) -> None:
-    from retrieval.index import _RowWriter
+    from retrieval.index.store import RowWriter
 
     rng = np.random.default_rng(seed)
-    with _RowWriter(path, n, DIM) as writer:
+    with RowWriter(path, n, DIM) as writer:
         for start in range(0, n, chunk):
             writer.write(start, generator.sample(min(chunk, n - start), rng))
 
@@ -184,7 +183,7 @@ def sweep_annoy(ann: Path, embeddings: np.ndarray, queries: np.ndarray, truth: n
     """Latency and recall@10 of GalleryIndex.search's work for an embedding: Annoy, then distances."""
     from annoy import AnnoyIndex
 
-    from retrieval.index import _row_distances
+    from retrieval.index.gallery import row_distances
 
     index = AnnoyIndex(DIM, "angular")
     index.load(str(ann))
@@ -197,7 +196,7 @@ def sweep_annoy(ann: Path, embeddings: np.ndarray, queries: np.ndarray, truth: n
         for q, v, expected in zip(queries, vectors, truth):
             c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
             ids = index.get_nns_by_vector(v, K, search_k=search_k)
-            _row_distances(embeddings, np.asarray(ids, dtype=np.int64), q)
+            row_distances(embeddings, np.asarray(ids, dtype=np.int64), q)
             times.append(time.perf_counter_ns() - t0)
             cpu_times.append(time.thread_time_ns() - c0)
             hits += len(set(ids) & set(expected.tolist()))
@@ -285,8 +284,9 @@ def real_images(settings: dict, workdir: Path) -> dict:
     import torch
 
     from retrieval.data import build_transforms, load_image, scan_folder
-    from retrieval.index import embed_paths
-    from retrieval.models import EmbeddingModel, autocast, load_model, resolve_precision, save_model
+    from retrieval.embed import embed_readable
+    from retrieval.model import EmbeddingModel, autocast, resolve_precision
+    from retrieval.run import load_model, save_model
 
     torch.manual_seed(0)
     model = EmbeddingModel("resnet18", 128).eval()
@@ -314,7 +314,7 @@ def real_images(settings: dict, workdir: Path) -> dict:
                 model(pixels[start : start + batch_size].to(device)).float().cpu()
 
     def gallery_embedding() -> None:
-        embed_paths(model, paths, transform, batch_size=batch_size, device=device, precision=precision)
+        embed_readable(model, paths, transform, batch_size=batch_size, device=device, precision=precision)
 
     timed(pure_inference)  # warm-up (kernels, allocator)
     runs = {"pure": [], "gallery": []}
@@ -452,7 +452,7 @@ def markdown(results: list[dict], real: dict | None, machine: str, command: str,
                             for n, row in sorted(chosen["at"].items()))
         lines.append(f"- Rule for the defaults: DESIGN.md's n_trees 50 and the smallest search_k with recall@10 ≥ 0.999 "
                      f"at every N (a margin over the goal): search_k {chosen['search_k']:,} ({figures}).")
-    lines.append(f"- Defaults in `retrieval/index.py`: n_trees {DEFAULT_N_TREES}, search_k {DEFAULT_SEARCH_K:,} "
+    lines.append(f"- Defaults in `retrieval/index/annoy_file.py`: n_trees {DEFAULT_N_TREES}, search_k {DEFAULT_SEARCH_K:,} "
                  "at k = 10 (scaled with k).")
     lines += ["", "Goals:", ""] + goal_lines(results, real, DEFAULT_N_TREES, DEFAULT_SEARCH_K)
     if real:
@@ -464,7 +464,7 @@ def markdown(results: list[dict], real: dict | None, machine: str, command: str,
             "| path | images / s (wall) | images / CPU s |",
             "|---|---:|---:|",
             f"| pure inference on preloaded tensors | {real['pure_ips']:.1f} | {real['pure_cpu_ips']:.1f} |",
-            f"| gallery embedding (`embed_paths`: files, DataLoader, eval transform) | {real['gallery_ips']:.1f} | {real['gallery_cpu_ips']:.1f} |",
+            f"| gallery embedding (`embed_readable`: files, DataLoader, eval transform) | {real['gallery_ips']:.1f} | {real['gallery_cpu_ips']:.1f} |",
             f"| ratio | {real['ratio']:.2f} | {real['cpu_ratio']:.2f} |",
             "",
             "Images per CPU second count this process and its loader workers: the work an image costs, "
@@ -494,7 +494,6 @@ def main() -> None:
 
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import command_line, machine_description, write_section
 
     if args.from_results:

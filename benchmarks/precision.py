@@ -2,7 +2,7 @@
 
 Measures images/s of forward + backward + AdamW step on preloaded random tensors, the four
 variants interleaved round by round so that load on the machine hits them alike. The fastest
-variant is what ``--precision auto`` should pick on this CPU (retrieval.models.resolve_precision).
+variant is what ``--precision auto`` should pick on this CPU (retrieval.model.resolve_precision).
 
     python benchmarks/precision.py [--backbone resnet18] [--image-size 128] [--batch 64] [--rounds 5]
 """
@@ -15,7 +15,7 @@ import time
 import torch
 
 from _report import command_line, machine_description, write_section
-from retrieval.models import EmbeddingModel, cpu_supports_bf16
+from retrieval.model import EmbeddingModel, cpu_supports_bf16
 
 
 def step_time(model, optimiser, images, precision: str) -> float:

@@ -26,8 +26,8 @@ import torch
 
 from _report import command_line, machine_description, write_section
 from retrieval.evaluate import evaluate_run
-from retrieval.models import resolve_device
-from retrieval.train import TrainConfig, train
+from retrieval.model import resolve_device
+from retrieval.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from _report import command_line, machine_description, write_section
-from retrieval.models import EmbeddingModel
+from retrieval.model import EmbeddingModel
 from retrieval.sample_data import generate_sample_data
 
 

@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 from _report import command_line, machine_description, write_section
-from retrieval import data, models
-from retrieval.models import EmbeddingModel
-from retrieval.train import TrainConfig, train
+from retrieval import data
+from retrieval import model as models
+from retrieval.model import EmbeddingModel
+from retrieval.training import DEFAULTS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,7 @@ class Limit:
             torch.manual_seed(0)
             self.model = EmbeddingModel(args.backbone, args.embedding_dim).to(device).train()
             self.images = torch.randn(self.batch, 3, args.image_size, args.image_size, device=device)
-        if TrainConfig.channels_last:  # the same memory format training uses
+        if DEFAULTS["channels_last"]:  # the same memory format training uses
             self.model = self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -78,14 +79,14 @@ def loader_milliseconds(args, data_config: dict, *, normalise_in_batch: bool, ba
     collation; on one thread, as in a worker. The step's share: ``finish_batch`` (normalising uint8
     pixels; nothing for per-image normalisation) on the training threads.
     """
-    from retrieval.train import _SeededItems
+    from retrieval.training.seeded_items import SeededItems
 
     folder = data.scan_folder(args.data, verify=False)
     size = args.classes_per_batch * args.images_per_class
     keys = [[(0, 1, b * size + i, (b * size + i) % len(folder)) for i in range(size)] for b in range(batches)]
     with torch.random.fork_rng(devices=[]):
         transform = data.build_transforms(data_config, train=True, normalise_in_batch=normalise_in_batch)
-    items = _SeededItems(data.ImageDataset(folder.paths, folder.labels, transform, cache_bytes=2**31))
+    items = SeededItems(data.ImageDataset(folder.paths, folder.labels, transform, cache_bytes=2**31))
     for batch in keys:  # decode into the cache
         data.collate_images([items[key] for key in batch])
     threads = torch.get_num_threads()
@@ -109,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "grocery" / "train")
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--embedding-dim", type=int, default=TrainConfig.embedding_dim)
+    parser.add_argument("--embedding-dim", type=int, default=DEFAULTS["embedding_dim"])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--classes-per-batch", type=int, default=16)
     parser.add_argument("--images-per-class", type=int, default=4)
@@ -157,7 +158,7 @@ def main() -> None:
     body = "\n".join([
         "## Training throughput against the model's own limit (benchmarks/training_speed.py)",
         "",
-        f"Machine: {machine_description(device)}, device {device}, precision {precision}, channels_last {TrainConfig.channels_last}.",
+        f"Machine: {machine_description(device)}, device {device}, precision {precision}, channels_last {DEFAULTS['channels_last']}.",
         f"Command: `{command_line()}`. {args.backbone} at {args.image_size} px, embedding {args.embedding_dim}, "
         f"P×K = {args.classes_per_batch}×{args.images_per_class}, triplet + semihard, data {args.data.name} "
         f"({steps} steps per epoch), {args.epochs} epochs a run, the first (reading and decoding into the cache) not counted.",

@@ -9,7 +9,7 @@ For each data set (``att_faces``, ``grocery`` under ``--root``) and seed, these 
 - ``unlabelled``: ``--unlabelled`` (two augmented views per image, InfoNCE); the folder's labels
   are hidden from training and only hold out the validation classes;
 - ``pairs-random`` / ``pairs-hard``: ``--pairs`` with a pair file holding ``--fraction`` (30 %) of
-  each class's same-class pairs (``benchmarks/pairs_from_labels.py``), ``--pair-negatives random``
+  each class's same-class pairs (``tools/pairs_from_labels.py``), ``--pair-negatives random``
   or ``hard``;
 - ``sparse-pairs-random`` / ``sparse-pairs-hard``: the same with a sparse pair file
   (``--sparse-fraction``), where the links leave each class in many pieces, so that unlinked
@@ -37,9 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from _report import machine_description, write_section  # noqa: E402
+from _report import machine_description, write_section
 
 METHODS = ("untrained", "unlabelled", "pairs-random", "pairs-hard", "supervised", "sparse-pairs-random", "sparse-pairs-hard")
 REQUIRED = ("untrained", "unlabelled", "pairs-random", "pairs-hard", "supervised")
@@ -50,9 +48,8 @@ def run_job(job: dict) -> dict:
     """Train one (dataset, method, seed) and evaluate it on the data set's test classes."""
     import torch
 
-    from pairs_from_labels import link_summary, pairs_from_labels
     from retrieval.evaluate import evaluate_run
-    from retrieval.train import TrainConfig, train
+    from retrieval.training import TrainConfig, train
 
     torch.set_num_threads(max(1, int(job.get("threads", 2))))
     root = Path(job["root"]) / job["dataset"]
@@ -73,11 +70,10 @@ def run_job(job: dict) -> dict:
         settings.update(unlabelled=True, loss="infonce")
     elif "pairs" in method:
         fraction = job["sparse_fraction"][job["dataset"]] if method.startswith("sparse") else job["fraction"]
-        rows = pairs_from_labels(root / "train", fraction, job["seed"])
         pairs = work / "pairs.csv"
-        pairs.write_text("image_a,image_b\n" + "".join(f"{a},{b}\n" for a, b in rows))
+        links = _pairs_from_labels(root / "train", fraction, job["seed"], pairs)
         settings.update(pairs=pairs, pair_negatives=method.rsplit("-", 1)[1])
-        extra = {"fraction": fraction, "links": link_summary(root / "train", rows)}
+        extra = {"fraction": fraction, "links": links}
     started = time.perf_counter()
     result = train(TrainConfig(**settings), progress=False)
     seconds = time.perf_counter() - started
@@ -94,6 +90,14 @@ def run_job(job: dict) -> dict:
     }
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _pairs_from_labels(data_dir: Path, fraction: float, seed: int, out: Path) -> dict:
+    """Write the pair file with ``tools/pairs_from_labels.py``; returns how its pairs link the images."""
+    tool = Path(__file__).resolve().parent.parent / "tools" / "pairs_from_labels.py"
+    command = [sys.executable, str(tool), str(data_dir), "--fraction", repr(fraction), "--seed", str(seed), "--out", str(out)]
+    written = json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
+    return {key: value for key, value in written.items() if key not in ("out", "fraction", "seed")}
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -164,7 +168,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         f"loss `{args.loss}` (τ = {args.temperature:g}; `--unlabelled` always InfoNCE), epochs: att_faces {args.epochs_faces}, "
         f"grocery {args.epochs_grocery}; 20 % of the training classes held out to pick the best epoch. "
         "Labels of `train/` are hidden from the unlabelled and pair runs (pairs are drawn from them by "
-        "`benchmarks/pairs_from_labels.py`). Scores: `retrieval evaluate RUN DATA/test` (leave-one-out on classes never "
+        "`tools/pairs_from_labels.py`). Scores: `retrieval evaluate RUN DATA/test` (leave-one-out on classes never "
         "seen in training: att_faces 10 subjects / 100 images, grocery 40 products / 2640 photos), mean ± sd over seeds.",
         "",
         *([args.note, ""] if args.note else []),

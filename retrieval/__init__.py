@@ -1,7 +1,7 @@
 """Metric-learning image retrieval.
 
 Train a timm embedding model on a labelled folder with a contrastive objective and online
-mining (``retrieval.train``), index a gallery with Annoy (``retrieval.index``), search and
+mining (``retrieval.training``), index a gallery with Annoy (``retrieval.index``), search and
 evaluate it (``retrieval.evaluate``), and see what the model learned (``streamlit_app.py``).
 The run directory (DESIGN.md) is the contract between these parts.
 """

@@ -23,10 +23,6 @@ app = typer.Typer(
 )
 
 
-def _not_built_yet(what: str, issue: int) -> None:
-    raise RetrievalError(f"`retrieval {what}` is not built yet (issue #{issue})")
-
-
 @app.command("sample-data")
 def sample_data_command(
     out_dir: Path = typer.Argument(..., help="Where to write train/, test/ and catalog/ (e.g. sample_data/products)."),
@@ -69,54 +65,59 @@ def sample_data_command(
     typer.echo(f"next: retrieval train {out_dir / 'train'} --out models/demo --image-size {image_size}")
 
 
+def _default(value) -> str:
+    """An option's default for its help text, as typer shows one (the brackets escaped from rich markup).
+    For ``train``, TrainConfig.resolve() applies the defaults; tests check that the two agree."""
+    return f"\\[default: {value}]"
+
+
 @app.command("train")
 def train_command(
     data_dir: Path = typer.Argument(..., help="Labelled folder: DATA_DIR/<class>/<image> (with --unlabelled or --pairs also a flat folder of images)."),
     out: Path = typer.Option(..., "--out", help="Run directory to write (models/NAME)."),
-    backbone: str = typer.Option("resnet18", help="A timm model name."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Start from the backbone's pretrained weights (downloads them)."),
+    # Every option is None unless typed: TrainConfig.resolve() fills the defaults (one place, shown here as "[default: ...]").
+    backbone: Optional[str] = typer.Option(None, help=f"A timm model name. {_default('resnet18')}"),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from the backbone's pretrained weights (downloads them)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors backbone weights (offline machines)."),
-    embedding_dim: int = typer.Option(128, help="Embedding size D."),
-    image_size: int = typer.Option(128, help="Square input size in pixels."),
-    loss: Optional[str] = typer.Option(None, help="triplet | contrastive | lifted | npair | nce | infonce (default: triplet; infonce with --unlabelled)."),
-    miner: Optional[str] = typer.Option(None, help="Triplet miner all | hard | semihard | easy | batch-hard | batch-semihard, pair miner pair-all | pair-active | pair-hard | pair-batch-hard, or none (default: semihard for triplet, none otherwise)."),
-    margin: float = typer.Option(0.2, help="Margin ε in distance units (0 to 2), for triplet, contrastive, lifted and the miners."),
-    temperature: float = typer.Option(0.1, help="Temperature τ for nce and infonce."),
-    epochs: int = typer.Option(10, help="Epochs; 0 writes the untrained model (a baseline)."),
-    classes_per_batch: int = typer.Option(16, "--classes-per-batch", "-P", help="P: classes per batch."),
-    images_per_class: int = typer.Option(4, "--images-per-class", "-K", help="K: images per class in a batch."),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule); the backbone gets a tenth when pretrained."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of classes held out for validation."),
-    seed: int = typer.Option(0, help="Seed for the split, the sampler, augmentation and initialisation."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU or GPU supports it)."),
+    embedding_dim: Optional[int] = typer.Option(None, help=f"Embedding size D. {_default(128)}"),
+    image_size: Optional[int] = typer.Option(None, help=f"Square input size in pixels. {_default(128)}"),
+    loss: Optional[str] = typer.Option(None, help=f"triplet | contrastive | lifted | npair | nce | infonce. {_default('triplet; infonce with --unlabelled')}"),
+    miner: Optional[str] = typer.Option(None, help=f"Triplet miner all | hard | semihard | easy | batch-hard | batch-semihard, pair miner pair-all | pair-active | pair-hard | pair-batch-hard, or none. {_default('semihard for triplet, none otherwise')}"),
+    margin: Optional[float] = typer.Option(None, help=f"Margin ε in distance units (0 to 2), for triplet, contrastive, lifted and the miners. {_default(0.2)}"),
+    temperature: Optional[float] = typer.Option(None, help=f"Temperature τ for nce and infonce. {_default(0.1)}"),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs; 0 writes the untrained model (a baseline). {_default(10)}"),
+    classes_per_batch: Optional[int] = typer.Option(None, "--classes-per-batch", "-P", help=f"P: classes per batch. {_default(16)}"),
+    images_per_class: Optional[int] = typer.Option(None, "--images-per-class", "-K", help=f"K: images per class in a batch. {_default(4)}"),
+    lr: Optional[float] = typer.Option(None, help=f"AdamW learning rate (cosine schedule); the backbone gets a tenth when pretrained. {_default(0.001)}"),
+    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of classes held out for validation. {_default(0.2)}"),
+    seed: Optional[int] = typer.Option(None, help=f"Seed for the split, the sampler, augmentation and initialisation. {_default(0)}"),
+    device: Optional[str] = typer.Option(None, help=f"auto | cpu | cuda. {_default('auto')}"),
+    precision: Optional[str] = typer.Option(None, help=f"auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU or GPU supports it). {_default('auto')}"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader worker processes (default: chosen for this machine)."),
-    cache_mb: float = typer.Option(1024.0, "--cache-mb", help="MiB of decoded training images kept in memory (split between loader workers), so later epochs skip decoding; 0 turns it off."),
-    augment: float = typer.Option(1.0, help="Augmentation strength (0 = none)."),
+    cache_mb: Optional[float] = typer.Option(None, "--cache-mb", help=f"MiB of decoded training images kept in memory (split between loader workers), so later epochs skip decoding; 0 turns it off. {_default(1024.0)}"),
+    augment: Optional[float] = typer.Option(None, help=f"Augmentation strength (0 = none). {_default(1.0)}"),
     class_groups: Optional[Path] = typer.Option(None, "--class-groups", help="CSV mapping class -> group (e.g. grocery classes.csv)."),
     groups_per_batch: Optional[int] = typer.Option(None, help="Draw each batch's classes from this many groups."),
-    negatives: str = typer.Option("all", help="all | same-group | prefer-same-group: which classes count as negatives (groups from --class-groups)."),
+    negatives: Optional[str] = typer.Option(None, help=f"all | same-group | prefer-same-group: which classes count as negatives (groups from --class-groups). {_default('all')}"),
     never_negative: Optional[Path] = typer.Option(None, "--never-negative", help="CSV of class pairs that are never negatives."),
-    hardest: int = typer.Option(50, help="Hardest triplets logged per epoch in mining/."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun: BatchNorm uses the statistics of the whole batch across processes (SyncBatchNorm, CUDA only); else each process normalises its own share."),
-    dist_timeout: float = typer.Option(300.0, "--dist-timeout", help="Under torchrun: seconds to wait for the other processes before the run stops with an error."),
+    hardest: Optional[int] = typer.Option(None, help=f"Hardest triplets logged per epoch in mining/. {_default(50)}"),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue the run in --out from its last checkpoint."),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn", help="Under torchrun: BatchNorm uses the statistics of the whole batch across processes (SyncBatchNorm, CUDA only); else each process normalises its own share."),
+    dist_timeout: Optional[float] = typer.Option(None, "--dist-timeout", help=f"Under torchrun: seconds to wait for the other processes before the run stops with an error. {_default(300.0)}"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    unlabelled: bool = typer.Option(False, "--unlabelled", help="Self-supervised: two augmented views of each image are its positive pair, the batch's other images its negatives; class folders, if any, only hold out validation classes."),
+    unlabelled: Optional[bool] = typer.Option(None, "--unlabelled", help="Self-supervised: two augmented views of each image are its positive pair, the batch's other images its negatives; class folders, if any, only hold out validation classes."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="With --unlabelled: distinct images per batch (default P*K/2; each gives two views)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image pairs known to match (paths relative to DATA_DIR): linked images are positives; unpaired is unknown, not negative."),
-    pair_negatives: str = typer.Option("random", "--pair-negatives", help="With --pairs: random (batches of random linked groups) | hard (batches of each other's nearest not-linked groups, re-found every epoch)."),
+    pair_negatives: Optional[str] = typer.Option(None, "--pair-negatives", help=f"With --pairs: random (batches of random linked groups) | hard (batches of each other's nearest not-linked groups, re-found every epoch). {_default('random')}"),
     pair_groups: Optional[Path] = typer.Option(None, "--pair-groups", help="With --pairs: CSV image,group; images of one group are never each other's negatives."),
 ) -> None:
     """Train an embedding model on a labelled folder (or, with --unlabelled / --pairs, without negative labels); writes the run directory."""
-    import logging
-
-    from retrieval.train import TrainConfig, train
+    from retrieval.training import TrainConfig, train
 
     _log_warnings()
     config = TrainConfig(
         data_dir=data_dir, out=out, backbone=backbone, pretrained=pretrained, weights=weights,
-        embedding_dim=embedding_dim, image_size=image_size, loss=loss or ("infonce" if unlabelled else "triplet"), miner=miner, margin=margin,
+        embedding_dim=embedding_dim, image_size=image_size, loss=loss, miner=miner, margin=margin,
         temperature=temperature, epochs=epochs, classes_per_batch=classes_per_batch,
         images_per_class=images_per_class, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
         precision=precision, num_workers=workers, cache_mb=cache_mb, augment=augment, class_groups=class_groups,
@@ -192,8 +193,65 @@ def evaluate_command(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if isinstance(value, dict):  # tar_at_far: one row a FAR
+            for far, tar in value.items():
+                table.add_row(f"tar_at_far {far}", _fmt(tar))
+        else:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value)))
     Console().print(table)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    data_dir: Path = typer.Argument(..., help="Labelled folder of classes the model did not train on."),
+    target_far: float = typer.Option(0.01, "--target-far", help="False accepts allowed: the share of different-class pairs with d <= threshold."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Choose the run's same / different threshold on every pair of DATA_DIR at --target-far and store it in config.json."""
+    import json
+
+    from retrieval.evaluate import calibrate_run
+
+    _log_warnings()
+    stored = calibrate_run(run_dir, data_dir, target_far=target_far, device=device)
+    if json_output:
+        typer.echo(json.dumps(stored))
+        return
+    typer.echo(
+        f"threshold {stored['threshold']:.4f} at FAR {stored['far']:.4f} (target {target_far:g}), TAR {stored['tar']:.4f}, "
+        f"EER {stored['eer']:.4f} on {stored['n_positive_pairs']} same-class and {stored['n_negative_pairs']} "
+        f"different-class pairs; written to {Path(run_dir) / 'config.json'}"
+    )
+
+
+@app.command("verify")
+def verify_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    image_a: Path = typer.Argument(..., help="The first image."),
+    image_b: Path = typer.Argument(..., help="The second image."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far"}.'),
+) -> None:
+    """Same identity / product or not: the distance of two images against the run's threshold."""
+    import json
+
+    from retrieval.evaluate import verify_images
+
+    _log_warnings()
+    result = verify_images(run_dir, image_a, image_b, device=device)
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    if result["threshold"] is None:
+        typer.echo(f"d = {result['distance']:.4f}; no threshold is set for this run, so no verdict "
+                   f"(set one with `retrieval calibrate {run_dir} DATA_DIR`)")
+        return
+    verdict = "same" if result["same"] else "different"
+    sign = "<=" if result["same"] else ">"
+    typer.echo(f"{verdict}: d = {result['distance']:.4f} {sign} threshold {result['threshold']:.4f} "
+               f"(chosen at FAR {result['target_far']:g}; {result['far']:.4f} on its pairs)")
 
 
 @app.command("index")
@@ -276,7 +334,7 @@ def search_command(
     exact: bool = typer.Option(False, "--exact", help="Brute force over the stored embeddings (the reference) instead of Annoy."),
     search_k: Optional[int] = typer.Option(None, "--search-k", help="Annoy nodes to inspect (default: tuned for recall@10 >= 0.99)."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto, for embedding the query."),
-    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"neighbours": [{"path", "label", "distance", "similarity"}, ...]}.'),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"neighbours": [{"path", "label", "distance", "similarity", "match"}, ...], "verdict": {"match", "label", "distance", "threshold"}}.'),
 ) -> None:
     """Search the run's gallery index for the neighbours of IMAGE (distance = training's Euclidean distance)."""
     import json
@@ -288,8 +346,9 @@ def search_command(
     query = load_image(image)
     gallery = GalleryIndex.load(run_dir, device=device)
     neighbours = gallery.search(query, k, exact=exact, search_k=search_k)
+    verdict = gallery.verdict(neighbours)
     if json_output:
-        typer.echo(json.dumps({"neighbours": [n.to_json() for n in neighbours]}))
+        typer.echo(json.dumps({"neighbours": [n.to_json() for n in neighbours], "verdict": verdict.to_json()}))
         return
     from rich.console import Console
     from rich.table import Table
@@ -300,12 +359,18 @@ def search_command(
         title=f"{len(neighbours)} nearest to {image} ({method})",
         caption=f"paths relative to {gallery.roots[0]}" if one_root else None,
     )
-    for column, justify in (("#", "right"), ("path", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")):
+    columns = [("#", "right"), ("path", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")]
+    if gallery.threshold is not None:
+        columns.append(("match", "left"))
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for rank, n in enumerate(neighbours, 1):
         shown = gallery.relative_paths[n.item] if one_root else n.path
-        table.add_row(str(rank), shown, "-" if n.label is None else n.label, f"{n.distance:.4f}", f"{n.similarity:.4f}")
+        cells = [str(rank), shown, "-" if n.label is None else n.label, f"{n.distance:.4f}", f"{n.similarity:.4f}"]
+        table.add_row(*cells, *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
     Console().print(table)
+    target = gallery.threshold.target_far if gallery.threshold is not None else None
+    typer.echo(verdict.describe(target))
 
 
 @app.command("mining")
@@ -318,8 +383,8 @@ def mining_command(
     """Show the hardest negatives that training mined: anchor, positive, negative, d_ap, d_an, margin violation."""
     import json
 
-    from retrieval.models import read_config
-    from retrieval.runs import mining_epochs, read_mining_log
+    from retrieval.run import read_config
+    from retrieval.run import mining_epochs, read_mining_log
 
     if top < 1:
         raise RetrievalError(f"--top must be at least 1, got {top}")
@@ -359,7 +424,7 @@ def app_command(
     import os
 
     import retrieval
-    from retrieval.models import read_config
+    from retrieval.run import read_config
 
     if not 1 <= port <= 65535:
         raise RetrievalError(f"--port must be between 1 and 65535, got {port}")

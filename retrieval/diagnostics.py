@@ -360,6 +360,6 @@ def distance_summary(val: Mapping[str, Any], margin: float) -> dict[str, Any]:
 
 def read_mining_logs(run_dir: str | Path) -> dict[int, list[dict[str, Any]]]:
     """Every epoch's mining log of a run, ``{epoch: rows}`` (empty when the run has none)."""
-    from retrieval.runs import mining_epochs, read_mining_log
+    from retrieval.run import mining_epochs, read_mining_log
 
     return {epoch: read_mining_log(run_dir, epoch) for epoch in mining_epochs(run_dir)}

@@ -8,7 +8,7 @@ Launched without torchrun, everything here is a no-op and training is the single
 How a distributed run equals one process on the same global batch:
 
 - **Data.** Every process builds the same P×K sampler with the same seed, so all see the same
-  global batch; process r loads ``batch[r::N]`` (``train._KeyedBatches`` with ``shard``), with the
+  global batch; process r loads ``batch[r::N]`` (``training.seeded_items.KeyedBatches`` with ``shard``), with the
   per-item seeded augmentation of the global position, so its pixels are those one process sees.
 - **Mining and losses see the global batch.** :meth:`DistributedContext.gather_batch` all-gathers
   the embeddings, labels and dataset indices and puts them back in the sampler's order; every
@@ -27,8 +27,8 @@ How a distributed run equals one process on the same global batch:
   every step, so the saved model carries rank 0's.
 
 Only rank 0 writes (run directory, logs, checkpoints, the index); validation and gallery
-embedding are sharded (:meth:`DistributedContext.embed_paths`: each process embeds every N-th
-batch, rank 0 receives the rows in order). Collectives time out after ``timeout_s``
+embedding are sharded (:func:`retrieval.embed.embedding_batches`: each process embeds every N-th
+batch, and all receive the rows in order, :meth:`DistributedContext.gather_rows`). Collectives time out after ``timeout_s``
 (``--dist-timeout``); a failed or timed-out collective (another process died or hangs) becomes a
 one-line :class:`~retrieval.errors.RetrievalError` naming the rank, instead of a hang.
 """
@@ -38,21 +38,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import math
 import os
 import re
-import socket
-import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from retrieval.errors import RetrievalError
+from retrieval.model import resolve_device
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -61,7 +56,6 @@ __all__ = [
     "is_main_process",
     "launched_by_torchrun",
     "process_group",
-    "run_local_processes",
 ]
 
 log = logging.getLogger("retrieval")
@@ -190,81 +184,17 @@ class DistributedContext:
 
     # -- embedding (validation, gallery index) -------------------------------------------------
 
-    def embed_paths(
-        self,
-        model: torch.nn.Module,
-        paths: Sequence[Path],
-        transform: Callable,
-        *,
-        out: Any = None,
-        batch_size: int = 64,
-        device: str | torch.device | None = None,
-        num_workers: int | None = None,
-        precision: str = "auto",
-        on_progress: Callable[[int, int], None] | None = None,
-        collect: bool = True,
-    ) -> tuple[Any, list[int]]:
-        """:func:`retrieval.models.embed_paths` shared among the processes: batch b (of
-        ``batch_size`` consecutive paths) is embedded by process b mod N, and every process
-        receives the rows in path order, so ``out`` and ``kept`` are what one process would write.
-        ``collect=False`` (a process that only helps) embeds its batches and keeps no rows;
-        it then returns ``(None, kept)``."""
-        from retrieval.models import embed_paths
-
+    def gather_rows(self, rows: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every process's (rows, ids) block concatenated in rank order, on every process (ids on
+        the CPU); unchanged for a single process. :func:`retrieval.embed.embedding_batches` shares
+        batches among the processes with it."""
         if not self.enabled:
-            return embed_paths(model, paths, transform, out=out, batch_size=batch_size, device=device,
-                               num_workers=num_workers, precision=precision, on_progress=on_progress)
-        from retrieval.data import ImageDataset, make_loader
-        from retrieval.models import autocast
-
-        device = torch.device(device) if device is not None else self.device
-        model.eval()
-        dim = int(model.embedding_dim)
-        n = len(paths)
-        if collect and out is None:
-            out = np.empty((n, dim), dtype=np.float32)
-        n_batches = math.ceil(n / batch_size)
-        mine = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in range(self.rank, n_batches, self.world_size)]
-        kept: list[int] = []
-        if mine:
-            dataset = ImageDataset(list(paths), None, transform)
-            batches = iter(make_loader(dataset, batch_sampler=mine, num_workers=num_workers, device=device))
-        for first in range(0, n_batches, self.world_size):
-            rows = torch.zeros(0, dim, device=self.device)
-            ids = torch.zeros(0, dtype=torch.long, device=self.device)
-            if first + self.rank < n_batches:
-                pixels, _labels, batch_ids = next(batches)
-                if len(batch_ids):
-                    with torch.inference_mode(), autocast(device, precision):
-                        rows = model(pixels.to(device, non_blocking=True)).float()
-                    rows, ids = rows.clone().to(self.device), batch_ids.to(self.device)
-            with torch.no_grad():
-                sizes = self._sizes(len(ids))
-                all_rows = _gather_rows(rows, sizes).cpu().numpy()
-                all_ids = _gather_rows(ids, sizes).cpu().tolist()
-            if collect and all_ids:
-                out[len(kept) : len(kept) + len(all_ids)] = all_rows
-            kept.extend(int(i) for i in all_ids)
-            if on_progress is not None:
-                on_progress(min(n, (first + self.world_size) * batch_size), n)
-        if on_progress is not None:
-            on_progress(n, n)
-        return (out[: len(kept)] if collect else None), kept
-
-    def embed_images(self, model, paths: Sequence[Path], transform, *, batch_size: int = 64,
-                     device: str | torch.device | None = None, precision: str = "fp32") -> np.ndarray:
-        """:func:`retrieval.models.embed_images` for image files, shared among the processes;
-        every process gets all (N, D) rows. RetrievalError naming the first unreadable image."""
-        if not self.enabled:
-            from retrieval.models import embed_images
-
-            return embed_images(model, paths, transform, batch_size=batch_size, device=device, precision=precision)
-        rows, kept = self.embed_paths(model, paths, transform, batch_size=batch_size, device=device,
-                                      num_workers=0, precision=precision)
-        if len(kept) != len(paths):
-            missing = sorted(set(range(len(paths))) - set(kept))
-            raise RetrievalError(f"cannot read image {paths[missing[0]]}")
-        return rows
+            return rows, ids
+        with torch.no_grad():
+            sizes = self._sizes(len(ids))
+            all_rows = _gather_rows(rows.to(self.device), sizes)
+            all_ids = _gather_rows(torch.as_tensor(ids).to(self.device), sizes)
+        return all_rows, all_ids.cpu()
 
 
 # ----------------------------------------------------------------------------- joining the group
@@ -281,8 +211,6 @@ def process_group(device: str | torch.device = "auto", timeout_s: float = DEFAUL
     ``retrieval`` logger are shown by rank 0 only. A collective that fails or times out inside
     the block (another process died or hangs) is raised as a one-line RetrievalError.
     """
-    from retrieval.models import resolve_device
-
     if not launched_by_torchrun() and not torch.distributed.is_initialized():
         yield DistributedContext(device=resolve_device(device) if isinstance(device, str) else torch.device(device))
         return
@@ -341,8 +269,6 @@ def process_group(device: str | torch.device = "auto", timeout_s: float = DEFAUL
 
 def _process_device(device: str | torch.device, local_rank: int, local_world_size: int) -> torch.device:
     """The device of this process: ``auto`` / ``cuda`` become ``cuda:LOCAL_RANK``."""
-    from retrieval.models import resolve_device
-
     resolved = resolve_device(device) if isinstance(device, str) else torch.device(device)
     if resolved.type != "cuda":
         return resolved
@@ -442,67 +368,3 @@ def _strided_order(sizes: Sequence[int], world_size: int) -> torch.Tensor | None
         return None
     positions = torch.cat([torch.arange(rank, total, world_size) for rank in range(world_size)])
     return torch.argsort(positions)
-
-
-# ----------------------------------------------------------------------------- local processes (checks, tests)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for MASTER_PORT or a local server)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
-    """The variables torchrun sets for process ``rank`` of ``world_size`` on one host."""
-    return {
-        "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-    }
-
-
-def run_local_processes(
-    target: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 120.0,
-    environment: dict[str, str] | None = None, threads: int | None = None,
-) -> list[int | None]:
-    """Run ``target(rank, *args)`` in ``world_size`` spawned processes with the environment
-    torchrun would give them (plus ``environment``; ``threads`` sets torch's thread count), as
-    ``tests/`` and ``benchmarks/ddp_check.py`` do without torchrun. ``target`` must be importable
-    by name (a module-level function). Returns the exit codes; a process still running after
-    ``timeout`` seconds is killed and reported as ``None``. A target that raises prints its
-    traceback and exits non-zero."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    port = free_port()
-    processes = [
-        context.Process(target=_run_as_rank, args=(rank, world_size, port, dict(environment or {}), threads, target, args))
-        for rank in range(world_size)
-    ]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-    codes: list[int | None] = []
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join()
-            codes.append(None)
-        else:
-            codes.append(process.exitcode)
-    return codes
-
-
-def _run_as_rank(rank: int, world_size: int, port: int, environment: dict[str, str], threads: int | None,
-                 target: Callable[..., Any], args: tuple) -> None:
-    os.environ.update({**torchrun_environment(rank, world_size, port), **environment})
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        target(rank, *args)
-    except BaseException:
-        traceback.print_exc()
-        raise

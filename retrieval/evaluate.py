@@ -16,8 +16,10 @@ query itself is never its own neighbour). With a gallery, queries and gallery ar
 (cross-set, e.g. shop photos against catalogue images). A query with R = 0 (no same-class item to
 find) has no defined MAP@R and is left out of every metric; ``n_skipped_queries`` counts them.
 
-Public names: :func:`retrieval_metrics` (embeddings in, metrics out) and :func:`evaluate_run`
-(a run directory and image folders in, metrics out).
+Public names: :func:`retrieval_metrics` (embeddings in, metrics out), :func:`evaluate_run`
+(a run directory and image folders in, metrics out, verification included: EER, TAR at FAR and the
+rates at the run's threshold, :mod:`retrieval.verification`) and :func:`calibrate_run` (choose and
+store the run's threshold τ from a labelled folder).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from retrieval.errors import RetrievalError
 
-__all__ = ["retrieval_metrics", "evaluate_run", "PRECISION_K", "METRIC_KEYS"]
+__all__ = ["retrieval_metrics", "evaluate_run", "calibrate_run", "verify_images", "PRECISION_K", "METRIC_KEYS"]
 
 logger = logging.getLogger("retrieval")
 
@@ -83,19 +85,9 @@ def retrieval_metrics(
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
 
-    queries = _unit_rows(query_embeddings)
-    q_labels = _label_array(query_labels, len(queries), "query")
-    if leave_one_out:
-        gallery, g_labels = queries, q_labels
-    else:
-        gallery = _unit_rows(gallery_embeddings)
-        g_labels = _label_array(gallery_labels, len(gallery), "gallery")
-        if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"query and gallery embeddings differ in dimension: "
-                f"{queries.shape[1]} vs {gallery.shape[1]}"
-            )
-
+    queries, q_labels, gallery, g_labels = _query_and_gallery_sets(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
     n_relevant = _same_class_counts(q_labels, g_labels) - int(leave_one_out)
     counted = n_relevant > 0
     n_queries = int(counted.sum())
@@ -105,38 +97,13 @@ def retrieval_metrics(
             "no query has a same-class item in the gallery: nothing to evaluate "
             "(each class needs at least two images for leave-one-out)"
         )
-
-    n_candidates = len(gallery) - int(leave_one_out)
-    max_k = max(ks[-1], PRECISION_K)
     if chunk_size is None:
         chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // max(1, len(gallery))))
 
-    hits = {k: 0.0 for k in ks}
-    precision_sum = 0.0
-    map_sum = 0.0
-    query_ids = np.flatnonzero(counted)
-    g_labels_t = torch.from_numpy(g_labels)
-    for start in range(0, len(query_ids), chunk_size):
-        rows = torch.from_numpy(query_ids[start : start + chunk_size])
-        r = torch.from_numpy(n_relevant[rows.numpy()])
-        similarity = queries[rows] @ gallery.T
-        if leave_one_out:
-            similarity[torch.arange(len(rows)), rows] = -torch.inf
-        depth = min(n_candidates, max(max_k, int(r.max())))
-        ranked = torch.topk(similarity, depth, dim=1, largest=True, sorted=True).indices
-        relevant = g_labels_t[ranked] == torch.from_numpy(q_labels[rows.numpy()])[:, None]
-
-        for k in ks:
-            hits[k] += relevant[:, :k].any(dim=1).sum().item()
-        # Musgrave et al. divide by K even where fewer than K items exist; so do we.
-        precision_sum += relevant[:, :PRECISION_K].sum().item() / PRECISION_K
-
-        ranks = torch.arange(1, depth + 1, dtype=torch.float64)
-        within_r = ranks[None, :] <= r[:, None]
-        rel = relevant & within_r
-        precision_at_i = rel.cumsum(dim=1) / ranks[None, :]
-        map_sum += ((precision_at_i * rel).sum(dim=1) / r.double()).sum().item()
-
+    hits, precision_sum, map_sum = _sum_over_queries(
+        queries, q_labels, gallery, g_labels, np.flatnonzero(counted), n_relevant,
+        ks=ks, chunk_size=chunk_size, leave_one_out=leave_one_out,
+    )
     metrics: dict[str, float | int] = {f"recall_at_{k}": hits[k] / n_queries for k in ks}
     metrics["precision_at_10"] = precision_sum / n_queries
     metrics["map_at_r"] = map_sum / n_queries
@@ -156,18 +123,95 @@ def evaluate_run(
     num_workers: int | None = None,
     precision: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, float | int]:
+) -> dict[str, Any]:
     """Embed labelled folders with a run's model and eval transform, and compute the metrics.
 
     Give ``data_dir`` for leave-one-out over one labelled folder, or ``query_dir`` and
     ``gallery_dir`` for one set against another; classes are matched by folder name across the
     two sets. Unreadable images are skipped with a warning. ``precision`` is the forward pass's
-    (``retrieval.models.autocast``). ``on_progress(done, total)`` is called as images are embedded
+    (``retrieval.model.autocast``). ``on_progress(done, total)`` is called as images are embedded
     (both sets counted together).
+
+    Besides the ranking metrics: verification on the same pairs (every pair of ``data_dir``, or
+    every query × gallery pair; :mod:`retrieval.verification`): ``eer``, ``tar_at_far``,
+    ``n_positive_pairs``, ``n_negative_pairs``, and ``far_at_threshold`` / ``frr_at_threshold``
+    at the run's threshold τ (None when the run has none).
     """
+    from retrieval.verification import pair_distances, rates_at, summarise
+
+    config, sets = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
+                                        device=device, num_workers=num_workers, precision=precision, on_progress=on_progress)
+    metrics: dict[str, Any] = dict(retrieval_metrics(*sets[0], *(sets[1] if len(sets) > 1 else (None, None))))
+    pairs = pair_distances(*sets[0], *(sets[1] if len(sets) > 1 else (None, None)))
+    metrics.update(summarise(pairs, target_far=None).metrics())
+    threshold = config.threshold
+    far = frr = None
+    if threshold is not None and pairs.n_positive and pairs.n_negative:
+        far, frr = rates_at(threshold.threshold, pairs.positive, pairs.negative)
+    metrics.update(threshold=None if threshold is None else threshold.threshold, far_at_threshold=far, frr_at_threshold=frr)
+    return metrics
+
+
+def calibrate_run(
+    run_dir: Path | str,
+    data_dir: Path | str,
+    *,
+    target_far: float = 0.01,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int | None = None,
+    precision: str = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Choose the run's threshold τ on every pair of a labelled folder at ``target_far`` and store it
+    in ``config.json`` (``"verification"``); returns what was stored. The folder's classes should be
+    ones the model did not train on, or τ will be optimistic."""
+    from retrieval.verification import pair_distances, summarise
+
+    if not 0 < target_far < 1:
+        raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
+    config, sets = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
+                                        num_workers=num_workers, precision=precision, on_progress=on_progress)
+    pairs = pair_distances(*sets[0])
+    if not pairs.n_positive or not pairs.n_negative:
+        raise RetrievalError(f"{data_dir}: calibration needs two or more classes, one with two or more images")
+    summary = summarise(pairs, target_far=target_far)
+    verification = {**summary.threshold.to_json(), "eer": summary.eer,
+                    "pairs": f"every pair of {Path(data_dir).resolve()} (retrieval calibrate)"}
+    config.updated(verification=verification).write(run_dir)
+    return verification
+
+
+def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str, *, device: str = "cpu",
+                  precision: str = "auto") -> dict[str, Any]:
+    """Are two images the same identity / product? ``{"distance", "threshold", "same", "far", "target_far"}``:
+    d between their unit embeddings, the run's τ, d ≤ τ, and the FAR τ had on its pairs (the last
+    four None when the run has no threshold: no verdict without one)."""
+    from retrieval.data import build_transforms, load_image
+    from retrieval.embed import embed_images
+    from retrieval.model import resolve_device
+    from retrieval.run import load_model
+
+    images = [load_image(Path(image_a)), load_image(Path(image_b))]
+    torch_device = resolve_device(device)
+    model, config = load_model(run_dir, device=torch_device)
+    rows = embed_images(model, images, build_transforms(config.data_config, train=False), device=torch_device, precision=precision)
+    distance = float(np.linalg.norm(rows[0] - rows[1]))
+    threshold = config.threshold
+    if threshold is None:
+        return {"distance": distance, "threshold": None, "same": None, "far": None, "target_far": None}
+    return {"distance": distance, "threshold": threshold.threshold, "same": distance <= threshold.threshold,
+            "far": threshold.far, "target_far": threshold.target_far}
+
+
+def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
+                         on_progress) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+    """The run's config and [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
+    labels numbered by class name across the sets."""
     from retrieval.data import build_transforms, scan_folder
-    from retrieval.index import embed_paths
-    from retrieval.models import load_model, resolve_device
+    from retrieval.embed import embed_readable
+    from retrieval.model import resolve_device
+    from retrieval.run import load_model
 
     cross_set = query_dir is not None or gallery_dir is not None
     if cross_set and data_dir is not None:
@@ -179,7 +223,7 @@ def evaluate_run(
 
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
-    transform = build_transforms(config["data_config"], train=False)
+    transform = build_transforms(config.data_config, train=False)
 
     folders = [scan_folder(Path(d), labelled=True) for d in
                ((query_dir, gallery_dir) if cross_set else (data_dir,))]
@@ -192,7 +236,7 @@ def evaluate_run(
             if on_progress is not None:
                 on_progress(offset + n, total)
 
-        embeddings, kept = embed_paths(
+        embeddings, kept = embed_readable(
             model, folder.paths, transform, batch_size=batch_size, device=torch_device,
             num_workers=num_workers, precision=precision, on_progress=progress,
         )
@@ -203,15 +247,90 @@ def evaluate_run(
             dtype=np.int64,
         )
         sets.append((embeddings, labels))
-
-    if cross_set:
-        (q, q_labels), (g, g_labels) = sets
-        return retrieval_metrics(q, q_labels, g, g_labels)
-    (q, q_labels), = sets
-    return retrieval_metrics(q, q_labels)
+    return config, sets
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _query_and_gallery_sets(
+    query_embeddings: Any, query_labels: Any, gallery_embeddings: Any, gallery_labels: Any
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """Queries and gallery as unit rows and int64 labels; without a gallery, the queries are it."""
+    queries = _unit_rows(query_embeddings)
+    q_labels = _label_array(query_labels, len(queries), "query")
+    if gallery_embeddings is None:
+        return queries, q_labels, queries, q_labels
+    gallery = _unit_rows(gallery_embeddings)
+    g_labels = _label_array(gallery_labels, len(gallery), "gallery")
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"query and gallery embeddings differ in dimension: "
+            f"{queries.shape[1]} vs {gallery.shape[1]}"
+        )
+    return queries, q_labels, gallery, g_labels
+
+
+def _sum_over_queries(
+    queries: torch.Tensor,
+    q_labels: np.ndarray,
+    gallery: torch.Tensor,
+    g_labels: np.ndarray,
+    query_ids: np.ndarray,
+    n_relevant: np.ndarray,
+    *,
+    ks: list[int],
+    chunk_size: int,
+    leave_one_out: bool,
+) -> tuple[dict[int, float], float, float]:
+    """Over the queries ``query_ids`` (those with R > 0), ranked ``chunk_size`` at a time: the
+    number with a same-class item among their K nearest, for each K in ``ks``; the sum of their
+    Precision@10; and the sum of their average precision at R."""
+    n_candidates = len(gallery) - int(leave_one_out)
+    max_k = max(ks[-1], PRECISION_K)
+    hits = {k: 0.0 for k in ks}
+    precision_sum = 0.0
+    map_sum = 0.0
+    g_labels_t = torch.from_numpy(g_labels)
+    for start in range(0, len(query_ids), chunk_size):
+        rows = torch.from_numpy(query_ids[start : start + chunk_size])
+        r = torch.from_numpy(n_relevant[rows.numpy()])
+        depth = min(n_candidates, max(max_k, int(r.max())))
+        relevant = _ranked_relevance(queries, q_labels, gallery, g_labels_t, rows, depth, leave_one_out)
+
+        for k in ks:
+            hits[k] += relevant[:, :k].any(dim=1).sum().item()
+        # Musgrave et al. divide by K even where fewer than K items exist; so do we.
+        precision_sum += relevant[:, :PRECISION_K].sum().item() / PRECISION_K
+        map_sum += _average_precision_at_r_sum(relevant, r)
+    return hits, precision_sum, map_sum
+
+
+def _ranked_relevance(
+    queries: torch.Tensor,
+    q_labels: np.ndarray,
+    gallery: torch.Tensor,
+    g_labels_t: torch.Tensor,
+    rows: torch.Tensor,
+    depth: int,
+    leave_one_out: bool,
+) -> torch.Tensor:
+    """(len(rows), depth) bool: is the i-th nearest gallery item of query ``rows[j]`` same-class?
+    Nearest first, by cosine similarity; in leave-one-out a query is never its own neighbour."""
+    similarity = queries[rows] @ gallery.T
+    if leave_one_out:
+        similarity[torch.arange(len(rows)), rows] = -torch.inf
+    ranked = torch.topk(similarity, depth, dim=1, largest=True, sorted=True).indices
+    return g_labels_t[ranked] == torch.from_numpy(q_labels[rows.numpy()])[:, None]
+
+
+def _average_precision_at_r_sum(relevant: torch.Tensor, r: torch.Tensor) -> float:
+    """Sum over the rows of (1 / R) * sum_{i=1..R} P(i) * rel(i), R = ``r`` per row (MAP@R's terms)."""
+    ranks = torch.arange(1, relevant.shape[1] + 1, dtype=torch.float64)
+    within_r = ranks[None, :] <= r[:, None]
+    rel = relevant & within_r
+    precision_at_i = rel.cumsum(dim=1) / ranks[None, :]
+    return ((precision_at_i * rel).sum(dim=1) / r.double()).sum().item()
 
 
 def _unit_rows(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The app's charts, as Altair (Vega-Lite) specifications built from plain data.
 
-Each function takes lists / arrays (what :mod:`retrieval.runs`, :mod:`retrieval.index` and
+Each function takes lists / arrays (what :mod:`retrieval.run`, :mod:`retrieval.index` and
 :mod:`retrieval.diagnostics` return) and returns an Altair chart whose data is inlined as a list of
 row dicts (``alt.InlineData``), so a chart can be tested, saved (``chart.save("x.html")``) or shown
 by any front end; nothing here imports streamlit.

@@ -9,7 +9,7 @@ the Euclidean distance (0 to 2), ε a margin, τ a temperature, P the positive p
 i ≠ j) and N(i) the negatives of i (y_k ≠ y_i, minus what ``negative_rules`` excludes).
 
 Without ``mined`` a loss uses every valid tuple of the batch. With a miner's output
-(:class:`~retrieval.mining.MinedTriplets`, :class:`~retrieval.mining.MinedPairs`, or an index
+(:class:`~retrieval.tuples.MinedTriplets`, :class:`~retrieval.tuples.MinedPairs`, or an index
 tuple (a, p, n) / (a1, p, a2, n) as pytorch-metric-learning writes them) it uses only those:
 the triplet loss its triplets (or, from pairs, every (a, p, n) whose (a, p) and (a, n) pairs were
 both mined); the pair losses the distinct (a, p) and (a, n) pairs the tuples contain. A batch with
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.distances import euclidean_from_squared, full_precision, normalize, squared_from_unit_rows, to_float
-from retrieval.mining import MinedPairs, MinedTriplets, anchor_chunks, padded_positives, pairs_to_masks
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
+from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, padded_positives, pairs_to_masks
 
 __all__ = [
     "ContrastiveLoss",

@@ -16,22 +16,23 @@ d_an = d(a, n) the Euclidean distances between L2-normalised embeddings and ε t
 =================  ==============================================================================
 
 :class:`PairMiner` does the same for pair losses (the contrastive loss). Both return index tensors
-into the batch, which every loss in :mod:`retrieval.losses` accepts as ``mined``, and a
-:class:`MiningRecord`: how many tuples were valid and mined, the fraction with loss > 0, the mean
-d_ap and d_an, and the k hardest triplets (smallest d_an − d_ap) with dataset indices, which
-training writes to ``mining/epoch_NNN.jsonl`` and the app shows as images.
+into the batch (:class:`~retrieval.tuples.MinedTriplets`, :class:`~retrieval.tuples.MinedPairs`),
+which every loss in :mod:`retrieval.losses` accepts as ``mined``, and a :class:`MiningRecord`: how
+many tuples were valid and mined, the fraction with loss > 0, the mean d_ap and d_an, and the k
+hardest triplets (smallest d_an − d_ap) with dataset indices, which training writes to
+``mining/epoch_NNN.jsonl`` and the app shows as images.
 
 How it stays fast and small. The miners never build the B×B×B triplet tensor. Each anchor's
-positives are gathered into a (B, K) matrix, K the largest number of positives an anchor has (K − 1
-for P×K batches), so a rule is evaluated on (anchor, positive, candidate negative) tensors of
-B·K·B elements — K/B of the full cube — in chunks of anchors that bound the memory. The
-threshold miners keep that boolean mask as their result and enumerate the index triplets only
-when asked; the triplet loss evaluates its hinge on the same dense form, which on a CPU is many
-times cheaper than gathering scattered triplets. The record (counts, means, and the hardest
-triplets through a row-minimum pre-selection and two small ``topk``s) is computed from the same
-tensors the first time it is read, so mining for a loss that nobody inspects costs nothing extra.
-Everything runs on the embeddings' device under ``torch.no_grad``, in float32 (float64 stays
-float64); there is no Python loop over anchors.
+positives are gathered into a (B, K) matrix (:func:`~retrieval.tuples.padded_positives`), K the
+largest number of positives an anchor has (K − 1 for P×K batches), so a rule is evaluated on
+(anchor, positive, candidate negative) tensors of B·K·B elements — K/B of the full cube — in
+chunks of anchors that bound the memory. The threshold miners keep that boolean mask as their
+result and enumerate the index triplets only when asked; the triplet loss evaluates its hinge on
+the same dense form, which on a CPU is many times cheaper than gathering scattered triplets. The
+record (counts, means, and the hardest triplets through a row-minimum pre-selection and two small
+``topk``s) is computed from the same tensors the first time it is read, so mining for a loss that
+nobody inspects costs nothing extra. Everything runs on the embeddings' device under
+``torch.no_grad``, in float32 (float64 stays float64); there is no Python loop over anchors.
 
 The strict comparisons are made on d_an − d_ap (as pytorch-metric-learning does), so
 ``semihard`` is 0 < d_an − d_ap < ε and ``easy`` is d_an − d_ap ≥ ε.
@@ -40,20 +41,19 @@ The strict comparisons are made on d_an − d_ap (as pytorch-metric-learning doe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from retrieval.distances import euclidean_distance, euclidean_from_squared, full_precision, normalize, squared_euclidean_distance
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
+from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, padded_positives
 
 __all__ = [
     "TRIPLET_STRATEGIES",
     "PAIR_STRATEGIES",
     "TripletMiner",
     "PairMiner",
-    "MinedTriplets",
-    "MinedPairs",
     "MiningRecord",
     "build_miner",
 ]
@@ -63,7 +63,7 @@ PAIR_STRATEGIES = ("all", "active", "hard", "batch-hard")
 
 
 class MiningRecord:
-    """What one mining call (or, merged, one epoch) found.
+    """What one mining call found.
 
     Attributes (read lazily, so a training step that never looks pays no device synchronisation):
 
@@ -89,21 +89,6 @@ class MiningRecord:
         self._compute: Callable[[], tuple] | None = compute
         self._indices = indices
         self._values: dict | None = None
-
-    @classmethod
-    def merge(cls, records: Iterable["MiningRecord"], hardest_k: int = 20) -> "MiningRecord":
-        """One record for many calls (an epoch): counts add up, means are weighted by the tuples
-        they average, and ``hardest`` keeps the ``hardest_k`` hardest triplets of all of them."""
-        records = list(records)
-        values = [r._materialise() for r in records]
-        merged = cls(lambda: None)
-        merged._compute = None
-        merged._values = {
-            "counts": [sum(v["counts"][i] for v in values) for i in range(5)],
-            "sums": [math.fsum(v["sums"][i] for v in values) for i in range(2)],
-            "hardest": sorted((h for r in records for h in r.hardest), key=lambda h: h["d_an"] - h["d_ap"])[:hardest_k],
-        }
-        return merged
 
     def _materialise(self) -> dict:
         if self._values is None:
@@ -169,129 +154,6 @@ class MiningRecord:
         d = self.to_dict()
         d["hardest"] = f"<{len(d['hardest'])} triplets>"
         return "MiningRecord(" + ", ".join(f"{k}={v!r}" for k, v in d.items()) + ")"
-
-
-class MinedTriplets:
-    """Triplets (anchors[i], positives[i], negatives[i]), LongTensors of batch indices, and the record.
-
-    The threshold miners (all / hard / semihard / easy) keep their triplets in the dense form
-    ``dense = (positives, mask)``: ``positives`` (B, K) holds each anchor's positives and ``mask``
-    (B, K, B) is True at [a, k, n] when (a, positives[a, k], n) was mined. ``anchors``,
-    ``positives`` and ``negatives`` are enumerated from it on first access (ordered by anchor,
-    positive, negative); the losses read the dense form directly.
-    """
-
-    def __init__(
-        self,
-        anchors: torch.Tensor | None,
-        positives: torch.Tensor | None,
-        negatives: torch.Tensor | None,
-        record: MiningRecord,
-        *,
-        dense: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        if anchors is None and dense is None:
-            raise ValueError("MinedTriplets needs the triplets or their dense form")
-        self._triplets = None if anchors is None else (anchors, positives, negatives)
-        self.record = record
-        self.dense = dense
-
-    def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._triplets is None:
-            positives, mask = self.dense
-            a, k, n = torch.nonzero(mask, as_tuple=True)
-            self._triplets = (a, positives[a, k], n)
-        return self._triplets
-
-    @property
-    def anchors(self) -> torch.Tensor:
-        return self._enumerated()[0]
-
-    @property
-    def positives(self) -> torch.Tensor:
-        return self._enumerated()[1]
-
-    @property
-    def negatives(self) -> torch.Tensor:
-        return self._enumerated()[2]
-
-    def __len__(self) -> int:
-        return self.record.n_mined if self._triplets is None else len(self._triplets[0])
-
-    def __repr__(self) -> str:
-        return f"MinedTriplets({len(self)} triplets, record={self.record!r})"
-
-    def as_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The (anchor, positive) and (anchor, negative) pairs the triplets contain: (a, p, a, n)."""
-        a, p, n = self._enumerated()
-        return a, p, a, n
-
-    def pair_masks(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, B) bool masks of the distinct (anchor, positive) and (anchor, negative) pairs."""
-        if self.dense is not None:
-            positives, mask = self.dense
-            return _scatter_or(batch, positives, mask.any(dim=2)), mask.any(dim=1)
-        return pairs_to_masks(batch, *self.as_pairs())
-
-
-class MinedPairs:
-    """Positive pairs (anchors[i], positives[i]) and negative pairs (negative_anchors[j],
-    negatives[j]), LongTensors of batch indices, and the record. The pair miner keeps them as
-    ``masks = (positives, positive_kept, negative_kept)``: each anchor's positives (B, K), which of
-    them were mined (B, K), and the mined negative pairs (B, B); the indices are enumerated on
-    first access."""
-
-    def __init__(
-        self,
-        anchors: torch.Tensor | None,
-        positives: torch.Tensor | None,
-        negative_anchors: torch.Tensor | None,
-        negatives: torch.Tensor | None,
-        record: MiningRecord,
-        *,
-        masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        if anchors is None and masks is None:
-            raise ValueError("MinedPairs needs the pairs or their masks")
-        self._pairs = None if anchors is None else (anchors, positives, negative_anchors, negatives)
-        self.record = record
-        self.masks = masks
-
-    def as_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._pairs is None:
-            positives, positive_kept, negative_kept = self.masks
-            a, k = torch.nonzero(positive_kept, as_tuple=True)
-            self._pairs = (a, positives[a, k], *torch.nonzero(negative_kept, as_tuple=True))
-        return self._pairs
-
-    @property
-    def anchors(self) -> torch.Tensor:
-        return self.as_pairs()[0]
-
-    @property
-    def positives(self) -> torch.Tensor:
-        return self.as_pairs()[1]
-
-    @property
-    def negative_anchors(self) -> torch.Tensor:
-        return self.as_pairs()[2]
-
-    @property
-    def negatives(self) -> torch.Tensor:
-        return self.as_pairs()[3]
-
-    def __len__(self) -> int:
-        return self.record.n_mined if self._pairs is None else len(self._pairs[0]) + len(self._pairs[2])
-
-    def __repr__(self) -> str:
-        return f"MinedPairs({len(self)} pairs, record={self.record!r})"
-
-    def pair_masks(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, B) bool masks of the mined positive and negative pairs."""
-        if self.masks is not None:
-            positives, positive_kept, negative_kept = self.masks
-            return _scatter_or(batch, positives, positive_kept), negative_kept
-        return pairs_to_masks(batch, *self._pairs)
 
 
 class _MarginMiner:
@@ -541,27 +403,7 @@ def build_miner(
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers shared with retrieval.losses
-
-
-# Elements of one (anchors × positives × batch) chunk: 4 Mi, 4 MiB as bool, 16 MiB as float32.
-CHUNK_ELEMENTS = 1 << 22
-
-
-def padded_positives(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each anchor's positives as a (B, K) index matrix in ascending order (K the most positives
-    any anchor has; padding entries hold arbitrary indices) and the (B, K) mask of real entries."""
-    batch = pos.shape[0]
-    k_max = int(pos.sum(dim=1).max()) if batch else 0
-    key = pos * torch.arange(batch, 0, -1, device=pos.device)  # larger for smaller indices, 0 off-mask
-    values, positives = torch.topk(key, k_max, dim=1)
-    return positives, values > 0
-
-
-def anchor_chunks(batch: int, elements_per_anchor: int) -> list[slice]:
-    """Slices of anchors such that each chunk holds at most CHUNK_ELEMENTS elements."""
-    step = max(1, CHUNK_ELEMENTS // max(1, elements_per_anchor))
-    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
+# helpers
 
 
 def _smallest(gap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -575,21 +417,6 @@ def _smallest(gap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values, where = torch.topk(gap[rows].reshape(-1), min(k, rows.numel() * gap.shape[1]), largest=False)
     width = gap.shape[1]
     return values, rows[torch.div(where, width, rounding_mode="floor")] * width + where % width
-
-
-def _scatter_or(batch: int, columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """(B, B) bool: [a, columns[a, k]] is True where values[a, k]. (Padding entries of a
-    padded-positives matrix point at distinct non-positive columns and carry False.)"""
-    return torch.zeros(batch, batch, dtype=torch.bool, device=columns.device).scatter_(1, columns, values)
-
-
-def pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, B) bool masks of the pairs (a1[i], p[i]) and (a2[j], n[j]), as ``pair_masks`` returns them."""
-    pos = torch.zeros(batch, batch, dtype=torch.bool, device=a1.device)
-    neg = torch.zeros_like(pos)
-    pos[a1, p] = True
-    neg[a2, n] = True
-    return pos, neg
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:

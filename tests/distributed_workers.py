@@ -13,7 +13,7 @@ from typing import Any, Callable
 def run_processes(target: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 120.0) -> list[int | None]:
     """Run ``target(rank, *args)`` in ``world_size`` spawned processes, as torchrun would, one
     thread each and nothing downloaded; returns their exit codes (None: killed after ``timeout``)."""
-    from retrieval.distributed import run_local_processes
+    from local_processes import run_local_processes
 
     return run_local_processes(target, *args, world_size=world_size, timeout=timeout,
                                environment={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, threads=1)
@@ -78,8 +78,8 @@ def step_checks(ctx, out_dir: str, batch_file: str, losses: list[str], margin: f
     dataset indices and the mining record's hardest triplets (``step_rank{r}.pt``)."""
     import torch
 
-    from retrieval.models import EmbeddingModel
-    from retrieval.train import TrainConfig, build_objective
+    from retrieval.model import EmbeddingModel
+    from retrieval.training import TrainConfig, build_objective
 
     batch = torch.load(batch_file)
     share = slice(ctx.rank, None, ctx.world_size)
@@ -109,14 +109,14 @@ def step_checks(ctx, out_dir: str, batch_file: str, losses: list[str], margin: f
 
 
 def train_runs(ctx, runs: list[tuple[dict, int | None]], gallery: str) -> None:
-    """``retrieval.train.train(TrainConfig(**values))`` for each (values, stop_after) in turn, with
+    """``retrieval.training.train(TrainConfig(**values))`` for each (values, stop_after) in turn, with
     BatchNorm frozen so that the run can be compared with one process. ``stop_after``: rank 0
     presses Ctrl-C (SIGINT) once that epoch is written; every process must then stop. Then the
     processes build the last run's index of ``gallery`` together."""
     import signal
 
     from retrieval.index import build_index
-    from retrieval.train import TrainConfig, train
+    from retrieval.training import TrainConfig, train
 
     freeze_batchnorm()
 

@@ -1,9 +1,9 @@
-"""Small run directories for the app tests, written the way ``retrieval.train`` writes them.
+"""Small run directories for the app tests, written the way ``retrieval.training`` writes them.
 
 ``make_run`` saves a random-init tiny model (resnet10t, D = 16, 32 px) with a config, a labelled
 gallery of coloured 32-px images (that is also the run's ``data_dir``), and, as asked,
 ``metrics.jsonl``, ``mining/epoch_NNN.jsonl`` (with a pair that recurs across epochs),
-``val_distances.json`` and a built index. Not a test module: imported by test_app / test_browser.
+``val_distances.json`` and a built index. Not a test module: imported by tests/app and test_browser.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def mining_rows(epoch: int) -> list[dict]:
 def make_run(run_dir: Path, gallery: Path, *, index: bool = True, mining: bool = True, metrics: bool = True,
              val_distances: bool = True, epochs: int = 3, backbone: str = "resnet10t", embedding_dim: int = 16,
              image_size: int = 32) -> Path:
-    from retrieval.models import EmbeddingModel, save_model
+    from retrieval.model import EmbeddingModel
+    from retrieval.run import save_model
 
     model = EmbeddingModel(backbone, embedding_dim)
     config = {

@@ -1,8 +1,10 @@
 """The app in a real browser: `streamlit run` on a free port, Debian's Chromium driven by Playwright.
 
 Uploads a query through the page's file input, waits for the neighbour cards, checks their number
-and that each shows a distance, visits the other pages, and saves screenshots under
-test-artifacts/ (git-ignored). Every wait is bounded; the server is stopped in a finally.
+and that each shows a distance, visits the other pages through the sidebar's navigation, and saves
+screenshots under test-artifacts/ (git-ignored). The server starts in another working directory:
+the pages (app_pages/) are found beside streamlit_app.py. Every wait is bounded; the server is
+stopped in a finally.
 """
 
 import os
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import fake_runs
-from retrieval.distributed import free_port
+from local_processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -106,7 +108,8 @@ def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
                 for name, marker in (("Hardest negatives", ".st-key-triplet-1"),
                                      ("Embedding map", ".vega-embed"),
                                      ("Training", ".vega-embed")):
-                    page.locator("[data-testid='stSidebar']").get_by_text(name, exact=True).click()
+                    # the sidebar's navigation (st.navigation over app_pages/), one link per page title
+                    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=name, exact=True).click()
                     page.get_by_role("heading", name=name, exact=True).wait_for(timeout=WAIT_MS)
                     page.locator(marker).first.wait_for(timeout=WAIT_MS)
                     assert not page.locator("[data-testid='stException']").count(), name

@@ -20,11 +20,13 @@ from conftest import TINY
 from distributed_workers import run_processes, session_worker
 from retrieval import distributed
 from retrieval.data import build_transforms, scan_folder
-from retrieval.index import embed_paths
+from retrieval.embed import embed_readable
 from retrieval.errors import RetrievalError
-from retrieval.models import EmbeddingModel, load_model
-from retrieval.runs import mining_epochs, read_metrics, read_mining_log
-from retrieval.train import TrainConfig, _KeyedBatches, build_objective, train
+from retrieval.model import EmbeddingModel
+from retrieval.run import load_model
+from retrieval.run import mining_epochs, read_metrics, read_mining_log
+from retrieval.training import TrainConfig, build_objective, train
+from retrieval.training.seeded_items import KeyedBatches
 
 OBJECTIVES = ["triplet", "contrastive", "lifted", "npair", "nce", "infonce"]
 # The 2-epoch run compared with one process uses a smooth objective. A margin miner's choices are
@@ -140,7 +142,9 @@ def test_two_process_training_ctrl_c_resume_and_index_equal_one_process_with_fro
     # the index rank 0 built from both processes' shares is the one-process index
     model, run_config = load_model(ddp)
     folder = scan_folder(sample / "test")
-    expected, kept = embed_paths(model, folder.paths, build_transforms(run_config["data_config"], train=False), batch_size=4, device="cpu")
+    # the precision build_index uses by default ("auto"; embed_readable's own default is fp32)
+    expected, kept = embed_readable(model, folder.paths, build_transforms(run_config["data_config"], train=False), batch_size=4,
+                                    device="cpu", precision="auto")
     stored = np.load(ddp / "index" / "embeddings.npy")
     assert kept == list(range(18)) and np.allclose(stored, expected, atol=1e-6)
     metadata = json.loads((ddp / "index" / "gallery.json").read_text())
@@ -187,8 +191,8 @@ def test_each_process_loads_a_strided_share_keyed_by_global_position():
 
     labels = [c for c in range(6) for _ in range(4)]
     sampler = PKSampler(labels, 3, 2, seed=5)
-    whole = list(_KeyedBatches(sampler, 5))
-    shares = [list(_KeyedBatches(sampler, 5, shard=(rank, 2))) for rank in range(2)]
+    whole = list(KeyedBatches(sampler, 5))
+    shares = [list(KeyedBatches(sampler, 5, shard=(rank, 2))) for rank in range(2)]
     for step, batch in enumerate(whole):
         assert shares[0][step] == batch[0::2] and shares[1][step] == batch[1::2]
 

@@ -217,7 +217,8 @@ def test_evaluate_run_matches_classes_by_folder_name_across_query_and_gallery(tm
     from PIL import Image
 
     from retrieval.evaluate import evaluate_run
-    from retrieval.models import EmbeddingModel, save_model
+    from retrieval.model import EmbeddingModel
+    from retrieval.run import save_model
 
     torch.manual_seed(0)
     model = EmbeddingModel("resnet10t", 8).eval()

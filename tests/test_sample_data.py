@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from retrieval import sample_data
 from retrieval.cli import app
 from retrieval.errors import RetrievalError
-from retrieval.sample_data import MANIFEST_NAME, generate_sample_data, product_specs, split_specs
+from retrieval.sample_data import MANIFEST_NAME, generate, generate_sample_data, product_specs, split_specs
 
 # Small on purpose: 4 + 2 classes x 3 photos at 32 px is well under a second.
 SMALL = dict(n_train_classes=4, n_test_classes=2, images_per_class=3, image_size=32)
@@ -136,7 +136,7 @@ def test_an_interrupted_run_leaves_the_previous_output_intact_and_no_partial_fol
     generate_sample_data(out, seed=0, **SMALL)
     before = _files(out)
     calls = {"n": 0}
-    real = sample_data.render_photo
+    real = generate.render_photo
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -144,7 +144,7 @@ def test_an_interrupted_run_leaves_the_previous_output_intact_and_no_partial_fol
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sample_data, "render_photo", failing)
+    monkeypatch.setattr(generate, "render_photo", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_sample_data(out, seed=1, **SMALL)
     assert _files(out) == before

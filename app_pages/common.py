@@ -1,0 +1,210 @@
+"""What the app's pages share: the chosen run, the cached model, index and mining log, thumbnails.
+
+``streamlit_app.py`` reads the run's config once per script run and hands it to the page through
+:func:`remember_run` / :func:`chosen_run` (the session's state, so two browser tabs on two runs
+never mix). The model and index are loaded once per run and file version (``st.cache_resource``,
+keyed by :func:`index_stamp`: a rebuilt index or retrained model is loaded again), thumbnails and
+mining logs once per file version (``st.cache_data``). Run directories are read only through
+:mod:`retrieval.run` and :mod:`retrieval.index`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import NamedTuple
+
+import streamlit as st
+
+from retrieval import diagnostics, figures
+from retrieval.data import load_image, load_image_bytes
+from retrieval.errors import RetrievalError
+from retrieval.index import GalleryIndex, index_exists
+from retrieval.run import (
+    CONFIG_NAME,
+    METADATA_NAME,
+    MINING_DIR,
+    WEIGHTS_NAME,
+    RunConfig,
+    index_dir,
+    mining_epochs,
+    mining_log_path,
+)
+
+__all__ = [
+    "ALL_CLASSES", "ChosenRun", "chosen_run", "class_items", "embed_upload", "file_stamp", "gallery_label",
+    "index_stamp", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "remember_run",
+    "show_image", "thumbnail",
+]
+
+ALL_CLASSES = "(all classes)"
+THUMBNAIL_PX = 256
+NO_LABEL_VALUES = ("", "-1")  # gallery labels that mean "no label" (besides None)
+_RUN_KEY = "chosen_run"
+
+
+# ----------------------------------------------------------------------------- the chosen run
+
+
+class ChosenRun(NamedTuple):
+    """The run the sidebar chose and its config.json, as the pages see them (``page(*chosen_run())``)."""
+
+    run_dir: Path
+    config: RunConfig
+
+
+def remember_run(run_dir: Path, config: RunConfig) -> None:
+    """Called by ``streamlit_app.py`` on every script run, before the page runs."""
+    st.session_state[_RUN_KEY] = ChosenRun(Path(run_dir), config)
+
+
+def chosen_run() -> ChosenRun:
+    """The run this session's entry script chose (a page started on its own says how to start the app)."""
+    if _RUN_KEY not in st.session_state:
+        st.error("Start the app with `retrieval app RUN_DIR` or `streamlit run streamlit_app.py -- RUN_DIR`; "
+                 "the files in app_pages/ are its pages, not apps of their own.")
+        st.stop()
+    return st.session_state[_RUN_KEY]
+
+
+def gallery_label(label) -> str | None:
+    """A gallery index label as the app uses it: None for no label (None, -1, ""), else a string."""
+    if label is None or str(label).strip() in NO_LABEL_VALUES:
+        return None
+    return str(label)
+
+
+# ----------------------------------------------------------------------------- file versions
+
+
+def file_stamp(*paths: Path) -> str:
+    """Changes when any of the files is rewritten (atomic writes give a new inode and mtime)."""
+    parts = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            parts.append(f"{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_size}")
+        except OSError:
+            parts.append("-")
+    return "|".join(parts)
+
+
+def index_stamp(run_dir: Path) -> str:
+    return file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME, index_dir(run_dir) / METADATA_NAME)
+
+
+def mining_stamp(run_dir: Path) -> str:
+    """Changes when an epoch's mining log is added or rewritten ("-" without a mining log)."""
+    return file_stamp(run_dir / MINING_DIR, *(mining_log_path(run_dir, epoch) for epoch in mining_epochs(run_dir)))
+
+
+# ----------------------------------------------------------------------------- loading (cached)
+
+
+@st.cache_resource(show_spinner="Loading the model and the gallery index…", max_entries=4)
+def load_index(run_dir: str, stamp: str) -> GalleryIndex:
+    """The run's gallery index with its model, once per run (and again after a rebuild); warmed
+    up (one embedding, the margin chart's template) so that the first query is as fast as the next."""
+    from PIL import Image
+
+    import pandas  # noqa: F401  Streamlit turns chart data into Arrow tables with it: import it now, not on the first query
+    import pyarrow  # noqa: F401
+
+    index = GalleryIndex.load(run_dir, device="auto")
+    index.labels = [gallery_label(label) for label in index.labels]  # a flat gallery: all None (or -1)
+    with one_torch_thread():
+        vector = index.embed(Image.new("RGB", (64, 64), (128, 128, 128)))
+    nearest = index.search(vector, 1)
+    for query_label in (None, nearest[0].label):  # the chart's templates without and with a known query class
+        figures.margin_spec(nearest, 0.2, query_label=query_label)
+    return index
+
+
+def open_index(run_dir: Path, what: str) -> GalleryIndex | None:
+    """The run's index, or None after saying why (no index: which command builds one)."""
+    if not index_exists(run_dir):
+        st.info(f"This run has no gallery index yet, so {what} is not available. Build one with:")
+        st.code(f"retrieval index {run_dir} GALLERY_DIR", language="bash")
+        st.caption("The Hardest negatives and Training pages work without an index.")
+        return None
+    try:
+        return load_index(str(run_dir), index_stamp(run_dir))
+    except RetrievalError as error:
+        st.error(str(error))
+        return None
+
+
+@st.cache_resource(max_entries=4)
+def class_items(_index: GalleryIndex, stamp: str) -> dict[str | None, list[int]]:
+    """Gallery item ids per label (None for a flat gallery), in item order."""
+    items: dict[str | None, list[int]] = {}
+    for item, label in enumerate(_index.labels):
+        items.setdefault(label, []).append(item)
+    return items
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading the mining log…")
+def mining_logs(run_dir: str, stamp: str) -> dict[int, list[dict]]:
+    return diagnostics.read_mining_logs(run_dir)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Projecting the gallery…")
+def projection(_index: GalleryIndex, stamp: str, method: str, max_points: int) -> diagnostics.Projection:
+    return diagnostics.project_2d(_index.embeddings, method=method, max_points=max_points)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def embed_upload(_index: GalleryIndex, stamp: str, digest: str, _data: bytes, name: str):
+    """Decode and embed an uploaded image once per (run, file content): (embedding, thumbnail)."""
+    image = load_image_bytes(_data, name)
+    with one_torch_thread():
+        vector = _index.embed(image)
+    return vector, encode_thumbnail(image)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Embed one query image with a single torch thread: a batch of one gains little from more,
+    and on a busy machine the extra threads wait for cores (BENCHMARKS.md, app section)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- thumbnails
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail(path: str, stamp: str) -> bytes | None:
+    """A small encoded copy of an image file (read once, then served from the cache), or None
+    when it cannot be read."""
+    try:
+        return encode_thumbnail(load_image(path))
+    except RetrievalError:
+        return None
+
+
+def encode_thumbnail(image) -> bytes:
+    """At most THUMBNAIL_PX on a side, as JPEG (PNG for tiny images, which JPEG smears)."""
+    image = image.copy()
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    if max(image.size) < 96:
+        image.save(buffer, format="PNG")
+    else:
+        image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def show_image(path: str | Path, caption: str | None = None) -> None:
+    image = thumbnail(str(path), file_stamp(Path(path)))
+    if image is None:
+        st.caption(f":material/broken_image: cannot read {Path(path).name}")
+    else:
+        st.image(image, caption=caption, width="stretch")

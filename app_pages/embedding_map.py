@@ -1,0 +1,79 @@
+"""Embedding map: the gallery embeddings projected to 2-D, coloured by class, the last query on it.
+
+PCA, or UMAP when ``umap-learn`` is installed (:func:`retrieval.diagnostics.project_2d`); large
+galleries are drawn as a random sample. A gallery without class labels is coloured by folder when
+it comes from several folders, else not at all, and the page says so. The last query of the
+Search page (same run and index) is drawn as a cross. The chart is
+:func:`retrieval.figures.embedding_map`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages.common import chosen_run, index_stamp, open_index, projection
+from retrieval import diagnostics, figures
+from retrieval.index import GalleryIndex
+from retrieval.run import RunConfig
+
+POINT_COUNTS = (500, 1000, 2000, 5000, 10000, 20000)  # choices of "Points drawn" below the gallery's size
+DEFAULT_POINTS = 2000
+
+
+def map_page(run_dir: Path, config: RunConfig) -> None:
+    st.header("Embedding map")
+    index = open_index(run_dir, "the embedding map")
+    if index is None:
+        return
+    stamp = index_stamp(run_dir)
+    methods = ["PCA"] + (["UMAP"] if diagnostics.umap_available() else [])
+    controls = st.columns([1, 2])
+    method = controls[0].radio("Projection", methods, horizontal=True, key="map_method")
+    sizes = [s for s in POINT_COUNTS if s < len(index)] + [len(index)]
+    max_points = len(index)
+    if len(sizes) > 1:
+        max_points = controls[1].select_slider("Points drawn", options=sizes, value=min(sizes, key=lambda s: abs(s - DEFAULT_POINTS)),
+                                               key="map_points", help="Large galleries are drawn as a random sample.")
+    if len(methods) == 1:
+        st.caption("UMAP is offered when umap-learn is installed: `pip install 'retrieval[umap]'`.")
+    fitted = projection(index, stamp, method.lower(), int(max_points))
+    names = [index.relative_paths[i] for i in fitted.items]
+    labels, colour_title, colour_note = map_colours(index, fitted.items)
+    last = st.session_state.get("last_query")
+    query_xy, query_name = None, "query"
+    if last is not None and last.get("stamp") == stamp:
+        query_xy = fitted.transform(last["vector"])[0]
+        query_name = last["name"]
+    st.altair_chart(figures.embedding_map(fitted.coords, labels, names, query=query_xy, query_name=query_name,
+                                          colour_title=colour_title), width="stretch")
+    shown = f"all {len(index)}" if len(fitted.items) == len(index) else f"{len(fitted.items)} of {len(index)} (drawn at random)"
+    explained = ""
+    if fitted.explained is not None:
+        explained = f"; the axes hold {fitted.explained[0]:.0%} and {fitted.explained[1]:.0%} of the variance"
+    query_text = (f" The black cross is the last query, {query_name}." if query_xy is not None
+                  else " Search on the Search page to place the query on the map.")
+    st.caption(f"{method} of the gallery embeddings: {shown} images{explained}. Hover for the image name; "
+               f"scroll to zoom, drag to pan.{query_text}")
+    if colour_note:
+        st.caption(colour_note)
+
+
+def map_colours(index: GalleryIndex, items) -> tuple[list[str | None] | None, str, str]:
+    """(labels to colour the map's points by, what they are, a note): the class when the gallery has
+    labels; else the folder when the points come from several folders; else nothing (labels None)."""
+    labels = [index.labels[i] for i in items]
+    if any(label is not None for label in labels):
+        return labels, "class", ""
+    folders = [index.path(int(i)).parent for i in items]
+    distinct = set(folders)
+    if len(distinct) > 1:
+        short = len({f.name for f in distinct}) == len(distinct)
+        return ([f.name if short else str(f) for f in folders], "folder",
+                ":material/info: The gallery has no class labels, so the points are coloured by the folder they come from.")
+    return None, "", ":material/info: The gallery has no class labels (one flat folder), so the points are not coloured."
+
+
+if __name__ == "__main__":  # run as a page by st.navigation (which names it __main__), not on import
+    map_page(*chosen_run())

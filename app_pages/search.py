@@ -1,0 +1,239 @@
+"""Search: upload a query image or pick one from the gallery and see why it gets the neighbours it gets.
+
+Its top-K neighbours with label, distance and cosine similarity; the margin picture (distances as
+bars, the training margin ε as a band above the nearest distance); with the query's label, its
+nearest positive and negative and whether their gap clears ε. A gallery without class labels (a
+flat folder) has no class filter and no nearest positive / negative check, and the page says so.
+The numbers come from :func:`retrieval.diagnostics.explain_search`, the chart from
+:func:`retrieval.figures.margin_spec`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages.common import (
+    ALL_CLASSES,
+    chosen_run,
+    class_items,
+    embed_upload,
+    index_stamp,
+    open_index,
+    show_image,
+)
+from retrieval import diagnostics, figures
+from retrieval.data import IMAGE_EXTENSIONS
+from retrieval.errors import RetrievalError
+from retrieval.index import GalleryIndex
+from retrieval.run import RunConfig
+
+GRID_COLUMNS = 5          # neighbours per row
+PICKER_PAGE = 12          # gallery thumbnails per page in the picker
+UNKNOWN = "(unknown)"
+MODE_NOTES = {"unlabelled": "trained with --unlabelled (each image its own class, seen as two augmented views)",
+              "pairs": "trained with --pairs (images linked by the pair file form the classes)"}
+
+
+def search_page(run_dir: Path, config: RunConfig) -> None:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    st.header("Search the gallery")
+    index = open_index(run_dir, "search")
+    if index is None:
+        return
+    stamp = index_stamp(run_dir)
+    margin = config.margin
+    labels = sorted({label for label in index.labels if label is not None})
+
+    top = st.columns([3, 1])
+    source = top[0].radio("Query", ["Upload an image", "Pick from the gallery"], horizontal=True, key="query_source")
+    k = top[1].number_input("Neighbours (K)", min_value=1, max_value=min(100, len(index)), value=min(10, len(index)), key="k")
+    if not labels:
+        st.caption(":material/info: This gallery has no class labels (a flat folder), so there is no class filter and "
+                   "no nearest positive / negative check; the neighbours, their distances and the margin picture are shown.")
+
+    query_col, result_col = st.columns([1, 3], gap="large")
+    with query_col, timed(timings, "query"):
+        if source == "Upload an image":
+            query = upload_query(index, stamp, labels)
+        else:
+            query = gallery_query(index, stamp, labels)
+    if query is None:
+        return
+    vector_or_image, query_name, query_label, exclude = query
+
+    with timed(timings, "search"):
+        explanation = diagnostics.explain_search(index, vector_or_image, int(k), margin=margin,
+                                                 query_label=query_label, exclude_item=exclude)
+    st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": query_name}
+    with result_col, timed(timings, "neighbours"):
+        show_neighbours(explanation, query_label)
+    with timed(timings, "margin picture"):
+        show_margin(explanation, query_label, margin, gallery_labelled=bool(labels), config=config)
+    total = time.perf_counter() - started
+    st.caption(f"Server time {1000 * total:.0f} ms: " + ", ".join(f"{name} {1000 * seconds:.0f} ms" for name, seconds in timings.items())
+               + " (query = decode + embed, skipped for an image already seen).")
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- the query
+
+
+def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
+    """(embedding, name, label or None, None) of an uploaded image, or None (nothing uploaded, unreadable)."""
+    types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+    uploaded = st.file_uploader("Query image", type=types, key="upload",
+                                help="JPEG, PNG, WebP, BMP, GIF, TIFF, PGM/PPM; at most 100 megapixels.")
+    if uploaded is None:
+        st.info("Upload an image to see its nearest gallery images.")
+        return None
+    data = uploaded.getvalue()
+    try:
+        vector, preview = embed_upload(index, stamp, hashlib.sha1(data).hexdigest(), data, uploaded.name)
+    except RetrievalError as error:
+        st.error(f"{error}. Upload a JPEG, PNG, WebP or other image file.")
+        return None
+    st.image(preview, caption=uploaded.name, width="stretch")
+    label = None
+    if labels:
+        chosen = st.selectbox("Its class, if you know it", [UNKNOWN] + labels, key="upload_label",
+                              help="Type to filter. With a class, the page shows the nearest positive and negative.")
+        label = None if chosen == UNKNOWN else chosen
+    return vector, uploaded.name, label, None
+
+
+def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
+    """(embedding, name, label, item) of the gallery image picked as the query (left out of its own
+    results), or None until one is picked."""
+    by_label = class_items(index, stamp)
+    if labels:
+        chosen = st.selectbox("Class", [ALL_CLASSES] + labels, key="pick_class")
+        items = list(range(len(index))) if chosen == ALL_CLASSES else by_label.get(chosen, [])
+    else:
+        items = list(range(len(index)))
+    n_pages = max(1, math.ceil(len(items) / PICKER_PAGE))
+    page = st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="pick_page") if n_pages > 1 else 1
+    shown = items[(page - 1) * PICKER_PAGE : page * PICKER_PAGE]
+    picked = st.session_state.get("picked")
+    if picked is not None and (picked.get("stamp") != stamp or picked.get("item", len(index)) >= len(index)):
+        picked = None
+    if picked is not None:
+        item = picked["item"]
+        show_image(index.path(item), caption=f"query: {Path(index.relative_paths[item]).name}")
+        label = index.labels[item]
+        st.caption(("" if label is None else f"class {label} · ") + "the query itself is left out of the results")
+    with st.expander("Gallery (pick a query)", expanded=picked is None):
+        columns = st.columns(3)
+        for position, item in enumerate(shown):
+            with columns[position % 3]:
+                show_image(index.path(item))
+                if st.button(Path(index.relative_paths[item]).name, key=f"pick-{item}", width="stretch"):
+                    st.session_state["picked"] = {"stamp": stamp, "item": item}
+                    st.rerun()
+        st.caption(f"{len(items)} images; page {page} of {n_pages}")
+    if picked is None:
+        st.info("Pick a gallery image as the query.")
+        return None
+    item = picked["item"]
+    vector = index.embeddings[item]
+    return vector, Path(index.relative_paths[item]).name, index.labels[item], item
+
+
+# ----------------------------------------------------------------------------- the answer
+
+
+def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str | None) -> None:
+    neighbours = explanation.neighbours
+    band_low, band_high = explanation.band or (0.0, 0.0)
+    st.subheader(f"Top {len(neighbours)} neighbours")
+    st.caption("d: distance between unit embeddings (0 to 2, the units of the training margin); "
+               "cos: cosine similarity = 1 − d²/2. ◆ marks a neighbour within the margin of the best match.")
+    for start in range(0, len(neighbours), GRID_COLUMNS):
+        columns = st.columns(GRID_COLUMNS)
+        for column, (rank, n) in zip(columns, enumerate(neighbours[start : start + GRID_COLUMNS], start=start + 1)):
+            with column, st.container(border=True, key=f"neighbour-{rank}"):
+                show_image(n.path)
+                mark = "◆ " if n.distance <= band_high else ""
+                relation = ""
+                if query_label is not None and n.label is not None:
+                    relation = " :green[:material/check:]" if n.label == query_label else " :red[:material/close:]"
+                st.markdown(f"**{rank}. {n.label if n.label is not None else Path(n.path).name}**{relation}  \n"
+                            f"{mark}d = {n.distance:.3f}  \n"
+                            f"cos = {n.similarity:.3f}")
+                if n.label is not None:  # without a label the file name is the card's title already
+                    st.caption(Path(n.path).name)
+
+
+def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
+                gallery_labelled: bool = True, config: RunConfig | None = None) -> None:
+    """The margin picture and, with the query's label, its nearest positive and negative."""
+    st.subheader("Margin picture")
+    if not explanation.neighbours:
+        return
+    low, high = explanation.band
+    chart_col, text_col = st.columns([3, 1], gap="large")
+    with chart_col:
+        st.vega_lite_chart(figures.margin_spec(explanation.neighbours, margin, query_label=query_label), width="stretch")
+    with text_col:
+        st.markdown(
+            f"The band runs from the nearest distance **{low:.3f}** to **{high:.3f}** (+ margin ε = {margin:g}). "
+            f"**{explanation.within_margin} of {len(explanation.neighbours)}** neighbours lie inside it: training "
+            "asked for a margin of ε between a match and a non-match, so items in the band are not separated "
+            "from the best match by that margin."
+        )
+    report = explanation.report
+    if report is None:
+        if gallery_labelled:
+            st.caption("Give the query's class (or pick a gallery image) to see its nearest positive and negative.")
+        return
+    st.subheader("Nearest positive and nearest negative")
+    if config is not None and not config.trained_with_labels:
+        st.caption(f"The classes are the gallery's folders; this run was {MODE_NOTES.get(config.mode, '')}, "
+                   "so they did not guide training.")
+    show_positive_and_negative(report, margin)
+
+
+def show_positive_and_negative(report: diagnostics.MarginReport, margin: float) -> None:
+    pos_col, neg_col, verdict_col = st.columns([1, 1, 2], gap="large")
+    with pos_col:
+        if report.positive is None:
+            st.info(f"No other gallery image of class {report.query_label}.")
+        else:
+            show_image(report.positive.path)
+            st.markdown(f"positive: **{report.positive.label}**  \nd_ap = {report.positive.distance:.3f}")
+    with neg_col:
+        if report.negative is None:
+            st.info("No gallery image of another class.")
+        else:
+            show_image(report.negative.path)
+            st.markdown(f"negative: **{report.negative.label}**  \nd_an = {report.negative.distance:.3f}")
+    with verdict_col:
+        if report.gap is None:
+            st.info("Both a positive and a negative are needed to compare against the margin.")
+        elif report.clears_margin:
+            st.success(f"Clears the margin: d_an − d_ap = {report.gap:.3f} ≥ ε = {margin:g}.")
+        elif report.gap >= 0:
+            st.warning(f"Inside the margin: d_an − d_ap = {report.gap:.3f} < ε = {margin:g} "
+                       f"(violation {report.violation:.3f}); the positive still ranks first, but a triplet "
+                       "loss would still push these apart.")
+        else:
+            st.error(f"The negative is nearer than the positive: d_an − d_ap = {report.gap:.3f} "
+                     f"(violation {report.violation:.3f}); the top match is of the wrong class.")
+
+
+if __name__ == "__main__":  # run as a page by st.navigation (which names it __main__), not on import
+    search_page(*chosen_run())

@@ -1,0 +1,195 @@
+"""The embedding model: a timm backbone, a linear projection and L2 normalisation.
+
+``EmbeddingModel`` maps an image batch (B, 3, H, W) to unit vectors (B, D):
+f(x) = W · g(x) / ||W · g(x)||, with g the pooled features of
+``timm.create_model(backbone, num_classes=0)`` and W a linear projection to ``embedding_dim``.
+Distances between such vectors lie in [0, 2] (DESIGN.md, Distances).
+
+Also here: the device (``resolve_device``) and the numeric precision of forward passes
+(``resolve_precision``, ``autocast``). Saving and loading a model in a run directory is the run
+directory's business (:mod:`retrieval.run`); turning images into embeddings is :mod:`retrieval.embed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrieval.errors import RetrievalError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+__all__ = [
+    "PRECISIONS",
+    "EmbeddingModel",
+    "autocast",
+    "cpu_supports_bf16",
+    "resolve_device",
+    "resolve_precision",
+]
+
+
+class EmbeddingModel(nn.Module):
+    """A timm backbone with a linear embedding head; ``forward`` returns L2-normalised embeddings.
+
+    Args:
+        backbone: a timm model name (``timm.list_models()``), e.g. ``"resnet18"``.
+        embedding_dim: size D of the embedding.
+        pretrained: load the backbone's pretrained weights from the hub (needs network access).
+        weights: a local ``.safetensors`` file of backbone weights (timm's state-dict names), for
+            machines without network access; the classifier, if present, is dropped.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        embedding_dim: int = 128,
+        *,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.embedding_dim = int(embedding_dim)
+        if self.embedding_dim < 1:
+            raise RetrievalError(f"embedding dimension must be positive, got {embedding_dim}")
+        self.backbone = _create_backbone(backbone, pretrained=pretrained, weights=weights)
+        self.head = nn.Linear(self.backbone.num_features, self.embedding_dim)
+
+    def forward_unnormalised(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings W · g(x), shape (B, D): what N-pair's ``l2_reg`` acts on."""
+        return self.head(self.backbone(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings f(x) = W · g(x) / ||W · g(x)||, shape (B, D), in float32."""
+        return F.normalize(self.forward_unnormalised(images).float(), dim=1)
+
+    def data_config(self, image_size: int) -> dict[str, Any]:
+        """The backbone's pretrained input config (mean, std, interpolation, crop_pct) at ``image_size``."""
+        import timm.data
+
+        config = timm.data.resolve_model_data_config(self.backbone)
+        return {
+            "input_size": [3, int(image_size), int(image_size)],
+            "mean": [float(v) for v in config["mean"]],
+            "std": [float(v) for v in config["std"]],
+            "interpolation": str(config.get("interpolation", "bilinear")),
+            "crop_pct": float(config.get("crop_pct", 0.875)),
+        }
+
+
+def _create_backbone(name: str, *, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise RetrievalError(f"unknown backbone {name!r}: not a timm model name{hint}")
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise RetrievalError(f"weights file not found: {weights}")
+        if weights.suffix != ".safetensors":
+            raise RetrievalError(
+                f"{weights}: --weights takes a .safetensors file (pickled checkpoints are not loaded)"
+            )
+        return _load_local_weights(timm.create_model(name, pretrained=False, num_classes=0), weights)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as error:
+        if pretrained:
+            raise RetrievalError(
+                f"cannot download pretrained weights for {name!r} ({type(error).__name__}); "
+                "without network access pass --weights FILE.safetensors instead of --pretrained"
+            ) from error
+        raise
+
+
+def _load_local_weights(backbone: nn.Module, weights: Path) -> nn.Module:
+    """Load a safetensors state dict into ``backbone``, dropping the classifier the file may carry."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RetrievalError(f"{weights}: cannot load weights ({error})") from error
+    classifier = backbone.pretrained_cfg.get("classifier") or ()
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{c}.") for c in classifier)}
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        problems = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(wrong)} wrong-shaped"]
+        example = (missing or unexpected or wrong)[0]
+        raise RetrievalError(
+            f"{weights}: weights do not fit backbone {backbone.default_cfg.get('architecture', '?')!r} "
+            f"({', '.join(problems)} tensors, e.g. {example!r})"
+        )
+    backbone.load_state_dict(state, strict=True)
+    return backbone
+
+
+# ----------------------------------------------------------------------------- device, precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise RetrievalError(f"unknown device {name!r}: use auto, cpu or cuda") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RetrievalError("--device cuda asked for, but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise RetrievalError(f"unsupported device {name!r}: use auto, cpu or cuda")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_has_native_bf16()
+    except Exception:
+        return False
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run uses: ``auto`` → bf16 on CUDA with bf16 support or on a bf16-capable CPU
+    (measured faster there, see BENCHMARKS.md), fp16 on older CUDA, fp32 otherwise."""
+    if precision not in PRECISIONS:
+        raise RetrievalError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed-precision context for forward passes: bf16 / fp16 autocast, or nothing for fp32."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

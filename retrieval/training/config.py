@@ -1,0 +1,250 @@
+"""``TrainConfig``: every setting of ``retrieval train``, what the user gave, and one step that
+fills the rest.
+
+A setting is ``None`` until given: the command line passes only what was typed, and a
+``TrainConfig(...)`` built in Python only what its caller named. :meth:`TrainConfig.resolve` is
+the one place that fills the others, from :data:`DEFAULTS` (the figures measured in
+BENCHMARKS.md) and from the settings they depend on:
+
+- ``loss``: ``triplet``; ``infonce`` with ``--unlabelled`` (SimCLR's NT-Xent objective);
+- ``miner``: the loss's natural miner (:data:`~retrieval.training.objective.NATURAL_MINER`:
+  ``semihard`` for the triplet loss, ``none`` for the others);
+- starting from pretrained weights (``--pretrained`` / ``--weights``): the fine-tuning defaults
+  (:func:`fine_tuning_defaults`, none yet; such a run's backbone learns at a tenth of ``--lr``).
+
+The resolved config records which settings were given (``given``), so that ``--resume`` can tell
+a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
+values that cannot work into one-line errors, once per run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from retrieval import distributed
+from retrieval.errors import RetrievalError
+from retrieval.negatives import NEGATIVE_MODES
+from retrieval.training.objective import LOSSES, MINERS, NATURAL_MINER
+from retrieval.training.sources.pairs import PAIR_NEGATIVES
+
+__all__ = ["DEFAULTS", "TrainConfig", "fine_tuning_defaults"]
+
+#: the value of every setting that is not given (settings missing here have no default: None)
+DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet18",
+    "pretrained": False,
+    "embedding_dim": 128,
+    "image_size": 128,
+    "loss": "triplet",  # infonce with --unlabelled: see TrainConfig.resolve
+    "margin": 0.2,
+    "temperature": 0.1,
+    "epochs": 10,
+    "classes_per_batch": 16,
+    "images_per_class": 4,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "device": "auto",
+    "precision": "auto",
+    "cache_mb": 1024.0,  # decoded training images kept in memory, split between loader workers
+    "augment": 1.0,
+    "negatives": "all",
+    "hardest_per_epoch": 50,
+    "resume": False,
+    "channels_last": False,  # faster model step on CPU, but the whole step was not (BENCHMARKS.md)
+    "command": "",
+    "sync_bn": False,
+    "dist_timeout": distributed.DEFAULT_TIMEOUT_S,
+    "unlabelled": False,
+    "pair_negatives": "random",
+}
+#: the loss of ``--unlabelled`` runs when ``--loss`` is not given
+UNLABELLED_LOSS = "infonce"
+#: the share of ``--lr`` that a backbone starting from pretrained weights learns at
+PRETRAINED_BACKBONE_LR_SCALE = 0.1
+#: not user settings: what produced the run, and the record of what was given
+_NOT_SETTINGS = ("command", "given")
+
+
+def fine_tuning_defaults() -> dict[str, Any]:
+    """Defaults for a run that starts from pretrained weights (``--pretrained`` / ``--weights``),
+    taking precedence over :data:`DEFAULTS` and losing to what the user gave.
+
+    None yet: such a run takes the plain defaults, and only its backbone's learning rate is
+    scaled (:attr:`TrainConfig.backbone_lr_scale`). The fine-tuning issue fills this in.
+    """
+    return {}
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``retrieval train`` takes. ``None`` means "not given"; :meth:`resolve` fills it."""
+
+    data_dir: Path
+    out: Path
+    backbone: Optional[str] = None
+    pretrained: Optional[bool] = None
+    weights: Optional[Path] = None
+    embedding_dim: Optional[int] = None
+    image_size: Optional[int] = None
+    loss: Optional[str] = None
+    miner: Optional[str] = None
+    margin: Optional[float] = None
+    temperature: Optional[float] = None
+    epochs: Optional[int] = None
+    classes_per_batch: Optional[int] = None
+    images_per_class: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    val_fraction: Optional[float] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    num_workers: Optional[int] = None  # None after resolve too: chosen for the machine (data.default_num_workers)
+    cache_mb: Optional[float] = None
+    augment: Optional[float] = None
+    class_groups: Optional[Path] = None
+    groups_per_batch: Optional[int] = None
+    never_negative: Optional[Path] = None
+    negatives: Optional[str] = None
+    hardest_per_epoch: Optional[int] = None
+    resume: Optional[bool] = None
+    channels_last: Optional[bool] = None
+    command: Optional[str] = None
+    # issue 8, several processes under torchrun (retrieval.distributed)
+    sync_bn: Optional[bool] = None
+    dist_timeout: Optional[float] = None
+    # issue 7, training without negative labels (retrieval.training.sources): augmentation positives / positive-only pairs
+    unlabelled: Optional[bool] = None
+    pairs: Optional[Path] = None
+    pair_negatives: Optional[str] = None
+    pair_groups: Optional[Path] = None
+    batch_size: Optional[int] = None
+    #: the settings given before :meth:`resolve` (None: not resolved yet)
+    given: Optional[frozenset[str]] = field(default=None, repr=False, compare=False)
+
+    # -- resolving ---------------------------------------------------------------------------
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.given is not None
+
+    def resolve(self) -> "TrainConfig":
+        """A copy with every setting not given filled with its default (itself when resolved).
+
+        Precedence: what was given, then the fine-tuning defaults when starting from pretrained
+        weights, then :data:`DEFAULTS`; the loss and the miner default to values that depend on
+        other settings (see the module docstring).
+        """
+        if self.is_resolved:
+            return self
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "given"}
+        given = frozenset(name for name, value in values.items() if value is not None and name not in _NOT_SETTINGS)
+        defaults = dict(DEFAULTS)
+        if values["unlabelled"]:
+            defaults["loss"] = UNLABELLED_LOSS
+        if values["pretrained"] or values["weights"] is not None:
+            defaults.update(fine_tuning_defaults())
+        for name, default in defaults.items():
+            if values.get(name) is None:
+                values[name] = default
+        if values["miner"] is None:
+            values["miner"] = NATURAL_MINER.get(values["loss"])  # None for an unknown loss, which validate() names
+        return TrainConfig(**values, given=given)
+
+    # -- what the run is ---------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        """``"unlabelled"``, ``"pairs"`` or ``"labelled"``: the training source (retrieval.training.sources)."""
+        if self.unlabelled:
+            return "unlabelled"
+        if self.pairs is not None:
+            return "pairs"
+        return "labelled"
+
+    @property
+    def backbone_lr_scale(self) -> float:
+        """The backbone's share of ``lr``: a pretrained backbone learns slower than the new head."""
+        return PRETRAINED_BACKBONE_LR_SCALE if (self.pretrained or self.weights) else 1.0
+
+    def train_settings(self) -> dict[str, Any]:
+        """The resolved settings as ``config.json`` records them (``train_settings``; ``--resume``
+        reads them back). ``miner`` is null when not given: the loss's natural miner."""
+        self._require_resolved()
+        settings = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("resume", "given")}
+        settings["miner"] = self.miner if "miner" in self.given else None
+        return settings
+
+    # -- checking ----------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """One-line errors for flag values that cannot work (on the resolved config)."""
+        self._require_resolved()
+        checks = [
+            (self.loss in LOSSES, f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}"),
+            (self.miner is None or self.miner in MINERS, f"unknown miner {self.miner!r}: use one of {', '.join(MINERS)}"),
+            (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
+            (self.classes_per_batch >= 2, f"--classes-per-batch must be at least 2 (negatives come from other classes), got {self.classes_per_batch}"),
+            (self.images_per_class >= 2, f"--images-per-class must be at least 2 (positives come from the same class), got {self.images_per_class}"),
+            (self.embedding_dim >= 1, f"--embedding-dim must be positive, got {self.embedding_dim}"),
+            (self.image_size >= 16, f"--image-size must be at least 16, got {self.image_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
+            (self.margin >= 0 and math.isfinite(self.margin), f"--margin must be 0 or more, got {self.margin}"),
+            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
+            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.negatives in NEGATIVE_MODES, f"--negatives must be one of {', '.join(NEGATIVE_MODES)}, got {self.negatives!r}"),
+            (self.negatives == "all" or self.class_groups is not None, f"--negatives {self.negatives} needs --class-groups FILE"),
+            (self.hardest_per_epoch >= 0, "--hardest must be 0 or more"),
+            (self.augment >= 0, f"--augment must be 0 or more, got {self.augment}"),
+            (self.cache_mb >= 0, f"--cache-mb must be 0 or more, got {self.cache_mb}"),
+            (self.num_workers is None or self.num_workers >= 0, f"--workers must be 0 or more, got {self.num_workers}"),
+            (self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise RetrievalError(message)
+        if self.pretrained and self.weights is not None:
+            raise RetrievalError("give --pretrained or --weights FILE, not both")
+        self._check_mode_flags()
+
+    def _check_mode_flags(self) -> None:
+        """Flags that belong to another training source than the one chosen."""
+        unlabelled, pairs, batch_size = self.unlabelled, self.pairs, self.batch_size
+        if unlabelled and pairs is not None:
+            raise RetrievalError("give --unlabelled or --pairs FILE, not both")
+        if batch_size is not None and not unlabelled:
+            raise RetrievalError("--batch-size is for --unlabelled (labelled and pair training fill a batch with -P classes x -K images)")
+        if batch_size is not None and batch_size < 2:
+            raise RetrievalError(f"--batch-size must be at least 2 images (the other images are the negatives), got {batch_size}")
+        if self.pair_negatives not in PAIR_NEGATIVES:
+            raise RetrievalError(f"--pair-negatives must be one of {', '.join(PAIR_NEGATIVES)}, got {self.pair_negatives!r}")
+        if pairs is None and self.pair_negatives != "random":
+            raise RetrievalError("--pair-negatives needs --pairs FILE")
+        if pairs is None and self.pair_groups is not None:
+            raise RetrievalError("--pair-groups needs --pairs FILE")
+        if self.mode == "labelled":
+            return
+        flag = "--unlabelled" if unlabelled else "--pairs"
+        instead = "" if unlabelled else "; to keep images apart from each other's negatives use --pair-groups FILE"
+        if self.class_groups is not None or self.groups_per_batch is not None:
+            raise RetrievalError(f"--class-groups / --groups-per-batch need class labels, which {flag} training does not use{instead}")
+        if self.never_negative is not None:
+            raise RetrievalError(f"--never-negative names pairs of classes, which {flag} training does not use{instead}")
+        if self.negatives != "all":
+            raise RetrievalError(f"--negatives {self.negatives} needs class groups, which {flag} training does not use")
+        if unlabelled and not self.augment > 0:
+            raise RetrievalError("--unlabelled needs --augment above 0: the two views of an image are its augmentations")
+
+    def _require_resolved(self) -> None:
+        if not self.is_resolved:
+            raise ValueError("call TrainConfig.resolve() first: its settings not given are still None")
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

@@ -1,0 +1,96 @@
+"""What training writes to the run directory (DESIGN.md, "The run directory"), on rank 0 only.
+
+- before the first epoch: ``metrics.jsonl`` with the untrained model's row (epoch 0) and
+  ``val_distances.json`` (:func:`write_baseline`); with ``--epochs 0`` also the untrained model
+  (:func:`write_untrained`);
+- after every epoch (:func:`write_epoch`): ``mining/epoch_NNN.jsonl`` (the epoch's hardest
+  triplets, paths relative to ``data_dir``), ``metrics.jsonl``, ``val_distances.json``,
+  ``model.safetensors`` with ``config.json`` when the epoch is the best so far (by validation
+  MAP@R; the last epoch without validation), ``model_last.safetensors`` and ``checkpoint.pt``.
+
+Every file goes through :mod:`retrieval.run`, which writes atomically. ``config.json`` holds
+:func:`run_config_for`'s keys, the source's own (``mode``, ...) and ``best_epoch``.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrieval import run
+from retrieval.run import LAST_WEIGHTS_NAME
+from retrieval.training.resume import RunState, checkpoint_state
+from retrieval.training.totals import EpochTotals, warn_on_collapse
+from retrieval.training.validation import Validation
+
+__all__ = ["run_config_for", "write_baseline", "write_untrained", "write_epoch"]
+
+
+def run_config_for(config, source, data_config: dict[str, Any], precision: str, steps_per_epoch: int, ctx) -> dict[str, Any]:
+    """``config.json``'s contents for a resolved config and its training source (without the epoch keys)."""
+    import albumentations
+    import timm
+
+    return {
+        "backbone": config.backbone,
+        "embedding_dim": config.embedding_dim,
+        "image_size": config.image_size,
+        "data_config": data_config,
+        "normalisation": {"mean": data_config["mean"], "std": data_config["std"]},
+        "loss": config.loss,
+        "miner": config.miner,
+        "margin": config.margin,
+        "temperature": config.temperature,
+        "distance": "euclidean",
+        "precision": precision,
+        "data_dir": str(Path(config.data_dir).resolve()),
+        "class_names": source.folder.class_names,
+        "train_classes": source.train_folder.class_names,
+        "val_classes": source.val_folder.class_names,
+        "class_counts": source.folder.class_counts(),
+        "steps_per_epoch": steps_per_epoch,
+        "transforms": {"train": {"strength": config.augment, **data_config}, "eval": data_config},
+        "train_settings": config.train_settings(),
+        "command": config.command,
+        "versions": {
+            "retrieval": __import__("retrieval").__version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "albumentations": albumentations.__version__,
+            "python": platform.python_version(),
+        },
+        **source.config_entries(),
+        "distributed": ctx.describe(),
+    }
+
+
+def write_baseline(run_dir: Path, history: list[dict[str, Any]], baseline: Validation) -> None:
+    """The untrained model's metrics row and validation distances, before the first epoch."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run.write_metrics(run_dir, history)
+    if baseline.distances is not None:
+        run.write_val_distances(run_dir, baseline.distances)
+
+
+def write_untrained(setup, state: RunState) -> None:
+    """``--epochs 0``: the untrained model as the best and the last weights, and its checkpoint."""
+    run.save_model(setup.run_dir, setup.model, setup.run_config)
+    run.save_model(setup.run_dir, setup.model, setup.run_config, weights_name=LAST_WEIGHTS_NAME)
+    run.write_checkpoint(setup.run_dir, checkpoint_state(setup, 0, state))
+
+
+def write_epoch(setup, state: RunState, epoch: int, totals: EpochTotals, validation: Validation, improved: bool) -> None:
+    """Everything an epoch leaves in the run directory (see the module docstring)."""
+    run_dir, model, run_config = setup.run_dir, setup.model, setup.run_config
+    warn_on_collapse(state.history[-1], totals)
+    run.write_mining_log(run_dir, epoch, totals.hardest_rows(epoch, setup.source.train_folder, setup.config.data_dir))
+    run.write_metrics(run_dir, state.history)
+    if validation.distances is not None:
+        run.write_val_distances(run_dir, validation.distances)
+    if improved:
+        run.save_model(run_dir, model, {**run_config, "best_epoch": epoch})
+    run.save_model(run_dir, model, {**run_config, "epoch": epoch}, weights_name=LAST_WEIGHTS_NAME)
+    run.write_checkpoint(run_dir, checkpoint_state(setup, epoch, state))

@@ -1,0 +1,68 @@
+"""What the user sees and does while an epoch runs: its progress bar, and Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from retrieval.training.totals import EpochTotals
+
+__all__ = ["InterruptFlag", "ProgressBar"]
+
+
+class InterruptFlag:
+    """Turns the first Ctrl-C into a request to stop after the current step (the second one kills)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to abort at once)…", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class ProgressBar:
+    """A rich progress bar for one epoch showing loss, active fraction and images/s (silent when off)."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int) -> None:
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, status="")
+
+    def advance(self, totals: EpochTotals) -> None:
+        if self.progress is None:
+            return
+        active, violating = totals.active_fraction, totals.violating_fraction
+        status = f"loss {totals.mean_loss:.4f}"
+        if active is not None:
+            status += f"  active {active:.2f}"
+        if violating is not None:
+            status += f"  violating {violating:.2f}"
+        status += f"  {totals.images_per_second:.0f} img/s"
+        self.progress.update(self.task, advance=1, status=status)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

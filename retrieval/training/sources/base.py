@@ -1,0 +1,75 @@
+"""The protocol every training source follows, and what the sources without labels share.
+
+A source is what the training loop needs from the data, whatever kind of data it is: the scanned
+folder, the part it trains on (``train_folder``: paths, possibly repeated, with labels or
+pseudo-labels named by ``class_names``), the held-out validation classes (``val_folder``, empty
+when there are none), the negative rules that every loss and miner obey, the training
+augmentation, the batch sampler and the keys it adds to ``config.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from retrieval import data
+from retrieval.negatives import NegativeRules
+
+__all__ = ["TrainingSource", "hidden_label_split", "empty_folder", "without_labels_entries", "relative_posix"]
+
+
+class TrainingSource(Protocol):
+    """What the training loop needs from the data (:mod:`retrieval.training.sources`)."""
+
+    mode: str  # "labelled" | "unlabelled" | "pairs" (retrieval.run.MODES)
+    folder: data.ImageFolder  # the whole scanned DATA_DIR
+    train_folder: data.ImageFolder  # what the training dataset indexes
+    val_folder: data.ImageFolder  # held-out classes (no images: no validation)
+    rules: NegativeRules | None  # never-negative pairs and class groups, for every loss and miner
+
+    def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
+        """The training augmentation (an :class:`~retrieval.data.ImageTransform`) for a backbone's data config."""
+
+    def make_sampler(self, *, model=None, transform=None, device="cpu", precision="fp32",
+                     embed_images: Callable[..., Any] | None = None) -> Any:
+        """The batch sampler: a :class:`~retrieval.data.PKSampler` or one with its interface
+        (``set_epoch``, ``__len__``, ``classes_per_batch``, ``images_per_class``). A sampler that
+        looks at the model embeds with ``embed_images`` (under torchrun the processes share the
+        work and all receive the same rows, so they draw the same batches)."""
+
+    def config_entries(self) -> dict[str, Any]:
+        """Keys added to the run's ``config.json``: ``"mode"``, ``"labelled"`` and the source's own numbers."""
+
+
+def hidden_label_split(data_dir: str | Path, val_fraction: float, seed: int) -> tuple[data.ImageFolder, data.ImageFolder, data.ImageFolder]:
+    """(folder, training images, validation folder) for training without labels.
+
+    A folder with class sub-folders is split by class as in labelled training (the validation
+    classes never reach training), and the training part's labels are then not used; a flat
+    folder (or ``val_fraction`` 0) keeps every image for training and has no validation.
+    """
+    folder = data.scan_folder(data_dir)
+    if folder.labelled and val_fraction > 0:
+        train_part, val_folder = data.split_classes(folder, val_fraction, seed)
+    else:
+        train_part, val_folder = folder, empty_folder(folder.root)
+    return folder, train_part, val_folder
+
+
+def empty_folder(root: Path) -> data.ImageFolder:
+    """An ImageFolder without images: no validation."""
+    return data.ImageFolder(root=Path(root), paths=[], labels=[], class_names=[])
+
+
+def without_labels_entries(mode: str, val_folder: data.ImageFolder) -> dict[str, Any]:
+    """The ``config.json`` keys every source without labels writes: its mode, that training saw no
+    class labels, and whether there are validation classes."""
+    return {"mode": mode, "labelled": False, "has_validation": bool(val_folder.paths)}
+
+
+def relative_posix(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` with forward slashes (as given when it is not under it)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()

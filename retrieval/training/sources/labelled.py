@@ -1,0 +1,82 @@
+"""Labelled training (the default): ``DATA_DIR/<class>/<image>``, one sub-folder per identity or product.
+
+Whole classes are held out for validation (``--val-fraction``, the unseen-class protocol); the
+others train on P×K batches (:class:`~retrieval.data.PKSampler`), augmented by
+:func:`~retrieval.data.build_transforms` at ``--augment``. Domain knowledge about negatives is
+read from the optional CSV files: ``--class-groups`` (a group per class; ``--groups-per-batch``
+fills a batch from that many groups, ``--negatives`` restricts negatives to the anchor's group)
+and ``--never-negative`` (pairs of classes that are never each other's negatives), which every
+loss and miner then obeys (:class:`~retrieval.negatives.NegativeRules`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from retrieval import data
+from retrieval.errors import RetrievalError
+from retrieval.negatives import NegativeRules
+
+__all__ = ["LabelledSource"]
+
+
+@dataclass
+class LabelledSource:
+    """The labelled folder's classes, split into training and held-out validation classes."""
+
+    folder: data.ImageFolder
+    train_folder: data.ImageFolder
+    val_folder: data.ImageFolder
+    rules: NegativeRules | None
+    class_groups: list[int] | None  # a group id per training class (--class-groups)
+    groups_per_batch: int | None
+    classes_per_batch: int
+    images_per_class: int
+    augment: float
+    seed: int
+    mode: ClassVar[str] = "labelled"
+
+    @classmethod
+    def from_config(cls, config) -> "LabelledSource":
+        """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge files."""
+        folder = data.scan_folder(config.data_dir, labelled=True)
+        data.require_trainable(folder)
+        train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
+        trainable = sum(count >= 2 for count in train_folder.class_counts().values())
+        if trainable < 2:
+            raise RetrievalError(
+                f"{config.data_dir}: {trainable} class(es) with two or more images left for training after holding out "
+                f"{len(val_folder.class_names)} for validation; negatives need at least 2 (lower --val-fraction or add classes)"
+            )
+        groups, never_negative = _domain_knowledge(config, train_folder)
+        rules = None
+        if groups is not None or never_negative:
+            rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
+        return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, config.classes_per_batch,
+                   config.images_per_class, config.augment, config.seed)
+
+    def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
+        return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch)
+
+    def make_sampler(self, **_: Any) -> data.PKSampler:
+        return data.PKSampler(
+            self.train_folder.labels, self.classes_per_batch, self.images_per_class, seed=self.seed,
+            class_groups=self.class_groups, groups_per_batch=self.groups_per_batch,
+        )
+
+    def config_entries(self) -> dict[str, Any]:
+        """``config.json``'s ``mode`` and ``labelled`` (the readers that branch on the mode)."""
+        return {"mode": "labelled", "labelled": True}
+
+
+def _domain_knowledge(config, folder: data.ImageFolder):
+    """Group id per training class and never-negative label pairs, from the CSV files given."""
+    groups = None
+    if config.class_groups is not None:
+        groups = data.class_group_ids(folder.class_names, data.read_class_groups(config.class_groups, folder.class_names))
+    never = []
+    if config.never_negative is not None:
+        index = {c: i for i, c in enumerate(folder.class_names)}
+        never = [(index[a], index[b]) for a, b in data.read_class_pairs(config.never_negative, folder.class_names) if a in index and b in index]
+    return groups, never

@@ -1,0 +1,290 @@
+"""Verification: is a pair the same identity / product? ROC, EER, TAR at FAR, and the threshold τ.
+
+For a distance threshold τ over pairs of images (DESIGN.md, Verification), with d the Euclidean
+distance between unit embeddings:
+
+- FAR(τ) = (different-class pairs with d ≤ τ) / (different-class pairs)  — false accepts;
+- FRR(τ) = (same-class pairs with d > τ) / (same-class pairs)             — false rejects;
+- TAR(τ) = 1 − FRR(τ).
+
+The ROC is (FAR, TAR) over every τ at which a count changes (each distinct distance), from
+(0, 0) below the smallest distance to (1, 1) at the largest. The EER is the rate where FAR = FRR:
+FAR − FRR rises from −1 to +1 along the ROC, and the EER is read where it crosses 0, linearly
+interpolated between the two ROC points around the crossing.
+
+The threshold for a target FAR f is the largest τ whose FAR does not exceed f. With the
+different-class distances sorted, n_1 ≤ … ≤ n_N, and m = ⌊f · N⌋, every τ < n_{m+1} has FAR ≤ m/N
+≤ f; τ is placed half-way between n_{m+1} and the largest observed distance below it (so a
+distance a little off the calibration pairs falls on the side it fell on there). TAR at FAR f is
+TAR at that τ. A rate f means something only with enough pairs: :func:`far_levels` reports f
+only where there are at least 10 / f different-class pairs.
+
+Pairs come from labelled embeddings (:func:`pair_distances`): every unordered pair of one set
+(leave-one-out), or every (query, gallery) pair of two sets; above ``max_pairs`` a uniform sample
+(seeded) keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+
+__all__ = [
+    "FAR_LEVELS",
+    "MIN_PAIRS_PER_RATE",
+    "PairDistances",
+    "Threshold",
+    "VerificationSummary",
+    "Verdict",
+    "equal_error_rate",
+    "open_set_verdict",
+    "far_levels",
+    "pair_distances",
+    "rates_at",
+    "roc_curve",
+    "summarise",
+    "threshold_at_far",
+]
+
+#: the FARs reported each epoch and by ``retrieval evaluate`` (1e-3 only with ≥ 10 000 negative pairs)
+FAR_LEVELS = (1e-1, 1e-2, 1e-3)
+#: a rate f is reported only with at least MIN_PAIRS_PER_RATE / f different-class pairs
+MIN_PAIRS_PER_RATE = 10
+#: the pairs of a set above which a uniform sample is used
+DEFAULT_MAX_PAIRS = 20_000_000
+
+
+@dataclass(frozen=True)
+class PairDistances:
+    """Distances of same-class (``positive``) and different-class (``negative``) pairs."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+    sampled: bool = False
+
+    @property
+    def n_positive(self) -> int:
+        return int(len(self.positive))
+
+    @property
+    def n_negative(self) -> int:
+        return int(len(self.negative))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold τ (same when d ≤ τ), the target FAR it was chosen for, and what it gave
+    on the pairs it was chosen on."""
+
+    threshold: float
+    target_far: float
+    far: float
+    tar: float
+    n_positive_pairs: int
+    n_negative_pairs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "target_far": self.target_far, "far": self.far, "tar": self.tar,
+                "n_positive_pairs": self.n_positive_pairs, "n_negative_pairs": self.n_negative_pairs}
+
+
+@dataclass(frozen=True)
+class VerificationSummary:
+    """EER, TAR at each reportable FAR, the pair counts, and the threshold for the target FAR."""
+
+    eer: float | None
+    tar_at_far: dict[str, float | None]
+    n_positive_pairs: int
+    n_negative_pairs: int
+    threshold: Threshold | None
+
+    def metrics(self) -> dict[str, Any]:
+        """The keys ``metrics.jsonl`` and ``retrieval evaluate --json`` carry."""
+        return {"eer": self.eer, "tar_at_far": dict(self.tar_at_far),
+                "n_positive_pairs": self.n_positive_pairs, "n_negative_pairs": self.n_negative_pairs}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Open-set identification of one query: ``match`` when its nearest gallery item lies within τ
+    (then ``label`` is that item's label), else "not in the gallery"; ``match`` is None when the
+    run has no threshold (no verdict without one)."""
+
+    match: bool | None
+    label: str | None
+    distance: float | None
+    threshold: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"match": self.match, "label": self.label, "distance": self.distance, "threshold": self.threshold}
+
+    def describe(self, target_far: float | None = None) -> str:
+        """One line: "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %", "no match in the gallery …"."""
+        if self.threshold is None:
+            return "no threshold set for this run: no verdict (retrieval calibrate RUN_DIR DATA_DIR sets one)"
+        at = f" at FAR {target_far:.3g}" if target_far is not None else ""
+        if self.match:
+            return f"match: {self.label if self.label is not None else '(unlabelled)'}, d = {self.distance:.3f} ≤ τ = {self.threshold:.3f}{at}"
+        nearest = "" if self.distance is None else f": the nearest is at d = {self.distance:.3f} > τ = {self.threshold:.3f}{at}"
+        return f"no match in the gallery{nearest}"
+
+
+def open_set_verdict(nearest: tuple[str | None, float] | None, threshold: Threshold | None) -> Verdict:
+    """The verdict for a query whose nearest gallery item is ``nearest`` = (label, distance)
+    (None for an empty result) at the run's ``threshold``."""
+    label, distance = nearest if nearest is not None else (None, None)
+    if threshold is None:
+        return Verdict(None, None, distance, None)
+    if distance is None or distance > threshold.threshold:
+        return Verdict(False, None, distance, threshold.threshold)
+    return Verdict(True, label, distance, threshold.threshold)
+
+
+def pair_distances(
+    embeddings: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    gallery_embeddings: np.ndarray | None = None,
+    gallery_labels: Sequence[int] | np.ndarray | None = None,
+    *,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int = 0,
+) -> PairDistances:
+    """Same- and different-class pair distances: all pairs i < j of one set, or all (query, gallery)
+    pairs of two; a uniform sample of ``max_pairs`` pairs (``seed``) when there are more."""
+    x = _unit(embeddings)
+    y = np.asarray(labels)
+    if gallery_embeddings is None:
+        n = len(x)
+        total = n * (n - 1) // 2
+        if total <= max_pairs:
+            first, second = np.triu_indices(n, k=1)
+        else:
+            first, second = _sample_upper(n, max_pairs, seed)
+        g, gy = x, y
+    else:
+        g, gy = _unit(gallery_embeddings), np.asarray(gallery_labels)
+        total = len(x) * len(g)
+        if total <= max_pairs:
+            first, second = (a.ravel() for a in np.meshgrid(np.arange(len(x)), np.arange(len(g)), indexing="ij"))
+        else:
+            rng = np.random.default_rng(seed)
+            first, second = rng.integers(0, len(x), max_pairs), rng.integers(0, len(g), max_pairs)
+    distances = _row_distances(x, g, first, second)
+    same = y[first] == gy[second]
+    return PairDistances(distances[same], distances[~same], sampled=total > max_pairs)
+
+
+def roc_curve(positive: np.ndarray, negative: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"threshold", "far", "tar"}``: the ROC at every distinct distance, from (0, 0) at −∞ to (1, 1)."""
+    positive, negative = _check(positive, negative)
+    thresholds = np.unique(np.concatenate([positive, negative]))
+    far = np.searchsorted(np.sort(negative), thresholds, side="right") / len(negative)
+    tar = np.searchsorted(np.sort(positive), thresholds, side="right") / len(positive)
+    return {"threshold": np.concatenate([[-np.inf], thresholds]),
+            "far": np.concatenate([[0.0], far]), "tar": np.concatenate([[0.0], tar])}
+
+
+def equal_error_rate(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The rate where FAR = FRR, interpolated on the ROC (see the module docstring)."""
+    roc = roc_curve(positive, negative)
+    far, frr = roc["far"], 1.0 - roc["tar"]
+    gap = far - frr  # −1 at the start, +1 at the end, non-decreasing
+    i = int(np.argmax(gap >= 0))
+    if gap[i] == 0:
+        return float(far[i])
+    a, b = gap[i - 1], gap[i]
+    alpha = -a / (b - a)
+    return float(far[i - 1] + alpha * (far[i] - far[i - 1]))
+
+
+def rates_at(threshold: float, positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+    """(FAR, FRR) at ``threshold``: same when d ≤ τ."""
+    positive, negative = _check(positive, negative)
+    return float(np.mean(negative <= threshold)), float(np.mean(positive > threshold))
+
+
+def threshold_at_far(positive: np.ndarray, negative: np.ndarray, target_far: float) -> Threshold:
+    """The largest τ with FAR(τ) ≤ ``target_far`` (half-way to the next observed distance), and its rates."""
+    if not 0 < target_far < 1:
+        raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
+    positive, negative = _check(positive, negative)
+    ordered = np.sort(negative)
+    m = int(math.floor(target_far * len(ordered) + 1e-9))
+    limit = ordered[m]  # FAR stays ≤ m / N for every τ below it
+    below = np.concatenate([positive[positive < limit], ordered[ordered < limit]])
+    threshold = float((below.max() + limit) / 2) if len(below) else float(np.nextafter(limit, -np.inf))
+    far, frr = rates_at(threshold, positive, negative)
+    return Threshold(threshold, float(target_far), far, 1.0 - frr, len(positive), len(negative))
+
+
+def far_levels(n_negative: int, levels: Sequence[float] = FAR_LEVELS) -> list[float]:
+    """The FARs that ``n_negative`` different-class pairs can measure (≥ 10 / f pairs each)."""
+    return [f for f in levels if n_negative >= MIN_PAIRS_PER_RATE / f]
+
+
+def summarise(pairs: PairDistances, target_far: float | None = 0.01) -> VerificationSummary:
+    """EER, TAR at 1e-1 and 1e-2 (None when too few pairs measure them) and at 1e-3 where enough
+    pairs measure it, and the threshold for ``target_far`` (None without both kinds of pairs)."""
+    if pairs.n_positive == 0 or pairs.n_negative == 0:
+        empty = {_far_key(f): None for f in FAR_LEVELS[:2]}
+        return VerificationSummary(None, empty, pairs.n_positive, pairs.n_negative, None)
+    measurable = far_levels(pairs.n_negative)
+    tar = {}
+    for f in FAR_LEVELS:
+        if f in measurable:
+            tar[_far_key(f)] = threshold_at_far(pairs.positive, pairs.negative, f).tar
+        elif f in FAR_LEVELS[:2]:
+            tar[_far_key(f)] = None
+    threshold = None if target_far is None else threshold_at_far(pairs.positive, pairs.negative, target_far)
+    return VerificationSummary(equal_error_rate(pairs.positive, pairs.negative), tar,
+                               pairs.n_positive, pairs.n_negative, threshold)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _far_key(f: float) -> str:
+    """The JSON key of a FAR: "0.1", "0.01", "0.001"."""
+    return f"{f:g}"
+
+
+def _check(positive, negative) -> tuple[np.ndarray, np.ndarray]:
+    positive = np.asarray(positive, dtype=np.float64).ravel()
+    negative = np.asarray(negative, dtype=np.float64).ravel()
+    if len(positive) == 0 or len(negative) == 0:
+        raise RetrievalError("verification needs same-class and different-class pairs (two or more classes, "
+                             "one with two or more images)")
+    if not (np.isfinite(positive).all() and np.isfinite(negative).all()):
+        raise RetrievalError("pair distances must be finite")
+    return positive, negative
+
+
+def _unit(embeddings) -> np.ndarray:
+    x = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _row_distances(x: np.ndarray, g: np.ndarray, first: np.ndarray, second: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """||x[first[k]] − g[second[k]]|| for every k, in chunks (sqrt(2 − 2 cos) for unit rows)."""
+    out = np.empty(len(first), dtype=np.float32)
+    for start in range(0, len(first), chunk):
+        a, b = x[first[start:start + chunk]], g[second[start:start + chunk]]
+        cos = np.einsum("ij,ij->i", a, b)
+        out[start:start + chunk] = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, 4.0))
+    return out
+
+
+def _sample_upper(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """k pairs (i, j), i < j, drawn uniformly (with replacement) from the n · (n − 1) / 2."""
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, n, 2 * k), rng.integers(0, n, 2 * k)
+    keep = i != j
+    i, j = i[keep][:k], j[keep][:k]
+    return np.minimum(i, j), np.maximum(i, j)

@@ -1,0 +1,88 @@
+"""The Search page (app_pages/search.py): uploads, the gallery picker, neighbours, the margin picture."""
+
+import pytest
+
+import fake_runs
+from app_helpers import K_DEFAULT, charts, full_run, gallery, go, layer_rows, neighbour_cards, start, texts, upload  # noqa: F401
+from retrieval import data
+
+
+def test_search_page_is_the_default_page_and_waits_for_an_upload(monkeypatch, full_run):
+    at = start(monkeypatch, full_run)
+    assert texts(at.header) == ["Search the gallery"]
+    assert any("Upload an image" in m for m in texts(at.info))
+    assert neighbour_cards(at) == []
+
+
+def test_upload_shows_k_neighbours_with_distances_and_margin_band(monkeypatch, full_run):
+    at = upload(start(monkeypatch, full_run), "q.png", fake_runs.png_bytes((10, 220, 30)))
+    cards = neighbour_cards(at)
+    assert len(cards) == K_DEFAULT
+    assert cards[0].startswith("**1. ")
+    distances = [float(c.split("d = ")[1].split()[0]) for c in cards]
+    assert distances == sorted(distances)
+    (margin_spec,) = [c for c in charts(at) if "layer" in c]
+    band = layer_rows(margin_spec, 0)
+    assert band[0]["low"] == pytest.approx(distances[0], abs=1e-3)
+    assert band[0]["high"] == pytest.approx(distances[0] + fake_runs.MARGIN, abs=1e-3)
+    assert any("The band runs from the nearest distance" in m for m in texts(at.markdown))
+
+    at.number_input(key="k").set_value(3).run()
+    assert len(neighbour_cards(at)) == 3
+
+
+def test_upload_with_a_known_class_compares_nearest_positive_and_negative(monkeypatch, full_run):
+    at = upload(start(monkeypatch, full_run), "q.png", fake_runs.png_bytes((0, 255, 40)))
+    at.selectbox(key="upload_label").set_value("apple").run()
+    assert not at.exception
+    verdicts = texts(at.success) + texts(at.warning) + texts(at.error)
+    assert len(verdicts) == 1 and "d_an − d_ap" in verdicts[0]
+    assert any(m.startswith("positive: **apple**") for m in texts(at.markdown))
+    assert any(m.startswith("negative: **") and "apple" not in m for m in texts(at.markdown))
+
+
+def test_pick_from_gallery_leaves_the_query_out_and_knows_its_class(monkeypatch, full_run):
+    at = start(monkeypatch, full_run)
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    assert any("Pick a gallery image" in m for m in texts(at.info))
+    at.selectbox(key="pick_class").set_value("banana").run()
+    buttons = [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert len(buttons) == fake_runs.IMAGES_PER_CLASS
+    buttons[0].click().run()
+    assert not at.exception
+    cards = neighbour_cards(at)
+    assert len(cards) == K_DEFAULT
+    assert buttons[0].label == "banana_0.png"
+    assert "banana_0.png" not in texts(at.caption)  # neighbour cards caption their file name
+    assert any("the query itself is left out" in c for c in texts(at.caption))
+    assert len(texts(at.success) + texts(at.warning) + texts(at.error)) == 1
+
+
+def test_large_galleries_are_paged_in_the_picker(monkeypatch, full_run):
+    at = start(monkeypatch, full_run)
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    assert len([b for b in at.button if b.key.startswith("pick-")]) == 12
+    at.number_input(key="pick_page").set_value(2).run()
+    assert len([b for b in at.button if b.key.startswith("pick-")]) == 16 - 12
+
+
+def test_bad_upload_shows_an_error_and_the_app_keeps_working(monkeypatch, full_run):
+    at = upload(start(monkeypatch, full_run), "holiday.png", b"this is not a picture at all")
+    errors = texts(at.error)
+    assert len(errors) == 1 and "cannot read image holiday.png" in errors[0]
+    assert neighbour_cards(at) == []
+    upload(at, "good.png", fake_runs.png_bytes((5, 5, 250)))
+    assert texts(at.error) == [] and len(neighbour_cards(at)) == K_DEFAULT
+    assert charts(go(at, "Training"))
+
+
+def test_oversized_upload_is_refused_with_a_clear_message(monkeypatch, full_run):
+    monkeypatch.setattr(data.images, "MAX_IMAGE_PIXELS", 500)
+    at = upload(start(monkeypatch, full_run), "huge.png", fake_runs.png_bytes((1, 2, 3), size=40))
+    errors = texts(at.error)
+    assert len(errors) == 1 and "too large" in errors[0] and "huge.png" in errors[0]
+
+
+def test_empty_upload_is_refused(monkeypatch, full_run):
+    at = upload(start(monkeypatch, full_run), "empty.jpg", b"", "image/jpeg")
+    assert any("empty file" in e for e in texts(at.error))

@@ -1,0 +1,123 @@
+"""Tests of retrieval.data.images: orientation, colour modes, 16-bit, size limits, unreadable files."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_helpers import warning_messages, write_image, write_labelled_folder, write_png_header
+from retrieval.data import images, load_image, load_image_bytes, scan_folder
+from retrieval.errors import RetrievalError
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high: left half red, right half blue
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    image = load_image(path)
+    assert image.size == (20, 40)  # now 20 wide, 40 high
+    upright = np.asarray(image).astype(int)
+    assert upright[5, 10, 0] > 200 and upright[5, 10, 2] < 60  # the left (red) half is now on top
+    assert upright[35, 10, 2] > 200 and upright[35, 10, 0] < 60
+
+
+def test_load_image_converts_greyscale_and_palette_to_rgb(tmp_path):
+    grey = load_image(write_image(tmp_path / "grey.png", mode="L", colour=77))
+    assert grey.mode == "RGB" and grey.getpixel((3, 3)) == (77, 77, 77)
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 10, 120, 230] + [0] * 762)
+    palette.save(tmp_path / "palette.gif")
+    assert load_image(tmp_path / "palette.gif").getpixel((0, 0)) == (10, 120, 230)
+    bilevel = load_image(write_image(tmp_path / "bw.bmp", mode="1", colour=1))
+    assert bilevel.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_load_image_composites_transparency_on_white(tmp_path):
+    rgba = np.zeros((4, 3, 4), np.uint8)
+    rgba[0] = (255, 0, 0, 0)  # fully transparent
+    rgba[1] = (0, 0, 255, 255)  # opaque blue
+    rgba[2] = (255, 0, 0, 128)  # half-transparent red
+    rgba[3] = (0, 255, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    rgb = np.asarray(load_image(tmp_path / "alpha.png")).astype(int)
+    assert tuple(rgb[0, 0]) == (255, 255, 255)
+    assert tuple(rgb[1, 0]) == (0, 0, 255)
+    assert np.abs(rgb[2, 0] - (255, 127, 127)).max() <= 1
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([9, 9, 9, 200, 0, 0] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    palette.save(tmp_path / "trns.png", transparency=0)
+    image = load_image(tmp_path / "trns.png")
+    assert image.getpixel((1, 1)) == (255, 255, 255) and image.getpixel((0, 0)) == (200, 0, 0)
+
+
+def test_load_image_scales_16_bit_greyscale_instead_of_clipping(tmp_path):
+    values = np.array([[0, 257 * 128, 65535, 257 * 64]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    rgb = np.asarray(load_image(tmp_path / "deep.png"))
+    assert rgb[0, :, 0].tolist() == [0, 128, 255, 64] and (rgb[..., 0] == rgb[..., 2]).all()
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "deep32.tif")  # mode "I"
+    assert np.asarray(load_image(tmp_path / "deep32.tif"))[0, :, 1].tolist() == [0, 128, 255, 64]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_is_refused_with_a_clear_message_not_a_crash(tmp_path, caplog):
+    bomb = write_png_header(tmp_path / "bomb.png", 20000, 20000)  # 400 MP: Pillow's own bomb error
+    with pytest.raises(RetrievalError, match="too large") as error:
+        load_image(bomb)
+    assert "bomb.png" in str(error.value)
+    big = write_png_header(tmp_path / "big.png", 11000, 10000)  # 110 MP: above our MAX_IMAGE_PIXELS
+    with pytest.raises(RetrievalError, match="11000x10000 pixels"):
+        load_image(big)
+    with pytest.raises(RetrievalError, match="too large"):
+        load_image_bytes(bomb.read_bytes(), "upload.png")
+    write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(4, 4))
+    (tmp_path / "d" / "a" / "bomb.png").write_bytes(bomb.read_bytes())
+    (tmp_path / "d" / "b" / "big.png").write_bytes(big.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        folder = scan_folder(tmp_path / "d")
+    assert sorted(p.name for p in folder.skipped) == ["big.png", "bomb.png"] and len(folder) == 4
+    assert any("too large" in m for m in warning_messages(caplog))
+
+
+def test_scan_skips_images_above_max_image_pixels(tmp_path, monkeypatch):
+    root = write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(8, 8))
+    write_image(root / "a" / "large.png", size=(40, 40))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)
+    folder = scan_folder(root)
+    assert [p.name for p in folder.skipped] == ["large.png"] and len(folder) == 4
+    with pytest.raises(RetrievalError, match="MAX_IMAGE_PIXELS"):
+        load_image(root / "a" / "large.png")
+
+
+def test_load_image_bytes_matches_load_image_and_names_the_upload_in_errors(tmp_path):
+    path = write_image(tmp_path / "x.png", size=(9, 5), colour=(1, 2, 3))
+    from_bytes = load_image_bytes(path.read_bytes(), "x.png")
+    assert from_bytes.mode == "RGB" and from_bytes.tobytes() == load_image(path).tobytes()
+    with pytest.raises(RetrievalError, match="upload.jpg"):
+        load_image_bytes(b"not an image", "upload.jpg")
+    with pytest.raises(RetrievalError, match="empty"):
+        load_image_bytes(b"", "upload.jpg")
+
+
+def test_truncated_jpeg_passes_the_cheap_scan_but_load_raises_naming_the_file(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG")
+    path = tmp_path / "d" / "a" / "cut.jpg"
+    write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2})
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    assert path in scan_folder(tmp_path / "d").paths
+    with pytest.raises(RetrievalError, match="cut.jpg"):
+        load_image(path)
+    with pytest.raises(RetrievalError, match="image not found"):
+        load_image(tmp_path / "missing.jpg")

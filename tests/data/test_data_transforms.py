@@ -1,0 +1,89 @@
+"""Tests of retrieval.data.transforms: pipeline shapes, normalisation (per image and per batch), seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_helpers import DATA_CONFIG
+from retrieval.data import build_transforms, cv2_interpolation
+
+
+def test_eval_transform_gives_normalised_chw_float32_of_input_size():
+    transform = build_transforms(DATA_CONFIG, train=False)
+    mean_grey = tuple(int(round(m * 255)) for m in DATA_CONFIG["mean"])
+    out = transform(Image.new("RGB", (50, 30), mean_grey))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert out.abs().max() < 0.02  # the mean colour normalises to ~0
+    white = transform(Image.new("RGB", (30, 70), (255, 255, 255)))
+    expected = (1 - np.asarray(DATA_CONFIG["mean"])) / np.asarray(DATA_CONFIG["std"])
+    assert np.allclose(white.mean(dim=(1, 2)).numpy(), expected, atol=1e-4)
+
+
+def test_train_transform_shape_dtype_and_strength_zero_equals_eval():
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    for strength in (0.5, 1.0, 2.0):
+        out = build_transforms(DATA_CONFIG, train=True, strength=strength)(picture)
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    plain = build_transforms(DATA_CONFIG, train=True, strength=0.0)(picture)
+    assert torch.equal(plain, build_transforms(DATA_CONFIG, train=False)(picture))
+
+
+def test_train_transform_is_repeatable_for_a_seed():
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    transform = build_transforms(DATA_CONFIG, train=True)
+    transform.set_random_seed(5)
+    first = [transform(picture) for _ in range(3)]
+    transform.set_random_seed(5)
+    assert all(torch.equal(a, transform(picture)) for a in first)
+    assert not torch.equal(first[0], first[1])
+
+
+def test_normalising_in_batch_gives_the_per_image_pipeline_pixels_from_a_quarter_of_the_bytes():
+    import pickle
+
+    pictures = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)) for i in range(3)]
+    for train in (False, True):
+        torch.manual_seed(3)
+        per_image = build_transforms(DATA_CONFIG, train=train, strength=1.5)
+        torch.manual_seed(3)
+        deferred = build_transforms(DATA_CONFIG, train=train, strength=1.5, normalise_in_batch=True)
+        assert per_image.batch_normalise is None and deferred.batch_normalise is not None
+        pixels = torch.stack([deferred(p) for p in pictures])  # same seed, same augmentation draws
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 32, 32) and pixels.is_contiguous()
+        expected = torch.stack([per_image(p) for p in pictures])
+        assert torch.allclose(deferred.finish_batch(pixels), expected, atol=1e-5)
+        assert torch.equal(per_image.finish_batch(expected), expected)  # already normalised: unchanged
+    # the formula, by hand: (x - 255 mean) / (255 std) per channel
+    normalise = deferred.batch_normalise
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2).contiguous()
+    want = [(v - 255 * m) / (255 * sd) for v, m, sd in zip((0, 128, 255), DATA_CONFIG["mean"], DATA_CONFIG["std"])]
+    assert torch.allclose(normalise(x)[:, :, 0, 0], torch.tensor([want, want]), atol=1e-6)
+    assert x.dtype == torch.uint8 and int(x[0, 1, 0, 0]) == 128  # the uint8 batch is left as it was
+    assert torch.allclose(pickle.loads(pickle.dumps(normalise))(x), normalise(x))  # crosses into loader workers
+    with pytest.raises(TypeError, match="uint8"):
+        normalise(x.float())
+    with pytest.raises(ValueError, match="channels"):
+        normalise(x[:, :2])
+    assert deferred.finish_batch(torch.empty(0)).numel() == 0  # a batch whose images were all unreadable
+
+
+def test_train_transform_seeds_give_different_draws():
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    transform = build_transforms(DATA_CONFIG, train=True, strength=1.5)
+    draws = []
+    for seed in range(4):
+        transform.set_random_seed(seed)
+        draws.append(transform(picture))
+    assert all(not torch.equal(draws[i], draws[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_cv2_interpolation_reads_the_name_case_insensitively_and_defaults_to_bilinear():
+    import cv2
+
+    assert cv2_interpolation({"interpolation": "BICUBIC"}) == cv2.INTER_CUBIC
+    assert cv2_interpolation({"interpolation": "nearest"}) == cv2.INTER_NEAREST
+    assert cv2_interpolation({"interpolation": "lanczos"}) == cv2.INTER_LANCZOS4
+    assert cv2_interpolation({}) == cv2_interpolation({"interpolation": "no such filter"}) == cv2.INTER_LINEAR

@@ -1,0 +1,118 @@
+"""Tests for retrieval.index.build: what a build records in gallery.json, the gallery images it
+skips, and the build transaction (a failed build never damages the index in place)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index_helpers import (  # noqa: F401 (fixtures)
+    DIM,
+    FAST,
+    gallery_dir,
+    index_files,
+    indexed_run,
+    run_dir,
+    save_tiny_run,
+    write_images,
+)
+from retrieval.errors import RetrievalError
+from retrieval.index import GalleryIndex, build_index, read_index_metadata
+from retrieval.index import build as build_module
+
+# --------------------------------------------------------------------------- metadata
+
+
+def test_metadata_round_trip_keeps_paths_labels_and_build_parameters(indexed_run, gallery_dir):
+    metadata = read_index_metadata(indexed_run)
+    assert metadata["metric"] == "angular"
+    assert metadata["embedding_dim"] == DIM
+    assert metadata["n_items"] == 18
+    assert metadata["n_trees"] == 10
+    assert metadata["roots"] == [str(gallery_dir.resolve())]
+    assert metadata["items"]["path"][:2] == ["apple/0_0.png", "apple/0_1.png"]
+    assert metadata["items"]["label"][6] == "pear"
+    assert len(metadata["model_fingerprint"]) == 16 and metadata["build_id"]
+
+    gallery = GalleryIndex.load(indexed_run, precision="fp32")
+    assert len(gallery) == 18
+    assert gallery.labels == ["apple"] * 6 + ["pear"] * 6 + ["plum"] * 6
+    assert all(path.is_file() for path in gallery.paths)
+    assert gallery.embeddings.shape == (18, DIM)
+    # Stored row i is the embedding of item i's image: the rows are aligned with the paths.
+    for item in (0, 7, 17):
+        assert gallery.embed(gallery.path(item)) == pytest.approx(np.asarray(gallery.embeddings[item]), abs=1e-4)
+
+
+def test_flat_gallery_has_no_labels_and_json_gives_null(tmp_path, run_dir):
+    run = save_tiny_run(tmp_path / "run")
+    flat = write_images(tmp_path / "flat", None, 5)
+    build_index(run, flat, n_trees=3, **FAST)
+    gallery = GalleryIndex.load(run)
+    assert gallery.labels == [None] * 5
+    neighbour = gallery.search(flat / "0_2.png", k=1)[0]
+    assert neighbour.to_json()["label"] is None
+    assert neighbour.path == str((flat / "0_2.png").resolve())
+
+
+def test_unreadable_gallery_images_are_skipped_reported_and_rows_stay_aligned(tmp_path, caplog):
+    run = save_tiny_run(tmp_path / "run")
+    gallery_dir = write_images(tmp_path / "gallery", ["a", "b"], 3)
+    (gallery_dir / "a" / "broken.png").write_bytes(b"not an image")
+    # A truncated JPEG passes the scan's cheap check but fails when decoded, inside the loader.
+    jpeg = gallery_dir / "b" / "0_9.jpg"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        metadata = build_index(run, gallery_dir, n_trees=3, **FAST)
+    assert metadata["n_items"] == 6
+    assert sorted(metadata["skipped"]) == sorted([str(gallery_dir / "a" / "broken.png"), str(jpeg)])
+    assert "broken.png" in caplog.text and "0_9.jpg" in caplog.text
+    gallery = GalleryIndex.load(run, precision="fp32")
+    assert "b/0_9.jpg" not in gallery.relative_paths
+    for item in range(len(gallery)):
+        assert gallery.embed(gallery.path(item)) == pytest.approx(np.asarray(gallery.embeddings[item]), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- the build transaction
+
+
+def test_failed_rebuild_leaves_the_previous_index_intact(tmp_path, indexed_run, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    before = index_files(run)
+    results = [n.item for n in GalleryIndex.load(run).search(np.ones(DIM, np.float32), k=5)]
+
+    def crash_mid_build(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the trees are built
+
+    monkeypatch.setattr(build_module, "build_annoy", crash_mid_build)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(run, write_images(tmp_path / "other", ["x", "y"], 3), n_trees=4, **FAST)
+    assert index_files(run) == before
+    assert not list((run / "index").glob(".build-*"))
+    assert [n.item for n in GalleryIndex.load(run).search(np.ones(DIM, np.float32), k=5)] == results
+
+
+def test_failed_move_into_place_never_pairs_metadata_with_another_builds_index(tmp_path, indexed_run, gallery_dir, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    real_replace = build_module.os.replace
+
+    def crash_before_metadata(source, target):
+        if str(target).endswith("gallery.json"):
+            raise OSError("disk full")  # data files already moved: the old gallery.json remains
+        real_replace(source, target)
+
+    monkeypatch.setattr(build_module.os, "replace", crash_before_metadata)
+    with pytest.raises(OSError):
+        build_index(run, gallery_dir, n_trees=7, **FAST)
+    monkeypatch.setattr(build_module.os, "replace", real_replace)
+    with pytest.raises(RetrievalError, match="does not belong"):
+        GalleryIndex.load(run)
+    build_index(run, gallery_dir, n_trees=7, **FAST)  # a rebuild repairs it
+    assert GalleryIndex.load(run).n_trees == 7

@@ -1,0 +1,108 @@
+"""Tests for the `retrieval index` / `retrieval search` commands over retrieval.index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from index_helpers import gallery_dir, run_dir, write_images  # noqa: F401 (fixtures)
+from retrieval.cli import app
+from retrieval.errors import RetrievalError
+from retrieval.index import DEFAULT_N_TREES
+
+
+def test_cli_index_then_search_prints_json_neighbours_and_a_table(tmp_path, run_dir, gallery_dir):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    runner = CliRunner()
+    built = runner.invoke(app, ["index", str(run), str(gallery_dir), "--n-trees", "4", "--device", "cpu", "--json", "--quiet"])
+    assert built.exit_code == 0, built.output
+    summary = json.loads(built.stdout)
+    assert summary["n_items"] == 18 and summary["n_trees"] == 4
+
+    query = gallery_dir / "plum" / "2_0.png"
+    found = runner.invoke(app, ["search", str(run), str(query), "-k", "4", "--json"])
+    assert found.exit_code == 0, found.output
+    payload = json.loads(found.stdout)
+    assert list(payload) == ["neighbours", "verdict"] and len(payload["neighbours"]) == 4
+    first = payload["neighbours"][0]
+    assert set(first) == {"path", "label", "distance", "similarity", "match"}
+    # a run without a threshold: no match marks, no verdict
+    assert first["match"] is None and payload["verdict"] == {"match": None, "label": None,
+                                                              "distance": first["distance"], "threshold": None}
+    assert first["path"] == str(query.resolve()) and first["label"] == "plum"
+
+    exact = json.loads(runner.invoke(app, ["search", str(run), str(query), "-k", "4", "--json", "--exact"]).stdout)
+    assert [n["path"] for n in exact["neighbours"]] == [n["path"] for n in payload["neighbours"]]
+
+    table = runner.invoke(app, ["search", str(run), str(query), "-k", "2"])
+    assert table.exit_code == 0 and "plum" in table.stdout and "distance" in table.stdout
+
+
+def test_cli_search_marks_matches_and_gives_a_verdict_at_the_runs_threshold(tmp_path, run_dir, gallery_dir):
+    from retrieval.run import read_config
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(run), str(gallery_dir), "--n-trees", "4", "--device", "cpu", "--quiet"]).exit_code == 0
+    query = gallery_dir / "plum" / "2_0.png"
+
+    def search_at(threshold):
+        config = read_config(run)
+        config.updated(verification={"threshold": threshold, "target_far": 0.01, "far": 0.01, "tar": 0.9,
+                                     "n_positive_pairs": 10, "n_negative_pairs": 1000}).write(run)
+        return json.loads(runner.invoke(app, ["search", str(run), str(query), "-k", "4", "--json", "--exact"]).stdout)
+
+    wide = search_at(2.0)
+    assert all(n["match"] for n in wide["neighbours"])
+    assert wide["verdict"]["match"] is True and wide["verdict"]["label"] == "plum" and wide["verdict"]["threshold"] == 2.0
+    middle = sorted(n["distance"] for n in wide["neighbours"])
+    tau = (middle[1] + middle[2]) / 2
+    split = search_at(tau)
+    assert [n["match"] for n in split["neighbours"]] == [True, True, False, False]
+    # a query that is not in the gallery, with τ below its nearest distance: "not in the gallery"
+    from PIL import Image
+
+    stranger = tmp_path / "stranger.png"
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(stranger)
+    nearest = json.loads(runner.invoke(app, ["search", str(run), str(stranger), "-k", "1", "--json", "--exact"]).stdout)
+    d = nearest["neighbours"][0]["distance"]
+    assert d > 0
+    query = stranger
+    outside = search_at(d / 2)
+    assert outside["verdict"] == {"match": False, "label": None, "distance": outside["neighbours"][0]["distance"], "threshold": d / 2}
+    table = runner.invoke(app, ["search", str(run), str(stranger), "-k", "2"])
+    assert table.exit_code == 0 and "no match in the gallery" in table.stdout and "match" in table.stdout
+
+
+def test_cli_add_appends_a_folder(tmp_path, run_dir, gallery_dir):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    runner = CliRunner()
+    fast = ["--device", "cpu", "--workers", "0", "--quiet"]
+    assert runner.invoke(app, ["index", str(run), str(gallery_dir), "--n-trees", "3", *fast]).exit_code == 0
+    extra = write_images(tmp_path / "extra", ["fig"], 2, seed=9)
+    added = runner.invoke(app, ["index", str(run), "--add", str(extra), "--json", *fast])
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["n_items"] == 20 and json.loads(added.stdout)["n_trees"] == 3
+
+
+def test_cli_errors_are_retrieval_errors_with_one_line(tmp_path, run_dir, gallery_dir):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["search", str(run_dir), str(gallery_dir / "apple" / "0_0.png")])
+    assert isinstance(missing.exception, RetrievalError)
+    assert "retrieval index" in str(missing.exception) and "\n" not in str(missing.exception)
+    both = runner.invoke(app, ["index", str(run_dir), str(gallery_dir), "--add", str(gallery_dir)])
+    assert isinstance(both.exception, RetrievalError)
+    not_image = tmp_path / "query.png"
+    not_image.write_bytes(b"\x00" * 10)
+    bad = runner.invoke(app, ["search", str(run_dir), str(not_image)])
+    assert isinstance(bad.exception, RetrievalError) and "query.png" in str(bad.exception)
+
+
+def test_cli_help_states_the_default_number_of_trees():
+    result = CliRunner().invoke(app, ["index", "--help"])
+    assert f"default {DEFAULT_N_TREES}" in result.stdout

@@ -1,0 +1,129 @@
+"""ROC, EER, TAR at FAR and the threshold τ against brute-force definitions on hand-made distance sets."""
+
+import numpy as np
+import pytest
+
+from retrieval.errors import RetrievalError
+from retrieval.verification import (
+    PairDistances,
+    equal_error_rate,
+    far_levels,
+    pair_distances,
+    rates_at,
+    roc_curve,
+    summarise,
+    threshold_at_far,
+)
+
+
+def brute_rates(tau, positive, negative):
+    """FAR = share of different-class pairs with d ≤ τ; FRR = share of same-class pairs with d > τ."""
+    far = sum(1 for d in negative if d <= tau) / len(negative)
+    frr = sum(1 for d in positive if d > tau) / len(positive)
+    return far, frr
+
+
+def candidates(positive, negative):
+    values = sorted(set(positive) | set(negative))
+    mids = [(a + b) / 2 for a, b in zip(values, values[1:])]
+    return [values[0] - 1, *values, *mids, values[-1] + 1]
+
+
+def test_eer_where_far_meets_frr_at_an_observed_threshold():
+    positive, negative = [0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6, 0.7]
+    assert brute_rates(0.35, positive, negative) == (0.25, 0.25)
+    assert equal_error_rate(positive, negative) == pytest.approx(0.25)
+
+
+def test_eer_of_separable_sets_is_zero_and_of_identical_sets_is_one_half():
+    assert equal_error_rate([0.1, 0.2], [0.5, 0.9]) == 0.0
+    assert equal_error_rate([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0.5)
+    assert equal_error_rate([0.3, 0.6], [0.3, 0.6]) == pytest.approx(0.5)
+
+
+def test_eer_interpolates_between_roc_points():
+    # thresholds 0.2: FAR 0, FRR 1/2; 0.4: FAR 1/2, FRR 1/2 ... gap goes -1/2 -> 0 exactly at 0.4? build a crossing
+    positive, negative = [0.2, 0.8], [0.4, 0.6]
+    # points: (-inf: 0,1) (0.2: 0, .5) (0.4: .5,.5) -> crossing exactly at 0.4: EER 0.5
+    assert equal_error_rate(positive, negative) == pytest.approx(0.5)
+    positive, negative = [0.2, 0.3, 0.9], [0.25, 0.5]
+    # (0.2: 0, 2/3) (0.25: 1/2, 2/3) (0.3: 1/2, 1/3): gap -2/3 -> -1/6 -> +1/6: cross half-way, FAR 1/2
+    assert equal_error_rate(positive, negative) == pytest.approx(0.5)
+
+
+def test_roc_matches_brute_force_counts_with_ties():
+    rng = np.random.default_rng(0)
+    positive = np.round(rng.uniform(0, 1, 30), 1)
+    negative = np.round(rng.uniform(0.3, 1.5, 40), 1)  # rounding makes ties within and across the sets
+    roc = roc_curve(positive, negative)
+    assert roc["far"][0] == 0 and roc["tar"][0] == 0 and roc["far"][-1] == 1 and roc["tar"][-1] == 1
+    for tau, far, tar in zip(roc["threshold"][1:], roc["far"][1:], roc["tar"][1:]):
+        b_far, b_frr = brute_rates(tau, positive, negative)
+        assert far == pytest.approx(b_far) and tar == pytest.approx(1 - b_frr)
+        assert rates_at(tau, positive, negative) == pytest.approx((b_far, b_frr))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("target", [0.01, 0.1, 0.25])
+def test_threshold_is_the_best_tar_whose_far_stays_within_the_target(seed, target):
+    rng = np.random.default_rng(seed)
+    positive = np.round(rng.normal(0.5, 0.2, 50), 2)
+    negative = np.round(rng.normal(1.0, 0.2, 120), 2)
+    chosen = threshold_at_far(positive, negative, target)
+    far, frr = brute_rates(chosen.threshold, positive, negative)
+    assert far <= target and chosen.far == pytest.approx(far) and chosen.tar == pytest.approx(1 - frr)
+    best = max(1 - brute_rates(t, positive, negative)[1] for t in candidates(positive, negative)
+               if brute_rates(t, positive, negative)[0] <= target)
+    assert chosen.tar == pytest.approx(best)
+    assert (chosen.n_positive_pairs, chosen.n_negative_pairs) == (50, 120)
+
+
+def test_threshold_falls_half_way_between_observed_distances():
+    chosen = threshold_at_far([0.1, 0.2], [0.3, 0.5, 0.7, 0.9], 0.25)  # one false accept of four allowed
+    assert chosen.threshold == pytest.approx(0.4) and chosen.far == 0.25 and chosen.tar == 1.0
+    chosen = threshold_at_far([0.1, 0.2], [0.3, 0.5, 0.7, 0.9], 0.1)  # none allowed
+    assert chosen.threshold == pytest.approx(0.25) and chosen.far == 0.0
+
+
+def test_far_levels_need_ten_over_f_negative_pairs():
+    assert far_levels(99) == [] and far_levels(100) == [0.1]
+    assert far_levels(1000) == [0.1, 0.01] and far_levels(10_000) == [0.1, 0.01, 0.001]
+
+
+def test_summary_reports_measurable_rates_and_none_for_the_rest():
+    rng = np.random.default_rng(1)
+    pairs = PairDistances(rng.normal(0.5, 0.1, 200), rng.normal(1.0, 0.1, 500))
+    summary = summarise(pairs, target_far=0.1)
+    assert set(summary.tar_at_far) == {"0.1", "0.01"} and summary.tar_at_far["0.01"] is None
+    assert summary.tar_at_far["0.1"] == pytest.approx(threshold_at_far(pairs.positive, pairs.negative, 0.1).tar)
+    assert summary.threshold.far <= 0.1 and 0 <= summary.eer < 0.1
+    assert summary.metrics()["n_negative_pairs"] == 500
+    empty = summarise(PairDistances(np.array([]), np.array([0.3])))
+    assert empty.eer is None and empty.threshold is None and empty.tar_at_far == {"0.1": None, "0.01": None}
+
+
+def test_pair_distances_match_a_loop_over_pairs_leave_one_out_and_cross_set():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    y = np.array([0, 0, 1, 1, 1, 2, 0])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = pair_distances(x, y)
+    pos = [np.linalg.norm(unit[i] - unit[j]) for i in range(7) for j in range(i + 1, 7) if y[i] == y[j]]
+    neg = [np.linalg.norm(unit[i] - unit[j]) for i in range(7) for j in range(i + 1, 7) if y[i] != y[j]]
+    np.testing.assert_allclose(sorted(pairs.positive), sorted(pos), atol=1e-5)
+    np.testing.assert_allclose(sorted(pairs.negative), sorted(neg), atol=1e-5)
+    g, gy = x[:3], y[:3]
+    cross = pair_distances(x, y, g, gy)
+    assert cross.n_positive + cross.n_negative == 7 * 3
+    assert cross.n_positive == sum(int(y[i] == gy[j]) for i in range(7) for j in range(3))
+    sampled = pair_distances(x, y, max_pairs=10)
+    assert sampled.sampled and sampled.n_positive + sampled.n_negative == 10
+
+
+def test_bad_inputs_are_one_line_errors():
+    with pytest.raises(RetrievalError, match="same-class and different-class"):
+        equal_error_rate([], [0.5])
+    with pytest.raises(RetrievalError, match="finite"):
+        roc_curve([0.1, np.nan], [0.5])
+    with pytest.raises(RetrievalError, match="target-far"):
+        threshold_at_far([0.1], [0.5], 1.5)

@@ -1,0 +1,106 @@
+"""`retrieval evaluate` verification keys, `retrieval calibrate` and `retrieval verify` on a small run,
+through the real command line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retrieval.model import EmbeddingModel
+from retrieval.run import read_config, save_model
+
+
+@pytest.fixture(scope="module")
+def run_and_data(tmp_path_factory):
+    """A random-init tiny model and a labelled folder of three colour classes (distinct enough that
+    even an untrained network separates most pairs)."""
+    root = tmp_path_factory.mktemp("verify")
+    torch.manual_seed(0)
+    model = EmbeddingModel("resnet10t", 8).eval()
+    save_model(root / "run", model, {"image_size": 32, "data_config": model.data_config(32)})
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate([(250, 10, 10), (10, 250, 10), (10, 10, 250)]):
+        folder = root / "data" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root / "run", root / "data"
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``retrieval ARGS…`` through the console script's entry point, in this process (the model
+    import is paid once); exit code, stdout and stderr as a subprocess would give them."""
+    from retrieval.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["retrieval", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code or 0
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def test_calibrate_stores_a_threshold_that_evaluate_and_verify_use(run_and_data, cli):
+    run, data = run_and_data
+    before = cli("verify", run, data / "class0" / "0.png", data / "class0" / "1.png", "--json", "--device", "cpu")
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["same"] is None  # no threshold yet: distance only
+
+    calibrated = cli("calibrate", run, data, "--target-far", "0.1", "--json", "--device", "cpu")
+    assert calibrated.returncode == 0, calibrated.stderr
+    stored = json.loads(calibrated.stdout)
+    assert stored["target_far"] == 0.1 and stored["far"] <= 0.1
+    assert stored["n_positive_pairs"] == 3 * 15 and stored["n_negative_pairs"] == 18 * 17 // 2 - 45
+    assert read_config(run).threshold.threshold == pytest.approx(stored["threshold"])
+
+    metrics = json.loads(cli("evaluate", run, data, "--json", "--device", "cpu").stdout)
+    assert metrics["n_positive_pairs"] == 45 and metrics["n_negative_pairs"] == 108
+    assert set(metrics["tar_at_far"]) == {"0.1", "0.01"} and metrics["tar_at_far"]["0.01"] is None  # 108 < 1000 pairs
+    assert metrics["far_at_threshold"] == pytest.approx(stored["far"]) and 0 <= metrics["eer"] <= 1
+    assert metrics["frr_at_threshold"] == pytest.approx(1 - stored["tar"])
+
+    same = json.loads(cli("verify", run, data / "class1" / "2.png", data / "class1" / "2.png", "--json", "--device", "cpu").stdout)
+    assert same["distance"] == pytest.approx(0, abs=1e-5) and same["same"] is True
+    assert same["threshold"] == pytest.approx(stored["threshold"]) and same["far"] == pytest.approx(stored["far"])
+    text = cli("verify", run, data / "class1" / "2.png", data / "class1" / "2.png", "--device", "cpu")
+    assert text.stdout.startswith("same: d = 0.0000 <= threshold")
+
+
+def test_bad_inputs_are_one_line_errors(run_and_data, tmp_path, cli):
+    run, data = run_and_data
+    (tmp_path / "one" / "class0").mkdir(parents=True)
+    for image in (data / "class0").iterdir():
+        (tmp_path / "one" / "class0" / image.name).write_bytes(image.read_bytes())
+    for args, message in [
+        (("calibrate", run, data, "--target-far", "2"), "--target-far must be between 0 and 1"),
+        (("calibrate", run, tmp_path / "one"), "calibration needs two or more classes"),
+        (("verify", run, data / "class0" / "0.png", tmp_path / "missing.png"), "missing.png"),
+    ]:
+        result = cli(*args, "--device", "cpu")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_input_is_one_line_on_stderr_from_the_installed_command(run_and_data, tmp_path):
+    run, data = run_and_data
+    result = subprocess.run([sys.executable, "-m", "retrieval", "verify", str(run), str(data / "class0" / "0.png"),
+                             str(tmp_path / "missing.png")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "missing.png" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""

@@ -1,0 +1,131 @@
+"""TrainConfig's resolve step: one place for every default, defaults that depend on other flags, the
+record of what the user gave, the settings config.json keeps, and what --resume takes from a call."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval.cli import app
+from retrieval.training import DEFAULTS, LOSSES, NATURAL_MINER, TrainConfig, TrainResult
+from retrieval.training import config as config_module
+from retrieval.training.resume import PER_CALL, config_for_resume
+
+#: the keys of config.json's train_settings, as runs have always written them
+TRAIN_SETTINGS_KEYS = {
+    "augment", "backbone", "batch_size", "cache_mb", "channels_last", "class_groups", "classes_per_batch", "command",
+    "data_dir", "device", "dist_timeout", "embedding_dim", "epochs", "groups_per_batch", "hardest_per_epoch",
+    "image_size", "images_per_class", "loss", "lr", "margin", "miner", "negatives", "never_negative", "num_workers",
+    "out", "pair_groups", "pair_negatives", "pairs", "precision", "pretrained", "seed", "sync_bn", "temperature",
+    "unlabelled", "val_fraction", "weight_decay", "weights",
+}
+
+
+def _config(**values):
+    return TrainConfig(data_dir=Path("data"), out=Path("run"), **values)
+
+
+def test_a_setting_not_given_takes_its_default_and_a_typed_one_wins():
+    config = _config(margin=0.3, epochs=DEFAULTS["epochs"]).resolve()
+    assert config.margin == 0.3 and config.temperature == DEFAULTS["temperature"] and config.lr == DEFAULTS["lr"]
+    # a flag typed with the default's value is still a typed flag
+    assert {"margin", "epochs"} <= config.given and not {"temperature", "lr"} & config.given
+    assert config.num_workers is None  # no default: chosen for the machine when loading
+
+
+def test_every_setting_is_none_until_resolved_and_resolving_twice_changes_nothing():
+    raw = _config()
+    assert raw.margin is None and raw.loss is None and not raw.is_resolved
+    resolved = raw.resolve()
+    assert resolved.is_resolved and resolved.resolve() is resolved
+    assert resolved.given == frozenset({"data_dir", "out"})
+    with pytest.raises(ValueError, match="resolve"):
+        raw.validate()
+
+
+def test_the_loss_defaults_to_infonce_under_unlabelled_and_to_triplet_otherwise():
+    assert _config().resolve().loss == "triplet"
+    assert _config(unlabelled=True).resolve().loss == "infonce"
+    assert _config(unlabelled=True, loss="triplet").resolve().loss == "triplet"
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_miner_defaults_to_the_natural_miner_of_the_loss(loss):
+    config = _config(loss=loss).resolve()
+    assert config.miner == NATURAL_MINER[loss] and "miner" not in config.given
+    assert config.train_settings()["miner"] is None  # config.json: null = the loss's natural miner, as before
+    typed = _config(loss=loss, miner="all").resolve()
+    assert typed.miner == "all" and typed.train_settings()["miner"] == "all"
+
+
+def test_fine_tuning_defaults_apply_only_from_pretrained_weights_and_lose_to_typed_flags(monkeypatch):
+    monkeypatch.setattr(config_module, "fine_tuning_defaults", lambda: {"lr": 1e-4})
+    assert _config(weights=Path("backbone.safetensors")).resolve().lr == 1e-4
+    assert _config(pretrained=True).resolve().lr == 1e-4
+    assert _config(pretrained=True, lr=0.01).resolve().lr == 0.01
+    assert _config().resolve().lr == DEFAULTS["lr"]
+
+
+def test_a_pretrained_backbone_learns_at_a_tenth_of_the_lr():
+    assert _config(pretrained=True).resolve().backbone_lr_scale == 0.1
+    assert _config().resolve().backbone_lr_scale == 1.0
+
+
+def test_train_settings_keep_the_keys_config_json_always_had():
+    settings = _config(unlabelled=True).resolve().train_settings()
+    assert set(settings) == TRAIN_SETTINGS_KEYS
+    assert settings["loss"] == "infonce" and settings["data_dir"] == "data" and settings["dist_timeout"] == 300.0
+
+
+def test_the_command_line_passes_only_typed_flags(monkeypatch, tmp_path):
+    import retrieval.training
+
+    seen = []
+
+    def fake_train(config, **_):
+        seen.append(config)
+        return TrainResult(Path(config.out), [{"epoch": 0}])
+
+    monkeypatch.setattr(retrieval.training, "train", fake_train)
+    out = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--margin", "0.2", "-P", "8",
+                                   "--unlabelled", "--quiet"])
+    assert out.exit_code == 0, out.output
+    config = seen[0].resolve()
+    assert config.given == {"data_dir", "out", "margin", "classes_per_batch", "unlabelled"}
+    assert config.loss == "infonce" and config.miner == "none" and config.pretrained is False and config.epochs == 10
+
+
+def test_help_shows_the_defaults_that_resolve_fills():
+    import typer
+
+    command = typer.main.get_command(app).commands["train"]
+    names = {"hardest": "hardest_per_epoch", "workers": "num_workers"}
+    shown = {}
+    for param in command.params:
+        found = re.search(r"\\\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
+        if found:
+            shown[names.get(param.name, param.name)] = found.group(1)
+    assert len(shown) == 21
+    for name, text in shown.items():
+        if name == "loss":
+            assert text == "triplet; infonce with --unlabelled"
+        elif name == "miner":
+            assert text == "semihard for triplet, none otherwise"
+        else:
+            assert text == str(DEFAULTS[name]), name
+
+
+def test_resume_takes_the_saved_settings_and_only_the_per_call_ones_from_this_call(tmp_path):
+    saved = _config(lr=0.01, miner="all", epochs=2).resolve()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32, "data_config": {},
+        "train_settings": saved.train_settings(),
+    }))
+    call = _config(lr=0.5, epochs=5, resume=True).resolve()
+    resumed = config_for_resume(call, tmp_path)
+    assert resumed.lr == 0.01 and resumed.epochs == 5 and resumed.resume is True
+    assert resumed.miner == "all" and resumed.train_settings()["miner"] == "all"
+    assert "lr" in call.given  # what this call typed stays known; nothing acts on it yet
+    assert set(PER_CALL) == {"epochs", "device", "num_workers", "cache_mb", "command", "dist_timeout"}
