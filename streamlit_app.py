@@ -2,21 +2,26 @@
 
 Start it with ``retrieval app RUN_DIR`` or ``streamlit run streamlit_app.py -- RUN_DIR``. The run
 directory comes from the command line, else the ``RETRIEVAL_RUN_DIR`` environment variable, else
-the user picks one of the runs under ``models/`` in the sidebar.
+the user picks one of the runs under ``models/`` in the sidebar. A run moved from another machine
+is re-rooted by ``RETRIEVAL_GALLERY_ROOTS`` (its gallery folders, joined by ``os.pathsep``) and
+``RETRIEVAL_DATA_ROOT`` (its training folder), which ``retrieval app --gallery-root / --data-root`` set.
 
 This file is the entry: page config, the run choice (sidebar), and ``st.navigation`` over the
 pages in ``app_pages/`` beside it (Streamlit's multipage layout; each page file is run as a script):
 
 - Search (``app_pages/search.py``): upload a query image or pick one from the gallery; its top-K
-  neighbours with label, distance and cosine similarity; the margin picture; with the query's
-  label, its nearest positive and negative and whether their gap clears ε.
+  neighbours with label, distance and cosine similarity, under the match / no-match verdict at the
+  run's threshold τ; the margin picture (with τ); with the query's label, its nearest positive and
+  negative and whether their gap clears ε.
+- Verify (``app_pages/verify.py``): two uploads, one verdict: same when their distance d ≤ τ.
 - Hardest negatives (``app_pages/hardest_negatives.py``): the mining log epoch by epoch as anchor |
   positive | negative triples with d_ap, d_an and the margin violation, filtered by class, pairs
   that recur across epochs marked; how hardness changed over the epochs.
 - Embedding map (``app_pages/embedding_map.py``): the gallery embeddings projected to 2-D (PCA, or
   UMAP when installed), coloured by class, the last query on it.
-- Training (``app_pages/training.py``): loss, active fraction, Recall@1, MAP@R per epoch; held-out
-  positive- and negative-pair distances against the margin.
+- Training (``app_pages/training.py``): loss, active fraction, Recall@1, MAP@R, EER per epoch; held-out
+  positive- and negative-pair distances against the margin and τ, the ROC / DET curve, another
+  target FAR tried (shown, never saved).
 
 Runs trained without class labels (``--unlabelled`` / ``--pairs``) and flat galleries get the same
 pages less what needs labels, and each page says so in one line. All numbers come from the library
@@ -36,12 +41,15 @@ import streamlit as st
 from app_pages.common import remember_run
 from retrieval.errors import RetrievalError
 from retrieval.run import RunConfig, list_runs, read_config
+from retrieval.safe_text import markdown_text
 
 APP_FILE = Path(__file__).resolve()
 PAGES_DIR = APP_FILE.parent / "app_pages"  # absolute: found wherever streamlit is started from
 RUN_DIR_ENV = "RETRIEVAL_RUN_DIR"
+DATA_ROOT_ENV = "RETRIEVAL_DATA_ROOT"  # `retrieval app --data-root`: where a moved run's training folder is now
 PAGES = {  # title (sidebar and page header) -> page file; the first is the default page
     "Search": "search.py",
+    "Verify": "verify.py",
     "Hardest negatives": "hardest_negatives.py",
     "Embedding map": "embedding_map.py",
     "Training": "training.py",
@@ -82,10 +90,10 @@ def choose_run() -> Path | None:
 
 
 def describe_run(run_dir: Path, config: RunConfig) -> None:
-    st.sidebar.markdown(f"**{run_dir.name}**  \n`{run_dir}`")
+    st.sidebar.markdown(f"**{markdown_text(run_dir.name)}**  \n{markdown_text(run_dir)}")
     st.sidebar.caption(
-        f"{config.backbone} · D = {config.embedding_dim} · {config.image_size} px  \n"
-        f"loss {config.get('loss', '?')} · miner {config.get('miner', '?')} · margin ε = {config.margin:g}"
+        f"{markdown_text(config.backbone)} · D = {config.embedding_dim} · {config.image_size} px  \n"
+        f"loss {markdown_text(config.get('loss', '?'))} · miner {markdown_text(config.get('miner', '?'))} · margin ε = {config.margin:g}"
         + (f"  \ntrained {config.mode} (no class labels)" if config.mode in ("unlabelled", "pairs") else "")
         + ("" if config.has_validation else "  \nno held-out classes")
     )
@@ -100,15 +108,17 @@ def main() -> None:
     try:
         config = read_config(run_dir)
     except RetrievalError as error:
-        st.error(str(error))
+        st.error(markdown_text(error))
         return
+    if os.environ.get(DATA_ROOT_ENV):  # the hardest-negative images of a run moved from another machine
+        config = config.updated(data_dir=os.environ[DATA_ROOT_ENV])
     describe_run(run_dir, config)
     remember_run(run_dir, config)
     page = st.navigation([st.Page(PAGES_DIR / file, title=title) for title, file in PAGES.items()])
     try:
         page.run()
     except RetrievalError as error:
-        st.error(str(error))
+        st.error(markdown_text(error))
 
 
 main()

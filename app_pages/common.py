@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,17 +32,23 @@ from retrieval.run import (
     mining_epochs,
     mining_log_path,
 )
+from retrieval.safe_text import markdown_text, printable
 
 __all__ = [
-    "ALL_CLASSES", "ChosenRun", "chosen_run", "class_items", "embed_upload", "file_stamp", "gallery_label",
+    "ALL_CLASSES", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "file_stamp", "gallery_label",
     "index_stamp", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "remember_run",
     "show_image", "thumbnail",
 ]
 
 ALL_CLASSES = "(all classes)"
 THUMBNAIL_PX = 256
+#: uploads decoded at once by the whole server: decoding an image at the query limit takes up to a few hundred MB
+#: (BENCHMARKS.md "decode"), so many sessions uploading together cost at most this many decodes' memory
+UPLOAD_DECODES_AT_ONCE = 2
+_upload_decodes = threading.BoundedSemaphore(UPLOAD_DECODES_AT_ONCE)
 NO_LABEL_VALUES = ("", "-1")  # gallery labels that mean "no label" (besides None)
 _RUN_KEY = "chosen_run"
+GALLERY_ROOTS_ENV = "RETRIEVAL_GALLERY_ROOTS"  # set by `retrieval app --gallery-root`
 
 
 # ----------------------------------------------------------------------------- the chosen run
@@ -91,7 +98,9 @@ def file_stamp(*paths: Path) -> str:
 
 
 def index_stamp(run_dir: Path) -> str:
-    return file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME, index_dir(run_dir) / METADATA_NAME)
+    """Changes when the model or the index is rewritten, or the index is re-rooted (its item paths change)."""
+    stamp = file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME, index_dir(run_dir) / METADATA_NAME)
+    return stamp + "|" + "|".join(gallery_roots() or ())
 
 
 def mining_stamp(run_dir: Path) -> str:
@@ -103,7 +112,7 @@ def mining_stamp(run_dir: Path) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model and the gallery index…", max_entries=4)
-def load_index(run_dir: str, stamp: str) -> GalleryIndex:
+def load_index(run_dir: str, stamp: str, roots: tuple[str, ...] = ()) -> GalleryIndex:
     """The run's gallery index with its model, once per run (and again after a rebuild); warmed
     up (one embedding, the margin chart's template) so that the first query is as fast as the next."""
     from PIL import Image
@@ -111,7 +120,7 @@ def load_index(run_dir: str, stamp: str) -> GalleryIndex:
     import pandas  # noqa: F401  Streamlit turns chart data into Arrow tables with it: import it now, not on the first query
     import pyarrow  # noqa: F401
 
-    index = GalleryIndex.load(run_dir, device="auto")
+    index = GalleryIndex.load(run_dir, device="auto", gallery_roots=list(roots) or None)
     index.labels = [gallery_label(label) for label in index.labels]  # a flat gallery: all None (or -1)
     with one_torch_thread():
         vector = index.embed(Image.new("RGB", (64, 64), (128, 128, 128)))
@@ -121,17 +130,27 @@ def load_index(run_dir: str, stamp: str) -> GalleryIndex:
     return index
 
 
+def gallery_roots() -> list[str] | None:
+    """The gallery folders given at launch (``retrieval app --gallery-root``, or the
+    RETRIEVAL_GALLERY_ROOTS environment variable, folders joined by ``os.pathsep``) for a run
+    moved from another machine; None: the index's own."""
+    import os
+
+    value = os.environ.get(GALLERY_ROOTS_ENV)
+    return value.split(os.pathsep) if value else None
+
+
 def open_index(run_dir: Path, what: str) -> GalleryIndex | None:
     """The run's index, or None after saying why (no index: which command builds one)."""
     if not index_exists(run_dir):
         st.info(f"This run has no gallery index yet, so {what} is not available. Build one with:")
-        st.code(f"retrieval index {run_dir} GALLERY_DIR", language="bash")
+        st.code(f"retrieval index {printable(run_dir)} GALLERY_DIR", language="bash")
         st.caption("The Hardest negatives and Training pages work without an index.")
         return None
     try:
-        return load_index(str(run_dir), index_stamp(run_dir))
+        return load_index(str(run_dir), index_stamp(run_dir), tuple(gallery_roots() or ()))
     except RetrievalError as error:
-        st.error(str(error))
+        st.error(markdown_text(error))
         return None
 
 
@@ -157,10 +176,17 @@ def projection(_index: GalleryIndex, stamp: str, method: str, max_points: int) -
 @st.cache_data(max_entries=64, show_spinner=False)
 def embed_upload(_index: GalleryIndex, stamp: str, digest: str, _data: bytes, name: str):
     """Decode and embed an uploaded image once per (run, file content): (embedding, thumbnail)."""
-    image = load_image_bytes(_data, name)
+    image = decode_upload(_data, name)
     with one_torch_thread():
         vector = _index.embed(image)
     return vector, encode_thumbnail(image)
+
+
+def decode_upload(data: bytes, name: str):
+    """An upload as an RGB picture (:func:`retrieval.data.load_image_bytes`: supported formats only, at most
+    MAX_QUERY_PIXELS, refused from the header), at most :data:`UPLOAD_DECODES_AT_ONCE` at a time server-wide."""
+    with _upload_decodes:
+        return load_image_bytes(data, name)
 
 
 @contextlib.contextmanager
@@ -205,6 +231,6 @@ def encode_thumbnail(image) -> bytes:
 def show_image(path: str | Path, caption: str | None = None) -> None:
     image = thumbnail(str(path), file_stamp(Path(path)))
     if image is None:
-        st.caption(f":material/broken_image: cannot read {Path(path).name}")
+        st.caption(f":material/broken_image: cannot read {markdown_text(Path(path).name)}")
     else:
         st.image(image, caption=caption, width="stretch")

@@ -17,6 +17,7 @@ from app_pages.common import chosen_run, index_stamp, open_index, projection
 from retrieval import diagnostics, figures
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
+from retrieval.safe_text import markdown_text
 
 POINT_COUNTS = (500, 1000, 2000, 5000, 10000, 20000)  # choices of "Points drawn" below the gallery's size
 DEFAULT_POINTS = 2000
@@ -52,7 +53,7 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     explained = ""
     if fitted.explained is not None:
         explained = f"; the axes hold {fitted.explained[0]:.0%} and {fitted.explained[1]:.0%} of the variance"
-    query_text = (f" The black cross is the last query, {query_name}." if query_xy is not None
+    query_text = (f" The black cross is the last query, {markdown_text(query_name)}." if query_xy is not None
                   else " Search on the Search page to place the query on the map.")
     st.caption(f"{method} of the gallery embeddings: {shown} images{explained}. Hover for the image name; "
                f"scroll to zoom, drag to pan.{query_text}")

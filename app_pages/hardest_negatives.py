@@ -1,11 +1,23 @@
-"""Hardest negatives: the mining log epoch by epoch, and how hardness changed over the epochs.
+"""Hardest negatives: the batches' hardest triplets epoch by epoch, how hard they were over
+training, which classes the model confused while it trained, and which it confuses now.
 
-Each logged triplet as anchor | positive | negative with d_ap, d_an and the margin violation
-ε − (d_an − d_ap), filtered by class, pairs that recur across epochs marked; the class pairs
-confused most often. A run trained without class labels (``--unlabelled``: view 1 / view 2 /
-negative; ``--pairs``: linked groups) has no class filter and no class-pair table, and the page
-says so. The numbers come from :mod:`retrieval.diagnostics`, the chart from
-:func:`retrieval.figures.hardness_chart`.
+- The chart: each epoch's logged hardest triplets (of every valid triplet of its batches, not only
+  those the miner kept) as points of d_an − d_ap coloured by whether the miner kept them, how many
+  lie below 0 (the negative nearer than the positive), inside the margin ε or beyond it, and the
+  active, violating and per-anchor fractions of ``metrics.jsonl``.
+- Each logged triplet as anchor | positive | negative with d_ap, d_an, the margin violation
+  ε − (d_an − d_ap) and whether the miner kept it, filtered by epoch, class, the miner's only, and
+  pairs that recur across epochs.
+- The class pairs confused most often in the log; the class confusions of training
+  (``mining/confusions.jsonl``: which classes held each class's anchors' nearest negatives, ranked
+  bars for an epoch and their rate over the epochs); the trained model's confusions in the indexed
+  gallery, as pictures (:func:`retrieval.confusions.gallery_confusions`).
+
+A run trained without class labels (``--unlabelled``: view 1 / view 2 / negative; ``--pairs``:
+linked groups) has no class filter and none of the class sections, and the page says so. Runs
+written before ``mined`` and ``confusions.jsonl`` were recorded say "not recorded". The numbers
+come from :mod:`retrieval.diagnostics` and :mod:`retrieval.confusions`, the charts from
+:mod:`retrieval.figures`.
 """
 
 from __future__ import annotations
@@ -15,14 +27,22 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import ALL_CLASSES, chosen_run, mining_logs, mining_stamp, show_image
-from retrieval import diagnostics, figures
-from retrieval.run import RunConfig, read_metrics, resolve_logged_path
+from app_pages.common import ALL_CLASSES, chosen_run, index_stamp, mining_logs, mining_stamp, open_index, show_image
+from app_pages.faces import logged_image
+from retrieval import confusions, diagnostics, figures
+from retrieval.index import GalleryIndex
+from retrieval.run import RunConfig, read_confusions, read_metrics
+from retrieval.safe_text import markdown_text
 
 TRIPLETS_PAGE = 8         # mining triples per page
 ROLES = ("anchor", "positive", "negative")
 ROLE_TITLES = {"unlabelled": ("view 1", "view 2", "negative")}  # else anchor / positive / negative
 CONFUSED_PAIRS_SHOWN = 15
+CONFUSION_HISTORY_PAIRS = 5  # pairs whose rate is drawn over the epochs
+GALLERY_PAIRS_SHOWN = 6
+GALLERY_CONFUSIONS_LIMIT = 10_000  # exact search is N² D: larger galleries are left to `retrieval confusions`
+MINED_TEXT = {diagnostics.MINED: ":blue[mined]: the miner kept it", diagnostics.NOT_MINED: ":red[not mined]: the loss never saw it",
+              diagnostics.NOT_RECORDED: "mined: not recorded"}
 
 
 def mining_page(run_dir: Path, config: RunConfig) -> None:
@@ -31,13 +51,9 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
     logs = mining_logs(str(run_dir), mining_stamp(run_dir))
     if not logs:
         st.info("This run has no mining log (mining/epoch_NNN.jsonl). `retrieval train` writes the hardest "
-                "mined triplets of each epoch there; a run trained for 0 epochs, or without a miner, has none.")
+                "triplets of each epoch there; a run trained for 0 epochs has none.")
         return
-    hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
-    st.altair_chart(figures.hardness_chart(hardness, margin), width="content")
-    st.caption("Left: mean d_an − d_ap of each epoch's logged hardest triplets; a triplet whose gap is below the "
-               "margin ε still has a loss, below 0 its negative is nearer than its positive. Right: the fraction of "
-               "all mined triplets with a loss (metrics.jsonl).")
+    show_hardness(run_dir, logs, margin)
 
     labelled = config.trained_with_labels
     if config.mode == "unlabelled":
@@ -64,21 +80,43 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
 
     if labelled:
         show_confused_classes(logs, class_pairs)
+        show_training_confusions(run_dir)
+        show_gallery_confusions(run_dir)
+
+
+def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float) -> None:
+    """The chart of how hard the logged hardest were, epoch by epoch, and what the last epoch says."""
+    hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
+    gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
+    st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, width=260), width="content")
+    last = next((r for r in reversed(hardness) if r["n_logged"]), None)
+    if last is None:
+        return
+    mined = ("whether the miner kept them was not recorded (a run trained before the log said)" if last["n_mined"] is None
+             else f"the miner kept {last['n_mined']}")
+    st.caption(f"Epoch {last['epoch']}: of the {last['n_logged']} logged hardest triplets (of all the batches' triplets), "
+               f"{last['n_nearer']} have the negative nearer than the positive (d_an − d_ap < 0) and {last['n_violating']} "
+               f"have d_an − d_ap < ε = {margin:g}, a loss still; {mined}. Left: each logged triplet "
+               "and their mean; middle: how many lie below 0, inside ε or beyond it; right (metrics.jsonl): the share of "
+               "mined triplets with a loss, of all triplets inside the margin, and of anchors whose nearest negative "
+               "is nearer than their farthest positive, or inside the margin of it.")
 
 
 def chosen_triplets(logs: dict[int, list[dict]], labelled: bool, image_pairs) -> tuple[int, list[dict]]:
-    """The epoch and its logged triplets that the controls (epoch, class, recurring only) choose."""
+    """The epoch and its logged triplets that the controls (epoch, class, the miner's only, recurring only) choose."""
     epochs = sorted(logs)
-    controls = st.columns([2, 2, 2])
+    controls = st.columns([2, 2, 2, 2] if labelled else [2, 2, 2])
     epoch = controls[0].select_slider("Epoch", options=epochs, value=epochs[-1], key="mining_epoch") if len(epochs) > 1 else epochs[0]
-    chosen_class = ALL_CLASSES
+    chosen_class = None
     if labelled:
         classes = sorted({str(r[f"{role}_label"]) for rows in logs.values() for r in rows for role in ("anchor", "negative")})
-        chosen_class = controls[1].selectbox("Class", [ALL_CLASSES] + classes, key="mining_class",
-                                             help="Triplets whose anchor or negative is of this class.")
-    recurring_only = controls[2 if labelled else 1].checkbox("Only pairs hard in several epochs", key="mining_recurring")
-    rows = [r for r in logs[epoch]
-            if chosen_class == ALL_CLASSES or chosen_class in (str(r["anchor_label"]), str(r["negative_label"]))]
+        chosen = controls[1].selectbox("Class", [ALL_CLASSES] + classes, key="mining_class",
+                                       help="Triplets whose anchor or negative is of this class.")
+        chosen_class = None if chosen == ALL_CLASSES else chosen
+    mined_only = controls[-2].checkbox("Only the miner's triplets", key="mining_mined_only",
+                                       help="The triplets the miner kept, which the loss trained on.")
+    recurring_only = controls[-1].checkbox("Only pairs hard in several epochs", key="mining_recurring")
+    rows = diagnostics.select_triplets(logs[epoch], mined_only=mined_only, class_name=chosen_class)
     if recurring_only:
         rows = [r for r in rows if len(image_pairs[(r["anchor_path"], r["negative_path"])]) > 1]
     return epoch, rows
@@ -92,24 +130,25 @@ def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image
         columns = st.columns([1, 1, 1, 2])
         for column, role, title in zip(columns, ROLES, titles):
             with column:
-                show_image(resolve_logged_path(config, row[f"{role}_path"]))
-                name = Path(row[f"{role}_path"]).name
+                show_image(logged_image(config, row[f"{role}_path"]))  # a face run's crops too (app_pages/faces.py)
+                name = markdown_text(Path(row[f"{role}_path"]).name)
                 if labelled:
-                    st.markdown(f"{role}: **{row[f'{role}_label']}**")
+                    st.markdown(f"{role}: **{markdown_text(row[f'{role}_label'])}**")
                     st.caption(name)
                 else:  # the label is a pseudo-label: the image's own path (--unlabelled) or its linked group (--pairs)
                     st.markdown(f"**{title}**")
-                    group = "" if config.mode == "unlabelled" else f" · {row[f'{role}_label']}"
+                    group = "" if config.mode == "unlabelled" else f" · {markdown_text(row[f'{role}_label'])}"
                     st.caption(name + group)
         with columns[3]:
             st.markdown(f"**#{number}** d_ap = {row['d_ap']:.3f} · d_an = {row['d_an']:.3f}  \n"
-                        f"d_an − d_ap = {row['d_an_minus_d_ap']:+.4f} · violation **{violation:+.4f}**")
+                        f"d_an − d_ap = {row['d_an_minus_d_ap']:+.4f} · violation **{violation:+.4f}**  \n"
+                        f"{MINED_TEXT[diagnostics.mined_status(row)]}")
             image_epochs = image_pairs.get((row["anchor_path"], row["negative_path"]), [])
             class_epochs = class_pairs.get(diagnostics.class_pair(str(row["anchor_label"]), str(row["negative_label"])), [])
             if len(image_epochs) > 1:
                 st.markdown(f":orange[:material/repeat:] this anchor–negative pair was hard in epochs {', '.join(map(str, image_epochs))}")
             if len(class_epochs) > 1:
-                st.caption(f"classes {row['anchor_label']} / {row['negative_label']} confused in "
+                st.caption(f"classes {markdown_text(row['anchor_label'])} / {markdown_text(row['negative_label'])} confused in "
                            f"{len(class_epochs)} epochs: {', '.join(map(str, class_epochs))}")
 
 
@@ -127,6 +166,68 @@ def show_confused_classes(logs: dict[int, list[dict]], class_pairs) -> None:
          for (a, b), e in confused],
         hide_index=True, width="stretch",
     )
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def training_confusions(run_dir: str, stamp: str) -> list[dict] | None:
+    return read_confusions(run_dir)
+
+
+def show_training_confusions(run_dir: Path) -> None:
+    """Which classes held each class's anchors' nearest negatives, for a chosen epoch and over training."""
+    st.subheader("Class confusions over training")
+    rows = training_confusions(str(run_dir), mining_stamp(run_dir))
+    if rows is None:
+        st.info("Not recorded: this run was trained before training wrote mining/confusions.jsonl.")
+        return
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    if not epochs:
+        st.info("No anchor met a negative of another class in the logged epochs.")
+        return
+    epoch = st.select_slider("Epoch", options=epochs, value=epochs[-1], key="confusion_epoch") if len(epochs) > 1 else epochs[0]
+    pairs = diagnostics.confused_pairs(rows, epoch, top=CONFUSED_PAIRS_SHOWN)
+    history = diagnostics.confusion_history(rows, [(p["anchor_label"], p["negative_label"]) for p in pairs[:CONFUSION_HISTORY_PAIRS]])
+    st.altair_chart(figures.confusion_chart(pairs, history if len(epochs) > 1 else ()), width="content")
+    st.caption(f"Epoch {epoch}: for each class A (the anchor's), how many of its anchors had their nearest negative "
+               "in class B; the colour is the rate, that count over the anchors of A whose batch held a negative of B "
+               "(which classes meet depends on the sampler). Right: the rate of the top pairs over the epochs.")
+
+
+@st.cache_data(max_entries=4, show_spinner="Finding the gallery's confusions…")
+def gallery_result(_index: GalleryIndex, stamp: str) -> dict:
+    paths = [str(_index.path(item)) for item in range(len(_index))]
+    return confusions.gallery_confusions(_index.embeddings, _index.labels, paths, per_class=1, top_pairs=GALLERY_PAIRS_SHOWN)
+
+
+def show_gallery_confusions(run_dir: Path) -> None:
+    """The trained model's most confused class pairs in the indexed gallery, as the closest pair of pictures."""
+    st.subheader("What the trained model confuses in the gallery")
+    index = open_index(run_dir, "what the model confuses in the gallery")
+    if index is None:
+        return
+    if any(label is None for label in index.labels) or len(set(index.labels)) < 2:
+        st.caption("The indexed gallery has no classes to confuse (a flat folder, or one class); "
+                   f"`retrieval confusions {markdown_text(run_dir)} DATA_DIR` takes a labelled folder.")
+        return
+    if len(index) > GALLERY_CONFUSIONS_LIMIT:
+        st.caption(f"The gallery has {len(index)} items, too many to search every pair here; "
+                   f"`retrieval confusions {markdown_text(run_dir)}` does it in the terminal.")
+        return
+    result = gallery_result(index, index_stamp(run_dir))
+    st.caption(f"Exact search over the {result['n_items']} gallery embeddings: the class pairs with the most items whose "
+               "nearest neighbour is of the other class (rank 1), then the most items whose nearest other-class item is "
+               "there; each shown by its closest pair. The same as `retrieval confusions`.")
+    columns = st.columns(3)
+    for number, pair in enumerate(result["pairs"]):
+        closest = pair["closest"]
+        with columns[number % 3].container(border=True, key=f"gallery-confusion-{number}"):
+            left, right = st.columns(2)
+            for column, path, label in ((left, closest["item"], closest["label"]), (right, closest["other"], closest["other_label"])):
+                with column:
+                    show_image(path)
+                    st.caption(f"**{markdown_text(label)}** · {markdown_text(Path(path).name)}")
+            st.markdown(f"d = {closest['distance']:.3f} · rank-1 confusions **{pair['confused']}** · "
+                        f"nearest negatives {pair['nearest_negative']}")
 
 
 if __name__ == "__main__":  # run as a page by st.navigation (which names it __main__), not on import

@@ -1,7 +1,9 @@
 """Search: upload a query image or pick one from the gallery and see why it gets the neighbours it gets.
 
-Its top-K neighbours with label, distance and cosine similarity; the margin picture (distances as
-bars, the training margin ε as a band above the nearest distance); with the query's label, its
+Above them the open-set verdict at the run's threshold τ (:meth:`~retrieval.index.GalleryIndex.verdict`:
+"match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %" or "no match in the gallery"; without τ, how to set
+one). Its top-K neighbours with label, distance and cosine similarity; the margin picture (distances as
+bars, the training margin ε as a band above the nearest distance, τ as a rule); with the query's label, its
 nearest positive and negative and whether their gap clears ε. A gallery without class labels (a
 flat folder) has no class filter and no nearest positive / negative check, and the page says so.
 The numbers come from :func:`retrieval.diagnostics.explain_search`, the chart from
@@ -11,6 +13,7 @@ The numbers come from :func:`retrieval.diagnostics.explain_search`, the chart fr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import time
@@ -28,10 +31,12 @@ from app_pages.common import (
     show_image,
 )
 from retrieval import diagnostics, figures
-from retrieval.data import IMAGE_EXTENSIONS
+from retrieval.data import IMAGE_EXTENSIONS, MAX_QUERY_PIXELS
 from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
+from retrieval.safe_text import markdown_text, printable
+from retrieval.verification import Threshold, percent
 
 GRID_COLUMNS = 5          # neighbours per row
 PICKER_PAGE = 12          # gallery thumbnails per page in the picker
@@ -58,6 +63,13 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
         st.caption(":material/info: This gallery has no class labels (a flat folder), so there is no class filter and "
                    "no nearest positive / negative check; the neighbours, their distances and the margin picture are shown.")
 
+    if index.has_faces and source == "Upload an image":  # a face run: every face of the photo is searched (app_pages/faces.py)
+        from app_pages.faces import face_search_section
+
+        with timed(timings, "faces"):
+            face_search_section(index, run_dir, stamp, int(k))
+        st.caption(f"Server time {1000 * (time.perf_counter() - started):.0f} ms (detect, align, embed and search every face).")
+        return
     query_col, result_col = st.columns([1, 3], gap="large")
     with query_col, timed(timings, "query"):
         if source == "Upload an image":
@@ -73,9 +85,10 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
                                                  query_label=query_label, exclude_item=exclude)
     st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": query_name}
     with result_col, timed(timings, "neighbours"):
+        show_verdict(index, explanation, run_dir, config)
         show_neighbours(explanation, query_label)
     with timed(timings, "margin picture"):
-        show_margin(explanation, query_label, margin, gallery_labelled=bool(labels), config=config)
+        show_margin(explanation, query_label, margin, gallery_labelled=bool(labels), config=config, threshold=index.threshold)
     total = time.perf_counter() - started
     st.caption(f"Server time {1000 * total:.0f} ms: " + ", ".join(f"{name} {1000 * seconds:.0f} ms" for name, seconds in timings.items())
                + " (query = decode + embed, skipped for an image already seen).")
@@ -97,7 +110,8 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
     """(embedding, name, label or None, None) of an uploaded image, or None (nothing uploaded, unreadable)."""
     types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     uploaded = st.file_uploader("Query image", type=types, key="upload",
-                                help="JPEG, PNG, WebP, BMP, GIF, TIFF, PGM/PPM; at most 100 megapixels.")
+                                help=f"JPEG, PNG, WebP, BMP, GIF, TIFF, PGM/PPM; at most {MAX_QUERY_PIXELS / 1e6:g} "
+                                f"megapixels and {st.get_option('server.maxUploadSize')} MB.")
     if uploaded is None:
         st.info("Upload an image to see its nearest gallery images.")
         return None
@@ -105,9 +119,9 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
     try:
         vector, preview = embed_upload(index, stamp, hashlib.sha1(data).hexdigest(), data, uploaded.name)
     except RetrievalError as error:
-        st.error(f"{error}. Upload a JPEG, PNG, WebP or other image file.")
+        st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
         return None
-    st.image(preview, caption=uploaded.name, width="stretch")
+    st.image(preview, caption=markdown_text(uploaded.name), width="stretch")
     label = None
     if labels:
         chosen = st.selectbox("Its class, if you know it", [UNKNOWN] + labels, key="upload_label",
@@ -133,15 +147,15 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         picked = None
     if picked is not None:
         item = picked["item"]
-        show_image(index.path(item), caption=f"query: {Path(index.relative_paths[item]).name}")
+        show_image(index.path(item), caption=f"query: {markdown_text(Path(index.relative_paths[item]).name)}")
         label = index.labels[item]
-        st.caption(("" if label is None else f"class {label} · ") + "the query itself is left out of the results")
+        st.caption(("" if label is None else f"class {markdown_text(label)} · ") + "the query itself is left out of the results")
     with st.expander("Gallery (pick a query)", expanded=picked is None):
         columns = st.columns(3)
         for position, item in enumerate(shown):
             with columns[position % 3]:
                 show_image(index.path(item))
-                if st.button(Path(index.relative_paths[item]).name, key=f"pick-{item}", width="stretch"):
+                if st.button(markdown_text(Path(index.relative_paths[item]).name), key=f"pick-{item}", width="stretch"):
                     st.session_state["picked"] = {"stamp": stamp, "item": item}
                     st.rerun()
         st.caption(f"{len(items)} images; page {page} of {n_pages}")
@@ -156,12 +170,45 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
 # ----------------------------------------------------------------------------- the answer
 
 
+def show_verdict(index: GalleryIndex, explanation: diagnostics.SearchExplanation, run_dir: Path, config: RunConfig) -> None:
+    """The open-set verdict above the neighbours: the nearest item's label when it lies within the
+    run's threshold τ, else "no match in the gallery"; without τ, how to set one."""
+    threshold = index.threshold
+    if threshold is None:
+        show_no_threshold(run_dir)
+        return
+    verdict = index.verdict(explanation.neighbours)
+    shown = dataclasses.replace(verdict, label=None if verdict.label is None else markdown_text(verdict.label))
+    icon = ":green[:material/check_circle:]" if verdict.match else ":orange[:material/person_off:]"
+    with st.container(border=True, key="verdict"):
+        st.markdown(f"{icon} **{shown.describe(threshold.target_far)}**")
+        st.caption(threshold_note(config) + " A neighbour is a match when d ≤ τ.")
+
+
+def show_no_threshold(run_dir: Path) -> None:
+    """What a run without a threshold τ gets instead of a verdict: why, and the command that sets one."""
+    st.info("No threshold τ is set for this run, so there is no match / no-match verdict, only distances. "
+            "Training sets one when it holds out validation classes; for this run, choose one on a labelled folder "
+            "of classes the model did not train on:")
+    st.code(f"retrieval calibrate {printable(run_dir)} DATA_DIR --target-far 0.01", language="bash")
+
+
+def threshold_note(config: RunConfig) -> str:
+    """One caption line on where the run's τ comes from and what it gave there."""
+    stored = config.verification or {}
+    where = markdown_text(stored.get("pairs", "pairs not recorded"))
+    return (f"τ = {stored['threshold']:.3f} was chosen at a target FAR of {percent(stored['target_far'])} on {where}: "
+            f"FAR {percent(stored['far'])}, TAR {percent(stored['tar'])} on {stored['n_positive_pairs']} same-class and "
+            f"{stored['n_negative_pairs']} different-class pairs.")
+
+
 def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str | None) -> None:
     neighbours = explanation.neighbours
     band_low, band_high = explanation.band or (0.0, 0.0)
     st.subheader(f"Top {len(neighbours)} neighbours")
     st.caption("d: distance between unit embeddings (0 to 2, the units of the training margin); "
-               "cos: cosine similarity = 1 − d²/2. ◆ marks a neighbour within the margin of the best match.")
+               "cos: cosine similarity = 1 − d²/2. ◆ marks a neighbour within the margin of the best match, "
+               "≤ τ one within the run's threshold (a match).")
     for start in range(0, len(neighbours), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
         for column, (rank, n) in zip(columns, enumerate(neighbours[start : start + GRID_COLUMNS], start=start + 1)):
@@ -171,15 +218,15 @@ def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str
                 relation = ""
                 if query_label is not None and n.label is not None:
                     relation = " :green[:material/check:]" if n.label == query_label else " :red[:material/close:]"
-                st.markdown(f"**{rank}. {n.label if n.label is not None else Path(n.path).name}**{relation}  \n"
-                            f"{mark}d = {n.distance:.3f}  \n"
+                st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else Path(n.path).name)}**{relation}  \n"
+                            f"{mark}d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
                             f"cos = {n.similarity:.3f}")
                 if n.label is not None:  # without a label the file name is the card's title already
-                    st.caption(Path(n.path).name)
+                    st.caption(markdown_text(Path(n.path).name))
 
 
 def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
-                gallery_labelled: bool = True, config: RunConfig | None = None) -> None:
+                gallery_labelled: bool = True, config: RunConfig | None = None, threshold: Threshold | None = None) -> None:
     """The margin picture and, with the query's label, its nearest positive and negative."""
     st.subheader("Margin picture")
     if not explanation.neighbours:
@@ -187,13 +234,17 @@ def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | N
     low, high = explanation.band
     chart_col, text_col = st.columns([3, 1], gap="large")
     with chart_col:
-        st.vega_lite_chart(figures.margin_spec(explanation.neighbours, margin, query_label=query_label), width="stretch")
+        st.vega_lite_chart(figures.margin_spec(explanation.neighbours, margin, query_label=query_label,
+                                               threshold=None if threshold is None else threshold.threshold,
+                                               target_far=None if threshold is None else threshold.target_far), width="stretch")
     with text_col:
         st.markdown(
             f"The band runs from the nearest distance **{low:.3f}** to **{high:.3f}** (+ margin ε = {margin:g}). "
             f"**{explanation.within_margin} of {len(explanation.neighbours)}** neighbours lie inside it: training "
             "asked for a margin of ε between a match and a non-match, so items in the band are not separated "
             "from the best match by that margin."
+            + ("" if threshold is None else f" The green rule is the threshold τ = {threshold.threshold:.3f}: "
+               "a neighbour whose bar ends below it is a match.")
         )
     report = explanation.report
     if report is None:
@@ -211,16 +262,16 @@ def show_positive_and_negative(report: diagnostics.MarginReport, margin: float) 
     pos_col, neg_col, verdict_col = st.columns([1, 1, 2], gap="large")
     with pos_col:
         if report.positive is None:
-            st.info(f"No other gallery image of class {report.query_label}.")
+            st.info(f"No other gallery image of class {markdown_text(report.query_label)}.")
         else:
             show_image(report.positive.path)
-            st.markdown(f"positive: **{report.positive.label}**  \nd_ap = {report.positive.distance:.3f}")
+            st.markdown(f"positive: **{markdown_text(report.positive.label)}**  \nd_ap = {report.positive.distance:.3f}")
     with neg_col:
         if report.negative is None:
             st.info("No gallery image of another class.")
         else:
             show_image(report.negative.path)
-            st.markdown(f"negative: **{report.negative.label}**  \nd_an = {report.negative.distance:.3f}")
+            st.markdown(f"negative: **{markdown_text(report.negative.label)}**  \nd_an = {report.negative.distance:.3f}")
     with verdict_col:
         if report.gap is None:
             st.info("Both a positive and a negative are needed to compare against the margin.")

@@ -16,7 +16,14 @@ Queries are held-out photos never in the gallery, uploaded as the 128-px PNGs an
 JPEGs (a phone-sized upload). With ``--apptest`` it also times the whole Streamlit script rerun
 after an upload through ``streamlit.testing.v1.AppTest`` (includes Streamlit's own overhead).
 
+With ``--sessions N`` it measures the app under load instead (:mod:`app_load`): N concurrent
+sessions against one ``retrieval app`` server, each uploading ``--uploads`` queries and switching
+pages, ``--browsers`` of them in Chromium and the rest Streamlit websocket clients; errors, server
+time per upload and the server's peak memory (BENCHMARKS.md sections "app-load", all in Chromium,
+and "app-load-websockets", with ``--browsers 4``).
+
     python benchmarks/app.py [--queries 50] [--gallery-classes 150] [--apptest] [--rebuild] [--no-write]
+    python benchmarks/app.py --sessions 20 [--browsers N] [--uploads 5] [--no-write]
 """
 
 from __future__ import annotations
@@ -162,8 +169,19 @@ def main() -> None:
     parser.add_argument("--apptest", action="store_true", help="also time the whole script rerun in AppTest")
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--sessions", type=int, default=0, help="the app under load: this many concurrent sessions")
+    parser.add_argument("--browsers", type=int, default=None, help="with --sessions: how many are Chromium pages (default all)")
+    parser.add_argument("--uploads", type=int, default=5, help="with --sessions: queries each session uploads")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.sessions:
+        from app_load import run_load, section_name
+
+        body = run_load(args, build)
+        print(body)
+        if not args.no_write:
+            write_section(section_name(args), body)
+        return
 
     from retrieval.index import GalleryIndex
 

@@ -6,10 +6,17 @@ neighbours it got, how hard the mined negatives were over training, and where th
   and, when the query's label is known, its nearest positive and nearest negative in the whole
   gallery and whether their gap d_an − d_ap clears ε (a triplet (q, p, n) is satisfied when
   d(q, n) ≥ d(q, p) + ε).
-- :func:`hardness_by_epoch` and :func:`pair_history` summarise the mining log
-  (``mining/epoch_NNN.jsonl``): the mean gap d_an − d_ap of the logged hardest triplets per epoch,
-  with the active fraction of ``metrics.jsonl`` beside it, and which (anchor, negative) image pairs
-  and class pairs came back as hard in several epochs.
+- :func:`hardness_by_epoch`, :func:`logged_gaps`, :func:`gap_zone_counts` and :func:`pair_history`
+  summarise the mining log (``mining/epoch_NNN.jsonl``): the distribution of d_an − d_ap of the
+  logged hardest triplets per epoch (how many lie below 0, the negative nearer than the positive,
+  and below the margin ε), whether the miner kept them (:func:`mined_status`), the active,
+  violating and per-anchor fractions of ``metrics.jsonl`` beside them, and which (anchor,
+  negative) image pairs and class pairs came back as hard in several epochs;
+  :func:`select_triplets` and :func:`check_class` filter the log (the app, and
+  :func:`hardest_report`, what ``retrieval mining`` shows).
+- :func:`confused_pairs` and :func:`confusion_history` read the class confusions of training
+  (``mining/confusions.jsonl``): which classes held each class's anchors' nearest negatives, as a
+  count and as a rate of the times the two classes met.
 - :func:`project_2d` projects the gallery embeddings to two dimensions (PCA, or UMAP when
   ``umap-learn`` is installed) and can place a query on the same map.
 - :func:`distance_summary` reads ``val_distances.json``: how far the positive- and negative-pair
@@ -33,19 +40,29 @@ import numpy as np
 from retrieval.errors import RetrievalError
 
 __all__ = [
+    "GAP_ZONES",
     "GalleryHit",
     "MarginReport",
     "Projection",
     "SearchExplanation",
+    "check_class",
     "class_pair",
+    "confused_pairs",
+    "confusion_history",
     "distance_summary",
     "explain_search",
+    "gap_zone",
+    "gap_zone_counts",
+    "hardest_report",
     "hardness_by_epoch",
+    "logged_gaps",
     "margin_report",
+    "mined_status",
     "nearest_by_label",
     "pair_history",
     "project_2d",
     "read_mining_logs",
+    "select_triplets",
     "umap_available",
 ]
 
@@ -254,26 +271,136 @@ def hardness_by_epoch(logs: Mapping[int, Sequence[Mapping[str, Any]]],
                       metrics: Iterable[Mapping[str, Any]] = (), *, margin: float | None = None) -> list[dict[str, Any]]:
     """One row per epoch that has a mining log or a metrics row: ``epoch``, ``mean_gap`` (mean
     d_an − d_ap of the logged hardest triplets), ``n_logged``, ``n_violating`` (logged triplets
-    with gap < margin, when ``margin`` is given), ``active_fraction`` and ``violating_fraction``
-    (from ``metrics.jsonl``: the fraction of the mined triplets with a loss > 0, and of all valid
-    triplets in the batches with d_an < d_ap + ε). Missing values are None."""
-    metrics = list(metrics)
-    active = {int(row["epoch"]): row.get("active_fraction") for row in metrics if "epoch" in row}
-    violating = {int(row["epoch"]): row.get("violating_fraction") for row in metrics if "epoch" in row}
+    with gap < margin, when ``margin`` is given), ``n_nearer`` (gap < 0: the negative nearer than
+    the positive), ``n_mined`` (logged triplets the miner kept; None where the log did not record
+    it), and from ``metrics.jsonl``: ``active_fraction`` (of the mined triplets, those with a loss
+    > 0), ``violating_fraction`` (of all valid triplets in the batches, those with
+    d_an < d_ap + ε), ``inverted_anchor_fraction`` and ``violating_anchor_fraction`` (of the
+    anchors, those whose nearest negative lies nearer than their farthest positive, or within ε
+    of it). Missing values are None."""
+    fractions = ("active_fraction", "violating_fraction", "inverted_anchor_fraction", "violating_anchor_fraction")
+    by_epoch = {int(row["epoch"]): row for row in metrics if "epoch" in row}
     rows = []
-    for epoch in sorted(set(logs) | {e for e, v in active.items() if v is not None}):
+    for epoch in sorted(set(logs) | {e for e, row in by_epoch.items() if row.get("active_fraction") is not None}):
         triplets = logs.get(epoch, [])
-        gaps = [float(t["d_an_minus_d_ap"]) if "d_an_minus_d_ap" in t else float(t["d_an"]) - float(t["d_ap"])
-                for t in triplets]
+        gaps = [_gap(t) for t in triplets]
+        status = [mined_status(t) for t in triplets]
         rows.append({
             "epoch": int(epoch),
             "mean_gap": float(np.mean(gaps)) if gaps else None,
             "n_logged": len(gaps),
             "n_violating": sum(1 for g in gaps if g < margin) if margin is not None and gaps else None,
-            "active_fraction": active.get(epoch),
-            "violating_fraction": violating.get(epoch),
+            "n_nearer": sum(1 for g in gaps if g < 0) if gaps else None,
+            "n_mined": None if not gaps or NOT_RECORDED in status else status.count(MINED),
+            **{key: by_epoch.get(epoch, {}).get(key) for key in fractions},
         })
     return rows
+
+
+MINED, NOT_MINED, NOT_RECORDED = "mined", "not mined", "not recorded"
+#: where a logged triplet's gap d_an − d_ap lies against 0 and the margin ε
+GAP_ZONES = ("negative nearer than the positive", "inside the margin", "margin met")
+
+
+def mined_status(row: Mapping[str, Any]) -> str:
+    """Whether the miner kept a logged triplet: ``"mined"``, ``"not mined"``, or ``"not recorded"``
+    (logs written before training recorded it held only the miner's triplets)."""
+    mined = row.get("mined")
+    return NOT_RECORDED if mined is None else (MINED if mined else NOT_MINED)
+
+
+def gap_zone(gap: float, margin: float) -> str:
+    """:data:`GAP_ZONES`: gap < 0, 0 <= gap < ε (a loss remains), gap >= ε."""
+    return GAP_ZONES[0] if gap < 0 else (GAP_ZONES[1] if gap < margin else GAP_ZONES[2])
+
+
+def logged_gaps(logs: Mapping[int, Sequence[Mapping[str, Any]]], margin: float) -> list[dict[str, Any]]:
+    """One row per logged triplet: ``epoch``, ``gap`` (d_an − d_ap), its ``zone`` and ``mined``
+    (:func:`mined_status`): the distribution of the hardest, epoch by epoch."""
+    return [{"epoch": int(epoch), "gap": _gap(row), "zone": gap_zone(_gap(row), margin), "mined": mined_status(row)}
+            for epoch, rows in sorted(logs.items()) for row in rows]
+
+
+def gap_zone_counts(logs: Mapping[int, Sequence[Mapping[str, Any]]], margin: float) -> list[dict[str, Any]]:
+    """How many logged triplets of each epoch lie in each zone, split by whether the miner kept
+    them: rows ``{"epoch", "zone", "mined", "count"}`` (count > 0), zones in :data:`GAP_ZONES` order."""
+    counts: dict[tuple[int, str, str], int] = {}
+    for row in logged_gaps(logs, margin):
+        key = (row["epoch"], row["zone"], row["mined"])
+        counts[key] = counts.get(key, 0) + 1
+    order = {zone: i for i, zone in enumerate(GAP_ZONES)}
+    return [{"epoch": e, "zone": z, "mined": m, "count": c}
+            for (e, z, m), c in sorted(counts.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2]))]
+
+
+def select_triplets(rows: Sequence[Mapping[str, Any]], *, mined_only: bool = False,
+                    class_name: str | None = None) -> list[Mapping[str, Any]]:
+    """The logged triplets that the filters keep: ``mined_only``, those the miner kept (a log that
+    did not record it held only the miner's triplets: all of them); ``class_name``, those whose
+    anchor or negative is of that class."""
+    kept = [row for row in rows if not mined_only or mined_status(row) != NOT_MINED]
+    if class_name is not None:
+        kept = [row for row in kept if class_name in (str(row["anchor_label"]), str(row["negative_label"]))]
+    return kept
+
+
+def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 20, mined_only: bool = False,
+                   class_name: str | None = None) -> dict[str, Any]:
+    """What ``retrieval mining`` shows: ``{"epoch", "margin", "miner", "mined_recorded", "triplets"}``,
+    the ``top`` logged triplets of ``epoch`` (the last one logged when None) that
+    :func:`select_triplets` keeps, hardest first, each with ``margin_violation`` = ε − (d_an − d_ap).
+    ``mined_recorded`` is False for logs written before ``mined`` was (they hold the miner's only)."""
+    from retrieval.run import mining_epochs, read_config, read_mining_log
+
+    if top < 1:
+        raise RetrievalError(f"--top must be at least 1, got {top}")
+    config = read_config(run_dir)
+    logged = read_mining_log(run_dir, epoch)
+    if class_name is not None:
+        logged_labels = [row[f"{role}_label"] for row in logged for role in ("anchor", "negative")]
+        check_class(class_name, [*(config.get("train_classes") or config.get("class_names") or []), *logged_labels])
+    margin = float(config.get("margin", 0.0))
+    rows = [{**row, "margin_violation": margin - float(row["d_an_minus_d_ap"])}
+            for row in select_triplets(logged, mined_only=mined_only, class_name=class_name)[:top]]
+    return {"epoch": epoch if epoch is not None else mining_epochs(run_dir)[-1], "margin": margin, "miner": config.get("miner"),
+            "mined_recorded": all("mined" in row for row in logged), "triplets": rows}
+
+
+def check_class(name: str, classes: Iterable[str]) -> None:
+    """RetrievalError (one line, naming the closest class names) when ``name`` is not one of ``classes``."""
+    import difflib
+
+    classes = sorted({str(c) for c in classes})
+    if name in classes:
+        return
+    close = difflib.get_close_matches(name, classes, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"its classes include {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}"
+    raise RetrievalError(f"no class {name!r} in this run; {hint}")
+
+
+def confused_pairs(rows: Sequence[Mapping[str, Any]], epoch: int, top: int = 20) -> list[dict[str, Any]]:
+    """One epoch's class confusions (rows of ``mining/confusions.jsonl``): the ``top`` ordered
+    pairs by ``nearest`` (anchors of A whose nearest negative was of B), each with ``rate`` =
+    nearest / met (how often B held the nearest negative when an anchor of A met B) and ``share``
+    = nearest / anchors (of A's anchors)."""
+    chosen = [dict(row) for row in rows if row.get("epoch") == epoch]
+    for row in chosen:
+        row["rate"] = row["nearest"] / row["met"] if row.get("met") else None
+        row["share"] = row["nearest"] / row["anchors"] if row.get("anchors") else None
+    return sorted(chosen, key=lambda r: (-r["nearest"], -(r["rate"] or 0.0), r["anchor_label"], r["negative_label"]))[:top]
+
+
+def confusion_history(rows: Sequence[Mapping[str, Any]], pairs: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """For the ordered class ``pairs`` (anchor class, negative class): their ``rate`` in every epoch
+    that recorded them, rows ``{"epoch", "pair": "A → B", "rate", "nearest", "met"}``."""
+    wanted = set(pairs)
+    return [{"epoch": int(row["epoch"]), "pair": f"{row['anchor_label']} → {row['negative_label']}",
+             "rate": row["nearest"] / row["met"] if row.get("met") else None, "nearest": row["nearest"], "met": row.get("met")}
+            for row in sorted(rows, key=lambda r: r["epoch"]) if (row["anchor_label"], row["negative_label"]) in wanted]
+
+
+def _gap(row: Mapping[str, Any]) -> float:
+    return float(row["d_an_minus_d_ap"]) if "d_an_minus_d_ap" in row else float(row["d_an"]) - float(row["d_ap"])
 
 
 # ----------------------------------------------------------------------------- 2-D projection

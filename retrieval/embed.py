@@ -63,6 +63,8 @@ def embedding_batches(
     """
     ctx = ctx or DistributedContext(device=_model_device(model))
     device = torch.device(device) if device is not None else ctx.device
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise RetrievalError(f"--batch-size must be at least 1, got {batch_size}")
     model.eval()
     n = len(images)
     n_batches = math.ceil(n / batch_size)

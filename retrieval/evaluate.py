@@ -18,8 +18,9 @@ find) has no defined MAP@R and is left out of every metric; ``n_skipped_queries`
 
 Public names: :func:`retrieval_metrics` (embeddings in, metrics out), :func:`evaluate_run`
 (a run directory and image folders in, metrics out, verification included: EER, TAR at FAR and the
-rates at the run's threshold, :mod:`retrieval.verification`) and :func:`calibrate_run` (choose and
-store the run's threshold τ from a labelled folder).
+rates at the run's threshold, :mod:`retrieval.verification`), :func:`calibrate_run` (choose and
+store the run's threshold τ from a labelled folder) and :func:`verify_images` / :func:`verify_pair` (two
+images at the run's τ: same or different).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 
 from retrieval.errors import RetrievalError
 
-__all__ = ["retrieval_metrics", "evaluate_run", "calibrate_run", "verify_images", "PRECISION_K", "METRIC_KEYS"]
+__all__ = ["retrieval_metrics", "with_misses", "evaluate_run", "calibrate_run", "verify_images", "verify_pair", "PRECISION_K", "METRIC_KEYS"]
 
 logger = logging.getLogger("retrieval")
 
@@ -139,9 +140,11 @@ def evaluate_run(
     """
     from retrieval.verification import pair_distances, rates_at, summarise
 
-    config, sets = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
+    config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
                                         device=device, num_workers=num_workers, precision=precision, on_progress=on_progress)
     metrics: dict[str, Any] = dict(retrieval_metrics(*sets[0], *(sets[1] if len(sets) > 1 else (None, None))))
+    if config.faces is not None:  # a face run: the queries whose face was not found are misses, never dropped
+        metrics = with_misses(metrics, n_no_face)
     pairs = pair_distances(*sets[0], *(sets[1] if len(sets) > 1 else (None, None)))
     metrics.update(summarise(pairs, target_far=None).metrics())
     threshold = config.threshold
@@ -150,6 +153,18 @@ def evaluate_run(
         far, frr = rates_at(threshold.threshold, pairs.positive, pairs.negative)
     metrics.update(threshold=None if threshold is None else threshold.threshold, far_at_threshold=far, frr_at_threshold=frr)
     return metrics
+
+
+def with_misses(metrics: dict[str, Any], n_missed: int) -> dict[str, Any]:
+    """``metrics`` of the queries that could be searched, with ``n_missed`` more queries that found
+    nothing (a face run's queries without a face): each ranking metric m over n queries becomes
+    m · n / (n + n_missed) (a miss scores 0 on every one), ``n_queries`` counts them all and
+    ``n_no_face`` says how many missed."""
+    counted = int(metrics["n_queries"])
+    total = counted + int(n_missed)
+    scaled = {key: (value * counted / total if total else 0.0) for key, value in metrics.items()
+              if key.startswith(("recall_at_", "precision_at_")) or key == "map_at_r"}
+    return {**metrics, **scaled, "n_queries": total, "n_no_face": int(n_missed)}
 
 
 def calibrate_run(
@@ -170,7 +185,7 @@ def calibrate_run(
 
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
-    config, sets = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
+    config, sets, _ = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
                                         num_workers=num_workers, precision=precision, on_progress=on_progress)
     pairs = pair_distances(*sets[0])
     if not pairs.n_positive or not pairs.n_negative:
@@ -184,18 +199,35 @@ def calibrate_run(
 
 def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str, *, device: str = "cpu",
                   precision: str = "auto") -> dict[str, Any]:
-    """Are two images the same identity / product? ``{"distance", "threshold", "same", "far", "target_far"}``:
-    d between their unit embeddings, the run's τ, d ≤ τ, and the FAR τ had on its pairs (the last
-    four None when the run has no threshold: no verdict without one)."""
-    from retrieval.data import build_transforms, load_image
-    from retrieval.embed import embed_images
+    """Are two image files the same identity / product? Loads the run's model and answers
+    :func:`verify_pair`'s dict for them."""
+    from retrieval.data import MAX_QUERY_PIXELS, load_image
     from retrieval.model import resolve_device
     from retrieval.run import load_model
 
-    images = [load_image(Path(image_a)), load_image(Path(image_b))]
+    images = [load_image(Path(image_a), max_pixels=MAX_QUERY_PIXELS), load_image(Path(image_b), max_pixels=MAX_QUERY_PIXELS)]
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
-    rows = embed_images(model, images, build_transforms(config.data_config, train=False), device=torch_device, precision=precision)
+    if config.faces is not None:  # a face run compares each image's most confident face
+        from retrieval.faces.run_faces import best_faces, run_pipeline
+
+        images = best_faces(run_pipeline(run_dir, config), images)
+        for path, face in zip((image_a, image_b), images):
+            if face is None:
+                raise RetrievalError(f"{path}: no face found (this run compares faces)")
+    return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
+
+
+def verify_pair(model, config, image_a, image_b, *, device: Any = "cpu", precision: str = "auto") -> dict[str, Any]:
+    """Two decoded images (PIL) against a loaded run's threshold: ``{"distance", "threshold", "same",
+    "far", "target_far"}``: d between their unit embeddings, the run's τ, d ≤ τ, and the FAR τ had
+    on its pairs with the FAR it was chosen for (the last four None when the run has no threshold:
+    no verdict without one)."""
+    from retrieval.data import build_transforms
+    from retrieval.embed import embed_images
+
+    rows = embed_images(model, [image_a, image_b], build_transforms(config.data_config, train=False), device=device,
+                        precision=precision)
     distance = float(np.linalg.norm(rows[0] - rows[1]))
     threshold = config.threshold
     if threshold is None:
@@ -205,9 +237,10 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
 
 
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
-                         on_progress) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
-    """The run's config and [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
-    labels numbered by class name across the sets."""
+                         on_progress) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
+    """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
+    labels numbered by class name across the sets, and for a face run the number of query images
+    without a face (each set then holds each image's most confident face)."""
     from retrieval.data import build_transforms, scan_folder
     from retrieval.embed import embed_readable
     from retrieval.model import resolve_device
@@ -227,6 +260,13 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
 
     folders = [scan_folder(Path(d), labelled=True) for d in
                ((query_dir, gallery_dir) if cross_set else (data_dir,))]
+    n_no_face = 0
+    if config.faces is not None:  # a face run embeds each image's most confident face (retrieval.faces.run_faces)
+        from retrieval.faces.run_faces import face_folder, run_pipeline
+
+        pipeline = run_pipeline(run_dir, config)
+        faced = [face_folder(f, pipeline, what) for f, what in zip(folders, ("query", "gallery") if cross_set else ("evaluation",))]
+        folders, n_no_face = [f for f, _ in faced], len(faced[0][1])
     class_ids: dict[str, int] = {}
     total = sum(len(f.paths) for f in folders)
     done = 0
@@ -247,7 +287,7 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
             dtype=np.int64,
         )
         sets.append((embeddings, labels))
-    return config, sets
+    return config, sets, n_no_face
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,13 +9,18 @@ by any front end; nothing here imports streamlit.
   training margin ε drawn as a band from the nearest distance d₁ to d₁ + ε: a bar that ends inside
   the band is within the margin of the best match. :func:`margin_spec` is the same chart as a
   Vega-Lite dict from a cached template, for redrawing on every query without Altair's cost.
-- :func:`hardness_chart`: per epoch, the mean d_an − d_ap of the logged hardest triplets (with ε,
-  below which a triplet still has a loss) and the active fraction of all mined triplets.
+- :func:`hardness_chart`: per epoch, the d_an − d_ap of the logged hardest triplets (each one,
+  coloured by whether the miner kept it, and their mean, with 0 and ε), how many lie below 0,
+  inside the margin or beyond it, and the active, violating and per-anchor fractions.
+- :func:`confusion_chart`: the class confusions of training, one epoch's most confused class
+  pairs as ranked bars and their rate over the epochs.
 - :func:`embedding_map`: the 2-D projection of the gallery, coloured by class (or folder, or
   nothing), the query on it.
-- :func:`training_curves`: loss, active fraction, Recall@1 and MAP@R over the epochs.
+- :func:`training_curves`: loss, active fraction, Recall@1, MAP@R and EER over the epochs.
 - :func:`distance_histogram`: positive- against negative-pair distances on held-out classes,
-  with the margin lines.
+  with the margin lines and the decision threshold τ;
+- :func:`roc_chart`: the ROC (TAR against FAR) or DET curve (FRR against FAR) of held-out pairs,
+  with the run's τ and a tried target FAR marked.
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ from typing import Any
 import altair as alt
 import numpy as np
 
+from retrieval.diagnostics import GAP_ZONES
+
 __all__ = [
     "LEGEND_MAX_CLASSES",
     "TRAINING_METRICS",
+    "confusion_chart",
     "distance_histogram",
     "embedding_map",
     "hardness_chart",
     "margin_chart",
     "margin_spec",
+    "roc_chart",
     "training_curves",
 ]
 
@@ -48,6 +57,7 @@ TRAINING_METRICS = {
     "active_fraction": "active fraction (loss > 0)",
     "recall_at_1": "Recall@1 (held-out classes)",
     "map_at_r": "MAP@R (held-out classes)",
+    "eer": "EER (held-out pairs)",
 }
 
 _BAND_COLOUR = "#f58518"
@@ -68,37 +78,42 @@ def _colour(field: str, title: str, n_classes: int) -> alt.Color:
 
 
 def margin_chart(neighbours: Sequence[Any], margin: float, *, query_label: str | None = None,
-                 height: int = 260) -> alt.LayerChart:
+                 threshold: float | None = None, target_far: float | None = None, height: int = 260) -> alt.LayerChart:
     """Bars of the neighbours' distances (nearest first), coloured by label, with the margin band
-    [d₁, d₁ + margin] above the nearest distance d₁ and a rule at d₁.
+    [d₁, d₁ + margin] above the nearest distance d₁ and a rule at d₁; given the run's decision
+    ``threshold`` τ (chosen at ``target_far``), a rule at τ: a bar that ends below it is a match.
 
     ``neighbours`` are :class:`~retrieval.index.Neighbour` records (or objects with ``path``,
     ``label``, ``distance``, ``similarity``). Layers: 0 the band, 1 the bars, 2 the rule at d₁,
-    3 the band's label. Returns an empty-data chart for no neighbours.
+    3 the band's label, and with a threshold 4 the rule at τ, 5 its label. Returns an empty-data
+    chart for no neighbours.
     """
-    data = _margin_data(neighbours, margin, query_label)
+    data = _margin_data(neighbours, margin, query_label, threshold, target_far)
     return _margin_layers(data, query_label is not None, _legend_bucket(data["n_labels"]), height)
 
 
 def margin_spec(neighbours: Sequence[Any], margin: float, *, query_label: str | None = None,
-                height: int = 260) -> dict[str, Any]:
+                threshold: float | None = None, target_far: float | None = None, height: int = 260) -> dict[str, Any]:
     """``margin_chart(...).to_dict()`` (under Altair's "none" theme, as Streamlit renders it) in
     well under a millisecond: the chart's structure is built and validated by Altair once per
-    shape (query label given or not, legend kind, height) and each call only fills in the data
-    (as named ``datasets``) and the y scale. For front ends that redraw on every query."""
-    data = _margin_data(neighbours, margin, query_label)
-    template = _margin_template(query_label is not None, _legend_bucket(data["n_labels"]), height)
+    shape (query label given or not, threshold or not, legend kind, height) and each call only
+    fills in the data (as named ``datasets``) and the y scale. For front ends that redraw on every query."""
+    data = _margin_data(neighbours, margin, query_label, threshold, target_far)
+    template = _margin_template(query_label is not None, _legend_bucket(data["n_labels"]), height, threshold is not None)
     spec = copy.deepcopy(template)
-    spec["datasets"] = {name: data[name] for name in _MARGIN_LAYERS}
+    spec["datasets"] = {name: data[name] for name in _MARGIN_LAYERS + (_THRESHOLD_LAYERS if threshold is not None else ())}
     for layer in spec["layer"]:
         layer["encoding"]["y"]["scale"]["domain"] = [0, data["y_max"]]
     return spec
 
 
 _MARGIN_LAYERS = ("band", "bars", "rule", "text")
+_THRESHOLD_LAYERS = ("tau", "tau_text")
+_THRESHOLD_COLOUR = "#54a24b"
 
 
-def _margin_data(neighbours: Sequence[Any], margin: float, query_label: str | None) -> dict[str, Any]:
+def _margin_data(neighbours: Sequence[Any], margin: float, query_label: str | None, threshold: float | None = None,
+                 target_far: float | None = None) -> dict[str, Any]:
     rows = []
     for rank, n in enumerate(neighbours, start=1):
         label = "(unlabelled)" if n.label is None else str(n.label)
@@ -111,14 +126,19 @@ def _margin_data(neighbours: Sequence[Any], margin: float, query_label: str | No
         })
     nearest = rows[0]["distance"] if rows else 0.0
     top = nearest + float(margin)
-    return {
+    data = {
         "bars": rows,
         "band": [{"low": nearest, "high": top, "margin": float(margin)}],
         "rule": [{"nearest": nearest}],
         "text": [{"high": top, "text": f"within ε = {float(margin):g} of the best match"}],
-        "y_max": max([top] + [r["distance"] for r in rows]) * 1.08 or 1.0,
+        "y_max": max([top] + [r["distance"] for r in rows] + ([float(threshold)] if threshold is not None else [])) * 1.08 or 1.0,
         "n_labels": len({r["label"] for r in rows}),
     }
+    if threshold is not None:
+        at = "" if target_far is None else f" (FAR {100 * float(target_far):.3g} %)"
+        data["tau"] = [{"threshold": round(float(threshold), 5), "target_far": target_far}]
+        data["tau_text"] = [{"threshold": round(float(threshold), 5), "text": f"τ = {float(threshold):.3f}{at}: match below"}]
+    return data
 
 
 def _legend_bucket(n_labels: int) -> int:
@@ -126,9 +146,9 @@ def _legend_bucket(n_labels: int) -> int:
     return 10 if n_labels <= 10 else (LEGEND_MAX_CLASSES if n_labels <= LEGEND_MAX_CLASSES else LEGEND_MAX_CLASSES + 1)
 
 
-@functools.lru_cache(maxsize=16)
-def _margin_template(with_relation: bool, n_labels: int, height: int) -> dict[str, Any]:
-    placeholder = {name: [] for name in _MARGIN_LAYERS}
+@functools.lru_cache(maxsize=32)
+def _margin_template(with_relation: bool, n_labels: int, height: int, with_threshold: bool = False) -> dict[str, Any]:
+    placeholder = {name: [] for name in _MARGIN_LAYERS + (_THRESHOLD_LAYERS if with_threshold else ())}
     placeholder["y_max"] = 1.0
     layers = _margin_layers(placeholder, with_relation, n_labels, height, named=True)
     with alt.theme.enable("none"):
@@ -164,43 +184,129 @@ def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, 
     text = alt.Chart(source("text")).mark_text(
         align="left", baseline="bottom", dx=4, dy=-2, color=_BAND_COLOUR, fontSize=11
     ).encode(y=alt.Y("high:Q", scale=domain), x=alt.value(0), text="text:N")
-    return alt.layer(band, bars, rule, text).properties(height=height)
+    layers = [band, bars, rule, text]
+    if "tau" in data:  # the decision threshold τ: a neighbour below it is a match
+        layers.append(alt.Chart(source("tau")).mark_rule(color=_THRESHOLD_COLOUR, strokeWidth=2).encode(
+            y=alt.Y("threshold:Q", scale=domain),
+            tooltip=[alt.Tooltip("threshold:Q", title="threshold τ", format=".3f"), alt.Tooltip("target_far:Q", title="target FAR")]))
+        layers.append(alt.Chart(source("tau_text")).mark_text(
+            align="left", baseline="top", dx=4, dy=2, color=_THRESHOLD_COLOUR, fontSize=11
+        ).encode(y=alt.Y("threshold:Q", scale=domain), x=alt.value(0), text="text:N"))
+    return alt.layer(*layers).properties(height=height)
 
 
 # ----------------------------------------------------------------------------- mining
 
 
 def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = None, *,
+                   gaps: Sequence[Mapping[str, Any]] | None = None, zones: Sequence[Mapping[str, Any]] | None = None,
                    width: int = 300, height: int = 200) -> alt.HConcatChart:
-    """Two panels over the epochs: the mean d_an − d_ap of the logged hardest triplets (with a
-    rule at the margin: triplets below it still have a loss) and, from ``metrics.jsonl``, the
-    fraction of mined triplets with a loss and of all valid triplets inside the margin.
-    ``rows`` are :func:`retrieval.diagnostics.hardness_by_epoch` rows."""
+    """Panels over the epochs (``rows``: :func:`retrieval.diagnostics.hardness_by_epoch`):
+
+    - the mean d_an − d_ap of the logged hardest triplets (a rule at the margin: triplets below it
+      still have a loss) and, given ``gaps`` (:func:`~retrieval.diagnostics.logged_gaps`), every
+      logged triplet as a point coloured by whether the miner kept it, with a rule at 0 (below it
+      the negative lies nearer than the positive);
+    - given ``zones`` (:func:`~retrieval.diagnostics.gap_zone_counts`), how many logged triplets lie
+      below 0, inside the margin or beyond it, as stacked bars, the miner's in full colour;
+    - from ``metrics.jsonl``: the fraction of mined triplets with a loss, of all valid triplets
+      inside the margin, and of anchors whose nearest negative is nearer than their farthest
+      positive or within ε of it."""
+    x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
+    panels = [_gap_panel(rows, margin, gaps, x, width, height)]
+    if zones is not None:
+        panels.append(_zone_panel(zones, width, height))
+    panels.append(_fraction_panel(rows, x, width, height))
+    return alt.hconcat(*panels)
+
+
+_MINED_STATUS = ("mined", "not mined", "not recorded")
+_FRACTIONS = {
+    "active_fraction": "mined triplets with loss > 0",
+    "violating_fraction": "all triplets inside the margin",
+    "inverted_anchor_fraction": "anchors: a negative nearer than a positive",
+    "violating_anchor_fraction": "anchors: a negative inside the margin",
+}
+
+
+def _gap_panel(rows, margin, gaps, x, width, height):
     gap_rows = [{"epoch": int(r["epoch"]), "mean_gap": float(r["mean_gap"]),
                  "n_logged": r.get("n_logged"), "n_violating": r.get("n_violating")}
                 for r in rows if r.get("mean_gap") is not None]
-    series = {"active_fraction": "mined triplets with loss > 0", "violating_fraction": "all triplets inside the margin"}
-    active_rows = [{"epoch": int(r["epoch"]), "fraction": float(r[key]), "of": name}
-                   for r in rows for key, name in series.items() if r.get(key) is not None]
-    x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
-    gap = alt.Chart(_data(gap_rows)).mark_line(point=True).encode(
-        x=x, y=alt.Y("mean_gap:Q", title="mean d_an − d_ap of logged hardest"),
+    layers = [alt.Chart(_data(gap_rows)).mark_line(point=True, color="#333333").encode(
+        x=x, y=alt.Y("mean_gap:Q", title="d_an − d_ap of logged hardest"),
         tooltip=["epoch:Q", alt.Tooltip("mean_gap:Q", format=".3f"), "n_logged:Q", "n_violating:Q"],
-    )
+    )]
     if margin is not None:
-        rule = alt.Chart(_data([{"margin": float(margin), "text": f"margin ε = {float(margin):g}"}])).mark_rule(
-            color=_BAND_COLOUR, strokeDash=[4, 3]).encode(y="margin:Q")
-        label = alt.Chart(_data([{"margin": float(margin), "text": f"ε = {float(margin):g}"}])).mark_text(
-            align="left", baseline="bottom", dx=3, color=_BAND_COLOUR).encode(y="margin:Q", x=alt.value(0), text="text:N")
-        gap = alt.layer(gap, rule, label)
-    gap = gap.properties(title="How hard were the hardest?", width=width, height=height)
-    active = alt.Chart(_data(active_rows)).mark_line(point=True).encode(
-        x=x, y=alt.Y("fraction:Q", title="fraction with loss > 0", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom"),
-                        scale=alt.Scale(domain=list(series.values()), range=["#54a24b", "#e45756"])),
+        layers.append(alt.Chart(_data([{"margin": float(margin)}])).mark_rule(
+            color=_BAND_COLOUR, strokeDash=[4, 3]).encode(y="margin:Q"))
+        layers.append(alt.Chart(_data([{"margin": float(margin), "text": f"ε = {float(margin):g}"}])).mark_text(
+            align="left", baseline="bottom", dx=3, color=_BAND_COLOUR).encode(y="margin:Q", x=alt.value(0), text="text:N"))
+    if gaps is not None:
+        layers.append(alt.Chart(_data([{k: r[k] for k in ("epoch", "gap", "mined", "zone")} for r in gaps])).mark_circle(
+            size=28, opacity=0.55).encode(
+            x=x, y="gap:Q",
+            color=alt.Color("mined:N", title="logged triplet", legend=alt.Legend(orient="bottom"),
+                            scale=alt.Scale(domain=list(_MINED_STATUS), range=["#4c78a8", "#e45756", "#9d9d9d"])),
+            tooltip=["epoch:Q", alt.Tooltip("gap:Q", title="d_an − d_ap", format=".3f"), "mined:N", "zone:N"],
+        ))
+        layers.append(alt.Chart(_data([{"zero": 0.0}])).mark_rule(color="#888888").encode(y="zero:Q"))
+    title = "How hard were the hardest?" if gaps is None else "d_an − d_ap of each epoch's logged hardest"
+    panel = alt.layer(*layers) if len(layers) > 1 else layers[0]
+    return panel.properties(title=title, width=width, height=height)
+
+
+def _zone_panel(zones, width, height):
+    return alt.Chart(_data(zones)).mark_bar().encode(
+        x=alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("count:Q", title="logged triplets", stack="zero"),
+        color=alt.Color("zone:N", title="d_an − d_ap", legend=alt.Legend(orient="bottom", columns=1),
+                        scale=alt.Scale(domain=list(GAP_ZONES), range=["#e45756", _BAND_COLOUR, "#54a24b"])),
+        opacity=alt.Opacity("mined:N", title="miner", legend=alt.Legend(orient="bottom", columns=1),
+                            scale=alt.Scale(domain=list(_MINED_STATUS), range=[1.0, 0.4, 0.75])),
+        order=alt.Order("mined:N"),
+        tooltip=["epoch:O", "zone:N", "mined:N", "count:Q"],
+    ).properties(title="Below 0, inside the margin, beyond it", width=width, height=height)
+
+
+def _fraction_panel(rows, x, width, height):
+    fraction_rows = [{"epoch": int(r["epoch"]), "fraction": float(r[key]), "of": name}
+                     for r in rows for key, name in _FRACTIONS.items() if r.get(key) is not None]
+    return alt.Chart(_data(fraction_rows)).mark_line(point=True).encode(
+        x=x, y=alt.Y("fraction:Q", title="fraction", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom", columns=1),
+                        scale=alt.Scale(domain=list(_FRACTIONS.values()), range=["#54a24b", "#e45756", "#b279a2", "#9d755d"])),
         tooltip=["epoch:Q", "of:N", alt.Tooltip("fraction:Q", format=".3f")],
     ).properties(title="Active fraction", width=width, height=height)
-    return alt.hconcat(gap, active)
+
+
+def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]] = (), *,
+                    width: int = 320, bar_height: int = 18) -> alt.Chart | alt.HConcatChart:
+    """The class confusions of training: one epoch's most confused ordered class pairs as ranked
+    bars (``pairs``: :func:`retrieval.diagnostics.confused_pairs`; length: anchors of A whose
+    nearest negative was of B; colour: the rate, that count over the anchors of A that met B) and,
+    given ``history`` (:func:`~retrieval.diagnostics.confusion_history`), those pairs' rates over
+    the epochs."""
+    bar_rows = [{"pair": f"{r['anchor_label']} → {r['negative_label']}", "nearest": int(r["nearest"]),
+                 "met": r.get("met"), "batches": r.get("batches"), "anchors": r.get("anchors"),
+                 "rate": r.get("rate"), "share": r.get("share")} for r in pairs]
+    bars = alt.Chart(_data(bar_rows)).mark_bar().encode(
+        y=alt.Y("pair:N", title="anchor class → class of its nearest negative", sort=[r["pair"] for r in bar_rows]),
+        x=alt.X("nearest:Q", title="anchors whose nearest negative was of that class"),
+        color=alt.Color("rate:Q", title="rate (of meetings)", scale=alt.Scale(domain=[0, 1], scheme="orangered")),
+        tooltip=["pair:N", "nearest:Q", alt.Tooltip("met:Q", title="anchors that met the class"),
+                 alt.Tooltip("batches:Q", title="batches shared"), alt.Tooltip("rate:Q", format=".1%"),
+                 alt.Tooltip("share:Q", title="share of the class's anchors", format=".1%")],
+    ).properties(title="Most confused class pairs", width=width, height=max(1, len(bar_rows)) * bar_height)
+    if not history:
+        return bars
+    lines = alt.Chart(_data(history)).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("rate:Q", title="rate", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("pair:N", title=None, legend=alt.Legend(orient="bottom", columns=1)),
+        tooltip=["epoch:Q", "pair:N", "nearest:Q", "met:Q", alt.Tooltip("rate:Q", format=".1%")],
+    ).properties(title="Their rate over training", width=width, height=220)
+    return alt.hconcat(bars, lines)
 
 
 # ----------------------------------------------------------------------------- embedding map
@@ -246,7 +352,7 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
 
 
 def training_curves(metrics: Sequence[Mapping[str, Any]], *, width: int = 300, height: int = 170) -> alt.FacetChart:
-    """One panel per metric of ``TRAINING_METRICS`` (loss, active fraction, Recall@1, MAP@R)
+    """One panel per metric of ``TRAINING_METRICS`` (loss, active fraction, Recall@1, MAP@R, EER)
     against the epoch; rows of ``metrics.jsonl`` with a missing value (epoch 0 has no loss) are
     left out of that panel. Data rows: ``{"epoch", "metric", "value"}``."""
     rows = []
@@ -268,13 +374,14 @@ def training_curves(metrics: Sequence[Mapping[str, Any]], *, width: int = 300, h
 
 
 def distance_histogram(positive: Sequence[float], negative: Sequence[float], margin: float, *,
-                       median_positive: float | None = None, bin_width: float = 0.04,
+                       median_positive: float | None = None, threshold: float | None = None, bin_width: float = 0.04,
                        height: int = 260) -> alt.LayerChart:
     """Histograms of positive- and negative-pair distances (each as a share of its own pairs, so
     few positives are not drowned by many negatives), binned over [0, 2], with a rule at the
     margin ε and, when ``median_positive`` is given, a dashed rule at median d_ap + ε (a negative
-    left of it violates the margin for a typical positive). Layer 0 is the histogram (rows
-    ``{"pairs", "start", "end", "share", "count"}``), then the rules."""
+    left of it violates the margin for a typical positive), and given the decision ``threshold`` τ
+    a rule at it. Layer 0 is the histogram (rows ``{"pairs", "start", "end", "share", "count"}``),
+    then the margin rules and their labels, then the τ rule and its label."""
     edges = np.arange(0.0, 2.0 + bin_width / 2, bin_width)
     rows = []
     for kind, values in (("positive pairs", positive), ("negative pairs", negative)):
@@ -304,4 +411,37 @@ def distance_histogram(positive: Sequence[float], negative: Sequence[float], mar
     )
     texts = alt.Chart(_data(lines)).mark_text(align="left", baseline="top", dx=3, dy=2, color=_BAND_COLOUR).encode(
         x="x:Q", y=alt.value(0), text="text:N")
-    return alt.layer(hist, rules, texts).properties(height=height)
+    layers = [hist, rules, texts]
+    if threshold is not None:  # the decision threshold τ: pairs left of it are called the same
+        tau = _data([{"x": float(threshold), "text": "τ: same ← | → different"}])
+        layers.append(alt.Chart(tau).mark_rule(color=_THRESHOLD_COLOUR, strokeWidth=2).encode(
+            x="x:Q", tooltip=[alt.Tooltip("x:Q", title="threshold τ", format=".3f")]))
+        layers.append(alt.Chart(tau).mark_text(align="center", baseline="bottom", dy=-2, color=_THRESHOLD_COLOUR).encode(
+            x="x:Q", y=alt.value(0), text="text:N"))
+    return alt.layer(*layers).properties(height=height)
+
+
+def roc_chart(points: Sequence[Mapping[str, Any]], *, kind: str = "roc", chosen: Sequence[Mapping[str, Any]] = (),
+              height: int = 260) -> alt.LayerChart:
+    """The verification trade-off over every threshold (``points``: :func:`retrieval.verification.roc_points`):
+    ``kind="roc"`` draws TAR against FAR, ``"det"`` FRR against FAR (the DET curve), FAR (and FRR)
+    on log axes; points with a 0 on a log axis are left out. ``chosen`` rows ``{"name", "far",
+    "tar", "threshold"}`` (the run's τ, a target FAR tried) are drawn as labelled dots, a FAR of 0
+    at the axis' left end. Layer 0 the curve, 1 the dots, 2 their labels."""
+    y_key, y_title = ("tar", "TAR (same-class pairs accepted)") if kind == "roc" else ("frr", "FRR (same-class pairs rejected)")
+    curve = [dict(p) for p in points if p["far"] > 0 and (kind == "roc" or p["frr"] > 0)]
+    floor = min((p["far"] for p in curve), default=1e-3)
+    marks = [{**c, "frr": 1.0 - c["tar"], "x": max(float(c["far"]), floor)} for c in chosen]
+    x = alt.X("far:Q", title="FAR (different-class pairs accepted), log", scale=alt.Scale(type="log"))
+    y = alt.Y(f"{y_key}:Q", title=y_title, scale=alt.Scale(type="log") if kind == "det" else alt.Scale(domain=[0, 1]))
+    line = alt.Chart(_data(curve)).mark_line(color="#4c78a8", interpolate="step-after").encode(
+        x=x, y=y, tooltip=[alt.Tooltip("threshold:Q", format=".3f"), alt.Tooltip("far:Q", format=".4f"),
+                           alt.Tooltip(f"{y_key}:Q", format=".3f")])
+    dot_x = alt.X("x:Q", scale=alt.Scale(type="log"))
+    dots = alt.Chart(_data(marks)).mark_point(filled=True, size=90).encode(
+        x=dot_x, y=y, color=alt.Color("name:N", title=None, legend=alt.Legend(orient="bottom"),
+                                      scale=alt.Scale(range=[_THRESHOLD_COLOUR, _BAND_COLOUR, "#b279a2"])),
+        tooltip=["name:N", alt.Tooltip("threshold:Q", title="τ", format=".3f"), alt.Tooltip("far:Q", format=".4f"),
+                 alt.Tooltip(f"{y_key}:Q", format=".3f")])
+    labels = alt.Chart(_data(marks)).mark_text(align="left", dx=7, dy=-7).encode(x=dot_x, y=y, text="name:N")
+    return alt.layer(line, dots, labels).properties(height=height)

@@ -17,10 +17,13 @@ d_an = d(a, n) the Euclidean distances between L2-normalised embeddings and ε t
 
 :class:`PairMiner` does the same for pair losses (the contrastive loss). Both return index tensors
 into the batch (:class:`~retrieval.tuples.MinedTriplets`, :class:`~retrieval.tuples.MinedPairs`),
-which every loss in :mod:`retrieval.losses` accepts as ``mined``, and a :class:`MiningRecord`: how
-many tuples were valid and mined, the fraction with loss > 0, the mean d_ap and d_an, and the k
-hardest triplets (smallest d_an − d_ap) with dataset indices, which training writes to
-``mining/epoch_NNN.jsonl`` and the app shows as images.
+which every loss in :mod:`retrieval.losses` accepts as ``mined``, and a
+:class:`~retrieval.mining_record.MiningRecord`: counts and means over the tuples the miner kept,
+and, over every valid triplet of the batch whatever was kept, the violating fraction, the k
+hardest triplets (smallest d_an − d_ap, negative values first) each with ``mined`` (did this miner
+keep it), and the per-anchor view (nearest negative against farthest positive). Training writes
+the hardest to ``mining/epoch_NNN.jsonl`` and counts the per-anchor view's classes in
+``mining/confusions.jsonl``; the app shows them as images.
 
 How it stays fast and small. The miners never build the B×B×B triplet tensor. Each anchor's
 positives are gathered into a (B, K) matrix (:func:`~retrieval.tuples.padded_positives`), K the
@@ -29,10 +32,10 @@ largest number of positives an anchor has (K − 1 for P×K batches), so a rule 
 chunks of anchors that bound the memory. The threshold miners keep that boolean mask as their
 result and enumerate the index triplets only when asked; the triplet loss evaluates its hinge on
 the same dense form, which on a CPU is many times cheaper than gathering scattered triplets. The
-record (counts, means, and the hardest triplets through a row-minimum pre-selection and two small
-``topk``s) is computed from the same tensors the first time it is read, so mining for a loss that
-nobody inspects costs nothing extra. Everything runs on the embeddings' device under
-``torch.no_grad``, in float32 (float64 stays float64); there is no Python loop over anchors.
+record is computed from the same tensors the first time it is read, in one pass over the chunks
+(:class:`~retrieval.mining_record.TripletScan`), so mining for a loss that nobody inspects costs
+nothing extra. Everything runs on the embeddings' device under ``torch.no_grad``, in float32
+(float64 stays float64); there is no Python loop over anchors.
 
 The strict comparisons are made on d_an − d_ap (as pytorch-metric-learning does), so
 ``semihard`` is 0 < d_an − d_ap < ε and ``easy`` is d_an − d_ap ≥ ε.
@@ -41,11 +44,12 @@ The strict comparisons are made on d_an − d_ap (as pytorch-metric-learning doe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from retrieval.distances import euclidean_distance, euclidean_from_squared, full_precision, normalize, squared_euclidean_distance
+from retrieval.mining_record import MiningRecord, TripletScan, anchor_view, smallest, top_triplets
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, padded_positives
 
@@ -60,100 +64,6 @@ __all__ = [
 
 TRIPLET_STRATEGIES = ("all", "hard", "semihard", "easy", "batch-hard", "batch-semihard")
 PAIR_STRATEGIES = ("all", "active", "hard", "batch-hard")
-
-
-class MiningRecord:
-    """What one mining call found.
-
-    Attributes (read lazily, so a training step that never looks pays no device synchronisation):
-
-    - ``n_valid``: valid tuples in the batch (triplets for :class:`TripletMiner`, positive plus
-      negative pairs for :class:`PairMiner`).
-    - ``n_mined``: tuples the miner kept.
-    - ``active_fraction``: fraction of the mined tuples with loss > 0: triplets with
-      d_an < d_ap + ε; for pairs, positive pairs with d > 0 and negative pairs with d < ε.
-      0.0 when nothing was mined.
-    - ``mean_d_ap`` / ``mean_d_an``: mean anchor-positive / anchor-negative distance over the mined
-      tuples; ``None`` when there is none.
-    - ``hardest``: up to ``hardest_k`` mined triplets with the smallest d_an − d_ap, hardest first,
-      as dicts {"anchor", "positive", "negative", "d_ap", "d_an"}; the three indices are dataset
-      indices when the miner was given ``indices``, else batch indices. (A pair miner reports its
-      mined negative pairs, each with the anchor's farthest positive.)
-    """
-
-    def __init__(self, compute: Callable[[], tuple], indices: torch.Tensor | None = None) -> None:
-        # compute() -> (counts, sums, hardest): counts [n_valid, n_mined, n_active, n_ap, n_an]
-        # (integers, possibly held as floats), sums [sum d_ap, sum d_an], hardest None or
-        # (anchors, positives, negatives, d_ap, d_an) as batch indices, hardest first, +inf padding.
-        # It runs on first access, so a step that never reads the record never pays for it.
-        self._compute: Callable[[], tuple] | None = compute
-        self._indices = indices
-        self._values: dict | None = None
-
-    def _materialise(self) -> dict:
-        if self._values is None:
-            assert self._compute is not None
-            with torch.no_grad():
-                counts, sums, hardest_tensors = self._compute()
-            self._compute = None  # let go of the batch's tensors
-            hardest: list[dict] = []
-            if hardest_tensors is not None:
-                anchors, positives, negatives, d_ap, d_an = (t.cpu() for t in hardest_tensors)
-                keep = torch.isfinite(d_an - d_ap)
-                rows = [t[keep] for t in (anchors, positives, negatives)]
-                if self._indices is not None:
-                    rows = [self._indices[r] for r in rows]
-                for a, p, n, dap, dan in zip(*(r.tolist() for r in rows), d_ap[keep].tolist(), d_an[keep].tolist()):
-                    hardest.append({"anchor": a, "positive": p, "negative": n, "d_ap": dap, "d_an": dan})
-            self._values = {
-                "counts": [int(round(c)) for c in counts.tolist()],
-                "sums": [float(v) for v in sums.tolist()],
-                "hardest": hardest,
-            }
-        return self._values
-
-    @property
-    def n_valid(self) -> int:
-        return self._materialise()["counts"][0]
-
-    @property
-    def n_mined(self) -> int:
-        return self._materialise()["counts"][1]
-
-    @property
-    def active_fraction(self) -> float:
-        counts = self._materialise()["counts"]
-        return counts[2] / counts[1] if counts[1] else 0.0
-
-    @property
-    def mean_d_ap(self) -> float | None:
-        values = self._materialise()
-        return values["sums"][0] / values["counts"][3] if values["counts"][3] else None
-
-    @property
-    def mean_d_an(self) -> float | None:
-        values = self._materialise()
-        return values["sums"][1] / values["counts"][4] if values["counts"][4] else None
-
-    @property
-    def hardest(self) -> list[dict]:
-        return self._materialise()["hardest"]
-
-    def to_dict(self) -> dict:
-        """The record as plain JSON-ready values."""
-        return {
-            "n_valid": self.n_valid,
-            "n_mined": self.n_mined,
-            "active_fraction": self.active_fraction,
-            "mean_d_ap": self.mean_d_ap,
-            "mean_d_an": self.mean_d_an,
-            "hardest": self.hardest,
-        }
-
-    def __repr__(self) -> str:
-        d = self.to_dict()
-        d["hardest"] = f"<{len(d['hardest'])} triplets>"
-        return "MiningRecord(" + ", ".join(f"{k}={v!r}" for k, v in d.items()) + ")"
 
 
 class _MarginMiner:
@@ -187,7 +97,8 @@ class TripletMiner(_MarginMiner):
             ``"batch-semihard"``.
         margin: ε, in Euclidean distance between normalised embeddings (0 to 2); use the loss's margin.
         negative_rules: domain knowledge about negatives (:class:`~retrieval.negatives.NegativeRules`).
-        hardest_k: how many of the hardest mined triplets the record keeps.
+        hardest_k: how many of the hardest triplets the record keeps (of every valid one, and of
+            those mined).
 
     Called as ``miner(embeddings, labels, indices=None) -> MinedTriplets``; ``indices`` are the
     samples' dataset indices, used only to name the hardest triplets in the record. Triplets come
@@ -211,27 +122,28 @@ class TripletMiner(_MarginMiner):
             squared = squared_euclidean_distance(x, normalized=True)
             neg = negative_mask(labels, self.negative_rules)
             positives, valid = padded_positives(positive_mask(labels))
-            n_valid = (valid.sum(dim=1) * neg.sum(dim=1)).sum()
+            batch = _Batch(squared, positives, valid, neg, labels, indices)
             if positives.shape[1] == 0:
-                return _empty_triplets(x.device, n_valid, x.dtype)
+                return _empty_triplets(batch, self.margin)
             if self.strategy == "batch-hard":
-                return self._batch_hard(squared, positives, valid, neg, n_valid, indices)
+                return self._batch_hard(batch)
             if self.strategy == "batch-semihard":
-                return self._batch_semihard(squared, positives, valid, neg, n_valid, indices)
-            dist = euclidean_from_squared(squared)
-            return self._threshold(dist, positives, valid, dist.gather(1, positives), neg, n_valid, indices)
+                return self._batch_semihard(batch)
+            return self._threshold(batch)
 
     # -- the threshold rules, on the dense (anchor, positive, negative) form ------------------------
 
-    def _threshold(self, dist, positives, valid, d_ap, neg, n_valid, indices) -> MinedTriplets:
-        batch, k_max = positives.shape
+    def _threshold(self, b: "_Batch") -> MinedTriplets:
+        size, k_max = b.positives.shape
+        dist = b.dist
+        d_ap = dist.gather(1, b.positives)
         # NaN where (a, k) is padding or n is not a negative of a: every comparison with NaN is False.
-        d_an_or_nan = dist.masked_fill(~neg, math.nan)
-        d_ap_or_nan = d_ap.masked_fill(~valid, math.nan)
+        d_an_or_nan = dist.masked_fill(~b.neg, math.nan)
+        d_ap_or_nan = d_ap.masked_fill(~b.valid, math.nan)
         masks = []
-        for rows in anchor_chunks(batch, k_max * batch):
+        for rows in anchor_chunks(size, k_max * size):
             if self.strategy == "all":
-                masks.append(valid[rows, :, None] & neg[rows, None, :])
+                masks.append(b.valid[rows, :, None] & b.neg[rows, None, :])
                 continue
             gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]  # d_an − d_ap, (c, K, B)
             if self.strategy == "hard":
@@ -242,55 +154,58 @@ class TripletMiner(_MarginMiner):
                 masks.append(gap >= self.margin)
         mask = masks[0] if len(masks) == 1 else torch.cat(masks)
 
-        def compute_record():
+        def compute_record() -> dict:
             stats, candidates = [], []
-            for rows in anchor_chunks(batch, k_max * batch):
-                gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]
+
+            def mined_chunk(rows: slice, gap: torch.Tensor) -> None:  # gap: +inf where not valid
                 chunk_mask = mask[rows]
                 weight = chunk_mask.to(dist.dtype)
                 per_pair = weight.sum(dim=2)  # (c, K): negatives per (a, p)
-                n_active = (gap < self.margin).sum() if self.strategy == "all" else per_pair.new_zeros(())
-                chunk_stats = [per_pair.sum(), n_active, (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
+                chunk_stats = [per_pair.sum(), (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
                 stats.append(torch.stack(chunk_stats).to(_exact_dtype(dist.device)))  # counts stay exact integers
-                if self.hardest_k > 0:
-                    values, flat = _smallest(gap.masked_fill_(~chunk_mask, math.inf).reshape(-1, batch), self.hardest_k)
-                    candidates.append((values, flat + rows.start * k_max * batch))
-            stats = stats[0] if len(stats) == 1 else torch.stack(stats).sum(dim=0)
-            n_mined, n_active = stats[0], stats[1]
-            if self.strategy in ("hard", "semihard"):
-                n_active = n_mined  # every such triplet violates the margin
-            # ("all" counted them; "easy" triplets have d_an − d_ap >= ε, a zero hinge: n_active stays 0)
-            counts = torch.stack([n_valid.to(stats.dtype), n_mined, n_active, n_mined, n_mined])
-            hardest = None
-            if candidates:
-                gap, flat = (torch.cat(t) for t in zip(*candidates)) if len(candidates) > 1 else candidates[0]
-                top = torch.topk(gap, min(self.hardest_k, len(gap)), largest=False).indices
-                gap, flat = gap[top], flat[top]
-                a = torch.div(flat, k_max * batch, rounding_mode="floor")
-                k = torch.div(flat, batch, rounding_mode="floor") % k_max
-                d_ap_top = d_ap[a, k]
-                hardest = (a, positives[a, k], flat % batch, d_ap_top, d_ap_top + gap)  # gap is inf where fewer were mined
-            return counts, stats[2:], hardest
+                if self.hardest_k > 0 and self.strategy != "all":
+                    values, flat = smallest(gap.masked_fill_(~chunk_mask, math.inf).reshape(-1, size), self.hardest_k)
+                    candidates.append((values, flat + rows.start * k_max * size))
 
-        return MinedTriplets(None, None, None, MiningRecord(compute_record, indices), dense=(positives, mask))
+            scan = TripletScan(self.margin, self.hardest_k).scan(dist, b.positives, b.valid, b.neg, mined_chunk)
+            stats = torch.stack(stats).sum(dim=0)
+            n_mined, n_violating = stats[0], scan.n_violating.to(stats.dtype)
+            # "all" keeps every valid triplet; "hard" and "semihard" triplets all violate the
+            # margin; "easy" triplets have d_an − d_ap >= ε, a zero hinge
+            n_active = {"all": n_violating, "hard": n_mined, "semihard": n_mined}.get(self.strategy, torch.zeros_like(n_mined))
+            hardest = scan.hardest(lambda a, slot, n: mask[a, slot, n])
+            mined = hardest[:5] if self.strategy == "all" and hardest is not None else None
+            if self.strategy != "all":
+                found = top_triplets(candidates, self.hardest_k, b.positives, d_ap)
+                mined = None if found is None else (found[0], b.positives[found[0], found[1]], *found[2:])
+            n_triplets = b.n_triplets.to(stats.dtype)
+            counts = torch.stack([n_triplets, n_mined, n_active, n_mined, n_mined, n_triplets, n_violating])
+            return {"counts": counts, "sums": stats[1:], "hardest": hardest, "hardest_mined": mined,
+                    "anchors": b.anchor_view(self.margin)}
+
+        return MinedTriplets(None, None, None, MiningRecord(compute_record, b.indices), dense=(b.positives, mask))
 
     # -- the per-anchor / per-pair rules, decided on squared distances (the same order) ------------
 
-    def _batch_hard(self, squared, positives, valid, neg, n_valid, indices) -> MinedTriplets:
-        sq_ap, k = squared.gather(1, positives).masked_fill_(~valid, -1.0).max(dim=1)  # farthest positive
+    def _batch_hard(self, b: "_Batch") -> MinedTriplets:
+        squared, positives, valid, neg = b.squared, b.positives, b.valid, b.neg
+        sq_ap, slot = squared.gather(1, positives).masked_fill_(~valid, -1.0).max(dim=1)  # farthest positive
         sq_an, negatives = squared.masked_fill(~neg, 5.0).min(dim=1)  # nearest negative (d² <= 4)
         anchors = torch.nonzero(valid[:, 0] & (sq_an <= 4.0)).squeeze(1)
-        positives = positives.gather(1, k[:, None]).squeeze(1)
+        chosen = torch.full_like(positives, -1)  # the negative mined for (a, positives[a, k]), -1: none
+        chosen[anchors, slot[anchors]] = negatives[anchors]
+        positives = positives.gather(1, slot[:, None]).squeeze(1)
         d_ap, d_an = euclidean_from_squared(torch.stack([sq_ap[anchors], sq_an[anchors]])).unbind()
-        return self._explicit(anchors, positives[anchors], negatives[anchors], d_ap, d_an, n_valid, indices)
+        return self._explicit(b, anchors, positives[anchors], negatives[anchors], d_ap, d_an, chosen)
 
-    def _batch_semihard(self, squared, positives, valid, neg, n_valid, indices) -> MinedTriplets:
-        batch, k_max = positives.shape
+    def _batch_semihard(self, b: "_Batch") -> MinedTriplets:
+        squared, positives, valid, neg = b.squared, b.positives, b.valid, b.neg
+        size, k_max = positives.shape
         sq_ap = squared.gather(1, positives)
         farthest_sq_an, farthest = squared.masked_fill(~neg, -1.0).max(dim=1)
         sq_neg = squared.masked_fill(~neg, math.nan)  # NaN: not a negative, never "farther"
         nearest_farther = []
-        for rows in anchor_chunks(batch, k_max * batch):
+        for rows in anchor_chunks(size, k_max * size):
             sq_an = sq_neg[rows, None, :]
             candidates = torch.where(sq_an > sq_ap[rows, :, None], sq_an, 5.0)  # d² <= 4 < 5: no candidate
             nearest_farther.append(candidates.min(dim=2))  # nearest negative with d_an > d_ap
@@ -299,19 +214,27 @@ class TripletMiner(_MarginMiner):
         none_farther = sq_an > 4.0
         sq_an = torch.where(none_farther, farthest_sq_an[:, None], sq_an)  # else the farthest negative
         negatives = torch.where(none_farther, farthest[:, None], negatives)
-        a, k = torch.nonzero(valid & (farthest_sq_an >= 0)[:, None], as_tuple=True)
+        kept = valid & (farthest_sq_an >= 0)[:, None]
+        a, k = torch.nonzero(kept, as_tuple=True)
         mined_positives, mined_negatives = torch.stack([positives, negatives])[:, a, k]
         d_ap, d_an = euclidean_from_squared(torch.stack([sq_ap, sq_an])[:, a, k]).unbind()
-        return self._explicit(a, mined_positives, mined_negatives, d_ap, d_an, n_valid, indices)
+        chosen = torch.where(kept, negatives, torch.full_like(negatives, -1))
+        return self._explicit(b, a, mined_positives, mined_negatives, d_ap, d_an, chosen)
 
-    def _explicit(self, anchors, positives, negatives, d_ap, d_an, n_valid, indices) -> MinedTriplets:
-        def compute_record():
+    def _explicit(self, b: "_Batch", anchors, positives, negatives, d_ap, d_an, chosen) -> MinedTriplets:
+        """Triplets given as index lists; ``chosen`` (B, K): the one negative mined for each
+        (anchor, positive slot), -1 where none (both per-anchor rules mine at most one)."""
+
+        def compute_record() -> dict:
             n = torch.full((), len(anchors), device=anchors.device)
-            counts = torch.stack([n_valid, n, (d_an - d_ap < self.margin).sum(), n, n])
-            sums = torch.stack([d_ap.sum(), d_an.sum()])
-            return counts, sums, _hardest_of(anchors, positives, negatives, d_ap, d_an, self.hardest_k)
+            scan = TripletScan(self.margin, self.hardest_k).scan(b.dist, b.positives, b.valid, b.neg)
+            counts = torch.stack([b.n_triplets, n, (d_an - d_ap < self.margin).sum(), n, n, b.n_triplets, scan.n_violating])
+            return {"counts": counts, "sums": torch.stack([d_ap.sum(), d_an.sum()]),
+                    "hardest": scan.hardest(lambda a, slot, n: chosen[a, slot] == n),
+                    "hardest_mined": _hardest_of(anchors, positives, negatives, d_ap, d_an, self.hardest_k),
+                    "anchors": b.anchor_view(self.margin)}
 
-        return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, indices))
+        return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, b.indices))
 
 
 class PairMiner(_MarginMiner):
@@ -363,27 +286,36 @@ class PairMiner(_MarginMiner):
                 nearest_negative = dist.masked_fill(~neg, math.inf).argmin(dim=1)
                 neg_kept = torch.zeros_like(neg).scatter_(1, nearest_negative[:, None], True) & neg
 
-            def compute_record():
+            batch = _Batch(None, positives, valid, neg, labels, indices, dist=dist)
+
+            def compute_record() -> dict:
                 pos_w, neg_w = pos_kept.to(dist.dtype), neg_kept.to(dist.dtype)
                 n_ap, n_an = pos_w.sum(), neg_w.sum()
                 active_an = n_an if self.strategy == "active" else (neg_w * (dist < self.margin)).sum()
+                scan = TripletScan(self.margin, self.hardest_k)
+                if positives.shape[1]:  # every valid triplet; the miner kept one when it kept both its pairs
+                    scan.scan(dist, positives, valid, neg)
                 counts = torch.stack([
                     valid.sum() + neg.sum(),
                     n_ap + n_an,
                     (pos_w * (d_ap > 0)).sum() + active_an,  # positive pairs apart, negative pairs inside ε
                     n_ap,
                     n_an,
-                ])
+                    batch.n_triplets,
+                    scan.n_violating.to(dist.device),
+                ]).to(_exact_dtype(dist.device))
                 sums = torch.stack([(pos_w * d_ap).sum(), (neg_w * dist).sum()])
-                hardest = None
+                mined = None
                 if self.hardest_k > 0:  # mined negative pairs, each with the anchor's farthest positive
                     no_positive = (farthest_d_ap < 0)[:, None]
                     gap = (dist - farthest_d_ap[:, None]).masked_fill_(~neg_kept | no_positive, math.inf)
-                    value, flat = _smallest(gap, self.hardest_k)
+                    value, flat = smallest(gap, self.hardest_k)
                     a, n = torch.div(flat, len(dist), rounding_mode="floor"), flat % len(dist)
                     farthest = positives.gather(1, farthest_k[:, None]).squeeze(1) if positives.shape[1] else farthest_k
-                    hardest = (a, farthest[a], n, farthest_d_ap[a], farthest_d_ap[a] + value)
-                return counts, sums, hardest
+                    mined = (a, farthest[a], n, farthest_d_ap[a], farthest_d_ap[a] + value)
+                hardest = scan.hardest(lambda a, slot, n: pos_kept[a, slot] & neg_kept[a, n]) if positives.shape[1] else None
+                return {"counts": counts, "sums": sums, "hardest": hardest, "hardest_mined": mined,
+                        "anchors": batch.anchor_view(self.margin)}
 
             record = MiningRecord(compute_record, indices)
             return MinedPairs(None, None, None, None, record, masks=(positives, pos_kept, neg_kept))
@@ -406,19 +338,6 @@ def build_miner(
 # helpers
 
 
-def _smallest(gap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest entries of a (R, B) matrix (inf marks entries to skip) and their flat indices.
-
-    The k smallest entries lie in the k rows with the smallest minima (a row holding one of them
-    has a minimum at most that entry, and at most k − 1 rows can beat it), so only those rows are
-    searched: a row-wise ``amin`` and two small ``topk``s instead of one over the whole matrix.
-    """
-    rows = torch.topk(gap.amin(dim=1), min(k, gap.shape[0]), largest=False).indices
-    values, where = torch.topk(gap[rows].reshape(-1), min(k, rows.numel() * gap.shape[1]), largest=False)
-    width = gap.shape[1]
-    return values, rows[torch.div(where, width, rounding_mode="floor")] * width + where % width
-
-
 def _exact_dtype(device: torch.device) -> torch.dtype:
     """float64 (integers exact to 2^53) where the device has it."""
     return torch.float32 if device.type == "mps" else torch.float64
@@ -431,12 +350,37 @@ def _hardest_of(anchors, positives, negatives, d_ap, d_an, k) -> tuple[torch.Ten
     return (*torch.stack([anchors, positives, negatives])[:, top], *torch.stack([d_ap, d_an])[:, top])
 
 
-def _empty_triplets(device, n_valid, dtype) -> MinedTriplets:
+def _empty_triplets(b: "_Batch", margin: float) -> MinedTriplets:
+    """No anchor has a positive: nothing is mined and there is no valid triplet."""
+    device = b.labels.device
     empty = torch.zeros(0, dtype=torch.long, device=device)
-    zero = torch.zeros((), dtype=torch.long, device=device)
-    counts = torch.stack([n_valid.to(device), zero, zero, zero, zero])
-    record = MiningRecord(lambda: (counts, torch.zeros(2, dtype=dtype, device=device), None))
+    counts = torch.zeros(7, dtype=torch.long, device=device)
+    record = MiningRecord(lambda: {"counts": counts, "sums": torch.zeros(2, dtype=b.squared.dtype, device=device),
+                                   "anchors": b.anchor_view(margin)}, b.indices)
     return MinedTriplets(empty, empty.clone(), empty.clone(), record)
+
+
+class _Batch:
+    """One batch as the miners see it: squared distances (or distances), each anchor's positives
+    (B, K) with their valid mask, the negative mask (B, B), labels and dataset indices."""
+
+    def __init__(self, squared, positives, valid, neg, labels, indices, *, dist=None) -> None:
+        self.squared, self.positives, self.valid, self.neg, self.labels, self.indices = squared, positives, valid, neg, labels, indices
+        self._dist = dist
+
+    @property
+    def dist(self) -> torch.Tensor:
+        if self._dist is None:
+            self._dist = euclidean_from_squared(self.squared)
+        return self._dist
+
+    @property
+    def n_triplets(self) -> torch.Tensor:
+        """Valid triplets: Σ_a (positives of a) · (negatives of a)."""
+        return (self.valid.sum(dim=1) * self.neg.sum(dim=1)).sum()
+
+    def anchor_view(self, margin: float):
+        return anchor_view(self.dist, self.neg, self.positives, self.valid, self.labels, margin)
 
 
 def _batch_labels(labels, indices, x) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -83,13 +83,20 @@ class EmbeddingModel(nn.Module):
         }
 
 
-def _create_backbone(name: str, *, pretrained: bool, weights: str | Path | None) -> nn.Module:
+def check_backbone_name(name: str) -> None:
+    """A one-line error naming close timm models when ``name`` is not a timm model name."""
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise RetrievalError(f"unknown backbone {name!r}: not a timm model name{hint}")
+
+
+def _create_backbone(name: str, *, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    import timm
+
+    check_backbone_name(name)
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():
@@ -126,12 +133,17 @@ def _load_local_weights(backbone: nn.Module, weights: Path) -> nn.Module:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+
+    def shape(name: str) -> str:
+        return f": {list(state[name].shape)} in the file, {list(expected[name].shape)} in the model"
+
     if missing or unexpected or wrong:
-        problems = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(wrong)} wrong-shaped"]
-        example = (missing or unexpected or wrong)[0]
+        wrong = sorted(wrong)
+        problems = [f"{len(names)} {kind}" + (f" (e.g. {names[0]!r}{shape(names[0]) if kind == 'wrong-shaped' else ''})" if names else "")
+                    for kind, names in (("missing", missing), ("unexpected", unexpected), ("wrong-shaped", wrong))]
         raise RetrievalError(
-            f"{weights}: weights do not fit backbone {backbone.default_cfg.get('architecture', '?')!r} "
-            f"({', '.join(problems)} tensors, e.g. {example!r})"
+            f"{weights}: weights do not fit backbone {backbone.default_cfg.get('architecture', '?')!r}: "
+            f"{', '.join(problems)} tensors (the file needs timm's key names for this model)"
         )
     backbone.load_state_dict(state, strict=True)
     return backbone

@@ -22,12 +22,17 @@ only where there are at least 10 / f different-class pairs.
 Pairs come from labelled embeddings (:func:`pair_distances`): every unordered pair of one set
 (leave-one-out), or every (query, gallery) pair of two sets; above ``max_pairs`` a uniform sample
 (seeded) keeps memory bounded.
+
+For people: :class:`Verdict` (open-set identification of one query at τ: the nearest item's label
+when d ≤ τ, else "no match in the gallery") and :meth:`Verdict.describe`, :func:`describe_threshold`
+(a stored τ in one line), :func:`percent` (rates as "1 %"), and :func:`roc_points` (the ROC thinned
+for a chart).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,12 +47,15 @@ __all__ = [
     "Threshold",
     "VerificationSummary",
     "Verdict",
+    "describe_threshold",
     "equal_error_rate",
     "open_set_verdict",
     "far_levels",
     "pair_distances",
+    "percent",
     "rates_at",
     "roc_curve",
+    "roc_points",
     "summarise",
     "threshold_at_far",
 ]
@@ -128,11 +136,27 @@ class Verdict:
         """One line: "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %", "no match in the gallery …"."""
         if self.threshold is None:
             return "no threshold set for this run: no verdict (retrieval calibrate RUN_DIR DATA_DIR sets one)"
-        at = f" at FAR {target_far:.3g}" if target_far is not None else ""
+        at = f" at FAR {percent(target_far)}" if target_far is not None else ""
         if self.match:
             return f"match: {self.label if self.label is not None else '(unlabelled)'}, d = {self.distance:.3f} ≤ τ = {self.threshold:.3f}{at}"
         nearest = "" if self.distance is None else f": the nearest is at d = {self.distance:.3f} > τ = {self.threshold:.3f}{at}"
         return f"no match in the gallery{nearest}"
+
+
+def percent(rate: float) -> str:
+    """A rate as the app and the CLI write it: 0.01 → "1 %", 0.001 → "0.1 %", 0.125 → "12.5 %"."""
+    return f"{100 * rate:.3g} %"
+
+
+def describe_threshold(stored: Mapping[str, Any] | None) -> str:
+    """One line on a run's stored τ (config.json's ``"verification"``): its FAR and TAR on the pairs
+    it was chosen on, the EER, how many pairs, and which."""
+    if not stored:
+        return "no threshold τ is set"
+    eer = stored.get("eer")
+    return (f"threshold τ = {stored['threshold']:.4f} at FAR {stored['far']:.4f} (target {stored['target_far']:g}), "
+            f"TAR {stored['tar']:.4f}, EER {'-' if eer is None else f'{eer:.4f}'} on {stored['n_positive_pairs']} same-class "
+            f"and {stored['n_negative_pairs']} different-class pairs ({stored.get('pairs', 'pairs not recorded')})")
 
 
 def open_set_verdict(nearest: tuple[str | None, float] | None, threshold: Threshold | None) -> Verdict:
@@ -188,6 +212,20 @@ def roc_curve(positive: np.ndarray, negative: np.ndarray) -> dict[str, np.ndarra
     tar = np.searchsorted(np.sort(positive), thresholds, side="right") / len(positive)
     return {"threshold": np.concatenate([[-np.inf], thresholds]),
             "far": np.concatenate([[0.0], far]), "tar": np.concatenate([[0.0], tar])}
+
+
+def roc_points(positive: np.ndarray, negative: np.ndarray, max_points: int = 200) -> list[dict[str, float]]:
+    """The ROC for a chart: at most about ``max_points`` rows ``{"threshold", "far", "tar", "frr"}``,
+    thinned on a logarithmic FAR grid from 1 / (negative pairs) to 1 (at each grid FAR g the point
+    with the highest TAR at FAR ≤ g, so the curve keeps its upper envelope), the end points kept
+    (the first, below every distance, has threshold None)."""
+    roc = roc_curve(positive, negative)
+    far = roc["far"]
+    grid = np.logspace(np.log10(1.0 / len(np.ravel(negative))), 0.0, max_points)
+    keep = np.unique(np.concatenate([[0, len(far) - 1], np.searchsorted(far, grid, side="right") - 1]))
+    thresholds = roc["threshold"]
+    return [{"threshold": float(thresholds[i]) if np.isfinite(thresholds[i]) else None, "far": float(far[i]),
+             "tar": float(roc["tar"][i]), "frr": float(1.0 - roc["tar"][i])} for i in keep]
 
 
 def equal_error_rate(positive: np.ndarray, negative: np.ndarray) -> float:

@@ -60,8 +60,8 @@ def stop(server: subprocess.Popen) -> None:
 
 def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        pytest.fail(f"Chromium is missing ({CHROMIUM}): .ci/run installs it (apt-get install chromium); "
-                    "install it the same way to run the browser test")
+        pytest.fail(f"Chromium is missing ({CHROMIUM}): `make test` installs it as root (apt-get install chromium); "
+                    "install it that way to run the browser test")
     from playwright.sync_api import expect, sync_playwright
 
     gallery = fake_runs.make_gallery(tmp_path / "gallery")
@@ -89,6 +89,8 @@ def test_upload_in_chromium_shows_neighbours_with_distances(tmp_path):
                 page.goto(f"http://127.0.0.1:{port}/", timeout=WAIT_MS)
                 file_input = page.locator("input[type=file]")
                 file_input.wait_for(state="attached", timeout=WAIT_MS)
+                # the upload limit of the checkout's .streamlit/config.toml, though the server runs in another folder
+                expect(page.get_by_test_id("stFileUploaderDropzoneInstructions")).to_contain_text("50MB per file")
                 file_input.set_input_files(str(query))
 
                 cards = page.locator("[class*='st-key-neighbour-']")

@@ -125,8 +125,10 @@ def test_hardness_by_epoch_averages_gaps_and_joins_the_active_fraction():
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[0]["mean_gap"] == pytest.approx(0.1) and rows[0]["n_violating"] == 1 and rows[0]["n_logged"] == 2
     assert rows[1]["active_fraction"] == 0.5 and rows[1]["violating_fraction"] is None
-    assert rows[2] == {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "active_fraction": 0.4,
-                       "violating_fraction": 0.2}
+    assert rows[2] == {"epoch": 3, "mean_gap": None, "n_logged": 0, "n_violating": None, "n_nearer": None, "n_mined": None,
+                       "active_fraction": 0.4, "violating_fraction": 0.2, "inverted_anchor_fraction": None,
+                       "violating_anchor_fraction": None}
+    assert rows[0]["n_nearer"] == 1 and rows[0]["n_mined"] is None  # a log without `mined` did not record it
 
 
 def test_project_2d_pca_places_a_gallery_row_where_it_was_fitted():

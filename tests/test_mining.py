@@ -1,4 +1,5 @@
-"""retrieval.mining: every miner against a brute-force enumeration, the mining record, parity with
+"""retrieval.mining: every miner against a brute-force enumeration, the mining record (the hardest
+of every valid triplet with whether the miner kept it, the per-anchor view), parity with
 pytorch-metric-learning, edge cases, memory at B=512, CUDA."""
 
 import math
@@ -113,13 +114,91 @@ def test_mining_record_matches_brute_force(strategy):
     assert record.active_fraction == pytest.approx(len(active) / len(expected), abs=1e-12)
     assert record.mean_d_ap == pytest.approx(sum(d[a][p] for a, p, _ in expected) / len(expected), abs=1e-9)
     assert record.mean_d_an == pytest.approx(sum(d[a][n] for a, _, n in expected) / len(expected), abs=1e-9)
-    hardest = sorted(expected, key=lambda t: d[t[0]][t[2]] - d[t[0]][t[1]])[:5]
-    got = record.hardest
-    assert [(h["anchor"], h["positive"], h["negative"]) for h in got] == [
-        tuple(int(dataset_indices[i]) for i in t) for t in hardest
-    ]
-    for h, (a, p, n) in zip(got, hardest):
+    assert record.n_triplets == len(valid)
+    assert record.n_violating == sum(1 for a, p, n in valid if d[a][n] - d[a][p] < MARGIN)
+    named = lambda t: tuple(int(dataset_indices[i]) for i in t)  # noqa: E731
+    gap = lambda t: d[t[0]][t[2]] - d[t[0]][t[1]]  # noqa: E731
+    assert_rows_are(record.hardest_mined, [(named(t), True) for t in sorted(expected, key=gap)[:5]], d, dataset_indices)
+    assert_rows_are(record.hardest, [(named(t), t in expected) for t in sorted(valid, key=gap)[:5]], d, dataset_indices)
+
+
+def assert_rows_are(rows, expected, d, dataset_indices):
+    """``rows`` of a record name the ``expected`` (triplet of dataset indices, mined) in order, with their distances."""
+    assert [((h["anchor"], h["positive"], h["negative"]), h["mined"]) for h in rows] == expected
+    batch = {int(v): i for i, v in enumerate(dataset_indices)}
+    for h in rows:
+        a, p, n = (batch[h[role]] for role in ("anchor", "positive", "negative"))
         assert h["d_ap"] == pytest.approx(d[a][p], abs=1e-9) and h["d_an"] == pytest.approx(d[a][n], abs=1e-9)
+
+
+def brute_hardest(x, labels, mined, k):
+    """The k valid triplets with the smallest d_an − d_ap by a loop over every (a, p, n), each with
+    whether it is in ``mined``: [((a, p, n), d_an − d_ap, mined)]."""
+    d = brute_distances(x)
+    y = [int(v) for v in labels]
+    rows = []
+    for a in range(len(y)):
+        for p in range(len(y)):
+            for n in range(len(y)):
+                if a != p and y[a] == y[p] and y[n] != y[a]:
+                    rows.append(((a, p, n), d[a][n] - d[a][p], (a, p, n) in mined))
+    return sorted(rows, key=lambda r: r[1])[:k]
+
+
+def on_circle(*degrees):
+    return torch.tensor([[math.cos(math.radians(t)), math.sin(math.radians(t))] for t in degrees], dtype=torch.float64)
+
+
+HAND_MADE = {
+    # class 0 at 0° and 50°, class 1 at 20° (nearer to 0° than its positive) and 200°, class 2 near 100°
+    "one negative inside": (on_circle(0, 50, 20, 200, 95.5, 101.3), torch.tensor([0, 0, 1, 1, 2, 2])),
+    # three classes interleaved around the circle: many negatives nearer than the positive (no ties)
+    "interleaved": (on_circle(0, 21.3, 47.9, 131.7, 143.2, 172.6, 253.1, 266.8, 297.4), torch.tensor([0, 1, 2] * 3)),
+}
+
+
+@pytest.mark.parametrize("batch_name", list(HAND_MADE))
+@pytest.mark.parametrize("strategy", ["semihard", "all", "batch-hard", "batch-semihard", "easy"])
+def test_hardest_are_the_smallest_gaps_of_every_triplet_with_whether_the_miner_kept_them(batch_name, strategy):
+    x, labels = HAND_MADE[batch_name]
+    mined = TripletMiner(strategy, MARGIN, hardest_k=6)(x, labels)
+    expected = brute_hardest(x, labels, as_set(mined), 6)
+    got = mined.record.hardest
+    assert [((h["anchor"], h["positive"], h["negative"]), h["mined"]) for h in got] == [(t, m) for t, _, m in expected]
+    assert [h["d_an"] - h["d_ap"] for h in got] == pytest.approx([g for _, g, _ in expected], abs=1e-12)
+
+
+def test_a_semihard_miner_never_keeps_the_negatives_nearer_than_the_positive_but_its_record_names_them():
+    x, labels = HAND_MADE["one negative inside"]
+    record = TripletMiner("semihard", MARGIN, hardest_k=6)(x, labels).record
+    assert all(h["d_an"] < h["d_ap"] and h["mined"] is False for h in record.hardest)
+    named = {(h["anchor"], h["positive"], h["negative"]): h for h in record.hardest}
+    assert (0, 1, 2) in named  # the sample at 20° lies nearer to 0° than its positive at 50°
+    assert all(0 < h["d_an"] - h["d_ap"] < MARGIN and h["mined"] for h in record.hardest_mined) and record.hardest_mined
+    assert all(h["mined"] for h in TripletMiner("all", MARGIN, hardest_k=6)(x, labels).record.hardest)
+
+
+@pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)
+def test_the_anchor_view_gives_each_anchors_nearest_negative_against_its_farthest_positive(strategy):
+    rules = RULES["never-negative"]
+    x, labels = uneven_batch(14)
+    view = TripletMiner(strategy, MARGIN, negative_rules=rules)(x, labels).record.anchors
+    d = brute_distances(x)
+    is_neg = brute_is_negative(labels, rules)
+    y = labels.tolist()
+    for a in range(len(y)):
+        negatives = [n for n in range(len(y)) if is_neg(a, n)]
+        positives = [p for p in range(len(y)) if p != a and y[p] == y[a]]
+        assert int(view.nearest_negative[a]) == (min(negatives, key=lambda n: d[a][n]) if negatives else -1)
+        if positives:
+            assert float(view.d_ap[a]) == pytest.approx(max(d[a][p] for p in positives), abs=1e-12)
+        else:
+            assert math.isnan(float(view.d_ap[a]))
+        met = {y[n] for n in negatives}
+        assert {int(c) for c, m in zip(view.classes, view.negative_classes[a]) if m} == met
+    gaps = [min(d[a][n] for n in range(len(y)) if is_neg(a, n)) - max(d[a][p] for p in range(len(y)) if p != a and y[p] == y[a])
+            for a in range(len(y)) if any(is_neg(a, n) for n in range(len(y))) and y.count(y[a]) > 1]
+    assert view.counts() == (len(gaps), sum(g < 0 for g in gaps), sum(g < MARGIN for g in gaps))
 
 
 def test_hardest_triplets_use_batch_indices_without_dataset_indices_and_are_sorted():
@@ -137,7 +216,8 @@ def test_mining_record_is_json_ready():
     record = TripletMiner("semihard", MARGIN, hardest_k=4)(*uneven_batch(0)).record
     values = record.to_dict()
     assert json.loads(json.dumps(values)) == values
-    assert len(values["hardest"]) == 4
+    assert len(values["hardest"]) == len(values["hardest_mined"]) == 4
+    assert 0 < values["n_anchors"] == len(uneven_batch(0)[1]) - 1  # all but the single-sample class
 
 
 @pytest.mark.parametrize("strategy", PAIR_STRATEGIES)
@@ -171,8 +251,14 @@ def test_pair_miner_mines_the_same_pairs_as_brute_force(strategy, rules_name):
     assert record.n_valid == len(pos) + len(neg) and record.n_mined == len(exp_pos) + len(exp_neg)
     if exp_neg:
         assert record.mean_d_an == pytest.approx(sum(d[a][n] for a, n in exp_neg) / len(exp_neg))
-        gaps = [h["d_an"] - h["d_ap"] for h in record.hardest]
+        gaps = [h["d_an"] - h["d_ap"] for h in record.hardest_mined]
         assert gaps == sorted(gaps)
+    triplets = [(a, p, n) for a, p in pos for aa, n in neg if aa == a]
+    assert record.n_triplets == len(triplets)
+    assert record.n_violating == sum(1 for a, p, n in triplets if d[a][n] - d[a][p] < MARGIN)
+    hardest = sorted(triplets, key=lambda t: d[t[0]][t[2]] - d[t[0]][t[1]])[:20]
+    kept = [(a, p) in exp_pos and (a, n) in exp_neg for a, p, n in hardest]  # both pairs kept at the anchor
+    assert [((h["anchor"], h["positive"], h["negative"]), h["mined"]) for h in record.hardest] == list(zip(hardest, kept))
 
 
 @pytest.mark.parametrize("strategy", ["hard", "semihard", "easy"])
@@ -209,6 +295,7 @@ def test_one_class_batch_mines_nothing_and_records_no_means(strategy):
     assert len(mined) == 0 and mined.anchors.dtype == torch.long
     r = mined.record
     assert (r.n_valid, r.n_mined, r.active_fraction, r.mean_d_ap, r.mean_d_an, r.hardest) == (0, 0, 0.0, None, None, [])
+    assert (r.n_triplets, r.violating_fraction, r.hardest_mined, r.anchors.counts()) == (0, None, [], (0, 0, 0))
 
 
 @pytest.mark.parametrize("strategy", TRIPLET_STRATEGIES)

@@ -1,5 +1,7 @@
 """EmbeddingModel (timm backbone + head, local weights), device and precision choice."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,53 @@ def test_bf16_autocast_forward_still_gives_float32_unit_vectors(model):
         out = model(torch.randn(2, 3, 32, 32))
     assert out.dtype == torch.float32
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_weights_that_do_not_fit_name_the_missing_and_the_unexpected_keys_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    import timm
+
+    state = timm.create_model(BACKBONE, pretrained=False, num_classes=0).state_dict()
+    state = {k: v.contiguous() for k, v in state.items()}
+    missing = sorted(state)[0]
+    del state[missing]
+    state["extra.weight"] = torch.zeros(3)
+    wrong = "conv1.0.weight"
+    state[wrong] = torch.zeros(1, 1, 1, 1)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(RetrievalError) as error:
+        EmbeddingModel(BACKBONE, 8, weights=tmp_path / "w.safetensors")
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"1 missing (e.g. {missing!r})" in message and "1 unexpected (e.g. 'extra.weight')" in message
+    assert f"1 wrong-shaped (e.g. {wrong!r}: [1, 1, 1, 1] in the file" in message
+
+
+def test_the_classifier_in_a_weights_file_is_dropped_and_the_data_config_is_the_weights_model(tmp_path):
+    from safetensors.torch import save_file
+
+    import timm
+    import timm.data
+
+    name = "tf_efficientnet_lite0"  # its own normalisation (mean = std = 0.5) and bicubic resizing, not ImageNet's defaults
+    source = timm.create_model(name, pretrained=False)  # with its 1000-class classifier
+    assert any(k.startswith("classifier.") for k in source.state_dict())
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    model = EmbeddingModel(name, 8, weights=tmp_path / "w.safetensors")
+    assert torch.equal(model.backbone.conv_stem.weight, source.conv_stem.weight)
+    config = model.data_config(64)
+    expected = timm.data.resolve_model_data_config(source)
+    assert config["mean"] == pytest.approx(list(expected["mean"])) and config["std"] == pytest.approx(list(expected["std"]))
+    assert config["mean"] == pytest.approx([0.5, 0.5, 0.5]) and config["interpolation"] == "bicubic"
+    assert config["input_size"] == [3, 64, 64]
+
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "tf_efficientnet_lite0.imagenet.safetensors"
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="the shared ImageNet weights are not beside this checkout")
+def test_the_real_imagenet_weights_load_into_their_backbone():
+    model = EmbeddingModel("tf_efficientnet_lite0", 8, weights=SHARED_WEIGHTS)
+    assert model.backbone.num_features == 1280
+    assert float(model.backbone.bn1.running_var.mean()) != 1.0  # trained statistics, not a fresh layer's

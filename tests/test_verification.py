@@ -127,3 +127,33 @@ def test_bad_inputs_are_one_line_errors():
         roc_curve([0.1, np.nan], [0.5])
     with pytest.raises(RetrievalError, match="target-far"):
         threshold_at_far([0.1], [0.5], 1.5)
+
+
+def test_roc_points_keep_the_best_tar_on_a_log_far_grid_and_match_counting():
+    from retrieval.verification import roc_points
+
+    rng = np.random.default_rng(3)
+    positive, negative = rng.normal(0.5, 0.2, 300), rng.normal(1.0, 0.2, 3000)
+    points = roc_points(positive, negative, max_points=50)
+    assert len(points) <= 52 and points[0] == {"threshold": None, "far": 0.0, "tar": 0.0, "frr": 1.0}
+    assert points[-1]["far"] == 1.0 and points[-1]["tar"] == 1.0
+    for p in points[1:]:
+        far, frr = brute_rates(p["threshold"], positive, negative)
+        assert p["far"] == pytest.approx(far) and p["tar"] == pytest.approx(1 - frr) and p["frr"] == pytest.approx(frr)
+    full = roc_curve(positive, negative)
+    for g in np.logspace(np.log10(1 / 3000), 0, 50):  # at each grid FAR, the thinned curve has the full ROC's best TAR
+        best = full["tar"][full["far"] <= g].max()
+        assert max(p["tar"] for p in points if p["far"] <= g) == pytest.approx(best)
+
+
+def test_verdicts_and_stored_thresholds_read_as_one_line():
+    from retrieval.verification import Verdict, describe_threshold, percent
+
+    assert [percent(f) for f in (0.01, 0.001, 0.1, 0.125)] == ["1 %", "0.1 %", "10 %", "12.5 %"]
+    assert Verdict(True, "anna", 0.31, 0.52).describe(0.01) == "match: anna, d = 0.310 ≤ τ = 0.520 at FAR 1 %"
+    assert Verdict(False, None, 0.8, 0.52).describe(0.01) == "no match in the gallery: the nearest is at d = 0.800 > τ = 0.520 at FAR 1 %"
+    assert "retrieval calibrate" in Verdict(None, None, 0.8, None).describe()
+    stored = {"threshold": 0.52, "target_far": 0.01, "far": 0.0098, "tar": 0.81, "eer": 0.06, "n_positive_pairs": 40,
+              "n_negative_pairs": 1200, "pairs": "validation classes, epoch 3"}
+    assert describe_threshold(stored) == ("threshold τ = 0.5200 at FAR 0.0098 (target 0.01), TAR 0.8100, EER 0.0600 on 40 "
+                                          "same-class and 1200 different-class pairs (validation classes, epoch 3)")

@@ -16,9 +16,9 @@ the backbone's pretrained config; :mod:`~retrieval.data.loading`'s :class:`Image
 (``from retrieval import data; data.scan_folder(...)``).
 """
 
-# MAX_IMAGE_PIXELS is read where images are decoded: to change the limit, set
-# retrieval.data.images.MAX_IMAGE_PIXELS (setting this package's copy has no effect).
-from retrieval.data.images import MAX_IMAGE_PIXELS, load_image, load_image_bytes
+# MAX_IMAGE_PIXELS and MAX_QUERY_PIXELS are read where images are decoded: to change a limit, set
+# retrieval.data.images.MAX_IMAGE_PIXELS (or MAX_QUERY_PIXELS; setting this package's copy has no effect).
+from retrieval.data.images import MAX_IMAGE_PIXELS, MAX_QUERY_PIXELS, load_image, load_image_bytes
 from retrieval.data.scan import (
     IMAGE_EXTENSIONS,
     SPLIT_FOLDER_NAMES,
@@ -48,6 +48,7 @@ from retrieval.data.loading import ImageDataset, collate_images, default_num_wor
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "MAX_QUERY_PIXELS",
     "SPLIT_FOLDER_NAMES",
     "ImageFolder",
     "scan_folder",

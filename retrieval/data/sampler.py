@@ -3,10 +3,13 @@
 :class:`PKSampler` is the batch sampler of training: every batch holds P distinct classes with
 K images each, optionally drawing the P classes from a few class groups so that the negatives are
 the hard, informative ones. Which batches an epoch holds depends only on (seed, epoch).
+:func:`fit_classes_per_batch` fits P to a small folder: the default P (16) on a folder with fewer
+anchor classes becomes their number (one warning line); a P the user typed stays an error.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -14,7 +17,28 @@ from torch.utils.data import Sampler
 
 from retrieval.errors import RetrievalError
 
-__all__ = ["PKSampler"]
+__all__ = ["PKSampler", "fit_classes_per_batch"]
+
+logger = logging.getLogger("retrieval")
+
+
+def fit_classes_per_batch(asked: int, available: int, *, typed: bool, what: str) -> int:
+    """P for training data with ``available`` anchor classes (``what`` they are, for the messages).
+
+    ``asked`` when it fits. Else, when P was not typed (the default, 16), ``available``, said in one
+    warning line: a folder of 10 people trains without the user reading an error first. A P the
+    user typed that does not fit is a one-line error: they asked for it, so it is not changed behind
+    their back. Fewer than 2 available: ``asked`` (the P x K sampler's own error names the problem).
+    """
+    if asked <= available or available < 2:
+        return asked
+    if typed:
+        raise RetrievalError(
+            f"-P {asked} classes per batch (--classes-per-batch) but only {available} {what}: "
+            f"lower -P, or leave it out to use all {available}"
+        )
+    logger.warning("%d classes per batch (P) instead of the default %d: only %d %s", available, asked, available, what)
+    return available
 
 
 class PKSampler(Sampler[list[int]]):

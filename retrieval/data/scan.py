@@ -3,8 +3,11 @@
 A labelled folder ``DATA_DIR/<class>/<image>`` (torchvision's ``ImageFolder`` layout) is scanned
 once by :func:`scan_folder`: each sub-folder is a class, images are checked cheaply
 (:func:`~retrieval.data.images.unreadable_reason`), and files that are not images or cannot be
-read are listed and reported in one warning line each rather than failing the scan. A flat folder
-of images scans as an unlabelled gallery (labels -1). :func:`require_trainable` checks that a
+read are listed and reported in one warning line each rather than failing the scan. Folders are
+followed through symlinks (a class folder may live elsewhere) but never into a folder already
+scanned, so a link back up (``DATA_DIR/loop -> DATA_DIR``) or a second link to one class is skipped
+with a warning instead of becoming a class of every image. A flat folder of images scans as an
+unlabelled gallery (labels -1). :func:`require_trainable` checks that a
 folder can train a metric (some class with two or more images). :func:`brief_list` is how every
 warning of the package names its examples in one line.
 """
@@ -19,17 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from retrieval.data.images import unreadable_reason
+from retrieval.data.images import IMAGE_EXTENSIONS, unreadable_reason
 from retrieval.errors import RetrievalError
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_FOLDER_NAMES", "ImageFolder", "scan_folder", "require_trainable", "brief_list"]
 
 logger = logging.getLogger("retrieval")
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
-)
-"""File suffixes (compared lower-case) that are read as images; anything else is a non-image file."""
 
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "query", "gallery", "catalog", "catalogue"})
 """Sub-folder names (compared lower-case) that suggest ``root`` is a folder of data splits."""
@@ -125,7 +123,7 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     if not root.is_dir():
         raise RetrievalError(f"not a folder: {root}")
     top_files, sub_dirs = _list_dir(root)
-    class_files = {name: _walk_files(root / name) for name in sorted(sub_dirs)}
+    class_files = _files_by_sub_folder(root, sub_dirs)
     labelled = _resolve_layout(root, class_files, labelled)
     if labelled:
         _warn_if_split_root(root, class_files)
@@ -191,6 +189,23 @@ def brief_list(items: Sequence[str], shown: int = _SHOWN_PATHS) -> str:
 # --------------------------------------------------------------------------------------------
 # The steps of a scan
 # --------------------------------------------------------------------------------------------
+
+
+def _files_by_sub_folder(root: Path, sub_dirs: list[str]) -> dict[str, list[Path]]:
+    """The files below each sub-folder of ``root`` (sorted by name), each folder scanned once: a
+    symlinked folder already scanned (a loop, a second link) is skipped, with one warning line."""
+    visited = {_folder_id(root)}
+    repeated: list[str] = []
+    class_files = {}
+    for name in sorted(sub_dirs):
+        if _visit(root / name, visited):
+            class_files[name] = _walk_files(root / name, visited, repeated, root)
+        else:
+            repeated.append(name)
+    if repeated:
+        logger.warning("skipped %d symlinked folders of %s already scanned (a loop or a second link): %s",
+                       len(repeated), root, brief_list(repeated))
+    return class_files
 
 
 def _resolve_layout(root: Path, class_files: dict[str, list[Path]], labelled: bool | None) -> bool:
@@ -284,13 +299,52 @@ def _list_dir(folder: Path) -> tuple[list[Path], list[str]]:
     return files, dirs
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Every non-hidden file below ``folder`` (hidden folders pruned; symlinked folders not followed)."""
+def _walk_files(folder: Path, visited: set[tuple[int, int]], repeated: list[str], root: Path) -> list[Path]:
+    """Every non-hidden file below ``folder`` (hidden folders pruned), following symlinked folders
+    except into one in ``visited`` (its ``root``-relative name is added to ``repeated``)."""
     found = []
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(current, name) for name in files if not name.startswith("."))
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError:
+            continue  # unreadable folder: nothing in it can be read either
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if not _is_dir(entry):
+                found.append(path)  # files, and broken links (reported as unreadable images)
+            elif _visit(path, visited):
+                stack.append(path)
+            else:
+                repeated.append(path.relative_to(root).as_posix())
     return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError:
+        return False
+
+
+def _folder_id(folder: Path) -> tuple[int, int]:
+    status = folder.stat()
+    return status.st_dev, status.st_ino
+
+
+def _visit(folder: Path, visited: set[tuple[int, int]]) -> bool:
+    """Mark ``folder`` (its target, through symlinks) visited; False when it already was."""
+    try:
+        key = _folder_id(folder)
+    except OSError:
+        return False
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
 
 
 def _is_image(path: Path) -> bool:

@@ -11,12 +11,13 @@ fingerprint of the model that made the embeddings. ``add_to_index`` appends a fo
 add items to a built index, so the index is rebuilt from the stored embeddings, and only the new
 images are embedded.
 
-Builds are safe to interrupt: everything is written into ``index/.build-<id>/`` and then moved into
-place file by file, embeddings first and ``gallery.json`` last. ``gallery.json`` records the build
-id and a check (size and a SHA-256 of the first and last MiB) of the two data files, and loading
-verifies them, so ``gallery.json`` is never trusted with a ``gallery.ann`` from another build: an
-interrupted or failed build leaves the previous index in use, and the only inconsistent state (a
-crash between two renames) is reported as such instead of giving wrong neighbours.
+Builds are safe to interrupt: the three files are one unit (:mod:`retrieval.run.versions`), written
+into a new version folder ``index/.versions/<id>/`` that one rename makes current, so an interrupted
+or failed build leaves the previous index in use and no crash pairs the files of two builds.
+``gallery.json`` records the size and full SHA-256 of the two data files; loading verifies them and
+checks the Annoy file node by node before Annoy maps it (a damaged or crafted file is a one-line
+error, never a crash), and item paths become files only inside their gallery folder
+(:func:`retrieval.run.resolve_logged_path`).
 
 ``GalleryIndex.load(run_dir)`` opens an index (Annoy memory-maps the file) with its model and
 transform, and ``.search(image_or_embedding, k)`` returns :class:`Neighbour` records, by Annoy or,

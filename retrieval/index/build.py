@@ -1,20 +1,22 @@
 """Building ``RUN_DIR/index/``: :func:`build_index`, :func:`add_to_index` and the build transaction.
 
 A build embeds the gallery with the run's model (:func:`retrieval.embed.embedding_batches`, sharded
-under ``torchrun``), streams the rows into the embeddings store, builds the Annoy file from them and
-writes ``gallery.json``, all inside ``index/.build-<id>/``, under a lock (one build per run at a
-time). :func:`_commit` then moves the files into place, embeddings first and ``gallery.json`` (the
-commit point) last; an interrupted build leaves only its temporary folder, removed by the next one.
+under ``torchrun``), streams the rows into the embeddings store, builds the Annoy file from them,
+checks it node by node and hashes it (:func:`~retrieval.index.annoy_file.check_annoy_file`), and
+writes ``gallery.json``, all inside a new version folder of the index's unit
+(``index/.versions/<id>/``, :func:`retrieval.run.new_version`), under ``index/.lock`` (one build
+per run at a time). Leaving that block makes the three files current in one atomic step; an
+interrupted or failed build leaves the previous index current, and its folder is removed by the
+next build. Images reached through symbolic links that leave the gallery folder are not indexed
+(the index serves files inside its gallery folder only, :func:`retrieval.run.resolve_logged_path`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.index.annoy_file import DEFAULT_N_TREES, build_annoy
-from retrieval.index.gallery import GalleryIndex, load_model_and_transform
+from retrieval.index.annoy_file import DEFAULT_N_TREES, build_annoy, check_annoy_file
+from retrieval.index.gallery import GalleryIndex
 from retrieval.index.metadata import file_check, metadata_for_build, read_index_metadata
 from retrieval.index.store import ProgressCallback, RowWriter, copy_rows, shrink_rows
 
@@ -67,13 +69,16 @@ def add_to_index(
     seed: int | None = None,
     n_jobs: int = -1,
     on_progress: ProgressCallback | None = None,
+    gallery_roots: list[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Add the images of ``gallery_dir`` to the run's existing index: embed only them, append them
     to the stored embeddings and rebuild the Annoy index (same n_trees and seed unless given).
-    The result equals a full build over the old and new images in that order."""
+    The result equals a full build over the old and new images in that order. ``gallery_roots``
+    re-roots the index's existing folders first (one for each, in order; a run moved from another
+    machine), and the new index records them."""
     return _build(run_dir, gallery_dir, add=True, n_trees=n_trees, batch_size=batch_size,
                   device=device, num_workers=num_workers, precision=precision, seed=seed,
-                  n_jobs=n_jobs, on_progress=on_progress)
+                  n_jobs=n_jobs, on_progress=on_progress, gallery_roots=gallery_roots)
 
 
 def _build(run_dir, gallery_dir, *, device, **options) -> dict[str, Any]:
@@ -87,7 +92,7 @@ def _build(run_dir, gallery_dir, *, device, **options) -> dict[str, Any]:
 
 
 def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, num_workers, precision,
-                seed, n_jobs, on_progress) -> dict[str, Any]:
+                seed, n_jobs, on_progress, gallery_roots=None) -> dict[str, Any]:
     """Choose the images to embed (with ``add``: those the index does not hold yet), start
     embedding them, and on rank 0 write the index (:func:`_write_index`)."""
     from retrieval.data import scan_folder
@@ -98,7 +103,7 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     config = read_config(run_dir)
     previous = None
     if add:
-        previous = GalleryIndex.load(run_dir, load_model=False)
+        previous = GalleryIndex.load(run_dir, load_model=False, gallery_roots=gallery_roots)
         n_trees = previous.n_trees if n_trees is None else n_trees
         seed = int(previous.metadata["seed"]) if seed is None else seed
     if int(n_trees) < 1:
@@ -106,17 +111,22 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
 
     gallery_dir = Path(gallery_dir)
     folder = scan_folder(gallery_dir)  # warns about unreadable images (skipped) in one line
-    new_ids = list(range(len(folder.paths)))
+    new_ids = _inside(folder, gallery_dir)
     if previous is not None:
-        new_ids = _not_yet_indexed(previous, folder, gallery_dir)
+        new_ids = _not_yet_indexed(previous, folder, gallery_dir, new_ids)
         if not new_ids:
             logger.warning("all %d images of %s are already in the index; nothing added",
                            len(folder.paths), gallery_dir)
             previous.close()
             return read_index_metadata(run_dir)
     torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
-    model, transform = load_model_and_transform(run_dir, torch_device)
+    model, transform, fingerprint = _load_model(run_dir, torch_device)
     paths = [folder.paths[i] for i in new_ids]
+    faces = None
+    if config.faces is not None:  # a face run: every face of every photo is an item (retrieval.faces.run_faces)
+        from retrieval.faces.run_faces import gallery_faces, run_pipeline
+
+        new_ids, paths, faces = gallery_faces(run_pipeline(run_dir, config), paths, new_ids)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,
                                 num_workers=num_workers, precision=precision, ctx=ctx,
                                 on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress and ctx.is_main else None)
@@ -127,105 +137,94 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
             previous.close()
         return {"rank": ctx.rank, "world_size": ctx.world_size}
     return _write_index(run_dir, config, batches, previous=previous, folder=folder, gallery_dir=gallery_dir,
-                        new_ids=new_ids, n_trees=n_trees, seed=seed, n_jobs=n_jobs, on_progress=on_progress)
+                        new_ids=new_ids, n_trees=n_trees, seed=seed, n_jobs=n_jobs, on_progress=on_progress,
+                        fingerprint=fingerprint, faces=faces)
 
 
 def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list[int]]], *,
                  previous: GalleryIndex | None, folder, gallery_dir: Path, new_ids: list[int], n_trees: int,
-                 seed: int, n_jobs: int, on_progress: ProgressCallback | None) -> dict[str, Any]:
+                 seed: int, n_jobs: int, on_progress: ProgressCallback | None, fingerprint: str,
+                 faces: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The build transaction: under the lock, write the embeddings (the previous index's rows, then
-    ``batches``), the Annoy file and ``gallery.json`` into ``index/.build-<id>/``, then commit them.
-    Returns the new ``gallery.json`` content."""
-    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, METADATA_NAME, index_dir, model_fingerprint
+    ``batches``), the Annoy file and ``gallery.json`` into a new version of the index, which
+    leaving the ``new_version`` block commits. Returns the new ``gallery.json`` content. ``faces``:
+    a face run's record of each embedded item (``new_ids`` then repeats a photo once per face)."""
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
 
     target = index_dir(run_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target):
+    with hold_lock(target, "`retrieval index` on a run"), new_version(target, INDEX_UNIT) as version:
         _remove_stale_builds(target)
-        build_id = uuid.uuid4().hex
-        tmp = target / f".build-{build_id}"
-        tmp.mkdir()
-        try:
-            n_old = len(previous) if previous is not None else 0
-            embeddings_path = tmp / EMBEDDINGS_NAME
-            with RowWriter(embeddings_path, n_old + len(new_ids), config.embedding_dim) as writer:
-                if previous is not None:
-                    copy_rows(target / EMBEDDINGS_NAME, writer, n_old, on_progress)
-                embedded: list[int] = []
-                for rows, ids in batches:
-                    writer.write(n_old + len(embedded), rows)
-                    embedded.extend(ids)
-            kept = [new_ids[j] for j in embedded]
-            unread = [folder.paths[i] for i in sorted(set(new_ids) - set(kept))]
-            if not kept:
-                raise RetrievalError(f"{gallery_dir}: none of the gallery images could be read")
-            if len(kept) < len(new_ids):
-                shrink_rows(embeddings_path, n_old + len(kept), config.embedding_dim)
-
-            annoy_index = build_annoy(embeddings_path, tmp / ANN_NAME, n_trees=n_trees, seed=seed,
-                                      n_jobs=n_jobs, on_progress=on_progress)
-            annoy_index.unload()
-            shutil.copymode(embeddings_path, tmp / ANN_NAME)  # Annoy creates it 0600; follow the umask
-
-            metadata = metadata_for_build(
-                previous=previous, folder=folder, kept=kept, gallery_dir=gallery_dir, config=config,
-                fingerprint=model_fingerprint(run_dir), build_id=build_id, n_trees=n_trees, seed=seed,
-                skipped=[str(p) for p in [*folder.skipped, *unread]],
-                files={name: file_check(tmp / name) for name in (ANN_NAME, EMBEDDINGS_NAME)},
-            )
+        n_old = len(previous) if previous is not None else 0
+        embeddings_path = version / EMBEDDINGS_NAME
+        with RowWriter(embeddings_path, n_old + len(new_ids), config.embedding_dim) as writer:
             if previous is not None:
-                previous.close()
-            (tmp / METADATA_NAME).write_text(json.dumps(metadata, indent=1) + "\n")
-            _commit(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                copy_rows(previous.files[EMBEDDINGS_NAME], writer, n_old, on_progress)
+            embedded: list[int] = []
+            for rows, ids in batches:
+                writer.write(n_old + len(embedded), rows)
+                embedded.extend(ids)
+        kept = [new_ids[j] for j in embedded]
+        unread = [folder.paths[i] for i in sorted(set(new_ids) - set(kept))]
+        if not kept:
+            raise RetrievalError(f"{gallery_dir}: none of the gallery images could be read")
+        if len(kept) < len(new_ids):
+            shrink_rows(embeddings_path, n_old + len(kept), config.embedding_dim)
+
+        annoy_index = build_annoy(embeddings_path, version / ANN_NAME, n_trees=n_trees, seed=seed,
+                                  n_jobs=n_jobs, on_progress=on_progress)
+        annoy_index.unload()
+        shutil.copymode(embeddings_path, version / ANN_NAME)  # Annoy creates it 0600; follow the umask
+        ann_sha256 = check_annoy_file(version / ANN_NAME, config.embedding_dim, n_old + len(kept))
+
+        metadata = metadata_for_build(
+            previous=previous, folder=folder, kept=kept, gallery_dir=gallery_dir, config=config,
+            fingerprint=fingerprint, build_id=version.name, n_trees=n_trees, seed=seed,
+            faces=None if faces is None else [faces[j] for j in embedded],
+            skipped=[str(p) for p in [*folder.skipped, *unread]],
+            files={ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256),
+                   EMBEDDINGS_NAME: file_check(embeddings_path)},
+        )
+        if previous is not None:
+            previous.close()
+        (version / METADATA_NAME).write_text(json.dumps(metadata, indent=1) + "\n")
     return metadata
 
 
-def _not_yet_indexed(previous: GalleryIndex, folder, gallery_dir: Path) -> list[int]:
-    """Indices of the folder's images that the index does not hold yet (same root and path)."""
+def _load_model(run_dir: Path, device):
+    """(model, eval transform, fingerprint) of the run's model, the fingerprint that of the very
+    weights loaded (training may save a better epoch meanwhile: the index then reads as built by
+    another model, and is rebuilt, rather than pairing old embeddings with new weights)."""
+    from retrieval.data import build_transforms
+    from retrieval.run import load_model, model_fingerprint
+
+    model, loaded = load_model(run_dir, device=device)
+    fingerprint = loaded.weights_sha256[:16] if loaded.weights_sha256 else model_fingerprint(run_dir)
+    return model, build_transforms(loaded.data_config, train=False), fingerprint
+
+
+def _inside(folder, gallery_dir: Path) -> list[int]:
+    """Indices of the folder's images that lie inside ``gallery_dir`` with symbolic links followed;
+    a warning line counts the others, which are not indexed."""
+    root = os.path.realpath(gallery_dir)
+    inside = [i for i, path in enumerate(folder.paths) if Path(os.path.realpath(path)).is_relative_to(root)]
+    if len(inside) < len(folder.paths):
+        outside = sorted(set(range(len(folder.paths))) - set(inside))
+        logger.warning("%s: %d image(s) reached through symbolic links that leave the folder are not indexed "
+                       "(e.g. %s): an index serves only files inside its gallery folder",
+                       gallery_dir, len(outside), folder.relative_path(outside[0]))
+    return inside
+
+
+def _not_yet_indexed(previous: GalleryIndex, folder, gallery_dir: Path, candidates: list[int]) -> list[int]:
+    """The ``candidates`` (indices of the folder's images) that the index does not hold yet (same root and path)."""
     root = str(gallery_dir.resolve())
     item_roots = previous.metadata["items"]["root"]
     indexed = {(str(previous.roots[r]), p) for r, p in zip(item_roots, previous.relative_paths)}
-    return [i for i in range(len(folder.paths)) if (root, folder.relative_path(i)) not in indexed]
-
-
-def _commit(tmp: Path, index_dir: Path) -> None:
-    """Move a finished build into place: data files first, gallery.json (the commit point) last."""
-    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, METADATA_NAME
-
-    for name in (EMBEDDINGS_NAME, ANN_NAME, METADATA_NAME):
-        _fsync(tmp / name)
-    for name in (EMBEDDINGS_NAME, ANN_NAME, METADATA_NAME):
-        os.replace(tmp / name, index_dir / name)
-    _fsync(index_dir)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _build_lock(index_dir: Path):
-    """One build at a time per run directory (an flock on index/.lock)."""
-    import fcntl
-
-    with open(index_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            raise RetrievalError(f"another `retrieval index` is building {index_dir}; wait for it to finish") from error
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return [i for i in candidates if (root, folder.relative_path(i)) not in indexed]
 
 
 def _remove_stale_builds(index_dir: Path) -> None:
-    """Temp folders of builds that were killed (we hold the lock, so none is running)."""
+    """Temporary folders of builds from before versioned indexes (``.build-*``) that were killed
+    (we hold the lock, so none is running)."""
     for stale in index_dir.glob(".build-*"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -3,8 +3,12 @@ and :func:`exact_search`, the brute-force reference over the stored embeddings.
 
 ``GalleryIndex.load(run_dir)`` opens ``RUN_DIR/index/`` (Annoy memory-maps its file, the embeddings
 are a read-only memory map) with the run's model and eval transform, after checking that the index
-was built by the run's model and that its files belong together; ``.search(query, k)`` takes a PIL
-image, an image path or an embedding.
+was built by the run's model, that its files are those its build wrote (full SHA-256) and that
+the Annoy file is sound node by node (:func:`~retrieval.index.annoy_file.check_annoy_file`), all
+read from one commit of the index (:mod:`retrieval.run.versions`); ``.search(query, k)`` takes a
+PIL image, an image path or an embedding. Item paths become files only through
+:func:`retrieval.run.resolve_logged_path` (inside their root; the roots checked, or given anew
+with ``gallery_roots`` for a run moved from another machine).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.index.annoy_file import open_annoy, search_k_for
+from retrieval.index.annoy_file import check_annoy_file, open_annoy, search_k_for
 from retrieval.index.metadata import read_index_metadata, verify_file
 
 if TYPE_CHECKING:  # torch is imported where it is used: building an index from vectors needs none
@@ -55,9 +59,11 @@ class GalleryIndex:
 
     def __init__(self, run_dir: Path, metadata: dict[str, Any], annoy_index, embeddings: np.ndarray,
                  model: "torch.nn.Module | None", transform: Callable | None,
-                 device: "torch.device", precision: str) -> None:
+                 device: "torch.device", precision: str, *, files: dict[str, Path] | None = None,
+                 roots: list[Path] | None = None) -> None:
         self.run_dir = run_dir
         self.metadata = metadata
+        self.files = files or {}  # where each of the index's files was read from (one commit)
         self.embeddings = embeddings
         self._annoy = annoy_index
         self.model = model
@@ -65,7 +71,7 @@ class GalleryIndex:
         self.device = device
         self.precision = precision
         items = metadata["items"]
-        self.roots = [Path(root) for root in metadata["roots"]]
+        self.roots = roots if roots is not None else [Path(root) for root in metadata["roots"]]
         self.relative_paths: list[str] = items["path"]
         self.labels: list[str | None] = items["label"]
         self._item_roots: list[int] = items["root"]
@@ -73,39 +79,37 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, run_dir: str | Path, *, device: str | torch.device = "cpu",
-             precision: str = "auto", load_model: bool = True) -> "GalleryIndex":
+             precision: str = "auto", load_model: bool = True,
+             gallery_roots: list[str | Path] | None = None) -> "GalleryIndex":
         """Open ``RUN_DIR/index/`` and, with ``load_model``, the run's model and eval transform.
 
         ``precision`` is the query's forward-pass precision (as ``retrieval.model.autocast``;
-        ``auto`` picks what the build picked on the same kind of device).
+        ``auto`` picks what the build picked on the same kind of device). ``gallery_roots``
+        replace the roots that ``gallery.json`` records, one for each, in order (a run moved from
+        another machine: ``--gallery-root``).
 
         Raises RetrievalError when there is no index, when it was built by another model (its
-        fingerprint or dimension differs from the run's), or when its files do not belong together.
+        fingerprint or dimension differs from the run's), when its files are damaged or do not
+        belong together, or when a root may not be one (:func:`retrieval.run.check_root`).
         """
         from retrieval.model import resolve_device
-        from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, METADATA_NAME, index_dir, read_config
+        from retrieval.run import INDEX_UNIT, index_dir, read_config, read_unit
 
         run_dir = Path(run_dir)
         config = read_config(run_dir)
-        metadata = read_index_metadata(run_dir)
-        _check_built_by_the_runs_model(run_dir, metadata, config)
-        folder = index_dir(run_dir)
-        for name in (ANN_NAME, EMBEDDINGS_NAME):
-            verify_file(folder / name, metadata["files"][name], run_dir)
-        dim = int(metadata["embedding_dim"])
-        embeddings = np.load(folder / EMBEDDINGS_NAME, mmap_mode="r")
-        if embeddings.shape != (metadata["n_items"], dim):
-            raise RetrievalError(f"{folder / EMBEDDINGS_NAME}: shape {embeddings.shape} does not "
-                                 f"match {METADATA_NAME}; rebuild with `retrieval index`")
-        annoy_index = open_annoy(folder / ANN_NAME, dim)
-        if annoy_index.get_n_items() != metadata["n_items"]:
-            raise RetrievalError(f"{folder / ANN_NAME}: {annoy_index.get_n_items()} items, "
-                                 f"{METADATA_NAME} lists {metadata['n_items']}; rebuild with `retrieval index`")
+        metadata, annoy_index, embeddings, files = read_unit(
+            index_dir(run_dir), INDEX_UNIT, lambda paths: _open_files(run_dir, config, paths))
+        try:
+            roots = _roots(run_dir, metadata, gallery_roots)
+        except RetrievalError:
+            annoy_index.unload()
+            raise
         torch_device = resolve_device(device) if isinstance(device, str) else device
         model = transform = None
         if load_model:
             model, transform = load_model_and_transform(run_dir, torch_device)
-        index = cls(run_dir, metadata, annoy_index, embeddings, model, transform, torch_device, precision)
+        index = cls(run_dir, metadata, annoy_index, embeddings, model, transform, torch_device, precision,
+                    files=files, roots=roots)
         index.threshold = config.threshold
         return index
 
@@ -126,20 +130,36 @@ class GalleryIndex:
         return [self.path(i) for i in range(len(self))]
 
     def path(self, item: int) -> Path:
-        """Absolute path of one item's image."""
-        return self.roots[self._item_roots[item]] / self.relative_paths[item]
+        """Absolute path of one item's image: under its root, symbolic links followed
+        (:func:`retrieval.run.resolve_logged_path`; RetrievalError for a path that leaves it)."""
+        from retrieval.run import METADATA_NAME, index_dir, resolve_logged_path
+
+        return resolve_logged_path(self.roots[self._item_roots[item]], self.relative_paths[item],
+                                   source=index_dir(self.run_dir) / METADATA_NAME)
+
+    def face(self, item: int) -> dict[str, Any] | None:
+        """A face run's item: its face's record (``box`` [x0, y0, x1, y1] in its photo's pixels,
+        ``score``, ``face``: its rank in the photo, ``sha256``: the photo's content); None in an
+        index of whole images."""
+        faces = self.metadata["items"].get("face")
+        return None if faces is None else dict(faces[item])
+
+    @property
+    def has_faces(self) -> bool:
+        """Whether the items are faces (an index of a ``--faces`` run)."""
+        return "face" in self.metadata["items"]
 
     def embed(self, image) -> np.ndarray:
         """The unit embedding (D,) of a PIL image or an image file, with the run's eval transform."""
         from PIL import Image
 
-        from retrieval.data import load_image
+        from retrieval.data import MAX_QUERY_PIXELS, load_image
         from retrieval.embed import embed_images
 
         if self.model is None:
             self.model, self.transform = load_model_and_transform(self.run_dir, self.device)
         if not isinstance(image, Image.Image):
-            image = load_image(Path(image))
+            image = load_image(Path(image), max_pixels=MAX_QUERY_PIXELS)  # a query: the queries' limit
         return embed_images(self.model, [image], self.transform, device=self.device, precision=self.precision)[0]
 
     def search(self, query, k: int = 10, *, exact: bool = False,
@@ -240,6 +260,51 @@ def load_model_and_transform(run_dir: Path, device: torch.device):
 
     model, config = load_model(run_dir, device=device)
     return model, build_transforms(config.data_config, train=False)
+
+
+def _open_files(run_dir: Path, config, paths: dict[str, Path | None]):
+    """(metadata, the opened Annoy index, the embeddings' memory map, the paths) of one commit
+    of the index, each file checked before it is opened (see :meth:`GalleryIndex.load`)."""
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, METADATA_NAME, index_dir
+
+    folder = index_dir(run_dir)
+    metadata = read_index_metadata(run_dir, path=paths[METADATA_NAME])
+    _check_built_by_the_runs_model(run_dir, metadata, config)
+    dim, n_items = int(metadata["embedding_dim"]), int(metadata["n_items"])
+    for name in (ANN_NAME, EMBEDDINGS_NAME):
+        if name not in metadata["files"]:
+            raise RetrievalError(f"{folder / METADATA_NAME}: no check of {name}; rebuild with `retrieval index`")
+        path = paths[name]
+        if path is None or not path.is_file():
+            raise RetrievalError(f"{folder / name} is missing; rebuild the index with `retrieval index {run_dir} GALLERY_DIR`")
+    ann_sha256 = check_annoy_file(paths[ANN_NAME], dim, n_items, shown=folder / ANN_NAME)  # before Annoy maps it
+    verify_file(paths[ANN_NAME], metadata["files"][ANN_NAME], run_dir, sha256=ann_sha256)
+    verify_file(paths[EMBEDDINGS_NAME], metadata["files"][EMBEDDINGS_NAME], run_dir)
+    try:
+        embeddings = np.load(paths[EMBEDDINGS_NAME], mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise RetrievalError(f"{folder / EMBEDDINGS_NAME}: not a float32 array ({error}); rebuild with `retrieval index`") from error
+    if embeddings.shape != (n_items, dim) or embeddings.dtype != np.float32:
+        raise RetrievalError(f"{folder / EMBEDDINGS_NAME}: shape {embeddings.shape} does not "
+                             f"match {METADATA_NAME}; rebuild with `retrieval index`")
+    annoy_index = open_annoy(paths[ANN_NAME], dim)
+    if annoy_index.get_n_items() != n_items:
+        raise RetrievalError(f"{folder / ANN_NAME}: {annoy_index.get_n_items()} items, "
+                             f"{METADATA_NAME} lists {n_items}; rebuild with `retrieval index`")
+    return metadata, annoy_index, embeddings, paths
+
+
+def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Path] | None) -> list[Path]:
+    """The index's roots, checked (:func:`retrieval.run.check_root`), or the user's in their place."""
+    from retrieval.run import METADATA_NAME, check_root, index_dir
+
+    recorded = metadata["roots"]
+    if not gallery_roots:
+        return [check_root(root, source=index_dir(run_dir) / METADATA_NAME) for root in recorded]
+    if len(gallery_roots) != len(recorded):
+        raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
+                             f"({', '.join(recorded)}); give one --gallery-root for each, in that order")
+    return [check_root(Path(root).absolute(), source="--gallery-root") for root in gallery_roots]
 
 
 def _check_built_by_the_runs_model(run_dir: Path, metadata: dict[str, Any], config) -> None:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import RetrievalError
-from retrieval.run.files import CONFIG_NAME
-from retrieval.run.store import read_json, write_json
+from retrieval.run.files import CONFIG_NAME, MODEL_UNIT, WEIGHTS_NAME
+from retrieval.run.store import json_bytes, read_json
+from retrieval.run.versions import new_version, unit_paths
 from retrieval.verification import Threshold
 
 __all__ = ["DEFAULT_MARGIN", "MODES", "RunConfig", "read_config"]
@@ -33,6 +34,17 @@ MODES = ("labelled", "unlabelled", "pairs")
 DEFAULT_MARGIN = 0.2
 #: the keys without which a model cannot be rebuilt
 REQUIRED = ("backbone", "embedding_dim", "image_size", "data_config")
+#: bounds on the values of a config.json received from elsewhere, each of which sizes work: a side of the
+#: model's input (training's --image-size), the embedding size D, timm's eval crop (the resize is
+#: side / crop_pct: 1e-4 asked for a 320000-px image; timm's own range is 0.875 to 1.15), the normalisation's
+#: std (a divisor) and the margin ε (distances between unit embeddings are 0 to 2, squared 0 to 4)
+MAX_IMAGE_SIZE = 2048
+MAX_EMBEDDING_DIM = 8192
+CROP_PCT_RANGE = (0.25, 2.0)
+STD_RANGE = (1e-3, 10.0)
+MARGIN_RANGE = (0.0, 4.0)
+#: the resize filters the eval transform knows (retrieval.data.transforms.cv2_interpolation), compared lower-case
+INTERPOLATIONS = ("nearest", "bilinear", "linear", "bicubic", "cubic", "area", "lanczos")
 
 
 class RunConfig(Mapping):
@@ -55,19 +67,28 @@ class RunConfig(Mapping):
     # -- reading and writing -----------------------------------------------------------------
 
     @classmethod
-    def read(cls, run_dir: str | Path) -> "RunConfig":
-        """The config of ``run_dir``; a one-line error when the folder is not a run directory."""
+    def read(cls, run_dir: str | Path, *, path: Path | None = None) -> "RunConfig":
+        """The config of ``run_dir``; a one-line error when the folder is not a run directory.
+        ``path``: where the file is read from, when the caller resolved the model's unit itself
+        (:func:`retrieval.run.versions.unit_paths`; by default it is resolved here)."""
         run_dir = Path(run_dir)
-        path = run_dir / CONFIG_NAME
         if not run_dir.is_dir():
             raise RetrievalError(f"run directory not found: {run_dir}")
-        if not path.is_file():
+        if path is None:
+            path = unit_paths(run_dir, MODEL_UNIT)[CONFIG_NAME]
+        if path is None or not path.is_file():
             raise RetrievalError(f"{run_dir} is not a run directory (no {CONFIG_NAME}); create one with `retrieval train`")
-        return cls(read_json(path), source=path)
+        try:
+            values = read_json(path)
+        except RetrievalError as error:  # name the documented file, not the version folder
+            raise RetrievalError(str(error).replace(str(path), str(run_dir / CONFIG_NAME), 1)) from error
+        return cls(values, source=run_dir / CONFIG_NAME)
 
     def write(self, run_dir: str | Path) -> None:
-        """Write ``RUN_DIR/config.json`` atomically (sorted keys, indented)."""
-        write_json(Path(run_dir) / CONFIG_NAME, self._values, indent=2, sort_keys=True)
+        """Write ``RUN_DIR/config.json`` (sorted keys, indented) as a new commit of the model's
+        unit, with the same weights (:mod:`retrieval.run.versions`)."""
+        with new_version(run_dir, MODEL_UNIT, keep=(WEIGHTS_NAME,)) as version:
+            (version / CONFIG_NAME).write_bytes(json_bytes(self._values, indent=2, sort_keys=True))
 
     def to_dict(self) -> dict[str, Any]:
         """A copy of every key, as written to ``config.json``."""
@@ -160,6 +181,18 @@ class RunConfig(Mapping):
     def class_names(self) -> list[str]:
         return list(self._values.get("class_names") or [])
 
+    @property
+    def faces(self) -> dict[str, Any] | None:
+        """The face pipeline's settings (``retrieval train --faces``: detector, its settings, the
+        alignment template, output size; :meth:`retrieval.faces.FacePipeline.from_settings_json`),
+        or None for a run on whole images (and every run from before the key)."""
+        value = self._values.get("faces")
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise RetrievalError(f"{self.source}: \"faces\" must be null or a JSON object, got {type(value).__name__}")
+        return dict(value)
+
     # -- verification ------------------------------------------------------------------------
 
     @property
@@ -180,18 +213,41 @@ class RunConfig(Mapping):
         return dict(value) if value else None
 
     def _check_types(self) -> None:
-        checks = [
-            (isinstance(self._values["backbone"], str), "backbone must be a timm model name"),
-            (_is_int(self._values["embedding_dim"]) and self._values["embedding_dim"] >= 1, "embedding_dim must be a positive integer"),
-            (_is_int(self._values["image_size"]) and self._values["image_size"] >= 1, "image_size must be a positive integer"),
-            (isinstance(self._values["data_config"], Mapping), "data_config must be an object"),
-            (_is_number(self._values.get("margin", DEFAULT_MARGIN)), "margin must be a finite number"),
-            (_valid_verification(self._values.get("verification")), "verification must hold a finite threshold in [0, 2], "
+        """Types and bounds of every key a reader relies on; a one-line error naming the key otherwise."""
+        v = self._values
+        temperature, class_names = v.get("temperature"), v.get("class_names")
+        self._require([
+            ("backbone", isinstance(v["backbone"], str), "must be a timm model name"),
+            ("embedding_dim", _is_int_in(v["embedding_dim"], 1, MAX_EMBEDDING_DIM), f"must be an integer from 1 to {MAX_EMBEDDING_DIM}"),
+            ("image_size", _is_int_in(v["image_size"], 16, MAX_IMAGE_SIZE), f"must be an integer from 16 to {MAX_IMAGE_SIZE}"),
+            ("data_config", isinstance(v["data_config"], Mapping), "must be an object"),
+            ("margin", _is_number_in(v.get("margin", DEFAULT_MARGIN), *MARGIN_RANGE), "must be a number from 0 to 4"),
+            ("temperature", temperature is None or (_is_number(temperature) and temperature > 0), "must be a positive number"),
+            ("class_names", class_names is None or (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)),
+             "must be a list of names"),
+            ("verification", _valid_verification(v.get("verification")), "must hold a finite threshold in [0, 2], "
              "target_far, far and tar in [0, 1] and pair counts"),
-        ]
-        for ok, message in checks:
+        ], v)
+        data = v["data_config"]
+        size, mean, std = data.get("input_size"), data.get("mean"), data.get("std")
+        interpolation, crop_pct = data.get("interpolation"), data.get("crop_pct")
+        self._require([
+            ("input_size", _is_triple(size, _is_int) and size[0] == 3 and all(16 <= side <= MAX_IMAGE_SIZE for side in size[1:]),
+             f"must be [3, height, width] with sides from 16 to {MAX_IMAGE_SIZE}"),
+            ("mean", _is_triple(mean, lambda m: _is_number_in(m, 0.0, 1.0)), "must be 3 numbers from 0 to 1"),
+            ("std", _is_triple(std, lambda s: _is_number_in(s, *STD_RANGE)), f"must be 3 numbers from {STD_RANGE[0]:g} to {STD_RANGE[1]:g}"),
+            ("interpolation", interpolation is None or (isinstance(interpolation, str) and interpolation.lower() in INTERPOLATIONS),
+             f"must be one of {', '.join(INTERPOLATIONS)}"),
+            ("crop_pct", crop_pct is None or _is_number_in(crop_pct, *CROP_PCT_RANGE),
+             f"must be a number from {CROP_PCT_RANGE[0]:g} to {CROP_PCT_RANGE[1]:g}"),
+        ], data, prefix="data_config.")
+
+    def _require(self, checks: list[tuple[str, bool, str]], values: Mapping[str, Any], prefix: str = "") -> None:
+        for key, ok, requirement in checks:
             if not ok:
-                raise RetrievalError(f"{self.source}: {message}")
+                shown = repr(values.get(key))
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise RetrievalError(f"{self.source}: {prefix}{key} {requirement}, got {shown}")
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -212,6 +268,18 @@ def _valid_verification(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return _is_int(value) and low <= value <= high
+
+
+def _is_number_in(value: Any, low: float, high: float) -> bool:
+    return _is_number(value) and low <= value <= high
+
+
+def _is_triple(value: Any, element_ok) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(element_ok(x) for x in value)
 
 
 def _is_number(value: Any) -> bool:

@@ -22,7 +22,8 @@ Augmentation is seeded per item from (seed, epoch, position in the epoch)
 uninterrupted one, whatever the number of loader workers.
 
 The modules, top-down: ``config`` (settings) → ``sources`` (data) → ``objective`` (loss and
-miners) → ``setup`` (model, loader, optimiser, resume) → ``loop`` (``train``, ``train_one_epoch``)
+miners) → ``finetune`` (from pretrained weights: what learns at which step, BatchNorm's mode,
+the weights' provenance) → ``setup`` (model, loader, optimiser, resume) → ``loop`` (``train``, ``train_one_epoch``)
 with ``validation``, ``totals`` (an epoch's numbers), ``outputs`` (the run directory's files),
 ``resume`` (the checkpoint) and ``progress`` (the bar, Ctrl-C).
 """

@@ -10,7 +10,10 @@ BENCHMARKS.md) and from the settings they depend on:
 - ``miner``: the loss's natural miner (:data:`~retrieval.training.objective.NATURAL_MINER`:
   ``semihard`` for the triplet loss, ``none`` for the others);
 - starting from pretrained weights (``--pretrained`` / ``--weights``): the fine-tuning defaults
-  (:func:`fine_tuning_defaults`, none yet; such a run's backbone learns at a tenth of ``--lr``).
+  (:func:`fine_tuning_defaults`, measured in BENCHMARKS.md, "quality-pretrained": a head warm-up
+  with the backbone frozen, the backbone at a tenth of ``--lr``, BatchNorm statistics kept; the
+  schedule itself is :mod:`~retrieval.training.finetune`). :func:`describe_defaults` says in one
+  line which of the two sets a run took.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -27,12 +30,17 @@ from typing import Any, Optional
 
 from retrieval import distributed
 from retrieval.errors import RetrievalError
+from retrieval.model import check_backbone_name
 from retrieval.negatives import NEGATIVE_MODES
+from retrieval.run.config import MAX_EMBEDDING_DIM, MAX_IMAGE_SIZE
+from retrieval.training.finetune import BN_MODES
 from retrieval.training.objective import LOSSES, MINERS, NATURAL_MINER
 from retrieval.training.sources.pairs import PAIR_NEGATIVES
 
-__all__ = ["DEFAULTS", "TrainConfig", "fine_tuning_defaults"]
+__all__ = ["DEFAULTS", "TrainConfig", "describe_defaults", "fine_tuning_defaults", "settings_before_fine_tuning"]
 
+#: the strongest --augment: its colour jitter (0.3 s) would darken an image to black above s = 3.3
+MAX_AUGMENT = 3.0
 #: the value of every setting that is not given (settings missing here have no default: None)
 DEFAULTS: dict[str, Any] = {
     "backbone": "resnet18",
@@ -56,29 +64,62 @@ DEFAULTS: dict[str, Any] = {
     "negatives": "all",
     "hardest_per_epoch": 50,
     "resume": False,
+    "force": False,  # write into an --out folder that holds other files (or a run)
     "channels_last": False,  # faster model step on CPU, but the whole step was not (BENCHMARKS.md)
     "command": "",
     "sync_bn": False,
     "dist_timeout": distributed.DEFAULT_TIMEOUT_S,
     "unlabelled": False,
     "pair_negatives": "random",
+    "target_far": 0.01,  # the FAR at which the threshold τ is chosen on the validation classes
+    # issue 18, fine-tuning (retrieval.training.finetune); from pretrained weights see fine_tuning_defaults()
+    "freeze_backbone_epochs": 0.0,
+    "backbone_lr_scale": 1.0,
+    "bn_mode": "train",
+    "backbone_stages": 0,  # 0: the whole backbone learns
+    "faces": False,  # issue 15: train on each image's aligned face (retrieval.faces.run_faces)
 }
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
 UNLABELLED_LOSS = "infonce"
 #: the share of ``--lr`` that a backbone starting from pretrained weights learns at
 PRETRAINED_BACKBONE_LR_SCALE = 0.1
+#: see :func:`fine_tuning_defaults`
+FINE_TUNING_DEFAULTS: dict[str, Any] = {
+    "freeze_backbone_epochs": 1.0,
+    "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE,
+    "bn_mode": "eval",
+    "backbone_stages": 2,
+}
 #: not user settings: what produced the run, and the record of what was given
 _NOT_SETTINGS = ("command", "given")
 
 
 def fine_tuning_defaults() -> dict[str, Any]:
     """Defaults for a run that starts from pretrained weights (``--pretrained`` / ``--weights``),
-    taking precedence over :data:`DEFAULTS` and losing to what the user gave.
+    taking precedence over :data:`DEFAULTS` and losing to what the user gave (chosen by the
+    comparisons in BENCHMARKS.md, "quality-pretrained")."""
+    return dict(FINE_TUNING_DEFAULTS)
 
-    None yet: such a run takes the plain defaults, and only its backbone's learning rate is
-    scaled (:attr:`TrainConfig.backbone_lr_scale`). The fine-tuning issue fills this in.
-    """
-    return {}
+
+def settings_before_fine_tuning(saved: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning settings that a run recorded before they existed trained with (its
+    ``train_settings`` lack them): no head warm-up, BatchNorm in train mode, and the backbone at a
+    tenth of the lr when it started from pretrained weights. ``--resume`` fills them in from here."""
+    pretrained = bool(saved.get("pretrained")) or saved.get("weights") is not None
+    return {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0, "bn_mode": "train",
+            "backbone_stages": 0}
+
+
+def describe_defaults(config: "TrainConfig") -> str:
+    """One line: which defaults a resolved config took (fine-tuning or from scratch) and their values."""
+    if config.resume:
+        return "resuming: the run's own settings (config.json's train_settings), with --epochs / --device / --workers of this call"
+    names = ("loss", "margin", "temperature", "freeze_backbone_epochs", "backbone_stages", "backbone_lr_scale", "bn_mode", "lr", "epochs")
+    shown = ", ".join(f"{name} {getattr(config, name)}{'' if name not in config.given else ' (typed)'}" for name in names)
+    if config.starts_pretrained:
+        source = "--pretrained" if config.pretrained else f"--weights {config.weights}"
+        return f"fine-tuning defaults (starting from {source}): {shown}"
+    return f"from-scratch defaults (random initial weights; --pretrained / --weights pick the fine-tuning ones): {shown}"
 
 
 @dataclass
@@ -114,6 +155,7 @@ class TrainConfig:
     negatives: Optional[str] = None
     hardest_per_epoch: Optional[int] = None
     resume: Optional[bool] = None
+    force: Optional[bool] = None
     channels_last: Optional[bool] = None
     command: Optional[str] = None
     # issue 8, several processes under torchrun (retrieval.distributed)
@@ -125,6 +167,15 @@ class TrainConfig:
     pair_negatives: Optional[str] = None
     pair_groups: Optional[Path] = None
     batch_size: Optional[int] = None
+    # issue 16, verification: the FAR at which τ is chosen on the validation classes' pairs
+    target_far: Optional[float] = None
+    # issue 18, fine-tuning from pretrained weights (retrieval.training.finetune)
+    freeze_backbone_epochs: Optional[float] = None
+    backbone_lr_scale: Optional[float] = None
+    bn_mode: Optional[str] = None
+    backbone_stages: Optional[int] = None
+    # issue 15, faces: each image reduced to its most confident aligned face before the data set (retrieval.faces)
+    faces: Optional[bool] = None
     #: the settings given before :meth:`resolve` (None: not resolved yet)
     given: Optional[frozenset[str]] = field(default=None, repr=False, compare=False)
 
@@ -146,10 +197,10 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "given"}
         given = frozenset(name for name, value in values.items() if value is not None and name not in _NOT_SETTINGS)
         defaults = dict(DEFAULTS)
-        if values["unlabelled"]:
-            defaults["loss"] = UNLABELLED_LOSS
         if values["pretrained"] or values["weights"] is not None:
             defaults.update(fine_tuning_defaults())
+        if values["unlabelled"]:
+            defaults["loss"] = UNLABELLED_LOSS
         for name, default in defaults.items():
             if values.get(name) is None:
                 values[name] = default
@@ -169,15 +220,16 @@ class TrainConfig:
         return "labelled"
 
     @property
-    def backbone_lr_scale(self) -> float:
-        """The backbone's share of ``lr``: a pretrained backbone learns slower than the new head."""
-        return PRETRAINED_BACKBONE_LR_SCALE if (self.pretrained or self.weights) else 1.0
+    def starts_pretrained(self) -> bool:
+        """Whether the backbone starts from pretrained weights (``--pretrained`` or ``--weights``)."""
+        return bool(self.pretrained) or self.weights is not None
 
     def train_settings(self) -> dict[str, Any]:
         """The resolved settings as ``config.json`` records them (``train_settings``; ``--resume``
-        reads them back). ``miner`` is null when not given: the loss's natural miner."""
+        reads them back). ``miner`` is null when not given: the loss's natural miner. Paths are
+        absolute (``--resume`` may run from another working directory)."""
         self._require_resolved()
-        settings = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("resume", "given")}
+        settings = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("resume", "force", "given")}
         settings["miner"] = self.miner if "miner" in self.given else None
         return settings
 
@@ -192,8 +244,8 @@ class TrainConfig:
             (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
             (self.classes_per_batch >= 2, f"--classes-per-batch must be at least 2 (negatives come from other classes), got {self.classes_per_batch}"),
             (self.images_per_class >= 2, f"--images-per-class must be at least 2 (positives come from the same class), got {self.images_per_class}"),
-            (self.embedding_dim >= 1, f"--embedding-dim must be positive, got {self.embedding_dim}"),
-            (self.image_size >= 16, f"--image-size must be at least 16, got {self.image_size}"),
+            (1 <= self.embedding_dim <= MAX_EMBEDDING_DIM, f"--embedding-dim must be from 1 to {MAX_EMBEDDING_DIM}, got {self.embedding_dim}"),
+            (16 <= self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be from 16 to {MAX_IMAGE_SIZE}, got {self.image_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
             (self.margin >= 0 and math.isfinite(self.margin), f"--margin must be 0 or more, got {self.margin}"),
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
@@ -201,14 +253,22 @@ class TrainConfig:
             (self.negatives in NEGATIVE_MODES, f"--negatives must be one of {', '.join(NEGATIVE_MODES)}, got {self.negatives!r}"),
             (self.negatives == "all" or self.class_groups is not None, f"--negatives {self.negatives} needs --class-groups FILE"),
             (self.hardest_per_epoch >= 0, "--hardest must be 0 or more"),
-            (self.augment >= 0, f"--augment must be 0 or more, got {self.augment}"),
+            (0 <= self.augment <= MAX_AUGMENT, f"--augment must be from 0 to {MAX_AUGMENT:g}, got {self.augment}"),
             (self.cache_mb >= 0, f"--cache-mb must be 0 or more, got {self.cache_mb}"),
             (self.num_workers is None or self.num_workers >= 0, f"--workers must be 0 or more, got {self.num_workers}"),
             (self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}"),
+            (0 < self.target_far < 1, f"--target-far must be between 0 and 1, got {self.target_far}"),
+            (self.bn_mode in BN_MODES, f"--bn-mode must be one of {', '.join(BN_MODES)}, got {self.bn_mode!r}"),
+            (0 <= self.freeze_backbone_epochs and math.isfinite(self.freeze_backbone_epochs),
+             f"--freeze-backbone-epochs must be 0 or more, got {self.freeze_backbone_epochs}"),
+            (self.backbone_stages >= 0, f"--backbone-stages must be 0 (all) or more, got {self.backbone_stages}"),
+            (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale),
+             f"--backbone-lr-scale must be 0 or more, got {self.backbone_lr_scale}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise RetrievalError(message)
+        check_backbone_name(self.backbone)  # before the data is scanned: one line, no warnings ahead of it
         if self.pretrained and self.weights is not None:
             raise RetrievalError("give --pretrained or --weights FILE, not both")
         self._check_mode_flags()
@@ -228,6 +288,8 @@ class TrainConfig:
             raise RetrievalError("--pair-negatives needs --pairs FILE")
         if pairs is None and self.pair_groups is not None:
             raise RetrievalError("--pair-groups needs --pairs FILE")
+        if self.faces and self.mode != "labelled":
+            raise RetrievalError(f"--faces trains on labelled folders only, not with {'--unlabelled' if unlabelled else '--pairs'}")
         if self.mode == "labelled":
             return
         flag = "--unlabelled" if unlabelled else "--pairs"
@@ -247,4 +309,4 @@ class TrainConfig:
 
 
 def _plain(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
+    return str(value.resolve()) if isinstance(value, Path) else value

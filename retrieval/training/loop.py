@@ -2,7 +2,8 @@
 → per epoch :func:`train_one_epoch` → :func:`~retrieval.training.validation.validate` → write the
 epoch (rank 0, :mod:`retrieval.training.outputs`).
 
-Each step: the loader's uint8 batch is normalised on the device, embedded (autocast at the run's
+Each step: the fine-tuning schedule sets what learns (:meth:`~retrieval.training.setup.TrainingSetup.enter_step`),
+the loader's uint8 batch is normalised on the device, embedded (autocast at the run's
 precision), gathered into the global batch under torchrun, mined, and the loss back-propagated
 through AdamW (the gradient scaler in fp16) and one step of the schedule. A loss that is not
 finite stops the run with a one-line error and keeps the last good checkpoint. The first Ctrl-C
@@ -22,15 +23,16 @@ import torch
 
 from retrieval import distributed
 from retrieval.errors import RetrievalError
+from retrieval.mining import MiningRecord
 from retrieval.model import autocast
 from retrieval.training.config import TrainConfig
-from retrieval.training.objective import StepRecords
+from retrieval.training.out_folder import training_lock
 from retrieval.training.outputs import write_baseline, write_epoch, write_untrained
 from retrieval.training.progress import InterruptFlag, ProgressBar
 from retrieval.training.resume import RunState, restore
 from retrieval.training.setup import TrainingSetup, set_up
 from retrieval.training.totals import EpochTotals
-from retrieval.training.validation import validate
+from retrieval.training.validation import Validation, validate
 
 __all__ = ["TrainResult", "train", "train_one_epoch"]
 
@@ -61,16 +63,20 @@ def train(
     mined)``); the benchmarks use it to run another library's loss in the same pipeline.
 
     Under ``torchrun`` every process calls this; they train one model with DDP on shares of each
-    global batch, and rank 0 writes the run (:mod:`retrieval.distributed`).
+    global batch, and rank 0 writes the run (:mod:`retrieval.distributed`), holding its lock
+    (:func:`~retrieval.training.out_folder.training_lock`: one ``retrieval train`` per ``--out``).
     """
     config = config.resolve()
     config.validate()
-    with distributed.process_group(config.device, timeout_s=config.dist_timeout) as ctx:
+    with distributed.process_group(config.device, timeout_s=config.dist_timeout) as ctx, training_lock(config.out, ctx):
         setup = set_up(config, ctx, objective=objective)
-        state = _start(setup)
+        if ctx.is_main and not setup.source.val_folder.paths:
+            log.warning("%s: no validation classes (a flat folder, or --val-fraction 0): no Recall@1 / MAP@R / EER each epoch "
+                        "and no threshold τ; set one with `retrieval calibrate %s DATA_DIR`", setup.run_dir, setup.run_dir)
+        state, baseline = _start(setup)
         if setup.checkpoint is None and setup.config.epochs == 0:
             if ctx.is_main:
-                write_untrained(setup, state)
+                write_untrained(setup, state, baseline)
             ctx.barrier()  # the run directory is complete when train() returns, on every process
             return TrainResult(setup.run_dir, state.history, best_epoch=0)
         return _run_epochs(setup, state, progress=progress, on_epoch=on_epoch)
@@ -87,8 +93,9 @@ def train_one_epoch(setup: TrainingSetup, epoch: int, interrupted: InterruptFlag
             if setup.ctx.any(interrupted.requested):  # every process stops at the same step
                 interrupted.requested = True
                 break
-            loss, embeddings, records = _train_step(setup, images, labels, indices, epoch=epoch, step=step)
-            totals.add(loss, len(embeddings), records.record, embeddings, records.hardest, records.every)
+            setup.enter_step(epoch, step)  # the fine-tuning schedule: frozen backbone, BatchNorm mode (retrieval.training.finetune)
+            loss, embeddings, record = _train_step(setup, images, labels, indices, epoch=epoch, step=step)
+            totals.add(loss, len(embeddings), record, embeddings)
             bar.advance(totals)
     finally:
         totals.finish()
@@ -96,17 +103,18 @@ def train_one_epoch(setup: TrainingSetup, epoch: int, interrupted: InterruptFlag
     return totals
 
 
-def _start(setup: TrainingSetup) -> RunState:
-    """The checkpoint's state on ``--resume``; else the untrained model's row (epoch 0), written."""
+def _start(setup: TrainingSetup) -> tuple[RunState, Validation | None]:
+    """The checkpoint's state on ``--resume``; else the untrained model's row (epoch 0), written,
+    with its validation."""
     if setup.checkpoint is not None:
-        return restore(setup, setup.checkpoint)
+        return restore(setup, setup.checkpoint), None
     baseline = validate(setup.model, setup.source.val_folder, setup.eval_transform, setup.device, setup.precision,
-                        setup.config.margin, ctx=setup.ctx)
+                        setup.config.margin, target_far=setup.config.target_far, ctx=setup.ctx)
     history = [{"epoch": 0, "loss": None, **baseline.metrics, "active_fraction": None, "violating_fraction": None, "mean_d_ap": None,
                 "mean_d_an": None, "lr": 0.0, "images_per_second": None, "seconds": 0.0}]
     if setup.ctx.is_main:  # only rank 0 writes the run directory
         write_baseline(setup.run_dir, history, baseline)
-    return RunState(history, {"epoch": 0, "map_at_r": -1.0}, start_epoch=1)
+    return RunState(history, {"epoch": 0, "map_at_r": -1.0}, start_epoch=1), baseline
 
 
 def _run_epochs(setup: TrainingSetup, state: RunState, *, progress: bool, on_epoch) -> TrainResult:
@@ -122,7 +130,7 @@ def _run_epochs(setup: TrainingSetup, state: RunState, *, progress: bool, on_epo
                 log.warning("interrupted: epoch %d discarded; %s holds epoch %d. Continue with --resume.", epoch, setup.run_dir, epoch - 1)
                 break
             validation = validate(setup.model, setup.source.val_folder, setup.eval_transform, setup.device, setup.precision,
-                                  config.margin, ctx=ctx)
+                                  config.margin, target_far=config.target_far, ctx=ctx)
             row = totals.summary(epoch, time.perf_counter() - started, setup.schedule.get_last_lr()[-1])
             row.update(validation.metrics)
             improved = state.record(epoch, row)
@@ -136,8 +144,8 @@ def _run_epochs(setup: TrainingSetup, state: RunState, *, progress: bool, on_epo
     return result
 
 
-def _train_step(setup: TrainingSetup, images, labels, indices, *, epoch: int, step: int) -> tuple[float, torch.Tensor, StepRecords]:
-    """Forward, mine, loss, backward and optimiser step on one batch; (loss, detached embeddings, records)."""
+def _train_step(setup: TrainingSetup, images, labels, indices, *, epoch: int, step: int) -> tuple[float, torch.Tensor, MiningRecord]:
+    """Forward, mine, loss, backward and optimiser step on one batch; (loss, detached embeddings, mining record)."""
     config, device, objective = setup.config, setup.device, setup.objective
     images = setup.train_transform.finish_batch(images.to(device, non_blocking=True))
     if config.channels_last:
@@ -161,4 +169,4 @@ def _train_step(setup: TrainingSetup, images, labels, indices, *, epoch: int, st
     setup.scaler.update()
     setup.schedule.step()
     detached = embeddings.detach()
-    return float(value.detach()), detached, objective.records(mined, detached, labels, indices)
+    return float(value.detach()), detached, objective.record(mined, detached, labels, indices)

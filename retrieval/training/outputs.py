@@ -4,9 +4,15 @@
   ``val_distances.json`` (:func:`write_baseline`); with ``--epochs 0`` also the untrained model
   (:func:`write_untrained`);
 - after every epoch (:func:`write_epoch`): ``mining/epoch_NNN.jsonl`` (the epoch's hardest
-  triplets, paths relative to ``data_dir``), ``metrics.jsonl``, ``val_distances.json``,
+  triplets, paths relative to ``data_dir``), ``mining/confusions.jsonl`` (its class confusions,
+  labelled runs only), ``metrics.jsonl``, ``val_distances.json``,
   ``model.safetensors`` with ``config.json`` when the epoch is the best so far (by validation
   MAP@R; the last epoch without validation), ``model_last.safetensors`` and ``checkpoint.pt``.
+
+``config.json``'s ``"verification"`` (:func:`best_epoch_verification`) is the best epoch's
+threshold τ, chosen on the validation classes' pairs at ``--target-far``; it is written with the
+best weights only, so a τ that ``retrieval calibrate`` set stays until a new best epoch replaces
+the weights it was chosen for (then the new epoch's τ, or none without validation classes).
 
 Every file goes through :mod:`retrieval.run`, which writes atomically. ``config.json`` holds
 :func:`run_config_for`'s keys, the source's own (``mode``, ...) and ``best_epoch``.
@@ -14,6 +20,7 @@ Every file goes through :mod:`retrieval.run`, which writes atomically. ``config.
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -21,12 +28,16 @@ from typing import Any
 import torch
 
 from retrieval import run
+from retrieval.errors import RetrievalError
 from retrieval.run import LAST_WEIGHTS_NAME
 from retrieval.training.resume import RunState, checkpoint_state
 from retrieval.training.totals import EpochTotals, warn_on_collapse
 from retrieval.training.validation import Validation
+from retrieval.verification import MIN_PAIRS_PER_RATE
 
-__all__ = ["run_config_for", "write_baseline", "write_untrained", "write_epoch"]
+__all__ = ["best_epoch_verification", "run_config_for", "write_baseline", "write_untrained", "write_epoch"]
+
+log = logging.getLogger("retrieval")
 
 
 def run_config_for(config, source, data_config: dict[str, Any], precision: str, steps_per_epoch: int, ctx) -> dict[str, Any]:
@@ -72,12 +83,17 @@ def write_baseline(run_dir: Path, history: list[dict[str, Any]], baseline: Valid
     run_dir.mkdir(parents=True, exist_ok=True)
     run.write_metrics(run_dir, history)
     if baseline.distances is not None:
-        run.write_val_distances(run_dir, baseline.distances)
+        run.write_val_distances(run_dir, {**baseline.distances, "epoch": 0})
+    threshold = baseline.verification.threshold if baseline.verification is not None else None
+    if threshold is not None and threshold.n_negative_pairs < MIN_PAIRS_PER_RATE / threshold.target_far:
+        log.warning("the validation classes give %d different-class pairs: τ at FAR %g rests on fewer than the %d that "
+                    "rate needs (more or larger validation classes, or `retrieval calibrate` on a bigger folder)",
+                    threshold.n_negative_pairs, threshold.target_far, round(MIN_PAIRS_PER_RATE / threshold.target_far))
 
 
-def write_untrained(setup, state: RunState) -> None:
-    """``--epochs 0``: the untrained model as the best and the last weights, and its checkpoint."""
-    run.save_model(setup.run_dir, setup.model, setup.run_config)
+def write_untrained(setup, state: RunState, baseline: Validation) -> None:
+    """``--epochs 0``: the untrained model as the best and the last weights (with its τ), and its checkpoint."""
+    run.save_model(setup.run_dir, setup.model, best_epoch_verification(setup.run_dir, setup.run_config, baseline, 0))
     run.save_model(setup.run_dir, setup.model, setup.run_config, weights_name=LAST_WEIGHTS_NAME)
     run.write_checkpoint(setup.run_dir, checkpoint_state(setup, 0, state))
 
@@ -87,10 +103,34 @@ def write_epoch(setup, state: RunState, epoch: int, totals: EpochTotals, validat
     run_dir, model, run_config = setup.run_dir, setup.model, setup.run_config
     warn_on_collapse(state.history[-1], totals)
     run.write_mining_log(run_dir, epoch, totals.hardest_rows(epoch, setup.source.train_folder, setup.config.data_dir))
+    if setup.source.mode == "labelled":  # pseudo-labels (--unlabelled, --pairs) are no classes to confuse
+        run.write_confusions(run_dir, epoch, totals.confusion_rows(epoch, setup.source.train_folder.class_names))
     run.write_metrics(run_dir, state.history)
     if validation.distances is not None:
-        run.write_val_distances(run_dir, validation.distances)
+        run.write_val_distances(run_dir, {**validation.distances, "epoch": epoch})
     if improved:
-        run.save_model(run_dir, model, {**run_config, "best_epoch": epoch})
+        run.save_model(run_dir, model, best_epoch_verification(run_dir, {**run_config, "best_epoch": epoch}, validation, epoch))
     run.save_model(run_dir, model, {**run_config, "epoch": epoch}, weights_name=LAST_WEIGHTS_NAME)
     run.write_checkpoint(run_dir, checkpoint_state(setup, epoch, state))
+
+
+def best_epoch_verification(run_dir: Path, config: dict[str, Any], validation: Validation, epoch: int) -> dict[str, Any]:
+    """``config`` for a new best epoch: with its validation τ as ``"verification"``, or without one
+    (no validation classes). A τ already in ``config.json`` from another source (``retrieval
+    calibrate``) was chosen for the weights this epoch replaces: the new epoch wins, with a warning."""
+    entry = validation.verification_entry(epoch)
+    previous = _stored_verification(run_dir)
+    if previous is not None and not str(previous.get("pairs", "")).startswith("validation classes"):
+        replaced = "replaced by this epoch's, from the validation classes" if entry else "dropped (no validation classes to choose a new one)"
+        log.warning("epoch %d is the new best: the threshold τ = %.4f that `retrieval calibrate` set for the earlier weights is %s; "
+                    "run `retrieval calibrate` again to choose it on your folder", epoch, previous.get("threshold", float("nan")), replaced)
+    config = {key: value for key, value in config.items() if key != "verification"}
+    return config if entry is None else {**config, "verification": entry}
+
+
+def _stored_verification(run_dir: Path) -> dict[str, Any] | None:
+    """``config.json``'s ``"verification"`` as stored now (None without one, or without a config yet)."""
+    try:
+        return run.read_config(run_dir).verification
+    except RetrievalError:
+        return None

@@ -6,6 +6,13 @@ schedule, gradient scaler, torch's random state, the metrics history and the bes
 (``config.json``'s ``train_settings``, :func:`config_for_resume`), restores that state
 (:func:`restore`) and goes on with the next epoch; with the seeded items and the epoch-seeded
 sampler, the resumed epochs are those of an uninterrupted run.
+
+A resume takes from its own command line only what may change between calls (:data:`PER_CALL`:
+epochs, device, workers, cache, the distributed timeout). A flag typed with another value than the
+run's own (``--lr``, ``--loss``, ``--backbone``, a DATA_DIR elsewhere, ...) is refused in one line
+naming each, so the command a run records is the one that took effect. The data folder is
+recorded as an absolute path; a run whose recorded data folder no longer exists resumes on the
+DATA_DIR given (a run moved with its data), which must hold the same classes.
 """
 
 from __future__ import annotations
@@ -21,17 +28,22 @@ import torch
 
 from retrieval.errors import RetrievalError
 from retrieval.run import CONFIG_NAME, read_config
-from retrieval.training.config import TrainConfig
+from retrieval.training.config import TrainConfig, settings_before_fine_tuning
 
 __all__ = ["PER_CALL", "RunState", "checkpoint_state", "config_for_resume", "restore"]
 
 log = logging.getLogger("retrieval")
 
 #: the settings a ``--resume`` call takes from its own command line (typed or default); every
-#: other setting is the saved run's
+#: other setting is the saved run's, and typing another value for one of them is refused
 PER_CALL = ("epochs", "device", "num_workers", "cache_mb", "command", "dist_timeout")
+#: not settings of the run: where it is now (``--out``) and this call's own switches
+_THIS_CALL = ("out", "resume", "force")
 #: settings that hold paths (strings in config.json)
 _PATHS = ("data_dir", "out", "weights", "class_groups", "never_negative", "pairs", "pair_groups")
+#: how the command line spells the settings whose flag is not ``--`` and the name with dashes
+_FLAGS = {"data_dir": "DATA_DIR", "num_workers": "--workers", "hardest_per_epoch": "--hardest",
+          "classes_per_batch": "-P", "images_per_class": "-K"}
 
 
 @dataclass
@@ -53,22 +65,60 @@ class RunState:
 
 
 def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The saved run's settings, with only the :data:`PER_CALL` ones taken from this call.
+    """The saved run's settings, with only the :data:`PER_CALL` ones (and ``--out``, where the run
+    is now) taken from this call; RetrievalError naming every flag this call typed (``config.given``)
+    with another value than the run's (see the module docstring).
 
     The resolved result counts the saved settings as given (they are the run's own record; a
-    ``null`` miner stays "the loss's natural miner"). ``config.given`` still says which flags were
-    typed on this call; nothing acts on it yet.
+    ``null`` miner stays "the loss's natural miner").
     """
-    saved = read_config(run_dir).get("train_settings")
+    stored = read_config(run_dir)
+    saved = stored.get("train_settings")
     if not isinstance(saved, dict):
         raise RetrievalError(f"{Path(run_dir) / CONFIG_NAME}: no train_settings to resume the run from")
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"given"}
     values = {k: v for k, v in saved.items() if k in names}
-    values.update({name: getattr(config, name) for name in PER_CALL}, resume=True)
+    for key, value in settings_before_fine_tuning(saved).items():  # runs saved before these settings existed
+        values.setdefault(key, value)
+    values["data_dir"] = _data_dir(values.get("data_dir"), stored.get("data_dir"), config.data_dir)
     for key in _PATHS:
         if values.get(key) is not None:
             values[key] = Path(values[key])
+    _refuse_changes(config, TrainConfig(**values).resolve(), run_dir)
+    values.update({name: getattr(config, name) for name in (*PER_CALL, *_THIS_CALL)}, resume=True)
     return TrainConfig(**values).resolve()
+
+
+def _data_dir(recorded: str | None, config_json: str | None, typed: Path) -> Path:
+    """The run's data folder: the absolute one it recorded (runs from before absolute paths:
+    config.json's own ``data_dir``, which was always absolute); the DATA_DIR typed when that one is
+    gone (the run moved with its data) or unknown."""
+    for candidate in (recorded, config_json):
+        if candidate and Path(candidate).is_absolute():
+            if Path(candidate).is_dir() or not Path(typed).is_dir():
+                return Path(candidate)
+            log.warning("the run's data folder %s is gone; resuming on %s", candidate, typed)
+            return Path(typed)
+    return Path(typed)
+
+
+def _refuse_changes(call: TrainConfig, saved: TrainConfig, run_dir: Path) -> None:
+    """RetrievalError naming each flag typed on this call with another value than the saved run's."""
+    changed = []
+    for name in sorted(call.given - set(PER_CALL) - set(_THIS_CALL)):
+        typed, kept = getattr(call, name), getattr(saved, name)
+        if name in _PATHS and typed is not None and kept is not None:
+            same = Path(typed).resolve() == Path(kept).resolve()
+        else:
+            same = typed == kept
+        if not same:
+            changed.append(f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {typed} (the run has {kept})")
+    if changed:
+        raise RetrievalError(
+            f"--resume continues {run_dir} as it was started, but this call gives {'; '.join(changed)}: drop "
+            f"{'that flag' if len(changed) == 1 else 'those flags'} (only --epochs, --device, --workers, --cache-mb, "
+            "--dist-timeout may change), or train a new run with another --out"
+        )
 
 
 def checkpoint_state(setup, epoch: int, state: RunState) -> dict[str, Any]:

@@ -1,14 +1,19 @@
 """Setting a run up: everything the epochs need, built once, in an order that keeps runs reproducible.
 
-:func:`set_up` reads the checkpoint (``--resume``), builds the training source, seeds torch and
+:func:`set_up` checks the ``--out`` folder (:mod:`~retrieval.training.out_folder`), reads the
+checkpoint (``--resume``), builds the training source, seeds torch and
 builds the model, the objective, the transforms, the sampler and loader, AdamW with its cosine
-schedule, the gradient scaler and the run's ``config.json`` contents. The order matters: torch's
-random state after seeding is consumed by the model's initialisation and then by every loader
-iteration, so a run with the same seed draws the same weights and the same batches.
+schedule, the gradient scaler, the fine-tuning schedule (:mod:`~retrieval.training.finetune`:
+which parameters learn at which step, BatchNorm's mode; :meth:`TrainingSetup.enter_step` applies
+it before every step) and the run's ``config.json`` contents (with ``weights_source``, where the
+starting weights came from). The order matters: torch's random state after seeding is consumed by
+the model's initialisation and then by every loader iteration, so a run with the same seed draws
+the same weights and the same batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -19,11 +24,12 @@ import torch
 
 from retrieval import data, distributed
 from retrieval.embed import embed_images
-from retrieval.errors import RetrievalError
 from retrieval.model import EmbeddingModel, resolve_precision
-from retrieval.run import has_checkpoint, read_checkpoint
+from retrieval.run import read_checkpoint, read_config
 from retrieval.training.config import TrainConfig
+from retrieval.training.finetune import FineTuning, backbone_lr_factor, weights_source
 from retrieval.training.objective import Objective
+from retrieval.training.out_folder import check_same_classes, commands_so_far, prepare_out
 from retrieval.training.outputs import run_config_for
 from retrieval.training.resume import config_for_resume
 from retrieval.training.seeded_items import KeyedBatches, SeededItems
@@ -53,6 +59,8 @@ class TrainingSetup:
     precision: str
     run_config: dict[str, Any]  # config.json without the epoch keys
     checkpoint: dict[str, Any] | None  # the state to resume from
+    fine_tuning: FineTuning = FineTuning(0)  # what learns at which step, BatchNorm's mode
+    _trainable: tuple | None = None  # the fine-tuning state the forward wrapper was built for
 
     @property
     def device(self) -> torch.device:
@@ -62,29 +70,52 @@ class TrainingSetup:
     def steps_per_epoch(self) -> int:
         return len(self.batches)
 
+    def enter_step(self, epoch: int, step: int) -> None:
+        """Put the model in the fine-tuning state of (epoch, step): frozen parameters, BatchNorm modes.
+        Under torchrun the DDP wrapper is rebuilt when the set of learning parameters changes."""
+        global_step = (epoch - 1) * self.steps_per_epoch + step
+        self.fine_tuning.apply(self.model, global_step)
+        trainable = self.fine_tuning.trainable_signature(global_step)
+        if self.ctx.enabled and self._trainable is not None and trainable != self._trainable:
+            self.forward = self.ctx.wrap_model(self.model, sync_bn=self.config.sync_bn)
+        self._trainable = trainable
+
 
 def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
            objective: tuple[Callable, Callable | None] | None = None) -> TrainingSetup:
     """Build the run for a resolved, validated ``config`` (see the module docstring)."""
     run_dir = Path(config.out)
+    prepare_out(run_dir, resume=bool(config.resume), force=bool(config.force), is_main=ctx.is_main)
     checkpoint = read_checkpoint(run_dir) if config.resume else None
-    if not config.resume and has_checkpoint(run_dir):
-        raise RetrievalError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if checkpoint is not None:
         config = config_for_resume(config, run_dir)
     precision = resolve_precision(config.precision, ctx.device)
     source = build_source(config)
+    if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:
+        config = dataclasses.replace(config, classes_per_batch=source.classes_per_batch)  # P fitted to the classes (sources)
+    if checkpoint is not None:
+        check_same_classes(run_dir, source.folder.class_names)
     torch.manual_seed(config.seed)
-    model, forward, data_config = _build_model(config, ctx)
+    model, forward, data_config = _build_model(config, ctx, resuming=checkpoint is not None)
     run_objective = Objective.for_config(config, source.rules, replacement=objective)
     # workers hand over uint8 pixels; the step normalises the whole batch (train_transform.finish_batch)
     train_transform = source.make_train_transform(data_config, normalise_in_batch=True)
     eval_transform = data.build_transforms(data_config, train=False)
     batches, loader = _build_loader(config, ctx, source, model, train_transform, eval_transform, precision)
     optimiser, schedule, scaler = _build_optimiser(config, model, ctx.device, precision, len(batches))
-    run_config = run_config_for(config, source, data_config, precision, len(batches), ctx)
-    return TrainingSetup(config, run_dir, ctx, source, model, forward, run_objective, train_transform, eval_transform, batches, loader,
-                         optimiser, schedule, scaler, precision, run_config, checkpoint)
+    run_config = {**run_config_for(config, source, data_config, precision, len(batches), ctx),
+                  "faces": getattr(source, "faces", None),  # the face pipeline (--faces) or null
+                  "weights_source": _weights_source(config, model, run_dir, resuming=checkpoint is not None),
+                  # every call that trained the run, each flag of which took effect (a resume refuses the others)
+                  "commands": [*commands_so_far(run_dir, checkpoint is not None), *([config.command] if config.command else [])]}
+    fine_tuning = FineTuning.for_config(config, len(batches))
+    setup = TrainingSetup(config, run_dir, ctx, source, model, forward, run_objective, train_transform, eval_transform, batches, loader,
+                          optimiser, schedule, scaler, precision, run_config, checkpoint, fine_tuning)
+    if ctx.enabled:  # DDP takes the parameters that learn when it is built: build it for the first step's state
+        first_epoch = 1 if checkpoint is None else int(checkpoint["epoch"]) + 1
+        setup.enter_step(first_epoch, 0)
+        setup.forward = ctx.wrap_model(model, sync_bn=config.sync_bn)
+    return setup
 
 
 def cosine_with_warmup(total_steps: int, warmup: int) -> Callable[[int], float]:
@@ -99,15 +130,31 @@ def cosine_with_warmup(total_steps: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-def _build_model(config: TrainConfig, ctx: distributed.DistributedContext):
-    """(model on the device, the forward the step calls, the backbone's data config at the image size)."""
-    model = EmbeddingModel(config.backbone, config.embedding_dim, pretrained=config.pretrained, weights=config.weights)
+def _build_model(config: TrainConfig, ctx: distributed.DistributedContext, *, resuming: bool):
+    """(model on the device, the forward the step calls, the backbone's data config at the image size).
+    On ``--resume`` the weights come from the checkpoint: the starting weights are not read again
+    (a moved or deleted ``--weights`` file does not stop a resume)."""
+    starting = {} if resuming else {"pretrained": config.pretrained, "weights": config.weights}
+    model = EmbeddingModel(config.backbone, config.embedding_dim, **starting)
     data_config = model.data_config(config.image_size)
     model.to(ctx.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     forward = ctx.wrap_model(model, sync_bn=config.sync_bn)  # model.forward_unnormalised, or DDP around it
     return model, forward, data_config
+
+
+def _weights_source(config: TrainConfig, model: EmbeddingModel, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
+    """config.json's ``weights_source`` (:func:`~retrieval.training.finetune.weights_source`); on
+    ``--resume`` the run's own record (a run saved before the record existed: name and kind, no digest)."""
+    if resuming:
+        saved = read_config(run_dir).get("weights_source")
+        if isinstance(saved, dict):
+            return saved
+        kind = "file" if config.weights is not None else "hub" if config.pretrained else "random"
+        name = str(config.weights) if config.weights is not None else config.backbone if config.pretrained else None
+        return {"kind": kind, "name": name, "sha256": None}
+    return weights_source(pretrained=bool(config.pretrained), weights=config.weights, backbone=model.backbone)
 
 
 def _build_loader(config: TrainConfig, ctx: distributed.DistributedContext, source: TrainingSource, model,
@@ -129,13 +176,18 @@ def _build_loader(config: TrainConfig, ctx: distributed.DistributedContext, sour
 
 def _build_optimiser(config: TrainConfig, model: EmbeddingModel, device: torch.device, precision: str, steps_per_epoch: int):
     """AdamW (the backbone at ``config.backbone_lr_scale`` of the lr), the warm-up + cosine schedule
-    over every step of the run (warm-up: the first 5 %), and the fp16 gradient scaler."""
+    over every step of the run (warm-up: the first 5 %), and the fp16 gradient scaler. With a head
+    warm-up of W steps the backbone's factor is 0 until step W, then its own warm-up + cosine over
+    the steps left (:func:`~retrieval.training.finetune.backbone_lr_factor`)."""
     total_steps = max(1, config.epochs * steps_per_epoch)
     parameters = [
         {"params": model.backbone.parameters(), "lr": config.lr * config.backbone_lr_scale},
         {"params": model.head.parameters(), "lr": config.lr},
     ]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_with_warmup(total_steps, warmup=max(1, total_steps // 20)))
+    head = cosine_with_warmup(total_steps, warmup=max(1, total_steps // 20))
+    frozen_steps = FineTuning.for_config(config, steps_per_epoch).warmup_steps
+    backbone = backbone_lr_factor(total_steps, frozen_steps, cosine_with_warmup) if frozen_steps else head
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, [backbone, head])
     scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and precision == "fp16"))
     return optimiser, schedule, scaler

@@ -1,11 +1,21 @@
-"""An epoch's running totals: the numbers of its ``metrics.jsonl`` row and its hardest triplets.
+"""An epoch's running totals: the numbers of its ``metrics.jsonl`` row, its hardest triplets and
+its class confusions.
 
-Per step the loop adds the loss, the miner's record (mined count, active fraction = share of mined
-tuples with loss > 0, mean d_ap and d_an), the record of every valid triplet (the violating
-fraction: share with d_an < d_ap + ε), the embeddings' spread (mean distance of the unit
-embeddings to their centre; near 0 the embeddings have collapsed) and the batch's hardest
-triplets. The epoch keeps its k hardest (smallest d_an − d_ap), deduplicated by the unordered
-(anchor, negative) image pair, for ``mining/epoch_NNN.jsonl``.
+Per step the loop adds the loss, the embeddings and the step's mining record
+(:class:`~retrieval.mining_record.MiningRecord`): the mined count, active fraction (share of mined
+tuples with loss > 0), mean d_ap and d_an; the violating fraction (of every valid triplet, the share
+with d_an < d_ap + ε); the per-anchor view (each anchor's nearest negative against its farthest
+positive: ``inverted_anchor_fraction``, the share of anchors with a negative nearer than a
+positive, and ``violating_anchor_fraction``, the share with one inside the margin); and the
+embeddings' spread (mean distance of the unit embeddings to their centre; near 0 they have
+collapsed).
+
+For ``mining/epoch_NNN.jsonl`` the epoch keeps two lists of its k hardest triplets (smallest
+d_an − d_ap), each deduplicated by the unordered (anchor, negative) image pair: of every valid
+triplet, flagged ``mined`` or not, and of the triplets the miner kept. The log is their union,
+hardest first, so it shows the batches' real hardest and, with ``--mined-only``, the miner's own.
+The per-anchor views' nearest-negative classes are counted for ``mining/confusions.jsonl``
+(:class:`~retrieval.confusions.ConfusionCounts`).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from typing import Any
 import torch
 
 from retrieval import data
+from retrieval.confusions import ConfusionCounts
 
 __all__ = ["EpochTotals", "warn_on_collapse"]
 
@@ -25,8 +36,8 @@ log = logging.getLogger("retrieval")
 
 
 class EpochTotals:
-    """Running sums of one epoch and its k hardest triplets (smallest d_an − d_ap), deduplicated
-    by the unordered (anchor, negative) image pair."""
+    """Running sums of one epoch, its k hardest triplets (of every valid one, and of the mined)
+    and its class confusions."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
@@ -41,19 +52,20 @@ class EpochTotals:
         self.n_an = 0
         self.started = time.perf_counter()
         self.hardest: dict[tuple[int, int], dict] = {}
+        self.hardest_mined: dict[tuple[int, int], dict] = {}
         self.spread = 0.0
         self.valid = 0
-        self.violating = 0.0
+        self.violating = 0
+        self.anchors = [0, 0, 0]  # with a positive and a negative; nearest negative nearer than farthest positive; inside ε
+        self.confusions = ConfusionCounts()
 
-    def add(self, loss: float, n_images: int, record, embeddings: torch.Tensor, hardest: list[dict], every=None) -> None:
-        """One step: its loss, the miner's record, the embeddings, the hardest triplets it logs and
-        ``every``, the record of all the batch's valid triplets (a ``TripletMiner("all")``)."""
+    def add(self, loss: float, n_images: int, record, embeddings: torch.Tensor) -> None:
+        """One step: its loss, the number of images, its mining record and its embeddings."""
         self.loss_sum += loss
         self.steps += 1
         self.images += n_images
-        if every is not None and every.n_mined:
-            self.valid += int(every.n_mined)
-            self.violating += float(every.active_fraction) * int(every.n_mined)
+        self.valid += int(record.n_triplets)
+        self.violating += int(record.n_violating)
         n = int(record.n_mined)
         if n:
             self.mined += n
@@ -67,17 +79,14 @@ class EpochTotals:
                 self.n_an += n
         unit = torch.nn.functional.normalize(embeddings, dim=1)
         self.spread += float((unit - unit.mean(0)).norm(dim=1).mean())
-        for triplet in hardest:
-            key = tuple(sorted((int(triplet["anchor"]), int(triplet["negative"]))))
-            gap = float(triplet["d_an"]) - float(triplet["d_ap"])
-            if key not in self.hardest or gap < self.hardest[key]["gap"]:
-                self.hardest[key] = {**triplet, "gap": gap}
-        if len(self.hardest) > 4 * max(self.keep, 1):
-            self._trim()
-
-    def _trim(self) -> None:
-        kept = sorted(self.hardest.items(), key=lambda item: item[1]["gap"])[: self.keep]
-        self.hardest = dict(kept)
+        for kept, triplets in ((self.hardest, record.hardest), (self.hardest_mined, record.hardest_mined)):
+            _keep_hardest(kept, triplets)
+            if len(kept) > 4 * max(self.keep, 1):
+                _trim(kept, self.keep)
+        view = record.anchors
+        if view is not None:
+            self.anchors = [total + count for total, count in zip(self.anchors, view.counts())]
+            self.confusions.add(view)
 
     def finish(self) -> None:
         """Mark the end of the epoch's training steps (validation is timed apart)."""
@@ -101,12 +110,21 @@ class EpochTotals:
         """Of all valid triplets in the epoch's batches, the fraction with d_an < d_ap + ε."""
         return self.violating / self.valid if self.valid else None
 
+    def anchor_fractions(self) -> tuple[float | None, float | None]:
+        """Of the epoch's anchors with a positive and a negative in their batch, the fractions whose
+        nearest negative lies nearer than their farthest positive, and within ε of it."""
+        n, inverted, violating = self.anchors
+        return (inverted / n, violating / n) if n else (None, None)
+
     def summary(self, epoch: int, seconds: float, lr: float) -> dict[str, Any]:
+        inverted, violating = self.anchor_fractions()
         return {
             "epoch": epoch,
             "loss": self.mean_loss,
             "active_fraction": self.active_fraction,
             "violating_fraction": self.violating_fraction,
+            "inverted_anchor_fraction": inverted,
+            "violating_anchor_fraction": violating,
             "mean_d_ap": self.d_ap / self.n_ap if self.n_ap else None,
             "mean_d_an": self.d_an / self.n_an if self.n_an else None,
             "embedding_spread": self.spread / max(self.steps, 1),
@@ -117,18 +135,44 @@ class EpochTotals:
         }
 
     def hardest_rows(self, epoch: int, folder: data.ImageFolder, data_dir: Path) -> list[dict[str, Any]]:
-        self._trim()
+        """The mining log's rows: the k hardest of every valid triplet and the k hardest mined,
+        one row per (anchor, positive, negative), hardest first, each with ``mined``."""
+        rows: dict[tuple[int, int, int], dict[str, Any]] = {}
+        for kept in (self.hardest, self.hardest_mined):
+            _trim(kept, self.keep)
+            for triplet in kept.values():
+                rows.setdefault((int(triplet["anchor"]), int(triplet["positive"]), int(triplet["negative"])), triplet)
         root = Path(data_dir)
-        rows = []
-        for triplet in sorted(self.hardest.values(), key=lambda t: t["gap"]):
+        out = []
+        for triplet in sorted(rows.values(), key=lambda t: t["gap"]):
             row: dict[str, Any] = {"epoch": epoch}
             for role in ("anchor", "positive", "negative"):
                 index = int(triplet[role])
                 row[f"{role}_path"] = _relative(folder.paths[index], root)
                 row[f"{role}_label"] = folder.class_names[folder.labels[index]]
-            row.update(d_ap=float(triplet["d_ap"]), d_an=float(triplet["d_an"]), d_an_minus_d_ap=float(triplet["gap"]))
-            rows.append(row)
-        return rows
+            row.update(d_ap=float(triplet["d_ap"]), d_an=float(triplet["d_an"]), d_an_minus_d_ap=float(triplet["gap"]),
+                       mined=bool(triplet["mined"]))
+            out.append(row)
+        return out
+
+    def confusion_rows(self, epoch: int, class_names: list[str]) -> list[dict[str, Any]]:
+        """The epoch's rows of ``mining/confusions.jsonl`` (:meth:`ConfusionCounts.rows`)."""
+        return self.confusions.rows(epoch, class_names)
+
+
+def _keep_hardest(kept: dict[tuple[int, int], dict], triplets: list[dict]) -> None:
+    """Add a step's triplets, keeping per unordered (anchor, negative) pair the one with the smallest gap."""
+    for triplet in triplets:
+        key = tuple(sorted((int(triplet["anchor"]), int(triplet["negative"]))))
+        gap = float(triplet["d_an"]) - float(triplet["d_ap"])
+        if key not in kept or gap < kept[key]["gap"]:
+            kept[key] = {**triplet, "gap": gap}
+
+
+def _trim(kept: dict[tuple[int, int], dict], keep: int) -> None:
+    best = sorted(kept.items(), key=lambda item: item[1]["gap"])[:keep]
+    kept.clear()
+    kept.update(best)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -24,13 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "streamlit_app.py"
 PAGE_FILES = {  # the page titles of st.navigation -> their files, relative to streamlit_app.py
     "Search": "app_pages/search.py",
+    "Verify": "app_pages/verify.py",
     "Hardest negatives": "app_pages/hardest_negatives.py",
     "Embedding map": "app_pages/embedding_map.py",
     "Training": "app_pages/training.py",
 }
 K_DEFAULT = 10
 LABEL_WIDGETS = {"pick_class", "upload_label", "mining_class"}
-LABEL_HEADINGS = {"Nearest positive and nearest negative", "Class pairs confused most often"}
+LABEL_HEADINGS = {"Nearest positive and nearest negative", "Class pairs confused most often", "Class confusions over training",
+                  "What the trained model confuses in the gallery"}
 
 
 # ----------------------------------------------------------------------------- runs

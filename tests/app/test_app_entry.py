@@ -10,10 +10,10 @@ from app_helpers import APP, PAGE_FILES, bare_run, charts, full_run, gallery, go
 
 def test_navigation_switches_between_the_four_pages(monkeypatch, full_run):
     at = start(monkeypatch, full_run)
-    headers = {"Search": "Search the gallery", "Hardest negatives": "Hardest negatives",
+    headers = {"Search": "Search the gallery", "Verify": "Verify: same or different?", "Hardest negatives": "Hardest negatives",
                "Embedding map": "Embedding map", "Training": "Training"}
     assert list(PAGE_FILES) == list(headers)
-    for page in ["Training", "Embedding map", "Hardest negatives", "Search"]:
+    for page in ["Training", "Embedding map", "Hardest negatives", "Verify", "Search"]:
         assert texts(go(at, page).header) == [headers[page]]
 
 

@@ -1,4 +1,7 @@
-"""The Hardest negatives page (app_pages/hardest_negatives.py): the mining log, its filters and paging."""
+"""The Hardest negatives page (app_pages/hardest_negatives.py): the mining log with whether the miner
+kept each triplet, its filters and paging, the chart of how hard the hardest were, the class
+confusions of training and of the trained model's gallery, and runs written before these were
+recorded."""
 
 import json
 
@@ -6,27 +9,81 @@ import fake_runs
 from app_helpers import bare_run, charts, full_run, gallery, go, start, texts  # noqa: F401
 
 
+def triplet_cards(at):
+    return [m for m in texts(at.markdown) if "d_ap = " in m and "violation" in m]
+
+
 def test_hardest_negatives_page_shows_triples_filters_and_recurring_pairs(monkeypatch, full_run):
     at = go(start(monkeypatch, full_run), "Hardest negatives")
     assert any("3** logged triplets in epoch 3" in m for m in texts(at.markdown))
-    triples = [m for m in texts(at.markdown) if "d_ap = " in m and "violation" in m]
+    triples = triplet_cards(at)
     assert len(triples) == 3
     gaps = [float(m.split("d_an − d_ap = ")[1].split()[0]) for m in triples]
     assert gaps == sorted(gaps)
     assert "violation **+0.1400**" in triples[0]  # margin 0.2 - gap 0.06
+    assert ["not mined" in m for m in triples] == [False, True, False]  # (apple_0, banana_0) was not the miner's
     recurring = [m for m in texts(at.markdown) if "pair was hard in epochs 1, 2, 3" in m]
     assert len(recurring) == 2
-    hardness = [c for c in charts(at) if "hconcat" in c]
-    assert len(hardness) == 1
 
     at.selectbox(key="mining_class").set_value("cherry").run()
-    assert len([m for m in texts(at.markdown) if "d_ap = " in m]) == 1
+    assert len(triplet_cards(at)) == 1
     at.selectbox(key="mining_class").set_value("(all classes)").run()
+    at.checkbox(key="mining_mined_only").check().run()
+    assert len(triplet_cards(at)) == 2 and not any("not mined" in m for m in triplet_cards(at))
+    at.checkbox(key="mining_mined_only").uncheck().run()
     at.checkbox(key="mining_recurring").check().run()
-    assert len([m for m in texts(at.markdown) if "d_ap = " in m]) == 2
+    assert len(triplet_cards(at)) == 2
     at.select_slider(key="mining_epoch").set_value(1).run()
     assert any("in epoch 1" in m for m in texts(at.markdown))
-    assert len(at.dataframe) == 1  # the confused class pairs
+    assert len(at.dataframe) == 1  # the confused class pairs of the log
+
+
+def test_the_chart_shows_every_logged_gap_by_mined_its_zones_and_the_fractions(monkeypatch, full_run):
+    at = go(start(monkeypatch, full_run), "Hardest negatives")
+    (hardness,) = [c for c in charts(at) if len(c.get("hconcat", [])) == 3]
+    gap_panel, zone_panel, fraction_panel = hardness["hconcat"]
+    points = hardness["datasets"][gap_panel["layer"][3]["data"]["name"]]
+    assert len(points) == 3 * 3  # three logged triplets in each of three epochs
+    assert {(p["epoch"], p["mined"]) for p in points if p["gap"] == 0.0} == {(1, "not mined")}
+    zones = hardness["datasets"][zone_panel["data"]["name"]]
+    assert sum(z["count"] for z in zones if z["epoch"] == 3) == 3
+    assert {z["zone"] for z in zones} == {"inside the margin"}  # the fake gaps lie in [0, 0.2)
+    assert any("the miner kept 2" in c for c in texts(at.caption))
+
+
+def test_class_confusions_over_training_rank_pairs_and_follow_the_epochs(monkeypatch, full_run):
+    at = go(start(monkeypatch, full_run), "Hardest negatives")
+    assert "Class confusions over training" in texts(at.subheader)
+    (chart,) = [c for c in charts(at) if any("pair" in str(panel.get("encoding", {}).get("y", {})) for panel in c.get("hconcat", []))]
+    bars, lines = chart["hconcat"]
+    ranked = chart["datasets"][bars["data"]["name"]]
+    assert [r["pair"] for r in ranked][:2] == ["apple → banana", "banana → apple"]  # 5 and 3 nearest negatives in epoch 3
+    assert ranked[0]["rate"] == 5 / 6
+    history = chart["datasets"][lines["data"]["name"]]
+    assert [r["epoch"] for r in history if r["pair"] == "apple → banana"] == [1, 2, 3]
+    at.select_slider(key="confusion_epoch").set_value(1).run()
+    (chart,) = [c for c in charts(at) if any("pair" in str(panel.get("encoding", {}).get("y", {})) for panel in c.get("hconcat", []))]
+    assert chart["datasets"][chart["hconcat"][0]["data"]["name"]][0]["nearest"] == 3  # cherry → damson and apple → banana tie at 3
+
+
+def test_the_gallery_confusions_are_shown_as_pictures_of_the_closest_pairs(monkeypatch, full_run):
+    at = go(start(monkeypatch, full_run), "Hardest negatives")
+    assert "What the trained model confuses in the gallery" in texts(at.subheader)
+    pairs = [m for m in texts(at.markdown) if "rank-1 confusions" in m]
+    assert 0 < len(pairs) <= 6
+    named = [c for c in texts(at.caption) if c.startswith("**") and ".png" in c]
+    assert len(named) == 2 * len(pairs)  # both pictures of each pair, named by class and file
+
+
+def test_a_run_written_before_mined_and_confusions_were_recorded_says_so(monkeypatch, tmp_path, gallery):
+    run = fake_runs.make_run(tmp_path / "old", gallery, index=False, mined=False, confusions=False)
+    at = go(start(monkeypatch, run), "Hardest negatives")
+    assert not at.exception and not at.error
+    assert all("mined: not recorded" in m for m in triplet_cards(at)) and len(triplet_cards(at)) == 3
+    assert any("not recorded" in c for c in texts(at.caption))
+    assert any("Not recorded" in m for m in texts(at.info))
+    at.checkbox(key="mining_mined_only").check().run()
+    assert len(triplet_cards(at)) == 3  # such a log held only the miner's triplets
 
 
 def test_large_mining_logs_are_paged(monkeypatch, tmp_path, gallery):

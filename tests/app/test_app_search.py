@@ -77,7 +77,7 @@ def test_bad_upload_shows_an_error_and_the_app_keeps_working(monkeypatch, full_r
 
 
 def test_oversized_upload_is_refused_with_a_clear_message(monkeypatch, full_run):
-    monkeypatch.setattr(data.images, "MAX_IMAGE_PIXELS", 500)
+    monkeypatch.setattr(data.images, "MAX_QUERY_PIXELS", 500)  # uploads have the query limit
     at = upload(start(monkeypatch, full_run), "huge.png", fake_runs.png_bytes((1, 2, 3), size=40))
     errors = texts(at.error)
     assert len(errors) == 1 and "too large" in errors[0] and "huge.png" in errors[0]
@@ -86,3 +86,74 @@ def test_oversized_upload_is_refused_with_a_clear_message(monkeypatch, full_run)
 def test_empty_upload_is_refused(monkeypatch, full_run):
     at = upload(start(monkeypatch, full_run), "empty.jpg", b"", "image/jpeg")
     assert any("empty file" in e for e in texts(at.error))
+
+
+# ----------------------------------------------------------------------------- the verdict at the run's τ
+
+
+@pytest.fixture(scope="module")
+def tau_run(tmp_path_factory, gallery):
+    """An indexed run whose threshold τ each test sets (config.json is re-read when rewritten)."""
+    return fake_runs.make_run(tmp_path_factory.mktemp("runs") / "tau", gallery, mining=False, metrics=False)
+
+
+def set_threshold(run, threshold):
+    from retrieval.run import RunConfig
+
+    config = RunConfig.read(run).to_dict()
+    config.pop("verification", None)
+    if threshold is not None:
+        config["verification"] = fake_runs.verification_entry(threshold)
+    RunConfig(config).write(run)
+
+
+def verdict_lines(at) -> list[str]:
+    return [m for m in texts(at.markdown) if "**match: " in m or "**no match in the gallery" in m]
+
+
+def test_within_tau_the_banner_names_the_nearest_label_and_the_cards_mark_matches(monkeypatch, tau_run):
+    set_threshold(tau_run, 2.0)  # every distance is within it
+    at = upload(start(monkeypatch, tau_run), "q.png", fake_runs.png_bytes((10, 220, 30)))
+    cards = neighbour_cards(at)
+    nearest_label = cards[0].split("**")[1].split(". ", 1)[1]
+    d1 = float(cards[0].split("d = ")[1].split()[0])
+    (banner,) = verdict_lines(at)
+    assert banner.endswith(f"**match: {nearest_label}, d = {d1:.3f} ≤ τ = 2.000 at FAR 1 %**")
+    assert all("≤ τ" in card for card in cards)
+    assert any("validation classes, epoch 2" in c and "FAR 0.95 %" in c for c in texts(at.caption))
+    (margin_spec,) = [c for c in charts(at) if "layer" in c]
+    assert layer_rows(margin_spec, 4) == [{"threshold": 2.0, "target_far": 0.01}]
+    assert margin_spec["layer"][4]["encoding"]["y"]["scale"]["domain"][1] >= 2.0  # the rule is in view
+
+
+def test_beyond_tau_the_banner_says_no_match_in_the_gallery(monkeypatch, tau_run):
+    set_threshold(tau_run, 1e-4)  # nothing but the image itself is within it
+    at = upload(start(monkeypatch, tau_run), "q.png", fake_runs.png_bytes((10, 220, 30)))
+    cards = neighbour_cards(at)
+    d1 = float(cards[0].split("d = ")[1].split()[0])
+    (banner,) = verdict_lines(at)
+    assert f"**no match in the gallery: the nearest is at d = {d1:.3f} > τ = 0.000 at FAR 1 %**" in banner
+    assert not any("≤ τ" in card for card in cards)
+
+
+def test_verdict_agrees_with_the_command_line_search(monkeypatch, tau_run, gallery):
+    from retrieval.index import GalleryIndex
+
+    set_threshold(tau_run, 0.05)
+    query = gallery / "cherry" / "cherry_1.png"
+    at = upload(start(monkeypatch, tau_run), query.name, query.read_bytes())
+    index = GalleryIndex.load(tau_run, device="cpu")
+    verdict = index.verdict(index.search(str(query), K_DEFAULT))
+    (banner,) = verdict_lines(at)
+    assert verdict.match is True and verdict.label == "cherry"
+    assert f"**match: cherry, d = {verdict.distance:.3f} ≤ τ = 0.050 at FAR 1 %**" in banner
+
+
+def test_a_run_without_tau_shows_distances_and_how_to_set_a_threshold(monkeypatch, tau_run):
+    set_threshold(tau_run, None)
+    at = upload(start(monkeypatch, tau_run), "q.png", fake_runs.png_bytes((10, 220, 30)))
+    assert len(neighbour_cards(at)) == K_DEFAULT and verdict_lines(at) == []
+    assert any("No threshold τ is set for this run" in m for m in texts(at.info))
+    assert any(c.value == f"retrieval calibrate {tau_run} DATA_DIR --target-far 0.01" for c in at.code)
+    (margin_spec,) = [c for c in charts(at) if "layer" in c]
+    assert len(margin_spec["layer"]) == 4  # no τ rule

@@ -1,4 +1,8 @@
-"""The Training page (app_pages/training.py): curves per epoch and held-out distances."""
+"""The Training page (app_pages/training.py): curves per epoch, held-out distances, τ and the ROC / DET curve."""
+
+import json
+
+import pytest
 
 import fake_runs
 from app_helpers import charts, full_run, gallery, go, start, texts  # noqa: F401
@@ -18,3 +22,61 @@ def test_run_without_metrics_or_val_distances_says_so(monkeypatch, tmp_path, gal
     at = go(start(monkeypatch, run), "Training")
     infos = texts(at.info)
     assert any("no metrics.jsonl" in m for m in infos) and any("no val_distances.json" in m for m in infos)
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def roc_panel(at):
+    """The ROC / DET panel beside the histogram: (its spec, its curve rows, its marked points)."""
+    (spec,) = [s for s in charts(at) if "hconcat" in s]
+    roc = spec["hconcat"][1]
+    rows = lambda i: spec["datasets"][roc["layer"][i]["data"]["name"]]  # noqa: E731
+    return spec, rows(0), rows(1)
+
+
+def test_histogram_gains_tau_and_the_roc_curve_with_the_stored_point(monkeypatch, full_run):
+    at = go(start(monkeypatch, full_run), "Training")
+    spec, curve, marks = roc_panel(at)
+    histogram = spec["hconcat"][0]
+    assert spec["datasets"][histogram["layer"][3]["data"]["name"]][0]["x"] == fake_runs.THRESHOLD
+    val = json.loads((full_run / "val_distances.json").read_text())
+    positive, negative = val["positive"], val["negative"]
+    stored = next(m for m in marks if m["name"] == "stored τ (FAR 1 %)")
+    tau = fake_runs.THRESHOLD
+    assert stored["far"] == pytest.approx(sum(d <= tau for d in negative) / len(negative))
+    assert stored["tar"] == pytest.approx(sum(d <= tau for d in positive) / len(positive))
+    for row in curve:  # each curve point: the rates at its threshold, by counting
+        assert row["far"] == pytest.approx(sum(d <= row["threshold"] for d in negative) / len(negative))
+        assert row["tar"] == pytest.approx(sum(d <= row["threshold"] for d in positive) / len(positive))
+    curves = next(s for s in charts(at) if "facet" in s)
+    assert "EER (held-out pairs)" in {r["metric"] for r in curves["datasets"][curves["data"]["name"]]}
+    assert any("Stored threshold τ = 0.500" in c and "validation classes, epoch 2" in c for c in texts(at.caption))
+
+
+def test_another_target_far_is_shown_and_never_written(monkeypatch, full_run):
+    before = (full_run / "config.json").read_bytes()
+    at = go(start(monkeypatch, full_run), "Training")
+    at.select_slider(key="try_far").set_value(0.1).run()
+    assert not at.exception
+    _, _, marks = roc_panel(at)
+    tried = next(m for m in marks if m["name"] == "tried: FAR 10 %")
+    negative = json.loads((full_run / "val_distances.json").read_text())["negative"]
+    far_at = lambda t: sum(d <= t for d in negative) / len(negative)  # noqa: E731
+    next_up = min(d for d in negative if d > tried["threshold"])
+    assert far_at(tried["threshold"]) <= 0.1 < far_at(next_up)  # the largest τ within the tried FAR
+    assert any("Shown only" in c and "--target-far 0.1" in c for c in texts(at.caption))
+    assert (full_run / "config.json").read_bytes() == before
+
+    at.radio(key="roc_kind").set_value("DET").run()
+    spec, _, _ = roc_panel(at)
+    assert spec["hconcat"][1]["layer"][0]["encoding"]["y"]["field"] == "frr"
+    assert spec["hconcat"][1]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+
+
+def test_a_run_without_tau_says_how_to_set_one(monkeypatch, tmp_path, gallery):
+    run = fake_runs.make_run(tmp_path / "no-tau", gallery, index=False, mining=False, threshold=None)
+    at = go(start(monkeypatch, run), "Training")
+    assert any("No threshold τ is set" in c and f"retrieval calibrate {run}" in c for c in texts(at.caption))
+    _, _, marks = roc_panel(at)
+    assert [m["name"] for m in marks] == ["tried: FAR 1 %"]

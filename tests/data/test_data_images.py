@@ -121,3 +121,93 @@ def test_truncated_jpeg_passes_the_cheap_scan_but_load_raises_naming_the_file(tm
         load_image(path)
     with pytest.raises(RetrievalError, match="image not found"):
         load_image(tmp_path / "missing.jpg")
+
+
+# ----------------------------------------------------------------------------- formats and limits (issue 19)
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\nnewpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def test_postscript_named_like_a_png_is_refused_and_ghostscript_never_runs(tmp_path, monkeypatch):
+    """Pillow identifies files by content: an "image.png" holding PostScript would go to its EPS
+    reader, which runs Ghostscript. Only the formats of IMAGE_EXTENSIONS are opened."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError("gs")))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    root = write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2})
+    (root / "a" / "image.png").write_bytes(POSTSCRIPT)
+    folder = scan_folder(root)
+    assert [p.name for p in folder.skipped] == ["image.png"] and len(folder) == 4
+    for load in (lambda: load_image(root / "a" / "image.png"), lambda: load_image_bytes(POSTSCRIPT, "upload.png")):
+        with pytest.raises(RetrievalError, match="not a readable image"):
+            load()
+    assert calls == []
+
+
+def test_every_supported_extension_maps_to_a_pillow_format_that_opens_it(tmp_path):
+    assert set(images.IMAGE_FORMATS) == set(images.FORMAT_OF_SUFFIX.values())
+    Image.init()
+    for suffix, pillow_format in images.FORMAT_OF_SUFFIX.items():
+        assert Image.EXTENSION[suffix] == pillow_format
+        mode = "L" if suffix == ".pgm" else "RGB"
+        path = write_image(tmp_path / f"x{suffix}", mode=mode, colour=90 if mode == "L" else (90, 90, 90))
+        assert np.abs(np.asarray(load_image(path)).astype(int) - 90).max() <= 2, suffix  # JPEG / WebP: lossy
+
+
+def test_an_upload_above_the_query_pixel_limit_is_refused_from_its_header(tmp_path):
+    """Uploads and queries get a lower limit than training files (MAX_QUERY_PIXELS < MAX_IMAGE_PIXELS),
+    checked on the header's size: this file's pixel data is a stub, so any decoding would fail otherwise."""
+    assert images.MAX_QUERY_PIXELS < images.MAX_IMAGE_PIXELS
+    width = 8000
+    height = images.MAX_QUERY_PIXELS // width + 1
+    stub = write_png_header(tmp_path / "huge.png", width, height)
+    with pytest.raises(RetrievalError, match=f"huge.png is {width}x{height} pixels.*{images.MAX_QUERY_PIXELS:,}.*queries"):
+        load_image_bytes(stub.read_bytes(), "huge.png")
+    with pytest.raises(RetrievalError, match="queries"):
+        load_image(stub, max_pixels=images.MAX_QUERY_PIXELS)
+    with pytest.raises(RetrievalError) as as_a_training_file:  # under the training limit: decoded, and the stub fails
+        load_image(stub)
+    assert "too large" not in str(as_a_training_file.value)
+
+
+def _round_half_up(value, full_scale) -> int:
+    from fractions import Fraction
+
+    x = Fraction(min(max(int(value), 0), full_scale) * 255, full_scale)
+    return int(x + Fraction(1, 2)) if x >= 0 else 0
+
+
+@pytest.mark.parametrize("mode, values, full_scale", [
+    ("I;16", [0, 1, 128, 129, 257, 32767, 32768, 65534, 65535], 65535),
+    ("I", [0, 3, 100, 255, -5], 255),                  # 32-bit holding 8-bit values
+    ("I", [0, 300, 40000, 65535, 65534], 65535),       # 32-bit holding 16-bit values (older Pillow's PNGs)
+    ("I", [0, 70000, 123457, 1_000_003, 99], 1_000_003),  # beyond 16 bits: 0 .. max
+])
+def test_deep_grey_levels_scale_to_8_bits_as_rounded_integer_arithmetic(mode, values, full_scale):
+    rng = np.random.default_rng(0)
+    extra = rng.integers(0, full_scale + 1, 200)
+    pixels = np.array(values + extra.tolist(), dtype=np.uint16 if mode == "I;16" else np.int32).reshape(1, -1)
+    image = Image.fromarray(pixels)
+    assert image.mode == mode
+    scaled = np.asarray(images.to_rgb(image))[0, :, 0]
+    assert scaled.tolist() == [_round_half_up(v, full_scale) for v in pixels[0]]
+
+
+def test_16_bit_scaling_makes_no_float_copy_of_the_pixels():
+    """Memory, not time: scaling 16-bit grey to 8 bits allocated float64 copies (8+ bytes a pixel, several
+    at once: a 214 KiB 16-bit PNG of 100 MP took 13.8 s and +2862 MiB to decode, now 3.5 s and +670 MiB,
+    and as an upload it is refused from its header in 0.01 s: BENCHMARKS.md "decode", benchmarks/decode.py);
+    now a lookup table, a few bytes a pixel at most (tracemalloc counts numpy's buffers, not Pillow's)."""
+    import tracemalloc
+
+    image = Image.new("I;16", (1000, 1000), 1234)
+    tracemalloc.start()
+    try:
+        rgb = images.to_rgb(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rgb.getpixel((0, 0)) == (5, 5, 5)
+    assert peak < 5 * 1_000_000

@@ -150,3 +150,30 @@ def test_brief_list_names_the_first_three_and_counts_the_rest():
     assert brief_list(["a", "b", "c"]) == "a, b, c"
     assert brief_list(["a", "b", "c", "d", "e"]) == "a, b, c (and 2 more)"
     assert brief_list([]) == ""
+
+
+def test_a_symlink_loop_is_not_followed_into_a_class_holding_every_image(tmp_path, caplog):
+    """``d/loop -> d`` once made a class "loop" of every image; folders are followed through symlinks
+    (a class folder may live elsewhere), but never into a folder already scanned."""
+    root = write_labelled_folder(tmp_path / "d", {"a": 2, "b": 3})
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "a" / "back").symlink_to(root / "a", target_is_directory=True)  # a loop inside a class
+    (root / "b2").symlink_to(root / "b", target_is_directory=True)  # the same class twice
+    elsewhere = write_labelled_folder(tmp_path / "elsewhere", {"c": 2})
+    (root / "c").symlink_to(elsewhere / "c", target_is_directory=True)  # a class folder kept elsewhere: followed
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        folder = scan_folder(root)
+    assert folder.class_names == ["a", "b", "c"]
+    assert folder.class_counts() == {"a": 2, "b": 3, "c": 2}
+    (line,) = [m for m in warning_messages(caplog) if "already" in m]
+    assert "loop" in line and "b2" in line and "a/back" in line
+
+
+def test_a_flat_scan_follows_a_symlink_loop_only_once(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(3):
+        write_image(root / f"{i}.png")
+    write_image(root / "sub" / "x.png")
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)
+    folder = scan_folder(root, labelled=False)
+    assert sorted(folder.relative_path(i) for i in range(len(folder))) == ["0.png", "1.png", "2.png", "sub/x.png"]

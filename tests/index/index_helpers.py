@@ -66,3 +66,20 @@ def indexed_run(tmp_path_factory, run_dir, gallery_dir):
     shutil.copytree(run_dir, target)
     build_index(target, gallery_dir, n_trees=10, **FAST)
     return target
+
+
+def large_index(run_dir, gallery_dir, n_items, *, n_trees=50, seed=0):
+    """An index of ``n_items`` random unit embeddings whose items cycle over the gallery's images,
+    written by the real build transaction, fast: nothing is embedded. Returns its gallery.json."""
+    from retrieval.data import scan_folder
+    from retrieval.index import build as build_module
+    from retrieval.run import model_fingerprint, read_config
+
+    folder, config = scan_folder(gallery_dir), read_config(run_dir)
+    rows = np.random.default_rng(seed).normal(size=(n_items, config.embedding_dim)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    batches = [(rows[s : s + 4096], list(range(s, min(n_items, s + 4096)))) for s in range(0, n_items, 4096)]
+    return build_module._write_index(
+        run_dir, config, batches, previous=None, folder=folder, gallery_dir=gallery_dir,
+        new_ids=[i % len(folder.paths) for i in range(n_items)], n_trees=n_trees, seed=seed, n_jobs=1,
+        on_progress=None, fingerprint=model_fingerprint(run_dir))

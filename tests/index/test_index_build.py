@@ -4,6 +4,7 @@ skips, and the build transaction (a failed build never damages the index in plac
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -20,7 +21,6 @@ from index_helpers import (  # noqa: F401 (fixtures)
     save_tiny_run,
     write_images,
 )
-from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex, build_index, read_index_metadata
 from retrieval.index import build as build_module
 
@@ -83,7 +83,7 @@ def test_unreadable_gallery_images_are_skipped_reported_and_rows_stay_aligned(tm
 
 def test_failed_rebuild_leaves_the_previous_index_intact(tmp_path, indexed_run, monkeypatch):
     run = tmp_path / "run"
-    shutil.copytree(indexed_run, run)
+    shutil.copytree(indexed_run, run, symlinks=True)
     before = index_files(run)
     results = [n.item for n in GalleryIndex.load(run).search(np.ones(DIM, np.float32), k=5)]
 
@@ -95,24 +95,24 @@ def test_failed_rebuild_leaves_the_previous_index_intact(tmp_path, indexed_run, 
         build_index(run, write_images(tmp_path / "other", ["x", "y"], 3), n_trees=4, **FAST)
     assert index_files(run) == before
     assert not list((run / "index").glob(".build-*"))
+    versions = run / "index" / ".versions"
+    assert {p.name for p in versions.iterdir()} <= {"current", os.readlink(versions / "current")}  # the failed build's folder is gone
     assert [n.item for n in GalleryIndex.load(run).search(np.ones(DIM, np.float32), k=5)] == results
 
 
-def test_failed_move_into_place_never_pairs_metadata_with_another_builds_index(tmp_path, indexed_run, gallery_dir, monkeypatch):
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_index_files_follow_the_umask(tmp_path, run_dir, mask):
+    import stat
+
     run = tmp_path / "run"
-    shutil.copytree(indexed_run, run)
-    real_replace = build_module.os.replace
-
-    def crash_before_metadata(source, target):
-        if str(target).endswith("gallery.json"):
-            raise OSError("disk full")  # data files already moved: the old gallery.json remains
-        real_replace(source, target)
-
-    monkeypatch.setattr(build_module.os, "replace", crash_before_metadata)
-    with pytest.raises(OSError):
-        build_index(run, gallery_dir, n_trees=7, **FAST)
-    monkeypatch.setattr(build_module.os, "replace", real_replace)
-    with pytest.raises(RetrievalError, match="does not belong"):
-        GalleryIndex.load(run)
-    build_index(run, gallery_dir, n_trees=7, **FAST)  # a rebuild repairs it
-    assert GalleryIndex.load(run).n_trees == 7
+    shutil.copytree(run_dir, run, symlinks=True)
+    before = os.umask(mask)
+    try:
+        build_index(run, write_images(tmp_path / "gallery", ["a"], 3), n_trees=2, **FAST)
+    finally:
+        os.umask(before)
+    entries = [p for p in (run / "index").rglob("*") if not p.is_symlink()]
+    assert {"gallery.ann", "gallery.json", "embeddings.npy"} <= {p.name for p in entries}
+    for path in entries:
+        expected = (0o666 if path.is_file() else 0o777) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, f"{path.name}: {oct(path.stat().st_mode)}"

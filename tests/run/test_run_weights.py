@@ -35,9 +35,15 @@ def test_save_then_load_gives_identical_embeddings(model, tmp_path):
     assert len(run.model_fingerprint(tmp_path)) == 16
 
 
+def _snapshot(folder):
+    """Every entry under ``folder``: a link's target, a file's bytes (temporaries and all)."""
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
 def test_failed_save_leaves_previous_files_intact(model, tmp_path, monkeypatch):
     save_model(tmp_path, model, _config(model))
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = _snapshot(tmp_path)
     other = EmbeddingModel(BACKBONE, 16)
 
     def broken_fsync(fd):
@@ -47,8 +53,7 @@ def test_failed_save_leaves_previous_files_intact(model, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_model(tmp_path, other, _config(other))
     monkeypatch.undo()
-    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert after == before  # no temp files left, nothing half-written
+    assert _snapshot(tmp_path) == before  # no temp files left, nothing half-written
     load_model(tmp_path)
 
 

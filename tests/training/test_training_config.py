@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval.cli import app
+from retrieval.errors import RetrievalError
 from retrieval.training import DEFAULTS, LOSSES, NATURAL_MINER, TrainConfig, TrainResult
 from retrieval.training import config as config_module
 from retrieval.training.resume import PER_CALL, config_for_resume
@@ -19,7 +20,9 @@ TRAIN_SETTINGS_KEYS = {
     "data_dir", "device", "dist_timeout", "embedding_dim", "epochs", "groups_per_batch", "hardest_per_epoch",
     "image_size", "images_per_class", "loss", "lr", "margin", "miner", "negatives", "never_negative", "num_workers",
     "out", "pair_groups", "pair_negatives", "pairs", "precision", "pretrained", "seed", "sync_bn", "temperature",
-    "unlabelled", "val_fraction", "weight_decay", "weights",
+    "target_far", "unlabelled", "val_fraction", "weight_decay", "weights",
+    "freeze_backbone_epochs", "backbone_lr_scale", "bn_mode", "backbone_stages",  # issue 18: new keys; runs without them still resume
+    "faces",  # issue 15: runs without it resume as runs on whole images (the default False)
 }
 
 
@@ -76,7 +79,7 @@ def test_a_pretrained_backbone_learns_at_a_tenth_of_the_lr():
 def test_train_settings_keep_the_keys_config_json_always_had():
     settings = _config(unlabelled=True).resolve().train_settings()
     assert set(settings) == TRAIN_SETTINGS_KEYS
-    assert settings["loss"] == "infonce" and settings["data_dir"] == "data" and settings["dist_timeout"] == 300.0
+    assert settings["loss"] == "infonce" and settings["data_dir"] == str(Path("data").resolve()) and settings["dist_timeout"] == 300.0
 
 
 def test_the_command_line_passes_only_typed_flags(monkeypatch, tmp_path):
@@ -107,12 +110,14 @@ def test_help_shows_the_defaults_that_resolve_fills():
         found = re.search(r"\\\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
         if found:
             shown[names.get(param.name, param.name)] = found.group(1)
-    assert len(shown) == 21
+    assert len(shown) == 27  # issue 15 added --faces
     for name, text in shown.items():
         if name == "loss":
             assert text == "triplet; infonce with --unlabelled"
         elif name == "miner":
             assert text == "semihard for triplet, none otherwise"
+        elif name in config_module.FINE_TUNING_DEFAULTS:
+            assert text == f"{DEFAULTS[name]}; {config_module.FINE_TUNING_DEFAULTS[name]} from --pretrained / --weights", name
         else:
             assert text == str(DEFAULTS[name]), name
 
@@ -120,12 +125,14 @@ def test_help_shows_the_defaults_that_resolve_fills():
 def test_resume_takes_the_saved_settings_and_only_the_per_call_ones_from_this_call(tmp_path):
     saved = _config(lr=0.01, miner="all", epochs=2).resolve()
     (tmp_path / "config.json").write_text(json.dumps({
-        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32, "data_config": {},
+        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
+        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
         "train_settings": saved.train_settings(),
     }))
-    call = _config(lr=0.5, epochs=5, resume=True).resolve()
+    call = _config(lr=0.01, epochs=5, resume=True).resolve()  # the run's own --lr may be typed again
     resumed = config_for_resume(call, tmp_path)
     assert resumed.lr == 0.01 and resumed.epochs == 5 and resumed.resume is True
     assert resumed.miner == "all" and resumed.train_settings()["miner"] == "all"
-    assert "lr" in call.given  # what this call typed stays known; nothing acts on it yet
+    with pytest.raises(RetrievalError, match=r"--lr 0.5 \(the run has 0.01\)"):  # another one is refused, not ignored
+        config_for_resume(_config(lr=0.5, epochs=5, resume=True).resolve(), tmp_path)
     assert set(PER_CALL) == {"epochs", "device", "num_workers", "cache_mb", "command", "dist_timeout"}

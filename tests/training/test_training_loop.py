@@ -50,13 +50,12 @@ def test_violating_fraction_counts_every_valid_triplet_of_the_epoch_inside_the_m
     from retrieval.training.totals import EpochTotals
 
     margin, totals, brute = 0.3, EpochTotals(5), [0, 0]
-    every = mining.TripletMiner("all", margin, hardest_k=0)
     generator = torch.Generator().manual_seed(3)
     for step in range(3):
         embeddings = torch.nn.functional.normalize(torch.randn(12, 4, generator=generator), dim=1)
         labels = torch.randint(0, 4, (12,), generator=generator)
         semihard = mining.TripletMiner("semihard", margin)(embeddings, labels).record
-        totals.add(0.1, 12, semihard, embeddings, [], every(embeddings, labels).record)
+        totals.add(0.1, 12, semihard, embeddings)  # the semihard record counts every valid triplet too
         d = torch.cdist(embeddings.double(), embeddings.double())
         negative = brute_is_negative(labels.tolist())
         for a in range(12):
@@ -80,11 +79,14 @@ def test_with_the_all_miner_the_violating_fraction_is_the_active_fraction(sample
 def test_mining_log_holds_hardest_distinct_triplets_with_paths(trained, sample):
     run, _ = trained
     rows = read_mining_log(run, 1)
-    assert 0 < len(rows) <= 10
+    assert 0 < len(rows) <= 2 * 10  # the 10 hardest of every valid triplet and the 10 hardest mined
     gaps = [r["d_an_minus_d_ap"] for r in rows]
     assert gaps == sorted(gaps)
-    pairs = [frozenset((r["anchor_path"], r["negative_path"])) for r in rows]
-    assert len(set(pairs)) == len(pairs)
+    triplets = [(r["anchor_path"], r["positive_path"], r["negative_path"]) for r in rows]
+    assert len(set(triplets)) == len(triplets) and all(isinstance(r["mined"], bool) for r in rows)
+    for mined in (True, False):  # within the miner's triplets and within the others, one per image pair
+        pairs = [frozenset((r["anchor_path"], r["negative_path"])) for r in rows if r["mined"] is mined]
+        assert len(set(pairs)) == len(pairs)
     for r in rows:
         assert r["anchor_label"] == r["positive_label"] != r["negative_label"]
         assert abs(r["d_an"] - r["d_ap"] - r["d_an_minus_d_ap"]) < 1e-6

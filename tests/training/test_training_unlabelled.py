@@ -14,7 +14,7 @@ from retrieval.cli import app
 from retrieval.data import ImageDataset
 from retrieval.errors import RetrievalError
 from retrieval.model import EmbeddingModel
-from retrieval.run import read_metrics, read_mining_log
+from retrieval.run import read_confusions, read_metrics, read_mining_log
 from retrieval.training import TrainConfig, build_source, train
 from retrieval.training.seeded_items import KeyedBatches, SeededItems
 from retrieval.training.sources.unlabelled import VIEWS, batch_images, build_view_transform
@@ -87,7 +87,7 @@ def test_labels_are_hidden_from_training_but_hold_out_validation_classes(hidden_
     assert [r["epoch"] for r in rows] == [0, 1]
     assert all(isinstance(r["recall_at_1"], float) and isinstance(r["map_at_r"], float) for r in rows)
     mined = read_mining_log(run, 1)
-    assert mined
+    assert mined and read_confusions(run) is None  # pseudo-labels are no classes to confuse
     for row in mined:  # anchor and positive are two views of one file; the label is that file
         assert row["anchor_path"] == row["positive_path"] == row["anchor_label"] == row["positive_label"]
         assert row["negative_path"] != row["anchor_path"]

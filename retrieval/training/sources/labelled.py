@@ -1,12 +1,18 @@
 """Labelled training (the default): ``DATA_DIR/<class>/<image>``, one sub-folder per identity or product.
 
 Whole classes are held out for validation (``--val-fraction``, the unseen-class protocol); the
-others train on P×K batches (:class:`~retrieval.data.PKSampler`), augmented by
+others train on P×K batches (:class:`~retrieval.data.PKSampler`; the default P fitted to a folder
+with fewer training classes, :func:`~retrieval.data.sampler.fit_classes_per_batch`), augmented by
 :func:`~retrieval.data.build_transforms` at ``--augment``. Domain knowledge about negatives is
 read from the optional CSV files: ``--class-groups`` (a group per class; ``--groups-per-batch``
 fills a batch from that many groups, ``--negatives`` restricts negatives to the anchor's group)
 and ``--never-negative`` (pairs of classes that are never each other's negatives), which every
 loss and miner then obeys (:class:`~retrieval.negatives.NegativeRules`).
+
+With ``--faces`` every image is first replaced by its most confident aligned face, a PNG cached in
+``RUN_DIR/faces/`` (:func:`retrieval.faces.run_faces.face_folder`; images without a face are
+skipped with one warning line), so the split, the data set, the augmentation (after alignment) and
+the validation all see face crops, and later epochs read the cache instead of detecting again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from retrieval import data
+from retrieval.data.sampler import fit_classes_per_batch
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
 
@@ -35,12 +42,20 @@ class LabelledSource:
     images_per_class: int
     augment: float
     seed: int
+    faces: dict[str, Any] | None = None  # config.json's "faces": the face pipeline's settings (--faces)
     mode: ClassVar[str] = "labelled"
 
     @classmethod
     def from_config(cls, config) -> "LabelledSource":
         """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge files."""
         folder = data.scan_folder(config.data_dir, labelled=True)
+        faces = None
+        if config.faces:
+            from retrieval.faces.run_faces import face_folder, training_pipeline
+
+            pipeline = training_pipeline(config.out, config.image_size)
+            folder, _ = face_folder(folder, pipeline)
+            faces = pipeline.settings_json()
         data.require_trainable(folder)
         train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
         trainable = sum(count >= 2 for count in train_folder.class_counts().values())
@@ -49,12 +64,14 @@ class LabelledSource:
                 f"{config.data_dir}: {trainable} class(es) with two or more images left for training after holding out "
                 f"{len(val_folder.class_names)} for validation; negatives need at least 2 (lower --val-fraction or add classes)"
             )
+        classes_per_batch = fit_classes_per_batch(config.classes_per_batch, trainable, typed="classes_per_batch" in config.given,
+                                                  what="training classes have two or more images")
         groups, never_negative = _domain_knowledge(config, train_folder)
         rules = None
         if groups is not None or never_negative:
             rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
-        return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, config.classes_per_batch,
-                   config.images_per_class, config.augment, config.seed)
+        return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, classes_per_batch,
+                   config.images_per_class, config.augment, config.seed, faces)
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch)

@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Sampler
 
 from retrieval import data
+from retrieval.data.sampler import fit_classes_per_batch
 from retrieval.embed import embed_images as embed_images_here
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
@@ -388,11 +389,8 @@ class PairsSource:
             raise RetrievalError(
                 f"{config.pairs}: the pairs link all their images into 1 group; negatives come from other groups, so at least 2 are needed"
             )
-        if config.classes_per_batch > n_components:
-            raise RetrievalError(
-                f"{config.pairs}: {n_components} groups of linked images (connected components) but -P {config.classes_per_batch} "
-                f"per batch: lower -P (--classes-per-batch)"
-            )
+        classes_per_batch = fit_classes_per_batch(config.classes_per_batch, n_components, typed="classes_per_batch" in config.given,
+                                                  what=f"groups of linked images (connected components) in {config.pairs}")
         never = _never_negative(config, folder, train_folder)
         rules = NegativeRules(never_negative=never) if never else None
         sizes = np.bincount(np.asarray(train_folder.labels))
@@ -412,7 +410,7 @@ class PairsSource:
         }
         if entries["n_unlinked_images"]:
             log.info("%s: %d images are in no pair and are not trained on", config.pairs, entries["n_unlinked_images"])
-        return cls(folder, train_folder, val_folder, rules, never, config.pair_negatives, config.classes_per_batch,
+        return cls(folder, train_folder, val_folder, rules, never, config.pair_negatives, classes_per_batch,
                    config.images_per_class, config.augment, config.seed, entries)
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:

@@ -1,0 +1,138 @@
+"""The Search page for a face run (``retrieval train --faces``): faces, not photos, are searched.
+
+The uploaded photo is shown with its face boxes drawn and numbered; the user picks a face (default
+the largest) and every face gets a result row: its aligned crop (what the model embeds) beside its
+neighbours and the open-set verdict, the picked face's row first. Neighbours are shown as their
+gallery face crops (``RUN_DIR/faces/``, :func:`retrieval.faces.run_faces.crop_file`; the box cut
+from the photo when the crop is not cached), with the photo a click away (an expander). An upload
+is detected once per file content in this session and never written to the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from app_pages.common import decode_upload, one_torch_thread, show_image
+from retrieval.data import IMAGE_EXTENSIONS, load_image
+from retrieval.errors import RetrievalError
+from retrieval.faces.face_search import FaceResult, search_faces
+from retrieval.faces.run_faces import crop_file, run_pipeline
+from retrieval.index import GalleryIndex
+from retrieval.run import RunConfig, resolve_logged_path
+from retrieval.run.files import FACES_DIR
+from retrieval.safe_text import markdown_text
+
+__all__ = ["draw_boxes", "face_search_section", "largest_face", "logged_image"]
+
+GRID_COLUMNS = 5
+#: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/
+_CROP_FILE = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_-]+px\.\d+\.png$")
+BOX_COLOUR = (255, 64, 64)
+
+
+@st.cache_resource(max_entries=4)
+def face_pipeline(run_dir: str, stamp: str):
+    """The run's face pipeline (MTCNN loaded once per run)."""
+    return run_pipeline(run_dir, RunConfig.read(run_dir))
+
+
+def largest_face(results: list[FaceResult]) -> int:
+    """The index of the face with the largest box (the default pick)."""
+    return max(range(len(results)), key=lambda i: results[i].face.area)
+
+
+def draw_boxes(photo: Image.Image, results: list[FaceResult]) -> Image.Image:
+    """A copy of ``photo`` with each face's box drawn and numbered (1, 2, ... as the result rows)."""
+    shown = photo.copy()
+    draw = ImageDraw.Draw(shown)
+    width = max(2, round(max(photo.size) / 200))
+    for number, result in enumerate(results, 1):
+        x0, y0, x1, y1 = result.face.box
+        draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=width)
+        draw.text((x0 + width, y0 + width), str(number), fill=BOX_COLOUR)
+    return shown
+
+
+def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) -> None:
+    """Upload a photo, see its faces boxed, and one result row a face (see the module docstring)."""
+    types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+    uploaded = st.file_uploader("Query photo", type=types, key="upload", help="A photo with one or more faces.")
+    if uploaded is None:
+        st.info("Upload a photo: every face found in it is searched in the gallery's faces.")
+        return
+    data = uploaded.getvalue()
+    try:
+        photo = decode_upload(data, uploaded.name)
+    except RetrievalError as error:
+        st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
+        return
+    results = _searched(index, run_dir, stamp, hashlib.sha1(data).hexdigest(), photo, int(k))
+    if not results:
+        st.image(photo, caption=markdown_text(uploaded.name), width="stretch")
+        st.warning(f"No face found in {markdown_text(uploaded.name)}: this run searches faces, so there is nothing to search.")
+        return
+    photo_col, pick_col = st.columns([2, 1], gap="large")
+    photo_col.image(draw_boxes(photo, results), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found",
+                    width="stretch")
+    labels = [f"face {i + 1}" + (" (largest)" if i == largest_face(results) else "") for i in range(len(results))]
+    picked = pick_col.selectbox("Face", range(len(results)), index=largest_face(results), format_func=lambda i: labels[i],
+                                key="face_pick", help="The picked face's row comes first.")
+    order = [picked, *(i for i in range(len(results)) if i != picked)]
+    pipeline = face_pipeline(str(run_dir), stamp)
+    for i in order:
+        show_face_row(index, pipeline, results[i], i + 1)
+
+
+def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int) -> None:
+    """One face: its aligned crop and verdict beside its neighbours (as face crops, photo in an expander)."""
+    with st.container(border=True, key=f"face-row-{number}"):
+        crop_col, neighbours_col = st.columns([1, GRID_COLUMNS], gap="medium")
+        with crop_col:
+            st.image(result.face.crop, caption=f"face {number}, aligned (score {result.face.score:.2f})", width="stretch")
+            if index.threshold is not None:
+                st.caption(markdown_text(result.verdict.describe(index.threshold.target_far)))
+        with neighbours_col:
+            columns = st.columns(GRID_COLUMNS)
+            for rank, n in enumerate(result.neighbours, 1):
+                with columns[(rank - 1) % GRID_COLUMNS]:
+                    st.image(neighbour_face(index, pipeline, n.item), width="stretch")
+                    st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else Path(n.path).name)}**  \n"
+                                f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}")
+                    with st.expander("photo"):
+                        show_image(n.path, caption=markdown_text(Path(n.path).name))
+
+
+def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:
+    """A gallery item's face: its cached aligned crop, else its box cut from the photo."""
+    record = index.face(item) or {}
+    cached = crop_file(pipeline, record) if pipeline is not None else None
+    try:
+        if cached is not None:
+            return load_image(cached)
+        return load_image(index.path(item)).crop(tuple(int(round(v)) for v in record["box"]))
+    except (RetrievalError, KeyError, OSError):
+        return Image.new("RGB", (32, 32), (128, 128, 128))
+
+
+@st.cache_resource(max_entries=64, show_spinner="Finding and searching faces…")
+def _searched(_index: GalleryIndex, run_dir: Path, stamp: str, digest: str, _photo: Image.Image, k: int) -> list[FaceResult]:
+    """Every face of an upload, searched (once per run, file content and K)."""
+    with one_torch_thread():
+        return search_faces(_index, face_pipeline(str(run_dir), stamp), _photo, k)
+
+
+def logged_image(config: RunConfig, logged: str) -> Path:
+    """The image a mining-log path names. A face run trained on its cached crops, which the log
+    names by absolute path inside the run's ``faces/`` folder: those (and only files of that exact
+    shape) are served as they are; every other path is resolved under the data folder as usual."""
+    if config.faces is not None and isinstance(logged, str) and os.path.isabs(logged):
+        path = Path(logged)
+        if _CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and not path.is_symlink():
+            return path
+    return resolve_logged_path(config, logged)

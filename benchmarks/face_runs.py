@@ -1,0 +1,137 @@
+"""Faces in photos against faces as crops: a ``--faces`` run against the same model without it.
+
+Protocol (issue 15): train on ``att_faces/train`` (InfoNCE, resnet10t from scratch, 64 px, D 128,
+``--epochs``), once with ``--faces`` and once without (the row to beat), per seed. For each unseen
+test person s31-s40, images 1-5 are the queries and images 6-10 the gallery; the split folders are
+built here (symbolic links). Three evaluations per run (``retrieval.evaluate.evaluate_run``,
+queries against gallery, misses counted: a query without a face found scores 0):
+
+- crop → crop: ``att_faces/test`` crops both sides (the reference);
+- scene → crop: the same faces pasted into 480 × 360 photos (``att_faces_scenes/single``) as queries;
+- crop → scene: crop queries against a gallery of the scenes.
+
+Goal: scene queries within 0.03 of crop queries on R@1 and MAP@R for the face run.
+
+    python benchmarks/face_runs.py --seeds 0 1 2 --epochs 20      # about 2 min a run on 2 cores
+    python benchmarks/face_runs.py --seeds 0 --epochs 20 --write
+
+Prints a Markdown section (mean ± sd over seeds); ``--write`` puts it between
+``<!-- face-runs:start -->`` and ``<!-- face-runs:end -->`` in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT.parent / "shared" / "datasets"
+TRAIN = DATASETS / "att_faces" / "train"
+CROPS = DATASETS / "att_faces" / "test"
+SCENES = DATASETS / "att_faces_scenes" / "single"
+QUERY_IMAGES, GALLERY_IMAGES = range(1, 6), range(6, 11)
+EVALUATIONS = (("crop → crop", "crops", "crops"), ("scene → crop", "scenes", "crops"), ("crop → scene", "crops", "scenes"))
+
+
+def split_folders(root: Path) -> dict[tuple[str, str], Path]:
+    """(kind, role) -> a labelled folder of links: kind crops | scenes, role query (1-5) | gallery (6-10)."""
+    folders = {}
+    for kind, source, suffix in (("crops", CROPS, ".png"), ("scenes", SCENES, ".jpg")):
+        for role, numbers in (("query", QUERY_IMAGES), ("gallery", GALLERY_IMAGES)):
+            folder = root / f"{kind}_{role}"
+            for person in sorted(p for p in source.iterdir() if p.is_dir()):
+                (folder / person.name).mkdir(parents=True, exist_ok=True)
+                for n in numbers:
+                    os.symlink(person / f"{n}{suffix}", folder / person.name / f"{n}{suffix}")
+            folders[kind, role] = folder
+    return folders
+
+
+def train_run(out: Path, seed: int, epochs: int, faces: bool, workers: int) -> float:
+    from retrieval.training import TrainConfig, train
+
+    started = time.perf_counter()
+    train(TrainConfig(data_dir=TRAIN, out=out, backbone="resnet10t", image_size=64, embedding_dim=128, loss="infonce",
+                      epochs=epochs, seed=seed, faces=faces or None, num_workers=workers, device="cpu"), progress=False)
+    return time.perf_counter() - started
+
+
+def evaluate_all(run: Path, folders) -> dict[str, dict]:
+    from retrieval.evaluate import evaluate_run
+
+    return {name: evaluate_run(run, query_dir=folders[q, "query"], gallery_dir=folders[g, "gallery"], device="cpu")
+            for name, q, g in EVALUATIONS}
+
+
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -> str:
+    import torch
+
+    lines = ["## Faces in photos: `--faces` against the same model without it (benchmarks/face_runs.py)", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work while measured), "
+             f"torch {torch.__version__}. Command: `python benchmarks/face_runs.py --seeds {' '.join(map(str, args.seeds))} "
+             f"--epochs {args.epochs}`. Training: att_faces/train, InfoNCE, resnet10t from scratch, 64 px, D 128, "
+             f"{args.epochs} epochs, other settings the defaults; seeds {', '.join(map(str, args.seeds))} (mean ± sd where more than one). "
+             "Test: s31-s40, images 1-5 queries, 6-10 gallery; misses (no face found) count as 0.", "",
+             "| model | evaluation | R@1 | MAP@R | queries | no face | train min |", "|---|---|---|---|---|---|---|"]
+    for model, runs in rows.items():
+        for name, _, _ in EVALUATIONS:
+            r1 = [run[name]["recall_at_1"] for run in runs]
+            mapr = [run[name]["map_at_r"] for run in runs]
+            lines.append(f"| {model} | {name} | {mean_sd(r1)} | {mean_sd(mapr)} | {runs[0][name]['n_queries']} | "
+                         f"{runs[0][name].get('n_no_face', '-')} | {statistics.mean(minutes[model]):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    start, end = "<!-- face-runs:start -->", "<!-- face-runs:end -->"
+    current = path.read_text()
+    block = f"{start}\n{text}{end}"
+    if start in current and end in current:
+        current = current[:current.index(start)] + block + current[current.index(end) + len(end):]
+    else:
+        current = current.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sys.path.insert(0, str(ROOT))
+    rows: dict[str, list[dict]] = {"--faces": [], "whole images": []}
+    minutes: dict[str, list[float]] = {"--faces": [], "whole images": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = split_folders(Path(tmp) / "split")
+        for seed in args.seeds:
+            for model, faces in (("--faces", True), ("whole images", False)):
+                run = Path(tmp) / f"{'faces' if faces else 'whole'}_{seed}"
+                minutes[model].append(train_run(run, seed, args.epochs, faces, args.workers) / 60)
+                rows[model].append(evaluate_all(run, folders))
+                print(f"seed {seed} {model}: " + ", ".join(f"{n} R@1 {m['recall_at_1']:.3f}" for n, m in rows[model][-1].items()),
+                      file=sys.stderr, flush=True)
+    text = report(rows, minutes, args)
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Face pipeline benchmark: what detection + alignment cost per image, and whether the faces are found.
+
+Speed (``retrieval.faces.FacePipeline``, MTCNN on the CPU, default settings, aligned crops of
+112 px): per image, decode + detect + align every face, median of ``--repeats`` runs after one
+warm-up, for a 480 × 360 scene of ``att_faces_scenes/single``, a two-person scene of ``pairs/``,
+a 1-megapixel photo (the same scene upscaled to 1155 × 866, saved as JPEG q90) and a 92 × 112
+``att_faces`` crop; then the same with the cache warm (SHA-256 of the file, the JSON entry and
+the PNG crops read back). Wall-clock and CPU time (both threads together) are given, with the
+load average: on a shared machine the wall-clock is pessimistic. Batching: ``detect_many`` over
+32 scenes and 32 crops (each set of one size), CPU time, batch 1 against batch 8.
+
+Quality, for the default settings and for facenet-pytorch's own (20 px; 0.6, 0.7, 0.7; 0.709):
+``pairs/`` (30 photos, two people each): every face found in its place (the centre of a found box
+inside the rectangle ``pairs.csv`` gives) and no extra face; ``single/`` (100 photos): exactly one
+face; ``att_faces/test`` (100 crops): exactly one face; every 20th ``grocery/test`` photo: no face.
+
+    python benchmarks/faces.py            # a few minutes on 2 cores
+    python benchmarks/faces.py --threads 1
+    python benchmarks/faces.py --quick    # speed only, 3 repeats
+
+Prints a Markdown section; ``--write`` puts it between ``<!-- faces:start -->`` and
+``<!-- faces:end -->`` in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT.parent / "shared" / "datasets"
+SCENES = DATASETS / "att_faces_scenes"
+SCENE = SCENES / "single" / "s31" / "1.jpg"
+PAIR = SCENES / "pairs" / "000.jpg"
+CROP = DATASETS / "att_faces" / "test" / "s31" / "1.png"
+MEGAPIXEL = (1155, 866)
+
+
+def timed(call, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and CPU milliseconds of ``call()`` over ``repeats`` runs (after one warm-up)."""
+    call()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        call()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
+
+
+def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
+    from PIL import Image
+
+    from retrieval.data.images import load_image
+    from retrieval.faces import FacePipeline, align_face
+
+    megapixel = workdir / "megapixel.jpg"
+    Image.open(SCENE).convert("RGB").resize(MEGAPIXEL, Image.Resampling.BICUBIC).save(megapixel, quality=90)
+    images = [("480 × 360 scene, 1 face", SCENE), ("480 × 360 scene, 2 faces", PAIR),
+              (f"{MEGAPIXEL[0]} × {MEGAPIXEL[1]} photo (1 MP), 1 face", megapixel), ("92 × 112 crop, 1 face", CROP)]
+    import torchvision  # noqa: F401  (imported by any run through timm; not part of MTCNN's load time)
+
+    started = time.perf_counter()
+    cold = FacePipeline()
+    cold.faces(CROP)  # the first call imports facenet-pytorch and loads MTCNN's three networks
+    load_ms = 1000 * (time.perf_counter() - started)
+    print(f"  first call (loads MTCNN): {load_ms:.0f} ms", flush=True)
+    warm = FacePipeline(cache_dir=workdir / "faces")
+    rows = []
+    for name, path in images:
+        picture = load_image(path)
+        found = cold.detector.detect(picture)
+        wall, cpu = timed(lambda: cold.faces(path), repeats)
+        align, _ = timed(lambda: [align_face(picture, face.landmarks) for face in found], repeats)
+        warm_wall, _ = timed(lambda: warm.faces(path), repeats)
+        rows.append({"image": name, "faces": len(found), "wall": wall, "cpu": cpu, "align": align, "warm_wall": warm_wall})
+        print(f"  {name}: {wall:.0f} ms ({cpu:.0f} ms CPU; align {align:.1f} ms), warm cache {warm_wall:.1f} ms", flush=True)
+    return rows, load_ms
+
+
+def batching(repeats: int) -> dict[str, dict[int, float]]:
+    """CPU milliseconds an image of ``detect_many`` over 32 images of one size, by batch size."""
+    from PIL import Image
+
+    from retrieval.faces import MTCNNDetector
+
+    sets = {"480 × 360 scenes": sorted((SCENES / "single").glob("*/*.jpg"))[:32],
+            "92 × 112 crops": sorted((DATASETS / "att_faces" / "test").glob("*/*.png"))[:32]}
+    result: dict[str, dict[int, float]] = {}
+    for name, paths in sets.items():
+        images = [Image.open(p).convert("RGB") for p in paths]
+        result[name] = {}
+        for batch_size in (1, 8):
+            detector = MTCNNDetector(batch_size=batch_size)
+            _, cpu = timed(lambda: detector.detect_many(images), max(1, repeats // 2))
+            result[name][batch_size] = cpu / len(images)
+            print(f"  {name}, batch {batch_size}: {result[name][batch_size]:.0f} CPU ms an image", flush=True)
+    return result
+
+
+def quality(settings) -> dict[str, str]:
+    from PIL import Image
+
+    from retrieval.faces import MTCNNDetector
+
+    detector = MTCNNDetector(settings)
+
+    def count(paths):
+        return [len(detector.detect(Image.open(p).convert("RGB"))) for p in paths]
+
+    with open(SCENES / "pairs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    placed = missed = extra = 0
+    for row in rows:
+        faces = detector.detect(Image.open(SCENES / row["file"]).convert("RGB"))
+        centres = [((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces]
+        rects = [[float(v) for v in row[key].split()] for key in ("left_box", "right_box")]
+        hits = [sum(r[0] <= x <= r[2] and r[1] <= y <= r[3] for x, y in centres) for r in rects]
+        missed += sum(h == 0 for h in hits)
+        extra += len(faces) - sum(min(h, 1) for h in hits)
+        placed += len(faces) == 2 and hits == [1, 1]
+    single = count(sorted((SCENES / "single").glob("*/*.jpg")))
+    crops = count(sorted((DATASETS / "att_faces" / "test").glob("*/*.png")))
+    grocery = count(sorted((DATASETS / "grocery" / "test").glob("*/*.jpg"))[::20])
+    return {
+        "pairs": f"{placed}/{len(rows)} ({missed} missed, {extra} extra)",
+        "single": f"{sum(n == 1 for n in single)}/{len(single)} ({sum(n == 0 for n in single)} none, {sum(n > 1 for n in single)} more)",
+        "crops": f"{sum(n == 1 for n in crops)}/{len(crops)}",
+        "grocery": f"{sum(n == 0 for n in grocery)}/{len(grocery)} ({sum(grocery)} faces found)",
+    }
+
+
+def label(settings) -> str:
+    """Settings in a few characters: min face size; thresholds; scale factor."""
+    return f"{settings.min_face_size} px; {', '.join(f'{t:g}' for t in settings.thresholds)}; {settings.scale_factor:g}"
+
+
+def markdown(saved: dict) -> str:
+    lines = [
+        "## Faces: detection + alignment cost, and faces found",
+        "",
+        f"`{saved['command']}` on {saved['machine']}. {saved['load']}",
+        "",
+        "Per image: decode + MTCNN (CPU, default settings) + align every face to 112 px; median of "
+        f"{saved['repeats']} runs. Warm: the same image again with the cache filled (hash, JSON, PNG crops). "
+        f"The first call of a process also loads MTCNN (torchvision already imported): {saved['load_ms']:.0f} ms.",
+        "",
+        "| image | faces | decode + detect + align, ms | its CPU ms | of which align, ms | warm cache, ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in saved["speed"]:
+        lines.append(f"| {row['image']} | {row['faces']} | {row['wall']:.0f} | {row['cpu']:.0f} | {row['align']:.1f} "
+                     f"| {row['warm_wall']:.1f} |")
+    if saved.get("batching"):
+        lines += ["", "`detect_many` over 32 images of one size, CPU ms an image: " + "; ".join(
+            f"{name} {b[1]:.0f} one at a time, {b[8]:.0f} in batches of 8" for name, b in saved["batching"].items()) + "."]
+    if saved.get("quality"):
+        lines += ["", "| settings | pairs/ (both in place, no extra) | single/ (exactly one) | att_faces/test crops (one) | grocery photos (none) |",
+                  "|---|---|---|---|---|"]
+        for name, q in saved["quality"].items():
+            lines.append(f"| {name} | {q['pairs']} | {q['single']} | {q['crops']} | {q['grocery']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per image (median; default 7)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="speed only, 3 repeats")
+    parser.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if not SCENES.is_dir():
+        sys.exit(f"needs {SCENES} (../shared/datasets beside the checkout)")
+    import torch
+
+    from _report import command_line, machine_description, write_section
+    from retrieval.faces import DetectorSettings
+
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
+    load_before = os.getloadavg()[0]
+    print("speed:", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, load_ms = speed(Path(tmp), repeats)
+    saved = {"speed": rows, "load_ms": load_ms, "repeats": repeats, "command": command_line(), "machine": machine_description()}
+    if not args.quick:
+        saved["batching"] = batching(repeats)
+        print("quality:", flush=True)
+        ours, theirs = DetectorSettings(), DetectorSettings(20, (0.6, 0.7, 0.7), 0.709)
+        saved["quality"] = {f"default ({label(ours)})": quality(ours), f"facenet-pytorch's ({label(theirs)})": quality(theirs)}
+    load_after, cores = os.getloadavg()[0], os.cpu_count()
+    saved["load"] = (f"Load average (1 min) {load_before:.1f} at the start, {load_after:.1f} at the end on {cores} cores"
+                     + (": the machine was shared and loaded, wall-clock timings are pessimistic."
+                        if max(load_before, load_after) > 0.5 * cores else "."))
+    text = markdown(saved)
+    print()
+    print(text)
+    if args.write:
+        write_section("faces", text)
+        print("\nwrote the faces section of BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m retrieval.cli`` runs the command line."""
+
+from retrieval.cli import main
+
+main()

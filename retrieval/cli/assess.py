@@ -1,0 +1,97 @@
+"""Commands that measure a run: ``retrieval evaluate``, ``retrieval calibrate`` (the threshold τ) and ``retrieval verify`` (two images, one verdict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from retrieval.cli.common import app, fmt, log_warnings
+from retrieval.safe_text import terminal_text
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    data_dir: Optional[Path] = typer.Argument(None, help="Labelled folder, evaluated leave-one-out."),
+    query: Optional[Path] = typer.Option(None, "--query", help="Labelled query folder (with --gallery)."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Labelled gallery folder (with --query)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(64, help="Images per embedding batch."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Recall@1/5/10, Precision@10 and MAP@R (exact search): leave-one-out on DATA_DIR, or --query against --gallery."""
+    import json
+
+    from retrieval.evaluate import evaluate_run
+
+    log_warnings()
+    metrics = evaluate_run(run_dir, data_dir, query_dir=query, gallery_dir=gallery, device=device, batch_size=batch_size)
+    if json_output:
+        typer.echo(json.dumps(metrics))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=terminal_text(f"{run_dir}: " + (f"{query} → {gallery}" if query else f"{data_dir} (leave-one-out)")))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, dict):  # tar_at_far: one row a FAR
+            for far, tar in value.items():
+                table.add_row(f"tar_at_far {far}", fmt(tar))
+        else:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value)))
+    Console().print(table)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    data_dir: Path = typer.Argument(..., help="Labelled folder of classes the model did not train on."),
+    target_far: float = typer.Option(0.01, "--target-far", help="False accepts allowed: the share of different-class pairs with d <= threshold."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Choose the run's same / different threshold on every pair of DATA_DIR at --target-far and store it in config.json."""
+    import json
+
+    from retrieval.evaluate import calibrate_run
+
+    log_warnings()
+    stored = calibrate_run(run_dir, data_dir, target_far=target_far, device=device)
+    if json_output:
+        typer.echo(json.dumps(stored))
+        return
+    from retrieval.verification import describe_threshold
+
+    typer.echo(f"{describe_threshold(stored)}; written to {Path(run_dir) / 'config.json'}")
+
+
+@app.command("verify")
+def verify_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    image_a: Path = typer.Argument(..., help="The first image."),
+    image_b: Path = typer.Argument(..., help="The second image."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far"}.'),
+) -> None:
+    """Same identity / product or not: the distance of two images against the run's threshold."""
+    import json
+
+    from retrieval.evaluate import verify_images
+
+    log_warnings()
+    result = verify_images(run_dir, image_a, image_b, device=device)
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    if result["threshold"] is None:
+        typer.echo(f"d = {result['distance']:.4f}; no threshold is set for this run, so no verdict "
+                   f"(set one with `retrieval calibrate {run_dir} DATA_DIR`)")
+        return
+    verdict = "same" if result["same"] else "different"
+    sign = "<=" if result["same"] else ">"
+    typer.echo(f"{verdict}: d = {result['distance']:.4f} {sign} threshold {result['threshold']:.4f} "
+               f"(chosen at FAR {result['target_far']:g}; {result['far']:.4f} on its pairs)")

@@ -1,0 +1,35 @@
+"""What the commands share: the typer app they register on, warnings as one line each, a number's format."""
+
+from __future__ import annotations
+
+
+import typer
+
+from retrieval.safe_text import PrintableStderrHandler
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Metric-learning image retrieval: train, index, search, evaluate and inspect embedding models.",
+)
+
+
+GALLERY_ROOT_HELP = "Where the index's gallery folder is now (a run moved from another machine); once per gallery folder of the index, in order."
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def log_warnings() -> None:
+    """Send the library's warnings (logger ``retrieval``) to stderr as one line each."""
+    import logging
+
+    logger = logging.getLogger("retrieval")
+    if not logger.handlers:
+        handler = PrintableStderrHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False

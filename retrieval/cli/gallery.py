@@ -1,0 +1,185 @@
+"""The gallery commands: ``retrieval index`` (build, add, remove) and ``retrieval search``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings
+from retrieval.errors import RetrievalError
+from retrieval.safe_text import printable, terminal_text
+
+
+
+
+@app.command("index")
+def index_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `retrieval train`."),
+    gallery_dir: Optional[Path] = typer.Argument(
+        None, help="Folder of gallery images: labelled (GALLERY_DIR/<class>/<image>) or flat."
+    ),
+    add: Optional[Path] = typer.Option(
+        None, "--add", help="Add this folder's images to the existing index (only they are embedded)."
+    ),
+    n_trees: Optional[int] = typer.Option(
+        None, "--n-trees", help="Annoy trees (default 50; with --add: the index's own)."
+    ),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(64, help="Images per embedding batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader worker processes (default: chosen for this machine)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object (what was indexed)."),
+    gallery_root: Optional[list[Path]] = typer.Option(None, "--gallery-root", help=GALLERY_ROOT_HELP + " With --add; the new index records them."),
+    remove_label: Optional[list[str]] = typer.Option(None, "--remove-label", help="Remove every item of this label from the index (repeatable): rebuilt from the stored embeddings; a face run's cached faces of them are deleted."),
+    remove: Optional[list[Path]] = typer.Option(None, "--remove", help="Remove the items of this gallery photo (repeatable; it may be gone from disk already), as --remove-label does."),
+) -> None:
+    """Embed a gallery and build its Annoy index in RUN_DIR/index/ (or --add DIR to an existing one; --remove-label / --remove to take items out)."""
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from retrieval.distributed import is_main_process
+    from retrieval.index import DEFAULT_N_TREES, add_to_index, build_index
+
+    log_warnings()
+    if remove_label or remove:
+        _remove_from_index(run_dir, remove_label or [], remove or [], json_output=json_output, others=(gallery_dir, add))
+        return
+    if n_trees is not None and n_trees < 1:
+        raise RetrievalError(f"--n-trees must be at least 1, got {n_trees}")
+    if (gallery_dir is None) == (add is None):
+        raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one (not both)")
+    if gallery_root and add is None:
+        raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
+    stages = {"embed": "embedding images", "copy": "copying stored embeddings", "add": "loading vectors into Annoy",
+              "build": "building Annoy trees"}
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=quiet or not is_main_process(),
+    )
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stages.get(stage, stage), total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    options = dict(batch_size=batch_size, device=device, num_workers=workers, on_progress=on_progress)
+    started = time.perf_counter()
+    with progress:
+        if add is not None:
+            metadata = add_to_index(run_dir, add, n_trees=n_trees, gallery_roots=gallery_root, **options)
+        else:
+            metadata = build_index(run_dir, gallery_dir, n_trees=n_trees or DEFAULT_N_TREES, **options)
+    if not is_main_process():  # under torchrun the other processes only embed their shares; rank 0 reports
+        return
+    summary = {
+        "index": str(Path(run_dir) / "index"),
+        "n_items": metadata["n_items"],
+        "n_skipped": len(metadata.get("skipped", [])),
+        "n_trees": metadata["n_trees"],
+        "labelled": metadata["labelled"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if json_output:
+        typer.echo(json.dumps(summary))
+        return
+    skipped = f" ({summary['n_skipped']} unreadable images skipped)" if summary["n_skipped"] else ""
+    typer.echo(
+        f"indexed {summary['n_items']} images{skipped} in {summary['index']} "
+        f"with {summary['n_trees']} trees, {summary['seconds']:.1f} s"
+    )
+    typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")
+
+
+def _remove_from_index(run_dir: Path, labels: list[str], paths: list[Path], *, json_output: bool, others) -> None:
+    """``retrieval index RUN --remove-label NAME / --remove PATH``."""
+    import json
+
+    from retrieval.index.remove import remove_from_index
+
+    if any(other is not None for other in others):
+        raise RetrievalError("--remove-label / --remove take items out of the existing index: give them without GALLERY_DIR or --add")
+    result = remove_from_index(run_dir, labels=labels, paths=paths)
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"removed {result['removed']} item(s) from {Path(run_dir) / 'index'} ({result['n_items']} left; "
+               f"{result['faces_forgotten']} cached face file(s) deleted)")
+
+
+@app.command("search")
+def search_command(
+    run_dir: Path = typer.Argument(..., help="A run directory with an index (`retrieval index`)."),
+    image: Path = typer.Argument(..., help="The query image."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Number of neighbours."),
+    exact: bool = typer.Option(False, "--exact", help="Brute force over the stored embeddings (the reference) instead of Annoy."),
+    search_k: Optional[int] = typer.Option(None, "--search-k", help="Annoy nodes to inspect (default: tuned for recall@10 >= 0.99)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto, for embedding the query."),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"neighbours": [{"path", "label", "distance", "similarity", "match"}, ...], "verdict": {"match", "label", "distance", "threshold"}}; for a face run {"faces": [{"box", "score", "neighbours", "verdict"}, ...]}, one entry a face found.'),
+    gallery_root: Optional[list[Path]] = typer.Option(None, "--gallery-root", help=GALLERY_ROOT_HELP),
+) -> None:
+    """Search the run's gallery index for the neighbours of IMAGE (distance = training's Euclidean distance)."""
+    import json
+
+    from retrieval.data import MAX_QUERY_PIXELS, load_image
+    from retrieval.index import GalleryIndex
+
+    log_warnings()
+    query = load_image(image, max_pixels=MAX_QUERY_PIXELS)
+    gallery = GalleryIndex.load(run_dir, device=device, gallery_roots=gallery_root)
+    if gallery.has_faces:  # a face run: every face of the query is searched
+        _search_faces(gallery, run_dir, image, query, k, json_output=json_output, exact=exact, search_k=search_k)
+        return
+    neighbours = gallery.search(query, k, exact=exact, search_k=search_k)
+    verdict = gallery.verdict(neighbours)
+    if json_output:
+        typer.echo(json.dumps({"neighbours": [n.to_json() for n in neighbours], "verdict": verdict.to_json()}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    method = "exact" if exact else f"Annoy, {gallery.n_trees} trees"
+    one_root = len(gallery.roots) == 1
+    table = Table(
+        title=terminal_text(f"{len(neighbours)} nearest to {image} ({method})"),
+        caption=terminal_text(f"paths relative to {gallery.roots[0]}") if one_root else None,
+    )
+    columns = [("#", "right"), ("path", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")]
+    if gallery.threshold is not None:
+        columns.append(("match", "left"))
+    for column, justify in columns:
+        table.add_column(column, justify=justify, overflow="fold")
+    for rank, n in enumerate(neighbours, 1):
+        shown = gallery.relative_paths[n.item] if one_root else n.path
+        cells = [str(rank), terminal_text(shown), terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}", f"{n.similarity:.4f}"]
+        table.add_row(*cells, *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
+    Console().print(table)
+    target = gallery.threshold.target_far if gallery.threshold is not None else None
+    typer.echo(printable(verdict.describe(target)))
+
+
+def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_output: bool, **options) -> None:
+    """``retrieval search`` on a face run: {"faces": [...]} (DESIGN.md), or one table a face."""
+    import json
+
+    from retrieval.faces.face_search import face_tables, search_faces
+    from retrieval.faces.run_faces import run_pipeline
+    from retrieval.run import read_config
+
+    results = search_faces(gallery, run_pipeline(run_dir, read_config(run_dir)), query, k, **options)
+    if json_output:
+        typer.echo(json.dumps({"faces": [r.to_json(gallery) for r in results]}))
+        return
+    if not results:
+        typer.echo(printable(f"no face found in {image}: nothing to search"))
+        return
+    from rich.console import Console
+
+    for table, verdict in face_tables(results, gallery, image):
+        Console().print(table)
+        typer.echo(printable(verdict))

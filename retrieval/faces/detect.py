@@ -1,0 +1,213 @@
+"""Face detection: MTCNN as shipped in ``facenet-pytorch``, its settings, and choosing a face.
+
+MTCNN (Zhang et al. 2016, "Joint Face Detection and Alignment using Multi-task Cascaded
+Convolutional Networks") scans an image pyramid with a small proposal network (P-Net), refines the
+candidates (R-Net) and scores them with boxes and five landmarks (O-Net). ``facenet-pytorch``
+ships the three networks' weights inside its wheel, so nothing is downloaded. Its results here are
+:class:`Detection` objects: the box (x0, y0, x1, y1) in image pixels, the O-Net score, and the
+five landmarks (left eye, right eye, nose, left mouth corner, right mouth corner) as (5, 2).
+
+:class:`DetectorSettings` is what config.json records (the device is not a setting: a run trained
+on a GPU detects the same faces on a CPU); its :meth:`~DetectorSettings.key` names the detection
+cache, so changing a setting detects again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from retrieval.errors import RetrievalError
+
+__all__ = ["DETECTOR_NAME", "Detection", "DetectorSettings", "MTCNNDetector", "by_confidence", "most_confident"]
+
+DETECTOR_NAME = "mtcnn"
+_PACKAGE = "facenet-pytorch"
+
+
+def detector_version() -> str:
+    """``facenet-pytorch`` and its version (part of the cache key: other weights, other boxes)."""
+    try:
+        return f"{_PACKAGE} {metadata.version(_PACKAGE)}"
+    except metadata.PackageNotFoundError:
+        return f"{_PACKAGE} (not installed)"
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """MTCNN's settings: the smallest face searched for (pixels), the score each stage needs
+    (P-Net, R-Net, O-Net; a face is kept when its O-Net score exceeds the last), and the ratio
+    between the image pyramid's scales. Checked on creation (a one-line RetrievalError).
+
+    The defaults differ from facenet-pytorch's (20 px; 0.6, 0.7, 0.7; 0.709). On the 130 photos of
+    ``att_faces_scenes`` (160 faces pasted into grocery photos) those miss 10 faces (the coarse
+    pyramid steps over them), find a second "face" in 11 of the 100 one-person photos and 8 in 132
+    grocery photos, some scored 0.98. A finer pyramid (0.85), faces from 40 px and a strict O-Net
+    score (0.97) miss 2 faces and find nothing else (``benchmarks/faces.py``). Both find the one
+    face of each of the 100 ``att_faces/test`` crops.
+    """
+
+    min_face_size: int = 40
+    thresholds: tuple[float, float, float] = (0.6, 0.6, 0.97)
+    scale_factor: float = 0.85
+
+    def __post_init__(self) -> None:
+        size = self.min_face_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 12 <= size <= 10_000:
+            raise RetrievalError(f"faces: min_face_size must be a whole number of pixels from 12 to 10000, got {size!r}")
+        object.__setattr__(self, "min_face_size", int(size))
+        thresholds = self.thresholds
+        if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or len(thresholds) != 3 \
+                or not all(_is_number(t) and 0.0 < t < 1.0 for t in thresholds):
+            raise RetrievalError(f"faces: thresholds must be three numbers between 0 and 1 (P-, R-, O-Net), got {thresholds!r}")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in thresholds))
+        factor = self.scale_factor
+        if not (_is_number(factor) and 0.1 <= factor <= 0.95):
+            raise RetrievalError(f"faces: scale_factor must be a number from 0.1 to 0.95, got {factor!r}")
+        object.__setattr__(self, "scale_factor", float(factor))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (config.json's ``faces.detector_settings``)."""
+        return {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds), "scale_factor": self.scale_factor}
+
+    @classmethod
+    def from_json(cls, value: Any) -> DetectorSettings:
+        """The settings :meth:`to_json` wrote; missing keys take the defaults, unknown keys are an error."""
+        if not isinstance(value, Mapping):
+            raise RetrievalError(f"faces: detector settings must be a JSON object, got {type(value).__name__}")
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise RetrievalError(f"faces: unknown detector setting(s) {', '.join(map(str, unknown))}")
+        return cls(**value)
+
+    def key(self) -> str:
+        """A stable 16-hex-digit hash of the detector, its version and these settings."""
+        text = json.dumps({"detector": DETECTOR_NAME, "version": detector_version(), **self.to_json()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One face found in an image: ``box`` (x0, y0, x1, y1) in image pixels, inside the image;
+    ``score`` (O-Net's face probability); ``landmarks`` (5, 2): left eye, right eye, nose,
+    left mouth corner, right mouth corner, (x, y) each, in image pixels (not clipped)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        """The box's area in square pixels."""
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"box": [x0, y0, x1, y1], "score": s, "landmarks": [[x, y] × 5]}``, plain JSON."""
+        return {"box": [float(v) for v in self.box], "score": float(self.score),
+                "landmarks": [[float(x), float(y)] for x, y in self.landmarks]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Detection:
+        """The detection :meth:`to_json` wrote; ValueError when the value does not have that shape."""
+        if not isinstance(value, Mapping):
+            raise ValueError("a detection must be a JSON object")
+        box = np.asarray(value["box"], dtype=np.float64)
+        landmarks = np.asarray(value["landmarks"], dtype=np.float64)
+        score = float(value["score"])
+        if box.shape != (4,) or landmarks.shape != (5, 2) or not (np.isfinite(box).all() and np.isfinite(landmarks).all()):
+            raise ValueError("a detection needs a box of 4 numbers and 5 (x, y) landmarks")
+        return cls(tuple(float(v) for v in box), score, landmarks)
+
+
+Face = TypeVar("Face", bound=Detection)
+
+
+def by_confidence(faces: Sequence[Face]) -> list[Face]:
+    """``faces`` from the most confident down; equal scores: the larger box first."""
+    return sorted(faces, key=lambda face: (face.score, face.area), reverse=True)
+
+
+def most_confident(faces: Sequence[Face]) -> Face | None:
+    """The face training uses: the highest score; ties: the larger box. None when there is none."""
+    ordered = by_confidence(faces)
+    return ordered[0] if ordered else None
+
+
+class MTCNNDetector:
+    """MTCNN with :class:`DetectorSettings` on ``device`` (CPU by default), loaded on first use.
+
+    :meth:`detect` takes one RGB image; :meth:`detect_many` a list, run as batches of up to
+    ``batch_size`` equal-sized images (MTCNN needs equal sizes in a batch; on a 2-core CPU batches
+    of 8 cost 40 % less CPU time than one image at a time for 92 × 112 crops, about the same
+    for 480 × 360 photos, and find the same faces). Results come most confident first."""
+
+    name = DETECTOR_NAME
+
+    def __init__(self, settings: DetectorSettings | None = None, device: str = "cpu", batch_size: int = 8) -> None:
+        self.settings = settings if settings is not None else DetectorSettings()
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+        self._mtcnn = None
+
+    def detect(self, image: Image.Image) -> list[Detection]:
+        """Every face in ``image`` (RGB), most confident first; [] when there is none."""
+        return self.detect_many([image])[0]
+
+    def detect_many(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        """Every face of each image, in the order of ``images``."""
+        results: list[list[Detection]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if min(image.size) >= self.settings.min_face_size:  # smaller: no face fits (and MTCNN would fail)
+                groups.setdefault(image.size, []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                for i, faces in zip(chunk, self._run([_rgb(images[i]) for i in chunk])):
+                    results[i] = faces
+        return results
+
+    def _run(self, images: list[Image.Image]) -> list[list[Detection]]:
+        mtcnn = self._load()
+        boxes, scores, points = mtcnn.detect(images, landmarks=True)
+        width, height = images[0].size
+        out = []
+        for image_boxes, image_scores, image_points in zip(boxes, scores, points):
+            faces = []
+            if image_boxes is not None:
+                for box, score, landmarks in zip(image_boxes, image_scores, image_points):
+                    x0, y0, x1, y1 = (float(v) for v in box)
+                    clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
+                               min(max(x1, 0.0), width), min(max(y1, 0.0), height))
+                    faces.append(Detection(clipped, float(score), np.asarray(landmarks, dtype=np.float64).reshape(5, 2)))
+            out.append(by_confidence(faces))
+        return out
+
+    def _load(self):
+        if self._mtcnn is None:
+            try:
+                from facenet_pytorch import MTCNN
+            except ImportError as error:  # a dependency of the package; missing only in a broken install
+                raise RetrievalError(f"faces: facenet-pytorch is not installed ({error}); pip install facenet-pytorch==2.5.3") from error
+            s = self.settings
+            self._mtcnn = MTCNN(min_face_size=s.min_face_size, thresholds=list(s.thresholds), factor=s.scale_factor,
+                                select_largest=False, keep_all=True, device=self.device).eval()
+        return self._mtcnn
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")

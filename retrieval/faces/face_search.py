@@ -1,0 +1,69 @@
+"""Searching a face run's gallery: every face of the query photo is a query of its own.
+
+:func:`search_faces` detects and aligns the query's faces with the run's pipeline (an upload or a
+decoded image is never cached: a query's face does not stay in the run), searches the gallery
+with each aligned crop and gives one :class:`FaceResult` a face, most confident first: its box
+and score, the neighbours (gallery faces) and the open-set verdict at the run's τ. No face: [].
+``retrieval search --json`` prints ``{"faces": [result.to_json(gallery), ...]}`` (DESIGN.md's CLI
+contract), each neighbour record being the non-face one with the gallery face's ``box`` added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
+
+__all__ = ["FaceResult", "face_tables", "search_faces"]
+
+
+@dataclass
+class FaceResult:
+    """One face of a query photo and what the gallery answered for it."""
+
+    face: AlignedFace
+    neighbours: list[Any]  # retrieval.index.Neighbour, nearest first
+    verdict: Any  # retrieval.verification's open-set verdict
+
+    def to_json(self, gallery: Any) -> dict[str, Any]:
+        """``{"box", "score", "neighbours": [...], "verdict": {...}}``; each neighbour's record
+        with its face's ``box`` in its photo."""
+        neighbours = []
+        for n in self.neighbours:
+            record = gallery.face(n.item) if hasattr(gallery, "face") else None
+            neighbours.append({**n.to_json(), "box": None if record is None else record["box"]})
+        return {"box": [round(float(v), 2) for v in self.face.box], "score": round(float(self.face.score), 5),
+                "neighbours": neighbours, "verdict": self.verdict.to_json()}
+
+
+def search_faces(gallery: Any, pipeline: FacePipeline, image: ImageInput, k: int = 10, **options: Any) -> list[FaceResult]:
+    """Every face of ``image`` searched in ``gallery`` (a :class:`~retrieval.index.GalleryIndex`;
+    ``options`` go to its ``search``), most confident face first; [] when no face is found."""
+    results = []
+    for face in pipeline.faces(image):
+        neighbours = gallery.search(face.crop, k, **options)
+        results.append(FaceResult(face, neighbours, gallery.verdict(neighbours)))
+    return results
+
+
+def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tuple[Any, str]]:
+    """``retrieval search``'s table output on a face run: per face a rich Table of its neighbours
+    (path, the gallery face's box, label, distance) and its verdict line."""
+    from rich.table import Table
+
+    from retrieval.safe_text import terminal_text
+
+    target = gallery.threshold.target_far if gallery.threshold is not None else None
+    shown = []
+    for number, result in enumerate(results, 1):
+        box = ", ".join(f"{v:.0f}" for v in result.face.box)
+        table = Table(title=terminal_text(f"face {number} of {len(results)} in {image} (box {box}, score {result.face.score:.3f})"))
+        for column, justify in [("#", "right"), ("path", "left"), ("face box", "left"), ("label", "left"), ("distance", "right")]:
+            table.add_column(column, justify=justify, overflow="fold")
+        for rank, n in enumerate(result.neighbours, 1):
+            record = gallery.face(n.item) or {}
+            where = ", ".join(f"{v:.0f}" for v in record.get("box", []))
+            table.add_row(str(rank), terminal_text(n.path), where, terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}")
+        shown.append((table, result.verdict.describe(target)))
+    return shown

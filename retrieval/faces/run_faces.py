@@ -1,0 +1,141 @@
+"""A run's faces: the one place that turns images into what a face run embeds.
+
+A face run (``retrieval train --faces``) records its pipeline in config.json (``"faces"``); every
+reader calls :func:`run_pipeline` (None for a run on whole images) and then one of:
+
+- :func:`face_folder`: a scanned folder with each image replaced by the cached PNG of its most
+  confident face (ties: the larger box); images without a face are left out with one warning line
+  that counts them and names a few. Training (its training and validation classes) and the
+  labelled folders of ``evaluate`` / ``calibrate`` use it: the crops are files, so the data set,
+  its decode cache and the augmentation (after alignment) work on them unchanged, and a second
+  epoch reads the cache instead of detecting again.
+- :func:`best_faces`: the most confident face's crop of each image (None: no face), for ``verify``
+  and queries given as uploads.
+- :func:`gallery_faces`: every face of every gallery photo, each an item of the index with its box
+  and the photo's SHA-256 (``retrieval index``); :func:`crop_file` finds an item's cached crop.
+
+The cache lives in ``RUN_DIR/faces/`` (:func:`retrieval.run.files.faces_dir`) for training and the
+index alike: face crops are personal data and stay inside the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from retrieval import data
+from retrieval.errors import RetrievalError
+from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
+from retrieval.run.files import faces_dir
+
+__all__ = ["best_faces", "crop_file", "face_folder", "faces_or_errors", "gallery_faces", "run_pipeline", "training_pipeline"]
+
+log = logging.getLogger("retrieval")
+
+
+def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> FacePipeline | None:
+    """The face pipeline a run recorded (``config.faces``, a :class:`~retrieval.run.RunConfig`),
+    caching in ``RUN_DIR/faces/``; None for a run on whole images."""
+    settings = config.faces
+    if settings is None:
+        return None
+    return FacePipeline.from_settings_json(settings, cache_dir=faces_dir(run_dir), device=device)
+
+
+def training_pipeline(out: str | Path, image_size: int) -> FacePipeline:
+    """The default pipeline of a new face run: crops at the run's image size, cached in ``OUT/faces/``."""
+    return FacePipeline(output_size=image_size, cache_dir=faces_dir(out))
+
+
+def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path]) -> list[list[AlignedFace] | None]:
+    """Every face of each file (most confident first); None for a file that cannot be read
+    (warned about by name). Detected in one batch; one file at a time only when the batch fails."""
+    try:
+        return list(pipeline.faces_many(list(paths)))
+    except RetrievalError:
+        results: list[list[AlignedFace] | None] = []
+        for path in paths:
+            try:
+                results.append(pipeline.faces(path))
+            except RetrievalError as error:
+                log.warning("faces: %s skipped: %s", path, error)
+                results.append(None)
+        return results
+
+
+def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "training") -> tuple[data.ImageFolder, list[Path]]:
+    """``folder`` with each image replaced by its most confident face's crop file (the cache's PNG);
+    images without a face (or unreadable) left out, with one warning line. Returns the new folder
+    (same root and classes) and the photos left out."""
+    if pipeline.cache is None:
+        raise ValueError("face_folder needs a pipeline with a cache (its crops are the files it returns)")
+    found = faces_or_errors(pipeline, folder.paths)
+    paths: list[Path] = []
+    labels: list[int] = []
+    missing: list[Path] = []
+    for path, label, faces in zip(folder.paths, folder.labels, found):
+        if not faces:
+            missing.append(path)
+            continue
+        paths.append(pipeline.cache.crop_path(pipeline.digest(path), pipeline.crop_key, 0))  # faces come most confident first
+        labels.append(label)
+    if missing:
+        names = [_shown(path, folder.root) for path in missing]
+        log.warning("faces: %d of %d %s image(s) have no face found and are skipped: %s", len(missing), len(folder.paths), what,
+                    data.brief_list(names))
+    return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
+                            skipped=list(folder.skipped), non_images=list(folder.non_images)), missing
+
+
+def best_faces(pipeline: FacePipeline, images: Sequence[ImageInput]) -> list[Image.Image | None]:
+    """The aligned crop of each image's most confident face (ties: the larger box); None: no face."""
+    return [faces[0].crop if faces else None for faces in pipeline.faces_many(list(images))]
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int]) -> tuple[list[int], list[Path], list[dict[str, Any]]]:
+    """Every face of every gallery photo as an item: (its photo's id in ``owners``, the crop file
+    to embed, its record for gallery.json: ``box``, ``score``, ``face`` (its rank in the photo) and
+    ``sha256`` (the photo's content: its cached crops can be forgotten after the photo is gone)).
+    Photos without a face are left out with one warning line."""
+    if pipeline.cache is None:
+        raise ValueError("gallery_faces needs a pipeline with a cache (its crops are the files it embeds)")
+    ids: list[int] = []
+    crops: list[Path] = []
+    records: list[dict[str, Any]] = []
+    missing: list[Path] = []
+    for owner, path, faces in zip(owners, paths, faces_or_errors(pipeline, paths)):
+        if faces is None:
+            continue  # unreadable: warned by name
+        if not faces:
+            missing.append(path)
+        digest = pipeline.digest(path) if faces else None
+        for k, face in enumerate(faces):
+            ids.append(owner)
+            crops.append(pipeline.cache.crop_path(digest, pipeline.crop_key, k))
+            records.append({"box": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 5),
+                            "face": k, "sha256": digest})
+    if missing:
+        log.warning("faces: %d of %d gallery image(s) have no face found and are not indexed: %s", len(missing), len(paths),
+                    data.brief_list([str(p) for p in missing]))
+    if not records:
+        raise RetrievalError(f"no face found in any of the {len(paths)} gallery image(s): a face run indexes faces")
+    return ids, crops, records
+
+
+def crop_file(pipeline: FacePipeline, record: Mapping[str, Any]) -> Path | None:
+    """The cached crop of a gallery item's face (its gallery.json record), None when it is gone."""
+    if pipeline.cache is None or not record or not record.get("sha256"):
+        return None
+    path = pipeline.cache.crop_path(record["sha256"], pipeline.crop_key, int(record.get("face", 0)))
+    return path if path.is_file() else None

@@ -1,0 +1,103 @@
+"""Removing items from an index: ``retrieval index RUN --remove-label NAME`` / ``--remove PATH``.
+
+A person (or product) leaves a gallery without re-embedding anything: the index is rebuilt from its
+stored embeddings without the chosen items — those of a label, or those of a photo (given as a path;
+the photo may already be gone from disk) — as a new version of the index's unit, committed in one
+atomic step as a build is (:mod:`~retrieval.index.build`). In a face run the removed items' cached
+faces (detections and aligned crops, ``RUN_DIR/faces/``) are deleted too, by the photos' SHA-256
+that ``gallery.json`` keeps, unless an item that stays has the same content: face crops and
+embeddings are personal data, kept only inside the run and gone with what was removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+from retrieval.index.annoy_file import build_annoy, check_annoy_file
+from retrieval.index.gallery import GalleryIndex
+from retrieval.index.metadata import file_check
+from retrieval.index.store import RowWriter
+
+__all__ = ["remove_from_index"]
+
+
+def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths: Iterable[str | Path] = (),
+                      n_jobs: int = -1) -> dict[str, Any]:
+    """Rebuild the run's index without the items of ``labels`` and of the photos ``paths``; returns
+    ``{"removed": n items, "n_items": n left, "faces_forgotten": cache files deleted}``. A one-line
+    error when nothing matches, or when nothing would be left."""
+    run_dir = Path(run_dir)
+    labels, paths = set(labels), [Path(p) for p in paths]
+    previous = GalleryIndex.load(run_dir, load_model=False)
+    try:
+        wanted = {_key(p) for p in paths}
+        removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
+        if not removed:
+            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given; nothing removed")
+        gone = set(removed)
+        kept = [i for i in range(len(previous)) if i not in gone]
+        if not kept:
+            raise RetrievalError(f"that would remove all {len(previous)} items of {run_dir}'s index; "
+                                 f"delete {run_dir}/index instead (or build a new index)")
+        _write_without(run_dir, previous, kept, n_jobs=n_jobs)
+        forgotten = _forget_faces(run_dir, previous, removed, kept)
+    finally:
+        previous.close()
+    return {"removed": len(removed), "n_items": len(kept), "faces_forgotten": forgotten}
+
+
+def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], *, n_jobs: int) -> None:
+    """A new version of the index holding only the ``kept`` items, their stored rows reused."""
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
+
+    target = index_dir(run_dir)
+    dim = previous.embedding_dim
+    with hold_lock(target, "`retrieval index` on a run"), new_version(target, INDEX_UNIT) as version:
+        embeddings_path = version / EMBEDDINGS_NAME
+        rows = np.asarray(kept, dtype=np.int64)
+        with RowWriter(embeddings_path, len(kept), dim) as writer:
+            for start in range(0, len(rows), 65536):
+                writer.write(start, np.asarray(previous.embeddings[rows[start:start + 65536]], dtype=np.float32))
+        metadata = previous.metadata
+        annoy_index = build_annoy(embeddings_path, version / ANN_NAME, n_trees=int(metadata["n_trees"]),
+                                  seed=int(metadata["seed"]), n_jobs=n_jobs)
+        annoy_index.unload()
+        shutil.copymode(embeddings_path, version / ANN_NAME)
+        ann_sha256 = check_annoy_file(version / ANN_NAME, dim, len(kept))
+        items = {key: [values[i] for i in kept] for key, values in metadata["items"].items()}
+        new = {**metadata, "build_id": version.name, "n_items": len(kept), "items": items,
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "roots": [str(root) for root in previous.roots],
+               "files": {ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256), EMBEDDINGS_NAME: file_check(embeddings_path)}}
+        (version / METADATA_NAME).write_text(json.dumps(new, indent=1) + "\n")
+
+
+def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kept: list[int]) -> int:
+    """Delete the cached faces of the removed photos (by content) that no kept item shares."""
+    if not previous.has_faces:
+        return 0
+    from retrieval.faces.run_faces import run_pipeline
+    from retrieval.run import read_config
+
+    kept_digests = {previous.face(i)["sha256"] for i in kept}
+    digests = {previous.face(i)["sha256"] for i in removed} - kept_digests
+    pipeline = run_pipeline(run_dir, read_config(run_dir))
+    return 0 if pipeline is None else pipeline.forget_digests(digests)
+
+
+def _key(path: Path) -> str:
+    """A photo path compared as the absolute, normalised path (the file may be gone: no link resolved)."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _item_key(index: GalleryIndex, item: int) -> str:
+    return _key(Path(index.roots[index.metadata["items"]["root"][item]]) / index.relative_paths[item])

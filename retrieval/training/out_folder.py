@@ -1,0 +1,130 @@
+"""The ``--out`` folder of ``retrieval train``: who may write into it, and what it may hold first.
+
+- :func:`training_lock`: rank 0 holds ``RUN_DIR/.lock`` (:func:`retrieval.run.hold_lock`) from
+  before the first file is written until the run ends, however it ends: a second
+  ``retrieval train`` on the same ``--out`` stops at once with a one-line error naming this
+  process; a folder the run created and left empty (it failed before writing) is removed again.
+- :func:`prepare_out`: a new run (no ``--resume``) starts only in a missing or empty folder. A
+  folder with a run (``checkpoint.pt``) needs ``--resume``; one with a run that lacks its
+  checkpoint, or with other files, would have its ``config.json``, ``metrics.jsonl`` and
+  ``mining/`` silently replaced, so it is refused unless ``--force`` asks for that (the files of
+  an earlier run are then removed first, nothing else). Either way the temporaries of killed
+  writers (``.*.tmp``) are removed, under the lock.
+- :func:`check_same_classes` and :func:`commands_so_far`: a resumed run trains on the classes it
+  started with, and records every command that trained it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from retrieval import run
+from retrieval.errors import RetrievalError
+from retrieval.run.versions import VERSIONS_DIR
+
+__all__ = ["check_same_classes", "commands_so_far", "prepare_out", "training_lock"]
+
+#: what a run directory holds that ``--force`` removes before a new run is written over it
+RUN_FILES = (run.CONFIG_NAME, run.WEIGHTS_NAME, run.LAST_WEIGHTS_NAME, run.METRICS_NAME, run.VAL_DISTANCES_NAME,
+             run.CHECKPOINT_NAME)
+_IGNORED = (".lock",)  # our own lock file, present while we hold it
+
+
+@contextlib.contextmanager
+def training_lock(run_dir: str | Path, ctx) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock inside the block (see the module docstring)."""
+    run_dir = Path(run_dir)
+    if not ctx.is_main:
+        yield
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RetrievalError(f"--out {run_dir} is a file, not a folder")
+    created = not run_dir.exists()
+    try:
+        with run.hold_lock(run_dir, "`retrieval train` on a run directory"):
+            yield
+    finally:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def prepare_out(run_dir: str | Path, *, resume: bool, force: bool, is_main: bool) -> None:
+    """Refuse an ``--out`` folder a new run would overwrite unasked; with ``force`` clear the
+    earlier run's files; remove stale temporaries (rank 0 changes the folder, every rank checks)."""
+    run_dir = Path(run_dir)
+    if resume and force:
+        raise RetrievalError("give --resume (continue the run in --out) or --force (replace it), not both")
+    if not resume and run_dir.is_dir():
+        entries = sorted(p.name for p in run_dir.iterdir() if p.name not in _IGNORED and not _is_temporary(p))
+        if entries and not force:
+            raise RetrievalError(_refusal(run_dir, entries))
+        if entries and is_main:
+            _remove_run_files(run_dir)
+    if is_main:
+        for folder in (run_dir, run_dir / run.MINING_DIR):
+            run.remove_stale_temporaries(folder)
+
+
+def check_same_classes(run_dir: str | Path, class_names: list[str]) -> None:
+    """RetrievalError when a resumed run's data folder holds other classes than it started with."""
+    saved = run.read_config(run_dir).class_names
+    if saved and saved != list(class_names):
+        missing, extra = sorted(set(saved) - set(class_names)), sorted(set(class_names) - set(saved))
+        raise RetrievalError(
+            f"--resume: DATA_DIR holds other classes than {run_dir} was trained on ({len(missing)} missing, e.g. "
+            f"{missing[:3]}; {len(extra)} new, e.g. {extra[:3]}); resume on the run's own data folder"
+        )
+
+
+def commands_so_far(run_dir: str | Path, resume: bool) -> list[str]:
+    """The commands that trained the run before this call (config.json's ``commands``; runs from
+    before that key: its ``command``); empty for a new run."""
+    if not resume:
+        return []
+    stored = run.read_config(run_dir)
+    commands = stored.get("commands")
+    if isinstance(commands, list) and all(isinstance(c, str) for c in commands):
+        return list(commands)
+    return [stored["command"]] if isinstance(stored.get("command"), str) and stored["command"] else []
+
+
+def _refusal(run_dir: Path, entries: list[str]) -> str:
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    if (run_dir / run.CHECKPOINT_NAME).exists():
+        return (f"{run_dir} already holds a run; pass --resume to continue it, --force to replace it, "
+                "or choose another --out")
+    if _is_run(run_dir):
+        return (f"{run_dir} holds a run without its {run.CHECKPOINT_NAME} (stopped before its first epoch, or copied "
+                "without it), which cannot be resumed: pass --force to replace it, or choose another --out")
+    return (f"{run_dir} is not empty ({shown}) and is not a run: a new run would replace files there; "
+            "choose another --out, or pass --force to write into it")
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    """The files of an earlier run (``--force``): the documented names, its mining log and its
+    committed versions; anything else in the folder stays."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    mining = run_dir / run.MINING_DIR
+    if mining.is_dir():
+        for path in mining.glob("*.jsonl"):
+            path.unlink()
+    shutil.rmtree(run_dir / VERSIONS_DIR, ignore_errors=True)
+
+
+def _is_run(run_dir: Path) -> bool:
+    """Whether the folder's config.json is a run's (not some other program's config.json)."""
+    try:
+        run.read_config(run_dir)
+    except RetrievalError:
+        return False
+    return True
+
+
+def _is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")

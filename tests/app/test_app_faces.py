@@ -1,0 +1,56 @@
+"""The Search page on a face run (app_pages/faces.py): a two-person photo, its boxes, a row a face."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faces"))
+from app_helpers import go, start, texts, upload  # noqa: E402
+from faces_helpers import SCENES, dataset, make_face_folder, make_face_run  # noqa: E402
+from retrieval.index import build_index  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def face_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("appfaces")
+    run = make_face_run(root, epochs=1)  # one epoch: a mining log of face crops
+    gallery = make_face_folder(root / "gallery", n_classes=2, per_class=2, no_face=0)
+    (gallery / "party").mkdir()
+    shutil.copy(dataset(SCENES / "pairs" / "000.jpg"), gallery / "party" / "two.jpg")
+    build_index(run, gallery, device="cpu", n_trees=2)
+    return run
+
+
+def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_first(monkeypatch, face_run):
+    at = upload(start(monkeypatch, face_run), "two.jpg", dataset(SCENES / "pairs" / "000.jpg").read_bytes(), "image/jpeg")
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert any("2 face(s) found" in c for c in captions), captions
+    assert sum(c.startswith("face ") and "aligned" in c for c in captions) == 2, "each face's aligned crop is shown"
+    pick = at.selectbox(key="face_pick")
+    assert "largest" in pick.format_func(pick.value), "the default pick is the largest face"
+    cards = [m for m in texts(at.markdown) if "d = " in m]
+    assert len(cards) == 2 * 6, "each face shows its 6 nearest gallery faces (K is the gallery size)"
+    assert len(at.expander) == 12 and all(e.label == "photo" for e in at.expander)
+    other = 1 - pick.value
+    pick.set_value(other).run()
+    assert not at.exception
+    rows = [c for c in [img.caption for element in at.get("image") for img in element.proto.imgs] if "aligned" in c]
+    assert rows[0].startswith(f"face {other + 1},"), "the picked face's row comes first"
+
+
+def test_a_photo_without_a_face_says_so(monkeypatch, face_run):
+    from fake_runs import png_bytes
+
+    at = upload(start(monkeypatch, face_run), "blank.png", png_bytes((120, 120, 120), size=64))
+    assert any("No face found in blank.png" in w for w in texts(at.warning))
+
+
+def test_the_hardest_negatives_of_a_face_run_show_its_face_crops(monkeypatch, face_run):
+    at = go(start(monkeypatch, face_run), "Hardest negatives")
+    assert not any("cannot read" in c for c in texts(at.caption))
+    shown = [img for element in at.get("image") for img in element.proto.imgs]
+    assert shown, "the triplets' face crops are shown"

@@ -1,0 +1,129 @@
+"""Tests of the detection cache (retrieval.faces.cache) through FacePipeline, with a detector that
+counts the images it is asked about: a second pass detects nothing, a changed setting detects
+again, forgetting a file deletes its entries and crops, a corrupt entry is detected again."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from faces_helpers import ATT_CROPS, SCENES, CountingDetector, dataset
+from retrieval.faces import DetectorSettings, FacePipeline, MTCNNDetector
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Three photos copied into a gallery folder: two crops of s31 and a pairs scene (two faces)."""
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    sources = [dataset(ATT_CROPS / "1.png"), dataset(ATT_CROPS / "2.png"), dataset(SCENES / "pairs" / "000.jpg")]
+    return [shutil.copy(src, gallery / src.name) for src in sources]
+
+
+def pipeline(cache_dir, detector=None, output_size=64):
+    detector = detector if detector is not None else CountingDetector()
+    return FacePipeline(output_size=output_size, cache_dir=cache_dir, detector=detector), detector
+
+
+def cache_files(cache_dir):
+    return sorted(p.relative_to(cache_dir).as_posix() for p in cache_dir.rglob("*") if p.is_file())
+
+
+def test_second_pass_over_the_same_files_detects_nothing_and_gives_the_same_faces(tmp_path, photos):
+    cache_dir = tmp_path / "faces"
+    first, detector = pipeline(cache_dir)
+    before = first.faces_many(photos)
+    assert detector.images == 3 and [len(f) for f in before] == [1, 1, 2]
+    files = cache_files(cache_dir)
+    assert len([f for f in files if f.endswith(".json")]) == 3 and len([f for f in files if f.endswith(".png")]) == 4
+    assert not [f for f in files if f.endswith(".tmp")]
+
+    again, detector = pipeline(cache_dir)  # a new process: a fresh pipeline on the same folder
+    after = again.faces_many(photos) + [again.faces(photos[2])]
+    assert detector.images == 0
+    for old, new in zip(before + [before[2]], after):
+        assert [f.box for f in old] == [f.box for f in new] and [f.score for f in old] == [f.score for f in new]
+        for a, b in zip(old, new):
+            np.testing.assert_allclose(a.landmarks, b.landmarks)
+            assert np.array_equal(np.asarray(a.crop), np.asarray(b.crop))  # PNG is lossless
+
+
+def test_a_renamed_copy_is_the_same_entry(tmp_path, photos):
+    cache_dir = tmp_path / "faces"
+    run, detector = pipeline(cache_dir)
+    run.faces(photos[0])
+    copy = shutil.copy(photos[0], tmp_path / "renamed.png")
+    assert len(run.faces(copy)) == 1 and detector.images == 1
+
+
+def test_a_changed_detector_setting_detects_again(tmp_path, photos):
+    cache_dir = tmp_path / "faces"
+    pipeline(cache_dir)[0].faces_many(photos)
+    other = CountingDetector(MTCNNDetector(DetectorSettings(min_face_size=30)))
+    pipeline(cache_dir, other)[0].faces_many(photos)
+    assert other.images == 3
+    assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 2  # one folder per settings key
+
+
+def test_another_output_size_aligns_again_without_detecting(tmp_path, photos):
+    cache_dir = tmp_path / "faces"
+    pipeline(cache_dir, output_size=64)[0].faces_many(photos)
+    bigger, detector = pipeline(cache_dir, output_size=96)
+    faces = bigger.faces_many(photos)
+    assert detector.images == 0 and {f.crop.size for image in faces for f in image} == {(96, 96)}
+
+
+def test_forgetting_files_deletes_their_entries_and_crops_only(tmp_path, photos):
+    cache_dir = tmp_path / "faces"
+    run, _ = pipeline(cache_dir)
+    run.faces_many(photos)
+    pipeline(cache_dir, CountingDetector(MTCNNDetector(DetectorSettings(min_face_size=30))))[0].faces(photos[2])
+    digest = FacePipeline.digest(photos[2])
+    assert len([f for f in cache_files(cache_dir) if digest in f]) == 6  # 2 settings × (entry + 2 crops)
+
+    assert run.forget([photos[2]]) == 6
+    left = cache_files(cache_dir)
+    assert not [f for f in left if digest in f] and len([f for f in left if f.endswith(".json")]) == 2
+    assert run.forget_digests([FacePipeline.digest(photos[0])]) == 2
+    again, detector = pipeline(cache_dir)
+    again.faces_many(photos)
+    assert detector.images == 2  # the forgotten two are detected afresh, the third is still cached
+
+
+@pytest.mark.parametrize("damage", ["not json {", '{"format": 1, "faces": "none"}', ""])
+def test_a_corrupt_entry_is_detected_again_with_a_warning(tmp_path, photos, caplog, damage):
+    cache_dir = tmp_path / "faces"
+    run, detector = pipeline(cache_dir)
+    expected = run.faces(photos[2])
+    entry = run.cache.entry_path(FacePipeline.digest(photos[2]))
+    entry.write_text(damage)
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        again = run.faces(photos[2])
+    assert detector.images == 2 and [f.box for f in again] == [f.box for f in expected]
+    assert any("detecting again" in r.getMessage() for r in caplog.records)
+    assert pipeline(cache_dir)[0].faces(photos[2]) and pipeline(cache_dir)[1].images == 0  # rewritten whole
+
+
+def test_a_corrupt_crop_is_aligned_again_without_detecting(tmp_path, photos, caplog):
+    cache_dir = tmp_path / "faces"
+    run, detector = pipeline(cache_dir)
+    expected = run.faces(photos[0])[0].crop
+    crop_path = run.cache.crop_path(FacePipeline.digest(photos[0]), run.crop_key, 0)
+    crop_path.write_bytes(b"\x89PNG broken")
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        crop = run.faces(photos[0])[0].crop
+    assert detector.images == 1 and np.array_equal(np.asarray(crop), np.asarray(expected))
+    assert any("aligning again" in r.getMessage() for r in caplog.records)
+
+
+def test_uploads_and_images_in_memory_are_never_written(tmp_path, photos):
+    from PIL import Image
+
+    cache_dir = tmp_path / "faces"
+    run, detector = pipeline(cache_dir)
+    assert len(run.faces(photos[2].read_bytes())) == 2
+    assert len(run.faces(Image.open(photos[2]))) == 2
+    assert detector.images == 2 and not cache_dir.exists()

@@ -1,0 +1,61 @@
+"""evaluate, calibrate and verify on a face run: each image's most confident face, misses counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faces_helpers import make_face_folder, make_face_run
+from retrieval.errors import RetrievalError
+from retrieval.evaluate import calibrate_run, evaluate_run, retrieval_metrics, verify_images, with_misses
+
+
+@pytest.fixture(scope="module")
+def face_run(tmp_path_factory):
+    return make_face_run(tmp_path_factory.mktemp("facerun"))
+
+
+def test_with_misses_equals_the_mean_over_all_queries_with_a_miss_scoring_zero():
+    rng = np.random.default_rng(1)
+    embeddings, labels = rng.normal(size=(12, 4)), np.repeat(np.arange(4), 3)
+    metrics = retrieval_metrics(embeddings, labels)
+    rows = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    per_query = []  # brute force: hit@1 of each query, then two misses
+    for i in range(len(rows)):
+        d = np.linalg.norm(rows - rows[i], axis=1)
+        d[i] = np.inf
+        per_query.append(float(labels[np.argmin(d)] == labels[i]))
+    per_query += [0.0, 0.0]
+    result = with_misses(metrics, 2)
+    assert result["recall_at_1"] == pytest.approx(np.mean(per_query))
+    assert result["map_at_r"] == pytest.approx(metrics["map_at_r"] * 12 / 14)
+    assert result["n_queries"] == 14 and result["n_no_face"] == 2
+
+
+def test_evaluate_on_a_face_run_counts_a_faceless_query_as_a_miss(face_run, tmp_path):
+    folder = make_face_folder(tmp_path / "eval", n_classes=3, per_class=2, no_face=1)
+    metrics = evaluate_run(face_run, folder, device="cpu")
+    assert metrics["n_queries"] == 7 and metrics["n_no_face"] == 1
+    assert metrics["recall_at_10"] <= 6 / 7 + 1e-9, "the faceless query cannot be a hit"
+
+
+def test_cross_set_evaluate_on_a_face_run_counts_query_misses_only(face_run, tmp_path):
+    queries = make_face_folder(tmp_path / "q", n_classes=3, per_class=2, no_face=2)
+    gallery = make_face_folder(tmp_path / "g", n_classes=3, per_class=2, no_face=1)
+    metrics = evaluate_run(face_run, query_dir=queries, gallery_dir=gallery, device="cpu")
+    assert metrics["n_queries"] == 8 and metrics["n_no_face"] == 2
+
+
+def test_calibrate_on_a_face_run_chooses_a_threshold_on_the_faces(face_run, tmp_path):
+    folder = make_face_folder(tmp_path / "cal", n_classes=3, per_class=2, no_face=1)
+    stored = calibrate_run(face_run, folder, device="cpu")
+    assert stored["n_positive_pairs"] == 3 and stored["n_negative_pairs"] == 12
+
+
+def test_verify_on_a_face_run_compares_faces_and_a_faceless_image_is_a_one_line_error(face_run, tmp_path):
+    folder = make_face_folder(tmp_path / "v", n_classes=1, per_class=2, no_face=1)
+    person = sorted(p for p in folder.iterdir())[0]
+    result = verify_images(face_run, person / "1.png", person / "2.png")
+    assert 0 <= result["distance"] <= 2
+    with pytest.raises(RetrievalError, match="blank0.png: no face found"):
+        verify_images(face_run, person / "1.png", person / "blank0.png")

@@ -1,0 +1,111 @@
+"""A face run's gallery: every face of every photo an item (box and photo digest in gallery.json); search every query face."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cli_runner import cli  # noqa: F401  (fixture)
+from faces_helpers import SCENES, dataset, make_face_folder, make_face_run, pairs_rows
+from retrieval.index import GalleryIndex, build_index, read_index_metadata
+
+TWO_PEOPLE = "pairs/000.jpg"
+
+
+@pytest.fixture(scope="module")
+def face_index(tmp_path_factory):
+    """A face run with an index of: two crops of one person, a two-person photo, and a photo without a face."""
+    root = tmp_path_factory.mktemp("facegallery")
+    run = make_face_run(root)
+    gallery = make_face_folder(root / "gallery", n_classes=1, per_class=2, no_face=1)
+    (gallery / "party").mkdir()
+    shutil.copy(dataset(SCENES / TWO_PEOPLE), gallery / "party" / "two_people.jpg")
+    build_index(run, gallery, device="cpu", n_trees=2)
+    return run, gallery
+
+
+def test_every_face_of_every_photo_is_an_item_with_its_box_and_photo_digest(face_index):
+    run, gallery = face_index
+    metadata = read_index_metadata(run)
+    items = metadata["items"]
+    assert items["path"].count("party/two_people.jpg") == 2, "both faces of the two-person photo are items"
+    assert not any("blank" in p for p in items["path"]), "a photo without a face is no item"
+    assert metadata["n_items"] == 4 and len(items["face"]) == 4
+    two = [f for p, f in zip(items["path"], items["face"]) if p == "party/two_people.jpg"]
+    assert sorted(f["face"] for f in two) == [0, 1] and two[0]["sha256"] == two[1]["sha256"]
+    row = pairs_rows()[0]
+    rects = [[float(v) for v in row[key].split()] for key in ("left_box", "right_box")]
+    centres = [((f["box"][0] + f["box"][2]) / 2, (f["box"][1] + f["box"][3]) / 2) for f in two]
+    for rect in rects:  # each person of pairs.csv has a face item whose box centre lies in their rectangle
+        assert any(rect[0] <= x <= rect[2] and rect[1] <= y <= rect[3] for x, y in centres)
+
+
+def test_search_json_gives_every_face_of_the_query_with_neighbours_and_verdict(face_index, cli):
+    run, gallery = face_index
+    result = cli("search", run, gallery / "party" / "two_people.jpg", "-k", "2", "--json")
+    assert result.code == 0, result.err
+    faces = json.loads(result.out)["faces"]
+    assert len(faces) == 2
+    for face in faces:
+        assert len(face["box"]) == 4 and 0 < face["score"] <= 1 and set(face["verdict"]) >= {"match", "label", "distance"}
+        assert len(face["neighbours"]) == 2 and all(len(n["box"]) == 4 for n in face["neighbours"])
+        assert face["neighbours"][0]["distance"] < 1e-3, "each face finds itself first"
+        assert face["neighbours"][0]["path"].endswith("two_people.jpg")
+
+
+def test_a_query_without_a_face_gives_an_empty_list_and_one_table_line(face_index, cli):
+    run, gallery = face_index
+    blank = next(gallery.rglob("blank0.png"))
+    result = cli("search", run, blank, "--json")
+    assert result.code == 0 and json.loads(result.out) == {"faces": []}
+    table = cli("search", run, blank)
+    assert table.code == 0 and table.out.strip().splitlines() == [f"no face found in {blank}: nothing to search"]
+
+
+def test_a_face_index_loads_and_names_each_items_face(face_index):
+    run, _ = face_index
+    gallery = GalleryIndex.load(run, load_model=False)
+    assert gallery.has_faces and all(gallery.face(i)["box"] for i in range(len(gallery)))
+
+
+def test_removing_a_label_or_a_gone_photo_rebuilds_without_them_and_forgets_their_faces(tmp_path, cli):
+    from retrieval.faces.run_faces import crop_file, run_pipeline
+    from retrieval.run import read_config
+
+    run = make_face_run(tmp_path)
+    gallery = make_face_folder(tmp_path / "gallery", n_classes=3, per_class=2, no_face=0)
+    (gallery / "party").mkdir()
+    shutil.copy(dataset(SCENES / TWO_PEOPLE), gallery / "party" / "two_people.jpg")
+    build_index(run, gallery, device="cpu", n_trees=2)
+    before = GalleryIndex.load(run, load_model=False)
+    pipeline = run_pipeline(run, read_config(run))
+    records = {p: before.face(i) for i, p in enumerate(before.relative_paths)}
+    embeddings = {p: before.embeddings[i].copy() for i, p in enumerate(before.relative_paths)}
+    before.close()
+    s1 = "s1"  # the first att_faces person, whose folder make_face_folder copies first
+    assert crop_file(pipeline, records[f"{s1}/1.png"]) is not None
+
+    result = cli("index", run, "--remove-label", s1, "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["removed"] == 2 and json.loads(result.out)["faces_forgotten"] > 0
+    assert crop_file(pipeline, records[f"{s1}/1.png"]) is None, "the removed person's cached crops are deleted"
+    photo = gallery / "party" / "two_people.jpg"
+    photo.unlink()  # removal works after the photo itself is gone
+    assert cli("index", run, "--remove", photo).code == 0
+    after = GalleryIndex.load(run, load_model=False)
+    assert all(p.split("/")[0] != s1 and "two_people" not in p for p in after.relative_paths) and len(after) == 4
+    for i, p in enumerate(after.relative_paths):  # rebuilt from the stored rows, nothing re-embedded
+        assert (after.embeddings[i] == embeddings[p]).all()
+    assert crop_file(pipeline, records["party/two_people.jpg"]) is None
+    assert after.search(after.embeddings[0].copy(), 1, exact=True)[0].item == 0
+    after.close()
+    assert cli("index", run, "--remove-label", "nobody").lines[-1].endswith("nothing removed")
+
+
+def test_search_table_output_gives_a_table_and_a_verdict_line_a_face(face_index, cli):
+    run, gallery = face_index
+    result = cli("search", run, gallery / "party" / "two_people.jpg", "-k", "2")
+    assert result.code == 0, result.err
+    assert "face 1 of 2" in result.out and "face 2 of 2" in result.out

@@ -1,0 +1,69 @@
+"""``retrieval train --faces``: training on each image's aligned face, recorded in config.json, cached in RUN_DIR/faces."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from faces_helpers import CountingDetector, make_face_folder
+from retrieval import data
+from retrieval.errors import RetrievalError
+from retrieval.faces import FacePipeline
+from retrieval.faces.run_faces import face_folder, run_pipeline
+from retrieval.run import read_config
+from retrieval.run.files import faces_dir
+from retrieval.training import TrainConfig, train
+
+FACE_TINY = {**TINY, "classes_per_batch": 2, "images_per_class": 2, "val_fraction": 0.25}
+
+
+def test_face_folder_replaces_images_by_crops_skips_the_faceless_with_one_warning_and_detects_once(tmp_path, caplog):
+    folder = data.scan_folder(make_face_folder(tmp_path / "data", n_classes=2, per_class=2, no_face=2), labelled=True)
+    counting = CountingDetector()
+    pipeline = FacePipeline(output_size=40, cache_dir=tmp_path / "faces", detector=counting)
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        crops, missing = face_folder(folder, pipeline)
+    assert counting.images == 6
+    assert sorted(p.name for p in missing) == ["blank0.png", "blank1.png"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2 of 6" in warnings[0] and "blank0.png" in warnings[0]
+    assert len(crops.paths) == 4 and crops.class_names == folder.class_names
+    assert all(p.is_file() and p.parent.parent == tmp_path / "faces" for p in crops.paths)
+    assert all(Image.open(p).size == (40, 40) for p in crops.paths)
+    again, _ = face_folder(folder, FacePipeline(output_size=40, cache_dir=tmp_path / "faces", detector=counting))
+    assert counting.images == 6, "a second pass read the cache instead of detecting again"
+    assert again.paths == crops.paths and again.labels == crops.labels
+
+
+def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_path, caplog):
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        train(TrainConfig(data_dir=root, out=out, epochs=1, faces=True, **FACE_TINY), progress=False)
+    assert any("no face found" in r.getMessage() and "blank0.png" in r.getMessage() for r in caplog.records)
+    config = read_config(out)
+    assert config.faces is not None and config.faces["output_size"] == FACE_TINY["image_size"]
+    assert sum(config["class_counts"].values()) == 12, "the faceless image is not counted"
+    assert config["train_settings"]["faces"] is True
+    pipeline = run_pipeline(out, config)
+    assert pipeline is not None and pipeline.output_size == FACE_TINY["image_size"]
+    assert pipeline.cache.folder == faces_dir(out) and any(faces_dir(out).rglob("*.png"))
+
+
+def test_a_run_without_faces_records_null_and_writes_no_face_cache(tmp_path):
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    out = tmp_path / "run"
+    train(TrainConfig(data_dir=root, out=out, epochs=0, **FACE_TINY), progress=False)
+    config = read_config(out)
+    assert config.faces is None and run_pipeline(out, config) is None
+    assert not faces_dir(out).exists()
+
+
+@pytest.mark.parametrize("mode", [{"unlabelled": True}, {"pairs": "pairs.csv"}])
+def test_faces_with_unlabelled_or_pairs_training_is_a_one_line_error(tmp_path, mode):
+    config = TrainConfig(data_dir=tmp_path, out=tmp_path / "run", faces=True, **mode).resolve()
+    with pytest.raises(RetrievalError, match="--faces trains on labelled folders only"):
+        config.validate()

@@ -1,0 +1,93 @@
+"""Bad flag values and damaged run files through the real command line (in process through
+``retrieval.cli.main``, and once as a real process): exit status 2 and one line on stderr, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fake_runs
+from cli_runner import cli  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def run_and_gallery(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-input")
+    gallery = fake_runs.make_gallery(root / "gallery")
+    return fake_runs.make_run(root / "run", gallery, mining=False), gallery
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--augment", "inf"], "--augment"),
+    (["--unlabelled", "--augment", "inf"], "--augment"),
+    (["--augment", "4"], "--augment"),
+    (["--image-size", "100000"], "--image-size"),
+    (["--embedding-dim", "1000000"], "--embedding-dim"),
+])
+def test_train_refuses_unbounded_values_in_one_line(run_and_gallery, tmp_path, cli, flags, named):
+    _, gallery = run_and_gallery
+    result = cli("train", gallery, "--out", tmp_path / "out", "--epochs", "0", "--backbone", "resnet10t", *flags)
+    assert_one_line_error(result.code, result.err, named)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["index", "evaluate"])
+@pytest.mark.parametrize("batch_size", ["0", "-3"])
+def test_index_and_evaluate_refuse_a_batch_size_below_one(run_and_gallery, tmp_path, cli, command, batch_size):
+    run, gallery = run_and_gallery
+    result = cli(command, run, gallery, "--batch-size", batch_size, "--device", "cpu")
+    assert_one_line_error(result.code, result.err, "--batch-size")
+
+
+def test_index_refuses_zero_trees(run_and_gallery, cli):
+    run, gallery = run_and_gallery
+    result = cli("index", run, gallery, "--n-trees", "0")
+    assert_one_line_error(result.code, result.err, "--n-trees")
+
+
+@pytest.mark.parametrize("key", ["items", "roots", "n_items", "embedding_dim", "files", "model_fingerprint", "n_trees"])
+def test_search_on_a_gallery_json_without_one_of_its_keys_is_one_line(run_and_gallery, tmp_path, cli, key):
+    import shutil
+
+    run, gallery = run_and_gallery
+    copy = shutil.copytree(run, tmp_path / "run", symlinks=True)
+    path = (copy / "index" / "gallery.json").resolve()
+    metadata = json.loads(path.read_text())
+    del metadata[key]
+    path.unlink()
+    path.write_text(json.dumps(metadata))
+    result = cli("search", copy, gallery / "apple" / "apple_0.png")
+    assert_one_line_error(result.code, result.err, "gallery.json")
+
+
+def test_a_real_process_prints_one_line_and_exits_2_on_bad_input(run_and_gallery, tmp_path):
+    _, gallery = run_and_gallery
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "retrieval.cli", "train", str(gallery), "--out", str(tmp_path / "out"),
+                             "--augment", "inf"], capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(result.returncode, result.stderr, "--augment")
+
+
+
+@pytest.mark.parametrize("command", ["search", "verify"])
+def test_a_query_above_the_query_pixel_limit_is_refused_in_one_line(run_and_gallery, tmp_path, cli, command):
+    from PIL import Image
+
+    from retrieval.data.images import MAX_QUERY_PIXELS
+
+    big = tmp_path / "big.png"
+    Image.new("1", (8000, MAX_QUERY_PIXELS // 8000 + 1)).save(big)  # 1 bit a pixel: a small file
+    run, gallery = run_and_gallery
+    extra = [gallery / "apple" / "apple_0.png"] if command == "verify" else []
+    result = cli(command, run, big, *extra)
+    assert_one_line_error(result.code, result.err, "too large", "queries")

@@ -1,0 +1,88 @@
+"""`retrieval mining`: the logged hardest first with whether the miner kept them, --mined-only,
+--class (an unknown one is a one-line error naming close ones), --json, runs written before
+`mined` was logged, and a table that stays one line a row at 100 columns."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import fake_runs
+from retrieval.cli import app
+
+LONG = "Arla-Ecological-Medium-Fat-Milk"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    gallery = fake_runs.make_gallery(tmp_path_factory.mktemp("gallery"))
+    root = tmp_path_factory.mktemp("runs")
+    new = fake_runs.make_run(root / "new", gallery, index=False)
+    old = fake_runs.make_run(root / "old", gallery, index=False, mined=False, confusions=False)
+    return new, old
+
+
+def mining(*args, columns=100):
+    out = CliRunner().invoke(app, ["mining", *map(str, args)], env={"COLUMNS": str(columns)})
+    assert out.exit_code == 0, out.output
+    return out.stdout
+
+
+def as_json(*args):
+    return json.loads(mining(*args, "--json"))
+
+
+def test_json_lists_the_hardest_first_with_whether_the_miner_kept_each(runs):
+    new, _ = runs
+    result = as_json(new)
+    assert result["epoch"] == 3 and result["miner"] == "semihard" and result["mined_recorded"] is True
+    gaps = [t["d_an_minus_d_ap"] for t in result["triplets"]]
+    assert gaps == sorted(gaps) and [t["mined"] for t in result["triplets"]] == [True, False, True]
+    assert all(t["margin_violation"] == pytest.approx(0.2 - t["d_an_minus_d_ap"]) for t in result["triplets"])
+
+
+def test_mined_only_keeps_the_miners_triplets_and_class_keeps_anchor_or_negative_of_it(runs):
+    new, _ = runs
+    assert [t["mined"] for t in as_json(new, "--mined-only")["triplets"]] == [True, True]
+    apple = as_json(new, "--class", "apple")["triplets"]
+    assert len(apple) == 2 and all("apple" in (t["anchor_label"], t["negative_label"]) for t in apple)
+    assert [t["anchor_label"] for t in as_json(new, "--class", "apple", "--mined-only")["triplets"]] == ["banana"]
+    assert len(as_json(new, "--epoch", "1", "--top", "1")["triplets"]) == 1
+
+
+def test_an_unknown_class_is_a_one_line_error_naming_close_ones(runs):
+    new, _ = runs
+    out = subprocess.run([sys.executable, "-m", "retrieval.cli", "mining", str(new), "--class", "chery"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "no class 'chery'" in out.stderr and "cherry" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_written_before_mined_was_logged_loads_and_says_not_recorded(runs):
+    _, old = runs
+    result = as_json(old)
+    assert result["mined_recorded"] is False and all("mined" not in t for t in result["triplets"])
+    assert len(as_json(old, "--mined-only")["triplets"]) == 3  # its log held only the miner's triplets
+    table = mining(old)
+    assert "not recorded" in table and "violation" in table
+
+
+def test_the_table_keeps_one_line_per_role_at_100_columns_with_long_labels_and_paths(runs, tmp_path):
+    import shutil
+
+    new, _ = runs
+    run = shutil.copytree(new, tmp_path / "long")
+    rows = [json.loads(line) for line in (run / "mining" / "epoch_003.jsonl").read_text().splitlines()]
+    for row in rows:
+        for role in ("anchor", "positive", "negative"):
+            row[f"{role}_label"] = f"{LONG}-{row[f'{role}_label']}"
+            row[f"{role}_path"] = f"{LONG}/a/deep/folder/{LONG}_IMG_20190101_{role}.jpg"
+    (run / "mining" / "epoch_003.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = mining(run).splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 100
+    numbered = [line for line in lines if line.lstrip()[:2] in ("1 ", "2 ", "3 ")]
+    assert len(numbered) == 3  # one first line per triplet: nothing wrapped into extra rows
+    assert all("…" in line and line.rstrip().endswith(("yes", "no")) for line in numbered)
+    assert sum(1 for line in lines if f"{LONG}_IMG" in line or "…" in line) == 2 * 3  # a class line and a file line each

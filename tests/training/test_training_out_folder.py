@@ -1,0 +1,147 @@
+"""The ``--out`` folder and ``--resume`` through the real CLI (retrieval.training.out_folder and
+retrieval.training.resume): a new run never replaces a folder's files unasked; a resume refuses the
+flags it would ignore, finds its data from any working directory, and records what took effect."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from cli_runner import cli  # noqa: F401 (fixture)
+from retrieval.run import read_config
+
+TINY_FLAGS = ["--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16", "-P", "4", "-K", "2",
+              "--workers", "0", "--precision", "fp32", "--val-fraction", "0.25", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def base_run(sample, tmp_path_factory):
+    """An untrained run (``--epochs 0``: model, config and checkpoint), started by the CLI."""
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("runs") / "base"
+    done = subprocess.run([sys.executable, "-m", "retrieval", "train", str(sample / "train"), "--out", str(run), "--epochs", "0",
+                           *TINY_FLAGS], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+def _copy(run, target):
+    shutil.copytree(run, target, symlinks=True)
+    return target
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- --out
+
+
+def test_a_folder_with_other_files_is_refused_untouched_unless_forced(tmp_path, sample, cli):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"theme": "dark"}')  # another program's config
+    (out / "metrics.jsonl").write_text("my numbers\n")
+    (out / "notes.txt").write_text("keep me")
+    before = _files(out)
+    done = cli("train", sample / "train", "--out", out, "--epochs", "0", *TINY_FLAGS)
+    assert done.code == 2 and len(done.lines) == 1, done.err
+    assert "is not empty (config.json, metrics.jsonl, notes.txt) and is not a run" in done.lines[0] and "--force" in done.lines[0]
+    assert _files(out) == before
+
+    forced = cli("train", sample / "train", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS)
+    assert forced.code == 0, forced.err
+    assert (out / "notes.txt").read_text() == "keep me" and read_config(out).backbone == "resnet10t"
+
+
+def test_a_run_without_its_checkpoint_is_refused_and_force_replaces_it(tmp_path, base_run, sample, cli):
+    out = _copy(base_run, tmp_path / "run")
+    (out / "checkpoint.pt").unlink()
+    (out / "mining").mkdir(exist_ok=True)
+    (out / "mining" / "epoch_007.jsonl").write_text("{}\n")
+    done = cli("train", sample / "train", "--out", out, "--epochs", "0", *TINY_FLAGS)
+    assert done.code == 2 and "holds a run without its checkpoint.pt" in done.lines[0]
+    assert (out / "mining" / "epoch_007.jsonl").exists()
+    assert cli("train", sample / "train", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS).code == 0
+    assert not (out / "mining" / "epoch_007.jsonl").exists()  # the earlier run's log is not mixed into the new one
+
+
+def test_a_run_with_its_checkpoint_needs_resume_and_resume_with_force_is_refused(base_run, sample, cli):
+    done = cli("train", sample / "train", "--out", base_run, "--epochs", "0", *TINY_FLAGS)
+    assert done.code == 2 and "already holds a run; pass --resume" in done.lines[0]
+    both = cli("train", sample / "train", "--out", base_run, "--resume", "--force")
+    assert both.code == 2 and "not both" in both.lines[0]
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_when_it_resumes(tmp_path, base_run, sample, cli):
+    out = _copy(base_run, tmp_path / "run")
+    (out / ".metrics.jsonl.3f2a.tmp").write_text("half")
+    (out / "mining").mkdir(exist_ok=True)
+    (out / "mining" / ".epoch_001.jsonl.9c.tmp").write_text("half")
+    done = cli("train", sample / "train", "--out", out, "--resume", "--epochs", "0")
+    assert done.code == 0, done.err
+    assert not list(out.rglob("*.tmp")) and not (out / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------- --resume
+
+
+def test_resume_refuses_typed_flags_that_contradict_the_run_naming_each(base_run, sample, cli):
+    before = _files(base_run)
+    done = cli("train", sample / "train", "--out", base_run, "--resume", "--lr", "0.5", "--loss", "contrastive",
+               "--backbone", "resnet18", "-P", "4", "--epochs", "3")
+    assert done.code == 2 and len(done.lines) == 1, done.err
+    line = done.lines[0]
+    for flag in ("--lr 0.5 (the run has 0.001)", "--loss contrastive (the run has triplet)", "--backbone resnet18 (the run has resnet10t)"):
+        assert flag in line
+    named = line.split(": drop")[0]
+    assert "-P 4" not in named and "--epochs 3" not in named  # the run's own value, and a flag a resume may change
+    assert _files(base_run) == before
+
+
+def test_resume_refuses_a_data_folder_other_than_the_runs(base_run, sample, cli):
+    done = cli("train", sample / "test", "--out", base_run, "--resume")
+    assert done.code == 2 and "DATA_DIR" in done.lines[0] and str((sample / "train").resolve()) in done.lines[0]
+
+
+def test_resume_from_another_working_directory_records_every_command_that_took_effect(tmp_path, base_run, sample, cli, monkeypatch):
+    out = _copy(base_run, tmp_path / "run")
+    settings = read_config(out)["train_settings"]
+    assert settings["data_dir"] == str((sample / "train").resolve())  # absolute, whatever the working directory was
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    data = os.path.relpath(sample / "train", elsewhere)  # relative to this call's working directory, not the first's
+    done = cli("train", data, "--out", "../run", "--resume", "--epochs", "1", "--workers", "0")
+    assert done.code == 0, done.err
+    config = read_config(out)
+    assert config["train_settings"]["epochs"] == 1 and config["best_epoch"] in (0, 1)
+    assert len(config["commands"]) == 2 and config["commands"][1].endswith("--out ../run --resume --epochs 1 --workers 0")
+    assert "--epochs 0" in config["commands"][0]
+
+
+def test_a_run_from_before_absolute_paths_resumes_on_config_jsons_data_dir(tmp_path, base_run, sample, cli, monkeypatch):
+    out = _copy(base_run, tmp_path / "run")
+    config = json.loads((out / "config.json").read_text())
+    config["train_settings"]["data_dir"] = "data/train"  # as typed, relative to a working directory now unknown
+    (out / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    done = cli("train", sample / "train", "--out", out, "--resume", "--epochs", "0")
+    assert done.code == 0, done.err
+
+
+def test_a_run_whose_data_moved_resumes_on_the_data_dir_given_if_it_holds_the_same_classes(tmp_path, base_run, sample, cli):
+    out = _copy(base_run, tmp_path / "run")
+    moved = shutil.copytree(sample / "train", tmp_path / "moved-train")
+    config = json.loads((out / "config.json").read_text())
+    config["train_settings"]["data_dir"] = config["data_dir"] = str(tmp_path / "gone")
+    (out / "config.json").write_text(json.dumps(config))
+    assert cli("train", moved, "--out", out, "--resume", "--epochs", "0").code == 0
+    renamed = shutil.copytree(sample / "train", tmp_path / "renamed")
+    first = sorted(p for p in renamed.iterdir() if p.is_dir())[0]
+    first.rename(renamed / "a-class-the-run-never-saw")
+    other = cli("train", renamed, "--out", out, "--resume", "--epochs", "0")
+    assert other.code == 2 and "holds other classes" in other.lines[-1]
