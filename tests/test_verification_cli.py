@@ -13,6 +13,8 @@ from PIL import Image
 from retrieval.model import EmbeddingModel
 from retrieval.run import read_config, save_model
 
+from cli_runner import cli  # noqa: F401  (the in-process CLI fixture)
+
 
 @pytest.fixture(scope="module")
 def run_and_data(tmp_path_factory):
@@ -32,55 +34,30 @@ def run_and_data(tmp_path_factory):
     return root / "run", root / "data"
 
 
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """``retrieval ARGS…`` through the console script's entry point, in this process (the model
-    import is paid once); exit code, stdout and stderr as a subprocess would give them."""
-    from retrieval.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["retrieval", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exit:
-            code = exit.code or 0
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
-
-
 def test_calibrate_stores_a_threshold_that_evaluate_and_verify_use(run_and_data, cli):
     run, data = run_and_data
     before = cli("verify", run, data / "class0" / "0.png", data / "class0" / "1.png", "--json", "--device", "cpu")
-    assert before.returncode == 0, before.stderr
-    assert json.loads(before.stdout)["same"] is None  # no threshold yet: distance only
+    assert before.code == 0, before.err
+    assert json.loads(before.out)["same"] is None  # no threshold yet: distance only
 
     calibrated = cli("calibrate", run, data, "--target-far", "0.1", "--json", "--device", "cpu")
-    assert calibrated.returncode == 0, calibrated.stderr
-    stored = json.loads(calibrated.stdout)
+    assert calibrated.code == 0, calibrated.err
+    stored = json.loads(calibrated.out)
     assert stored["target_far"] == 0.1 and stored["far"] <= 0.1
     assert stored["n_positive_pairs"] == 3 * 15 and stored["n_negative_pairs"] == 18 * 17 // 2 - 45
     assert read_config(run).threshold.threshold == pytest.approx(stored["threshold"])
 
-    metrics = json.loads(cli("evaluate", run, data, "--json", "--device", "cpu").stdout)
+    metrics = json.loads(cli("evaluate", run, data, "--json", "--device", "cpu").out)
     assert metrics["n_positive_pairs"] == 45 and metrics["n_negative_pairs"] == 108
     assert set(metrics["tar_at_far"]) == {"0.1", "0.01"} and metrics["tar_at_far"]["0.01"] is None  # 108 < 1000 pairs
     assert metrics["far_at_threshold"] == pytest.approx(stored["far"]) and 0 <= metrics["eer"] <= 1
     assert metrics["frr_at_threshold"] == pytest.approx(1 - stored["tar"])
 
-    same = json.loads(cli("verify", run, data / "class1" / "2.png", data / "class1" / "2.png", "--json", "--device", "cpu").stdout)
+    same = json.loads(cli("verify", run, data / "class1" / "2.png", data / "class1" / "2.png", "--json", "--device", "cpu").out)
     assert same["distance"] == pytest.approx(0, abs=1e-5) and same["same"] is True
     assert same["threshold"] == pytest.approx(stored["threshold"]) and same["far"] == pytest.approx(stored["far"])
     text = cli("verify", run, data / "class1" / "2.png", data / "class1" / "2.png", "--device", "cpu")
-    assert text.stdout.startswith("same: d = 0.0000 <= threshold")
+    assert text.out.startswith("same: d = 0.0000 <= threshold")
 
 
 def test_bad_inputs_are_one_line_errors(run_and_data, tmp_path, cli):
@@ -94,8 +71,8 @@ def test_bad_inputs_are_one_line_errors(run_and_data, tmp_path, cli):
         (("verify", run, data / "class0" / "0.png", tmp_path / "missing.png"), "missing.png"),
     ]:
         result = cli(*args, "--device", "cpu")
-        assert result.returncode == 2 and message in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert result.code == 2 and message in result.err, result.err
+        assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
 
 
 def test_a_bad_input_is_one_line_on_stderr_from_the_installed_command(run_and_data, tmp_path):
