@@ -35,13 +35,14 @@ from retrieval.run import (
 from retrieval.safe_text import markdown_text, printable
 
 __all__ = [
-    "ALL_CLASSES", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "file_stamp", "gallery_label",
+    "ALL_CLASSES", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "face_suffix", "file_stamp", "gallery_label",
     "index_stamp", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "remember_run",
-    "show_image", "thumbnail",
+    "show_image", "show_item", "thumbnail",
 ]
 
 ALL_CLASSES = "(all classes)"
 THUMBNAIL_PX = 256
+FACE_CONTEXT = 0.15  # a face gallery's thumbnails: the box widened by this share of its size on each side
 #: uploads decoded at once by the whole server: decoding an image at the query limit takes up to a few hundred MB
 #: (BENCHMARKS.md "decode"), so many sessions uploading together cost at most this many decodes' memory
 UPLOAD_DECODES_AT_ONCE = 2
@@ -226,6 +227,41 @@ def encode_thumbnail(image) -> bytes:
     else:
         image.save(buffer, format="JPEG", quality=88)
     return buffer.getvalue()
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def face_thumbnail(path: str, stamp: str, box: tuple[float, float, float, float]) -> bytes | None:
+    """A small encoded copy of one face of a photo: its box, widened by FACE_CONTEXT on each side
+    (hair and chin, as the aligned crop shows them), or None when the photo cannot be read."""
+    try:
+        photo = load_image(path)
+    except RetrievalError:
+        return None
+    x0, y0, x1, y1 = box
+    pad_x, pad_y = FACE_CONTEXT * (x1 - x0), FACE_CONTEXT * (y1 - y0)
+    return encode_thumbnail(photo.crop((round(max(0, x0 - pad_x)), round(max(0, y0 - pad_y)),
+                                        round(min(photo.width, x1 + pad_x)), round(min(photo.height, y1 + pad_y)))))
+
+
+def face_suffix(index: GalleryIndex, item: int) -> str:
+    """" · face N" for an item of a face gallery (a photo's faces are numbered from 1, most confident first), else ""."""
+    face = index.face(item)
+    return "" if face is None else f" · face {int(face.get('face', 0)) + 1}"
+
+
+def show_item(index, item: int, caption: str | None = None) -> None:
+    """A gallery item's picture: in a face gallery (``--faces``) the item's face cut from its photo,
+    else the whole image."""
+    path = index.path(item)
+    face = index.face(item)
+    if face is None:
+        show_image(path, caption)
+        return
+    image = face_thumbnail(str(path), file_stamp(Path(path)), tuple(float(v) for v in face["box"]))
+    if image is None:
+        st.caption(f":material/broken_image: cannot read {markdown_text(Path(path).name)}")
+    else:
+        st.image(image, caption=caption, width="stretch")
 
 
 def show_image(path: str | Path, caption: str | None = None) -> None:

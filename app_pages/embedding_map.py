@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chosen_run, index_stamp, open_index, projection
+from app_pages.common import chosen_run, face_suffix, index_stamp, open_index, projection
 from retrieval import diagnostics, figures
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
@@ -40,7 +40,7 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     if len(methods) == 1:
         st.caption("UMAP is offered when umap-learn is installed: `pip install 'retrieval[umap]'`.")
     fitted = projection(index, stamp, method.lower(), int(max_points))
-    names = [index.relative_paths[i] for i in fitted.items]
+    names = [index.relative_paths[i] + face_suffix(index, int(i)) for i in fitted.items]
     labels, colour_title, colour_note = map_colours(index, fitted.items)
     last = st.session_state.get("last_query")
     query_xy, query_name = None, "query"
@@ -55,7 +55,8 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
         explained = f"; the axes hold {fitted.explained[0]:.0%} and {fitted.explained[1]:.0%} of the variance"
     query_text = (f" The black cross is the last query, {markdown_text(query_name)}." if query_xy is not None
                   else " Search on the Search page to place the query on the map.")
-    st.caption(f"{method} of the gallery embeddings: {shown} images{explained}. Hover for the image name; "
+    what = "faces (each face of a photo a point; hover names the photo and the face)" if index.has_faces else "images"
+    st.caption(f"{method} of the gallery embeddings: {shown} {what}{explained}. Hover for the image name; "
                f"scroll to zoom, drag to pan.{query_text}")
     if colour_note:
         st.caption(colour_note)

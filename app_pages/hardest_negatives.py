@@ -27,7 +27,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import ALL_CLASSES, chosen_run, index_stamp, mining_logs, mining_stamp, open_index, show_image
+from app_pages.common import ALL_CLASSES, chosen_run, index_stamp, mining_logs, mining_stamp, open_index, show_image, show_item
 from app_pages.faces import logged_image
 from retrieval import confusions, diagnostics, figures
 from retrieval.index import GalleryIndex
@@ -222,9 +222,10 @@ def show_gallery_confusions(run_dir: Path) -> None:
         closest = pair["closest"]
         with columns[number % 3].container(border=True, key=f"gallery-confusion-{number}"):
             left, right = st.columns(2)
-            for column, path, label in ((left, closest["item"], closest["label"]), (right, closest["other"], closest["other_label"])):
+            for column, path, item, label in ((left, closest["item"], closest["item_index"], closest["label"]),
+                                              (right, closest["other"], closest["other_index"], closest["other_label"])):
                 with column:
-                    show_image(path)
+                    show_item(index, item)  # a face gallery: the face
                     st.caption(f"**{markdown_text(label)}** · {markdown_text(Path(path).name)}")
             st.markdown(f"d = {closest['distance']:.3f} · rank-1 confusions **{pair['confused']}** · "
                         f"nearest negatives {pair['nearest_negative']}")

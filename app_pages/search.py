@@ -26,9 +26,10 @@ from app_pages.common import (
     chosen_run,
     class_items,
     embed_upload,
+    face_suffix,
     index_stamp,
     open_index,
-    show_image,
+    show_item,
 )
 from retrieval import diagnostics, figures
 from retrieval.data import IMAGE_EXTENSIONS, MAX_QUERY_PIXELS
@@ -86,9 +87,9 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
     st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": query_name}
     with result_col, timed(timings, "neighbours"):
         show_verdict(index, explanation, run_dir, config)
-        show_neighbours(explanation, query_label)
+        show_neighbours(index, explanation, query_label)
     with timed(timings, "margin picture"):
-        show_margin(explanation, query_label, margin, gallery_labelled=bool(labels), config=config, threshold=index.threshold)
+        show_margin(index, explanation, query_label, margin, gallery_labelled=bool(labels), config=config, threshold=index.threshold)
     total = time.perf_counter() - started
     st.caption(f"Server time {1000 * total:.0f} ms: " + ", ".join(f"{name} {1000 * seconds:.0f} ms" for name, seconds in timings.items())
                + " (query = decode + embed, skipped for an image already seen).")
@@ -147,18 +148,18 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         picked = None
     if picked is not None:
         item = picked["item"]
-        show_image(index.path(item), caption=f"query: {markdown_text(Path(index.relative_paths[item]).name)}")
+        show_item(index, item, caption=f"query: {markdown_text(Path(index.relative_paths[item]).name)}{face_suffix(index, item)}")
         label = index.labels[item]
         st.caption(("" if label is None else f"class {markdown_text(label)} · ") + "the query itself is left out of the results")
     with st.expander("Gallery (pick a query)", expanded=picked is None):
         columns = st.columns(3)
         for position, item in enumerate(shown):
             with columns[position % 3]:
-                show_image(index.path(item))
-                if st.button(markdown_text(Path(index.relative_paths[item]).name), key=f"pick-{item}", width="stretch"):
+                show_item(index, item)
+                if st.button(markdown_text(Path(index.relative_paths[item]).name) + face_suffix(index, item), key=f"pick-{item}", width="stretch"):
                     st.session_state["picked"] = {"stamp": stamp, "item": item}
                     st.rerun()
-        st.caption(f"{len(items)} images; page {page} of {n_pages}")
+        st.caption(f"{len(items)} {'faces' if index.has_faces else 'images'}; page {page} of {n_pages}")
     if picked is None:
         st.info("Pick a gallery image as the query.")
         return None
@@ -202,7 +203,7 @@ def threshold_note(config: RunConfig) -> str:
             f"{stored['n_negative_pairs']} different-class pairs.")
 
 
-def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str | None) -> None:
+def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None) -> None:
     neighbours = explanation.neighbours
     band_low, band_high = explanation.band or (0.0, 0.0)
     st.subheader(f"Top {len(neighbours)} neighbours")
@@ -213,7 +214,7 @@ def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str
         columns = st.columns(GRID_COLUMNS)
         for column, (rank, n) in zip(columns, enumerate(neighbours[start : start + GRID_COLUMNS], start=start + 1)):
             with column, st.container(border=True, key=f"neighbour-{rank}"):
-                show_image(n.path)
+                show_item(index, n.item)
                 mark = "◆ " if n.distance <= band_high else ""
                 relation = ""
                 if query_label is not None and n.label is not None:
@@ -225,7 +226,7 @@ def show_neighbours(explanation: diagnostics.SearchExplanation, query_label: str
                     st.caption(markdown_text(Path(n.path).name))
 
 
-def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
+def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
                 gallery_labelled: bool = True, config: RunConfig | None = None, threshold: Threshold | None = None) -> None:
     """The margin picture and, with the query's label, its nearest positive and negative."""
     st.subheader("Margin picture")
@@ -255,22 +256,22 @@ def show_margin(explanation: diagnostics.SearchExplanation, query_label: str | N
     if config is not None and not config.trained_with_labels:
         st.caption(f"The classes are the gallery's folders; this run was {MODE_NOTES.get(config.mode, '')}, "
                    "so they did not guide training.")
-    show_positive_and_negative(report, margin)
+    show_positive_and_negative(index, report, margin)
 
 
-def show_positive_and_negative(report: diagnostics.MarginReport, margin: float) -> None:
+def show_positive_and_negative(index: GalleryIndex, report: diagnostics.MarginReport, margin: float) -> None:
     pos_col, neg_col, verdict_col = st.columns([1, 1, 2], gap="large")
     with pos_col:
         if report.positive is None:
             st.info(f"No other gallery image of class {markdown_text(report.query_label)}.")
         else:
-            show_image(report.positive.path)
+            show_item(index, report.positive.item)
             st.markdown(f"positive: **{markdown_text(report.positive.label)}**  \nd_ap = {report.positive.distance:.3f}")
     with neg_col:
         if report.negative is None:
             st.info("No gallery image of another class.")
         else:
-            show_image(report.negative.path)
+            show_item(index, report.negative.item)
             st.markdown(f"negative: **{markdown_text(report.negative.label)}**  \nd_an = {report.negative.distance:.3f}")
     with verdict_col:
         if report.gap is None:

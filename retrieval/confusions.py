@@ -186,6 +186,7 @@ def gallery_confusions(embeddings: np.ndarray, labels: Sequence[Any], paths: Seq
 def _link(item: int, negative: int, found: NearestItems, labels: Sequence[str], paths: Sequence[str]) -> dict[str, Any]:
     positive = found.positive_distance[item]
     return {"item": str(paths[item]), "label": labels[item], "other": str(paths[negative]), "other_label": labels[negative],
+            "item_index": int(item), "other_index": int(negative),  # rows of the embeddings (a face gallery: faces, not photos)
             "distance": float(found.negative_distance[item]), "positive_distance": None if np.isnan(positive) else float(positive)}
 
 

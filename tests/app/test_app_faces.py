@@ -54,3 +54,40 @@ def test_the_hardest_negatives_of_a_face_run_show_its_face_crops(monkeypatch, fa
     assert not any("cannot read" in c for c in texts(at.caption))
     shown = [img for element in at.get("image") for img in element.proto.imgs]
     assert shown, "the triplets' face crops are shown"
+
+
+def test_picking_from_a_face_gallery_shows_faces_named_by_photo_and_face(monkeypatch, face_run):
+    at = start(monkeypatch, face_run)
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    labels = [b.label for b in at.button]
+    two = [label for label in labels if "two" in label]
+    assert sorted(two) == [r"two.jpg · face 1", r"two.jpg · face 2"], labels
+    assert any("faces; page" in c for c in texts(at.caption)), "the picker counts faces, not photos"
+    next(b for b in at.button if b.label == two[1]).click().run()
+    assert not at.exception
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert any(c.startswith("query: two.jpg · face 2") for c in captions), captions
+    assert not any("cannot read" in c for c in texts(at.caption))
+    assert len([m for m in texts(at.markdown) if "d = " in m]) >= 5, "its neighbours are shown"
+
+
+def test_a_face_gallery_thumbnail_is_the_face_with_some_context_not_the_photo(face_run):
+    import io
+
+    from PIL import Image
+
+    from app_pages.common import FACE_CONTEXT, face_thumbnail
+    from retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(face_run, load_model=False)
+    item = next(i for i in range(len(index)) if index.relative_paths[i].endswith("two.jpg"))
+    box = tuple(index.face(item)["box"])
+    data = face_thumbnail.__wrapped__(str(index.path(item)), "stamp", box) if hasattr(face_thumbnail, "__wrapped__") \
+        else face_thumbnail(str(index.path(item)), "stamp", box)
+    shown = Image.open(io.BytesIO(data))
+    photo = Image.open(index.path(item))
+    width, height = box[2] - box[0], box[3] - box[1]
+    expected = (min(photo.width, width * (1 + 2 * FACE_CONTEXT)), min(photo.height, height * (1 + 2 * FACE_CONTEXT)))
+    scale = min(1.0, 256 / max(expected))  # THUMBNAIL_PX
+    assert abs(shown.width - expected[0] * scale) <= 3 and abs(shown.height - expected[1] * scale) <= 3
+    assert shown.width < photo.width / 2, "a face, not the whole photo"

@@ -109,3 +109,21 @@ def test_search_table_output_gives_a_table_and_a_verdict_line_a_face(face_index,
     result = cli("search", run, gallery / "party" / "two_people.jpg", "-k", "2")
     assert result.code == 0, result.err
     assert "face 1 of 2" in result.out and "face 2 of 2" in result.out
+
+
+@pytest.mark.parametrize("command", ["search", "verify"])
+def test_a_face_query_above_the_query_pixel_limit_is_refused_from_its_header(face_index, cli, tmp_path, command):
+    # a face run decodes queries with the queries' limit (40 MP), not the training files' (100 MP)
+    from PIL import Image
+
+    from retrieval.data.images import MAX_IMAGE_PIXELS, MAX_QUERY_PIXELS
+
+    run, gallery = face_index
+    big = tmp_path / "big.png"
+    Image.new("1", (8000, MAX_QUERY_PIXELS // 8000 + 1)).save(big)  # 1 bit a pixel: a small file
+    assert MAX_QUERY_PIXELS < 8000 * (MAX_QUERY_PIXELS // 8000 + 1) < MAX_IMAGE_PIXELS
+    extra = [gallery / "party" / "two_people.jpg"] if command == "verify" else []
+    result = cli(command, run, big, *extra)
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "too large" in lines[0] and "queries" in lines[0] and "Traceback" not in result.err, result.err
