@@ -98,7 +98,9 @@ def run_row(name, loss, miner, dataset, seed, args, workdir: Path, settings: dic
            "settings": {k: v for k, v in config.train_settings().items() if k not in ("out", "data_dir", "command", "num_workers", "device")}}
     if (stored := _stored_result(args.results, key)) is not None:
         print(json.dumps({"reused": True, **_short(key, stored)}), flush=True)
-        return stored
+        return {**stored, "seed": seed}
+    if args.finished_only:
+        return None
     objective = pml_objective(config.margin) if loss == "pml" else None
     started = time.perf_counter()
     train(config, progress=False, objective=objective)
@@ -107,7 +109,7 @@ def run_row(name, loss, miner, dataset, seed, args, workdir: Path, settings: dic
     if args.results is not None:
         with open(args.results, "a") as stream:
             stream.write(json.dumps({**key, "results": results}) + "\n")
-    return results
+    return {**results, "seed": seed}
 
 
 def evaluate_dataset(run: Path, spec: dict, args) -> dict:
@@ -223,6 +225,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--section", default="quality", help="BENCHMARKS.md section to write")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: tables from the runs in --results only (each row says which seeds it has)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     every_row = [(*row, {}) for row in ROWS] + (PRETRAINED_ROWS if args.weights is not None else [])
@@ -230,13 +234,16 @@ def main() -> None:
     tables = []
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         for dataset in args.datasets:
-            results = {name: [run_row(name, loss, miner, dataset, seed, args, Path(tmp), settings) for seed in args.seeds]
+            results = {name: [r for seed in args.seeds if (r := run_row(name, loss, miner, dataset, seed, args, Path(tmp), settings))]
                        for name, loss, miner, settings in rows}
-            evals = [k for k in next(iter(results.values()))[0] if k != "minutes"]
-            header = "| objective | " + " | ".join(f"{e} R@1 | R@5 | MAP@R" for e in evals) + " | train min |"
-            lines = [f"### {dataset}", "", header, "|---" * (2 + 3 * len(evals)) + "|"]
+            results = {name: runs for name, runs in results.items() if runs}
+            if not results:
+                continue
+            evals = [k for k in next(iter(results.values()))[0] if k not in ("minutes", "seed")]
+            header = "| objective | seeds | " + " | ".join(f"{e} R@1 | R@5 | MAP@R" for e in evals) + " | train min |"
+            lines = [f"### {dataset}", "", header, "|---" * (3 + 3 * len(evals)) + "|"]
             for name, runs in results.items():
-                cells = []
+                cells = [", ".join(str(r["seed"]) for r in runs)]
                 for e in evals:
                     for metric in ("recall_at_1", "recall_at_5", "map_at_r"):
                         cells.append(mean_std([r[e][metric] for r in runs]))
@@ -249,7 +256,7 @@ def main() -> None:
         f"Command: `{command_line()}`.",
         _settings_line(args),
         "",
-        *tables,
+        "\n\n".join(tables),
     ])
     print(body)
     if not args.no_write:

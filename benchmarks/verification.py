@@ -84,27 +84,38 @@ def holds(far: float | None, target: float) -> bool:
 
 def table(dataset: str, rows: dict[str, list[dict]], target: float) -> str:
     """One data set's table: test quality and verification, and τ from validation against the test FAR."""
-    first = next(iter(rows.values()))[0]
+    runs = [r for group in rows.values() for r in group]
+    val_pos, val_neg = (_span([r["validation"].get(k) for r in runs]) for k in ("n_positive_pairs", "n_negative_pairs"))
+    test = runs[0]["test"]
     lines = [
-        f"### {dataset}: {first['validation'].get('n_positive_pairs', '?')} + {first['validation'].get('n_negative_pairs', '?')} "
-        f"validation pairs, {first['test']['n_positive_pairs']} + {first['test']['n_negative_pairs']} test pairs "
-        "(same-class + different-class)",
+        f"### {dataset}: {val_pos} same-class and {val_neg} different-class validation pairs"
+        + (" (by seed: each seed holds out other classes)" if "–" in val_pos + val_neg else "")
+        + f"; {test['n_positive_pairs']} same-class and {test['n_negative_pairs']} different-class test pairs",
         "",
-        "| objective | test R@1 | test MAP@R | test EER | test TAR@FAR 1e-2 | val EER | τ | val FAR(τ) | test FAR(τ) "
-        f"| test TAR(τ) | seeds within ×{FACTOR:g} | train min |",
-        "|---" * 12 + "|",
+        "| objective | seeds | test R@1 | test MAP@R | test EER | test TAR@FAR 1e-2 | val EER | τ | val FAR(τ) | test FAR(τ) "
+        f"| test FAR(τ) by seed | within ×{FACTOR:g} | test TAR(τ) | train min |",
+        "|---" * 14 + "|",
     ]
     for name, runs in rows.items():
         test, val = [r["test"] for r in runs], [r["validation"] for r in runs]
-        cells = [mean_std([t["recall_at_1"] for t in test]), mean_std([t["map_at_r"] for t in test]),
+        cells = [", ".join(str(r["seed"]) for r in runs), mean_std([t["recall_at_1"] for t in test]), mean_std([t["map_at_r"] for t in test]),
                  mean_std([t["eer"] for t in test]), _mean_or_dash([t["tar_at_far"].get("0.01") for t in test]),
                  _mean_or_dash([v.get("eer") for v in val]), _mean_or_dash([v.get("threshold") for v in val]),
                  _mean_or_dash([v.get("far") for v in val]), _mean_or_dash([t["far_at_threshold"] for t in test]),
-                 _mean_or_dash([None if t["frr_at_threshold"] is None else 1 - t["frr_at_threshold"] for t in test]),
+                 ", ".join("-" if t["far_at_threshold"] is None else f"{t['far_at_threshold']:.4f}" for t in test),
                  f"{sum(holds(t['far_at_threshold'], target) for t in test)} / {len(test)}",
+                 _mean_or_dash([None if t["frr_at_threshold"] is None else 1 - t["frr_at_threshold"] for t in test]),
                  f"{statistics.mean(r['minutes'] for r in runs):.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _span(values: list) -> str:
+    """"N" when all seeds agree, else "MIN–MAX"."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "?"
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
 
 def _mean_or_dash(values: list) -> str:
@@ -141,6 +152,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None, help="JSON lines of finished runs: appended, and reused")
     parser.add_argument("--section", default="verification", help="BENCHMARKS.md section to write")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: tables from the runs in --results only (each row says which seeds it has)")
     args = parser.parse_args()
     epochs = dict(DEFAULT_EPOCHS)
     for item in args.epochs:
@@ -166,6 +179,8 @@ def main() -> None:
             for name, loss, miner in rows:
                 for seed in args.seeds:
                     found = [r for r in done if (r["dataset"], r["row"], r["seed"], r["settings"]) == (dataset, name, seed, settings(args, dataset))]
+                    if not found and args.finished_only:
+                        continue
                     result = found[-1] if found else run_one(name, loss, miner, dataset, seed, args, Path(tmp))
                     if not found:
                         print(json.dumps(result), flush=True)
@@ -173,7 +188,8 @@ def main() -> None:
                             with args.results.open("a") as handle:
                                 handle.write(json.dumps(result) + "\n")
                     results.setdefault(name, []).append(result)
-            tables.append(table(dataset, results, args.target_far))
+            if results:
+                tables.append(table(dataset, results, args.target_far))
     epochs = ", ".join(f"{d} {args.epochs[d]}" for d in args.datasets)
     body = "\n".join([
         f"## Verification on unseen classes: {' and '.join(args.datasets)} (benchmarks/verification.py)",
@@ -184,10 +200,10 @@ def main() -> None:
         f"epochs: {epochs}; P×K = {args.classes_per_batch}×{args.images_per_class}, AdamW lr {args.lr}, margin {args.margin}, "
         f"temperature {args.temperature}; {args.val_fraction:.0%} of the training classes held out as validation classes; "
         f"τ chosen on every validation pair at target FAR {args.target_far:g} and stored with the best epoch (by validation "
-        f"MAP@R; the untrained row: epoch 0). Test: every pair of the unseen test folder. Mean ± std over seeds {args.seeds}. "
+        f"MAP@R; the untrained row: epoch 0). Test: every pair of the unseen test folder. Mean ± std over the seeds each row names (asked for: {args.seeds}). "
         f"\"seeds within ×{FACTOR:g}\": seeds whose test FAR at τ lies in [{args.target_far / FACTOR:g}, {args.target_far * FACTOR:g}].",
         "",
-        *tables,
+        "\n\n".join(tables),
     ])
     print(body)
     if not args.no_write:

@@ -6,13 +6,14 @@ A setting is ``None`` until given: the command line passes only what was typed, 
 the one place that fills the others, from :data:`DEFAULTS` (the figures measured in
 BENCHMARKS.md) and from the settings they depend on:
 
-- ``loss``: ``triplet``; ``infonce`` with ``--unlabelled`` (SimCLR's NT-Xent objective);
+- ``loss``: ``triplet``; ``infonce`` with ``--unlabelled`` (SimCLR's NT-Xent objective) and from
+  pretrained weights (measured best there);
 - ``miner``: the loss's natural miner (:data:`~retrieval.training.objective.NATURAL_MINER`:
   ``semihard`` for the triplet loss, ``none`` for the others);
 - starting from pretrained weights (``--pretrained`` / ``--weights``): the fine-tuning defaults
-  (:func:`fine_tuning_defaults`, measured in BENCHMARKS.md, "quality-pretrained": a head warm-up
-  with the backbone frozen, the backbone at a tenth of ``--lr``, BatchNorm statistics kept; the
-  schedule itself is :mod:`~retrieval.training.finetune`). :func:`describe_defaults` says in one
+  (:func:`fine_tuning_defaults`, measured in BENCHMARKS.md, "quality-pretrained-*": InfoNCE, a
+  head warm-up with the backbone frozen, then its last two stages at a tenth of ``--lr``, BatchNorm
+  statistics kept; the schedule itself is :mod:`~retrieval.training.finetune`). :func:`describe_defaults` says in one
   line which of the two sets a run took.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
@@ -85,6 +86,7 @@ UNLABELLED_LOSS = "infonce"
 PRETRAINED_BACKBONE_LR_SCALE = 0.1
 #: see :func:`fine_tuning_defaults`
 FINE_TUNING_DEFAULTS: dict[str, Any] = {
+    "loss": "infonce",  # with its natural miner (none) and the temperature 0.1 of DEFAULTS
     "freeze_backbone_epochs": 1.0,
     "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE,
     "bn_mode": "eval",

@@ -113,7 +113,8 @@ def test_help_shows_the_defaults_that_resolve_fills():
     assert len(shown) == 27  # issue 15 added --faces
     for name, text in shown.items():
         if name == "loss":
-            assert text == "triplet; infonce with --unlabelled"
+            assert text == "triplet; infonce with --unlabelled or from --pretrained / --weights"
+            assert config_module.FINE_TUNING_DEFAULTS["loss"] == "infonce"
         elif name == "miner":
             assert text == "semihard for triplet, none otherwise"
         elif name in config_module.FINE_TUNING_DEFAULTS:
