@@ -8,6 +8,13 @@ squares) onto the standard 112 × 112 five-point template of ArcFace-style model
 image size. Every aligned face thus has its eyes, nose and mouth at the same place, whatever the
 face's position, size and roll in the photo.
 
+:func:`mask_outside_face` then greys out what lies outside the face: an ellipse in template
+coordinates (:data:`FACE_OVAL`, centre and semi-axes in the 112 × 112 frame) that holds the
+forehead, cheeks and chin, with a soft edge. Outside it an aligned crop shows whatever surrounded
+the face (a studio's grey wall, the black beyond a tight crop, a shelf of fruit in a photo), which
+says nothing about who it is; a model trained on crops of one kind of surrounding otherwise learns
+it and fails on the other (BENCHMARKS.md, *Faces in photos*).
+
 Coordinates follow the pixel-index convention of the detector and of the template (the centre of
 pixel (i, j) is the point x = i, y = j). Pure numpy and Pillow.
 """
@@ -20,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "TEMPLATE", "TEMPLATE_NAME", "TEMPLATE_SIZE", "align_face", "apply_transform", "invert_transform",
-    "similarity_transform", "warp_to_template",
+    "FACE_OVAL", "MASK_NAME", "TEMPLATE", "TEMPLATE_NAME", "TEMPLATE_SIZE", "align_face", "apply_transform",
+    "invert_transform", "mask_outside_face", "similarity_transform", "warp_to_template",
 ]
 
 #: The standard five-point template of ArcFace-style models (insightface's ``arcface_dst``) in a
@@ -38,6 +45,15 @@ TEMPLATE = np.array(
 )
 TEMPLATE_NAME = "arcface-5pt-112"
 TEMPLATE_SIZE = 112
+
+#: The face region kept by :func:`mask_outside_face`, in the 112 × 112 template frame: the centre
+#: (x, y) and the semi-axes (a, b) of an ellipse, and the width of its soft edge (pixels). The
+#: template's eyes are at y ≈ 52 and its mouth at y ≈ 92, 35 px apart horizontally: the ellipse
+#: reaches from the hairline (y = 10) to below the chin (y = 110) and over both cheeks (x = 18 to 94).
+FACE_OVAL = {"centre": (56.0, 60.0), "semi_axes": (38.0, 50.0), "edge": 6.0}
+MASK_NAME = "oval-38x50"
+#: what replaces the pixels outside the face (mid-grey: the mean of a normalised image, near 0)
+MASK_FILL = (128, 128, 128)
 
 # Below this scale (image pixels per template pixel < 1 / 0.5), the image is first shrunk by an
 # integer box filter, so a large face is averaged down rather than point-sampled (no aliasing).
@@ -148,3 +164,20 @@ def _shrink_around_face(image: Image.Image, matrix: np.ndarray, factor: int) -> 
     linear = matrix[:, :2]
     offset = linear @ np.array([x0 + (factor - 1) / 2.0, y0 + (factor - 1) / 2.0]) + matrix[:, 2]
     return part, np.hstack([linear * factor, offset[:, None]])
+
+
+def mask_outside_face(face: Image.Image) -> Image.Image:
+    """``face`` (an aligned crop, any size) with everything outside :data:`FACE_OVAL` replaced by
+    mid-grey: weight w = clip((1 − r) · R / edge, 0, 1), where r = √((x − cx)² / a² + (y − cy)² / b²)
+    is the pixel's elliptical radius (1 on the ellipse) and R = (a + b) / 2 turns it into pixels;
+    the output is w · face + (1 − w) · grey. Coordinates scale with the crop's side / 112."""
+    size = face.size[0]
+    scale = size / TEMPLATE_SIZE
+    (cx, cy), (a, b), edge = FACE_OVAL["centre"], FACE_OVAL["semi_axes"], FACE_OVAL["edge"]
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / scale - 0.5  # pixel centres in template pixels
+    x, y = centres[None, :], centres[:, None]
+    r = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
+    weight = np.clip((1.0 - r) * (a + b) / 2.0 / edge, 0.0, 1.0)[:, :, None]
+    pixels = np.asarray(face.convert("RGB"), dtype=np.float64)
+    blended = weight * pixels + (1.0 - weight) * np.asarray(MASK_FILL, dtype=np.float64)
+    return Image.fromarray(np.round(blended).astype(np.uint8), "RGB")

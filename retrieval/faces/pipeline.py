@@ -25,7 +25,7 @@ from PIL import Image
 
 from retrieval.data.images import load_image, load_image_bytes, to_rgb
 from retrieval.errors import RetrievalError
-from retrieval.faces.align import TEMPLATE, TEMPLATE_NAME, TEMPLATE_SIZE, align_face
+from retrieval.faces.align import MASK_NAME, TEMPLATE, TEMPLATE_NAME, TEMPLATE_SIZE, align_face, mask_outside_face
 from retrieval.faces.cache import FaceCache, is_digest
 from retrieval.faces.detect import DETECTOR_NAME, Detection, DetectorSettings, MTCNNDetector, by_confidence, \
     detector_version, most_confident
@@ -59,14 +59,16 @@ class FacePipeline:
 
     ``settings``: the detector's (default :class:`DetectorSettings`); ``output_size``: the side of
     the aligned crops (the run's image size); ``cache_dir``: where detections and crops of files
-    are cached (``RUN_DIR/faces`` or the index folder; None: no cache); ``device``: where MTCNN
+    are cached (``RUN_DIR/faces`` or the index folder; None: no cache); ``mask``: grey out what
+    lies outside the face oval (:func:`~retrieval.faces.align.mask_outside_face`; runs saved
+    before the mask existed read back with ``mask=False``); ``device``: where MTCNN
     runs (CPU by default; not a setting: it does not change what is found). ``detector``: an
     object with ``detect_many(images) -> list[list[Detection]]`` and ``settings`` in place of
     MTCNN (tests; its settings are the pipeline's when ``settings`` is not given).
     """
 
     def __init__(self, settings: DetectorSettings | None = None, output_size: int = TEMPLATE_SIZE,
-                 cache_dir: str | Path | None = None, *, device: str = "cpu", detector: Any = None) -> None:
+                 cache_dir: str | Path | None = None, *, mask: bool = True, device: str = "cpu", detector: Any = None) -> None:
         if settings is None:
             settings = getattr(detector, "settings", None) or DetectorSettings()
         self.settings = settings
@@ -76,7 +78,8 @@ class FacePipeline:
         self.output_size = int(output_size)
         self.detector = detector if detector is not None else MTCNNDetector(self.settings, device=device)
         self.cache = FaceCache(cache_dir, self.settings.key()) if cache_dir is not None else None
-        self.crop_key = f"{TEMPLATE_NAME}-{self.output_size}px"
+        self.mask = bool(mask)  # grey outside the face oval (align.mask_outside_face); runs saved before it: False
+        self.crop_key = f"{TEMPLATE_NAME}-{MASK_NAME + '-' if self.mask else ''}{self.output_size}px"
 
     # -- what config.json records -------------------------------------------------------------
 
@@ -89,6 +92,7 @@ class FacePipeline:
             "detector_settings": self.settings.to_json(),
             "alignment": {"template": TEMPLATE_NAME, "template_size": TEMPLATE_SIZE, "points": TEMPLATE.tolist()},
             "output_size": self.output_size,
+            "mask": MASK_NAME if self.mask else None,
         }
 
     @classmethod
@@ -108,7 +112,10 @@ class FacePipeline:
         if recorded and recorded != detector_version():
             log.warning("faces: this run detected faces with %s, this install has %s: boxes may differ slightly",
                         recorded, detector_version())
-        return cls(settings, value.get("output_size", TEMPLATE_SIZE), cache_dir, device=device)
+        mask = value.get("mask")  # absent in runs saved before the mask: they keep the whole crop
+        if mask not in (None, MASK_NAME):
+            raise RetrievalError(f"faces: unknown face mask {mask!r} (this version has {MASK_NAME!r})")
+        return cls(settings, value.get("output_size", TEMPLATE_SIZE), cache_dir, mask=mask is not None, device=device)
 
     # -- faces -------------------------------------------------------------------------------
 
@@ -167,8 +174,13 @@ class FacePipeline:
             return None
         return self.digest(image)
 
+    def _align(self, picture: Image.Image, landmarks: np.ndarray) -> Image.Image:
+        """The aligned crop of one face, greyed outside the face oval when the pipeline masks."""
+        crop = align_face(picture, landmarks, self.output_size)
+        return mask_outside_face(crop) if self.mask else crop
+
     def _align_and_store(self, picture: Image.Image, found: list[Detection], digest: str | None) -> list[AlignedFace]:
-        crops = [align_face(picture, face.landmarks, self.output_size) for face in found]
+        crops = [self._align(picture, face.landmarks) for face in found]
         if digest is not None and self.cache is not None:
             for k, crop in enumerate(crops):
                 self.cache.store_crop(digest, self.crop_key, k, crop)
@@ -181,7 +193,7 @@ class FacePipeline:
             picture = _decode(image)
             for k, face in enumerate(found):
                 if crops[k] is None:
-                    crops[k] = align_face(picture, face.landmarks, self.output_size)
+                    crops[k] = self._align(picture, face.landmarks)
                     self.cache.store_crop(digest, self.crop_key, k, crops[k])
         return [_with_crop(face, crop) for face, crop in zip(found, crops)]
 

@@ -123,3 +123,26 @@ def test_outside_the_photo_is_black():
     landmarks = apply_transform(similarity(1.0, 0.0, (-60.0, 0.0)), TEMPLATE)  # the face's left half is off the photo
     aligned = np.asarray(warp_to_template(Image.new("RGB", (200, 150), (255, 255, 255)), landmarks))
     assert aligned[:, :50].max() == 0 and aligned[:, 70:].min() == 255
+
+
+@pytest.mark.parametrize("size", [112, 64, 40])
+def test_the_mask_keeps_the_face_oval_and_greys_the_corners(size):
+    from retrieval.faces.align import FACE_OVAL, MASK_FILL, mask_outside_face
+
+    rng = np.random.default_rng(size)
+    face = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    masked = np.asarray(mask_outside_face(face)).astype(int)
+    original = np.asarray(face).astype(int)
+    for corner in ((0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1)):
+        assert tuple(masked[corner]) == MASK_FILL
+    scale = size / 112
+    (cx, cy), (a, b), edge = FACE_OVAL["centre"], FACE_OVAL["semi_axes"], FACE_OVAL["edge"]
+    centre = (int(cy * scale), int(cx * scale))
+    np.testing.assert_array_equal(masked[centre], original[centre])  # inside: untouched
+    eyes = (int(52 * scale), int(38 * scale))
+    np.testing.assert_array_equal(masked[eyes], original[eyes])
+    outside = (int(cy * scale), min(size - 1, int((cx + a + edge) * scale) + 1))  # beyond the cheek: grey
+    assert tuple(masked[outside]) == MASK_FILL
+    # between: a blend of the two, never outside their range
+    low, high = np.minimum(original, 128), np.maximum(original, 128)
+    assert ((masked >= low - 1) & (masked <= high + 1)).all()

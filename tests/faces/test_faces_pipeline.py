@@ -28,7 +28,40 @@ def test_settings_json_is_plain_json_and_rebuilds_the_same_pipeline(tmp_path):
     assert rebuilt.cache.entries_dir == tmp_path / settings.key()
 
 
+def test_new_pipelines_mask_outside_the_face_and_runs_saved_before_the_mask_keep_the_whole_crop(tmp_path):
+    from retrieval.faces.align import MASK_NAME, align_face, mask_outside_face
+
+    path = dataset(SCENES / "single" / "s31" / "1.jpg")
+    masked = FacePipeline(output_size=64, cache_dir=tmp_path / "a", detector=shared_detector())
+    assert masked.settings_json()["mask"] == MASK_NAME
+    recorded = masked.settings_json()
+    del recorded["mask"]  # config.json of a run saved before the mask existed
+    old = FacePipeline.from_settings_json(recorded, cache_dir=tmp_path / "a")
+    old.detector = shared_detector()
+    assert not old.mask and old.settings_json()["mask"] is None
+    assert FacePipeline.from_settings_json(masked.settings_json()).mask
+    assert masked.crop_key != old.crop_key, "masked and whole crops are cached apart"
+    face, whole = masked.faces(path)[0], old.faces(path)[0]
+    picture = Image.open(path).convert("RGB")
+    expected_whole = align_face(picture, whole.landmarks, 64)
+    np.testing.assert_array_equal(np.asarray(whole.crop), np.asarray(expected_whole))
+    np.testing.assert_array_equal(np.asarray(face.crop), np.asarray(mask_outside_face(expected_whole)))
+    # a second pipeline reads each kind back from the cache, unchanged
+    again = FacePipeline(output_size=64, cache_dir=tmp_path / "a", detector=CountingDetector())
+    np.testing.assert_array_equal(np.asarray(again.faces(path)[0].crop), np.asarray(face.crop))
+    assert again.detector.images == 0, "read back from the cache, not detected again"
+
+
+def test_the_cached_crop_file_name_is_one_the_app_serves(tmp_path):
+    from app_pages.faces import _CROP_FILE
+
+    for mask in (True, False):
+        pipeline = FacePipeline(output_size=64, cache_dir=tmp_path, mask=mask, detector=CountingDetector())
+        assert _CROP_FILE.match(pipeline.cache.crop_path("0" * 64, pipeline.crop_key, 0).name)
+
+
 @pytest.mark.parametrize("change", [
+    {"mask": "square"},
     {"detector": "retinaface"},
     {"alignment": {"template": "arcface-5pt-112", "points": [[0, 0]] * 5}},
     {"alignment": None},
