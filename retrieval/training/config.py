@@ -11,9 +11,10 @@ BENCHMARKS.md) and from the settings they depend on:
 - ``miner``: the loss's natural miner (:data:`~retrieval.training.objective.NATURAL_MINER`:
   ``semihard`` for the triplet loss, ``none`` for the others);
 - starting from pretrained weights (``--pretrained`` / ``--weights``): the fine-tuning defaults
-  (:func:`fine_tuning_defaults`, measured in BENCHMARKS.md, "quality-pretrained-*": InfoNCE, a
-  head warm-up with the backbone frozen, then its last two stages at a tenth of ``--lr``, BatchNorm
-  statistics kept; the schedule itself is :mod:`~retrieval.training.finetune`). :func:`describe_defaults` says in one
+  (:func:`fine_tuning_defaults`, measured in BENCHMARKS.md, "Fine-tuning from pretrained weights":
+  InfoNCE at the backbone's own image size (:func:`pretrained_image_size`), a head warm-up with the
+  backbone frozen, then its last two stages at a tenth of ``--lr``, BatchNorm statistics kept; the
+  schedule itself is :mod:`~retrieval.training.finetune`). :func:`describe_defaults` says in one
   line which of the two sets a run took.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
@@ -99,8 +100,23 @@ _NOT_SETTINGS = ("command", "given")
 def fine_tuning_defaults() -> dict[str, Any]:
     """Defaults for a run that starts from pretrained weights (``--pretrained`` / ``--weights``),
     taking precedence over :data:`DEFAULTS` and losing to what the user gave (chosen by the
-    comparisons in BENCHMARKS.md, "quality-pretrained")."""
+    comparisons in BENCHMARKS.md, "Fine-tuning from pretrained weights"). The image size is
+    the backbone's own (:func:`pretrained_image_size`), filled in by :meth:`TrainConfig.resolve`."""
     return dict(FINE_TUNING_DEFAULTS)
+
+
+def pretrained_image_size(backbone: str) -> int | None:
+    """The side of the images ``backbone``'s pretrained weights were trained on (timm's
+    ``pretrained_cfg.input_size``: 224 for tf_efficientnet_lite0 and resnet18, 384 for
+    vit_base_patch16_384), or None when timm has no pretrained config for the name."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(backbone)
+    except Exception:  # noqa: BLE001  (an unknown name: validate() names it)
+        return None
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(max(size[-2:])) if size else None
 
 
 def settings_before_fine_tuning(saved: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +132,7 @@ def describe_defaults(config: "TrainConfig") -> str:
     """One line: which defaults a resolved config took (fine-tuning or from scratch) and their values."""
     if config.resume:
         return "resuming: the run's own settings (config.json's train_settings), with --epochs / --device / --workers of this call"
-    names = ("loss", "margin", "temperature", "freeze_backbone_epochs", "backbone_stages", "backbone_lr_scale", "bn_mode", "lr", "epochs")
+    names = ("image_size", "loss", "margin", "temperature", "freeze_backbone_epochs", "backbone_stages", "backbone_lr_scale", "bn_mode", "lr", "epochs")
     shown = ", ".join(f"{name} {getattr(config, name)}{'' if name not in config.given else ' (typed)'}" for name in names)
     if config.starts_pretrained:
         source = "--pretrained" if config.pretrained else f"--weights {config.weights}"
@@ -203,6 +219,9 @@ class TrainConfig:
             defaults.update(fine_tuning_defaults())
         if values["unlabelled"]:
             defaults["loss"] = UNLABELLED_LOSS
+        if (values["pretrained"] or values["weights"] is not None) and values["image_size"] is None:
+            backbone = values["backbone"] if values["backbone"] is not None else DEFAULTS["backbone"]
+            defaults["image_size"] = pretrained_image_size(backbone) or DEFAULTS["image_size"]
         for name, default in defaults.items():
             if values.get(name) is None:
                 values[name] = default

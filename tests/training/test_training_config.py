@@ -115,6 +115,8 @@ def test_help_shows_the_defaults_that_resolve_fills():
         if name == "loss":
             assert text == "triplet; infonce with --unlabelled or from --pretrained / --weights"
             assert config_module.FINE_TUNING_DEFAULTS["loss"] == "infonce"
+        elif name == "image_size":
+            assert text.startswith(f"{DEFAULTS['image_size']}; from --pretrained / --weights the size the backbone was pretrained at")
         elif name == "miner":
             assert text == "semihard for triplet, none otherwise"
         elif name in config_module.FINE_TUNING_DEFAULTS:

@@ -132,6 +132,22 @@ def test_pretrained_runs_take_the_fine_tuning_defaults_and_runs_from_scratch_the
     assert scratch.freeze_backbone_epochs == 0 and scratch.backbone_lr_scale == 1.0 and scratch.bn_mode == "train"
 
 
+def test_runs_from_pretrained_weights_train_at_the_backbones_own_image_size_unless_one_is_typed(tmp_path):
+    from retrieval.training.config import pretrained_image_size
+
+    weights = tmp_path / "w.safetensors"
+    assert pretrained_image_size("tf_efficientnet_lite0") == 224 and pretrained_image_size("vit_base_patch16_384") == 384
+    assert pretrained_image_size("no_such_backbone") is None
+    for backbone, expected in (("tf_efficientnet_lite0", 224), ("resnet10t", pretrained_image_size("resnet10t")), (None, 224)):
+        config = TrainConfig(data_dir=tmp_path, out=tmp_path / "run", backbone=backbone, weights=weights).resolve()
+        assert config.image_size == expected and "image_size" not in config.given
+        assert f"image_size {expected}," in describe_defaults(config)
+    assert TrainConfig(data_dir=tmp_path, out=tmp_path / "run", pretrained=True, image_size=96).resolve().image_size == 96
+    assert TrainConfig(data_dir=tmp_path, out=tmp_path / "run", backbone="tf_efficientnet_lite0").resolve().image_size == 128
+    unknown = TrainConfig(data_dir=tmp_path, out=tmp_path / "run", backbone="no_such_backbone", weights=weights).resolve()
+    assert unknown.image_size == 128  # validate() names the unknown backbone
+
+
 def test_typed_flags_win_over_the_fine_tuning_defaults():
     typed = _config(pretrained=True, freeze_backbone_epochs=0.0, backbone_lr_scale=1.0, bn_mode="train").resolve()
     assert (typed.freeze_backbone_epochs, typed.backbone_lr_scale, typed.bn_mode) == (0.0, 1.0, "train")
