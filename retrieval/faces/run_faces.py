@@ -85,7 +85,8 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
         labels.append(label)
     if missing:
         names = [_shown(path, folder.root) for path in missing]
-        log.warning("faces: %d of %d %s image(s) have no face found and are skipped: %s", len(missing), len(folder.paths), what,
+        outcome = "count as misses" if what in ("query", "evaluation") else "are left out"  # evaluate scores a missed query 0
+        log.warning("faces: %d of %d %s image(s) have no face found and %s: %s", len(missing), len(folder.paths), what, outcome,
                     data.brief_list(names))
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
                             skipped=list(folder.skipped), non_images=list(folder.non_images)), missing

@@ -32,11 +32,13 @@ def test_with_misses_equals_the_mean_over_all_queries_with_a_miss_scoring_zero()
     assert result["n_queries"] == 14 and result["n_no_face"] == 2
 
 
-def test_evaluate_on_a_face_run_counts_a_faceless_query_as_a_miss(face_run, tmp_path):
+def test_evaluate_on_a_face_run_counts_a_faceless_query_as_a_miss(face_run, tmp_path, caplog):
     folder = make_face_folder(tmp_path / "eval", n_classes=3, per_class=2, no_face=1)
     metrics = evaluate_run(face_run, folder, device="cpu")
     assert metrics["n_queries"] == 7 and metrics["n_no_face"] == 1
     assert metrics["recall_at_10"] <= 6 / 7 + 1e-9, "the faceless query cannot be a hit"
+    warned = [r.getMessage() for r in caplog.records if "no face found" in r.getMessage()]
+    assert len(warned) == 1 and "count as misses" in warned[0] and "skipped" not in warned[0], warned
 
 
 def test_cross_set_evaluate_on_a_face_run_counts_query_misses_only(face_run, tmp_path):
