@@ -95,18 +95,6 @@ def report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    start, end = "<!-- face-runs:start -->", "<!-- face-runs:end -->"
-    current = path.read_text()
-    block = f"{start}\n{text}{end}"
-    if start in current and end in current:
-        current = current[:current.index(start)] + block + current[current.index(end) + len(end):]
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -130,7 +118,9 @@ def main() -> None:
     text = report(rows, minutes, args)
     print(text)
     if args.write:
-        write_section(text)
+        from _report import write_section  # this folder's report helpers (atomic: a temporary file, then a rename)
+
+        write_section("face-runs", text)
 
 
 if __name__ == "__main__":
