@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from retrieval.errors import RetrievalError
+from retrieval.faces.cascade import CASCADE_NAME, detect_faces
 
 __all__ = ["DETECTOR_NAME", "Detection", "DetectorSettings", "MTCNNDetector", "by_confidence", "most_confident"]
 
@@ -37,9 +38,9 @@ _PACKAGE = "facenet-pytorch"
 def detector_version() -> str:
     """``facenet-pytorch`` and its version (part of the cache key: other weights, other boxes)."""
     try:
-        return f"{_PACKAGE} {metadata.version(_PACKAGE)}"
+        return f"{_PACKAGE} {metadata.version(_PACKAGE)}, {CASCADE_NAME}"
     except metadata.PackageNotFoundError:
-        return f"{_PACKAGE} (not installed)"
+        return f"{_PACKAGE} (not installed), {CASCADE_NAME}"
 
 
 @dataclass(frozen=True)
@@ -182,18 +183,18 @@ class MTCNNDetector:
         return results
 
     def _run(self, images: list[Image.Image]) -> list[list[Detection]]:
-        mtcnn = self._load()
-        boxes, scores, points = mtcnn.detect(images, landmarks=True)
+        s = self.settings
+        boxes, points = detect_faces(np.stack([np.asarray(image, dtype=np.uint8) for image in images]), self._load(),
+                                     s.min_face_size, s.thresholds, s.scale_factor)
         width, height = images[0].size
         out = []
-        for image_boxes, image_scores, image_points in zip(boxes, scores, points):
+        for image_boxes, image_points in zip(boxes, points):
             faces = []
-            if image_boxes is not None:
-                for box, score, landmarks in zip(image_boxes, image_scores, image_points):
-                    x0, y0, x1, y1 = (float(v) for v in box)
-                    clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
-                               min(max(x1, 0.0), width), min(max(y1, 0.0), height))
-                    faces.append(Detection(clipped, float(score), np.asarray(landmarks, dtype=np.float64).reshape(5, 2)))
+            for box, landmarks in zip(image_boxes, image_points):
+                x0, y0, x1, y1, score = (float(v) for v in box)
+                clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
+                           min(max(x1, 0.0), width), min(max(y1, 0.0), height))
+                faces.append(Detection(clipped, score, np.asarray(landmarks, dtype=np.float64).reshape(5, 2)))
             out.append(by_confidence(faces))
         return out
 

@@ -132,3 +132,69 @@ def test_a_batch_finds_what_single_images_find():
         for a, b in zip(batch, single):
             np.testing.assert_allclose(a.box, b.box, atol=1e-3)
             np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+
+
+# -- the cascade against facenet-pytorch's own -----------------------------------------------
+
+def _facenet_reference(detector, image):
+    """facenet-pytorch's MTCNN.detect with the same networks and settings: (boxes, scores, landmarks)."""
+    boxes, scores, points = detector._load().detect(image, landmarks=True)
+    if boxes is None:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+    return np.asarray(boxes, dtype=float), np.asarray(scores, dtype=float), np.asarray(points, dtype=float)
+
+
+@pytest.mark.parametrize("path, size", [
+    (SCENES / "single" / "s31" / "1.jpg", None), (SCENES / "pairs" / "000.jpg", None), (ATT_CROPS / "1.png", None),
+    (SCENES / "single" / "s34" / "2.jpg", (1155, 866)),  # a 1-megapixel photo: 19 pyramid levels
+    (DATASETS / "grocery" / "test" / "Alpro-Fresh-Soy-Milk" / "test_Alpro-Fresh-Soy-Milk_001.jpg", None),
+])
+def test_cascade_finds_the_faces_facenet_pytorch_finds(path, size):
+    """Same faces, same place: our pyramid (levels resampled from level 0) against facenet-pytorch's
+    (every level from the full image). Boxes and landmarks within 3 px, scores within 0.02."""
+    image = Image.open(dataset(path)).convert("RGB")
+    if size is not None:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    detector = shared_detector()
+    ours = detector.detect(image)
+    boxes, scores, points = _facenet_reference(detector, image)
+    keep = scores > detector.settings.thresholds[2]  # facenet-pytorch keeps what passes, as ours
+    assert len(ours) == int(keep.sum())
+    for face in ours:  # each of ours is one of theirs, nearest by box centre
+        nearest = int(np.argmin([np.hypot(*np.subtract(centre(face.box), centre(box))) for box in boxes]))
+        np.testing.assert_allclose(face.box, boxes[nearest], atol=3.0)
+        np.testing.assert_allclose(face.landmarks, points[nearest], atol=3.0)
+        assert abs(face.score - scores[nearest]) < 0.02
+
+
+def test_pyramid_scales_follow_facenet_pytorchs_rule():
+    from retrieval.faces.cascade import pyramid_scales
+
+    scales = pyramid_scales(866, 1155, 40, 0.85)
+    assert len(scales) == 19 and scales[0] == pytest.approx(0.3)
+    assert all(b == pytest.approx(a * 0.85) for a, b in zip(scales, scales[1:]))
+    assert 866 * scales[-1] >= 12 > 866 * scales[-1] * 0.85
+    assert pyramid_scales(30, 200, 40, 0.85) == []  # no face of 40 px fits
+
+
+def test_pyramid_levels_have_facenet_pytorchs_sizes_and_stay_close_to_full_image_area_resampling():
+    import torch
+    from torch.nn.functional import interpolate
+
+    from retrieval.faces.cascade import SOURCE_RATIO, pyramid_levels, pyramid_scales
+
+    photo = Image.open(dataset(SCENES / "single" / "s31" / "1.jpg")).convert("RGB").resize((1155, 866))
+    images = torch.as_tensor(np.asarray(photo).copy()).permute(2, 0, 1)[None].float()
+    scales = pyramid_scales(866, 1155, 40, 0.85)
+    levels = list(pyramid_levels(images, scales))
+    assert len(levels) == len(scales)
+    for scale, level in zip(scales, levels):
+        size = (int(866 * scale + 1), int(1155 * scale + 1))
+        reference = interpolate(images, size=size, mode="area")  # facenet-pytorch's level
+        assert level.shape == reference.shape
+        difference = (level - reference).abs()
+        if 866 < 2 * SOURCE_RATIO * size[0]:  # the top of the pyramid: from the full image, exactly
+            assert difference.max() < 1e-3
+        else:  # from an octave: resampling noise only
+            assert difference.mean() < 5.0 and difference.max() < 60  # measured: 0.9-4.2, 15-34
+    assert any(866 >= 2 * SOURCE_RATIO * int(866 * s + 1) for s in scales)  # octaves were used
