@@ -10,6 +10,7 @@ mining logs once per file version (``st.cache_data``). Run directories are read 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import threading
@@ -234,13 +235,33 @@ def face_thumbnail(path: str, stamp: str, box: tuple[float, float, float, float]
     """A small encoded copy of one face of a photo: its box, widened by FACE_CONTEXT on each side
     (hair and chin, as the aligned crop shows them), or None when the photo cannot be read."""
     try:
-        photo = load_image(path)
+        return encode_thumbnail(face_with_context(load_image(path), box))
     except RetrievalError:
         return None
+
+
+def face_with_context(photo, box: tuple[float, float, float, float]):
+    """The face ``box`` of ``photo`` widened by FACE_CONTEXT of its size on each side, within the photo."""
     x0, y0, x1, y1 = box
     pad_x, pad_y = FACE_CONTEXT * (x1 - x0), FACE_CONTEXT * (y1 - y0)
-    return encode_thumbnail(photo.crop((round(max(0, x0 - pad_x)), round(max(0, y0 - pad_y)),
-                                        round(min(photo.width, x1 + pad_x)), round(min(photo.height, y1 + pad_y)))))
+    return photo.crop((round(max(0, x0 - pad_x)), round(max(0, y0 - pad_y)),
+                       round(min(photo.width, x1 + pad_x)), round(min(photo.height, y1 + pad_y))))
+
+
+@st.cache_data(max_entries=20000, show_spinner=False)
+def picture_url(path: str, stamp: str, box: tuple[float, float, float, float] | None, side: int) -> str | None:
+    """A gallery item's picture at most ``side`` pixels a side as a ``data:`` URL (for a chart's image
+    marks): the whole image, or the face ``box`` with its context; None when the file cannot be read."""
+    try:
+        image = load_image(path)
+    except RetrievalError:
+        return None
+    image = face_with_context(image, box) if box is not None else image.copy()
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG" if max(image.size) < 32 else "JPEG", quality=85)
+    kind = "png" if max(image.size) < 32 else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def face_suffix(index: GalleryIndex, item: int) -> str:

@@ -1,5 +1,8 @@
 """Embedding map: the gallery embeddings projected to 2-D, coloured by class, the last query on it.
 
+Up to MAP_PICTURES of the points are drawn as their picture (the face, in a face gallery), so the map
+shows what sits where; the "Pictures" toggle turns them off.
+
 PCA, or UMAP when ``umap-learn`` is installed (:func:`retrieval.diagnostics.project_2d`); large
 galleries are drawn as a random sample. A gallery without class labels is coloured by folder when
 it comes from several folders, else not at all, and the page says so. The last query of the
@@ -13,7 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chosen_run, face_suffix, index_stamp, open_index, projection
+import numpy as np
+
+from app_pages.common import chosen_run, face_suffix, file_stamp, index_stamp, open_index, picture_url, projection
 from retrieval import diagnostics, figures
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
@@ -21,6 +26,8 @@ from retrieval.safe_text import markdown_text
 
 POINT_COUNTS = (500, 1000, 2000, 5000, 10000, 20000)  # choices of "Points drawn" below the gallery's size
 DEFAULT_POINTS = 2000
+MAP_PICTURES = 150  # points drawn with their picture (spread evenly over the points drawn)
+MAP_PICTURE_PX = 48  # the pictures' side as stored in the chart (drawn at 30 px)
 
 
 def map_page(run_dir: Path, config: RunConfig) -> None:
@@ -30,8 +37,10 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
         return
     stamp = index_stamp(run_dir)
     methods = ["PCA"] + (["UMAP"] if diagnostics.umap_available() else [])
-    controls = st.columns([1, 2])
+    controls = st.columns([1, 2, 1])
     method = controls[0].radio("Projection", methods, horizontal=True, key="map_method")
+    with_pictures = controls[2].toggle("Pictures", value=True, key="map_pictures",
+                                       help=f"Draw up to {MAP_PICTURES} points as their picture" + (" (the face)" if index.has_faces else ""))
     sizes = [s for s in POINT_COUNTS if s < len(index)] + [len(index)]
     max_points = len(index)
     if len(sizes) > 1:
@@ -47,8 +56,9 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     if last is not None and last.get("stamp") == stamp:
         query_xy = fitted.transform(last["vector"])[0]
         query_name = last["name"]
+    pictures = map_pictures(index, fitted.items) if with_pictures else None
     st.altair_chart(figures.embedding_map(fitted.coords, labels, names, query=query_xy, query_name=query_name,
-                                          colour_title=colour_title), width="stretch")
+                                          colour_title=colour_title, pictures=pictures), width="stretch")
     shown = f"all {len(index)}" if len(fitted.items) == len(index) else f"{len(fitted.items)} of {len(index)} (drawn at random)"
     explained = ""
     if fitted.explained is not None:
@@ -56,10 +66,28 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     query_text = (f" The black cross is the last query, {markdown_text(query_name)}." if query_xy is not None
                   else " Search on the Search page to place the query on the map.")
     what = "faces (each face of a photo a point; hover names the photo and the face)" if index.has_faces else "images"
-    st.caption(f"{method} of the gallery embeddings: {shown} {what}{explained}. Hover for the image name; "
+    drawn = "" if pictures is None else (
+        f" {sum(p is not None for p in pictures)} points are drawn as their {'face' if index.has_faces else 'image'}"
+        f"{' (spread over the map)' if len(fitted.items) > MAP_PICTURES else ''}.")
+    st.caption(f"{method} of the gallery embeddings: {shown} {what}{explained}.{drawn} Hover for the image name; "
                f"scroll to zoom, drag to pan.{query_text}")
     if colour_note:
         st.caption(colour_note)
+
+
+def map_pictures(index: GalleryIndex, items) -> list[str | None]:
+    """A picture URL for at most MAP_PICTURES of the drawn ``items``, evenly spaced over them (the
+    sample is already random), None for the others: each item's image, or its face in a face gallery."""
+    chosen = set(np.linspace(0, len(items) - 1, num=min(MAP_PICTURES, len(items)), dtype=int).tolist()) if len(items) else set()
+    pictures: list[str | None] = []
+    for position, item in enumerate(items):
+        if position not in chosen:
+            pictures.append(None)
+            continue
+        path, face = index.path(int(item)), index.face(int(item))
+        box = None if face is None else tuple(float(v) for v in face["box"])
+        pictures.append(picture_url(str(path), file_stamp(path), box, MAP_PICTURE_PX))
+    return pictures
 
 
 def map_colours(index: GalleryIndex, items) -> tuple[list[str | None] | None, str, str]:

@@ -314,10 +314,13 @@ def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mappin
 
 def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names: Sequence[str], *,
                   query: Sequence[float] | None = None, query_name: str = "query",
-                  colour_title: str = "class", height: int = 520) -> alt.LayerChart:
+                  colour_title: str = "class", pictures: Sequence[str | None] | None = None,
+                  picture_px: int = 30, height: int = 520) -> alt.LayerChart:
     """A scatter of gallery points ``coords`` (n, 2) coloured by label, with the image name on
-    hover; ``query`` (x, y) is drawn as a black cross on top. Layer 0 is the gallery, layer 1
-    (when a query is given) the query. Zoom and pan with the mouse.
+    hover; ``query`` (x, y) is drawn as a black cross on top. Layer 0 is the gallery; then, when
+    ``pictures`` is given (an image URL, e.g. ``data:image/jpeg;base64,...``, or None per point),
+    the pictures, ``picture_px`` wide, centred on their points; the last layer (when a query is
+    given) is the query. Zoom and pan with the mouse.
 
     ``colour_title`` names what the labels are (legend and tooltip: "class", "folder", ...);
     ``labels=None`` draws every point in one colour, without a legend (a gallery without labels)."""
@@ -340,6 +343,12 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
             tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title=colour_title)],
         )
     layers = [points]
+    if pictures is not None:
+        shown = [{"x": round(float(x), 5), "y": round(float(y), 5), "name": str(name), "picture": url}
+                 for (x, y), name, url in zip(coords, names, pictures) if url is not None]
+        if shown:
+            layers.append(alt.Chart(_data(shown)).mark_image(width=picture_px, height=picture_px).encode(
+                x="x:Q", y="y:Q", url="picture:N", tooltip=[alt.Tooltip("name:N", title="image")]))
     if query is not None:
         qx, qy = (float(v) for v in query)
         layers.append(alt.Chart(_data([{"x": qx, "y": qy, "name": query_name}])).mark_point(

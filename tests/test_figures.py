@@ -93,6 +93,20 @@ def test_embedding_map_has_a_point_per_item_and_the_query_on_top():
     valid(chart)
 
 
+def test_embedding_map_draws_the_pictures_given_between_the_points_and_the_query():
+    coords = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
+    url = "data:image/png;base64,iVBORw0KGgo="
+    chart = figures.embedding_map(coords, ["a", "b", "a"], ["x.png", "y.png", "z.png"], query=(0.2, 0.3),
+                                  pictures=[url, None, url], picture_px=24)
+    points, pictures, query = chart.layer
+    assert [(r["x"], r["y"], r["name"], r["picture"]) for r in rows(pictures)] == [(0.0, 1.0, "x.png", url), (0.5, 0.5, "z.png", url)]
+    spec = valid(chart)["layer"][1]
+    assert spec["mark"] == {"type": "image", "width": 24, "height": 24}
+    assert spec["encoding"]["url"]["field"] == "picture"
+    assert rows(query)[0]["name"] == "query"
+    assert len(figures.embedding_map(coords, None, ["x", "y", "z"], pictures=[None] * 3).layer) == 1  # none to draw
+
+
 def test_embedding_map_without_query_and_many_classes_drops_the_legend():
     n = figures.LEGEND_MAX_CLASSES + 5
     chart = figures.embedding_map(np.zeros((n, 2)), [f"c{i}" for i in range(n)], [f"{i}.png" for i in range(n)])

@@ -16,6 +16,29 @@ def test_embedding_map_places_the_last_query(monkeypatch, full_run):
     upload(at, "mapped.png", fake_runs.png_bytes((200, 200, 0)))
     go(at, "Embedding map")
     (spec,) = charts(at)
-    assert len(spec["layer"]) == 2
-    assert layer_rows(spec, 1)[0]["name"] == "mapped.png"
+    assert len(spec["layer"]) == 3  # points, pictures, query
+    assert layer_rows(spec, 2)[0]["name"] == "mapped.png"
     assert any("last query, mapped.png" in c for c in texts(at.caption))
+
+
+def test_embedding_map_draws_points_as_their_pictures_and_the_toggle_turns_them_off(monkeypatch, full_run):
+    import base64
+    import io
+
+    from PIL import Image
+
+    at = go(start(monkeypatch, full_run), "Embedding map")
+    (spec,) = charts(at)
+    points, pictures = layer_rows(spec, 0), layer_rows(spec, 1)
+    assert spec["layer"][1]["mark"]["type"] == "image"
+    assert len(pictures) == len(points)  # a small gallery: every point has its picture
+    by_name = {p["name"]: p for p in points}
+    for row in pictures:
+        assert (row["x"], row["y"]) == (by_name[row["name"]]["x"], by_name[row["name"]]["y"])
+        head, data = row["picture"].split(",", 1)
+        assert head in ("data:image/png;base64", "data:image/jpeg;base64")
+        assert max(Image.open(io.BytesIO(base64.b64decode(data))).size) <= 48
+    assert any("drawn as their image" in c for c in texts(at.caption))
+    at.toggle(key="map_pictures").set_value(False).run()
+    (spec,) = charts(at)
+    assert [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]] == ["circle"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faces"))
-from app_helpers import go, start, texts, upload  # noqa: E402
+from app_helpers import charts, go, layer_rows, start, texts, upload  # noqa: E402
 from faces_helpers import SCENES, dataset, make_face_folder, make_face_run  # noqa: E402
 from retrieval.index import build_index  # noqa: E402
 
@@ -91,3 +91,29 @@ def test_a_face_gallery_thumbnail_is_the_face_with_some_context_not_the_photo(fa
     scale = min(1.0, 256 / max(expected))  # THUMBNAIL_PX
     assert abs(shown.width - expected[0] * scale) <= 3 and abs(shown.height - expected[1] * scale) <= 3
     assert shown.width < photo.width / 2, "a face, not the whole photo"
+
+
+def test_the_map_of_a_face_gallery_draws_each_face_as_its_crop(monkeypatch, face_run):
+    import base64
+    import io
+
+    from PIL import Image
+
+    at = go(start(monkeypatch, face_run), "Embedding map")
+    (spec,) = charts(at)
+    pictures = {row["name"]: row["picture"] for row in layer_rows(spec, 1)}
+    faces = sorted(name for name in pictures if "two.jpg" in name)
+    assert faces == ["party/two.jpg · face 1", "party/two.jpg · face 2"], sorted(pictures)
+    one, two = (Image.open(io.BytesIO(base64.b64decode(pictures[name].split(",", 1)[1]))) for name in faces)
+    assert one.tobytes() != two.tobytes(), "each face its own crop"
+    from app_pages.common import face_with_context
+    from retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(face_run, load_model=False)
+    items = [i for i in range(len(index)) if index.relative_paths[i].endswith("two.jpg")]
+    photo = Image.open(index.path(items[0])).convert("RGB")
+    for shown, item in zip((one, two), sorted(items, key=lambda i: index.face(i)["face"])):
+        expected = face_with_context(photo, tuple(index.face(item)["box"]))
+        expected.thumbnail((48, 48))
+        assert shown.size == expected.size != (48, 36), "the face with its context, not the 480 x 360 photo"
+    assert any("drawn as their face" in c for c in texts(at.caption))
