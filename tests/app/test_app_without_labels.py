@@ -76,7 +76,7 @@ def test_every_page_on_an_unlabelled_run_with_a_flat_gallery_hides_what_needs_la
     go(at, "Embedding map")
     (spec,) = charts(at)
     assert "color" not in spec["layer"][0]["encoding"]
-    assert len(layer_rows(spec, 0)) == 16 and len(spec["layer"]) == 2  # the gallery and the last query
+    assert len(layer_rows(spec, 0)) == 16 and len(spec["layer"]) == 3  # the gallery, its pictures and the last query
     assert any("not coloured" in c for c in texts(at.caption))
 
     go(at, "Training")
