@@ -70,88 +70,105 @@ def detect_faces(images: np.ndarray, mtcnn, min_face_size: int, thresholds, fact
     ``pnet``, ``rnet``, ``onet``). Returns two lists of n arrays, as facenet-pytorch's
     ``detect_face``: (faces, 5) boxes with their O-Net score, and (faces, 5, 2) landmarks.
     """
-    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, fixed_batch_process, \
-        generateBoundingBox, imresample, pad, rerec
-    from torchvision.ops.boxes import batched_nms
-
-    pnet, rnet, onet = mtcnn.pnet, mtcnn.rnet, mtcnn.onet
-    device = next(pnet.parameters()).device
-    dtype = next(pnet.parameters()).dtype
+    device = next(mtcnn.pnet.parameters()).device
     with torch.no_grad():
-        imgs = torch.as_tensor(np.ascontiguousarray(images), device=device).permute(0, 3, 1, 2).type(dtype)
-        batch_size = len(imgs)
-        h, w = imgs.shape[2:4]
-
-        # Stage 1: P-Net over the pyramid
-        boxes, image_inds, scale_picks, offset = [], [], [], 0
-        scales = pyramid_scales(h, w, min_face_size, factor)
-        for scale, im_data in zip(scales, pyramid_levels(imgs, scales)):
-            reg, probs = pnet((im_data - 127.5) * 0.0078125)
-            boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
-            boxes.append(boxes_scale)
-            image_inds.append(image_inds_scale)
-            pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
-            scale_picks.append(pick + offset)
-            offset += boxes_scale.shape[0]
-        if not boxes:
-            return [np.zeros((0, 5)) for _ in range(batch_size)], [np.zeros((0, 5, 2)) for _ in range(batch_size)]
-        boxes, image_inds = torch.cat(boxes, dim=0), torch.cat(image_inds, dim=0)
-        scale_picks = torch.cat(scale_picks, dim=0)
-        boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        boxes, image_inds = boxes[pick], image_inds[pick]
-        regw = boxes[:, 2] - boxes[:, 0]
-        regh = boxes[:, 3] - boxes[:, 1]
-        boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
-                             boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh, boxes[:, 4]]).permute(1, 0)
-        boxes = rerec(boxes)
-
-        # Stage 2: R-Net on each candidate cut from the full image at 24 × 24
+        imgs = torch.as_tensor(np.ascontiguousarray(images), device=device).permute(0, 3, 1, 2)
+        imgs = imgs.type(next(mtcnn.pnet.parameters()).dtype)
+        boxes, image_inds = _propose(imgs, mtcnn.pnet, min_face_size, thresholds[0], factor)
         if len(boxes) > 0:
-            crops, kept = _crops(imgs, boxes, image_inds, w, h, 24, pad, imresample)
-            boxes, image_inds = boxes[kept], image_inds[kept]
-        if len(boxes) > 0:
-            out = fixed_batch_process((crops - 127.5) * 0.0078125, rnet)
-            score = out[1].permute(1, 0)[1, :]
-            ipass = score > thresholds[1]
-            boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-            image_inds = image_inds[ipass]
-            mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-            boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
-            boxes = rerec(bbreg(boxes, mv))
-
-        # Stage 3: O-Net at 48 × 48: score, box regression, landmarks
+            boxes, image_inds = _refine(imgs, boxes, image_inds, mtcnn.rnet, thresholds[1])
         points = torch.zeros(0, 5, 2, device=device)
         if len(boxes) > 0:
-            crops, kept = _crops(imgs, boxes, image_inds, w, h, 48, pad, imresample)
-            boxes, image_inds = boxes[kept], image_inds[kept]
-        if len(boxes) > 0:
-            out = fixed_batch_process((crops - 127.5) * 0.0078125, onet)
-            score = out[2].permute(1, 0)[1, :]
-            points = out[1].permute(1, 0)
-            ipass = score > thresholds[2]
-            points = points[:, ipass]
-            boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-            image_inds = image_inds[ipass]
-            mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
-            w_i = boxes[:, 2] - boxes[:, 0] + 1
-            h_i = boxes[:, 3] - boxes[:, 1] + 1
-            points_x = w_i.repeat(5, 1) * points[:5, :] + boxes[:, 0].repeat(5, 1) - 1
-            points_y = h_i.repeat(5, 1) * points[5:10, :] + boxes[:, 1].repeat(5, 1) - 1
-            points = torch.stack((points_x, points_y)).permute(2, 1, 0)
-            boxes = bbreg(boxes, mv)
-            pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-            boxes, image_inds, points = boxes[pick], image_inds[pick], points[pick]
-
+            boxes, image_inds, points = _output(imgs, boxes, image_inds, mtcnn.onet, thresholds[2])
     boxes, points, image_inds = boxes.cpu().numpy(), points.cpu().numpy(), image_inds.cpu().numpy()
-    return ([boxes[image_inds == i].copy() for i in range(batch_size)],
-            [points[image_inds == i].copy() for i in range(batch_size)])
+    return ([boxes[image_inds == i].copy() for i in range(len(images))],
+            [points[image_inds == i].copy() for i in range(len(images))])
 
 
-def _crops(imgs, boxes, image_inds, w, h, size, pad, imresample):
-    """Each box cut from its image (clipped to it) and resampled to size × size; the indices kept
-    (facenet-pytorch drops a box with no pixels inside the image, silently; so do we)."""
+def _propose(imgs, pnet, min_face_size, threshold, factor):
+    """Stage 1: P-Net over the pyramid; its boxes, merged (NMS within each level, then over all),
+    regressed and made square: ((m, 5) x0, y0, x1, y1, score; (m,) image index)."""
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, rerec
+    from torchvision.ops.boxes import batched_nms
+
+    h, w = imgs.shape[2:4]
+    boxes, image_inds, scale_picks, offset = [], [], [], 0
+    scales = pyramid_scales(h, w, min_face_size, factor)
+    for scale, im_data in zip(scales, pyramid_levels(imgs, scales)):
+        reg, probs = pnet((im_data - 127.5) * 0.0078125)
+        boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale, threshold)
+        boxes.append(boxes_scale)
+        image_inds.append(image_inds_scale)
+        pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
+        scale_picks.append(pick + offset)
+        offset += boxes_scale.shape[0]
+    if not boxes:  # no level: the image is smaller than the smallest face
+        return torch.zeros(0, 5, device=imgs.device), torch.zeros(0, dtype=torch.long, device=imgs.device)
+    boxes, image_inds = torch.cat(boxes, dim=0), torch.cat(image_inds, dim=0)
+    scale_picks = torch.cat(scale_picks, dim=0)
+    boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    boxes, image_inds = boxes[pick], image_inds[pick]
+    regw = boxes[:, 2] - boxes[:, 0]
+    regh = boxes[:, 3] - boxes[:, 1]
+    boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                         boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh, boxes[:, 4]]).permute(1, 0)
+    return rerec(boxes), image_inds
+
+
+def _refine(imgs, boxes, image_inds, rnet, threshold):
+    """Stage 2: R-Net on each candidate cut from the full image at 24 × 24; those that pass, merged
+    (NMS), regressed and made square."""
+    from facenet_pytorch.models.utils.detect_face import bbreg, fixed_batch_process, rerec
+    from torchvision.ops.boxes import batched_nms
+
+    crops, kept = _crops(imgs, boxes, image_inds, 24)
+    boxes, image_inds = boxes[kept], image_inds[kept]
+    if len(boxes) == 0:
+        return boxes, image_inds
+    out = fixed_batch_process((crops - 127.5) * 0.0078125, rnet)
+    score = out[1].permute(1, 0)[1, :]
+    ipass = score > threshold
+    boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
+    image_inds = image_inds[ipass]
+    mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
+    return rerec(bbreg(boxes, mv)), image_inds
+
+
+def _output(imgs, boxes, image_inds, onet, threshold):
+    """Stage 3: O-Net at 48 × 48: the faces that pass, their regressed boxes with the score, and
+    their five landmarks in image pixels, merged by NMS over the smaller box ("Min")."""
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, fixed_batch_process
+
+    crops, kept = _crops(imgs, boxes, image_inds, 48)
+    boxes, image_inds = boxes[kept], image_inds[kept]
+    if len(boxes) == 0:
+        return boxes, image_inds, torch.zeros(0, 5, 2, device=boxes.device)
+    out = fixed_batch_process((crops - 127.5) * 0.0078125, onet)
+    score = out[2].permute(1, 0)[1, :]
+    ipass = score > threshold
+    points = out[1].permute(1, 0)[:, ipass]
+    boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
+    image_inds = image_inds[ipass]
+    mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+    w_i = boxes[:, 2] - boxes[:, 0] + 1
+    h_i = boxes[:, 3] - boxes[:, 1] + 1
+    points_x = w_i.repeat(5, 1) * points[:5, :] + boxes[:, 0].repeat(5, 1) - 1
+    points_y = h_i.repeat(5, 1) * points[5:10, :] + boxes[:, 1].repeat(5, 1) - 1
+    points = torch.stack((points_x, points_y)).permute(2, 1, 0)
+    boxes = bbreg(boxes, mv)
+    pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+    return boxes[pick], image_inds[pick], points[pick]
+
+
+def _crops(imgs, boxes, image_inds, size):
+    """Each box cut from its image (clipped to it) and resampled to size × size, and the indices of
+    the boxes kept (facenet-pytorch drops a box with no pixel inside the image; so do we, box and crop)."""
+    from facenet_pytorch.models.utils.detect_face import imresample, pad
+
+    h, w = imgs.shape[2:4]
     y, ey, x, ex = pad(boxes, w, h)
     crops, kept = [], []
     for k in range(len(y)):
