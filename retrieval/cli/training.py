@@ -73,7 +73,7 @@ def train_command(
     backbone: Optional[str] = typer.Option(None, help=f"A timm model name. {_default('resnet18')}"),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from the backbone's pretrained weights (downloads them)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors backbone weights (offline machines)."),
-    embedding_dim: Optional[int] = typer.Option(None, help=f"Embedding size D. {_default(128)}"),
+    embedding_dim: Optional[int] = typer.Option(None, help=f"Embedding size D. {_fine_tuning_default(128, 512)}"),
     image_size: Optional[int] = typer.Option(None, help=f"Square input size in pixels. {_default('128; from --pretrained / --weights the size the backbone was pretrained at (timm: 224 for most)')}"),
     loss: Optional[str] = typer.Option(None, help=f"triplet | contrastive | lifted | npair | nce | infonce. {_default('triplet; infonce with --unlabelled or from --pretrained / --weights')}"),
     miner: Optional[str] = typer.Option(None, help=f"Triplet miner all | hard | semihard | easy | batch-hard | batch-semihard, pair miner pair-all | pair-active | pair-hard | pair-batch-hard, or none. {_default('semihard for triplet, none otherwise')}"),
