@@ -27,7 +27,7 @@ from retrieval.mining import MiningRecord
 from retrieval.model import autocast
 from retrieval.training.config import TrainConfig
 from retrieval.training.out_folder import training_lock
-from retrieval.training.outputs import write_baseline, write_epoch, write_untrained
+from retrieval.training.outputs import write_baseline, write_epoch, write_pretrained_as_best, write_untrained
 from retrieval.training.progress import InterruptFlag, ProgressBar
 from retrieval.training.resume import RunState, restore
 from retrieval.training.setup import TrainingSetup, set_up
@@ -114,7 +114,15 @@ def _start(setup: TrainingSetup) -> tuple[RunState, Validation | None]:
                 "mean_d_an": None, "lr": 0.0, "images_per_second": None, "seconds": 0.0}]
     if setup.ctx.is_main:  # only rank 0 writes the run directory
         write_baseline(setup.run_dir, history, baseline)
-    return RunState(history, {"epoch": 0, "map_at_r": -1.0}, start_epoch=1), baseline
+    state = RunState(history, {"epoch": 0, "map_at_r": -1.0}, start_epoch=1)
+    score = baseline.metrics.get("map_at_r")
+    if setup.config.starts_pretrained and score is not None and setup.config.epochs > 0:
+        # the untouched pretrained model competes for the best epoch: fine-tuning that only makes
+        # validation worse leaves it as model.safetensors (a random one is no candidate)
+        state.best = {"epoch": 0, "map_at_r": float(score)}
+        if setup.ctx.is_main:
+            write_pretrained_as_best(setup, baseline)
+    return state, baseline
 
 
 def _run_epochs(setup: TrainingSetup, state: RunState, *, progress: bool, on_epoch) -> TrainResult:

@@ -298,3 +298,26 @@ def test_two_processes_fine_tune_through_the_warm_up_like_one_process(sample, tm
         difference = (a[name].double() - b[name].double()).norm()
         assert difference <= 1e-4 * b[name].double().norm() + 1e-5, name
     assert not torch.equal(a["backbone.conv1.0.weight"], load_file(str(weights_file))["conv1.0.weight"])  # it learnt after the warm-up
+
+
+@pytest.mark.slow
+def test_the_untouched_pretrained_model_competes_for_the_best_epoch(sample, tmp_path, weights_file):
+    """Epoch 0 from pretrained weights is a candidate: an lr that wrecks the model leaves it as model.safetensors
+    (with its τ); a run from random weights never keeps its random start as the best."""
+    wrecked = train(_fine_tune(sample, tmp_path / "wrecked", weights_file, lr=50.0, freeze_backbone_epochs=0.0, epochs=2),
+                    progress=False)
+    rows = read_metrics(tmp_path / "wrecked")
+    assert all(r["map_at_r"] < rows[0]["map_at_r"] for r in rows[1:]), "the lr wrecks the model on validation"
+    config = json.loads((tmp_path / "wrecked" / "config.json").read_text())
+    assert wrecked.best_epoch == 0 and config["best_epoch"] == 0 and "verification" in config
+    best = load_file(str(tmp_path / "wrecked" / "model.safetensors"))
+    start = load_file(str(weights_file))
+    for name, tensor in best.items():  # the backbone as loaded (the classifier dropped)
+        if name.startswith("backbone."):
+            assert torch.equal(tensor, start[name[len("backbone."):]]), name
+    last = load_file(str(tmp_path / "wrecked" / "model_last.safetensors"))
+    assert any(not torch.equal(last[k], best[k]) for k in best)
+
+    scratch = train(TrainConfig(data_dir=sample / "train", out=tmp_path / "scratch", epochs=1, lr=50.0, **TINY),
+                    progress=False)
+    assert scratch.best_epoch == 1
