@@ -258,9 +258,9 @@ def picture_url(path: str, stamp: str, box: tuple[float, float, float, float] | 
         return None
     image = face_with_context(image, box) if box is not None else image.copy()
     image.thumbnail((side, side))
+    kind = "png" if max(image.size) < 32 else "jpeg"  # JPEG smears tiny images
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG" if max(image.size) < 32 else "JPEG", quality=85)
-    kind = "png" if max(image.size) < 32 else "jpeg"
+    image.save(buffer, format=kind, quality=85)
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 

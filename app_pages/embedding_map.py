@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import streamlit as st
-
 import numpy as np
+import streamlit as st
 
 from app_pages.common import chosen_run, face_suffix, file_stamp, index_stamp, open_index, picture_url, projection
 from retrieval import diagnostics, figures

@@ -27,7 +27,7 @@ from retrieval.mining import MiningRecord
 from retrieval.model import autocast
 from retrieval.training.config import TrainConfig
 from retrieval.training.out_folder import training_lock
-from retrieval.training.outputs import write_baseline, write_epoch, write_pretrained_as_best, write_untrained
+from retrieval.training.outputs import write_baseline, write_epoch, write_untouched_as_best, write_untrained
 from retrieval.training.progress import InterruptFlag, ProgressBar
 from retrieval.training.resume import RunState, restore
 from retrieval.training.setup import TrainingSetup, set_up
@@ -121,7 +121,7 @@ def _start(setup: TrainingSetup) -> tuple[RunState, Validation | None]:
         # validation worse leaves it as model.safetensors (a random one is no candidate)
         state.best = {"epoch": 0, "map_at_r": float(score)}
         if setup.ctx.is_main:
-            write_pretrained_as_best(setup, baseline)
+            write_untouched_as_best(setup, baseline)
     return state, baseline
 
 

@@ -3,7 +3,7 @@
 - before the first epoch: ``metrics.jsonl`` with the untrained model's row (epoch 0) and
   ``val_distances.json`` (:func:`write_baseline`); with ``--epochs 0`` also the untrained model
   (:func:`write_untrained`); from pretrained weights with validation classes, the untouched model
-  as the best so far (:func:`write_pretrained_as_best`: it competes for the best epoch);
+  as the best so far (:func:`write_untouched_as_best`: it competes for the best epoch);
 - after every epoch (:func:`write_epoch`): ``mining/epoch_NNN.jsonl`` (the epoch's hardest
   triplets, paths relative to ``data_dir``), ``mining/confusions.jsonl`` (its class confusions,
   labelled runs only), ``metrics.jsonl``, ``val_distances.json``,
@@ -36,7 +36,7 @@ from retrieval.training.totals import EpochTotals, warn_on_collapse
 from retrieval.training.validation import Validation
 from retrieval.verification import MIN_PAIRS_PER_RATE
 
-__all__ = ["best_epoch_verification", "run_config_for", "write_baseline", "write_epoch", "write_pretrained_as_best", "write_untrained"]
+__all__ = ["best_epoch_verification", "run_config_for", "write_baseline", "write_epoch", "write_untouched_as_best", "write_untrained"]
 
 log = logging.getLogger("retrieval")
 
@@ -94,14 +94,15 @@ def write_baseline(run_dir: Path, history: list[dict[str, Any]], baseline: Valid
 
 def write_untrained(setup, state: RunState, baseline: Validation) -> None:
     """``--epochs 0``: the untrained model as the best and the last weights (with its τ), and its checkpoint."""
-    run.save_model(setup.run_dir, setup.model, best_epoch_verification(setup.run_dir, setup.run_config, baseline, 0))
+    write_untouched_as_best(setup, baseline)
     run.save_model(setup.run_dir, setup.model, setup.run_config, weights_name=LAST_WEIGHTS_NAME)
     run.write_checkpoint(setup.run_dir, checkpoint_state(setup, 0, state))
 
 
-def write_pretrained_as_best(setup, baseline: Validation) -> None:
-    """A run from pretrained weights with validation classes: the untouched model (epoch 0) as the
-    best weights so far, with its τ; an epoch replaces it only by matching or beating its MAP@R."""
+def write_untouched_as_best(setup, baseline: Validation) -> None:
+    """The model before any training (epoch 0) as the best weights, with its τ: the result of
+    ``--epochs 0``, and the first candidate of a run from pretrained weights with validation classes
+    (an epoch replaces it only by matching or beating its MAP@R)."""
     run.save_model(setup.run_dir, setup.model,
                    best_epoch_verification(setup.run_dir, {**setup.run_config, "best_epoch": 0}, baseline, 0))
 
