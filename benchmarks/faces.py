@@ -142,7 +142,11 @@ def batching(repeats: int) -> dict[str, dict[int, float]]:
     return result
 
 
-def quality(settings) -> dict[str, str]:
+def count_faces(settings, scenes: Path = SCENES, crops: Path = DATASETS / "att_faces" / "test",
+                grocery: list[Path] | None = None) -> dict[str, int]:
+    """Faces MTCNN finds with ``settings``: in ``scenes/pairs`` (both in place: a box centre inside
+    each rectangle of ``pairs.csv``, and no extra), ``scenes/single`` (exactly one), the crops under
+    ``crops`` (exactly one) and the ``grocery`` photos (none; default every 20th of grocery/test)."""
     from PIL import Image
 
     from retrieval.faces import MTCNNDetector
@@ -152,25 +156,38 @@ def quality(settings) -> dict[str, str]:
     def count(paths):
         return [len(detector.detect(Image.open(p).convert("RGB"))) for p in paths]
 
-    with open(SCENES / "pairs.csv", newline="") as handle:
+    with open(scenes / "pairs.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     placed = missed = extra = 0
     for row in rows:
-        faces = detector.detect(Image.open(SCENES / row["file"]).convert("RGB"))
+        faces = detector.detect(Image.open(scenes / row["file"]).convert("RGB"))
         centres = [((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces]
         rects = [[float(v) for v in row[key].split()] for key in ("left_box", "right_box")]
         hits = [sum(r[0] <= x <= r[2] and r[1] <= y <= r[3] for x, y in centres) for r in rects]
         missed += sum(h == 0 for h in hits)
         extra += len(faces) - sum(min(h, 1) for h in hits)
         placed += len(faces) == 2 and hits == [1, 1]
-    single = count(sorted((SCENES / "single").glob("*/*.jpg")))
-    crops = count(sorted((DATASETS / "att_faces" / "test").glob("*/*.png")))
-    grocery = count(sorted((DATASETS / "grocery" / "test").glob("*/*.jpg"))[::20])
+    single = count(sorted((scenes / "single").glob("*/*.jpg")))
+    crop_counts = count(sorted(crops.glob("*/*.png")))
+    if grocery is None:
+        grocery = sorted((DATASETS / "grocery" / "test").glob("*/*.jpg"))[::20]
+    grocery_counts = count(grocery)
+    return {"pairs": len(rows), "pairs_placed": placed, "pairs_missed": missed, "pairs_extra": extra,
+            "single": len(single), "single_one": sum(n == 1 for n in single), "single_none": sum(n == 0 for n in single),
+            "single_more": sum(n > 1 for n in single), "single_extra": sum(max(n - 1, 0) for n in single),
+            "crops": len(crop_counts), "crops_one": sum(n == 1 for n in crop_counts), "crops_none": sum(n == 0 for n in crop_counts),
+            "crops_extra": sum(max(n - 1, 0) for n in crop_counts),
+            "grocery": len(grocery_counts), "grocery_none": sum(n == 0 for n in grocery_counts), "grocery_faces": sum(grocery_counts)}
+
+
+def quality(settings) -> dict[str, str]:
+    """:func:`count_faces` on the test photos, as table cells."""
+    n = count_faces(settings)
     return {
-        "pairs": f"{placed}/{len(rows)} ({missed} missed, {extra} extra)",
-        "single": f"{sum(n == 1 for n in single)}/{len(single)} ({sum(n == 0 for n in single)} none, {sum(n > 1 for n in single)} more)",
-        "crops": f"{sum(n == 1 for n in crops)}/{len(crops)}",
-        "grocery": f"{sum(n == 0 for n in grocery)}/{len(grocery)} ({sum(grocery)} faces found)",
+        "pairs": f"{n['pairs_placed']}/{n['pairs']} ({n['pairs_missed']} missed, {n['pairs_extra']} extra)",
+        "single": f"{n['single_one']}/{n['single']} ({n['single_none']} none, {n['single_more']} more)",
+        "crops": f"{n['crops_one']}/{n['crops']}",
+        "grocery": f"{n['grocery_none']}/{n['grocery']} ({n['grocery_faces']} faces found)",
     }
 
 
