@@ -12,8 +12,14 @@ queries against gallery, misses counted: a query without a face found scores 0):
 
 Goal: scene queries within 0.03 of crop queries on R@1 and MAP@R for the face run.
 
+``--validation`` runs the same protocol on the training people only, for choices that must not
+look at the test people: train on s1-s20, evaluate s21-s30 (their ``att_faces/train`` crops, and
+the same faces pasted into ``grocery/train`` photos by ``face_scenes.py``, seed 0); the face run
+only.
+
     python benchmarks/face_runs.py --seeds 0 1 2 --epochs 20      # about 2 min a run on 2 cores
     python benchmarks/face_runs.py --seeds 0 --epochs 20 --write
+    python benchmarks/face_runs.py --validation --seeds 0 1 2     # prints; never writes
 
 Prints a Markdown section (mean ± sd over seeds); ``--write`` puts it between
 ``<!-- face-runs:start -->`` and ``<!-- face-runs:end -->`` in BENCHMARKS.md.
@@ -40,13 +46,17 @@ QUERY_IMAGES, GALLERY_IMAGES = range(1, 6), range(6, 11)
 EVALUATIONS = (("crop → crop", "crops", "crops"), ("scene → crop", "scenes", "crops"), ("crop → scene", "crops", "scenes"))
 
 
-def split_folders(root: Path) -> dict[tuple[str, str], Path]:
-    """(kind, role) -> a labelled folder of links: kind crops | scenes, role query (1-5) | gallery (6-10)."""
+VALIDATION_TRAIN = range(1, 21)  # --validation: people s1-s20 train, s21-s30 are evaluated
+
+
+def split_folders(root: Path, crops: Path = CROPS, scenes: Path = SCENES, people=None) -> dict[tuple[str, str], Path]:
+    """(kind, role) -> a labelled folder of links: kind crops | scenes, role query (1-5) | gallery (6-10);
+    ``people``: the person folder names to take (default all)."""
     folders = {}
-    for kind, source, suffix in (("crops", CROPS, ".png"), ("scenes", SCENES, ".jpg")):
+    for kind, source, suffix in (("crops", crops, ".png"), ("scenes", scenes, ".jpg")):
         for role, numbers in (("query", QUERY_IMAGES), ("gallery", GALLERY_IMAGES)):
             folder = root / f"{kind}_{role}"
-            for person in sorted(p for p in source.iterdir() if p.is_dir()):
+            for person in sorted(p for p in source.iterdir() if p.is_dir() and (people is None or p.name in people)):
                 (folder / person.name).mkdir(parents=True, exist_ok=True)
                 for n in numbers:
                     os.symlink(person / f"{n}{suffix}", folder / person.name / f"{n}{suffix}")
@@ -54,11 +64,26 @@ def split_folders(root: Path) -> dict[tuple[str, str], Path]:
     return folders
 
 
-def train_run(out: Path, seed: int, epochs: int, faces: bool, workers: int) -> float:
+def validation_folders(root: Path) -> tuple[Path, dict[tuple[str, str], Path]]:
+    """--validation: (training folder of s1-s20, split folders of s21-s30 crops and validation scenes)."""
+    from face_scenes import make_scenes
+
+    make_scenes(root / "scenes", seed=0)
+    trained = {f"s{n}" for n in VALIDATION_TRAIN}
+    train_dir = root / "train"
+    for person in sorted(p for p in TRAIN.iterdir() if p.name in trained):
+        (train_dir / person.name).mkdir(parents=True)
+        for image in sorted(person.glob("*.png")):
+            os.symlink(image, train_dir / person.name / image.name)
+    held_out = {p.name for p in TRAIN.iterdir() if p.is_dir()} - trained
+    return train_dir, split_folders(root / "split", crops=TRAIN, scenes=root / "scenes" / "single", people=held_out)
+
+
+def train_run(out: Path, seed: int, epochs: int, faces: bool, workers: int, data_dir: Path = TRAIN) -> float:
     from retrieval.training import TrainConfig, train
 
     started = time.perf_counter()
-    train(TrainConfig(data_dir=TRAIN, out=out, backbone="resnet10t", image_size=64, embedding_dim=128, loss="infonce",
+    train(TrainConfig(data_dir=data_dir, out=out, backbone="resnet10t", image_size=64, embedding_dim=128, loss="infonce",
                       epochs=epochs, seed=seed, faces=faces or None, num_workers=workers, device="cpu"), progress=False)
     return time.perf_counter() - started
 
@@ -79,6 +104,8 @@ def mean_sd(values: list[float]) -> str:
 def report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -> str:
     import torch
 
+    if args.validation:
+        return validation_report(rows, minutes, args)
     lines = ["## Faces in photos: `--faces` against the same model without it (benchmarks/face_runs.py)", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work while measured), "
              f"torch {torch.__version__}. Command: `python benchmarks/face_runs.py --seeds {' '.join(map(str, args.seeds))} "
@@ -95,29 +122,47 @@ def report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -
     return "\n".join(lines) + "\n"
 
 
+def validation_report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -> str:
+    lines = [f"Validation (`python benchmarks/face_runs.py --validation --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}`): "
+             "train on s1-s20 of att_faces/train, evaluate s21-s30 (images 1-5 queries, 6-10 gallery; their crops, and scenes from "
+             "face_scenes.py, seed 0).", "", "| model | evaluation | R@1 | MAP@R | queries | no face | train min |", "|---|---|---|---|---|---|---|"]
+    for model, runs in rows.items():
+        for name, _, _ in EVALUATIONS:
+            lines.append(f"| {model} | {name} | {mean_sd([run[name]['recall_at_1'] for run in runs])} | "
+                         f"{mean_sd([run[name]['map_at_r'] for run in runs])} | {runs[0][name]['n_queries']} | "
+                         f"{runs[0][name].get('n_no_face', '-')} | {statistics.mean(minutes[model]):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--validation", action="store_true", help="train on s1-s20, evaluate s21-s30 of att_faces/train (never writes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sys.path.insert(0, str(ROOT))
-    rows: dict[str, list[dict]] = {"--faces": [], "whole images": []}
-    minutes: dict[str, list[float]] = {"--faces": [], "whole images": []}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    models = (("--faces", True),) if args.validation else (("--faces", True), ("whole images", False))
+    rows: dict[str, list[dict]] = {model: [] for model, _ in models}
+    minutes: dict[str, list[float]] = {model: [] for model, _ in models}
     with tempfile.TemporaryDirectory() as tmp:
-        folders = split_folders(Path(tmp) / "split")
+        if args.validation:
+            train_dir, folders = validation_folders(Path(tmp))
+        else:
+            train_dir, folders = TRAIN, split_folders(Path(tmp) / "split")
         for seed in args.seeds:
-            for model, faces in (("--faces", True), ("whole images", False)):
+            for model, faces in models:
                 run = Path(tmp) / f"{'faces' if faces else 'whole'}_{seed}"
-                minutes[model].append(train_run(run, seed, args.epochs, faces, args.workers) / 60)
+                minutes[model].append(train_run(run, seed, args.epochs, faces, args.workers, train_dir) / 60)
                 rows[model].append(evaluate_all(run, folders))
                 print(f"seed {seed} {model}: " + ", ".join(f"{n} R@1 {m['recall_at_1']:.3f}" for n, m in rows[model][-1].items()),
                       file=sys.stderr, flush=True)
     text = report(rows, minutes, args)
     print(text)
-    if args.write:
+    if args.write and not args.validation:
         from _report import write_section  # this folder's report helpers (atomic: a temporary file, then a rename)
 
         write_section("face-runs", text)

@@ -137,6 +137,8 @@ def _build_model(config: TrainConfig, ctx: distributed.DistributedContext, *, re
     starting = {} if resuming else {"pretrained": config.pretrained, "weights": config.weights}
     model = EmbeddingModel(config.backbone, config.embedding_dim, **starting)
     data_config = model.data_config(config.image_size)
+    if config.faces:  # aligned crops are framed by the template at this size: evaluation takes them whole, no centre crop
+        data_config = {**data_config, "crop_pct": 1.0}
     model.to(ctx.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -87,3 +87,31 @@ def test_cv2_interpolation_reads_the_name_case_insensitively_and_defaults_to_bil
     assert cv2_interpolation({"interpolation": "nearest"}) == cv2.INTER_NEAREST
     assert cv2_interpolation({"interpolation": "lanczos"}) == cv2.INTER_LANCZOS4
     assert cv2_interpolation({}) == cv2_interpolation({"interpolation": "no such filter"}) == cv2.INTER_LINEAR
+
+
+def test_face_training_flips_the_aligned_crop_and_nothing_else_at_strength_one():
+    """Aligned faces (``faces=True``): at the default strength each output is the crop or its mirror
+    image, pixel for pixel; above 1 the similarity jitter and colour steps join; 0 is the eval pipeline
+    (a face run records crop_pct 1: the crop is evaluated whole)."""
+    FACE_CONFIG = {**DATA_CONFIG, "crop_pct": 1.0}
+    crop = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    eval_pixels = build_transforms(FACE_CONFIG, train=False)(crop)
+    mirrored = build_transforms(FACE_CONFIG, train=False)(np.ascontiguousarray(crop[:, ::-1]))
+    transform = build_transforms(FACE_CONFIG, train=True, faces=True)
+    seen = {"as is": 0, "mirrored": 0}
+    for seed in range(12):
+        transform.set_random_seed(seed)
+        out = transform(crop)
+        as_is, flipped = torch.allclose(out, eval_pixels, atol=1e-5), torch.allclose(out, mirrored, atol=1e-5)
+        assert as_is or flipped, "only a flip may change an aligned crop at strength 1"
+        seen["as is" if as_is else "mirrored"] += 1
+    assert seen["as is"] > 0 and seen["mirrored"] > 0
+    stronger = build_transforms(FACE_CONFIG, train=True, faces=True, strength=2.0)
+    changed = 0
+    for seed in range(6):
+        stronger.set_random_seed(seed)
+        out = stronger(crop)
+        assert out.shape == (3, 32, 32)
+        changed += not (torch.allclose(out, eval_pixels, atol=1e-5) or torch.allclose(out, mirrored, atol=1e-5))
+    assert changed == 6, "above strength 1 the crop is jittered"
+    assert torch.equal(build_transforms(FACE_CONFIG, train=True, faces=True, strength=0.0)(crop), eval_pixels)

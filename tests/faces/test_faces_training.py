@@ -48,6 +48,8 @@ def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_pa
     assert config.faces is not None and config.faces["output_size"] == FACE_TINY["image_size"]
     assert sum(config["class_counts"].values()) == 12, "the faceless image is not counted"
     assert config["train_settings"]["faces"] is True
+    # the aligned crop is the framing: evaluation takes it whole (no centre crop), training only flips it
+    assert config.data_config["crop_pct"] == 1.0 and config["transforms"]["train"]["recipe"] == "aligned faces"
     pipeline = run_pipeline(out, config)
     assert pipeline is not None and pipeline.output_size == FACE_TINY["image_size"]
     assert pipeline.cache.folder == faces_dir(out) and any(faces_dir(out).rglob("*.png"))
@@ -60,6 +62,7 @@ def test_a_run_without_faces_records_null_and_writes_no_face_cache(tmp_path):
     config = read_config(out)
     assert config.faces is None and run_pipeline(out, config) is None
     assert not faces_dir(out).exists()
+    assert config.data_config["crop_pct"] != 1.0 and config["transforms"]["train"]["recipe"] == "images"
 
 
 @pytest.mark.parametrize("mode", [{"unlabelled": True}, {"pairs": "pairs.csv"}])

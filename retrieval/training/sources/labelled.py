@@ -11,8 +11,9 @@ loss and miner then obeys (:class:`~retrieval.negatives.NegativeRules`).
 
 With ``--faces`` every image is first replaced by its most confident aligned face, a PNG cached in
 ``RUN_DIR/faces/`` (:func:`retrieval.faces.run_faces.face_folder`; images without a face are
-skipped with one warning line), so the split, the data set, the augmentation (after alignment) and
-the validation all see face crops, and later epochs read the cache instead of detecting again.
+skipped with one warning line), so the split, the data set, the augmentation (after alignment: a
+horizontal flip, see :func:`~retrieval.data.build_transforms`) and the validation all see face
+crops, and later epochs read the cache instead of detecting again.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class LabelledSource:
                    config.images_per_class, config.augment, config.seed, faces)
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
-        return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch)
+        return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch,
+                                     faces=self.faces is not None)
 
     def make_sampler(self, **_: Any) -> data.PKSampler:
         return data.PKSampler(
