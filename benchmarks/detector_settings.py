@@ -131,7 +131,7 @@ def main() -> None:
     import torch
 
     from _report import command_line, machine_description, write_section
-    from face_scenes import BACKGROUNDS, DATASETS, PEOPLE, make_scenes
+    from face_scenes import BACKGROUNDS, PEOPLE, make_scenes
     from faces import count_faces
     from retrieval.faces import DetectorSettings
 
@@ -164,8 +164,8 @@ def main() -> None:
     lines += [row(f"{a:g}, {a:g}, {b:g}" + (" **(chosen)**" if (a, b) == (first, last) else ""), n) for (a, b), n in grid.items()]
     qualifying = [p for p in RETRY_PROPOSALS if retry[p]["elsewhere"] == 0]
     lines += ["", f"A second pass (P-/R-Net threshold lowered, O-Net {default.thresholds[2]:g}) over the {retry['first']['nothing']} of "
-              f"{retry['first']['photos']} validation photos where the default finds no face (of them {made['empty']} backgrounds without "
-              f"a face and {len(grocery)} grocery photos); the default's first pass takes {retry['first']['empty_ms']:.0f} CPU ms on an "
+              f"{retry['first']['photos']} validation photos where the default finds no face (the {retry['first']['photos']} include "
+              f"{made['empty']} backgrounds without a face and {len(grocery)} grocery photos); the default's first pass takes {retry['first']['empty_ms']:.0f} CPU ms on an "
               "empty 480 × 360 photo:", "",
               "| second pass P-/R-Net | faces found in place | faces found where there is none | its CPU ms on an empty photo |", "|---|---|---|---|"]
     lines += [f"| {p:g} | {retry[p]['in_place']} | {retry[p]['elsewhere']} | {retry[p]['ms']:.0f} |" for p in RETRY_PROPOSALS]
