@@ -119,7 +119,9 @@ def finish_pipeline(steps: Sequence[Any], data_config: dict[str, Any], *, train:
     normalise = [] if normalise_in_batch else [A.Normalize(mean=mean, std=std, max_pixel_value=255.0)]
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     pipeline = A.Compose([*steps, *normalise, ToTensorV2()], seed=seed)
-    return ImageTransform(pipeline, train=train, batch_normalise=BatchNormalise(mean, std) if normalise_in_batch else None)
+    _, height, width = (int(v) for v in data_config["input_size"])
+    return ImageTransform(pipeline, train=train, batch_normalise=BatchNormalise(mean, std) if normalise_in_batch else None,
+                          output_size=(height, width))
 
 
 def cv2_interpolation(data_config: dict[str, Any]) -> int:
@@ -139,12 +141,19 @@ class ImageTransform:
     would all start from the same copy of it, so whoever wants distinct draws re-seeds it through
     :meth:`set_random_seed` (the training loop seeds it for every item from (seed, epoch,
     position), so an epoch's pixels depend neither on the workers nor on history).
+
+    ``output_size`` (H, W): an image already of that size may leave the pipeline as it came (an
+    aligned face crop, not flipped), so when its pixels are read-only (Pillow's are) they are
+    copied first; torch warns about tensors over read-only memory. Other sizes are resampled into
+    new memory and are not copied.
     """
 
-    def __init__(self, pipeline: Any, *, train: bool, batch_normalise: BatchNormalise | None = None) -> None:
+    def __init__(self, pipeline: Any, *, train: bool, batch_normalise: BatchNormalise | None = None,
+                 output_size: tuple[int, int] | None = None) -> None:
         self.pipeline = pipeline
         self.train = train
         self.batch_normalise = batch_normalise
+        self.output_size = output_size
 
     def finish_batch(self, images: torch.Tensor) -> torch.Tensor:
         """The model's input from a collated batch of this transform's outputs (already on its device)."""
@@ -155,8 +164,8 @@ class ImageTransform:
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         if isinstance(image, Image.Image):
             image = np.asarray(image if image.mode == "RGB" else to_rgb(image))
-        if not image.flags.writeable:  # Pillow's pixels are read-only; a pipeline that leaves them as they are (an aligned
-            image = image.copy()       # face at its size, not flipped) would hand them to torch, which warns about that
+        if not image.flags.writeable and image.shape[:2] == self.output_size:
+            image = image.copy()
         return self.pipeline(image=image)["image"].contiguous()
 
     def set_random_seed(self, seed: int) -> None:

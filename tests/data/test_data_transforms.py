@@ -115,3 +115,18 @@ def test_face_training_flips_the_aligned_crop_and_nothing_else_at_strength_one()
         changed += not (torch.allclose(out, eval_pixels, atol=1e-5) or torch.allclose(out, mirrored, atol=1e-5))
     assert changed == 6, "above strength 1 the crop is jittered"
     assert torch.equal(build_transforms(FACE_CONFIG, train=True, faces=True, strength=0.0)(crop), eval_pixels)
+    read_only = crop.copy()
+    read_only.flags.writeable = False  # as Pillow's pixels: a pipeline may pass them through to torch, which warns
+    for transform in (build_transforms(FACE_CONFIG, train=False, normalise_in_batch=True),
+                      build_transforms(FACE_CONFIG, train=True, faces=True, normalise_in_batch=True)):
+        given, pipeline = [], transform.pipeline
+        transform.pipeline = lambda image: (given.append(image.flags.writeable), pipeline(image=image))[1]
+        transform(read_only)
+        assert given == [True], "pixels of the output size reach the pipeline writable"
+    larger = np.ascontiguousarray(np.repeat(crop, 2, axis=0))
+    larger.flags.writeable = False
+    transform = build_transforms(FACE_CONFIG, train=False)
+    given, pipeline = [], transform.pipeline
+    transform.pipeline = lambda image: (given.append(image.flags.writeable), pipeline(image=image))[1]
+    transform(larger)
+    assert given == [False], "other sizes are resampled into new memory: no copy"
