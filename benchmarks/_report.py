@@ -44,3 +44,12 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def publish(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's section; with ``write`` also put it into BENCHMARKS.md (:func:`write_section`)."""
+    print()
+    print(text)
+    if write:
+        write_section(name, text)
+        print(f"\nwrote the {name} section of BENCHMARKS.md")

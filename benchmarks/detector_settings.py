@@ -66,6 +66,7 @@ def retry_counts(scenes: Path, people: Path, grocery: list[Path], default) -> di
 
     from PIL import Image
 
+    from faces import centre_inside
     from retrieval.faces import DetectorSettings, MTCNNDetector
 
     def rects_of(row, keys):
@@ -80,22 +81,21 @@ def retry_counts(scenes: Path, people: Path, grocery: list[Path], default) -> di
     photos += [(path, []) for path in [*sorted((scenes / "empty").glob("*.jpg")), *grocery]]
     first = MTCNNDetector(default)
     empty_ms = []
-    missed = []
+    nothing_found = []
     for path, rects in photos:
         image = Image.open(path).convert("RGB")
         started = time.process_time()
         if not first.detect(image):
-            missed.append((image, rects))
+            nothing_found.append((image, rects))
         if path.parent.name == "empty":
             empty_ms.append(1000 * (time.process_time() - started))
-    result = {"first": {"photos": len(photos), "nothing": len(missed), "empty_ms": statistics.median(empty_ms)}}
+    result = {"first": {"photos": len(photos), "nothing": len(nothing_found), "empty_ms": statistics.median(empty_ms)}}
     for proposals in RETRY_PROPOSALS:
         second = MTCNNDetector(DetectorSettings(default.min_face_size, (proposals, proposals, default.thresholds[2]), default.scale_factor))
         in_place = elsewhere = 0
-        for image, rects in missed:
+        for image, rects in nothing_found:
             for face in second.detect(image):
-                x, y = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-                inside = rects is None or any(r[0] <= x <= r[2] and r[1] <= y <= r[3] for r in rects)
+                inside = rects is None or any(centre_inside(face.box, r) for r in rects)
                 in_place += inside
                 elsewhere += not inside
         ms = []
@@ -130,7 +130,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import torch
 
-    from _report import command_line, machine_description, write_section
+    from _report import command_line, machine_description, publish
     from face_scenes import BACKGROUNDS, PEOPLE, make_scenes
     from faces import count_faces
     from retrieval.faces import DetectorSettings
@@ -175,12 +175,7 @@ def main() -> None:
               "every 20th grocery/test photo), counted once after the choice:", "", *HEADER]
     lines += [row(f"{name} ({', '.join(f'{t:g}' for t in s.thresholds)})", test[name])
               for name, s in (("chosen", chosen), ("default", default)) if name in test]
-    text = "\n".join(lines)
-    print()
-    print(text)
-    if args.write:
-        write_section("detector-settings", text)
-        print("\nwrote the detector-settings section of BENCHMARKS.md")
+    publish("detector-settings", "\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

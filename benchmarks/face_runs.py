@@ -111,27 +111,27 @@ def report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -
              f"torch {torch.__version__}. Command: `python benchmarks/face_runs.py --seeds {' '.join(map(str, args.seeds))} "
              f"--epochs {args.epochs}`. Training: att_faces/train, InfoNCE, resnet10t from scratch, 64 px, D 128, "
              f"{args.epochs} epochs, other settings the defaults; seeds {', '.join(map(str, args.seeds))} (mean ± sd where more than one). "
-             "Test: s31-s40, images 1-5 queries, 6-10 gallery; misses (no face found) count as 0.", "",
-             "| model | evaluation | R@1 | MAP@R | queries | no face | train min |", "|---|---|---|---|---|---|---|"]
+             "Test: s31-s40, images 1-5 queries, 6-10 gallery; misses (no face found) count as 0.", ""]
+    return "\n".join(lines + table(rows, minutes)) + "\n"
+
+
+def validation_report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -> str:
+    lines = [f"Validation (`python benchmarks/face_runs.py --validation --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}`): "
+             "train on s1-s20 of att_faces/train, evaluate s21-s30 (images 1-5 queries, 6-10 gallery; their crops, and scenes from "
+             "face_scenes.py, seed 0).", ""]
+    return "\n".join(lines + table(rows, minutes)) + "\n"
+
+
+def table(rows: dict[str, list[dict]], minutes: dict[str, list[float]]) -> list[str]:
+    """Markdown lines: per model and evaluation, R@1 and MAP@R (mean ± sd over seeds), queries, misses, train minutes."""
+    lines = ["| model | evaluation | R@1 | MAP@R | queries | no face | train min |", "|---|---|---|---|---|---|---|"]
     for model, runs in rows.items():
         for name, _, _ in EVALUATIONS:
             r1 = [run[name]["recall_at_1"] for run in runs]
             mapr = [run[name]["map_at_r"] for run in runs]
             lines.append(f"| {model} | {name} | {mean_sd(r1)} | {mean_sd(mapr)} | {runs[0][name]['n_queries']} | "
                          f"{runs[0][name].get('n_no_face', '-')} | {statistics.mean(minutes[model]):.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def validation_report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -> str:
-    lines = [f"Validation (`python benchmarks/face_runs.py --validation --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}`): "
-             "train on s1-s20 of att_faces/train, evaluate s21-s30 (images 1-5 queries, 6-10 gallery; their crops, and scenes from "
-             "face_scenes.py, seed 0).", "", "| model | evaluation | R@1 | MAP@R | queries | no face | train min |", "|---|---|---|---|---|---|---|"]
-    for model, runs in rows.items():
-        for name, _, _ in EVALUATIONS:
-            lines.append(f"| {model} | {name} | {mean_sd([run[name]['recall_at_1'] for run in runs])} | "
-                         f"{mean_sd([run[name]['map_at_r'] for run in runs])} | {runs[0][name]['n_queries']} | "
-                         f"{runs[0][name].get('n_no_face', '-')} | {statistics.mean(minutes[model]):.1f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:

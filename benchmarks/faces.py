@@ -142,6 +142,12 @@ def batching(repeats: int) -> dict[str, dict[int, float]]:
     return result
 
 
+def centre_inside(box, rect) -> bool:
+    """Whether the centre of ``box`` (x0, y0, x1, y1) lies inside ``rect`` (x0, y0, x1, y1): a face found in its place."""
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return rect[0] <= x <= rect[2] and rect[1] <= y <= rect[3]
+
+
 def count_faces(settings, scenes: Path = SCENES, crops: Path = DATASETS / "att_faces" / "test",
                 grocery: list[Path] | None = None) -> dict[str, int]:
     """Faces MTCNN finds with ``settings``: in ``scenes/pairs`` (both in place: a box centre inside
@@ -161,9 +167,8 @@ def count_faces(settings, scenes: Path = SCENES, crops: Path = DATASETS / "att_f
     placed = missed = extra = 0
     for row in rows:
         faces = detector.detect(Image.open(scenes / row["file"]).convert("RGB"))
-        centres = [((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces]
         rects = [[float(v) for v in row[key].split()] for key in ("left_box", "right_box")]
-        hits = [sum(r[0] <= x <= r[2] and r[1] <= y <= r[3] for x, y in centres) for r in rects]
+        hits = [sum(centre_inside(f.box, r) for f in faces) for r in rects]
         missed += sum(h == 0 for h in hits)
         extra += len(faces) - sum(min(h, 1) for h in hits)
         placed += len(faces) == 2 and hits == [1, 1]
@@ -244,7 +249,7 @@ def main() -> None:
         sys.exit(f"needs {SCENES} (../shared/datasets beside the checkout)")
     import torch
 
-    from _report import command_line, machine_description, write_section
+    from _report import command_line, machine_description, publish
     from retrieval.faces import DetectorSettings
 
     torch.set_num_threads(args.threads)
@@ -266,12 +271,7 @@ def main() -> None:
     saved["load"] = (f"Load average (1 min) {load_before:.1f} at the start, {load_after:.1f} at the end on {cores} cores"
                      + (": the machine was shared and loaded, wall-clock timings are pessimistic."
                         if load_before > 0.5 * cores else " (the end's includes this benchmark's own threads)."))
-    text = markdown(saved)
-    print()
-    print(text)
-    if args.write:
-        write_section("faces", text)
-        print("\nwrote the faces section of BENCHMARKS.md")
+    publish("faces", markdown(saved), args.write)
 
 
 if __name__ == "__main__":
