@@ -3,6 +3,8 @@
 ``EmbeddingModel`` maps an image batch (B, 3, H, W) to unit vectors (B, D):
 f(x) = W · g(x) / ||W · g(x)||, with g the pooled features of
 ``timm.create_model(backbone, num_classes=0)`` and W a linear projection to ``embedding_dim``.
+With ``flip_average`` (face runs) an image and its mirror image m(x) are embedded together:
+f(x) = u / ||u|| with u = f₁(x) + f₁(m(x)), f₁ the unit embedding above.
 Distances between such vectors lie in [0, 2] (DESIGN.md, Distances).
 
 Also here: the device (``resolve_device``) and the numeric precision of forward passes
@@ -43,6 +45,9 @@ class EmbeddingModel(nn.Module):
         pretrained: load the backbone's pretrained weights from the hub (needs network access).
         weights: a local ``.safetensors`` file of backbone weights (timm's state-dict names), for
             machines without network access; the classifier, if present, is dropped.
+        flip_average: ``forward`` averages the unit embeddings of each image and its horizontal
+            mirror (test-time flip averaging, as face recognition evaluates an aligned face; the
+            loss still sees one embedding an image through ``forward_unnormalised``).
     """
 
     def __init__(
@@ -52,10 +57,12 @@ class EmbeddingModel(nn.Module):
         *,
         pretrained: bool = False,
         weights: str | Path | None = None,
+        flip_average: bool = False,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.embedding_dim = int(embedding_dim)
+        self.flip_average = bool(flip_average)
         if self.embedding_dim < 1:
             raise RetrievalError(f"embedding dimension must be positive, got {embedding_dim}")
         self.backbone = _create_backbone(backbone, pretrained=pretrained, weights=weights)
@@ -66,8 +73,13 @@ class EmbeddingModel(nn.Module):
         return self.head(self.backbone(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings f(x) = W · g(x) / ||W · g(x)||, shape (B, D), in float32."""
-        return F.normalize(self.forward_unnormalised(images).float(), dim=1)
+        """Unit embeddings f(x) = W · g(x) / ||W · g(x)||, shape (B, D), in float32; with
+        ``flip_average``, f(x) = u / ||u||, u = f₁(x) + f₁(m(x)) for the mirror image m(x), both in
+        one batch of 2B."""
+        if not self.flip_average:
+            return F.normalize(self.forward_unnormalised(images).float(), dim=1)
+        both = F.normalize(self.forward_unnormalised(torch.cat([images, images.flip(-1)])).float(), dim=1)
+        return F.normalize(both[: len(images)] + both[len(images):], dim=1)
 
     def data_config(self, image_size: int) -> dict[str, Any]:
         """The backbone's pretrained input config (mean, std, interpolation, crop_pct) at ``image_size``."""

@@ -28,6 +28,24 @@ def test_forward_gives_unit_embeddings_of_requested_dim(model):
     assert not torch.allclose(raw.norm(dim=1), torch.ones(3), atol=1e-2)
 
 
+def test_flip_averaging_is_the_normalised_sum_of_the_image_and_mirror_embeddings(model):
+    """f(x) = u / ||u||, u = f1(x) + f1(m(x)), checked image by image against the plain model."""
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 32, 32)
+    flipping = EmbeddingModel(BACKBONE, 16, flip_average=True).eval()
+    flipping.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        out = flipping(images)
+        for i, image in enumerate(images):
+            one = model(image[None])[0] + model(image.flip(-1)[None])[0]  # W [c, h, w]: flip(-1) mirrors left-right
+            assert torch.allclose(out[i], one / one.norm(), atol=1e-5)
+        assert torch.allclose(out, flipping(images.flip(-1)), atol=1e-5)  # a face and its mirror image embed alike
+        assert not torch.allclose(model(images), model(images.flip(-1)), atol=1e-3)  # which the plain model does not
+        # training's loss sees one embedding an image, the plain one
+        assert torch.equal(flipping.forward_unnormalised(images), model.forward_unnormalised(images))
+    assert out.norm(dim=1).sub(1).abs().max() < 1e-5 and out.dtype == torch.float32
+
+
 def test_data_config_comes_from_timm_pretrained_config(model):
     config = model.data_config(48)
     assert config["input_size"] == [3, 48, 48]

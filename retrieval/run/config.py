@@ -132,6 +132,12 @@ class RunConfig(Mapping):
         return dict(self._values["data_config"])
 
     @property
+    def flip_average(self) -> bool:
+        """Whether the model averages each image's embedding with its mirror image's
+        (:class:`retrieval.model.EmbeddingModel`; face runs; false for runs from before the key)."""
+        return bool(self._values.get("flip_average", False))
+
+    @property
     def weights_sha256(self) -> str | None:
         """SHA-256 of ``model.safetensors`` as saved with this config (None in hand-made configs)."""
         return self._values.get("weights_sha256") or None
@@ -221,6 +227,7 @@ class RunConfig(Mapping):
             ("embedding_dim", _is_int_in(v["embedding_dim"], 1, MAX_EMBEDDING_DIM), f"must be an integer from 1 to {MAX_EMBEDDING_DIM}"),
             ("image_size", _is_int_in(v["image_size"], 16, MAX_IMAGE_SIZE), f"must be an integer from 16 to {MAX_IMAGE_SIZE}"),
             ("data_config", isinstance(v["data_config"], Mapping), "must be an object"),
+            ("flip_average", isinstance(v.get("flip_average", False), bool), "must be true or false"),
             ("margin", _is_number_in(v.get("margin", DEFAULT_MARGIN), *MARGIN_RANGE), "must be a number from 0 to 4"),
             ("temperature", temperature is None or (_is_number(temperature) and temperature > 0), "must be a positive number"),
             ("class_names", class_names is None or (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)),

@@ -35,8 +35,9 @@ def save_model(run_dir: str | Path, model: "EmbeddingModel", config: Mapping[str
                weights_name: str = WEIGHTS_NAME) -> RunConfig:
     """Write the weights (``model.safetensors`` by default) and, with the best weights, ``config.json``.
 
-    Both are written atomically; the config gains ``backbone``, ``embedding_dim``, ``distance``
-    and, for ``model.safetensors``, ``weights_sha256``. Returns the config as written.
+    Both are written atomically; the config gains ``backbone``, ``embedding_dim``,
+    ``flip_average``, ``distance`` and, for ``model.safetensors``, ``weights_sha256``. Returns the
+    config as written.
     """
     from hashlib import sha256
 
@@ -49,7 +50,7 @@ def save_model(run_dir: str | Path, model: "EmbeddingModel", config: Mapping[str
     about = json.dumps({"backbone": model.backbone_name, "embedding_dim": model.embedding_dim}, sort_keys=True)
     blob = save_safetensors(state, metadata={"retrieval": about})
     values = dict(config)
-    values.update(backbone=model.backbone_name, embedding_dim=model.embedding_dim)
+    values.update(backbone=model.backbone_name, embedding_dim=model.embedding_dim, flip_average=model.flip_average)
     values.setdefault("distance", "euclidean")
     if weights_name == WEIGHTS_NAME:
         values["weights_sha256"] = sha256(blob).hexdigest()
@@ -90,7 +91,7 @@ def load_model(run_dir: str | Path, device: "str | torch.device" = "cpu", *,
 
     config, state = read_unit(run_dir, MODEL_UNIT, read)
     weights_path = run_dir / weights_name
-    model = EmbeddingModel(config.backbone, config.embedding_dim, pretrained=False)
+    model = EmbeddingModel(config.backbone, config.embedding_dim, pretrained=False, flip_average=config.flip_average)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -15,7 +15,10 @@ BENCHMARKS.md) and from the settings they depend on:
   InfoNCE into 512 dimensions at the backbone's own image size (:func:`pretrained_image_size`), a head warm-up with the
   backbone frozen, then its last two stages at a tenth of ``--lr``, BatchNorm statistics kept; the
   schedule itself is :mod:`~retrieval.training.finetune`). :func:`describe_defaults` says in one
-  line which of the two sets a run took.
+  line which of the two sets a run took;
+- ``flip_average``: on for face runs (``--faces``), off otherwise: the model then embeds each image
+  with its mirror image and averages (:class:`~retrieval.model.EmbeddingModel`; measured on
+  held-out training people in BENCHMARKS.md, *Faces in photos*).
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -39,7 +42,7 @@ from retrieval.training.finetune import BN_MODES
 from retrieval.training.objective import LOSSES, MINERS, NATURAL_MINER
 from retrieval.training.sources.pairs import PAIR_NEGATIVES
 
-__all__ = ["DEFAULTS", "TrainConfig", "describe_defaults", "fine_tuning_defaults", "settings_before_fine_tuning"]
+__all__ = ["DEFAULTS", "TrainConfig", "describe_defaults", "fine_tuning_defaults", "settings_before_they_existed"]
 
 #: the strongest --augment: its colour jitter (0.3 s) would darken an image to black above s = 3.3
 MAX_AUGMENT = 3.0
@@ -80,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "bn_mode": "train",
     "backbone_stages": 0,  # 0: the whole backbone learns
     "faces": False,  # issue 15: train on each image's aligned face (retrieval.faces.run_faces)
+    "flip_average": False,  # True with --faces (TrainConfig.resolve): validation and inference average x and its mirror
 }
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
 UNLABELLED_LOSS = "infonce"
@@ -120,13 +124,13 @@ def pretrained_image_size(backbone: str) -> int | None:
     return int(max(size[-2:])) if size else None
 
 
-def settings_before_fine_tuning(saved: dict[str, Any]) -> dict[str, Any]:
-    """The fine-tuning settings that a run recorded before they existed trained with (its
-    ``train_settings`` lack them): no head warm-up, BatchNorm in train mode, and the backbone at a
-    tenth of the lr when it started from pretrained weights. ``--resume`` fills them in from here."""
+def settings_before_they_existed(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings that a run recorded before they existed trained with (its ``train_settings``
+    lack them): no head warm-up, BatchNorm in train mode, the backbone at a tenth of the lr when it
+    started from pretrained weights, and no flip averaging. ``--resume`` fills them in from here."""
     pretrained = bool(saved.get("pretrained")) or saved.get("weights") is not None
     return {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0, "bn_mode": "train",
-            "backbone_stages": 0}
+            "backbone_stages": 0, "flip_average": False}
 
 
 def describe_defaults(config: "TrainConfig") -> str:
@@ -195,6 +199,7 @@ class TrainConfig:
     backbone_stages: Optional[int] = None
     # issue 15, faces: each image reduced to its most confident aligned face before the data set (retrieval.faces)
     faces: Optional[bool] = None
+    flip_average: Optional[bool] = None
     #: the settings given before :meth:`resolve` (None: not resolved yet)
     given: Optional[frozenset[str]] = field(default=None, repr=False, compare=False)
 
@@ -220,6 +225,8 @@ class TrainConfig:
             defaults.update(fine_tuning_defaults())
         if values["unlabelled"]:
             defaults["loss"] = UNLABELLED_LOSS
+        if values["faces"]:
+            defaults["flip_average"] = True
         if (values["pretrained"] or values["weights"] is not None) and values["image_size"] is None:
             backbone = values["backbone"] if values["backbone"] is not None else DEFAULTS["backbone"]
             defaults["image_size"] = pretrained_image_size(backbone) or DEFAULTS["image_size"]

@@ -28,7 +28,7 @@ import torch
 
 from retrieval.errors import RetrievalError
 from retrieval.run import CONFIG_NAME, read_config
-from retrieval.training.config import TrainConfig, settings_before_fine_tuning
+from retrieval.training.config import TrainConfig, settings_before_they_existed
 
 __all__ = ["PER_CALL", "RunState", "checkpoint_state", "config_for_resume", "restore"]
 
@@ -78,7 +78,7 @@ def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
         raise RetrievalError(f"{Path(run_dir) / CONFIG_NAME}: no train_settings to resume the run from")
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"given"}
     values = {k: v for k, v in saved.items() if k in names}
-    for key, value in settings_before_fine_tuning(saved).items():  # runs saved before these settings existed
+    for key, value in settings_before_they_existed(saved).items():  # runs saved before these settings existed
         values.setdefault(key, value)
     values["data_dir"] = _data_dir(values.get("data_dir"), stored.get("data_dir"), config.data_dir)
     for key in _PATHS:

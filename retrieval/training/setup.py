@@ -135,7 +135,7 @@ def _build_model(config: TrainConfig, ctx: distributed.DistributedContext, *, re
     On ``--resume`` the weights come from the checkpoint: the starting weights are not read again
     (a moved or deleted ``--weights`` file does not stop a resume)."""
     starting = {} if resuming else {"pretrained": config.pretrained, "weights": config.weights}
-    model = EmbeddingModel(config.backbone, config.embedding_dim, **starting)
+    model = EmbeddingModel(config.backbone, config.embedding_dim, flip_average=bool(config.flip_average), **starting)
     data_config = model.data_config(config.image_size)
     if config.faces:  # aligned crops are framed by the template at this size: evaluation takes them whole, no centre crop
         data_config = {**data_config, "crop_pct": 1.0}

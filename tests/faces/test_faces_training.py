@@ -13,7 +13,7 @@ from retrieval import data
 from retrieval.errors import RetrievalError
 from retrieval.faces import FacePipeline
 from retrieval.faces.run_faces import face_folder, run_pipeline
-from retrieval.run import read_config
+from retrieval.run import load_model, read_config
 from retrieval.run.files import faces_dir
 from retrieval.training import TrainConfig, train
 
@@ -50,6 +50,8 @@ def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_pa
     assert config["train_settings"]["faces"] is True
     # the aligned crop is the framing: evaluation takes it whole (no centre crop), training only flips it
     assert config.data_config["crop_pct"] == 1.0 and config["transforms"]["train"]["recipe"] == "aligned faces"
+    # validation, index, search and the app embed a face with its mirror image (flip averaging)
+    assert config.flip_average and config["train_settings"]["flip_average"] is True and load_model(out)[0].flip_average
     pipeline = run_pipeline(out, config)
     assert pipeline is not None and pipeline.output_size == FACE_TINY["image_size"]
     assert pipeline.cache.folder == faces_dir(out) and any(faces_dir(out).rglob("*.png"))
@@ -63,6 +65,7 @@ def test_a_run_without_faces_records_null_and_writes_no_face_cache(tmp_path):
     assert config.faces is None and run_pipeline(out, config) is None
     assert not faces_dir(out).exists()
     assert config.data_config["crop_pct"] != 1.0 and config["transforms"]["train"]["recipe"] == "images"
+    assert not config.flip_average and not load_model(out)[0].flip_average
 
 
 @pytest.mark.parametrize("mode", [{"unlabelled": True}, {"pairs": "pairs.csv"}])

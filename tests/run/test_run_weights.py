@@ -35,6 +35,29 @@ def test_save_then_load_gives_identical_embeddings(model, tmp_path):
     assert len(run.model_fingerprint(tmp_path)) == 16
 
 
+def test_flip_averaging_is_saved_with_the_model_and_a_run_from_before_the_key_loads_without_it(model, tmp_path):
+    flipping = EmbeddingModel(BACKBONE, 16, flip_average=True).eval()
+    flipping.load_state_dict(model.state_dict())
+    save_model(tmp_path / "faces", flipping, _config(flipping))
+    loaded, config = load_model(tmp_path / "faces")
+    assert loaded.flip_average and config.flip_average
+    assert json.loads((tmp_path / "faces" / "config.json").read_text())["flip_average"] is True
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), flipping(x))
+    save_model(tmp_path / "old", model, _config(model))
+    path = tmp_path / "old" / "config.json"
+    values = json.loads(path.read_text())
+    del values["flip_average"]  # as every run saved before the key was written
+    path.write_bytes(json.dumps(values).encode())  # config.json is a link into the model's unit: write through it
+    loaded, config = load_model(tmp_path / "old")
+    assert not loaded.flip_average and not config.flip_average
+    values["flip_average"] = "yes"
+    path.write_bytes(json.dumps(values).encode())
+    with pytest.raises(RetrievalError, match="flip_average.*true or false"):
+        load_model(tmp_path / "old")
+
+
 def _snapshot(folder):
     """Every entry under ``folder``: a link's target, a file's bytes (temporaries and all)."""
     return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes()

@@ -23,6 +23,7 @@ TRAIN_SETTINGS_KEYS = {
     "target_far", "unlabelled", "val_fraction", "weight_decay", "weights",
     "freeze_backbone_epochs", "backbone_lr_scale", "bn_mode", "backbone_stages",  # issue 18: new keys; runs without them still resume
     "faces",  # issue 15: runs without it resume as runs on whole images (the default False)
+    "flip_average",  # issue 15: runs without it resume without flip averaging (settings_before_they_existed)
 }
 
 
@@ -76,6 +77,26 @@ def test_a_pretrained_backbone_learns_at_a_tenth_of_the_lr():
     assert _config().resolve().backbone_lr_scale == 1.0
 
 
+def test_flip_averaging_defaults_to_on_for_face_runs_only_and_a_typed_flag_wins():
+    assert _config(faces=True).resolve().flip_average is True
+    assert _config().resolve().flip_average is False
+    assert _config(faces=True, flip_average=False).resolve().flip_average is False
+    assert _config(flip_average=True).resolve().flip_average is True
+    assert "flip_average" not in _config(faces=True).resolve().given
+
+
+def test_a_face_run_saved_before_flip_averaging_resumes_without_it(tmp_path):
+    saved = _config(faces=True, epochs=2).resolve().train_settings()
+    del saved["flip_average"]
+    (tmp_path / "config.json").write_text(json.dumps({
+        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
+        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
+        "train_settings": saved,
+    }))
+    resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
+    assert resumed.faces is True and resumed.flip_average is False
+
+
 def test_train_settings_keep_the_keys_config_json_always_had():
     settings = _config(unlabelled=True).resolve().train_settings()
     assert set(settings) == TRAIN_SETTINGS_KEYS
@@ -110,7 +131,7 @@ def test_help_shows_the_defaults_that_resolve_fills():
         found = re.search(r"\\\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
         if found:
             shown[names.get(param.name, param.name)] = found.group(1)
-    assert len(shown) == 27  # issue 15 added --faces
+    assert len(shown) == 28  # issue 15 added --faces and --flip-average
     for name, text in shown.items():
         if name == "loss":
             assert text == "triplet; infonce with --unlabelled or from --pretrained / --weights"
@@ -119,6 +140,9 @@ def test_help_shows_the_defaults_that_resolve_fills():
             assert text.startswith(f"{DEFAULTS['image_size']}; from --pretrained / --weights the size the backbone was pretrained at")
         elif name == "miner":
             assert text == "semihard for triplet, none otherwise"
+        elif name == "flip_average":
+            assert text == "on with --faces, else off"
+            assert DEFAULTS[name] is False and _config(faces=True).resolve().flip_average is True
         elif name in config_module.FINE_TUNING_DEFAULTS:
             assert text == f"{DEFAULTS[name]}; {config_module.FINE_TUNING_DEFAULTS[name]} from --pretrained / --weights", name
         else:
