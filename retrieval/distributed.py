@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import LostProcesses, RetrievalError
 from retrieval.model import resolve_device
 
 __all__ = [
@@ -209,7 +209,8 @@ def process_group(device: str | torch.device = "auto", timeout_s: float = DEFAUL
     group is already initialised (a script that set one up itself) it is used and left alone.
     Without torchrun it resolves ``device`` and yields a single-process context. Warnings of the
     ``retrieval`` logger are shown by rank 0 only. A collective that fails or times out inside
-    the block (another process died or hangs) is raised as a one-line RetrievalError.
+    the block (another process died or hangs) is raised as a one-line
+    :class:`~retrieval.errors.LostProcesses` (a RetrievalError).
     """
     if not launched_by_torchrun() and not torch.distributed.is_initialized():
         yield DistributedContext(device=resolve_device(device) if isinstance(device, str) else torch.device(device))
@@ -255,7 +256,7 @@ def process_group(device: str | torch.device = "auto", timeout_s: float = DEFAUL
     except RuntimeError as error:
         if not _is_collective_failure(error):
             raise
-        raise RetrievalError(
+        raise LostProcesses(
             f"rank {rank} of {world_size}: lost the other processes ({_first_line(error)}): one of them died, "
             f"failed or hangs (see its output; collectives wait {timeout_s:g} s, --dist-timeout). "
             f"--resume continues from the last checkpoint"

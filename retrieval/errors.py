@@ -3,8 +3,17 @@
 Anything raised as :class:`RetrievalError` is a problem with the user's input (a missing folder,
 a corrupt file, a bad flag value). The CLI prints its message as one line and exits non-zero;
 the app shows it as an error box. Every other exception is a bug and keeps its traceback.
+:class:`LostProcesses`, one kind of it, also tells the CLI to leave without tearing torch down.
 """
 
 
 class RetrievalError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+class LostProcesses(RetrievalError):
+    """A collective failed under torchrun: another process died, failed or hangs
+    (:func:`retrieval.distributed.process_group`). After that, torch's gloo state can abort the
+    interpreter's own exit ("terminate called without an active exception", SIGABRT: seen in 2 of
+    about 45 test sessions whose other process had died), burying the message under a crash, so
+    the CLI prints it and ends the process at once (``os._exit``)."""

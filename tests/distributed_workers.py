@@ -35,11 +35,11 @@ def session_worker(rank: int, out_dir: str, batch_file: str, losses: list[str], 
     """Everything the tests need from 2 processes, in one process group (starting processes is
     the slow part): the gather's gradient scale, one step of each objective, training runs and an
     index; then rank 1 dies (exit code 3) and rank 0 writes what its next gather reports
-    (``dying_rank0.txt``: seconds, message)."""
+    (``dying_rank0.txt``: seconds, message) and leaves at once, as the CLI does."""
     import torch
 
     from retrieval import distributed
-    from retrieval.errors import RetrievalError
+    from retrieval.errors import LostProcesses
 
     message, started = "no error", time.monotonic()
     try:
@@ -52,9 +52,12 @@ def session_worker(rank: int, out_dir: str, batch_file: str, losses: list[str], 
                 os._exit(3)
             started = time.monotonic()
             ctx.gather_batch(torch.zeros(2, 4, requires_grad=True), torch.zeros(2, dtype=torch.long), torch.arange(2))
-    except RetrievalError as error:  # what process_group makes of the failed collective
+    except LostProcesses as error:  # what process_group makes of the failed collective
         message = str(error)
     (Path(out_dir) / "dying_rank0.txt").write_text(f"{time.monotonic() - started:.1f}\n{message}")
+    # as the CLI leaves after LostProcesses: torch's teardown may abort once a peer died
+    # (retrieval.errors.LostProcesses), which would turn this exit code into -6
+    os._exit(0)
 
 
 def gradient_scale_check(ctx, out_dir: str) -> None:

@@ -63,6 +63,9 @@ def run_local_processes(
 
 def _run_as_rank(rank: int, world_size: int, port: int, environment: dict[str, str], threads: int | None,
                  target: Callable[..., Any], args: tuple) -> None:
+    import faulthandler
+
+    faulthandler.enable()  # a native crash (gloo's abort) prints the Python stack it happened under
     os.environ.update({**torchrun_environment(rank, world_size, port), **environment})
     if threads is not None:
         torch.set_num_threads(threads)

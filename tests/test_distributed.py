@@ -186,6 +186,26 @@ def test_a_dead_process_ends_the_run_with_a_clear_message(two_processes):
 # ----------------------------------------------------------------------------- without processes
 
 
+def test_the_cli_prints_lost_processes_as_one_line_and_leaves_without_torchs_teardown():
+    """A process whose peer died prints the message and ends with status 2 at once: atexit
+    handlers (where torch's teardown would run) are skipped, and nothing printed is lost."""
+    script = (
+        "import atexit, sys\n"
+        "import retrieval.cli as cli\n"
+        "from retrieval.errors import LostProcesses\n"
+        "atexit.register(lambda: sys.stderr.write('teardown ran\\n'))\n"
+        "def fail():\n"
+        "    print('output before', flush=False)\n"
+        "    raise LostProcesses('rank 0 of 2: lost the other processes (Connection closed by peer)')\n"
+        "cli.app = fail\n"
+        "cli.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == "output before\n"  # flushed before leaving
+    assert done.stderr == "error: rank 0 of 2: lost the other processes (Connection closed by peer)\n"
+
+
 def test_each_process_loads_a_strided_share_keyed_by_global_position():
     from retrieval.data import PKSampler
 

@@ -11,13 +11,14 @@ The commands live in modules by what they do (:mod:`~retrieval.cli.training`,
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from retrieval.cli import training, assess, gallery, inspect, serve  # noqa: F401,I001  (each registers its commands, in --help order)
 from retrieval.cli.common import app
-from retrieval.errors import RetrievalError
+from retrieval.errors import LostProcesses, RetrievalError
 from retrieval.safe_text import printable
 
 __all__ = ["app", "main"]
@@ -29,4 +30,8 @@ def main() -> None:
         app()
     except RetrievalError as error:
         typer.secho(f"error: {printable(error)}", fg=typer.colors.RED, err=True)
+        if isinstance(error, LostProcesses):  # torch's teardown may abort after a peer died (see LostProcesses)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         sys.exit(2)
