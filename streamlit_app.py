@@ -96,6 +96,8 @@ def describe_run(run_dir: Path, config: RunConfig) -> None:
         f"loss {markdown_text(config.get('loss', '?'))} · miner {markdown_text(config.get('miner', '?'))} · margin ε = {config.margin:g}"
         + (f"  \ntrained {config.mode} (no class labels)" if config.mode in ("unlabelled", "pairs") else "")
         + ("" if config.has_validation else "  \nno held-out classes")
+        + ("  \nfaces: detected and aligned" if config.faces else "")
+        + ("  \neach image embedded with its mirror image, averaged" if config.flip_average else "")
     )
 
 
