@@ -18,7 +18,7 @@ the backbone's pretrained config; :mod:`~retrieval.data.loading`'s :class:`Image
 
 # MAX_IMAGE_PIXELS and MAX_QUERY_PIXELS are read where images are decoded: to change a limit, set
 # retrieval.data.images.MAX_IMAGE_PIXELS (or MAX_QUERY_PIXELS; setting this package's copy has no effect).
-from retrieval.data.images import MAX_IMAGE_PIXELS, MAX_QUERY_PIXELS, load_image, load_image_bytes
+from retrieval.data.images import MAX_IMAGE_PIXELS, MAX_QUERY_PIXELS, all_greyscale, load_image, load_image_bytes
 from retrieval.data.scan import (
     IMAGE_EXTENSIONS,
     SPLIT_FOLDER_NAMES,
@@ -54,6 +54,7 @@ __all__ = [
     "scan_folder",
     "require_trainable",
     "brief_list",
+    "all_greyscale",
     "load_image",
     "load_image_bytes",
     "split_classes",

@@ -30,7 +30,7 @@ from retrieval.errors import RetrievalError
 
 __all__ = [
     "FORMAT_OF_SUFFIX", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "MAX_QUERY_PIXELS",
-    "load_image", "load_image_bytes", "unreadable_reason", "to_rgb",
+    "all_greyscale", "load_image", "load_image_bytes", "unreadable_reason", "to_rgb",
 ]
 
 FORMAT_OF_SUFFIX: dict[str, str] = {
@@ -101,6 +101,27 @@ def unreadable_reason(path: Path) -> str | None:
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...) on bad files
         return _short_reason(error)
     return None
+
+
+#: Pillow modes that hold grey levels only (with or without alpha): 1-bit, 8-bit, 16/32-bit integer, float
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def all_greyscale(paths) -> bool:
+    """Whether every readable image of ``paths`` is stored in a grey mode (:data:`GREY_MODES`),
+    read from the headers only and stopping at the first colour image (an RGB file whose three
+    channels happen to be equal counts as colour). False when none is readable."""
+    seen = False
+    for path in paths:
+        try:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                mode = image.mode
+        except Exception:  # noqa: BLE001  (unreadable: the data set warns about it; it decides nothing here)
+            continue
+        if mode not in GREY_MODES:
+            return False
+        seen = True
+    return seen
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

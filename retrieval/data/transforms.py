@@ -39,7 +39,10 @@ def build_transforms(
     ``interpolation`` ("bilinear", "bicubic", ...) and ``crop_pct`` (timm's pretrained config,
     see ``EmbeddingModel.data_config``).
 
-    - eval: resize the shorter side to ``max(H, W) / crop_pct``, centre-crop H x W.
+    - eval: resize the shorter side to ``max(H, W) / crop_pct``, centre-crop H x W; first, when
+      ``data_config["greyscale"]`` is true (a run whose training images were all greyscale), the
+      image becomes grey, Y = 0.299 R + 0.587 G + 0.114 B in all three channels: such a model has
+      never seen colour (BENCHMARKS.md, *Faces in photos*: scene queries against crops).
     - train: random resized crop to H x W (area scale in [1 - 0.75 s, 1], at least 0.08;
       aspect ratio within [1 - 0.25 s, 1 / (1 - 0.25 s)]), horizontal flip (p 0.5), colour
       jitter (brightness / contrast / saturation 0.3 s, hue 0.05 s, p 0.8), greyscale
@@ -87,6 +90,7 @@ def build_transforms(
         ]
     else:
         steps = [
+            *([A.ToGray(num_output_channels=3, method="weighted_average", p=1.0)] if data_config.get("greyscale") else []),
             A.SmallestMaxSize(max_size=int(math.floor(max(height, width) / crop_pct)), interpolation=interpolation),
             A.CenterCrop(height=height, width=width, pad_if_needed=True),
         ]

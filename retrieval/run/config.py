@@ -128,7 +128,8 @@ class RunConfig(Mapping):
 
     @property
     def data_config(self) -> dict[str, Any]:
-        """The backbone's input config at the run's image size: input_size, mean, std, interpolation, crop_pct."""
+        """The backbone's input config at the run's image size: input_size, mean, std, interpolation,
+        crop_pct, and ``greyscale`` (true when every training image was grey: inputs are made grey)."""
         return dict(self._values["data_config"])
 
     @property
@@ -247,6 +248,7 @@ class RunConfig(Mapping):
              f"must be one of {', '.join(INTERPOLATIONS)}"),
             ("crop_pct", crop_pct is None or _is_number_in(crop_pct, *CROP_PCT_RANGE),
              f"must be a number from {CROP_PCT_RANGE[0]:g} to {CROP_PCT_RANGE[1]:g}"),
+            ("greyscale", isinstance(data.get("greyscale", False), bool), "must be true or false"),
         ], data, prefix="data_config.")
 
     def _require(self, checks: list[tuple[str, bool, str]], values: Mapping[str, Any], prefix: str = "") -> None:

@@ -97,6 +97,8 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
         check_same_classes(run_dir, source.folder.class_names)
     torch.manual_seed(config.seed)
     model, forward, data_config = _build_model(config, ctx, resuming=checkpoint is not None)
+    if source.greyscale:  # a model trained on grey images only is shown grey ones (data.build_transforms)
+        data_config = {**data_config, "greyscale": True}
     run_objective = Objective.for_config(config, source.rules, replacement=objective)
     # workers hand over uint8 pixels; the step normalises the whole batch (train_transform.finish_batch)
     train_transform = source.make_train_transform(data_config, normalise_in_batch=True)

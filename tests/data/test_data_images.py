@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data_helpers import warning_messages, write_image, write_labelled_folder, write_png_header
-from retrieval.data import images, load_image, load_image_bytes, scan_folder
+from retrieval.data import all_greyscale, images, load_image, load_image_bytes, scan_folder
 from retrieval.errors import RetrievalError
 
 
@@ -211,3 +211,19 @@ def test_16_bit_scaling_makes_no_float_copy_of_the_pixels():
         tracemalloc.stop()
     assert rgb.getpixel((0, 0)) == (5, 5, 5)
     assert peak < 5 * 1_000_000
+
+
+def test_all_greyscale_reads_modes_from_headers_and_stops_at_the_first_colour_image(tmp_path, monkeypatch):
+    grey = [write_image(tmp_path / "a.png", mode="L", colour=90), write_image(tmp_path / "b.png", mode="I;16", colour=4000),
+            write_image(tmp_path / "c.png", mode="LA", colour=(90, 255))]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    colour = write_image(tmp_path / "d.png", mode="RGB", colour=(90, 90, 90))  # equal channels, but stored as colour
+    assert all_greyscale(grey + [broken])  # an unreadable file decides nothing
+    assert not all_greyscale(grey + [colour])
+    assert not all_greyscale([]) and not all_greyscale([broken])
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    assert not all_greyscale([colour, *grey])
+    assert opened == [colour], "a colour data set is decided by its first image"

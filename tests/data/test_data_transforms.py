@@ -22,6 +22,21 @@ def test_eval_transform_gives_normalised_chw_float32_of_input_size():
     assert np.allclose(white.mean(dim=(1, 2)).numpy(), expected, atol=1e-4)
 
 
+def test_a_greyscale_run_evaluates_colour_images_as_their_grey_levels():
+    """data_config["greyscale"]: Y = 0.299 R + 0.587 G + 0.114 B in all three channels, before the resize."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    grey = build_transforms({**DATA_CONFIG, "greyscale": True}, train=False)(Image.fromarray(pixels))
+    luma = np.rint(pixels @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)
+    by_hand = build_transforms(DATA_CONFIG, train=False)(Image.fromarray(np.repeat(luma[:, :, None], 3, axis=2)))
+    assert torch.allclose(grey, by_hand, atol=2.5 / 255 / min(DATA_CONFIG["std"]))  # within a grey level or two of rounding
+    denormalised = grey * torch.tensor(DATA_CONFIG["std"])[:, None, None] + torch.tensor(DATA_CONFIG["mean"])[:, None, None]
+    assert torch.allclose(denormalised[0], denormalised[1], atol=1e-5) and torch.allclose(denormalised[1], denormalised[2], atol=1e-5)
+    colour = build_transforms({**DATA_CONFIG, "greyscale": False}, train=False)(Image.fromarray(pixels))
+    assert not torch.allclose(colour, grey, atol=0.1)  # without the key (every run before it): colour as before
+    assert torch.equal(colour, build_transforms(DATA_CONFIG, train=False)(Image.fromarray(pixels)))
+
+
 def test_train_transform_shape_dtype_and_strength_zero_equals_eval():
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
     for strength in (0.5, 1.0, 2.0):

@@ -33,6 +33,8 @@ def with_data(**change):
     (with_data(std=[0.2, 1e300, 0.2]), "data_config.std"),
     (with_data(interpolation="sinc-of-doom"), "data_config.interpolation"),
     (with_data(interpolation=3), "data_config.interpolation"),
+    (with_data(greyscale="yes"), "data_config.greyscale"),
+    ({**VALID, "flip_average": 1}, "flip_average"),
     ({**VALID, "image_size": 10**6}, "image_size"),
     ({**VALID, "image_size": 4}, "image_size"),
     ({**VALID, "embedding_dim": 10**7}, "embedding_dim"),

@@ -195,3 +195,25 @@ def test_bad_input_gives_one_line_and_nonzero_exit(sample, tmp_path, args, messa
     assert done.returncode == 2, done.stderr
     lines = [l for l in done.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+
+
+def test_a_run_on_greyscale_images_only_records_it_and_evaluates_colour_images_as_grey(sample, tmp_path):
+    """data_config["greyscale"] when every image of DATA_DIR is stored grey; a colour folder gets no key."""
+    from PIL import Image
+
+    from retrieval.data import build_transforms
+    from retrieval.run import load_model
+
+    grey_dir = tmp_path / "grey"
+    for path in sorted((sample / "train").rglob("*.png")):
+        target = grey_dir / path.relative_to(sample / "train")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(path).convert("L").save(target)
+    train(TrainConfig(data_dir=grey_dir, out=tmp_path / "grey_run", epochs=0, **TINY), progress=False)
+    model, config = load_model(tmp_path / "grey_run")
+    assert config.data_config["greyscale"] is True
+    colour_image = Image.open(next((sample / "test").rglob("*.png"))).convert("RGB")
+    transform = build_transforms(config.data_config, train=False)
+    assert torch.allclose(transform(colour_image), transform(colour_image.convert("L").convert("RGB")), atol=0.05)
+    train(TrainConfig(data_dir=sample / "train", out=tmp_path / "colour_run", epochs=0, **TINY), progress=False)
+    assert "greyscale" not in load_model(tmp_path / "colour_run")[1].data_config

@@ -26,6 +26,7 @@ class TrainingSource(Protocol):
     train_folder: data.ImageFolder  # what the training dataset indexes
     val_folder: data.ImageFolder  # held-out classes (no images: no validation)
     rules: NegativeRules | None  # never-negative pairs and class groups, for every loss and miner
+    greyscale: bool  # every image of DATA_DIR is stored grey (data.all_greyscale): evaluation then makes images grey
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         """The training augmentation (an :class:`~retrieval.data.ImageTransform`) for a backbone's data config."""

@@ -44,12 +44,14 @@ class LabelledSource:
     augment: float
     seed: int
     faces: dict[str, Any] | None = None  # config.json's "faces": the face pipeline's settings (--faces)
+    greyscale: bool = False  # every image of DATA_DIR is stored grey (the photos, not the colour-mode face crops)
     mode: ClassVar[str] = "labelled"
 
     @classmethod
     def from_config(cls, config) -> "LabelledSource":
         """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge files."""
         folder = data.scan_folder(config.data_dir, labelled=True)
+        greyscale = data.all_greyscale(folder.paths)
         faces = None
         if config.faces:
             from retrieval.faces.run_faces import face_folder, training_pipeline
@@ -72,7 +74,7 @@ class LabelledSource:
         if groups is not None or never_negative:
             rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
         return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, classes_per_batch,
-                   config.images_per_class, config.augment, config.seed, faces)
+                   config.images_per_class, config.augment, config.seed, faces, greyscale)
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch,

@@ -375,6 +375,7 @@ class PairsSource:
     augment: float
     seed: int
     entries: dict[str, Any]
+    greyscale: bool = False  # every image of DATA_DIR is stored grey
     mode: ClassVar[str] = "pairs"
 
     @classmethod
@@ -411,7 +412,7 @@ class PairsSource:
         if entries["n_unlinked_images"]:
             log.info("%s: %d images are in no pair and are not trained on", config.pairs, entries["n_unlinked_images"])
         return cls(folder, train_folder, val_folder, rules, never, config.pair_negatives, classes_per_batch,
-                   config.images_per_class, config.augment, config.seed, entries)
+                   config.images_per_class, config.augment, config.seed, entries, greyscale=data.all_greyscale(folder.paths))
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch)

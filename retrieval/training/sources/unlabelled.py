@@ -51,6 +51,7 @@ class UnlabelledSource:
     strength: float  # --augment
     seed: int
     rules: NegativeRules | None = None
+    greyscale: bool = False  # every image of DATA_DIR is stored grey
     mode: ClassVar[str] = "unlabelled"
 
     @classmethod
@@ -61,7 +62,8 @@ class UnlabelledSource:
         if folder.labelled:
             log.info("--unlabelled: %s has class folders; their labels are not used for training, only to hold out %d validation classes",
                      folder.root, len(val_folder.class_names))
-        return cls(folder, view_pairs(train_part), val_folder, list(train_part.class_names), batch, config.augment, config.seed)
+        return cls(folder, view_pairs(train_part), val_folder, list(train_part.class_names), batch, config.augment, config.seed,
+                   greyscale=data.all_greyscale(folder.paths))
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         return build_view_transform(data_config, self.strength, normalise_in_batch=normalise_in_batch)
