@@ -98,6 +98,7 @@ def describe_run(run_dir: Path, config: RunConfig) -> None:
         + ("" if config.has_validation else "  \nno held-out classes")
         + ("  \nfaces: detected and aligned" if config.faces else "")
         + ("  \neach image embedded with its mirror image, averaged" if config.flip_average else "")
+        + ("  \nimages made grey (trained on grey images only)" if config.data_config.get("greyscale") else "")
     )
 
 

@@ -42,9 +42,10 @@ def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_
     assert rows[0].startswith(f"face {other + 1},"), "the picked face's row comes first"
 
 
-def test_the_sidebar_says_the_run_embeds_aligned_faces_with_their_mirror_image(monkeypatch, face_run):
+def test_the_sidebar_says_the_run_embeds_grey_aligned_faces_with_their_mirror_image(monkeypatch, face_run):
     captions = texts(start(monkeypatch, face_run).sidebar.caption)
     assert any("faces: detected and aligned" in c and "embedded with its mirror image" in c for c in captions), captions
+    assert any("images made grey" in c for c in captions), "att_faces photos are stored grey: the run says it greys its inputs"
 
 
 def test_a_photo_without_a_face_says_so(monkeypatch, face_run):

@@ -42,7 +42,7 @@ def test_every_page_on_an_unlabelled_run_with_a_flat_gallery_hides_what_needs_la
     assert config["mode"] == "unlabelled" and config["has_validation"] is False
     at = start(monkeypatch, run)
     assert any("unlabelled (no class labels)" in c for c in texts(at.sidebar.caption))
-    assert not any("mirror" in c or "faces:" in c for c in texts(at.sidebar.caption)), "a run on whole images, one view each"
+    assert not any("mirror" in c or "faces:" in c or "grey" in c for c in texts(at.sidebar.caption)), "whole colour images, one view each"
     query = sorted(flat.iterdir())[0]
     upload(at, query.name, query.read_bytes())
     assert len(neighbour_cards(at)) == K_DEFAULT
