@@ -89,7 +89,7 @@ def train_command(
     precision: Optional[str] = typer.Option(None, help=f"auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU or GPU supports it). {_default('auto')}"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader worker processes (default: chosen for this machine)."),
     cache_mb: Optional[float] = typer.Option(None, "--cache-mb", help=f"MiB of decoded training images kept in memory (split between loader workers), so later epochs skip decoding; 0 turns it off. {_default(1024.0)}"),
-    augment: Optional[float] = typer.Option(None, help=f"Augmentation strength (0 = none; with --faces 1 is a horizontal flip only, more adds jitter and colour at strength - 1). {_default(1.0)}"),
+    augment: Optional[float] = typer.Option(None, help=f"Augmentation strength (0 = none; with --faces 1 is a horizontal flip and a small similarity jitter, more adds colour at strength - 1). {_default(1.0)}"),
     class_groups: Optional[Path] = typer.Option(None, "--class-groups", help="CSV mapping class -> group (e.g. grocery classes.csv)."),
     groups_per_batch: Optional[int] = typer.Option(None, help="Draw each batch's classes from this many groups."),
     negatives: Optional[str] = typer.Option(None, help=f"all | same-group | prefer-same-group: which classes count as negatives (groups from --class-groups). {_default('all')}"),
