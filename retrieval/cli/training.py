@@ -111,6 +111,7 @@ def train_command(
     backbone_stages: Optional[int] = typer.Option(None, "--backbone-stages", help=f"After the head warm-up only the backbone's last N stages learn (timm's coarse parameter groups; 0: all). {_fine_tuning_default(0, 2)}"),
     bn_mode: Optional[str] = typer.Option(None, "--bn-mode", help=f"BatchNorm while the backbone learns: train (batch statistics) | eval (keep the running statistics, learn γ, β) | frozen (keep both). {_fine_tuning_default('train', 'eval')}"),
     faces: Optional[bool] = typer.Option(None, "--faces", help=f"A face model: every image is reduced to its most confident face (MTCNN, aligned to the 112 x 112 template, at --image-size) before training, and so is every image the run later indexes, searches, evaluates or verifies; images without a face are skipped (labelled training only). {_default(False)}"),
+    face_jitter: Optional[float] = typer.Option(None, "--face-jitter", help=f"With --faces: the similarity jitter of the aligned training crops at --augment 1, as a share of scale ± 10 %, shift ± 5 %, rotation ± 10° (0: a flip only; it grows with --augment). {_default(0.25)}"),
     flip_average: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average", help=f"Embed every image with its mirror image and average the two (validation, index, search, evaluation, the app; the loss sees one embedding an image): about twice the cost of an embedding. {_default('on with --faces, else off')}"),
 ) -> None:
     """Train an embedding model on a labelled folder (or, with --unlabelled / --pairs, without negative labels); writes the run directory."""
@@ -127,7 +128,7 @@ def train_command(
         hardest_per_epoch=hardest, resume=resume, force=force, sync_bn=sync_bn, dist_timeout=dist_timeout, command=" ".join(["retrieval"] + sys.argv[1:]),
         unlabelled=unlabelled, batch_size=batch_size, pairs=pairs, pair_negatives=pair_negatives, pair_groups=pair_groups,
         target_far=target_far, freeze_backbone_epochs=freeze_backbone_epochs, backbone_lr_scale=backbone_lr_scale, bn_mode=bn_mode,
-        backbone_stages=backbone_stages, faces=faces, flip_average=flip_average,
+        backbone_stages=backbone_stages, faces=faces, flip_average=flip_average, face_jitter=face_jitter,
     )
 
     from retrieval.distributed import is_main_process

@@ -37,6 +37,7 @@ _CV2_INTERPOLATION = {"nearest": 0, "bilinear": 1, "linear": 1, "bicubic": 2, "c
 
 def build_transforms(
     data_config: dict[str, Any], *, train: bool, strength: float = 1.0, normalise_in_batch: bool = False, faces: bool = False,
+    face_jitter: float = FACE_JITTER,
 ) -> ImageTransform:
     """The train or eval image pipeline for a backbone's ``data_config``.
 
@@ -54,9 +55,9 @@ def build_transforms(
       (p 0.05 s), Gaussian blur (p 0.1 s), with s = ``strength`` (1 is the usual recipe,
       more is stronger; ``strength=0`` gives the eval pipeline).
     - train, ``faces`` (aligned face crops, already H x W): a horizontal flip (p 0.5) and a small
-      similarity jitter, j = ``FACE_JITTER`` · s: scale 1 ± 0.1 j, shift ± 5 % j of the side,
-      rotation ± 10° j, the edge repeated (at s = 1: ± 2.5 %, ± 1.25 %, ± 2.5°, about the
-      detector's landmark noise). The alignment has removed position, scale and rotation, and a
+      similarity jitter, j = ``face_jitter`` · s (default :data:`FACE_JITTER`; 0 leaves the flip
+      alone): scale 1 ± 0.1 j, shift ± 5 % j of the side, rotation ± 10° j, the edge repeated (at
+      s = 1 and the default: ± 2.5 %, ± 1.25 %, ± 2.5°, about the detector's landmark noise). The alignment has removed position, scale and rotation, and a
       random resized crop would undo it (at s = 1 down to a quarter of the face), as face
       recognition trains (ArcFace, insightface). Above s = 1 colour jitter, greyscale and blur
       join at strength s - 1. Measured on held-out training people (BENCHMARKS.md, *Faces in
@@ -77,13 +78,11 @@ def build_transforms(
     crop_pct = float(data_config.get("crop_pct") or 0.875)
     s = max(0.0, float(strength))
     if train and s > 0 and faces:
-        j = FACE_JITTER * s
-        steps = [
-            A.Resize(height=height, width=width, interpolation=interpolation),
-            A.HorizontalFlip(p=0.5),
-            A.Affine(scale=(1.0 - 0.1 * j, 1.0 + 0.1 * j), translate_percent=(-0.05 * j, 0.05 * j), rotate=(-10.0 * j, 10.0 * j),
-                     interpolation=interpolation, border_mode=cv2.BORDER_REPLICATE, p=1.0),
-        ]
+        j = max(0.0, float(face_jitter)) * s
+        steps = [A.Resize(height=height, width=width, interpolation=interpolation), A.HorizontalFlip(p=0.5)]
+        if j > 0:
+            steps.append(A.Affine(scale=(1.0 - 0.1 * j, 1.0 + 0.1 * j), translate_percent=(-0.05 * j, 0.05 * j),
+                                  rotate=(-10.0 * j, 10.0 * j), interpolation=interpolation, border_mode=cv2.BORDER_REPLICATE, p=1.0))
         if s > 1:
             steps += _photometric(s - 1.0)
     elif train and s > 0:

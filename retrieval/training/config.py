@@ -18,7 +18,10 @@ BENCHMARKS.md) and from the settings they depend on:
   line which of the two sets a run took;
 - ``flip_average``: on for face runs (``--faces``), off otherwise: the model then embeds each image
   with its mirror image and averages (:class:`~retrieval.model.EmbeddingModel`; measured on
-  held-out training people in BENCHMARKS.md, *Faces in photos*).
+  held-out training people in BENCHMARKS.md, *Faces in photos*);
+- ``face_jitter``: the similarity jitter of a face run's training crops
+  (:data:`~retrieval.data.transforms.FACE_JITTER`, chosen the same way); a face run recorded
+  before it existed trained with none, and resumes so.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from retrieval import distributed
+from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
 from retrieval.model import check_backbone_name
 from retrieval.negatives import NEGATIVE_MODES
@@ -84,7 +88,10 @@ DEFAULTS: dict[str, Any] = {
     "backbone_stages": 0,  # 0: the whole backbone learns
     "faces": False,  # issue 15: train on each image's aligned face (retrieval.faces.run_faces)
     "flip_average": False,  # True with --faces (TrainConfig.resolve): validation and inference average x and its mirror
+    "face_jitter": FACE_JITTER,  # --faces only: the training crops' similarity jitter at --augment 1 (data.build_transforms)
 }
+#: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
+MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
 UNLABELLED_LOSS = "infonce"
 #: the share of ``--lr`` that a backbone starting from pretrained weights learns at
@@ -127,10 +134,11 @@ def pretrained_image_size(backbone: str) -> int | None:
 def settings_before_they_existed(saved: dict[str, Any]) -> dict[str, Any]:
     """The settings that a run recorded before they existed trained with (its ``train_settings``
     lack them): no head warm-up, BatchNorm in train mode, the backbone at a tenth of the lr when it
-    started from pretrained weights, and no flip averaging. ``--resume`` fills them in from here."""
+    started from pretrained weights, no flip averaging and, for a face run, no similarity jitter
+    of its training crops. ``--resume`` fills them in from here."""
     pretrained = bool(saved.get("pretrained")) or saved.get("weights") is not None
     return {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0, "bn_mode": "train",
-            "backbone_stages": 0, "flip_average": False}
+            "backbone_stages": 0, "flip_average": False, "face_jitter": 0.0 if saved.get("faces") else DEFAULTS["face_jitter"]}
 
 
 def describe_defaults(config: "TrainConfig") -> str:
@@ -200,6 +208,7 @@ class TrainConfig:
     # issue 15, faces: each image reduced to its most confident aligned face before the data set (retrieval.faces)
     faces: Optional[bool] = None
     flip_average: Optional[bool] = None
+    face_jitter: Optional[float] = None
     #: the settings given before :meth:`resolve` (None: not resolved yet)
     given: Optional[frozenset[str]] = field(default=None, repr=False, compare=False)
 
@@ -291,6 +300,7 @@ class TrainConfig:
             (0 <= self.freeze_backbone_epochs and math.isfinite(self.freeze_backbone_epochs),
              f"--freeze-backbone-epochs must be 0 or more, got {self.freeze_backbone_epochs}"),
             (self.backbone_stages >= 0, f"--backbone-stages must be 0 (all) or more, got {self.backbone_stages}"),
+            (0 <= self.face_jitter <= MAX_FACE_JITTER, f"--face-jitter must be from 0 to {MAX_FACE_JITTER:g}, got {self.face_jitter}"),
             (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale),
              f"--backbone-lr-scale must be 0 or more, got {self.backbone_lr_scale}"),
         ]
@@ -317,6 +327,8 @@ class TrainConfig:
             raise RetrievalError("--pair-negatives needs --pairs FILE")
         if pairs is None and self.pair_groups is not None:
             raise RetrievalError("--pair-groups needs --pairs FILE")
+        if not self.faces and self.face_jitter != DEFAULTS["face_jitter"]:
+            raise RetrievalError("--face-jitter moves aligned face crops: it needs --faces")
         if self.faces and self.mode != "labelled":
             raise RetrievalError(f"--faces trains on labelled folders only, not with {'--unlabelled' if unlabelled else '--pairs'}")
         if self.mode == "labelled":

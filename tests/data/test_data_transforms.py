@@ -139,6 +139,11 @@ def test_face_training_flips_and_slightly_jitters_the_aligned_crop_and_keeps_its
         assert abs(float(out.mean()) - float(eval_pixels.mean())) < 0.05, "no colour step at strength 1"
     assert seen["as is"] > 0 and seen["mirrored"] > 0
     assert moved == 16, "every crop is moved by the jitter, not only flipped"
+    flip_only = build_transforms(FACE_CONFIG, train=True, faces=True, face_jitter=0.0)  # --face-jitter 0, and runs from before it
+    for seed in range(8):
+        flip_only.set_random_seed(seed)
+        out = flip_only(crop)
+        assert torch.allclose(out, eval_pixels, atol=1e-5) or torch.allclose(out, eval_mirror, atol=1e-5)
     noise = np.random.default_rng(2).integers(0, 256, (size, size, 3), dtype=np.uint8)
     stronger = build_transforms(FACE_CONFIG, train=True, faces=True, strength=4.0)
     colour_changed = 0

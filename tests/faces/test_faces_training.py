@@ -15,7 +15,7 @@ from retrieval.faces import FacePipeline
 from retrieval.faces.run_faces import face_folder, run_pipeline
 from retrieval.run import load_model, read_config
 from retrieval.run.files import faces_dir
-from retrieval.training import TrainConfig, train
+from retrieval.training import DEFAULTS, TrainConfig, train
 
 FACE_TINY = {**TINY, "classes_per_batch": 2, "images_per_class": 2, "val_fraction": 0.25}
 
@@ -48,8 +48,9 @@ def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_pa
     assert config.faces is not None and config.faces["output_size"] == FACE_TINY["image_size"]
     assert sum(config["class_counts"].values()) == 12, "the faceless image is not counted"
     assert config["train_settings"]["faces"] is True
-    # the aligned crop is the framing: evaluation takes it whole (no centre crop), training only flips it
+    # the aligned crop is the framing: evaluation takes it whole (no centre crop), training flips and slightly jitters it
     assert config.data_config["crop_pct"] == 1.0 and config["transforms"]["train"]["recipe"] == "aligned faces"
+    assert config["train_settings"]["face_jitter"] == config["transforms"]["train"]["face_jitter"] == DEFAULTS["face_jitter"] > 0
     # validation, index, search and the app embed a face with its mirror image (flip averaging)
     assert config.flip_average and config["train_settings"]["flip_average"] is True and load_model(out)[0].flip_average
     assert "greyscale" not in config.data_config  # blank0.png is stored in colour
@@ -82,3 +83,16 @@ def test_faces_with_unlabelled_or_pairs_training_is_a_one_line_error(tmp_path, m
     config = TrainConfig(data_dir=tmp_path, out=tmp_path / "run", faces=True, **mode).resolve()
     with pytest.raises(RetrievalError, match="--faces trains on labelled folders only"):
         config.validate()
+
+
+def test_the_labelled_source_jitters_face_crops_by_its_face_jitter_only_in_face_runs():
+    from retrieval.training.sources.labelled import LabelledSource
+
+    def steps(face_jitter, faces):
+        source = LabelledSource(None, None, None, None, None, None, 4, 2, 1.0, 0, faces=faces, face_jitter=face_jitter)
+        transform = source.make_train_transform({"input_size": (3, 32, 32), "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0})
+        return [type(step).__name__ for step in transform.pipeline.transforms]
+
+    assert "Affine" in steps(0.25, {"detector": "mtcnn"}) and "RandomResizedCrop" not in steps(0.25, {"detector": "mtcnn"})
+    assert "Affine" not in steps(0.0, {"detector": "mtcnn"}) and "HorizontalFlip" in steps(0.0, {"detector": "mtcnn"})
+    assert "Affine" not in steps(0.25, None) and "RandomResizedCrop" in steps(0.25, None)

@@ -24,6 +24,7 @@ TRAIN_SETTINGS_KEYS = {
     "freeze_backbone_epochs", "backbone_lr_scale", "bn_mode", "backbone_stages",  # issue 18: new keys; runs without them still resume
     "faces",  # issue 15: runs without it resume as runs on whole images (the default False)
     "flip_average",  # issue 15: runs without it resume without flip averaging (settings_before_they_existed)
+    "face_jitter",  # issue 15: face runs without it resume with a flip only (settings_before_they_existed)
 }
 
 
@@ -97,6 +98,30 @@ def test_a_face_run_saved_before_flip_averaging_resumes_without_it(tmp_path):
     assert resumed.faces is True and resumed.flip_average is False
 
 
+def test_a_face_run_saved_before_the_jitter_resumes_with_a_flip_only_and_the_flag_needs_faces(tmp_path):
+    saved = _config(faces=True, epochs=2).resolve().train_settings()
+    assert saved["face_jitter"] == DEFAULTS["face_jitter"] > 0
+    del saved["face_jitter"]
+    (tmp_path / "config.json").write_text(json.dumps({
+        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
+        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
+        "train_settings": saved,
+    }))
+    resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
+    assert resumed.faces is True and resumed.face_jitter == 0.0
+    resumed.validate()
+    whole = _config(epochs=2).resolve().train_settings()
+    del whole["face_jitter"]  # a run on whole images from before the key resumes and validates as it was
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads((tmp_path / "config.json").read_text()), "train_settings": whole}))
+    resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
+    resumed.validate()
+    with pytest.raises(RetrievalError, match="--face-jitter .* needs --faces"):
+        _config(face_jitter=0.5).resolve().validate()
+    with pytest.raises(RetrievalError, match="--face-jitter must be from 0 to 1, got 1.5"):
+        _config(faces=True, face_jitter=1.5).resolve().validate()
+    _config(faces=True, face_jitter=0.0).resolve().validate()
+
+
 def test_train_settings_keep_the_keys_config_json_always_had():
     settings = _config(unlabelled=True).resolve().train_settings()
     assert set(settings) == TRAIN_SETTINGS_KEYS
@@ -131,7 +156,7 @@ def test_help_shows_the_defaults_that_resolve_fills():
         found = re.search(r"\\\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
         if found:
             shown[names.get(param.name, param.name)] = found.group(1)
-    assert len(shown) == 28  # issue 15 added --faces and --flip-average
+    assert len(shown) == 29  # issue 15 added --faces, --flip-average and --face-jitter
     for name, text in shown.items():
         if name == "loss":
             assert text == "triplet; infonce with --unlabelled or from --pretrained / --weights"

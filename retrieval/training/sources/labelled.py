@@ -45,6 +45,7 @@ class LabelledSource:
     seed: int
     faces: dict[str, Any] | None = None  # config.json's "faces": the face pipeline's settings (--faces)
     greyscale: bool = False  # every image of DATA_DIR is stored grey (the photos, not the colour-mode face crops)
+    face_jitter: float = 0.0  # --face-jitter: the aligned crops' similarity jitter at augment 1 (face runs)
     mode: ClassVar[str] = "labelled"
 
     @classmethod
@@ -74,11 +75,11 @@ class LabelledSource:
         if groups is not None or never_negative:
             rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
         return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, classes_per_batch,
-                   config.images_per_class, config.augment, config.seed, faces, greyscale)
+                   config.images_per_class, config.augment, config.seed, faces, greyscale, config.face_jitter)
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch,
-                                     faces=self.faces is not None)
+                                     faces=self.faces is not None, face_jitter=self.face_jitter)
 
     def make_sampler(self, **_: Any) -> data.PKSampler:
         return data.PKSampler(
