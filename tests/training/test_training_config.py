@@ -32,6 +32,15 @@ def _config(**values):
     return TrainConfig(data_dir=Path("data"), out=Path("run"), **values)
 
 
+def _write_run_config(run_dir: Path, train_settings: dict) -> None:
+    """A minimal config.json of a run in ``run_dir`` with these ``train_settings`` (for --resume)."""
+    (run_dir / "config.json").write_text(json.dumps({
+        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
+        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
+        "train_settings": train_settings,
+    }))
+
+
 def test_a_setting_not_given_takes_its_default_and_a_typed_one_wins():
     config = _config(margin=0.3, epochs=DEFAULTS["epochs"]).resolve()
     assert config.margin == 0.3 and config.temperature == DEFAULTS["temperature"] and config.lr == DEFAULTS["lr"]
@@ -89,11 +98,7 @@ def test_flip_averaging_defaults_to_on_for_face_runs_only_and_a_typed_flag_wins(
 def test_a_face_run_saved_before_flip_averaging_resumes_without_it(tmp_path):
     saved = _config(faces=True, epochs=2).resolve().train_settings()
     del saved["flip_average"]
-    (tmp_path / "config.json").write_text(json.dumps({
-        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
-        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
-        "train_settings": saved,
-    }))
+    _write_run_config(tmp_path, saved)
     resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
     assert resumed.faces is True and resumed.flip_average is False
 
@@ -102,17 +107,13 @@ def test_a_face_run_saved_before_the_jitter_resumes_with_a_flip_only_and_the_fla
     saved = _config(faces=True, epochs=2).resolve().train_settings()
     assert saved["face_jitter"] == DEFAULTS["face_jitter"] > 0
     del saved["face_jitter"]
-    (tmp_path / "config.json").write_text(json.dumps({
-        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
-        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
-        "train_settings": saved,
-    }))
+    _write_run_config(tmp_path, saved)
     resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
     assert resumed.faces is True and resumed.face_jitter == 0.0
     resumed.validate()
     whole = _config(epochs=2).resolve().train_settings()
     del whole["face_jitter"]  # a run on whole images from before the key resumes and validates as it was
-    (tmp_path / "config.json").write_text(json.dumps({**json.loads((tmp_path / "config.json").read_text()), "train_settings": whole}))
+    _write_run_config(tmp_path, whole)
     resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
     resumed.validate()
     with pytest.raises(RetrievalError, match="--face-jitter .* needs --faces"):
@@ -176,11 +177,7 @@ def test_help_shows_the_defaults_that_resolve_fills():
 
 def test_resume_takes_the_saved_settings_and_only_the_per_call_ones_from_this_call(tmp_path):
     saved = _config(lr=0.01, miner="all", epochs=2).resolve()
-    (tmp_path / "config.json").write_text(json.dumps({
-        "backbone": "resnet10t", "embedding_dim": 16, "image_size": 32,
-        "data_config": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
-        "train_settings": saved.train_settings(),
-    }))
+    _write_run_config(tmp_path, saved.train_settings())
     call = _config(lr=0.01, epochs=5, resume=True).resolve()  # the run's own --lr may be typed again
     resumed = config_for_resume(call, tmp_path)
     assert resumed.lr == 0.01 and resumed.epochs == 5 and resumed.resume is True
