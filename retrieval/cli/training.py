@@ -137,6 +137,12 @@ def train_command(
     result = train(config, progress=not quiet, on_epoch=_report_epoch)
     if not is_main_process():  # under torchrun, rank 0 reports
         raise typer.Exit(130 if result.interrupted else 0)
+    _report_run(result, out)
+
+
+def _report_run(result, out: Path) -> None:
+    """The lines after training: the untrained baseline and best epoch, then (unless interrupted:
+    exit 130) the chosen threshold and the next command."""
     baseline = result.history[0] if result.history else {}
     typer.echo(
         f"untrained: val R@1 {fmt(baseline.get('recall_at_1'))}, MAP@R {fmt(baseline.get('map_at_r'))}; "
