@@ -21,7 +21,7 @@ BENCHMARKS.md) and from the settings they depend on:
   held-out training people in BENCHMARKS.md, *Faces in photos*);
 - ``face_jitter``: the similarity jitter of a face run's training crops
   (:data:`~retrieval.data.transforms.FACE_JITTER`, chosen the same way); a face run recorded
-  before it existed trained with none, and resumes so.
+  before it existed resumes with the jitter it trained with (none at ``--augment`` 1).
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -134,11 +134,18 @@ def pretrained_image_size(backbone: str) -> int | None:
 def settings_before_they_existed(saved: dict[str, Any]) -> dict[str, Any]:
     """The settings that a run recorded before they existed trained with (its ``train_settings``
     lack them): no head warm-up, BatchNorm in train mode, the backbone at a tenth of the lr when it
-    started from pretrained weights, no flip averaging and, for a face run, no similarity jitter
-    of its training crops. ``--resume`` fills them in from here."""
+    started from pretrained weights, no flip averaging and, for a face run, the jitter of its
+    training crops that its ``augment`` s gave then: none up to s = 1, above it the full jitter at
+    s - 1, which ``face_jitter`` (s - 1) / s reproduces (j = face_jitter · s). ``--resume`` fills
+    them in from here."""
     pretrained = bool(saved.get("pretrained")) or saved.get("weights") is not None
+    face_jitter = DEFAULTS["face_jitter"]
+    if saved.get("faces"):
+        strength = saved.get("augment")
+        strength = float(strength) if isinstance(strength, (int, float)) else DEFAULTS["augment"]
+        face_jitter = (strength - 1.0) / strength if strength > 1 else 0.0
     return {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0, "bn_mode": "train",
-            "backbone_stages": 0, "flip_average": False, "face_jitter": 0.0 if saved.get("faces") else DEFAULTS["face_jitter"]}
+            "backbone_stages": 0, "flip_average": False, "face_jitter": face_jitter}
 
 
 def describe_defaults(config: "TrainConfig") -> str:

@@ -111,6 +111,12 @@ def test_a_face_run_saved_before_the_jitter_resumes_with_a_flip_only_and_the_fla
     resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
     assert resumed.faces is True and resumed.face_jitter == 0.0
     resumed.validate()
+    stronger = _config(faces=True, epochs=2, augment=2.5).resolve().train_settings()
+    del stronger["face_jitter"]  # then: the full jitter at strength 2.5 - 1 = 1.5, now j = face_jitter · 2.5
+    _write_run_config(tmp_path, stronger)
+    resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
+    assert resumed.face_jitter * resumed.augment == pytest.approx(1.5)
+    resumed.validate()
     whole = _config(epochs=2).resolve().train_settings()
     del whole["face_jitter"]  # a run on whole images from before the key resumes and validates as it was
     _write_run_config(tmp_path, whole)
