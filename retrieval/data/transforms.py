@@ -59,8 +59,8 @@ def build_transforms(
       alone): scale 1 ± 0.1 j, shift ± 5 % j of the side, rotation ± 10° j, the edge repeated (at
       s = 1 and the default: ± 2.5 %, ± 1.25 %, ± 2.5°, about the detector's landmark noise). The
       alignment has removed position, scale and rotation, and a random resized crop would undo it
-      (at s = 1 down to a quarter of the face), as face recognition trains (ArcFace, insightface). Above s = 1 colour jitter, greyscale and blur
-      join at strength s - 1. Measured on held-out training people (BENCHMARKS.md, *Faces in
+      (at s = 1 down to a quarter of the face), as face recognition trains (ArcFace, insightface).
+      Above s = 1 colour jitter, greyscale and blur join at strength s - 1. Measured on held-out training people (BENCHMARKS.md, *Faces in
       photos*): the flip alone found the right person for 0.88 of crop queries against 0.77 with
       the whole-image recipe (MAP@R 0.55 against 0.44); the jitter at ``FACE_JITTER`` raised MAP@R
       further (see that section), while 4 times its size lost to the flip alone.

@@ -88,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "backbone_stages": 0,  # 0: the whole backbone learns
     "faces": False,  # issue 15: train on each image's aligned face (retrieval.faces.run_faces)
     "flip_average": False,  # True with --faces (TrainConfig.resolve): validation and inference average x and its mirror
-    "face_jitter": FACE_JITTER,  # --faces only: the training crops' similarity jitter at --augment 1 (data.build_transforms)
+    "face_jitter": 0.0,  # FACE_JITTER with --faces (TrainConfig.resolve): the aligned crops' similarity jitter at --augment 1
 }
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
@@ -139,7 +139,7 @@ def settings_before_they_existed(saved: dict[str, Any]) -> dict[str, Any]:
     s - 1, which ``face_jitter`` (s - 1) / s reproduces (j = face_jitter · s). ``--resume`` fills
     them in from here."""
     pretrained = bool(saved.get("pretrained")) or saved.get("weights") is not None
-    face_jitter = DEFAULTS["face_jitter"]
+    face_jitter = 0.0
     if saved.get("faces"):
         strength = saved.get("augment")
         strength = float(strength) if isinstance(strength, (int, float)) else DEFAULTS["augment"]
@@ -243,6 +243,7 @@ class TrainConfig:
             defaults["loss"] = UNLABELLED_LOSS
         if values["faces"]:
             defaults["flip_average"] = True
+            defaults["face_jitter"] = FACE_JITTER
         if (values["pretrained"] or values["weights"] is not None) and values["image_size"] is None:
             backbone = values["backbone"] if values["backbone"] is not None else DEFAULTS["backbone"]
             defaults["image_size"] = pretrained_image_size(backbone) or DEFAULTS["image_size"]
@@ -334,7 +335,7 @@ class TrainConfig:
             raise RetrievalError("--pair-negatives needs --pairs FILE")
         if pairs is None and self.pair_groups is not None:
             raise RetrievalError("--pair-groups needs --pairs FILE")
-        if not self.faces and self.face_jitter != DEFAULTS["face_jitter"]:
+        if not self.faces and self.face_jitter > 0:
             raise RetrievalError("--face-jitter moves aligned face crops: it needs --faces")
         if self.faces and self.mode != "labelled":
             raise RetrievalError(f"--faces trains on labelled folders only, not with {'--unlabelled' if unlabelled else '--pairs'}")

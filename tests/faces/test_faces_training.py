@@ -10,12 +10,13 @@ from PIL import Image
 from conftest import TINY
 from faces_helpers import CountingDetector, make_face_folder
 from retrieval import data
+from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
 from retrieval.faces import FacePipeline
 from retrieval.faces.run_faces import face_folder, run_pipeline
 from retrieval.run import load_model, read_config
 from retrieval.run.files import faces_dir
-from retrieval.training import DEFAULTS, TrainConfig, train
+from retrieval.training import TrainConfig, train
 
 FACE_TINY = {**TINY, "classes_per_batch": 2, "images_per_class": 2, "val_fraction": 0.25}
 
@@ -50,7 +51,7 @@ def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_pa
     assert config["train_settings"]["faces"] is True
     # the aligned crop is the framing: evaluation takes it whole (no centre crop), training flips and slightly jitters it
     assert config.data_config["crop_pct"] == 1.0 and config["transforms"]["train"]["recipe"] == "aligned faces"
-    assert config["train_settings"]["face_jitter"] == config["transforms"]["train"]["face_jitter"] == DEFAULTS["face_jitter"] > 0
+    assert config["train_settings"]["face_jitter"] == config["transforms"]["train"]["face_jitter"] == FACE_JITTER > 0
     # validation, index, search and the app embed a face with its mirror image (flip averaging)
     assert config.flip_average and config["train_settings"]["flip_average"] is True and load_model(out)[0].flip_average
     assert "greyscale" not in config.data_config  # blank0.png is stored in colour

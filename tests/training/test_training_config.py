@@ -105,7 +105,9 @@ def test_a_face_run_saved_before_flip_averaging_resumes_without_it(tmp_path):
 
 def test_a_face_run_saved_before_the_jitter_resumes_with_a_flip_only_and_the_flag_needs_faces(tmp_path):
     saved = _config(faces=True, epochs=2).resolve().train_settings()
-    assert saved["face_jitter"] == DEFAULTS["face_jitter"] > 0
+    from retrieval.data.transforms import FACE_JITTER
+
+    assert saved["face_jitter"] == FACE_JITTER > 0 and _config().resolve().face_jitter == DEFAULTS["face_jitter"] == 0.0
     del saved["face_jitter"]
     _write_run_config(tmp_path, saved)
     resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
@@ -124,6 +126,8 @@ def test_a_face_run_saved_before_the_jitter_resumes_with_a_flip_only_and_the_fla
     resumed.validate()
     with pytest.raises(RetrievalError, match="--face-jitter .* needs --faces"):
         _config(face_jitter=0.5).resolve().validate()
+    with pytest.raises(RetrievalError, match="--face-jitter .* needs --faces"):  # even at the face runs' default value
+        _config(face_jitter=FACE_JITTER).resolve().validate()
     with pytest.raises(RetrievalError, match="--face-jitter must be from 0 to 1, got 1.5"):
         _config(faces=True, face_jitter=1.5).resolve().validate()
     _config(faces=True, face_jitter=0.0).resolve().validate()
@@ -172,6 +176,8 @@ def test_help_shows_the_defaults_that_resolve_fills():
             assert text.startswith(f"{DEFAULTS['image_size']}; from --pretrained / --weights the size the backbone was pretrained at")
         elif name == "miner":
             assert text == "semihard for triplet, none otherwise"
+        elif name == "face_jitter":
+            assert text == "0.25 with --faces" and _config(faces=True).resolve().face_jitter == 0.25 and DEFAULTS[name] == 0.0
         elif name == "flip_average":
             assert text == "on with --faces, else off"
             assert DEFAULTS[name] is False and _config(faces=True).resolve().flip_average is True

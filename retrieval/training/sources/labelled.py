@@ -12,8 +12,8 @@ loss and miner then obeys (:class:`~retrieval.negatives.NegativeRules`).
 With ``--faces`` every image is first replaced by its most confident aligned face, a PNG cached in
 ``RUN_DIR/faces/`` (:func:`retrieval.faces.run_faces.face_folder`; images without a face are
 skipped with one warning line), so the split, the data set, the augmentation (after alignment: a
-horizontal flip and a small similarity jitter, see :func:`~retrieval.data.build_transforms`) and the validation all see face
-crops, and later epochs read the cache instead of detecting again.
+horizontal flip and a small similarity jitter, see :func:`~retrieval.data.build_transforms`) and
+the validation all see face crops, and later epochs read the cache instead of detecting again.
 """
 
 from __future__ import annotations
