@@ -46,8 +46,10 @@ def detector_version() -> str:
 @dataclass(frozen=True)
 class DetectorSettings:
     """MTCNN's settings: the smallest face searched for (pixels), the score each stage needs
-    (P-Net, R-Net, O-Net; a face is kept when its O-Net score exceeds the last), and the ratio
-    between the image pyramid's scales. Checked on creation (a one-line RetrievalError).
+    (P-Net, R-Net, O-Net; a face is kept when its O-Net score exceeds the last), the ratio
+    between the image pyramid's scales, and how many times O-Net's landmarks are refined
+    (``landmark_passes``, 0 to 4; :func:`~retrieval.faces.cascade.refine_landmarks`). Checked on
+    creation (a one-line RetrievalError).
 
     The defaults differ from facenet-pytorch's (20 px; 0.6, 0.7, 0.7; 0.709). On the 130 photos of
     ``att_faces_scenes`` (160 faces pasted into grocery photos) those miss 10 faces (the coarse
@@ -64,11 +66,18 @@ class DetectorSettings:
     thresholds do not carry from one set of people to another, so the defaults stay. A second
     pass with lower P-/R-Net thresholds over the photos where nothing is found gains at most 1
     validation face and finds 2 or more false ones at every threshold tried: there is none.
+
+    ``landmark_passes`` changes no face found, only where its eyes, nose and mouth are said to be.
+    Two passes (the default) bring the landmarks of a face given as a tight crop and of the same face
+    pasted into a photo from 0.096 to 0.024 of the eye distance apart (RMS); with them a face run
+    scored higher on the validation people (BENCHMARKS.md, *Faces in photos*). Settings saved before
+    it existed read back as 0 (no refinement: the landmarks those runs were trained on).
     """
 
     min_face_size: int = 40
     thresholds: tuple[float, float, float] = (0.6, 0.6, 0.97)
     scale_factor: float = 0.85
+    landmark_passes: int = 2
 
     def __post_init__(self) -> None:
         size = self.min_face_size
@@ -84,20 +93,31 @@ class DetectorSettings:
         if not (_is_number(factor) and 0.1 <= factor <= 0.95):
             raise RetrievalError(f"faces: scale_factor must be a number from 0.1 to 0.95, got {factor!r}")
         object.__setattr__(self, "scale_factor", float(factor))
+        passes = self.landmark_passes
+        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 0 <= passes <= 4:
+            raise RetrievalError(f"faces: landmark_passes must be a whole number from 0 to 4, got {passes!r}")
+        object.__setattr__(self, "landmark_passes", int(passes))
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (config.json's ``faces.detector_settings``)."""
-        return {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds), "scale_factor": self.scale_factor}
+        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes`` only when not 0:
+        settings from before it existed write, and name their cache, exactly as they did."""
+        value: dict[str, Any] = {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds),
+                                 "scale_factor": self.scale_factor}
+        if self.landmark_passes:
+            value["landmark_passes"] = self.landmark_passes
+        return value
 
     @classmethod
     def from_json(cls, value: Any) -> DetectorSettings:
-        """The settings :meth:`to_json` wrote; missing keys take the defaults, unknown keys are an error."""
+        """The settings :meth:`to_json` wrote; missing keys take the defaults, but a missing
+        ``landmark_passes`` is 0 (settings saved before refinement existed; see :meth:`to_json`).
+        Unknown keys are an error."""
         if not isinstance(value, Mapping):
             raise RetrievalError(f"faces: detector settings must be a JSON object, got {type(value).__name__}")
         unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise RetrievalError(f"faces: unknown detector setting(s) {', '.join(map(str, unknown))}")
-        return cls(**value)
+        return cls(**{"landmark_passes": 0, **value})
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""
@@ -194,7 +214,7 @@ class MTCNNDetector:
     def _run(self, images: list[Image.Image]) -> list[list[Detection]]:
         s = self.settings
         boxes, points = detect_faces(np.stack([np.asarray(image, dtype=np.uint8) for image in images]), self._load(),
-                                     s.min_face_size, s.thresholds, s.scale_factor)
+                                     s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
         width, height = images[0].size
         out = []
         for image_boxes, image_points in zip(boxes, points):
