@@ -5,7 +5,9 @@ Speed (``retrieval.faces.FacePipeline``, MTCNN on the CPU, default settings, ali
 warm-up, for a 480 × 360 scene of ``att_faces_scenes/single``, a two-person scene of ``pairs/``,
 a 1-megapixel photo (the same scene upscaled to 1155 × 866, saved as JPEG q90) and a 92 × 112
 ``att_faces`` crop; then the same with the cache warm (SHA-256 of the file, the JSON entry and
-the PNG crops read back). Wall-clock and CPU time (both threads together) are given, with the
+the PNG crops read back), and detect + align again with ``landmark_passes`` 0 (O-Net's first
+landmarks, no refinement: the reference the refinement's cost is given against, measured in the
+same run). Wall-clock and CPU time (both threads together) are given, with the
 load average: on a shared machine the wall-clock is pessimistic. Batching: ``detect_many`` over
 32 scenes and 32 crops (each set of one size), CPU time, batch 1 against batch 8.
 
@@ -58,7 +60,7 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
     from PIL import Image
 
     from retrieval.data.images import load_image
-    from retrieval.faces import FacePipeline, align_face
+    from retrieval.faces import DetectorSettings, FacePipeline, align_face
     from retrieval.faces.align import mask_outside_face
 
     megapixel = workdir / "megapixel.jpg"
@@ -73,6 +75,8 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
     load_ms = 1000 * (time.perf_counter() - started)
     print(f"  first call (loads MTCNN): {load_ms:.0f} ms", flush=True)
     warm = FacePipeline(cache_dir=workdir / "faces")
+    unrefined = FacePipeline(DetectorSettings(landmark_passes=0))
+    unrefined.faces(CROP)
     rows = []
     for name, path in images:
         picture = load_image(path)
@@ -80,8 +84,11 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
         wall, cpu = timed(lambda: cold.faces(path), repeats)
         align, _ = timed(lambda: [mask_outside_face(align_face(picture, face.landmarks)) for face in found], repeats)
         warm_wall, _ = timed(lambda: warm.faces(path), repeats)
-        rows.append({"image": name, "faces": len(found), "wall": wall, "cpu": cpu, "align": align, "warm_wall": warm_wall})
-        print(f"  {name}: {wall:.0f} ms ({cpu:.0f} ms CPU; align {align:.1f} ms), warm cache {warm_wall:.1f} ms", flush=True)
+        plain_wall, _ = timed(lambda: unrefined.faces(path), repeats)
+        rows.append({"image": name, "faces": len(found), "wall": wall, "cpu": cpu, "align": align, "warm_wall": warm_wall,
+                     "unrefined_wall": plain_wall})
+        print(f"  {name}: {wall:.0f} ms ({cpu:.0f} ms CPU; align {align:.1f} ms), warm cache {warm_wall:.1f} ms, "
+              f"without landmark refinement {plain_wall:.0f} ms", flush=True)
     return rows, load_ms
 
 
@@ -197,7 +204,7 @@ def quality(settings) -> dict[str, str]:
 
 
 def label(settings) -> str:
-    """Settings in a few characters: min face size; thresholds; scale factor."""
+    """Settings in a few characters: min face size; thresholds; scale factor (landmark passes do not change what is found)."""
     return f"{settings.min_face_size} px; {', '.join(f'{t:g}' for t in settings.thresholds)}; {settings.scale_factor:g}"
 
 
@@ -211,12 +218,13 @@ def markdown(saved: dict) -> str:
         f"{saved['repeats']} runs. Warm: the same image again with the cache filled (hash, JSON, PNG crops). "
         f"The first call of a process also loads MTCNN (torchvision already imported): {saved['load_ms']:.0f} ms.",
         "",
-        "| image | faces | decode + detect + align, ms | its CPU ms | of which align + face mask, ms | warm cache, ms |",
-        "|---|---|---|---|---|---|",
+        "| image | faces | decode + detect + align, ms | its CPU ms | of which align + face mask, ms | warm cache, ms "
+        "| reference: without landmark refinement, ms (ratio) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in saved["speed"]:
         lines.append(f"| {row['image']} | {row['faces']} | {row['wall']:.0f} | {row['cpu']:.0f} | {row['align']:.1f} "
-                     f"| {row['warm_wall']:.1f} |")
+                     f"| {row['warm_wall']:.1f} | {row['unrefined_wall']:.0f} ({row['wall'] / row['unrefined_wall']:.2f}x) |")
     if saved.get("app"):
         app = saved["app"]
         lines += ["", f"The app's server time for a {MEGAPIXEL[0]} × {MEGAPIXEL[1]} (1 MP) JPEG upload ({app['bytes'] // 1024} KiB) on a face run "
@@ -265,7 +273,7 @@ def main() -> None:
     if not args.quick:
         saved["batching"] = batching(repeats)
         print("quality:", flush=True)
-        ours, theirs = DetectorSettings(), DetectorSettings(20, (0.6, 0.7, 0.7), 0.709)
+        ours, theirs = DetectorSettings(), DetectorSettings(20, (0.6, 0.7, 0.7), 0.709, landmark_passes=0)
         saved["quality"] = {f"default ({label(ours)})": quality(ours), f"facenet-pytorch's ({label(theirs)})": quality(theirs)}
     load_after, cores = os.getloadavg()[0], os.cpu_count()
     saved["load"] = (f"Load average (1 min) {load_before:.1f} at the start, {load_after:.1f} at the end on {cores} cores"
