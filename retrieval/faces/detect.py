@@ -47,9 +47,9 @@ def detector_version() -> str:
 class DetectorSettings:
     """MTCNN's settings: the smallest face searched for (pixels), the score each stage needs
     (P-Net, R-Net, O-Net; a face is kept when its O-Net score exceeds the last), the ratio
-    between the image pyramid's scales, how many times O-Net's landmarks are refined
-    (``landmark_passes``, 0 to 4; :func:`~retrieval.faces.cascade.refine_landmarks`), and whether
-    MTCNN is shown the photo grey (``greyscale``). Checked on creation (a one-line RetrievalError).
+    between the image pyramid's scales, and how many times O-Net's landmarks are refined
+    (``landmark_passes``, 0 to 4; :func:`~retrieval.faces.cascade.refine_landmarks`). Checked on
+    creation (a one-line RetrievalError).
 
     The defaults differ from facenet-pytorch's (20 px; 0.6, 0.7, 0.7; 0.709). On the 130 photos of
     ``att_faces_scenes`` (160 faces pasted into grocery photos) those miss 10 faces (the coarse
@@ -72,22 +72,12 @@ class DetectorSettings:
     pasted into a photo from 0.096 to 0.024 of the eye distance apart (RMS); with them a face run
     scored higher on the validation people (BENCHMARKS.md, *Faces in photos*). Settings saved before
     it existed read back as 0 (no refinement: the landmarks those runs were trained on).
-
-    ``greyscale``: MTCNN sees Y = 0.299 R + 0.587 G + 0.114 B in all three channels (Pillow's "L"),
-    not the colour photo; the crops are still cut from the photo as it is. A face run whose
-    training images are all grey sets it (:func:`~retrieval.faces.run_faces.training_pipeline`),
-    as its model is shown every image grey: on the validation photos (grey faces of the training
-    people pasted into colour grocery photos, ``benchmarks/detector_settings.py``'s) the detector
-    made 3 errors on grey photos against 7 on colour ones (0 faces missed against 1; 3 found where
-    there is none against 6; and 1 against 4 in 300 backgrounds without a face). False by default
-    and for runs saved before it (absent from their JSON).
     """
 
     min_face_size: int = 40
     thresholds: tuple[float, float, float] = (0.6, 0.6, 0.97)
     scale_factor: float = 0.85
     landmark_passes: int = 2
-    greyscale: bool = False
 
     def __post_init__(self) -> None:
         size = self.min_face_size
@@ -107,20 +97,14 @@ class DetectorSettings:
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 0 <= passes <= 4:
             raise RetrievalError(f"faces: landmark_passes must be a whole number from 0 to 4, got {passes!r}")
         object.__setattr__(self, "landmark_passes", int(passes))
-        if not isinstance(self.greyscale, (bool, np.bool_)):
-            raise RetrievalError(f"faces: greyscale must be true or false, got {self.greyscale!r}")
-        object.__setattr__(self, "greyscale", bool(self.greyscale))
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes`` only when not 0
-        and ``greyscale`` only when true: settings from before they existed write, and name their
-        cache, exactly as they did."""
+        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes`` only when not 0:
+        settings from before it existed write, and name their cache, exactly as they did."""
         value: dict[str, Any] = {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds),
                                  "scale_factor": self.scale_factor}
         if self.landmark_passes:
             value["landmark_passes"] = self.landmark_passes
-        if self.greyscale:
-            value["greyscale"] = True
         return value
 
     @classmethod
@@ -229,8 +213,6 @@ class MTCNNDetector:
 
     def _run(self, images: list[Image.Image]) -> list[list[Detection]]:
         s = self.settings
-        if s.greyscale:
-            images = [image.convert("L").convert("RGB") for image in images]
         boxes, points = detect_faces(np.stack([np.asarray(image, dtype=np.uint8) for image in images]), self._load(),
                                      s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
         width, height = images[0].size

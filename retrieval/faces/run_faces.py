@@ -29,7 +29,6 @@ from PIL import Image
 
 from retrieval import data
 from retrieval.errors import RetrievalError
-from retrieval.faces.detect import DetectorSettings
 from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
 from retrieval.run.files import faces_dir
 
@@ -47,11 +46,9 @@ def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> Fa
     return FacePipeline.from_settings_json(settings, cache_dir=faces_dir(run_dir), device=device)
 
 
-def training_pipeline(out: str | Path, image_size: int, greyscale: bool = False) -> FacePipeline:
-    """The default pipeline of a new face run: crops at the run's image size, cached in ``OUT/faces/``;
-    ``greyscale`` (every training image is grey): the detector is shown every photo grey, as the
-    model is (:class:`~retrieval.faces.detect.DetectorSettings`)."""
-    return FacePipeline(DetectorSettings(greyscale=greyscale), output_size=image_size, cache_dir=faces_dir(out))
+def training_pipeline(out: str | Path, image_size: int) -> FacePipeline:
+    """The default pipeline of a new face run: crops at the run's image size, cached in ``OUT/faces/``."""
+    return FacePipeline(output_size=image_size, cache_dir=faces_dir(out))
 
 
 def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path]) -> list[list[AlignedFace] | None]:

@@ -37,9 +37,8 @@ def test_settings_round_trip_through_plain_json_and_keep_their_key():
 def test_settings_key_changes_with_every_setting():
     keys = {DetectorSettings().key(), DetectorSettings(min_face_size=41).key(),
             DetectorSettings(thresholds=(0.6, 0.6, 0.96)).key(), DetectorSettings(scale_factor=0.8).key(),
-            DetectorSettings(landmark_passes=1).key(), DetectorSettings(landmark_passes=0).key(),
-            DetectorSettings(greyscale=True).key()}
-    assert len(keys) == 7 and all(len(k) == 16 for k in keys)
+            DetectorSettings(landmark_passes=1).key(), DetectorSettings(landmark_passes=0).key()}
+    assert len(keys) == 6 and all(len(k) == 16 for k in keys)
 
 
 def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep_their_json_and_key():
@@ -50,12 +49,9 @@ def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep
     assert old.landmark_passes == 0 and old.to_json() == old_json
     text = json.dumps({"detector": "mtcnn", "version": detector_version(), **old_json}, sort_keys=True)
     assert old.key() == hashlib.sha256(text.encode()).hexdigest()[:16]  # the key those runs' caches carry
-    assert not old.greyscale  # nor were their photos shown grey
     new = DetectorSettings()
-    assert new.landmark_passes == 2 and new.to_json()["landmark_passes"] == 2 and "greyscale" not in new.to_json()
+    assert new.landmark_passes == 2 and new.to_json()["landmark_passes"] == 2
     assert DetectorSettings.from_json(new.to_json()) == new
-    grey = DetectorSettings(greyscale=True)
-    assert grey.to_json()["greyscale"] is True and DetectorSettings.from_json(grey.to_json()) == grey
 
 
 @pytest.mark.parametrize("value", [
@@ -64,7 +60,6 @@ def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep
     {"thresholds": [0.6, None, 0.7]}, {"scale_factor": 1.0}, {"scale_factor": float("nan")},
     {"device": "cuda"}, ["min_face_size", 20],
     {"landmark_passes": -1}, {"landmark_passes": 5}, {"landmark_passes": 1.5}, {"landmark_passes": True},
-    {"greyscale": "yes"}, {"greyscale": 1},
 ])
 def test_bad_settings_are_a_one_line_retrieval_error(value):
     with pytest.raises(RetrievalError) as error:
@@ -134,22 +129,6 @@ def test_both_people_of_a_pairs_photo_are_found_in_their_place_and_nothing_else(
         assert sum(inside(centre(f.box), rect) for f in faces) == 1
     for found in faces:
         check_face(found, image.size)
-
-
-def test_a_greyscale_detector_is_shown_the_photo_grey():
-    """``greyscale``: the colour photo gives exactly what the colour detector finds on its grey
-    version (Pillow's "L": Y = 0.299 R + 0.587 G + 0.114 B), and its grey version the same again."""
-    photo = Image.open(dataset(SCENES / "pairs" / "000.jpg")).convert("RGB")
-    grey_photo = photo.convert("L").convert("RGB")
-    grey_detector = MTCNNDetector(DetectorSettings(greyscale=True))
-    expected = shared_detector().detect(grey_photo)
-    assert len(expected) == 2
-    for found in (grey_detector.detect(photo), grey_detector.detect(grey_photo)):
-        assert [f.box for f in found] == [f.box for f in expected] and [f.score for f in found] == [f.score for f in expected]
-        for a, b in zip(found, expected):
-            np.testing.assert_array_equal(a.landmarks, b.landmarks)
-    colour = shared_detector().detect(photo)
-    assert [f.score for f in colour] != [f.score for f in expected]  # the photo's colour does reach the colour detector
 
 
 def test_photos_without_a_face_give_an_empty_list():
