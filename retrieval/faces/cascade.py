@@ -28,7 +28,7 @@ about 0.1 of the eye distance away (RMS; 100 faces of the training people, tight
 same face pasted into a photo). :func:`refine_landmarks` runs O-Net again on a box made from the
 landmarks themselves (:data:`REFINE_BOX`, a square fixed in the alignment template's frame), so
 that every face is shown to O-Net at the same position and scale whatever its first box was. Two
-such passes bring the disagreement down to 0.024 (one: 0.040; a third changes nothing):
+such passes bring the disagreement down to 0.024 (one: 0.037; a third changes nothing):
 ``landmark_passes`` of :class:`~retrieval.faces.detect.DetectorSettings`.
 """
 
@@ -193,36 +193,48 @@ def refine_landmarks(imgs, image_inds, points, onet):
     :data:`REFINE_BOX`'s centre and side; what lies outside the image is black. O-Net sees it
     area-resampled to 48 × 48 and answers p (10 numbers in 0-1), and the landmark k is
     (a_x + p_k · w, a_y + p_(k+5) · w), facenet-pytorch's rule for its own boxes. No landmark
-    changes the box the face is reported with, nor its score."""
+    changes the box the face is reported with, nor its score; a face whose five landmarks
+    coincide (no transform is defined) keeps them."""
     from facenet_pytorch.models.utils.detect_face import fixed_batch_process
 
-    if len(points) == 0:
-        return points
     centre, side = np.asarray(REFINE_BOX["centre"], dtype=np.float64), float(REFINE_BOX["side"])
-    crops, corners, sides = [], [], []
+    crops, corners, sides, refined = [], [], [], []
     for k, landmarks in enumerate(points.cpu().numpy().astype(np.float64)):
-        matrix = similarity_transform(landmarks, TEMPLATE)
+        try:
+            matrix = similarity_transform(landmarks, TEMPLATE)
+        except ValueError:
+            continue
         width = max(1, int(round(side / float(np.hypot(matrix[0, 0], matrix[1, 0])))))
         middle = apply_transform(invert_transform(matrix), centre[None])[0]
         x0, y0 = (int(round(v - width / 2.0)) for v in middle)
         crops.append(_square(imgs[image_inds[k]], x0, y0, width, 48))
         corners.append((x0, y0))
         sides.append(width)
+        refined.append(k)
+    if not refined:
+        return points
     out = fixed_batch_process((torch.cat(crops, dim=0) - 127.5) * 0.0078125, onet)
     p = out[1].to(points.dtype)
     corner = torch.as_tensor(corners, dtype=points.dtype, device=points.device)
     width = torch.as_tensor(sides, dtype=points.dtype, device=points.device)[:, None]
-    return torch.stack((corner[:, :1] + p[:, :5] * width, corner[:, 1:] + p[:, 5:] * width), dim=2)
+    points = points.clone()
+    points[torch.as_tensor(refined, device=points.device)] = torch.stack(
+        (corner[:, :1] + p[:, :5] * width, corner[:, 1:] + p[:, 5:] * width), dim=2)
+    return points
 
 
 def _square(image, x0, y0, width, size):
     """The width × width square of ``image`` (c, h, w) whose first pixel is (x0, y0), black where
-    it leaves the image, area-resampled to (1, c, size, size)."""
+    it leaves the image, area-resampled to (1, c, size, size). A square inside the image is read
+    in place; only one that leaves it is copied."""
     channels, height, full_width = image.shape
-    square = image.new_zeros((channels, width, width))
     xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + width, full_width), min(y0 + width, height)
-    if xb > xa and yb > ya:
-        square[:, ya - y0:yb - y0, xa - x0:xb - x0] = image[:, ya:yb, xa:xb]
+    if (xa, ya, xb, yb) == (x0, y0, x0 + width, y0 + width):
+        square = image[:, y0:y0 + width, x0:x0 + width]
+    else:
+        square = image.new_zeros((channels, width, width))
+        if xb > xa and yb > ya:
+            square[:, ya - y0:yb - y0, xa - x0:xb - x0] = image[:, ya:yb, xa:xb]
     return interpolate(square[None], size=(size, size), mode="area")
 
 

@@ -220,6 +220,18 @@ def test_a_refinement_pass_follows_a_shift_of_the_photo_exactly():
     assert float((here - points).abs().max()) > 0.1  # the pass did move them: the test compares something
 
 
+def test_a_face_whose_landmarks_coincide_keeps_them_and_the_others_are_refined():
+    photo = Image.open(dataset(SCENES / "single" / "s31" / "1.jpg")).convert("RGB")
+    (found,) = _unrefined_detector().detect(photo)
+    good = torch.as_tensor(found.landmarks, dtype=torch.float32)
+    degenerate = torch.full((5, 2), 100.0)
+    onet = shared_detector()._load().onet
+    both = refine_landmarks(_as_batch(photo), torch.zeros(2, dtype=torch.long), torch.stack([degenerate, good]), onet)
+    alone = refine_landmarks(_as_batch(photo), torch.zeros(1, dtype=torch.long), good[None], onet)
+    assert torch.equal(both[0], degenerate)
+    np.testing.assert_allclose(both[1].numpy(), alone[0].numpy(), atol=1e-4)
+
+
 def _pasted(crop: Image.Image, background: Image.Image, scale: float, at: tuple[int, int]) -> Image.Image:
     photo = background.resize((480, 360), Image.Resampling.BICUBIC)
     photo.paste(crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.BICUBIC), at)
