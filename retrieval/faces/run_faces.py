@@ -30,6 +30,7 @@ from PIL import Image
 from retrieval import data
 from retrieval.errors import RetrievalError
 from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
+from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
 __all__ = ["best_faces", "crop_file", "face_folder", "faces_or_errors", "gallery_faces", "run_pipeline", "training_pipeline"]
@@ -46,8 +47,15 @@ def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> Fa
     return FacePipeline.from_settings_json(settings, cache_dir=faces_dir(run_dir), device=device)
 
 
-def training_pipeline(out: str | Path, image_size: int) -> FacePipeline:
-    """The default pipeline of a new face run: crops at the run's image size, cached in ``OUT/faces/``."""
+def training_pipeline(out: str | Path, image_size: int, *, resume: bool = False) -> FacePipeline:
+    """The face pipeline training uses, cached in ``OUT/faces/``: for a new run the default one
+    (crops at the run's image size); on ``--resume`` the one the run recorded, so that a run saved
+    before a pipeline setting existed (the face mask, landmark refinement) goes on training on the
+    crops it started with."""
+    if resume:
+        recorded = read_config(out).faces
+        if recorded is not None:
+            return FacePipeline.from_settings_json(recorded, cache_dir=faces_dir(out))
     return FacePipeline(output_size=image_size, cache_dir=faces_dir(out))
 
 

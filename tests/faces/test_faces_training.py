@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -12,7 +13,7 @@ from faces_helpers import CountingDetector, make_face_folder
 from retrieval import data
 from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
-from retrieval.faces import FacePipeline
+from retrieval.faces import DetectorSettings, FacePipeline
 from retrieval.faces.run_faces import face_folder, run_pipeline
 from retrieval.run import load_model, read_config
 from retrieval.run.files import faces_dir
@@ -77,6 +78,25 @@ def test_a_face_run_on_grey_photos_records_greyscale_though_its_crops_are_stored
     train(TrainConfig(data_dir=root, out=tmp_path / "run", epochs=0, faces=True, **FACE_TINY), progress=False)
     assert read_config(tmp_path / "run").data_config["greyscale"] is True
     assert all(Image.open(p).mode == "RGB" for p in faces_dir(tmp_path / "run").rglob("*.png"))
+
+
+def test_resuming_a_face_run_keeps_the_pipeline_it_recorded(tmp_path):
+    """A face run saved before landmark refinement (its detector settings have no landmark_passes)
+    resumes on the crops it started with: the recorded pipeline, not this version's default."""
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    out = tmp_path / "run"
+    train(TrainConfig(data_dir=root, out=out, epochs=1, faces=True, **FACE_TINY), progress=False)
+    config_path = out / "config.json"
+    stored = json.loads(config_path.read_text())
+    del stored["faces"]["detector_settings"]["landmark_passes"]  # as a run from before refinement recorded it
+    config_path.write_text(json.dumps(stored))
+    old = DetectorSettings.from_json(stored["faces"]["detector_settings"])
+    assert old.landmark_passes == 0 and old.key() != DetectorSettings().key()
+    train(TrainConfig(data_dir=root, out=out, epochs=2, resume=True), progress=False)
+    resumed = read_config(out)
+    assert resumed.faces["detector_settings"] == stored["faces"]["detector_settings"]
+    assert (faces_dir(out) / old.key()).is_dir()  # its crops were detected without refinement
+    assert run_pipeline(out, resumed).settings == old
 
 
 @pytest.mark.parametrize("mode", [{"unlabelled": True}, {"pairs": "pairs.csv"}])

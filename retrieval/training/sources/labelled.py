@@ -57,7 +57,7 @@ class LabelledSource:
         if config.faces:
             from retrieval.faces.run_faces import face_folder, training_pipeline
 
-            pipeline = training_pipeline(config.out, config.image_size)
+            pipeline = training_pipeline(config.out, config.image_size, resume=bool(config.resume))
             folder, _ = face_folder(folder, pipeline)
             faces = pipeline.settings_json()
         data.require_trainable(folder)
