@@ -52,11 +52,8 @@ def training_pipeline(out: str | Path, image_size: int, *, resume: bool = False)
     (crops at the run's image size); on ``--resume`` the one the run recorded, so that a run saved
     before a pipeline setting existed (the face mask, landmark refinement) goes on training on the
     crops it started with."""
-    if resume:
-        recorded = read_config(out).faces
-        if recorded is not None:
-            return FacePipeline.from_settings_json(recorded, cache_dir=faces_dir(out))
-    return FacePipeline(output_size=image_size, cache_dir=faces_dir(out))
+    recorded = run_pipeline(out, read_config(out)) if resume else None
+    return recorded if recorded is not None else FacePipeline(output_size=image_size, cache_dir=faces_dir(out))
 
 
 def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path]) -> list[list[AlignedFace] | None]:
