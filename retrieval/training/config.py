@@ -321,7 +321,14 @@ class TrainConfig:
         self._check_mode_flags()
 
     def _check_mode_flags(self) -> None:
-        """Flags that belong to another training source than the one chosen."""
+        """Flags that belong to another training source than the one chosen. Not for a ``--resume``
+        call that names no source (``--faces``, ``--unlabelled``, ``--pairs``): the run's own
+        settings say which source it trains, :func:`~retrieval.training.resume.config_for_resume`
+        refuses a typed flag whose value differs from the run's, and the resumed config (which
+        counts the run's settings as given) is checked here in full. Checked on the call alone,
+        ``--resume --face-jitter`` on a face run would be told it needs ``--faces``."""
+        if self.resume and not (self.given or frozenset()) & {"faces", "unlabelled", "pairs"}:
+            return
         unlabelled, pairs, batch_size = self.unlabelled, self.pairs, self.batch_size
         if unlabelled and pairs is not None:
             raise RetrievalError("give --unlabelled or --pairs FILE, not both")

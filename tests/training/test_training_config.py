@@ -1,6 +1,7 @@
 """TrainConfig's resolve step: one place for every default, defaults that depend on other flags, the
 record of what the user gave, the settings config.json keeps, and what --resume takes from a call."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -101,6 +102,23 @@ def test_a_face_run_saved_before_flip_averaging_resumes_without_it(tmp_path):
     _write_run_config(tmp_path, saved)
     resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
     assert resumed.faces is True and resumed.flip_average is False
+
+
+def test_resume_refuses_another_face_jitter_by_the_run_s_value_not_for_a_missing_faces_flag(tmp_path):
+    saved = _config(faces=True, epochs=2).resolve().train_settings()
+    _write_run_config(tmp_path, saved)
+    call = _config(epochs=3, resume=True, face_jitter=0.5).resolve()
+    call.validate()  # the call names no source: the run's --faces decides, not this call's missing flag
+    with pytest.raises(RetrievalError, match=r"--face-jitter 0.5 \(the run has 0.25\)"):
+        config_for_resume(call, tmp_path)
+    same = config_for_resume(_config(epochs=3, resume=True, face_jitter=0.25).resolve(), tmp_path)
+    same.validate()
+    assert same.faces is True and same.face_jitter == 0.25
+    whole = _config(epochs=2).resolve().train_settings()
+    _write_run_config(tmp_path, whole)
+    resumed = config_for_resume(_config(epochs=3, resume=True).resolve(), tmp_path)
+    with pytest.raises(RetrievalError, match="needs --faces"):  # the resumed config is checked in full
+        dataclasses.replace(resumed, face_jitter=0.5).validate()
 
 
 def test_a_face_run_saved_before_the_jitter_resumes_with_a_flip_only_and_the_flag_needs_faces(tmp_path):
