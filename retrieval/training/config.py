@@ -324,8 +324,9 @@ class TrainConfig:
         """Flags that belong to another training source than the one chosen. Not for a ``--resume``
         call that names no source (``--faces``, ``--unlabelled``, ``--pairs``): the run's own
         settings say which source it trains, :func:`~retrieval.training.resume.config_for_resume`
-        refuses a typed flag whose value differs from the run's, and the resumed config (which
-        counts the run's settings as given) is checked here in full. Checked on the call alone,
+        refuses a typed flag whose value differs from the run's, and one typed with the run's own
+        value was checked when the run started (a resumed config counts the run's settings as
+        given, so validating it checks them all). Checked on the call alone,
         ``--resume --face-jitter`` on a face run would be told it needs ``--faces``."""
         if self.resume and not (self.given or frozenset()) & {"faces", "unlabelled", "pairs"}:
             return
