@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from retrieval.errors import RetrievalError
-from retrieval.faces.cascade import CASCADE_NAME, detect_faces
+from retrieval.faces.cascade import CASCADE_NAME, detect_faces, use_strided_max_pools
 
 __all__ = ["DETECTOR_NAME", "Detection", "DetectorSettings", "MTCNNDetector", "by_confidence", "most_confident"]
 
@@ -236,6 +236,7 @@ class MTCNNDetector:
             s = self.settings
             self._mtcnn = MTCNN(min_face_size=s.min_face_size, thresholds=list(s.thresholds), factor=s.scale_factor,
                                 select_largest=False, keep_all=True, device=self.device).eval()
+            use_strided_max_pools(self._mtcnn)
         return self._mtcnn
 
 

@@ -289,3 +289,53 @@ def test_pyramid_levels_have_facenet_pytorchs_sizes_and_stay_close_to_full_image
         else:  # from an octave: resampling noise only
             assert difference.mean() < 5.0 and difference.max() < 60  # measured: 0.9-4.2, 15-34
     assert any(866 >= 2 * SOURCE_RATIO * int(866 * s + 1) for s in scales)  # octaves were used
+
+
+# -- max pooling from strided views ------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 2), (3, 3), (3, 1), (1, 1)])
+@pytest.mark.parametrize("height, width", [(12, 12), (13, 12), (22, 23), (9, 10), (3, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_max_pool_gives_torchs_numbers_and_layout(kernel, stride, height, width, channels_last):
+    from retrieval.faces.cascade import StridedMaxPool
+
+    x = torch.randn(3, 5, height, width, generator=torch.Generator().manual_seed(height * 31 + width))
+    x[0, 0, 0, 0] = x[1, 2, -1, -1] = 50.0  # a maximum in the short last window and in the first
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    reference = torch.nn.MaxPool2d(kernel, stride, ceil_mode=True)(x)
+    pooled = StridedMaxPool(kernel, stride)(x)
+    assert pooled.shape == reference.shape and torch.equal(pooled, reference)
+    assert pooled.stride() == reference.stride()  # the same memory format: the next layer rounds alike
+
+
+def test_strided_max_pool_refuses_what_it_does_not_compute():
+    from retrieval.faces.cascade import StridedMaxPool
+
+    with pytest.raises(ValueError, match="stride"):
+        StridedMaxPool(2, 3)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        StridedMaxPool(3, 2)(torch.zeros(1, 1, 2, 5))
+
+
+def test_the_cascade_with_strided_max_pools_finds_exactly_what_it_finds_with_torchs():
+    """All six pooling layers are swapped, and the boxes, scores and landmarks of a 1-megapixel
+    photo (19 pyramid levels, a few hundred candidates) and of a two-face scene are the same numbers."""
+    from facenet_pytorch import MTCNN
+
+    from retrieval.faces.cascade import StridedMaxPool, detect_faces
+
+    s = DetectorSettings()
+    swapped = shared_detector()._load()
+    plain = MTCNN(min_face_size=s.min_face_size, thresholds=list(s.thresholds), factor=s.scale_factor,
+                  select_largest=False, keep_all=True).eval()
+    assert sum(isinstance(m, StridedMaxPool) for net in (swapped.pnet, swapped.rnet, swapped.onet) for m in net.modules()) == 6
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for net in (swapped.pnet, swapped.rnet, swapped.onet) for m in net.modules())
+    one_mp = Image.open(dataset(SCENES / "single" / "s31" / "1.jpg")).convert("RGB").resize((1155, 866), Image.Resampling.BICUBIC)
+    pair = Image.open(dataset(SCENES / "pairs" / "000.jpg")).convert("RGB")
+    for photo, faces in ((one_mp, 1), (pair, 2)):
+        image = np.array(photo)[None]
+        ours = detect_faces(image, swapped, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
+        theirs = detect_faces(image, plain, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
+        assert len(ours[0][0]) == faces
+        assert np.array_equal(ours[0][0], theirs[0][0]) and np.array_equal(ours[1][0], theirs[1][0])
