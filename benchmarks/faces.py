@@ -7,7 +7,8 @@ a 1-megapixel photo (the same scene upscaled to 1155 × 866, saved as JPEG q90) 
 ``att_faces`` crop; then the same with the cache warm (SHA-256 of the file, the JSON entry and
 the PNG crops read back), and detect + align again with ``landmark_passes`` 0 (O-Net's first
 landmarks, no refinement: the reference the refinement's cost is given against, measured in the
-same run). Wall-clock and CPU time (both threads together) are given, with the
+same run) and with torch's ``nn.MaxPool2d`` layers in MTCNN instead of ``StridedMaxPool`` (the same
+numbers; the reference for what the strided views save). Wall-clock and CPU time (both threads together) are given, with the
 load average: on a shared machine the wall-clock is pessimistic. Batching: ``detect_many`` over
 32 scenes and 32 crops (each set of one size), CPU time, batch 1 against batch 8.
 
@@ -76,6 +77,7 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
     print(f"  first call (loads MTCNN): {load_ms:.0f} ms", flush=True)
     warm = FacePipeline(cache_dir=workdir / "faces")
     unrefined = FacePipeline(DetectorSettings(landmark_passes=0))  # loads its MTCNN in timed()'s warm-up call
+    torch_pools = with_torch_max_pools(FacePipeline())
     rows = []
     for name, path in images:
         picture = load_image(path)
@@ -84,11 +86,28 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
         align, _ = timed(lambda: [mask_outside_face(align_face(picture, face.landmarks)) for face in found], repeats)
         warm_wall, _ = timed(lambda: warm.faces(path), repeats)
         plain_wall, _ = timed(lambda: unrefined.faces(path), repeats)
+        pools_wall, pools_cpu = timed(lambda: torch_pools.faces(path), repeats)
         rows.append({"image": name, "faces": len(found), "wall": wall, "cpu": cpu, "align": align, "warm_wall": warm_wall,
-                     "unrefined_wall": plain_wall})
+                     "unrefined_wall": plain_wall, "torch_pools_wall": pools_wall, "torch_pools_cpu": pools_cpu})
         print(f"  {name}: {wall:.0f} ms ({cpu:.0f} ms CPU; align {align:.1f} ms), warm cache {warm_wall:.1f} ms, "
-              f"without landmark refinement {plain_wall:.0f} ms", flush=True)
+              f"without landmark refinement {plain_wall:.0f} ms, with torch's max pooling {pools_wall:.0f} ms "
+              f"({pools_cpu:.0f} ms CPU)", flush=True)
     return rows, load_ms
+
+
+def with_torch_max_pools(pipeline):
+    """``pipeline`` with MTCNN's six pooling layers put back to torch's ``nn.MaxPool2d`` (ceil_mode),
+    the layers :class:`~retrieval.faces.cascade.StridedMaxPool` replaces with the same numbers."""
+    import torch
+
+    from retrieval.faces.cascade import StridedMaxPool
+
+    mtcnn = pipeline.detector._load()
+    for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
+        for name, layer in list(net.named_children()):
+            if isinstance(layer, StridedMaxPool):
+                setattr(net, name, torch.nn.MaxPool2d(layer.kernel, layer.stride, ceil_mode=True))
+    return pipeline
 
 
 def app_server_time(workdir: Path, repeats: int) -> dict:
@@ -218,12 +237,13 @@ def markdown(saved: dict) -> str:
         f"The first call of a process also loads MTCNN (torchvision already imported): {saved['load_ms']:.0f} ms.",
         "",
         "| image | faces | decode + detect + align, ms | its CPU ms | of which align + face mask, ms | warm cache, ms "
-        "| reference: without landmark refinement, ms (ratio) |",
-        "|---|---|---|---|---|---|---|",
+        "| reference: without landmark refinement, ms (ratio) | reference: torch's max-pooling layers, ms (ratio); its CPU ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in saved["speed"]:
         lines.append(f"| {row['image']} | {row['faces']} | {row['wall']:.0f} | {row['cpu']:.0f} | {row['align']:.1f} "
-                     f"| {row['warm_wall']:.1f} | {row['unrefined_wall']:.0f} ({row['wall'] / row['unrefined_wall']:.2f}x) |")
+                     f"| {row['warm_wall']:.1f} | {row['unrefined_wall']:.0f} ({row['wall'] / row['unrefined_wall']:.2f}x) "
+                     f"| {row['torch_pools_wall']:.0f} ({row['wall'] / row['torch_pools_wall']:.2f}x); {row['torch_pools_cpu']:.0f} |")
     if saved.get("app"):
         app = saved["app"]
         lines += ["", f"The app's server time for a {MEGAPIXEL[0]} × {MEGAPIXEL[1]} (1 MP) JPEG upload ({app['bytes'] // 1024} KiB) on a face run "
