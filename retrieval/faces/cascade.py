@@ -165,8 +165,8 @@ def detect_faces(images: np.ndarray, mtcnn, min_face_size: int, thresholds, fact
     device = next(mtcnn.pnet.parameters()).device
     with torch.no_grad():
         # planar (n, c, h, w) memory: area resampling reads it about twice as fast as (n, h, w, c)
-        imgs = torch.as_tensor(np.ascontiguousarray(images), device=device).permute(0, 3, 1, 2).contiguous()
-        imgs = imgs.type(next(mtcnn.pnet.parameters()).dtype)
+        imgs = torch.as_tensor(np.ascontiguousarray(images), device=device).permute(0, 3, 1, 2)
+        imgs = imgs.to(dtype=next(mtcnn.pnet.parameters()).dtype, memory_format=torch.contiguous_format)  # one copy
         boxes, image_inds = _propose(imgs, mtcnn.pnet, min_face_size, thresholds[0], factor)
         if len(boxes) > 0:
             boxes, image_inds = _refine(imgs, boxes, image_inds, mtcnn.rnet, thresholds[1])
