@@ -15,11 +15,14 @@ Goal: scene queries within 0.03 of crop queries on R@1 and MAP@R for the face ru
 ``--validation`` runs the same protocol on the training people only, for choices that must not
 look at the test people: train on s1-s20, evaluate s21-s30 (their ``att_faces/train`` crops, and
 the same faces pasted into ``grocery/train`` photos by ``face_scenes.py``, seed 0); the face run
-only.
+only. ``--fold`` 0, 1 or 2 picks which ten training people are held out (s1-s10, s11-s20, s21-s30;
+the default 2 is the split every choice so far was made on), so that the gap between scene and crop
+queries can be read on all 30 training people, fold by fold.
 
     python benchmarks/face_runs.py --seeds 0 1 2 --epochs 20      # about 2 min a run on 2 cores
     python benchmarks/face_runs.py --seeds 0 --epochs 20 --write
     python benchmarks/face_runs.py --validation --seeds 0 1 2     # prints; never writes
+    python benchmarks/face_runs.py --validation --fold 0          # s11-s30 train, s1-s10 evaluated
 
 Prints a Markdown section (mean ± sd over seeds); ``--write`` puts it between
 ``<!-- face-runs:start -->`` and ``<!-- face-runs:end -->`` in BENCHMARKS.md.
@@ -46,7 +49,7 @@ QUERY_IMAGES, GALLERY_IMAGES = range(1, 6), range(6, 11)
 EVALUATIONS = (("crop → crop", "crops", "crops"), ("scene → crop", "scenes", "crops"), ("crop → scene", "crops", "scenes"))
 
 
-VALIDATION_TRAIN = range(1, 21)  # --validation: people s1-s20 train, s21-s30 are evaluated
+VALIDATION_FOLDS = 3  # --validation --fold k: people s(10k+1)-s(10k+10) are evaluated, the other 20 train
 
 
 def split_folders(root: Path, crops: Path = CROPS, scenes: Path = SCENES, people=None) -> dict[tuple[str, str], Path]:
@@ -64,12 +67,14 @@ def split_folders(root: Path, crops: Path = CROPS, scenes: Path = SCENES, people
     return folders
 
 
-def validation_folders(root: Path) -> tuple[Path, dict[tuple[str, str], Path]]:
-    """--validation: (training folder of s1-s20, split folders of s21-s30 crops and validation scenes)."""
+def validation_folders(root: Path, fold: int = VALIDATION_FOLDS - 1) -> tuple[Path, dict[tuple[str, str], Path]]:
+    """--validation: (training folder of the 20 people outside ``fold``, split folders of the ten
+    people of ``fold``: their crops and validation scenes). Fold k holds out s(10k+1)-s(10k+10)."""
     from face_scenes import make_scenes
 
     make_scenes(root / "scenes", seed=0)
-    trained = {f"s{n}" for n in VALIDATION_TRAIN}
+    held = {f"s{n}" for n in range(10 * fold + 1, 10 * fold + 11)}
+    trained = {p.name for p in TRAIN.iterdir() if p.is_dir()} - held
     train_dir = root / "train"
     for person in sorted(p for p in TRAIN.iterdir() if p.name in trained):
         (train_dir / person.name).mkdir(parents=True)
@@ -116,9 +121,10 @@ def report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -
 
 
 def validation_report(rows: dict[str, list[dict]], minutes: dict[str, list[float]], args) -> str:
-    lines = [f"Validation (`python benchmarks/face_runs.py --validation --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}`): "
-             "train on s1-s20 of att_faces/train, evaluate s21-s30 (images 1-5 queries, 6-10 gallery; their crops, and scenes from "
-             "face_scenes.py, seed 0).", ""]
+    first, last = 10 * args.fold + 1, 10 * args.fold + 10
+    lines = [f"Validation (`python benchmarks/face_runs.py --validation --fold {args.fold} --seeds {' '.join(map(str, args.seeds))} "
+             f"--epochs {args.epochs}`): train on the other 20 people of att_faces/train, evaluate s{first}-s{last} (images 1-5 queries, "
+             "6-10 gallery; their crops, and scenes from face_scenes.py, seed 0).", ""]
     return "\n".join(lines + table(rows, minutes)) + "\n"
 
 
@@ -141,7 +147,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--validation", action="store_true", help="train on s1-s20, evaluate s21-s30 of att_faces/train (never writes)")
+    parser.add_argument("--fold", type=int, choices=range(VALIDATION_FOLDS), default=VALIDATION_FOLDS - 1,
+                        help="with --validation: the ten training people held out, s(10k+1)-s(10k+10) (default 2: s21-s30)")
     args = parser.parse_args()
+    if args.fold != VALIDATION_FOLDS - 1 and not args.validation:
+        parser.error("--fold needs --validation")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -150,7 +160,7 @@ def main() -> None:
     minutes: dict[str, list[float]] = {model: [] for model, _ in models}
     with tempfile.TemporaryDirectory() as tmp:
         if args.validation:
-            train_dir, folders = validation_folders(Path(tmp))
+            train_dir, folders = validation_folders(Path(tmp), args.fold)
         else:
             train_dir, folders = TRAIN, split_folders(Path(tmp) / "split")
         for seed in args.seeds:
