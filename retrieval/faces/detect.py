@@ -47,9 +47,12 @@ def detector_version() -> str:
 class DetectorSettings:
     """MTCNN's settings: the smallest face searched for (pixels), the score each stage needs
     (P-Net, R-Net, O-Net; a face is kept when its O-Net score exceeds the last), the ratio
-    between the image pyramid's scales, and how many times O-Net's landmarks are refined
-    (``landmark_passes``, 0 to 4; :func:`~retrieval.faces.cascade.refine_landmarks`). Checked on
-    creation (a one-line RetrievalError).
+    between the image pyramid's scales, how many times O-Net's landmarks are refined
+    (``landmark_passes``, 0 to 4; :func:`~retrieval.faces.cascade.refine_landmarks`), and the
+    longest side MTCNN searches (``max_side``): a photo with a longer side is searched as a copy
+    area-averaged down to it, and the boxes and landmarks are mapped back to the photo's pixels
+    (×W/w across, ×H/h down), so alignment still cuts the face from the full photo; 0 searches
+    every photo as it is. Checked on creation (a one-line RetrievalError).
 
     The defaults differ from facenet-pytorch's (20 px; 0.6, 0.7, 0.7; 0.709). On the 130 photos of
     ``att_faces_scenes`` (160 faces pasted into grocery photos) those miss 10 faces (the coarse
@@ -76,12 +79,21 @@ class DetectorSettings:
     pasted into a photo from 0.096 to 0.024 of the eye distance apart (RMS); with them a face run
     scored higher on the validation people (BENCHMARKS.md, *Faces in photos*). Settings saved before
     it existed read back as 0 (no refinement: the landmarks those runs were trained on).
+
+    ``max_side`` bounds the cost of large photos: MTCNN's work grows with the pixels (on 2 cores
+    a 1155 × 866 photo takes about 0.2 s, 4000 × 3000 about 1.3 s), and a phone photo of 12 MP
+    holds faces far above ``min_face_size``. At the default, 1600, a photo's faces are searched
+    down to ``min_face_size`` · (longest side / 1600) pixels: 100 px in a 4000 × 3000 photo
+    (1/40 of its width), 40 px in anything up to 1600 px. Every photo of the benchmarks is
+    smaller, so no figure there changes. Settings saved before it existed read back as 0 (every
+    photo as it is, as they were detected).
     """
 
     min_face_size: int = 40
     thresholds: tuple[float, float, float] = (0.6, 0.6, 0.97)
     scale_factor: float = 0.85
     landmark_passes: int = 2
+    max_side: int = 1600
 
     def __post_init__(self) -> None:
         size = self.min_face_size
@@ -101,27 +113,35 @@ class DetectorSettings:
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 0 <= passes <= 4:
             raise RetrievalError(f"faces: landmark_passes must be a whole number from 0 to 4, got {passes!r}")
         object.__setattr__(self, "landmark_passes", int(passes))
+        side = self.max_side
+        if isinstance(side, bool) or not isinstance(side, (int, np.integer)) \
+                or not (side == 0 or self.min_face_size <= side <= 100_000):
+            raise RetrievalError(f"faces: max_side must be 0 (no limit) or a whole number of pixels from min_face_size "
+                                 f"({self.min_face_size}) to 100000, got {side!r}")
+        object.__setattr__(self, "max_side", int(side))
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes`` only when not 0:
-        settings from before it existed write, and name their cache, exactly as they did."""
+        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes`` and ``max_side``
+        only when not 0: settings from before they existed write, and name their cache, exactly as they did."""
         value: dict[str, Any] = {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds),
                                  "scale_factor": self.scale_factor}
         if self.landmark_passes:
             value["landmark_passes"] = self.landmark_passes
+        if self.max_side:
+            value["max_side"] = self.max_side
         return value
 
     @classmethod
     def from_json(cls, value: Any) -> DetectorSettings:
         """The settings :meth:`to_json` wrote; missing keys take the defaults, but a missing
-        ``landmark_passes`` is 0 (settings saved before refinement existed; see :meth:`to_json`).
+        ``landmark_passes`` or ``max_side`` is 0 (settings saved before they existed; see :meth:`to_json`).
         Unknown keys are an error."""
         if not isinstance(value, Mapping):
             raise RetrievalError(f"faces: detector settings must be a JSON object, got {type(value).__name__}")
         unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise RetrievalError(f"faces: unknown detector setting(s) {', '.join(map(str, unknown))}")
-        return cls(**{"landmark_passes": 0, **value})
+        return cls(**{"landmark_passes": 0, "max_side": 0, **value})
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""
@@ -202,18 +222,30 @@ class MTCNNDetector:
         return self.detect_many([image])[0]
 
     def detect_many(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        """Every face of each image, in the order of ``images``."""
+        """Every face of each image, in the order of ``images`` (a photo longer than ``max_side``
+        searched as a smaller copy, the faces given in the photo's own pixels)."""
         results: list[list[Detection]] = [[] for _ in images]
+        searched = [self._searched_copy(image) for image in images]
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            if min(image.size) >= self.settings.min_face_size:  # smaller: no face fits (and MTCNN would fail)
-                groups.setdefault(image.size, []).append(i)
+        for i, copy in enumerate(searched):
+            if min(copy.size) >= self.settings.min_face_size:  # smaller: no face fits (and MTCNN would fail)
+                groups.setdefault(copy.size, []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                for i, faces in zip(chunk, self._run([_rgb(images[i]) for i in chunk])):
-                    results[i] = faces
+                for i, faces in zip(chunk, self._run([searched[i] for i in chunk])):
+                    results[i] = faces if searched[i].size == images[i].size else _mapped(faces, searched[i].size, images[i].size)
         return results
+
+    def _searched_copy(self, image: Image.Image) -> Image.Image:
+        """``image`` in RGB, area-averaged down so that its longest side is at most ``max_side``."""
+        image = _rgb(image)
+        side = self.settings.max_side
+        width, height = image.size
+        if not side or max(width, height) <= side:
+            return image
+        scale = side / max(width, height)
+        return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
 
     def _run(self, images: list[Image.Image]) -> list[list[Detection]]:
         s = self.settings
@@ -246,3 +278,15 @@ class MTCNNDetector:
 
 def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _mapped(faces: list[Detection], searched: tuple[int, int], photo: tuple[int, int]) -> list[Detection]:
+    """Faces found in a copy of ``searched`` size, in the pixels of the ``photo`` size:
+    x · W / w, y · H / h (boxes clipped to the photo, landmarks not)."""
+    sx, sy = photo[0] / searched[0], photo[1] / searched[1]
+    out = []
+    for face in faces:
+        x0, y0, x1, y1 = face.box
+        box = (min(x0 * sx, photo[0]), min(y0 * sy, photo[1]), min(x1 * sx, photo[0]), min(y1 * sy, photo[1]))
+        out.append(Detection(box, face.score, face.landmarks * np.array([sx, sy])))
+    return out

@@ -30,15 +30,16 @@ def test_settings_round_trip_through_plain_json_and_keep_their_key():
     text = json.dumps(settings.to_json())
     again = DetectorSettings.from_json(json.loads(text))
     assert again == settings and again.key() == settings.key()
-    # missing keys: the defaults, but landmark_passes 0 (settings written before it existed)
-    assert DetectorSettings.from_json({}) == DetectorSettings(landmark_passes=0)
+    # missing keys: the defaults, but landmark_passes and max_side 0 (settings written before they existed)
+    assert DetectorSettings.from_json({}) == DetectorSettings(landmark_passes=0, max_side=0)
 
 
 def test_settings_key_changes_with_every_setting():
     keys = {DetectorSettings().key(), DetectorSettings(min_face_size=41).key(),
             DetectorSettings(thresholds=(0.6, 0.6, 0.96)).key(), DetectorSettings(scale_factor=0.8).key(),
-            DetectorSettings(landmark_passes=1).key(), DetectorSettings(landmark_passes=0).key()}
-    assert len(keys) == 6 and all(len(k) == 16 for k in keys)
+            DetectorSettings(landmark_passes=1).key(), DetectorSettings(landmark_passes=0).key(),
+            DetectorSettings(max_side=1200).key(), DetectorSettings(max_side=0).key()}
+    assert len(keys) == 8 and all(len(k) == 16 for k in keys)
 
 
 def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep_their_json_and_key():
@@ -46,12 +47,19 @@ def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep
     without refinement, so it reads back as 0, writes the same JSON, and names the same cache."""
     old_json = {"min_face_size": 40, "thresholds": [0.6, 0.6, 0.97], "scale_factor": 0.85}
     old = DetectorSettings.from_json(old_json)
-    assert old.landmark_passes == 0 and old.to_json() == old_json
+    assert old.landmark_passes == 0 and old.max_side == 0 and old.to_json() == old_json
     text = json.dumps({"detector": "mtcnn", "version": detector_version(), **old_json}, sort_keys=True)
     assert old.key() == hashlib.sha256(text.encode()).hexdigest()[:16]  # the key those runs' caches carry
     new = DetectorSettings()
     assert new.landmark_passes == 2 and new.to_json()["landmark_passes"] == 2
+    assert new.max_side == 1600 and new.to_json()["max_side"] == 1600
     assert DetectorSettings.from_json(new.to_json()) == new
+
+
+def test_settings_saved_with_refinement_but_before_max_side_read_back_searching_photos_whole():
+    saved = {"min_face_size": 40, "thresholds": [0.6, 0.6, 0.97], "scale_factor": 0.85, "landmark_passes": 2}
+    settings = DetectorSettings.from_json(saved)
+    assert settings.max_side == 0 and settings.landmark_passes == 2 and settings.to_json() == saved
 
 
 @pytest.mark.parametrize("value", [
@@ -60,6 +68,8 @@ def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep
     {"thresholds": [0.6, None, 0.7]}, {"scale_factor": 1.0}, {"scale_factor": float("nan")},
     {"device": "cuda"}, ["min_face_size", 20],
     {"landmark_passes": -1}, {"landmark_passes": 5}, {"landmark_passes": 1.5}, {"landmark_passes": True},
+    {"max_side": -1}, {"max_side": 39}, {"max_side": 1600.0}, {"max_side": True}, {"max_side": 100_001},
+    {"min_face_size": 60, "max_side": 50},
 ])
 def test_bad_settings_are_a_one_line_retrieval_error(value):
     with pytest.raises(RetrievalError) as error:
@@ -153,6 +163,70 @@ def test_a_batch_finds_what_single_images_find():
         for a, b in zip(batch, single):
             np.testing.assert_allclose(a.box, b.box, atol=1e-3)
             np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+
+
+# -- large photos: searched as a copy no longer than max_side ---------------------------------
+
+@functools.lru_cache(maxsize=1)
+def whole_photo_detector() -> MTCNNDetector:
+    return MTCNNDetector(DetectorSettings(max_side=0))
+
+
+def test_a_photo_within_max_side_is_searched_as_it_is():
+    image = Image.open(dataset(SCENES / "pairs" / "001.jpg")).convert("RGB")
+    assert max(image.size) <= DetectorSettings().max_side
+    capped, whole = shared_detector().detect(image), whole_photo_detector().detect(image)
+    assert [f.to_json() for f in capped] == [f.to_json() for f in whole]
+
+
+def test_a_large_photo_is_searched_as_a_smaller_copy_and_its_faces_given_in_its_own_pixels():
+    """A two-person photo upscaled to 4000 × 3000: both people found in their (scaled) places,
+    and exactly the faces of the 1600 × 1200 copy, times 2.5 across and down."""
+    record = pairs_rows()[1]
+    photo = Image.open(dataset(SCENES / record["file"])).convert("RGB")
+    big = photo.resize((4000, 3000), Image.Resampling.BICUBIC)
+    faces = shared_detector().detect(big)
+    assert len(faces) == 2
+    factor = 4000 / photo.width
+    for rect in (rectangle(record["left_box"]), rectangle(record["right_box"])):
+        scaled = tuple(v * factor for v in rect)
+        assert sum(inside(centre(f.box), scaled) for f in faces) == 1
+    for found in faces:
+        check_face(found, big.size)
+    copy = big.resize((1600, 1200), Image.Resampling.BOX)
+    in_copy = whole_photo_detector().detect(copy)
+    assert len(in_copy) == 2
+    for a, b in zip(faces, in_copy):
+        np.testing.assert_allclose(a.box, np.asarray(b.box) * 2.5, rtol=1e-6)
+        np.testing.assert_allclose(a.landmarks, b.landmarks * 2.5, rtol=1e-6)
+        assert a.score == b.score
+
+
+def test_a_tall_large_photo_maps_across_and_down_by_their_own_ratios():
+    """2000 × 3001 to a copy of 1066 × 1600: the two ratios differ (1.8762 and 1.8756),
+    and each coordinate takes its own."""
+    face = Image.open(dataset(ATT_CROPS / "1.png")).convert("RGB")
+    photo = Image.new("RGB", (2000, 3001), (120, 120, 120))
+    photo.paste(face.resize((460, 560), Image.Resampling.BICUBIC), (700, 1200))
+    faces = shared_detector().detect(photo)
+    assert len(faces) == 1
+    copy = photo.resize((1066, 1600), Image.Resampling.BOX)
+    (b,) = whole_photo_detector().detect(copy)
+    sx, sy = 2000 / 1066, 3001 / 1600
+    np.testing.assert_allclose(faces[0].box, [b.box[0] * sx, b.box[1] * sy, b.box[2] * sx, b.box[3] * sy], rtol=1e-6)
+    np.testing.assert_allclose(faces[0].landmarks, b.landmarks * [sx, sy], rtol=1e-6)
+    assert inside(centre(faces[0].box), (700, 1200, 1160, 1760))
+
+
+def test_a_batch_with_a_large_photo_finds_what_single_images_find():
+    small = Image.open(dataset(SCENES / "single" / "s31" / "1.jpg")).convert("RGB")
+    big = small.resize((3200, 2400), Image.Resampling.BICUBIC)
+    batch = shared_detector().detect_many([small, big, small])
+    assert [len(faces) for faces in batch] == [1, 1, 1]
+    for found, alone in zip(batch, [shared_detector().detect(im) for im in (small, big, small)]):
+        np.testing.assert_allclose(found[0].box, alone[0].box, atol=1e-3)  # a batch of two rounds differently from one
+        np.testing.assert_allclose(found[0].landmarks, alone[0].landmarks, atol=1e-3)
+    assert max(batch[1][0].box) > 1000  # the large photo's face in the large photo's pixels
 
 
 # -- the cascade against facenet-pytorch's own -----------------------------------------------
