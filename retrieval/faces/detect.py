@@ -84,8 +84,8 @@ class DetectorSettings:
     a 1155 × 866 photo takes about 0.2 s, 4000 × 3000 about 1.3 s), and a phone photo of 12 MP
     holds faces far above ``min_face_size``. At the default, 1600, a photo's faces are searched
     down to ``min_face_size`` · (longest side / 1600) pixels: 100 px in a 4000 × 3000 photo
-    (1/40 of its width), 40 px in anything up to 1600 px. Every photo of the benchmarks is
-    smaller, so no figure there changes. Settings saved before it existed read back as 0 (every
+    (1/40 of its width), 40 px in anything up to 1600 px. Every photo the face runs and the face
+    counts use is smaller, so none of their figures changes. Settings saved before it existed read back as 0 (every
     photo as it is, as they were detected).
     """
 
