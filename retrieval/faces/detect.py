@@ -233,8 +233,8 @@ class MTCNNDetector:
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                for i, faces in zip(chunk, self._run([searched[i] for i in chunk])):
-                    results[i] = faces if searched[i].size == images[i].size else _mapped(faces, searched[i].size, images[i].size)
+                for i, faces in zip(chunk, self._run([searched[i] for i in chunk], [images[i].size for i in chunk])):
+                    results[i] = faces
         return results
 
     def _searched_copy(self, image: Image.Image) -> Image.Image:
@@ -247,19 +247,23 @@ class MTCNNDetector:
         scale = side / max(width, height)
         return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
 
-    def _run(self, images: list[Image.Image]) -> list[list[Detection]]:
+    def _run(self, copies: list[Image.Image], photo_sizes: list[tuple[int, int]]) -> list[list[Detection]]:
+        """MTCNN over ``copies`` (one size), each face given in the pixels of its photo (W, H):
+        x · W / w and y · H / h, the box clipped to the photo, the landmarks not (a copy the photo's
+        own size: ratios of 1, the numbers as MTCNN gave them)."""
         s = self.settings
-        boxes, points = detect_faces(np.stack([np.asarray(image, dtype=np.uint8) for image in images]), self._load(),
+        boxes, points = detect_faces(np.stack([np.asarray(image, dtype=np.uint8) for image in copies]), self._load(),
                                      s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
-        width, height = images[0].size
+        copy_width, copy_height = copies[0].size
         out = []
-        for image_boxes, image_points in zip(boxes, points):
+        for image_boxes, image_points, (width, height) in zip(boxes, points, photo_sizes):
+            sx, sy = width / copy_width, height / copy_height
             faces = []
             for box, landmarks in zip(image_boxes, image_points):
                 x0, y0, x1, y1, score = (float(v) for v in box)
-                clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
-                           min(max(x1, 0.0), width), min(max(y1, 0.0), height))
-                faces.append(Detection(clipped, score, np.asarray(landmarks, dtype=np.float64).reshape(5, 2)))
+                clipped = (min(max(x0 * sx, 0.0), width), min(max(y0 * sy, 0.0), height),
+                           min(max(x1 * sx, 0.0), width), min(max(y1 * sy, 0.0), height))
+                faces.append(Detection(clipped, score, np.asarray(landmarks, dtype=np.float64).reshape(5, 2) * [sx, sy]))
             out.append(by_confidence(faces))
         return out
 
@@ -278,15 +282,3 @@ class MTCNNDetector:
 
 def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _mapped(faces: list[Detection], searched: tuple[int, int], photo: tuple[int, int]) -> list[Detection]:
-    """Faces found in a copy of ``searched`` size, in the pixels of the ``photo`` size:
-    x · W / w, y · H / h (boxes clipped to the photo, landmarks not)."""
-    sx, sy = photo[0] / searched[0], photo[1] / searched[1]
-    out = []
-    for face in faces:
-        x0, y0, x1, y1 = face.box
-        box = (min(x0 * sx, photo[0]), min(y0 * sy, photo[1]), min(x1 * sx, photo[0]), min(y1 * sy, photo[1]))
-        out.append(Detection(box, face.score, face.landmarks * np.array([sx, sy])))
-    return out
