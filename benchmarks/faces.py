@@ -9,11 +9,13 @@ the PNG crops read back), and detect + align again with ``landmark_passes`` 0 (O
 landmarks, no refinement: the reference the refinement's cost is given against, measured in the
 same run) and with torch's ``nn.MaxPool2d`` layers in MTCNN instead of ``StridedMaxPool`` (the same
 numbers; the reference for what the strided views save), and with ``max_side`` 0 (every photo searched
-whole: the reference for what searching a large photo as a 1600 px copy saves). Wall-clock and CPU time (both threads together) are given, with the
+whole: the reference for what searching a large photo as a 1600 px copy saves); last, the cost of looking for
+smaller faces (``--face-min-size 20``, and with ``--face-max-side 0`` too: every photo searched whole
+for faces from 20 px, what a group photo needs). Wall-clock and CPU time (both threads together) are given, with the
 load average: on a shared machine the wall-clock is pessimistic. Batching: ``detect_many`` over
 32 scenes and 32 crops (each set of one size), CPU time, batch 1 against batch 8.
 
-Quality, for the default settings and for facenet-pytorch's own (20 px; 0.6, 0.7, 0.7; 0.709):
+Quality, for the default settings, for faces from 20 px (``--face-min-size 20``) and for facenet-pytorch's own (20 px; 0.6, 0.7, 0.7; 0.709):
 ``pairs/`` (30 photos, two people each): every face found in its place (the centre of a found box
 inside the rectangle ``pairs.csv`` gives) and no extra face; ``single/`` (100 photos): exactly one
 face; ``att_faces/test`` (100 crops): exactly one face; every 20th ``grocery/test`` photo: no face.
@@ -45,6 +47,7 @@ PAIR = SCENES / "pairs" / "000.jpg"
 CROP = DATASETS / "att_faces" / "test" / "s31" / "1.png"
 MEGAPIXEL = (1155, 866)
 TWELVE_MEGAPIXELS = (4000, 3000)
+SMALL_FACES = 20  # --face-min-size of the "smaller faces" columns and quality row
 
 
 def timed(call, repeats: int) -> tuple[float, float]:
@@ -84,6 +87,8 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
     unrefined = FacePipeline(DetectorSettings(landmark_passes=0))  # loads its MTCNN in timed()'s warm-up call
     torch_pools = with_torch_max_pools(FacePipeline())
     whole = FacePipeline(DetectorSettings(max_side=0))
+    small = FacePipeline(DetectorSettings(min_face_size=SMALL_FACES))  # --face-min-size 20
+    small_whole = FacePipeline(DetectorSettings(min_face_size=SMALL_FACES, max_side=0))  # and --face-max-side 0
     rows = []
     for name, path in images:
         picture = load_image(path)
@@ -94,12 +99,17 @@ def speed(workdir: Path, repeats: int) -> tuple[list[dict], float]:
         plain_wall, _ = timed(lambda: unrefined.faces(path), repeats)
         pools_wall, pools_cpu = timed(lambda: torch_pools.faces(path), repeats)
         whole_wall, _ = timed(lambda: whole.faces(path), repeats)
+        small_wall, _ = timed(lambda: small.faces(path), repeats)
+        small_whole_wall, _ = timed(lambda: small_whole.faces(path), repeats)
         rows.append({"image": name, "faces": len(found), "wall": wall, "cpu": cpu, "align": align, "warm_wall": warm_wall,
                      "unrefined_wall": plain_wall, "torch_pools_wall": pools_wall, "torch_pools_cpu": pools_cpu,
-                     "whole_wall": whole_wall, "whole_faces": len(whole.detector.detect(picture))})
+                     "whole_wall": whole_wall, "whole_faces": len(whole.detector.detect(picture)),
+                     "small_wall": small_wall, "small_faces": len(small.detector.detect(picture)),
+                     "small_whole_wall": small_whole_wall, "small_whole_faces": len(small_whole.detector.detect(picture))})
         print(f"  {name}: {wall:.0f} ms ({cpu:.0f} ms CPU; align {align:.1f} ms), warm cache {warm_wall:.1f} ms, "
               f"without landmark refinement {plain_wall:.0f} ms, with torch's max pooling {pools_wall:.0f} ms "
-              f"({pools_cpu:.0f} ms CPU), searched whole {whole_wall:.0f} ms", flush=True)
+              f"({pools_cpu:.0f} ms CPU), searched whole {whole_wall:.0f} ms, faces from {SMALL_FACES} px {small_wall:.0f} ms "
+              f"(searched whole {small_whole_wall:.0f} ms)", flush=True)
     return rows, load_ms
 
 
@@ -255,6 +265,13 @@ def markdown(saved: dict) -> str:
                      f"| {row['warm_wall']:.1f} | {row['unrefined_wall']:.0f} ({row['wall'] / row['unrefined_wall']:.2f}x) "
                      f"| {row['torch_pools_wall']:.0f} ({row['wall'] / row['torch_pools_wall']:.2f}x); {row['torch_pools_cpu']:.0f} "
                      f"| {row['whole_wall']:.0f} ({row['wall'] / row['whole_wall']:.2f}x); {row['whole_faces']} |")
+    lines += ["", f"Looking for smaller faces, the same images: with `--face-min-size {SMALL_FACES}` (`min_face_size` {SMALL_FACES}), "
+              f"and with `--face-max-side 0` too (every photo searched whole, so a 12 MP photo's faces are found from {SMALL_FACES} px "
+              "rather than 100), ms (ratio to the default's), faces found:", "",
+              f"| image | default, ms | faces from {SMALL_FACES} px, ms (ratio); faces | and searched whole, ms (ratio); faces |", "|---|---|---|---|"]
+    for row in saved["speed"]:
+        lines.append(f"| {row['image']} | {row['wall']:.0f} | {row['small_wall']:.0f} ({row['small_wall'] / row['wall']:.2f}x); {row['small_faces']} "
+                     f"| {row['small_whole_wall']:.0f} ({row['small_whole_wall'] / row['wall']:.2f}x); {row['small_whole_faces']} |")
     if saved.get("app"):
         app = saved["app"]
         lines += ["", f"The app's server time for a {MEGAPIXEL[0]} × {MEGAPIXEL[1]} (1 MP) JPEG upload ({app['bytes'] // 1024} KiB) on a face run "
@@ -310,7 +327,9 @@ def main() -> None:
         saved["batching"] = batching(repeats)
         print("quality:", flush=True)
         ours, theirs = DetectorSettings(), DetectorSettings(20, (0.6, 0.7, 0.7), 0.709, landmark_passes=0)
-        saved["quality"] = {f"default ({label(ours)})": quality(ours), f"facenet-pytorch's ({label(theirs)})": quality(theirs)}
+        small = DetectorSettings(min_face_size=SMALL_FACES)
+        saved["quality"] = {f"default ({label(ours)})": quality(ours), f"`--face-min-size {SMALL_FACES}` ({label(small)})": quality(small),
+                            f"facenet-pytorch's ({label(theirs)})": quality(theirs)}
     load_after, cores = os.getloadavg()[0], os.cpu_count()
     saved["load"] = (f"Load average (1 min) {load_before:.1f} at the start, {load_after:.1f} at the end on {cores} cores"
                      + (": the machine was shared and loaded, wall-clock timings are pessimistic."

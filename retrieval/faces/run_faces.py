@@ -29,6 +29,7 @@ from PIL import Image
 
 from retrieval import data
 from retrieval.errors import RetrievalError
+from retrieval.faces.detect import DetectorSettings
 from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
 from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
@@ -47,13 +48,15 @@ def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> Fa
     return FacePipeline.from_settings_json(settings, cache_dir=faces_dir(run_dir), device=device)
 
 
-def training_pipeline(out: str | Path, image_size: int, *, resume: bool = False) -> FacePipeline:
-    """The face pipeline training uses, cached in ``OUT/faces/``: for a new run the default one
-    (crops at the run's image size); on ``--resume`` the one the run recorded, so that a run saved
-    before a pipeline setting existed (the face mask, landmark refinement) goes on training on the
-    crops it started with."""
+def training_pipeline(out: str | Path, image_size: int, settings: DetectorSettings | None = None, *,
+                      resume: bool = False) -> FacePipeline:
+    """The face pipeline training uses, cached in ``OUT/faces/``: for a new run the one with these
+    detector ``settings`` (default :class:`DetectorSettings`; crops at the run's image size); on
+    ``--resume`` the one the run recorded, so that a run saved before a pipeline setting existed
+    (the face mask, landmark refinement, the longest side searched) goes on training on the crops it
+    started with."""
     recorded = run_pipeline(out, read_config(out)) if resume else None
-    return recorded if recorded is not None else FacePipeline(output_size=image_size, cache_dir=faces_dir(out))
+    return recorded if recorded is not None else FacePipeline(settings, output_size=image_size, cache_dir=faces_dir(out))
 
 
 def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path]) -> list[list[AlignedFace] | None]:

@@ -21,7 +21,10 @@ BENCHMARKS.md) and from the settings they depend on:
   held-out training people in BENCHMARKS.md, *Faces in photos*);
 - ``face_jitter``: the similarity jitter of a face run's training crops
   (:data:`~retrieval.data.transforms.FACE_JITTER`, chosen the same way); a face run recorded
-  before it existed resumes with the jitter it trained with (none at ``--augment`` 1).
+  before it existed resumes with the jitter it trained with (none at ``--augment`` 1);
+- ``face_min_size`` and ``face_max_side``: the face detector's smallest face and the longest side it
+  searches (:class:`~retrieval.faces.detect.DetectorSettings`, 40 and 1600 px) with ``--faces``,
+  None otherwise; config.json's ``faces`` records them for every later reader of the run.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -39,6 +42,7 @@ from typing import Any, Optional
 from retrieval import distributed
 from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
+from retrieval.faces.detect import DetectorSettings
 from retrieval.model import check_backbone_name
 from retrieval.negatives import NEGATIVE_MODES
 from retrieval.run.config import MAX_EMBEDDING_DIM, MAX_IMAGE_SIZE
@@ -89,7 +93,13 @@ DEFAULTS: dict[str, Any] = {
     "faces": False,  # issue 15: train on each image's aligned face (retrieval.faces.run_faces)
     "flip_average": False,  # True with --faces (TrainConfig.resolve): validation and inference average x and its mirror
     "face_jitter": 0.0,  # FACE_JITTER with --faces (TrainConfig.resolve): the aligned crops' similarity jitter at --augment 1
+    "face_min_size": None,  # FACE_MIN_SIZE with --faces: the smallest face the detector looks for (pixels)
+    "face_max_side": None,  # FACE_MAX_SIDE with --faces: a longer photo is searched as a copy this long (0: whole)
 }
+#: the detector's defaults with --faces: DetectorSettings' own
+FACE_MIN_SIZE, FACE_MAX_SIDE = DetectorSettings.min_face_size, DetectorSettings.max_side
+#: the range of --face-min-size and the largest --face-max-side (DetectorSettings checks the same bounds)
+FACE_MIN_SIZE_RANGE, MAX_FACE_MAX_SIDE = (12, 10_000), 100_000
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
@@ -131,21 +141,26 @@ def pretrained_image_size(backbone: str) -> int | None:
     return int(max(size[-2:])) if size else None
 
 
-def settings_before_they_existed(saved: dict[str, Any]) -> dict[str, Any]:
+def settings_before_they_existed(saved: dict[str, Any], detector: Any = None) -> dict[str, Any]:
     """The settings that a run recorded before they existed trained with (its ``train_settings``
     lack them): no head warm-up, BatchNorm in train mode, the backbone at a tenth of the lr when it
     started from pretrained weights, no flip averaging and, for a face run, the jitter of its
     training crops that its ``augment`` s gave then: none up to s = 1, above it the full jitter at
-    s - 1, which ``face_jitter`` (s - 1) / s reproduces (j = face_jitter · s). ``--resume`` fills
-    them in from here."""
+    s - 1, which ``face_jitter`` (s - 1) / s reproduces (j = face_jitter · s), and the smallest face
+    and longest side its detector used, read from ``detector`` (config.json's
+    ``faces.detector_settings``; a missing ``max_side`` is 0, every photo searched whole).
+    ``--resume`` fills them in from here."""
     pretrained = bool(saved.get("pretrained")) or saved.get("weights") is not None
     face_jitter = 0.0
+    face_settings: dict[str, Any] = {}
     if saved.get("faces"):
         strength = saved.get("augment")
         strength = float(strength) if isinstance(strength, (int, float)) else DEFAULTS["augment"]
         face_jitter = (strength - 1.0) / strength if strength > 1 else 0.0
+        detector = detector if isinstance(detector, dict) else {}
+        face_settings = {"face_min_size": detector.get("min_face_size", FACE_MIN_SIZE), "face_max_side": detector.get("max_side", 0)}
     return {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0, "bn_mode": "train",
-            "backbone_stages": 0, "flip_average": False, "face_jitter": face_jitter}
+            "backbone_stages": 0, "flip_average": False, "face_jitter": face_jitter, **face_settings}
 
 
 def describe_defaults(config: "TrainConfig") -> str:
@@ -216,6 +231,8 @@ class TrainConfig:
     faces: Optional[bool] = None
     flip_average: Optional[bool] = None
     face_jitter: Optional[float] = None
+    face_min_size: Optional[int] = None
+    face_max_side: Optional[int] = None
     #: the settings given before :meth:`resolve` (None: not resolved yet)
     given: Optional[frozenset[str]] = field(default=None, repr=False, compare=False)
 
@@ -244,6 +261,7 @@ class TrainConfig:
         if values["faces"]:
             defaults["flip_average"] = True
             defaults["face_jitter"] = FACE_JITTER
+            defaults["face_min_size"], defaults["face_max_side"] = FACE_MIN_SIZE, FACE_MAX_SIDE
         if (values["pretrained"] or values["weights"] is not None) and values["image_size"] is None:
             backbone = values["backbone"] if values["backbone"] is not None else DEFAULTS["backbone"]
             defaults["image_size"] = pretrained_image_size(backbone) or DEFAULTS["image_size"]
@@ -309,6 +327,12 @@ class TrainConfig:
              f"--freeze-backbone-epochs must be 0 or more, got {self.freeze_backbone_epochs}"),
             (self.backbone_stages >= 0, f"--backbone-stages must be 0 (all) or more, got {self.backbone_stages}"),
             (0 <= self.face_jitter <= MAX_FACE_JITTER, f"--face-jitter must be from 0 to {MAX_FACE_JITTER:g}, got {self.face_jitter}"),
+            (self.face_min_size is None or _whole(self.face_min_size, *FACE_MIN_SIZE_RANGE),
+             f"--face-min-size must be a whole number of pixels from {FACE_MIN_SIZE_RANGE[0]} to {FACE_MIN_SIZE_RANGE[1]}, got {self.face_min_size}"),
+            (self.face_max_side is None or self.face_max_side == 0
+             or _whole(self.face_max_side, self.face_min_size or FACE_MIN_SIZE_RANGE[0], MAX_FACE_MAX_SIDE),
+             f"--face-max-side must be 0 (every photo searched whole) or a whole number of pixels from --face-min-size "
+             f"({self.face_min_size}) to {MAX_FACE_MAX_SIDE}, got {self.face_max_side}"),
             (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale),
              f"--backbone-lr-scale must be 0 or more, got {self.backbone_lr_scale}"),
         ]
@@ -345,6 +369,9 @@ class TrainConfig:
             raise RetrievalError("--pair-groups needs --pairs FILE")
         if not self.faces and self.face_jitter > 0:
             raise RetrievalError("--face-jitter moves aligned face crops: it needs --faces")
+        if not self.faces and (self.face_min_size is not None or self.face_max_side is not None):
+            raise RetrievalError(f"{'--face-min-size' if self.face_min_size is not None else '--face-max-side'} sets the face "
+                                 "detector: it needs --faces")
         if self.faces and self.mode != "labelled":
             raise RetrievalError(f"--faces trains on labelled folders only, not with {'--unlabelled' if unlabelled else '--pairs'}")
         if self.mode == "labelled":
@@ -363,6 +390,11 @@ class TrainConfig:
     def _require_resolved(self) -> None:
         if not self.is_resolved:
             raise ValueError("call TrainConfig.resolve() first: its settings not given are still None")
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    """Whether ``value`` is a whole number (not a bool) from ``low`` to ``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _plain(value: Any) -> Any:

@@ -78,7 +78,9 @@ def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
         raise RetrievalError(f"{Path(run_dir) / CONFIG_NAME}: no train_settings to resume the run from")
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"given"}
     values = {k: v for k, v in saved.items() if k in names}
-    for key, value in settings_before_they_existed(saved).items():  # runs saved before these settings existed
+    faces = stored.get("faces")
+    detector = faces.get("detector_settings") if isinstance(faces, dict) else None
+    for key, value in settings_before_they_existed(saved, detector).items():  # runs saved before these settings existed
         values.setdefault(key, value)
     values["data_dir"] = _data_dir(values.get("data_dir"), stored.get("data_dir"), config.data_dir)
     for key in _PATHS:

@@ -117,3 +117,83 @@ def test_the_labelled_source_jitters_face_crops_by_its_face_jitter_only_in_face_
     assert "Affine" in steps(0.25, {"detector": "mtcnn"}) and "RandomResizedCrop" not in steps(0.25, {"detector": "mtcnn"})
     assert "Affine" not in steps(0.0, {"detector": "mtcnn"}) and "HorizontalFlip" in steps(0.0, {"detector": "mtcnn"})
     assert "Affine" not in steps(0.25, None) and "RandomResizedCrop" in steps(0.25, None)
+
+
+def _photo_with_a_small_face(width: int = 22) -> Image.Image:
+    """A 480 × 360 noisy grey photo holding one att_faces face scaled to ``width`` px (MTCNN finds it
+    from 20 px faces, not from the default 40)."""
+    import numpy as np
+
+    from faces_helpers import ATT_TRAIN, dataset
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray((np.full((360, 480, 3), 150) + rng.integers(-10, 10, (360, 480, 3))).astype(np.uint8))
+    face = Image.open(dataset(ATT_TRAIN) / "s2" / "1.png").convert("RGB")
+    photo.paste(face.resize((width, round(width * 112 / 92)), Image.Resampling.LANCZOS), (200, 150))
+    return photo
+
+
+def test_face_min_size_and_max_side_are_recorded_and_reach_every_reader_of_the_run(tmp_path):
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    small, default = tmp_path / "small", tmp_path / "default"
+    train(TrainConfig(data_dir=root, out=small, epochs=0, faces=True, face_min_size=20, face_max_side=0, **FACE_TINY), progress=False)
+    train(TrainConfig(data_dir=root, out=default, epochs=0, faces=True, **FACE_TINY), progress=False)
+    config = read_config(small)
+    assert config["train_settings"]["face_min_size"] == 20 and config["train_settings"]["face_max_side"] == 0
+    assert config.faces["detector_settings"]["min_face_size"] == 20 and "max_side" not in config.faces["detector_settings"]
+    assert run_pipeline(small, config).settings == DetectorSettings(min_face_size=20, max_side=0)
+    assert read_config(default)["train_settings"]["face_min_size"] == DetectorSettings().min_face_size == 40
+    assert read_config(default)["train_settings"]["face_max_side"] == DetectorSettings().max_side == 1600
+    assert run_pipeline(default, read_config(default)).settings == DetectorSettings()
+    photo = _photo_with_a_small_face()
+    assert len(run_pipeline(small, config).faces(photo)) == 1  # index, search, evaluate and the app read this pipeline
+    assert run_pipeline(default, read_config(default)).faces(photo) == []
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"face_min_size": 20}, "--face-min-size sets the face detector: it needs --faces"),
+    ({"face_max_side": 0}, "--face-max-side sets the face detector: it needs --faces"),
+    ({"faces": True, "face_min_size": 8}, "--face-min-size must be a whole number of pixels from 12 to 10000, got 8"),
+    ({"faces": True, "face_min_size": 20.5}, "--face-min-size must be a whole number"),
+    ({"faces": True, "face_max_side": 30}, r"--face-max-side must be 0 \(every photo searched whole\) or a whole number of pixels "
+                                           r"from --face-min-size \(40\) to 100000, got 30"),
+    ({"faces": True, "face_max_side": -1}, "--face-max-side must be 0"),
+])
+def test_bad_face_detector_flags_are_one_line_errors(tmp_path, settings, message):
+    config = TrainConfig(data_dir=tmp_path, out=tmp_path / "run", **settings).resolve()
+    with pytest.raises(RetrievalError, match=message):
+        config.validate()
+
+
+def test_the_face_detector_flags_accept_what_the_detector_accepts():
+    from retrieval.training.config import FACE_MIN_SIZE_RANGE, MAX_FACE_MAX_SIDE
+
+    low, high = FACE_MIN_SIZE_RANGE
+    for size in (low, high):
+        TrainConfig(data_dir=".", out="run", faces=True, face_min_size=size, face_max_side=0).resolve().validate()
+        DetectorSettings(min_face_size=size, max_side=0)
+    TrainConfig(data_dir=".", out="run", faces=True, face_max_side=MAX_FACE_MAX_SIDE).resolve().validate()
+    DetectorSettings(max_side=MAX_FACE_MAX_SIDE)
+    for bad in ({"min_face_size": low - 1}, {"min_face_size": high + 1}, {"max_side": MAX_FACE_MAX_SIDE + 1}):
+        with pytest.raises(RetrievalError):
+            DetectorSettings(**bad)
+
+
+def test_resuming_a_face_run_from_before_the_detector_flags_reads_them_from_its_pipeline(tmp_path):
+    """A face run saved before --face-min-size / --face-max-side (train_settings lack them, and its
+    detector settings lack max_side) resumes with the detector it recorded; a typed value that
+    differs from it is refused with one line."""
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    out = tmp_path / "run"
+    train(TrainConfig(data_dir=root, out=out, epochs=1, faces=True, **FACE_TINY), progress=False)
+    config_path = out / "config.json"
+    stored = json.loads(config_path.read_text())
+    del stored["train_settings"]["face_min_size"], stored["train_settings"]["face_max_side"]
+    del stored["faces"]["detector_settings"]["max_side"]  # as a run from before max_side recorded it
+    config_path.write_text(json.dumps(stored))
+    with pytest.raises(RetrievalError, match=r"--face-max-side 1600 \(the run has 0\)"):
+        train(TrainConfig(data_dir=root, out=out, epochs=2, resume=True, face_max_side=1600), progress=False)
+    train(TrainConfig(data_dir=root, out=out, epochs=2, resume=True, face_min_size=40), progress=False)
+    resumed = read_config(out)
+    assert resumed["train_settings"]["face_min_size"] == 40 and resumed["train_settings"]["face_max_side"] == 0
+    assert run_pipeline(out, resumed).settings == DetectorSettings(max_side=0)

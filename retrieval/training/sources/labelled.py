@@ -55,9 +55,11 @@ class LabelledSource:
         greyscale = data.all_greyscale(folder.paths)
         faces = None
         if config.faces:
+            from retrieval.faces.detect import DetectorSettings
             from retrieval.faces.run_faces import face_folder, training_pipeline
 
-            pipeline = training_pipeline(config.out, config.image_size, resume=bool(config.resume))
+            settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side)
+            pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
             folder, _ = face_folder(folder, pipeline)
             faces = pipeline.settings_json()
         data.require_trainable(folder)
