@@ -35,12 +35,18 @@ def command_line() -> str:
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (appending the
-    section when absent), through a temporary file and a rename."""
+    section when absent), through a temporary file and a rename. Hand-written readings inside the
+    section, between ``<!-- name:readings:start -->`` and ``<!-- name:readings:end -->``, are kept,
+    after the new body: rerunning a benchmark with ``--write`` refreshes its figures without
+    losing what was written about the runs before."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.strip()}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section is written by the benchmark it names; rerun it to refresh.\n"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    old = pattern.search(text)
+    readings = re.compile(re.escape(f"<!-- {name}:readings:start -->") + r".*?" + re.escape(f"<!-- {name}:readings:end -->"), re.DOTALL)
+    kept = readings.search(old.group(0)) if old else None
+    block = f"{start}\n{body.strip()}\n" + (f"\n{kept.group(0)}\n" if kept else "") + end
+    text = text[:old.start()] + block + text[old.end():] if old else text.rstrip() + "\n\n" + block + "\n"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
