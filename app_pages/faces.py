@@ -75,7 +75,9 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) 
     results = _searched(index, run_dir, stamp, hashlib.sha1(data).hexdigest(), photo, int(k))
     if not results:
         st.image(photo, caption=markdown_text(uploaded.name), width="stretch")
-        st.warning(f"No face found in {markdown_text(uploaded.name)}: this run searches faces, so there is nothing to search.")
+        hint = face_pipeline(str(run_dir), stamp).settings.no_face_hint(photo.size)
+        st.warning(f"No face found in {markdown_text(uploaded.name)}: this run searches faces, so there is nothing to search; "
+                   f"{markdown_text(hint)}.")
         return
     photo_col, pick_col = st.columns([2, 1], gap="large")
     photo_col.image(draw_boxes(photo, results), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found",

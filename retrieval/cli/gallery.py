@@ -171,12 +171,14 @@ def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_ou
     from retrieval.faces.run_faces import run_pipeline
     from retrieval.run import read_config
 
-    results = search_faces(gallery, run_pipeline(run_dir, read_config(run_dir)), query, k, **options)
+    pipeline = run_pipeline(run_dir, read_config(run_dir))
+    results = search_faces(gallery, pipeline, query, k, **options)
     if json_output:
         typer.echo(json.dumps({"faces": [r.to_json(gallery) for r in results]}))
         return
     if not results:
-        typer.echo(printable(f"no face found in {image}: nothing to search"))
+        hint = pipeline.settings.no_face_hint(query.size)
+        typer.echo(printable(f"no face found in {image}: nothing to search; {hint}"))
         return
     from rich.console import Console
 

@@ -145,6 +145,22 @@ class DetectorSettings:
             raise RetrievalError(f"faces: unknown detector setting(s) {', '.join(map(str, unknown))}")
         return cls(**{"landmark_passes": 0, "max_side": 0, **value})
 
+    def smallest_face(self, photo_size: tuple[int, int]) -> int:
+        """The smallest face, in the photo's pixels, looked for in a photo of ``photo_size`` (width,
+        height): ``min_face_size``, times longest side / ``max_side`` when the photo is searched as a
+        copy shrunk to ``max_side`` (rounded up)."""
+        longest = max(photo_size)
+        if not self.max_side or longest <= self.max_side:
+            return self.min_face_size
+        return math.ceil(self.min_face_size * longest / self.max_side)
+
+    def no_face_hint(self, photo_size: tuple[int, int]) -> str:
+        """Why a photo may have no face found, for the one line that says so: the smallest face
+        looked for in it and the ``retrieval train`` flags that set it."""
+        shrunk = bool(self.max_side) and max(photo_size) > self.max_side
+        return (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
+                + ("--face-min-size and --face-max-side" if shrunk else "--face-min-size") + ")")
+
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""
         text = json.dumps({"detector": DETECTOR_NAME, "version": detector_version(), **self.to_json()}, sort_keys=True)

@@ -52,7 +52,7 @@ def test_a_photo_without_a_face_says_so(monkeypatch, face_run):
     from fake_runs import png_bytes
 
     at = upload(start(monkeypatch, face_run), "blank.png", png_bytes((120, 120, 120), size=64))
-    assert any("No face found in blank.png" in w for w in texts(at.warning))
+    assert any("No face found in blank.png" in w and "faces under 40 px are not looked for in it" in w for w in texts(at.warning))
 
 
 def test_the_hardest_negatives_of_a_face_run_show_its_face_crops(monkeypatch, face_run):

@@ -62,6 +62,17 @@ def test_settings_saved_with_refinement_but_before_max_side_read_back_searching_
     assert settings.max_side == 0 and settings.landmark_passes == 2 and settings.to_json() == saved
 
 
+def test_the_smallest_face_looked_for_grows_with_a_photo_searched_as_a_shrunk_copy():
+    settings = DetectorSettings(min_face_size=40, max_side=1600)
+    assert settings.smallest_face((1600, 1200)) == 40 and settings.smallest_face((480, 360)) == 40
+    assert settings.smallest_face((4000, 3000)) == 100 and settings.smallest_face((3000, 4000)) == 100
+    assert settings.smallest_face((1601, 100)) == 41  # 40.025, rounded up
+    assert DetectorSettings(min_face_size=20, max_side=0).smallest_face((4000, 3000)) == 20
+    assert settings.no_face_hint((480, 360)) == "faces under 40 px are not looked for in it (the run's --face-min-size)"
+    assert settings.no_face_hint((4000, 3000)) == \
+        "faces under 100 px are not looked for in it (the run's --face-min-size and --face-max-side)"
+
+
 @pytest.mark.parametrize("value", [
     {"min_face_size": 5}, {"min_face_size": 40.5}, {"min_face_size": True},
     {"thresholds": [0.6, 0.7]}, {"thresholds": [0.6, 0.7, 1.0]}, {"thresholds": "0.6"},
