@@ -89,6 +89,16 @@ def choose_run() -> Path | None:
     return Path(chosen)
 
 
+def _detector_reach(faces: dict) -> str:
+    """The face detector's reach as config.json records it (DetectorSettings.reach); "?" when unreadable."""
+    from retrieval.faces import DetectorSettings
+
+    try:
+        return DetectorSettings.from_json(faces.get("detector_settings", {})).reach()
+    except (RetrievalError, AttributeError):
+        return "?"
+
+
 def describe_run(run_dir: Path, config: RunConfig) -> None:
     st.sidebar.markdown(f"**{markdown_text(run_dir.name)}**  \n{markdown_text(run_dir)}")
     st.sidebar.caption(
@@ -96,7 +106,7 @@ def describe_run(run_dir: Path, config: RunConfig) -> None:
         f"loss {markdown_text(config.get('loss', '?'))} · miner {markdown_text(config.get('miner', '?'))} · margin ε = {config.margin:g}"
         + (f"  \ntrained {config.mode} (no class labels)" if config.mode in ("unlabelled", "pairs") else "")
         + ("" if config.has_validation else "  \nno held-out classes")
-        + ("  \nfaces: detected and aligned" if config.faces else "")
+        + (f"  \nfaces: detected and aligned ({markdown_text(_detector_reach(config.faces))})" if config.faces else "")
         + ("  \neach image embedded with its mirror image, averaged" if config.flip_average else "")
         + ("  \nimages made grey (trained on grey images only)" if config.data_config.get("greyscale") else "")
     )

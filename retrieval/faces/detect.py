@@ -154,6 +154,10 @@ class DetectorSettings:
             return self.min_face_size
         return math.ceil(self.min_face_size * longest / self.max_side)
 
+    def reach(self) -> str:
+        """What the detector looks for, in a few words: "faces from 40 px, photos over 1600 px searched at 1600"."""
+        return f"faces from {self.min_face_size} px" + (f", photos over {self.max_side} px searched at {self.max_side}" if self.max_side else "")
+
     def no_face_hint(self, photo_size: tuple[int, int]) -> str:
         """Why a photo may have no face found, for the one line that says so: the smallest face
         looked for in it and the ``retrieval train`` flags that set it."""
