@@ -211,10 +211,12 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     if config.faces is not None:  # a face run compares each image's most confident face
         from retrieval.faces.run_faces import best_faces, run_pipeline
 
-        images = best_faces(run_pipeline(run_dir, config), images)
-        for path, face in zip((image_a, image_b), images):
+        pipeline = run_pipeline(run_dir, config)
+        sizes = [image.size for image in images]
+        images = best_faces(pipeline, images)
+        for path, face, size in zip((image_a, image_b), images, sizes):
             if face is None:
-                raise RetrievalError(f"{path}: no face found (this run compares faces)")
+                raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(size)})")
     return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
 
 
