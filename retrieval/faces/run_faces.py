@@ -94,8 +94,8 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
     if missing:
         names = [_shown(path, folder.root) for path in missing]
         outcome = "count as misses" if what in ("query", "evaluation") else "are left out"  # evaluate scores a missed query 0
-        log.warning("faces: %d of %d %s image(s) have no face found and %s: %s", len(missing), len(folder.paths), what, outcome,
-                    data.brief_list(names))
+        log.warning("faces: %d of %d %s image(s) have no face found and %s: %s (the run looks for %s)", len(missing),
+                    len(folder.paths), what, outcome, data.brief_list(names), pipeline.settings.reach())
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
                             skipped=list(folder.skipped), non_images=list(folder.non_images)), missing
 
@@ -135,8 +135,8 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
             records.append({"box": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 5),
                             "face": k, "sha256": digest})
     if missing:
-        log.warning("faces: %d of %d gallery image(s) have no face found and are not indexed: %s", len(missing), len(paths),
-                    data.brief_list([str(p) for p in missing]))
+        log.warning("faces: %d of %d gallery image(s) have no face found and are not indexed: %s (the run looks for %s)",
+                    len(missing), len(paths), data.brief_list([str(p) for p in missing]), pipeline.settings.reach())
     if not records:
         raise RetrievalError(f"no face found in any of the {len(paths)} gallery image(s): a face run indexes faces")
     return ids, crops, records

@@ -128,3 +128,21 @@ def test_a_face_query_above_the_query_pixel_limit_is_refused_from_its_header(fac
     assert result.code == 2, result.err
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and "too large" in lines[0] and "queries" in lines[0] and "Traceback" not in result.err, result.err
+
+
+def test_gallery_photos_without_a_face_are_named_in_one_warning_with_what_the_run_looks_for(tmp_path, caplog):
+    import logging
+
+    from faces_helpers import CountingDetector
+    from retrieval.faces import FacePipeline
+    from retrieval.faces.run_faces import gallery_faces
+
+    folder = make_face_folder(tmp_path / "g", n_classes=1, per_class=1, no_face=2)
+    paths = sorted(folder.rglob("*.png"))
+    pipeline = FacePipeline(output_size=40, cache_dir=tmp_path / "faces", detector=CountingDetector())
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        owners, crops, records = gallery_faces(pipeline, paths, list(range(len(paths))))
+    assert len(records) == 1 and owners == [paths.index(next(p for p in paths if "blank" not in p.name))]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2 of 3 gallery image(s) have no face found and are not indexed" in warnings[0]
+    assert "blank0.png" in warnings[0] and warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600)")
