@@ -32,6 +32,8 @@ from retrieval.faces.cascade import CASCADE_NAME, detect_faces, use_strided_max_
 __all__ = ["DETECTOR_NAME", "Detection", "DetectorSettings", "MTCNNDetector", "by_confidence", "most_confident"]
 
 DETECTOR_NAME = "mtcnn"
+#: the smallest and largest ``min_face_size`` (pixels), and the largest ``max_side`` other than 0
+MIN_FACE_SIZE_RANGE, MAX_SIDE_LIMIT = (12, 10_000), 100_000
 _PACKAGE = "facenet-pytorch"
 
 
@@ -99,8 +101,9 @@ class DetectorSettings:
 
     def __post_init__(self) -> None:
         size = self.min_face_size
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 12 <= size <= 10_000:
-            raise RetrievalError(f"faces: min_face_size must be a whole number of pixels from 12 to 10000, got {size!r}")
+        low, high = MIN_FACE_SIZE_RANGE
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not low <= size <= high:
+            raise RetrievalError(f"faces: min_face_size must be a whole number of pixels from {low} to {high}, got {size!r}")
         object.__setattr__(self, "min_face_size", int(size))
         thresholds = self.thresholds
         if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or len(thresholds) != 3 \
@@ -117,9 +120,9 @@ class DetectorSettings:
         object.__setattr__(self, "landmark_passes", int(passes))
         side = self.max_side
         if isinstance(side, bool) or not isinstance(side, (int, np.integer)) \
-                or not (side == 0 or self.min_face_size <= side <= 100_000):
+                or not (side == 0 or self.min_face_size <= side <= MAX_SIDE_LIMIT):
             raise RetrievalError(f"faces: max_side must be 0 (no limit) or a whole number of pixels from min_face_size "
-                                 f"({self.min_face_size}) to 100000, got {side!r}")
+                                 f"({self.min_face_size}) to {MAX_SIDE_LIMIT}, got {side!r}")
         object.__setattr__(self, "max_side", int(side))
 
     def to_json(self) -> dict[str, Any]:

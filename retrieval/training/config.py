@@ -42,7 +42,7 @@ from typing import Any, Optional
 from retrieval import distributed
 from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
-from retrieval.faces.detect import DetectorSettings
+from retrieval.faces.detect import MAX_SIDE_LIMIT, MIN_FACE_SIZE_RANGE, DetectorSettings
 from retrieval.model import check_backbone_name
 from retrieval.negatives import NEGATIVE_MODES
 from retrieval.run.config import MAX_EMBEDDING_DIM, MAX_IMAGE_SIZE
@@ -96,10 +96,9 @@ DEFAULTS: dict[str, Any] = {
     "face_min_size": None,  # FACE_MIN_SIZE with --faces: the smallest face the detector looks for (pixels)
     "face_max_side": None,  # FACE_MAX_SIDE with --faces: a longer photo is searched as a copy this long (0: whole)
 }
-#: the detector's defaults with --faces: DetectorSettings' own
+#: the detector's defaults with --faces, and the bounds of --face-min-size and --face-max-side: DetectorSettings' own
 FACE_MIN_SIZE, FACE_MAX_SIDE = DetectorSettings.min_face_size, DetectorSettings.max_side
-#: the range of --face-min-size and the largest --face-max-side (DetectorSettings checks the same bounds)
-FACE_MIN_SIZE_RANGE, MAX_FACE_MAX_SIDE = (12, 10_000), 100_000
+FACE_MIN_SIZE_RANGE, MAX_FACE_MAX_SIDE = MIN_FACE_SIZE_RANGE, MAX_SIDE_LIMIT
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
