@@ -148,14 +148,17 @@ class DetectorSettings:
             raise RetrievalError(f"faces: unknown detector setting(s) {', '.join(map(str, unknown))}")
         return cls(**{"landmark_passes": 0, "max_side": 0, **value})
 
+    def shrinks(self, photo_size: tuple[int, int]) -> bool:
+        """Whether a photo of ``photo_size`` (width, height) is searched as a copy shrunk to ``max_side``."""
+        return bool(self.max_side) and max(photo_size) > self.max_side
+
     def smallest_face(self, photo_size: tuple[int, int]) -> int:
         """The smallest face, in the photo's pixels, looked for in a photo of ``photo_size`` (width,
         height): ``min_face_size``, times longest side / ``max_side`` when the photo is searched as a
         copy shrunk to ``max_side`` (rounded up)."""
-        longest = max(photo_size)
-        if not self.max_side or longest <= self.max_side:
+        if not self.shrinks(photo_size):
             return self.min_face_size
-        return math.ceil(self.min_face_size * longest / self.max_side)
+        return math.ceil(self.min_face_size * max(photo_size) / self.max_side)
 
     def reach(self) -> str:
         """What the detector looks for, in a few words: "faces from 40 px, photos over 1600 px searched at 1600"."""
@@ -164,9 +167,8 @@ class DetectorSettings:
     def no_face_hint(self, photo_size: tuple[int, int]) -> str:
         """Why a photo may have no face found, for the one line that says so: the smallest face
         looked for in it and the ``retrieval train`` flags that set it."""
-        shrunk = bool(self.max_side) and max(photo_size) > self.max_side
         return (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
-                + ("--face-min-size and --face-max-side" if shrunk else "--face-min-size") + ")")
+                + ("--face-min-size and --face-max-side" if self.shrinks(photo_size) else "--face-min-size") + ")")
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""
@@ -265,11 +267,10 @@ class MTCNNDetector:
     def _searched_copy(self, image: Image.Image) -> Image.Image:
         """``image`` in RGB, area-averaged down so that its longest side is at most ``max_side``."""
         image = _rgb(image)
-        side = self.settings.max_side
-        width, height = image.size
-        if not side or max(width, height) <= side:
+        if not self.settings.shrinks(image.size):
             return image
-        scale = side / max(width, height)
+        width, height = image.size
+        scale = self.settings.max_side / max(width, height)
         return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
 
     def _run(self, copies: list[Image.Image], photo_sizes: list[tuple[int, int]]) -> list[list[Detection]]:

@@ -96,9 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "face_min_size": None,  # FACE_MIN_SIZE with --faces: the smallest face the detector looks for (pixels)
     "face_max_side": None,  # FACE_MAX_SIDE with --faces: a longer photo is searched as a copy this long (0: whole)
 }
-#: the detector's defaults with --faces, and the bounds of --face-min-size and --face-max-side: DetectorSettings' own
+#: the detector's defaults with --faces: DetectorSettings' own (its bounds, MIN_FACE_SIZE_RANGE and MAX_SIDE_LIMIT, check the flags)
 FACE_MIN_SIZE, FACE_MAX_SIDE = DetectorSettings.min_face_size, DetectorSettings.max_side
-FACE_MIN_SIZE_RANGE, MAX_FACE_MAX_SIDE = MIN_FACE_SIZE_RANGE, MAX_SIDE_LIMIT
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
@@ -326,12 +325,12 @@ class TrainConfig:
              f"--freeze-backbone-epochs must be 0 or more, got {self.freeze_backbone_epochs}"),
             (self.backbone_stages >= 0, f"--backbone-stages must be 0 (all) or more, got {self.backbone_stages}"),
             (0 <= self.face_jitter <= MAX_FACE_JITTER, f"--face-jitter must be from 0 to {MAX_FACE_JITTER:g}, got {self.face_jitter}"),
-            (self.face_min_size is None or _whole(self.face_min_size, *FACE_MIN_SIZE_RANGE),
-             f"--face-min-size must be a whole number of pixels from {FACE_MIN_SIZE_RANGE[0]} to {FACE_MIN_SIZE_RANGE[1]}, got {self.face_min_size}"),
+            (self.face_min_size is None or _whole(self.face_min_size, *MIN_FACE_SIZE_RANGE),
+             f"--face-min-size must be a whole number of pixels from {MIN_FACE_SIZE_RANGE[0]} to {MIN_FACE_SIZE_RANGE[1]}, got {self.face_min_size}"),
             (self.face_max_side is None or self.face_max_side == 0
-             or _whole(self.face_max_side, self.face_min_size or FACE_MIN_SIZE_RANGE[0], MAX_FACE_MAX_SIDE),
+             or _whole(self.face_max_side, self.face_min_size or MIN_FACE_SIZE_RANGE[0], MAX_SIDE_LIMIT),
              f"--face-max-side must be 0 (every photo searched whole) or a whole number of pixels from --face-min-size "
-             f"({self.face_min_size}) to {MAX_FACE_MAX_SIDE}, got {self.face_max_side}"),
+             f"({self.face_min_size}) to {MAX_SIDE_LIMIT}, got {self.face_max_side}"),
             (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale),
              f"--backbone-lr-scale must be 0 or more, got {self.backbone_lr_scale}"),
         ]

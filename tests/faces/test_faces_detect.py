@@ -426,3 +426,10 @@ def test_the_cascade_with_strided_max_pools_finds_exactly_what_it_finds_with_tor
         theirs = detect_faces(image, plain, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
         assert len(ours[0][0]) == faces
         assert np.array_equal(ours[0][0], theirs[0][0]) and np.array_equal(ours[1][0], theirs[1][0])
+
+
+def test_a_photo_is_searched_shrunk_only_when_its_longest_side_exceeds_max_side():
+    settings = DetectorSettings(max_side=1600)
+    assert not settings.shrinks((1600, 1200)) and not settings.shrinks((1200, 1600))
+    assert settings.shrinks((1601, 10)) and settings.shrinks((10, 1601))
+    assert not DetectorSettings(max_side=0).shrinks((100_000, 100_000))

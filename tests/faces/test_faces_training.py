@@ -167,9 +167,10 @@ def test_bad_face_detector_flags_are_one_line_errors(tmp_path, settings, message
 
 
 def test_the_face_detector_flags_accept_what_the_detector_accepts():
-    from retrieval.training.config import FACE_MIN_SIZE_RANGE, MAX_FACE_MAX_SIDE
+    from retrieval.faces.detect import MAX_SIDE_LIMIT as MAX_FACE_MAX_SIDE
+    from retrieval.faces.detect import MIN_FACE_SIZE_RANGE
 
-    low, high = FACE_MIN_SIZE_RANGE
+    low, high = MIN_FACE_SIZE_RANGE
     for size in (low, high):
         TrainConfig(data_dir=".", out="run", faces=True, face_min_size=size, face_max_side=0).resolve().validate()
         DetectorSettings(min_face_size=size, max_side=0)
