@@ -76,7 +76,9 @@ class DetectorSettings:
     fresh sets of validation photos (1680 faces) that pass found 1 of the 3 missed faces and 1
     (O-Net 0.998) or 3 (0.995) false ones, so there is no second pass. The one pass those sets
     left (P-/R-Net 0.3, O-Net 0.998), counted on ten more (4200 faces), found 0 of the 4 missed
-    faces and 3 false ones (BENCHMARKS.md, *MTCNN's thresholds*).
+    faces and 3 false ones. A second pass on the photo made grey (P-/R-Net or all three stages
+    on it), counted on ten more sets (4200 faces), found 3 of the 5 missed faces and 31 or 22
+    false ones (BENCHMARKS.md, *MTCNN's thresholds*).
 
     ``landmark_passes`` changes no face found, only where its eyes, nose and mouth are said to be.
     Two passes (the default) bring the landmarks of a face given as a tight crop and of the same face
