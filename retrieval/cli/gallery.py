@@ -85,12 +85,17 @@ def index_command(
         "labelled": metadata["labelled"],
         "seconds": round(time.perf_counter() - started, 2),
     }
+    items = metadata["items"]
+    if "face" in items:  # a face run: each item is a face, several may share a photo
+        summary["n_photos"] = len(set(zip(items["root"], items["path"])))
     if json_output:
         typer.echo(json.dumps(summary))
         return
     skipped = f" ({summary['n_skipped']} unreadable images skipped)" if summary["n_skipped"] else ""
+    what = (f"{summary['n_items']} faces from {summary['n_photos']} photos" if "n_photos" in summary
+            else f"{summary['n_items']} images")
     typer.echo(
-        f"indexed {summary['n_items']} images{skipped} in {summary['index']} "
+        f"indexed {what}{skipped} in {summary['index']} "
         f"with {summary['n_trees']} trees, {summary['seconds']:.1f} s"
     )
     typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")

@@ -105,6 +105,17 @@ def test_removing_a_label_or_a_gone_photo_rebuilds_without_them_and_forgets_thei
     assert cli("index", run, "--remove-label", "nobody").lines[-1].endswith("nothing removed")
 
 
+def test_index_cli_counts_faces_and_the_photos_they_come_from(face_index, cli, tmp_path):
+    run, gallery = face_index
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    summary = cli("index", copy, gallery, "--n-trees", "2", "--json", "--quiet")
+    assert summary.code == 0, summary.err
+    assert (json.loads(summary.out)["n_items"], json.loads(summary.out)["n_photos"]) == (4, 3)  # two crops, two faces of one photo
+    table = cli("index", copy, gallery, "--n-trees", "2", "--quiet")
+    assert table.code == 0 and table.out.splitlines()[0].startswith("indexed 4 faces from 3 photos in "), table.out
+
+
 def test_search_table_output_gives_a_table_and_a_verdict_line_a_face(face_index, cli):
     run, gallery = face_index
     result = cli("search", run, gallery / "party" / "two_people.jpg", "-k", "2")
