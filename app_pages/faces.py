@@ -28,7 +28,7 @@ from retrieval.run import RunConfig, resolve_logged_path
 from retrieval.run.files import FACES_DIR
 from retrieval.safe_text import markdown_text
 
-__all__ = ["draw_boxes", "face_search_section", "largest_face", "logged_image"]
+__all__ = ["draw_boxes", "face_pipeline", "face_search_section", "largest_face", "logged_image", "photo_faces"]
 
 GRID_COLUMNS = 5
 #: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/
@@ -47,13 +47,12 @@ def largest_face(results: list[FaceResult]) -> int:
     return max(range(len(results)), key=lambda i: results[i].face.area)
 
 
-def draw_boxes(photo: Image.Image, results: list[FaceResult]) -> Image.Image:
-    """A copy of ``photo`` with each face's box drawn and numbered (1, 2, ... as the result rows)."""
+def draw_boxes(photo: Image.Image, boxes: list[tuple[float, float, float, float]]) -> Image.Image:
+    """A copy of ``photo`` with each box (x0, y0, x1, y1) drawn and numbered 1, 2, ... in order."""
     shown = photo.copy()
     draw = ImageDraw.Draw(shown)
     width = max(2, round(max(photo.size) / 200))
-    for number, result in enumerate(results, 1):
-        x0, y0, x1, y1 = result.face.box
+    for number, (x0, y0, x1, y1) in enumerate(boxes, 1):
         draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=width)
         draw.text((x0 + width, y0 + width), str(number), fill=BOX_COLOUR)
     return shown
@@ -80,7 +79,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) 
                    f"{markdown_text(hint)}.")
         return
     photo_col, pick_col = st.columns([2, 1], gap="large")
-    photo_col.image(draw_boxes(photo, results), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found",
+    photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found",
                     width="stretch")
     labels = [f"face {i + 1}" + (" (largest)" if i == largest_face(results) else "") for i in range(len(results))]
     picked = pick_col.selectbox("Face", range(len(results)), index=largest_face(results), format_func=lambda i: labels[i],
@@ -120,6 +119,14 @@ def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:
         return load_image(index.path(item)).crop(tuple(int(round(v)) for v in record["box"]))
     except (RetrievalError, KeyError, OSError):
         return Image.new("RGB", (32, 32), (128, 128, 128))
+
+
+@st.cache_resource(max_entries=16, show_spinner="Finding faces…")
+def photo_faces(run_dir: str, stamp: str, digest: str, _photo: Image.Image) -> list:
+    """Every face of an upload, most confident first, aligned as the run aligns (once per run and
+    file content; an upload is never written to the run)."""
+    with one_torch_thread():
+        return face_pipeline(run_dir, stamp).faces(_photo)
 
 
 @st.cache_resource(max_entries=64, show_spinner="Finding and searching faces…")

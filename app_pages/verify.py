@@ -5,6 +5,12 @@ and both are embedded with the run's model (loaded once per weights file,
 ``st.cache_resource``) by :func:`retrieval.evaluate.verify_pair`, the function behind
 ``retrieval verify``: d between the unit embeddings, "same" when d ≤ τ. A run without τ shows
 the distance and says how to set one. Needs no gallery index.
+
+On a face run (``retrieval train --faces``) the page compares faces, never the photos: each upload
+is shown with its faces boxed and numbered (most confident first), the user may pick the face to
+compare when a photo has several (default: the most confident, the face ``retrieval verify``
+takes), and its aligned crop, what the model embeds, is shown under it. An upload without a face
+says so, with what the run's detector looks for.
 """
 
 from __future__ import annotations
@@ -30,33 +36,66 @@ def verify_page(run_dir: Path, config: RunConfig) -> None:
     st.header("Verify: same or different?")
     st.caption("Upload two images: the page embeds both with this run's model and compares their distance d "
                "with the run's threshold τ (same when d ≤ τ), as `retrieval verify` does.")
-    images = {}
+    stamp = file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME)
+    images, given = {}, {}
     for side, column in zip(SIDES, st.columns(2, gap="large")):
         with column:
-            images[side] = upload_side(side)
-    if any(image is None for image in images.values()):
-        st.info("Upload both images to compare them.")
+            given[side], images[side] = upload_side(side, run_dir if config.faces is not None else None, stamp)
+    if not all(given.values()):
+        st.info("Upload both photos: a face of each is compared." if config.faces is not None else
+                "Upload both images to compare them.")
         return
-    model = load_run_model(str(run_dir), file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME))
+    if any(image is None for image in images.values()):
+        return  # unreadable, or no face: its column says so
+    model = load_run_model(str(run_dir), stamp)
     with one_torch_thread():
         result = verify_pair(model, config, images["a"], images["b"], device=next(model.parameters()).device)
     show_result(result, run_dir, config)
 
 
-def upload_side(side: str):
-    """One of the two uploads, decoded and previewed (None until given, or when unreadable)."""
+def upload_side(side: str, face_run: Path | None, stamp: str):
+    """One of the two uploads: (given, what to embed). What to embed is the decoded image, previewed,
+    or on a face run (``face_run``, the run's folder) the aligned crop of the picked face; None when
+    the upload is unreadable or has no face."""
     types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     uploaded = st.file_uploader(f"Image {side.upper()}", type=types, key=f"verify_{side}")
     if uploaded is None:
-        return None
+        return False, None
     data = uploaded.getvalue()
+    digest = hashlib.sha1(data).hexdigest()
     try:
-        image = decode_cached(hashlib.sha1(data).hexdigest(), data, uploaded.name)
+        image = decode_cached(digest, data, uploaded.name)
     except RetrievalError as error:
         st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
-        return None
+        return True, None
+    if face_run is not None:
+        return True, picked_face(side, face_run, stamp, digest, image, uploaded.name)
     st.image(encode_thumbnail(image), caption=markdown_text(uploaded.name), width="stretch")
-    return image
+    return True, image
+
+
+def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: str):
+    """A face run's upload: the photo with its faces boxed, the face to compare (a choice when
+    there are several; default the most confident) and its aligned crop, which is returned (None
+    and a warning when no face is found)."""
+    from app_pages.faces import draw_boxes, face_pipeline, photo_faces
+
+    faces = photo_faces(str(run_dir), stamp, digest, photo)
+    if not faces:
+        st.image(encode_thumbnail(photo), caption=markdown_text(name), width="stretch")
+        hint = face_pipeline(str(run_dir), stamp).settings.no_face_hint(photo.size)
+        st.warning(f"No face found in {markdown_text(name)}: this run compares faces; {markdown_text(hint)}.")
+        return None
+    st.image(encode_thumbnail(draw_boxes(photo, [face.box for face in faces])),
+             caption=f"{markdown_text(name)}: {len(faces)} face(s) found", width="stretch")
+    picked = 0
+    if len(faces) > 1:
+        labels = [f"face {i + 1}" + (" (most confident)" if i == 0 else "") for i in range(len(faces))]
+        picked = st.selectbox("Face to compare", range(len(faces)), format_func=lambda i: labels[i],
+                              key=f"verify_face_{side}", help="By default the most confident, as `retrieval verify`.")
+    face = faces[picked]
+    st.image(face.crop, caption=f"face {picked + 1}, aligned (score {face.score:.2f})", width=112)
+    return face.crop
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -200,7 +200,9 @@ def calibrate_run(
 def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str, *, device: str = "cpu",
                   precision: str = "auto") -> dict[str, Any]:
     """Are two image files the same identity / product? Loads the run's model and answers
-    :func:`verify_pair`'s dict for them."""
+    :func:`verify_pair`'s dict for them. A face run compares each image's most confident face
+    (ties: the larger box) and adds ``"faces"``: for each image, that face's ``box`` and ``score``
+    and ``n_faces``, how many faces were found in it."""
     from retrieval.data import MAX_QUERY_PIXELS, load_image
     from retrieval.model import resolve_device
     from retrieval.run import load_model
@@ -208,16 +210,19 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     images = [load_image(Path(image_a), max_pixels=MAX_QUERY_PIXELS), load_image(Path(image_b), max_pixels=MAX_QUERY_PIXELS)]
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
-    if config.faces is not None:  # a face run compares each image's most confident face
-        from retrieval.faces.run_faces import best_faces, run_pipeline
+    if config.faces is None:
+        return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
+    from retrieval.faces.run_faces import run_pipeline
 
-        pipeline = run_pipeline(run_dir, config)
-        sizes = [image.size for image in images]
-        images = best_faces(pipeline, images)
-        for path, face, size in zip((image_a, image_b), images, sizes):
-            if face is None:
-                raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(size)})")
-    return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
+    pipeline = run_pipeline(run_dir, config)
+    found = pipeline.faces_many(images)  # each image's faces, most confident first
+    for path, faces, image in zip((image_a, image_b), found, images):
+        if not faces:
+            raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size)})")
+    result = verify_pair(model, config, found[0][0].crop, found[1][0].crop, device=torch_device, precision=precision)
+    result["faces"] = [{"box": [round(float(v), 2) for v in faces[0].box], "score": round(float(faces[0].score), 5),
+                        "n_faces": len(faces)} for faces in found]
+    return result
 
 
 def verify_pair(model, config, image_a, image_b, *, device: Any = "cpu", precision: str = "auto") -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from retrieval.cli.common import app, fmt, log_warnings
-from retrieval.safe_text import terminal_text
+from retrieval.safe_text import printable, terminal_text
 
 
 @app.command("evaluate")
@@ -87,6 +87,11 @@ def verify_command(
     if json_output:
         typer.echo(json.dumps(result))
         return
+    for path, face in zip((image_a, image_b), result.get("faces", [])):  # a face run: which face of a group photo
+        if face["n_faces"] > 1:
+            box = ", ".join(f"{v:.0f}" for v in face["box"])
+            typer.echo(printable(f"{path}: {face['n_faces']} faces found; compared the most confident (box {box}, "
+                                 f"score {face['score']:.3f}); `retrieval search` searches every face"))
     if result["threshold"] is None:
         typer.echo(f"d = {result['distance']:.4f}; no threshold is set for this run, so no verdict "
                    f"(set one with `retrieval calibrate {run_dir} DATA_DIR`)")

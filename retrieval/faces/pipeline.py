@@ -26,7 +26,7 @@ from PIL import Image
 from retrieval.data.images import load_image, load_image_bytes, to_rgb
 from retrieval.errors import RetrievalError
 from retrieval.faces.align import MASK_NAME, TEMPLATE, TEMPLATE_NAME, TEMPLATE_SIZE, align_face, mask_outside_face
-from retrieval.faces.cache import FaceCache, is_digest
+from retrieval.faces.cache import FaceCache
 from retrieval.faces.detect import DETECTOR_NAME, Detection, DetectorSettings, MTCNNDetector, by_confidence, \
     detector_version, most_confident
 from retrieval.run.store import sha256_file

@@ -9,8 +9,8 @@ reader calls :func:`run_pipeline` (None for a run on whole images) and then one 
   labelled folders of ``evaluate`` / ``calibrate`` use it: the crops are files, so the data set,
   its decode cache and the augmentation (after alignment) work on them unchanged, and a second
   epoch reads the cache instead of detecting again.
-- :func:`best_faces`: the most confident face's crop of each image (None: no face), for ``verify``
-  and queries given as uploads.
+- :meth:`FacePipeline.faces_many` itself, most confident face first, for images given one at a
+  time (``verify``, search queries, the app's uploads): they are not cached.
 - :func:`gallery_faces`: every face of every gallery photo, each an item of the index with its box
   and the photo's SHA-256 (``retrieval index``); :func:`crop_file` finds an item's cached crop.
 
@@ -25,16 +25,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 
 from retrieval import data
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import DetectorSettings
-from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
+from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
-__all__ = ["best_faces", "crop_file", "face_folder", "faces_or_errors", "gallery_faces", "run_pipeline", "training_pipeline"]
+__all__ = ["crop_file", "face_folder", "faces_or_errors", "gallery_faces", "run_pipeline", "training_pipeline"]
 
 log = logging.getLogger("retrieval")
 
@@ -98,11 +97,6 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
                     len(folder.paths), what, outcome, data.brief_list(names), pipeline.settings.reach())
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
                             skipped=list(folder.skipped), non_images=list(folder.non_images)), missing
-
-
-def best_faces(pipeline: FacePipeline, images: Sequence[ImageInput]) -> list[Image.Image | None]:
-    """The aligned crop of each image's most confident face (ties: the larger box); None: no face."""
-    return [faces[0].crop if faces else None for faces in pipeline.faces_many(list(images))]
 
 
 def _shown(path: Path, root: Path) -> str:

@@ -124,3 +124,48 @@ def test_the_map_of_a_face_gallery_draws_each_face_as_its_crop(monkeypatch, face
         expected.thumbnail((48, 48))
         assert shown.size == expected.size != (48, 36), "the face with its context, not the 480 x 360 photo"
     assert any("drawn as their face" in c for c in texts(at.caption))
+
+
+def _verify_pair(at, first, second):
+    for key, (name, payload) in zip(("verify_a", "verify_b"), (first, second)):
+        at.file_uploader(key=key).set_value((name, payload, "image/jpeg"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _distance(at) -> float:
+    (verdict,) = [m for m in texts(at.markdown) if m.startswith(("**d = ", ":green[", ":orange["))]
+    return float(verdict.split("d = ")[1].split()[0].rstrip(":*"))
+
+
+def test_verify_on_a_face_run_compares_faces_as_the_command_does_and_lets_you_pick_one(monkeypatch, face_run):
+    from retrieval.evaluate import verify_images
+
+    photo, crop = dataset(SCENES / "pairs" / "000.jpg"), sorted(dataset(SCENES.parent / "att_faces" / "test").glob("*/1.png"))[0]
+    at = _verify_pair(go(start(monkeypatch, face_run), "Verify"), ("two.jpg", photo.read_bytes()), ("one.png", crop.read_bytes()))
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert "two.jpg: 2 face(s) found" in captions and "one.png: 1 face(s) found" in captions, captions
+    assert sum(c.startswith("face 1, aligned") for c in captions) == 2, "each side shows the aligned crop it compares"
+    pick = at.selectbox(key="verify_face_a")
+    assert pick.value == 0 and "most confident" in pick.format_func(0), "the default is the face `retrieval verify` takes"
+    assert not [s for s in at.selectbox if s.key == "verify_face_b"], "a photo with one face offers no choice"
+    expected = verify_images(face_run, photo, crop)["distance"]
+    assert _distance(at) == pytest.approx(expected, abs=5e-4), "the page's d is the command's (shown to 3 decimals)"
+    pick.set_value(1).run()
+    assert not at.exception
+    assert any(c.startswith("face 2, aligned") for element in at.get("image") for img in element.proto.imgs
+               for c in [img.caption])
+    assert abs(_distance(at) - expected) > 1e-3, "the other face of the photo is another person: another distance"
+
+
+def test_verify_on_a_face_run_says_when_an_upload_has_no_face(monkeypatch, face_run):
+    from fake_runs import png_bytes
+
+    photo = dataset(SCENES / "pairs" / "000.jpg")
+    at = _verify_pair(go(start(monkeypatch, face_run), "Verify"), ("two.jpg", photo.read_bytes()),
+                      ("blank.png", png_bytes((120, 120, 120), size=64)))
+    assert any("No face found in blank.png: this run compares faces" in w and "faces under 40 px are not looked for" in w
+               for w in texts(at.warning)), texts(at.warning)
+    assert not [m for m in texts(at.markdown) if "d = " in m], "no verdict without a face on each side"
+    assert not texts(at.info), "both photos were given: no request to upload them"

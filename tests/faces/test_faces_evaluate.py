@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faces_helpers import make_face_folder, make_face_run
+from cli_runner import cli  # noqa: F401  (fixture)
+from faces_helpers import SCENES, dataset, make_face_folder, make_face_run
+from retrieval.data import load_image
 from retrieval.errors import RetrievalError
 from retrieval.evaluate import calibrate_run, evaluate_run, retrieval_metrics, verify_images, with_misses
+from retrieval.faces.run_faces import run_pipeline
+from retrieval.run import read_config
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +66,21 @@ def test_verify_on_a_face_run_compares_faces_and_a_faceless_image_is_a_one_line_
     with pytest.raises(RetrievalError, match=r"blank0.png: no face found \(this run compares faces; faces under 40 px are not "
                                              r"looked for in it \(the run's --face-min-size\)\)"):
         verify_images(face_run, person / "1.png", person / "blank0.png")
+
+
+def test_verify_on_a_group_photo_compares_its_most_confident_face_and_says_which(face_run, cli):
+    photo = dataset(SCENES / "pairs" / "000.jpg")
+    found = run_pipeline(face_run, read_config(face_run)).faces(load_image(photo))
+    assert len(found) == 2
+    best = max(found, key=lambda face: face.score)
+    result = verify_images(face_run, photo, photo)
+    assert result["distance"] < 1e-5 and [face["n_faces"] for face in result["faces"]] == [2, 2]
+    assert result["faces"][0]["box"] == pytest.approx(list(best.box), abs=0.01)
+    assert result["faces"][0]["score"] == pytest.approx(best.score, abs=1e-5)
+    text = cli("verify", face_run, photo, photo)
+    assert text.code == 0, text.err
+    lines = text.out.splitlines()
+    assert len(lines) == 3 and lines[0] == lines[1]
+    assert lines[0].startswith(f"{photo}: 2 faces found; compared the most confident (box ") \
+        and lines[0].endswith("; `retrieval search` searches every face"), lines[0]
+    assert "d = 0.0000" in lines[2], "the verdict line comes last"
