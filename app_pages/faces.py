@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import streamlit as st
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from app_pages.common import decode_upload, one_torch_thread, show_image
 from retrieval.data import IMAGE_EXTENSIONS, load_image
@@ -48,13 +48,19 @@ def largest_face(results: list[FaceResult]) -> int:
 
 
 def draw_boxes(photo: Image.Image, boxes: list[tuple[float, float, float, float]]) -> Image.Image:
-    """A copy of ``photo`` with each box (x0, y0, x1, y1) drawn and numbered 1, 2, ... in order."""
+    """A copy of ``photo`` with each box (x0, y0, x1, y1) drawn and numbered 1, 2, ... in order: the
+    number in white on the box's colour at its top-left corner, its height 1/25 of the photo's
+    longer side (at least 12 px), so that it stays legible when the photo is shown small."""
     shown = photo.copy()
     draw = ImageDraw.Draw(shown)
     width = max(2, round(max(photo.size) / 200))
+    font = ImageFont.load_default(size=max(12, round(max(photo.size) / 25)))
     for number, (x0, y0, x1, y1) in enumerate(boxes, 1):
         draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=width)
-        draw.text((x0 + width, y0 + width), str(number), fill=BOX_COLOUR)
+        left, top, right, bottom = draw.textbbox((x0, y0), str(number), font=font)
+        pad = width
+        draw.rectangle([x0, y0, right + 2 * pad, bottom + 2 * pad], fill=BOX_COLOUR)
+        draw.text((x0 + pad, y0 + pad), str(number), fill=(255, 255, 255), font=font)
     return shown
 
 

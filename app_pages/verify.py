@@ -34,8 +34,9 @@ SIDES = ("a", "b")
 
 def verify_page(run_dir: Path, config: RunConfig) -> None:
     st.header("Verify: same or different?")
-    st.caption("Upload two images: the page embeds both with this run's model and compares their distance d "
-               "with the run's threshold τ (same when d ≤ τ), as `retrieval verify` does.")
+    st.caption(("Upload two photos: the page finds their faces, embeds one face of each with this run's model"
+                if config.faces is not None else "Upload two images: the page embeds both with this run's model")
+               + " and compares their distance d with the run's threshold τ (same when d ≤ τ), as `retrieval verify` does.")
     stamp = file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME)
     images, given = {}, {}
     for side, column in zip(SIDES, st.columns(2, gap="large")):

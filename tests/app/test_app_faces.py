@@ -169,3 +169,20 @@ def test_verify_on_a_face_run_says_when_an_upload_has_no_face(monkeypatch, face_
                for w in texts(at.warning)), texts(at.warning)
     assert not [m for m in texts(at.markdown) if "d = " in m], "no verdict without a face on each side"
     assert not texts(at.info), "both photos were given: no request to upload them"
+
+
+def test_draw_boxes_numbers_each_box_on_a_label_that_scales_with_the_photo():
+    import numpy as np
+    from PIL import Image
+
+    from app_pages.faces import BOX_COLOUR, draw_boxes
+
+    photo = Image.new("RGB", (800, 600), (0, 0, 0))
+    boxes = [(100, 100, 300, 350), (500, 120, 650, 300)]
+    shown = np.asarray(draw_boxes(photo, boxes))
+    assert photo.getpixel((150, 150)) == (0, 0, 0), "the photo itself is not drawn on"
+    for x0, y0, x1, y1 in boxes:
+        label = shown[y0:y0 + 800 // 25, x0:x0 + 12]  # the label is at least 1/25 of the longer side high
+        assert not (label == 0).all(axis=-1).any(), "the label covers its corner of the box"
+        assert (label == 255).all(axis=-1).any() and (label == BOX_COLOUR).all(axis=-1).any(), "a white number on the box colour"
+        assert (shown[y0 + 60, x1 - 2] == BOX_COLOUR).all() and (shown[(y0 + y1) // 2, (x0 + x1) // 2] == 0).all(), "an outline, not a fill"
