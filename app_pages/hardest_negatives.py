@@ -131,7 +131,7 @@ def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image
         for column, role, title in zip(columns, ROLES, titles):
             with column:
                 show_image(logged_image(config, row[f"{role}_path"]))  # a face run's crops too (app_pages/faces.py)
-                name = markdown_text(Path(row[f"{role}_path"]).name)
+                name = markdown_text(Path(row.get(f"{role}_photo") or row[f"{role}_path"]).name)  # a face crop: its photo
                 if labelled:
                     st.markdown(f"{role}: **{markdown_text(row[f'{role}_label'])}**")
                     st.caption(name)

@@ -34,7 +34,7 @@ def mining_table(rows: Sequence[Mapping[str, Any]], *, title: str, margin: float
         gap = float(row["d_an_minus_d_ap"])
         style = "red" if gap < 0 else ("yellow" if gap < margin else "")
         status = mined_status(row)
-        table.add_row(str(rank), _labelled(row, "anchor"), terminal_text(_name(row["positive_path"]), "dim"),
+        table.add_row(str(rank), _labelled(row, "anchor"), terminal_text(_logged_name(row, "positive"), "dim"),
                       _labelled(row, "negative"), f"{float(row['d_ap']):.3f}", f"{float(row['d_an']):.3f}",
                       Text(f"{gap:+.3f}", style=style), {"mined": "yes", "not mined": "no"}.get(status, "-"))
     return table
@@ -92,7 +92,12 @@ def _columns(table: Table, width: int, columns: list[tuple[str, str]]) -> None:
 
 
 def _labelled(row: Mapping[str, Any], role: str) -> Text:
-    return Text.assemble(terminal_text(row[f"{role}_label"]), "\n", terminal_text(_name(row[f"{role}_path"]), "dim"))
+    return Text.assemble(terminal_text(row[f"{role}_label"]), "\n", terminal_text(_logged_name(row, role), "dim"))
+
+
+def _logged_name(row: Mapping[str, Any], role: str) -> str:
+    """A logged image's file name: for a face run's crop, the name of the photo it was cut from where known."""
+    return _name(row.get(f"{role}_photo") or row[f"{role}_path"])
 
 
 def _name(path: str) -> str:

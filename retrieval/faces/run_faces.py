@@ -11,6 +11,9 @@ reader calls :func:`run_pipeline` (None for a run on whole images) and then one 
   epoch reads the cache instead of detecting again.
 - :meth:`FacePipeline.faces_many` itself, most confident face first, for images given one at a
   time (``verify``, search queries, the app's uploads): they are not cached.
+- :func:`record_training_photos` / :func:`training_photo_names`: which training photo each crop was
+  cut from (``RUN_DIR/faces/training_photos.json``), so that the mining log, which names the crops
+  training read, can be shown by the photos' names (``retrieval mining``, the app).
 - :func:`gallery_faces`: every face of every gallery photo, each an item of the index with its box
   and the photo's SHA-256 (``retrieval index``); :func:`crop_file` finds an item's cached crop.
 
@@ -33,9 +36,12 @@ from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
-__all__ = ["crop_file", "face_folder", "faces_or_errors", "gallery_faces", "run_pipeline", "training_pipeline"]
+__all__ = ["TRAINING_PHOTOS", "crop_file", "face_folder", "faces_or_errors", "gallery_faces", "record_training_photos",
+           "run_pipeline", "training_photo_names", "training_pipeline"]
 
 log = logging.getLogger("retrieval")
+#: in ``RUN_DIR/faces/``: each training crop's file name → the photo it was cut from, relative to the data folder
+TRAINING_PHOTOS = "training_photos.json"
 
 
 def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> FacePipeline | None:
@@ -97,6 +103,33 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
                     len(folder.paths), what, outcome, data.brief_list(names), pipeline.settings.reach())
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
                             skipped=list(folder.skipped), non_images=list(folder.non_images)), missing
+
+
+def record_training_photos(out: str | Path, crops: Sequence[Path], photos: Sequence[Path], root: Path) -> None:
+    """Write ``OUT/faces/training_photos.json``: ``{crop file name: photo}`` for the crops training
+    reads (``crops[i]`` cut from ``photos[i]``; the photo relative to ``root``, the data folder).
+    Identical photos share a crop, which keeps the first photo's name. Written atomically."""
+    from retrieval.run.store import write_json
+
+    names: dict[str, str] = {}
+    for crop, photo in zip(crops, photos, strict=True):
+        names.setdefault(Path(crop).name, _shown(photo, root))
+    write_json(faces_dir(out) / TRAINING_PHOTOS, names, indent=1, sort_keys=True)
+
+
+def training_photo_names(run_dir: str | Path) -> dict[str, str]:
+    """:func:`record_training_photos`' map of a run: ``{crop file name: photo}``; empty for a run on
+    whole images, a face run trained before the file existed, or a file that cannot be read (the
+    crops are then shown by their own names)."""
+    import json
+
+    try:
+        value = json.loads((faces_dir(run_dir) / TRAINING_PHOTOS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {crop: photo for crop, photo in value.items() if isinstance(photo, str)}
 
 
 def _shown(path: Path, root: Path) -> str:

@@ -61,6 +61,9 @@ def test_the_hardest_negatives_of_a_face_run_show_its_face_crops(monkeypatch, fa
     assert not any("cannot read" in c for c in texts(at.caption))
     shown = [img for element in at.get("image") for img in element.proto.imgs]
     assert shown, "the triplets' face crops are shown"
+    names = [c.replace("\\", "") for c in texts(at.caption) if c.endswith(".png")]  # markdown-escaped: 1\.png
+    # the triplets' crops and the gallery's confused faces ("**s1** · 2.png") by their photos' names, never the cache's
+    assert names and all(c.rsplit(" ", 1)[-1] in ("1.png", "2.png", "3.png") for c in names), names
 
 
 def test_picking_from_a_face_gallery_shows_faces_named_by_photo_and_face(monkeypatch, face_run):

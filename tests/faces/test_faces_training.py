@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from cli_runner import cli  # noqa: F401  (fixture)
 from conftest import TINY
 from faces_helpers import CountingDetector, make_face_folder
 from retrieval import data
@@ -60,6 +62,30 @@ def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_pa
     pipeline = run_pipeline(out, config)
     assert pipeline is not None and pipeline.output_size == FACE_TINY["image_size"]
     assert pipeline.cache.folder == faces_dir(out) and any(faces_dir(out).rglob("*.png"))
+
+
+def test_the_mining_log_of_a_face_run_names_the_photos_its_crops_were_cut_from(tmp_path, cli):
+    from retrieval.diagnostics import hardest_report, read_mining_logs
+    from retrieval.faces.run_faces import TRAINING_PHOTOS, training_photo_names
+
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
+    out = tmp_path / "run"
+    train(TrainConfig(data_dir=root, out=out, epochs=1, faces=True, **FACE_TINY), progress=False)
+    names = training_photo_names(out)
+    assert len(names) == 12 and "blank0.png" not in " ".join(names.values()), "every photo with a face, and only those"
+    assert all((root / photo).is_file() and crop.endswith(".png") for crop, photo in names.items())
+    rows = hardest_report(out, top=10)["triplets"]
+    assert rows and all(Path(row[f"{role}_path"]).name in names for row in rows for role in ("anchor", "positive", "negative"))
+    for row in rows:  # each logged crop is named by its photo, which lies in the folder of the crop's class
+        assert all(row[f"{role}_photo"].split("/")[0] == str(row[f"{role}_label"]) for role in ("anchor", "negative"))
+        assert row["positive_photo"].split("/")[0] == str(row["anchor_label"])
+    assert all("anchor_photo" in row for rows in read_mining_logs(out).values() for row in rows), "the app's reader too"
+    shown = cli("mining", out, "--top", "3")
+    assert shown.code == 0, shown.err
+    first = rows[0]
+    assert Path(first["anchor_photo"]).name in shown.out and Path(first["anchor_path"]).name[:12] not in shown.out
+    (faces_dir(out) / TRAINING_PHOTOS).unlink()  # a face run trained before the file existed: the crops' own names
+    assert not any("anchor_photo" in row for row in hardest_report(out, top=10)["triplets"])
 
 
 def test_a_run_without_faces_records_null_and_writes_no_face_cache(tmp_path):

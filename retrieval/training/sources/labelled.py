@@ -56,11 +56,14 @@ class LabelledSource:
         faces = None
         if config.faces:
             from retrieval.faces.detect import DetectorSettings
-            from retrieval.faces.run_faces import face_folder, training_pipeline
+            from retrieval.faces.run_faces import face_folder, record_training_photos, training_pipeline
 
             settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side)
             pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
-            folder, _ = face_folder(folder, pipeline)
+            faced, missing = face_folder(folder, pipeline)
+            left_out = set(missing)  # face_folder keeps the photos with a face, in order
+            record_training_photos(config.out, faced.paths, [p for p in folder.paths if p not in left_out], folder.root)
+            folder = faced
             faces = pipeline.settings_json()
         data.require_trainable(folder)
         train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
