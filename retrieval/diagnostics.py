@@ -64,7 +64,6 @@ __all__ = [
     "read_mining_logs",
     "select_triplets",
     "umap_available",
-    "with_photo_names",
 ]
 
 EXACT_LABEL_SEARCH_LIMIT = 2_000_000
@@ -351,13 +350,12 @@ def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 
     the ``top`` logged triplets of ``epoch`` (the last one logged when None) that
     :func:`select_triplets` keeps, hardest first, each with ``margin_violation`` = ε − (d_an − d_ap).
     ``mined_recorded`` is False for logs written before ``mined`` was (they hold the miner's only).
-    A face run's rows name the training photos of their crops too (:func:`with_photo_names`)."""
+    A face run's rows also name the photos of their crops (``anchor_photo``, ...; ``with_photo_names``)."""
+    from retrieval.faces.run_faces import training_photo_names, with_photo_names
     from retrieval.run import mining_epochs, read_config, read_mining_log
 
     if top < 1:
         raise RetrievalError(f"--top must be at least 1, got {top}")
-    from retrieval.faces.run_faces import training_photo_names
-
     config = read_config(run_dir)
     logged = with_photo_names(read_mining_log(run_dir, epoch), training_photo_names(run_dir))
     if class_name is not None:
@@ -490,28 +488,11 @@ def distance_summary(val: Mapping[str, Any], margin: float) -> dict[str, Any]:
 
 
 def read_mining_logs(run_dir: str | Path) -> dict[int, list[dict[str, Any]]]:
-    """Every epoch's mining log of a run, ``{epoch: rows}`` (empty when the run has none), each row
-    of a face run with the photos its crops were cut from (:func:`with_photo_names`)."""
-    from retrieval.faces.run_faces import training_photo_names
+    """Every epoch's mining log of a run, ``{epoch: rows}`` (empty when the run has none); a face
+    run's rows also name the photos of their crops (``with_photo_names``)."""
+    from retrieval.faces.run_faces import training_photo_names, with_photo_names
     from retrieval.run import mining_epochs, read_mining_log
 
     names = training_photo_names(run_dir)
     return {epoch: with_photo_names(read_mining_log(run_dir, epoch), names) for epoch in mining_epochs(run_dir)}
 
-
-def with_photo_names(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> list[dict[str, Any]]:
-    """A face run's logged triplets name the aligned crops training read; each row gains
-    ``anchor_photo``, ``positive_photo`` and ``negative_photo``: the training photo each crop was cut
-    from (``names``: :func:`~retrieval.faces.run_faces.training_photo_names`, by the crop's file
-    name), where known. Rows are returned as they are when ``names`` is empty (whole images)."""
-    if not names:
-        return [dict(row) for row in rows]
-    named = []
-    for row in rows:
-        row = dict(row)
-        for role in ("anchor", "positive", "negative"):
-            photo = names.get(Path(str(row.get(f"{role}_path", ""))).name)
-            if photo is not None:
-                row[f"{role}_photo"] = photo
-        named.append(row)
-    return named

@@ -77,28 +77,26 @@ def index_command(
             metadata = build_index(run_dir, gallery_dir, n_trees=n_trees or DEFAULT_N_TREES, **options)
     if not is_main_process():  # under torchrun the other processes only embed their shares; rank 0 reports
         return
-    summary = {
-        "index": str(Path(run_dir) / "index"),
-        "n_items": metadata["n_items"],
-        "n_skipped": len(metadata.get("skipped", [])),
-        "n_trees": metadata["n_trees"],
-        "labelled": metadata["labelled"],
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    items = metadata["items"]
-    if "face" in items:  # a face run: each item is a face, several may share a photo
-        summary["n_photos"] = len(set(zip(items["root"], items["path"])))
+    summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started)
     if json_output:
         typer.echo(json.dumps(summary))
         return
     skipped = f" ({summary['n_skipped']} unreadable images skipped)" if summary["n_skipped"] else ""
     what = (f"{summary['n_items']} faces from {summary['n_photos']} photos" if "n_photos" in summary
             else f"{summary['n_items']} images")
-    typer.echo(
-        f"indexed {what}{skipped} in {summary['index']} "
-        f"with {summary['n_trees']} trees, {summary['seconds']:.1f} s"
-    )
+    typer.echo(f"indexed {what}{skipped} in {summary['index']} with {summary['n_trees']} trees, {summary['seconds']:.1f} s")
     typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")
+
+
+def _index_summary(run_dir: Path, metadata: dict, *, seconds: float) -> dict:
+    """What ``retrieval index`` reports: the index folder, its items (a face run's: faces, with
+    ``n_photos``, the photos they come from), unreadable images skipped, trees, labels, seconds."""
+    summary = {"index": str(Path(run_dir) / "index"), "n_items": metadata["n_items"], "n_skipped": len(metadata.get("skipped", [])),
+               "n_trees": metadata["n_trees"], "labelled": metadata["labelled"], "seconds": round(seconds, 2)}
+    items = metadata["items"]
+    if "face" in items:  # a face run: each item is a face, several may share a photo
+        summary["n_photos"] = len(set(zip(items["root"], items["path"])))
+    return summary
 
 
 def _remove_from_index(run_dir: Path, labels: list[str], paths: list[Path], *, json_output: bool, others) -> None:

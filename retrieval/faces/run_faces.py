@@ -37,7 +37,8 @@ from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
 __all__ = ["TRAINING_PHOTOS", "crop_file", "face_folder", "faces_or_errors", "gallery_faces", "record_training_photos",
-           "run_pipeline", "training_photo_names", "training_pipeline"]
+           "run_pipeline", "training_photo_names", "training_pipeline",
+           "with_photo_names"]
 
 log = logging.getLogger("retrieval")
 #: in ``RUN_DIR/faces/``: each training crop's file name → the photo it was cut from, relative to the data folder
@@ -131,6 +132,23 @@ def training_photo_names(run_dir: str | Path) -> dict[str, str]:
         return {}
     return {crop: photo for crop, photo in value.items() if isinstance(photo, str)}
 
+
+def with_photo_names(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A face run's logged triplets name the aligned crops training read; each row gains
+    ``anchor_photo``, ``positive_photo`` and ``negative_photo``: the training photo each crop was cut
+    from (``names``: :func:`training_photo_names`, by the crop's file name), where known. Rows
+    are returned as they are when ``names`` is empty (whole images)."""
+    if not names:
+        return [dict(row) for row in rows]
+    named = []
+    for row in rows:
+        row = dict(row)
+        for role in ("anchor", "positive", "negative"):
+            photo = names.get(Path(str(row.get(f"{role}_path", ""))).name)
+            if photo is not None:
+                row[f"{role}_photo"] = photo
+        named.append(row)
+    return named
 
 def _shown(path: Path, root: Path) -> str:
     try:
