@@ -28,6 +28,7 @@ def mining_command(
     from retrieval.diagnostics import hardest_report
     from retrieval.tables import mining_table
 
+    log_warnings()
     report = hardest_report(run_dir, epoch=epoch, top=top, mined_only=mined_only, class_name=class_name)
     if json_output:
         typer.echo(json.dumps(report))

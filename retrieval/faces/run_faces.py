@@ -120,15 +120,20 @@ def record_training_photos(out: str | Path, crops: Sequence[Path], photos: Seque
 
 def training_photo_names(run_dir: str | Path) -> dict[str, str]:
     """:func:`record_training_photos`' map of a run: ``{crop file name: photo}``; empty for a run on
-    whole images, a face run trained before the file existed, or a file that cannot be read (the
-    crops are then shown by their own names)."""
+    whole images, a face run trained before the file existed, or a file that cannot be read (one
+    warning line naming it). The crops are then shown by their own names."""
     import json
 
+    path = faces_dir(run_dir) / TRAINING_PHOTOS
     try:
-        value = json.loads((faces_dir(run_dir) / TRAINING_PHOTOS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as error:
+        value = error
     if not isinstance(value, dict):
+        reason = value if isinstance(value, Exception) else "not a JSON object"
+        log.warning("faces: %s cannot be read (%s); its crops are named by their cache files", path, reason)
         return {}
     return {crop: photo for crop, photo in value.items() if isinstance(photo, str)}
 
