@@ -25,7 +25,8 @@ queries can be read on all 30 training people, fold by fold.
     python benchmarks/face_runs.py --validation --fold 0          # s11-s30 train, s1-s10 evaluated
 
 Prints a Markdown section (mean ± sd over seeds); ``--write`` puts it between
-``<!-- face-runs:start -->`` and ``<!-- face-runs:end -->`` in BENCHMARKS.md.
+``<!-- face-runs:start -->`` and ``<!-- face-runs:end -->`` in BENCHMARKS.md, above the readings
+kept there (the table merged from the runs before, and what each was chosen on).
 """
 
 from __future__ import annotations
