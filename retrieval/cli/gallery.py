@@ -55,7 +55,7 @@ def index_command(
         raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one (not both)")
     if gallery_root and add is None:
         raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
-    stages = {"embed": "embedding images", "copy": "copying stored embeddings", "add": "loading vectors into Annoy",
+    stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings", "add": "loading vectors into Annoy",
               "build": "building Annoy trees"}
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

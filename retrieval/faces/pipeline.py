@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -127,9 +127,11 @@ class FacePipeline:
         """The one face training and ``verify`` use: the most confident (ties: the larger box)."""
         return most_confident(self.faces(image))
 
-    def faces_many(self, images: Sequence[ImageInput]) -> list[list[AlignedFace]]:
+    def faces_many(self, images: Sequence[ImageInput], *,
+                   on_progress: Callable[[int, int], None] | None = None) -> list[list[AlignedFace]]:
         """:meth:`faces` of each image, in order; the images not in the cache are detected in
-        batches (same-sized images share a batch)."""
+        batches (same-sized images share a batch). ``on_progress(done, total)``: called once the
+        cache has answered what it holds, then after each group of images detected."""
         digests = [self._digest(image) for image in images]
         results: list[list[AlignedFace] | None] = [None] * len(images)
         to_detect: list[int] = []
@@ -139,11 +141,17 @@ class FacePipeline:
                 to_detect.append(i)
             else:
                 results[i] = self._cached_faces(images[i], digest, cached)
+        done = len(images) - len(to_detect)
+        if on_progress is not None:
+            on_progress(done, len(images))
         for start in range(0, len(to_detect), _DECODED_AT_ONCE):  # bounded memory for a long list
             chunk = to_detect[start:start + _DECODED_AT_ONCE]
             decoded = [_decode(images[i]) for i in chunk]
             for i, picture, found in zip(chunk, decoded, self.detector.detect_many(decoded)):
                 results[i] = self._align_and_store(picture, by_confidence(found), digests[i])
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, len(images))
         return results  # type: ignore[return-value]
 
     # -- personal data -------------------------------------------------------------------------

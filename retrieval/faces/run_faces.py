@@ -24,7 +24,7 @@ index alike: face crops are personal data and stay inside the run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,13 @@ def training_pipeline(out: str | Path, image_size: int, settings: DetectorSettin
     return recorded if recorded is not None else FacePipeline(settings, output_size=image_size, cache_dir=faces_dir(out))
 
 
-def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path]) -> list[list[AlignedFace] | None]:
+def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path], *,
+                    on_progress: Callable[[int, int], None] | None = None) -> list[list[AlignedFace] | None]:
     """Every face of each file (most confident first); None for a file that cannot be read
-    (warned about by name). Detected in one batch; one file at a time only when the batch fails."""
+    (warned about by name). Detected in one batch; one file at a time only when the batch fails.
+    ``on_progress(done, total)``: as :meth:`FacePipeline.faces_many` reports it."""
     try:
-        return list(pipeline.faces_many(list(paths)))
+        return list(pipeline.faces_many(list(paths), on_progress=on_progress))
     except RetrievalError:
         results: list[list[AlignedFace] | None] = []
         for path in paths:
@@ -78,16 +80,19 @@ def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path]) -> list[list[
             except RetrievalError as error:
                 log.warning("faces: %s skipped: %s", path, error)
                 results.append(None)
+            if on_progress is not None:
+                on_progress(len(results), len(paths))
         return results
 
 
-def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "training") -> tuple[data.ImageFolder, list[Path]]:
+def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "training", *,
+                on_progress: Callable[[int, int], None] | None = None) -> tuple[data.ImageFolder, list[Path]]:
     """``folder`` with each image replaced by its most confident face's crop file (the cache's PNG);
     images without a face (or unreadable) left out, with one warning line. Returns the new folder
-    (same root and classes) and the photos left out."""
+    (same root and classes) and the photos left out. ``on_progress(done, total)``: images searched."""
     if pipeline.cache is None:
         raise ValueError("face_folder needs a pipeline with a cache (its crops are the files it returns)")
-    found = faces_or_errors(pipeline, folder.paths)
+    found = faces_or_errors(pipeline, folder.paths, on_progress=on_progress)
     paths: list[Path] = []
     labels: list[int] = []
     missing: list[Path] = []
@@ -162,18 +167,19 @@ def _shown(path: Path, root: Path) -> str:
         return str(path)
 
 
-def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int]) -> tuple[list[int], list[Path], list[dict[str, Any]]]:
+def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int], *,
+                  on_progress: Callable[[int, int], None] | None = None) -> tuple[list[int], list[Path], list[dict[str, Any]]]:
     """Every face of every gallery photo as an item: (its photo's id in ``owners``, the crop file
     to embed, its record for gallery.json: ``box``, ``score``, ``face`` (its rank in the photo) and
     ``sha256`` (the photo's content: its cached crops can be forgotten after the photo is gone)).
-    Photos without a face are left out with one warning line."""
+    Photos without a face are left out with one warning line. ``on_progress(done, total)``: photos searched."""
     if pipeline.cache is None:
         raise ValueError("gallery_faces needs a pipeline with a cache (its crops are the files it embeds)")
     ids: list[int] = []
     crops: list[Path] = []
     records: list[dict[str, Any]] = []
     missing: list[Path] = []
-    for owner, path, faces in zip(owners, paths, faces_or_errors(pipeline, paths)):
+    for owner, path, faces in zip(owners, paths, faces_or_errors(pipeline, paths, on_progress=on_progress)):
         if faces is None:
             continue  # unreadable: warned by name
         if not faces:

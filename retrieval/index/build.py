@@ -126,7 +126,8 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     if config.faces is not None:  # a face run: every face of every photo is an item (retrieval.faces.run_faces)
         from retrieval.faces.run_faces import gallery_faces, run_pipeline
 
-        new_ids, paths, faces = gallery_faces(run_pipeline(run_dir, config), paths, new_ids)
+        searched = (lambda d, t: on_progress("detect", d, t)) if on_progress and ctx.is_main else None
+        new_ids, paths, faces = gallery_faces(run_pipeline(run_dir, config), paths, new_ids, on_progress=searched)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,
                                 num_workers=num_workers, precision=precision, ctx=ctx,
                                 on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress and ctx.is_main else None)

@@ -19,7 +19,7 @@ from retrieval.errors import RetrievalError
 
 __all__ = ["ProgressCallback", "RowWriter", "copy_rows", "iter_rows", "npy_shape", "read_npy_header", "shrink_rows"]
 
-# Progress callback: (stage, done, total); stages "embed", "copy", "add", "build".
+# Progress callback: (stage, done, total); stages "detect" (a face run: photos searched for faces), "embed", "copy", "add", "build".
 ProgressCallback = Callable[[str, int, int], None]
 
 

@@ -31,6 +31,7 @@ from retrieval.training.finetune import FineTuning, backbone_lr_factor, weights_
 from retrieval.training.objective import Objective
 from retrieval.training.out_folder import check_same_classes, commands_so_far, prepare_out
 from retrieval.training.outputs import run_config_for
+from retrieval.training.progress import stage_bar
 from retrieval.training.resume import config_for_resume
 from retrieval.training.seeded_items import KeyedBatches, SeededItems
 from retrieval.training.sources import TrainingSource, build_source
@@ -82,15 +83,17 @@ class TrainingSetup:
 
 
 def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
-           objective: tuple[Callable, Callable | None] | None = None) -> TrainingSetup:
-    """Build the run for a resolved, validated ``config`` (see the module docstring)."""
+           objective: tuple[Callable, Callable | None] | None = None, progress: bool = False) -> TrainingSetup:
+    """Build the run for a resolved, validated ``config`` (see the module docstring); ``progress``:
+    a progress bar while a face run finds its faces (rank 0 only)."""
     run_dir = Path(config.out)
     prepare_out(run_dir, resume=bool(config.resume), force=bool(config.force), is_main=ctx.is_main)
     checkpoint = read_checkpoint(run_dir) if config.resume else None
     if checkpoint is not None:
         config = config_for_resume(config, run_dir)
     precision = resolve_precision(config.precision, ctx.device)
-    source = build_source(config)
+    with stage_bar(progress and ctx.is_main, "finding faces") as on_progress:
+        source = build_source(config, on_progress=on_progress)
     if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:
         config = dataclasses.replace(config, classes_per_batch=source.classes_per_batch)  # P fitted to the classes (sources)
     if checkpoint is not None:

@@ -127,3 +127,17 @@ def test_uploads_and_images_in_memory_are_never_written(tmp_path, photos):
     assert len(run.faces(photos[2].read_bytes())) == 2
     assert len(run.faces(Image.open(photos[2]))) == 2
     assert detector.images == 2 and not cache_dir.exists()
+
+
+def test_faces_many_reports_its_progress_from_what_the_cache_holds_to_the_last_image(tmp_path, photos, monkeypatch):
+    import retrieval.faces.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "_DECODED_AT_ONCE", 2)  # three photos: two groups
+    faces, _ = pipeline(tmp_path / "cache")
+    first: list[tuple[int, int]] = []
+    faces.faces_many(photos[:1])  # one photo already cached
+    faces.faces_many(photos, on_progress=lambda done, total: first.append((done, total)))
+    assert first == [(1, 3), (3, 3)], "the cache's answer, then each group of images detected"
+    second: list[tuple[int, int]] = []
+    faces.faces_many(photos, on_progress=lambda done, total: second.append((done, total)))
+    assert second == [(3, 3)], "all cached: one report"

@@ -116,6 +116,17 @@ def test_index_cli_counts_faces_and_the_photos_they_come_from(face_index, cli, t
     assert table.code == 0 and table.out.splitlines()[0].startswith("indexed 4 faces from 3 photos in "), table.out
 
 
+def test_indexing_a_face_gallery_reports_finding_faces_before_embedding_them(face_index, tmp_path):
+    run, gallery = face_index
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    reports: list[tuple[str, int, int]] = []
+    build_index(copy, gallery, device="cpu", n_trees=2, on_progress=lambda stage, done, total: reports.append((stage, done, total)))
+    stages = [stage for stage, _, _ in reports]
+    assert "detect" in stages and stages.index("embed") > max(i for i, s in enumerate(stages) if s == "detect")
+    assert [r for r in reports if r[0] == "detect"][-1] == ("detect", 4, 4), "the four photos searched (one has no face)"
+
+
 def test_search_table_output_gives_a_table_and_a_verdict_line_a_face(face_index, cli):
     run, gallery = face_index
     result = cli("search", run, gallery / "party" / "two_people.jpg", "-k", "2")

@@ -50,7 +50,11 @@ SOURCES: dict[str, Callable[..., TrainingSource]] = {
 }
 
 
-def build_source(config) -> TrainingSource:
-    """Scan ``config.data_dir`` and build the training source of the config's mode."""
+def build_source(config, *, on_progress: Callable[[int, int], None] | None = None) -> TrainingSource:
+    """Scan ``config.data_dir`` and build the training source of the config's mode.
+    ``on_progress(done, total)``: the images searched for faces, in a face run (``--faces``, labelled
+    training only); the other sources do nothing that long before training."""
     config = config.resolve()
+    if config.mode == "labelled":
+        return LabelledSource.from_config(config, on_progress=on_progress)
     return SOURCES[config.mode](config)

@@ -19,6 +19,7 @@ the validation all see face crops, and later epochs read the cache instead of de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from retrieval import data
@@ -49,8 +50,9 @@ class LabelledSource:
     mode: ClassVar[str] = "labelled"
 
     @classmethod
-    def from_config(cls, config) -> "LabelledSource":
-        """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge files."""
+    def from_config(cls, config, *, on_progress: Callable[[int, int], None] | None = None) -> "LabelledSource":
+        """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge
+        files; a face run (``--faces``) first finds each image's face (``on_progress(done, total)``)."""
         folder = data.scan_folder(config.data_dir, labelled=True)
         greyscale = data.all_greyscale(folder.paths)
         faces = None
@@ -60,7 +62,7 @@ class LabelledSource:
 
             settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side)
             pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
-            faced, missing = face_folder(folder, pipeline)
+            faced, missing = face_folder(folder, pipeline, on_progress=on_progress)
             left_out = set(missing)  # face_folder keeps the photos with a face, in order
             record_training_photos(config.out, faced.paths, [p for p in folder.paths if p not in left_out], folder.root)
             folder = faced
