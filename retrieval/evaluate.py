@@ -123,15 +123,16 @@ def evaluate_run(
     device: str = "auto",
     num_workers: int | None = None,
     precision: str = "auto",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Embed labelled folders with a run's model and eval transform, and compute the metrics.
 
     Give ``data_dir`` for leave-one-out over one labelled folder, or ``query_dir`` and
     ``gallery_dir`` for one set against another; classes are matched by folder name across the
     two sets. Unreadable images are skipped with a warning. ``precision`` is the forward pass's
-    (``retrieval.model.autocast``). ``on_progress(done, total)`` is called as images are embedded
-    (both sets counted together).
+    (``retrieval.model.autocast``). ``on_progress(stage, done, total)`` is called as a face run
+    searches the images for faces (stage ``"detect"``) and as images are embedded (``"embed"``),
+    both sets counted together.
 
     Besides the ranking metrics: verification on the same pairs (every pair of ``data_dir``, or
     every query × gallery pair; :mod:`retrieval.verification`): ``eer``, ``tar_at_far``,
@@ -176,11 +177,11 @@ def calibrate_run(
     device: str = "auto",
     num_workers: int | None = None,
     precision: str = "auto",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Choose the run's threshold τ on every pair of a labelled folder at ``target_far`` and store it
     in ``config.json`` (``"verification"``); returns what was stored. The folder's classes should be
-    ones the model did not train on, or τ will be optimistic."""
+    ones the model did not train on, or τ will be optimistic. ``on_progress``: as :func:`evaluate_run`'s."""
     from retrieval.verification import pair_distances, summarise
 
     if not 0 < target_far < 1:
@@ -243,6 +244,14 @@ def verify_pair(model, config, image_a, image_b, *, device: Any = "cpu", precisi
             "far": threshold.far, "target_far": threshold.target_far}
 
 
+def _stage_offset(on_progress, stage: str, offset: int, total: int):
+    """A (done, total) callback for one folder of several: ``on_progress(stage, offset + done, total)``
+    (None when there is no ``on_progress``)."""
+    if on_progress is None:
+        return None
+    return lambda done, _total: on_progress(stage, offset + done, total)
+
+
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
                          on_progress) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
     """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
@@ -272,20 +281,19 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
         from retrieval.faces.run_faces import face_folder, run_pipeline
 
         pipeline = run_pipeline(run_dir, config)
-        faced = [face_folder(f, pipeline, what) for f, what in zip(folders, ("query", "gallery") if cross_set else ("evaluation",))]
+        searched, to_search, faced = 0, sum(len(f.paths) for f in folders), []
+        for folder, what in zip(folders, ("query", "gallery") if cross_set else ("evaluation",)):
+            faced.append(face_folder(folder, pipeline, what, on_progress=_stage_offset(on_progress, "detect", searched, to_search)))
+            searched += len(folder.paths)
         folders, n_no_face = [f for f, _ in faced], len(faced[0][1])
     class_ids: dict[str, int] = {}
     total = sum(len(f.paths) for f in folders)
     done = 0
     sets = []
     for folder in folders:
-        def progress(n: int, _total: int, offset: int = done) -> None:
-            if on_progress is not None:
-                on_progress(offset + n, total)
-
         embeddings, kept = embed_readable(
             model, folder.paths, transform, batch_size=batch_size, device=torch_device,
-            num_workers=num_workers, precision=precision, on_progress=progress,
+            num_workers=num_workers, precision=precision, on_progress=_stage_offset(on_progress, "embed", done, total),
         )
         done += len(folder.paths)
         labels = np.array(

@@ -7,8 +7,12 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import app, fmt, log_warnings
+from retrieval.cli.common import app, fmt, log_warnings, stage_bars
 from retrieval.safe_text import printable, terminal_text
+
+
+#: what the progress bars of evaluate and calibrate say (retrieval.evaluate's on_progress stages)
+EVALUATE_STAGES = {"detect": "finding faces", "embed": "embedding images"}
 
 
 @app.command("evaluate")
@@ -20,6 +24,7 @@ def evaluate_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: int = typer.Option(64, help="Images per embedding batch."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Recall@1/5/10, Precision@10 and MAP@R (exact search): leave-one-out on DATA_DIR, or --query against --gallery."""
     import json
@@ -27,7 +32,9 @@ def evaluate_command(
     from retrieval.evaluate import evaluate_run
 
     log_warnings()
-    metrics = evaluate_run(run_dir, data_dir, query_dir=query, gallery_dir=gallery, device=device, batch_size=batch_size)
+    with stage_bars(EVALUATE_STAGES, enabled=not quiet) as on_progress:
+        metrics = evaluate_run(run_dir, data_dir, query_dir=query, gallery_dir=gallery, device=device, batch_size=batch_size,
+                               on_progress=on_progress)
     if json_output:
         typer.echo(json.dumps(metrics))
         return
@@ -53,6 +60,7 @@ def calibrate_command(
     target_far: float = typer.Option(0.01, "--target-far", help="False accepts allowed: the share of different-class pairs with d <= threshold."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Choose the run's same / different threshold on every pair of DATA_DIR at --target-far and store it in config.json."""
     import json
@@ -60,7 +68,8 @@ def calibrate_command(
     from retrieval.evaluate import calibrate_run
 
     log_warnings()
-    stored = calibrate_run(run_dir, data_dir, target_far=target_far, device=device)
+    with stage_bars(EVALUATE_STAGES, enabled=not quiet) as on_progress:
+        stored = calibrate_run(run_dir, data_dir, target_far=target_far, device=device, on_progress=on_progress)
     if json_output:
         typer.echo(json.dumps(stored))
         return

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings
+from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings, stage_bars
 from retrieval.errors import RetrievalError
 from retrieval.safe_text import printable, terminal_text
 
@@ -39,9 +39,6 @@ def index_command(
     import json
     import time
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from retrieval.distributed import is_main_process
     from retrieval.index import DEFAULT_N_TREES, add_to_index, build_index
 
@@ -55,22 +52,11 @@ def index_command(
         raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one (not both)")
     if gallery_root and add is None:
         raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
-    stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings", "add": "loading vectors into Annoy",
-              "build": "building Annoy trees"}
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=quiet or not is_main_process(),
-    )
-    tasks: dict[str, int] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stages.get(stage, stage), total=total)
-        progress.update(tasks[stage], completed=done, total=total)
-
-    options = dict(batch_size=batch_size, device=device, num_workers=workers, on_progress=on_progress)
+    stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings",
+              "add": "loading vectors into Annoy", "build": "building Annoy trees"}
     started = time.perf_counter()
-    with progress:
+    with stage_bars(stages, enabled=not quiet) as on_progress:
+        options = dict(batch_size=batch_size, device=device, num_workers=workers, on_progress=on_progress)
         if add is not None:
             metadata = add_to_index(run_dir, add, n_trees=n_trees, gallery_roots=gallery_root, **options)
         else:

@@ -84,3 +84,27 @@ def test_verify_on_a_group_photo_compares_its_most_confident_face_and_says_which
     assert lines[0].startswith(f"{photo}: 2 faces found; compared the most confident (box ") \
         and lines[0].endswith("; `retrieval search` searches every face"), lines[0]
     assert "d = 0.0000" in lines[2], "the verdict line comes last"
+
+
+def test_evaluate_reports_finding_faces_then_embedding_both_sets_counted_together(face_run, tmp_path):
+    queries = make_face_folder(tmp_path / "q", n_classes=3, per_class=2, no_face=1)
+    gallery = make_face_folder(tmp_path / "g", n_classes=3, per_class=2, no_face=0)
+    reports: list[tuple[str, int, int]] = []
+    evaluate_run(face_run, query_dir=queries, gallery_dir=gallery, device="cpu",
+                 on_progress=lambda stage, done, total: reports.append((stage, done, total)))
+    detect = [r for r in reports if r[0] == "detect"]
+    embed = [r for r in reports if r[0] == "embed"]
+    assert detect[-1] == ("detect", 13, 13) and all(total == 13 for _, _, total in detect), "7 query and 6 gallery images"
+    assert embed[-1] == ("embed", 12, 12), "the 12 faces found"
+    assert reports.index(embed[0]) > reports.index(detect[-1]), "faces are found before anything is embedded"
+
+
+def test_the_commands_progress_bars_show_on_a_terminal_only(face_run, tmp_path, cli, monkeypatch):
+    folder = make_face_folder(tmp_path / "e", n_classes=3, per_class=2, no_face=0)
+    piped = cli("evaluate", face_run, folder, "--json", "--device", "cpu")
+    assert piped.code == 0 and piped.err == "", "a pipe or a log gets no bars"
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stderr is a terminal
+    shown = cli("evaluate", face_run, folder, "--json", "--device", "cpu")
+    assert shown.code == 0 and "finding faces" in shown.err and "embedding images" in shown.err and "6/6" in shown.err, shown.err
+    quiet = cli("evaluate", face_run, folder, "--json", "--device", "cpu", "--quiet")
+    assert quiet.code == 0 and quiet.err == ""
