@@ -134,10 +134,8 @@ def search_command(
 
     method = "exact" if exact else f"Annoy, {gallery.n_trees} trees"
     one_root = len(gallery.roots) == 1
-    table = Table(
-        title=terminal_text(f"{len(neighbours)} nearest to {image} ({method})"),
-        caption=terminal_text(f"paths relative to {gallery.roots[0]}") if one_root else None,
-    )
+    typer.echo(printable(f"{len(neighbours)} nearest to {image} ({method})"))  # a line of its own: never wrapped
+    table = Table(caption=terminal_text(f"paths relative to {gallery.roots[0]}") if one_root else None)
     columns = [("#", "right"), ("path", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")]
     if gallery.threshold is not None:
         columns.append(("match", "left"))
@@ -171,6 +169,7 @@ def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_ou
         return
     from rich.console import Console
 
-    for table, verdict in face_tables(results, gallery, image):
+    for heading, table, verdict in face_tables(results, gallery, image):  # the heading a line of its own: never wrapped
+        typer.echo(printable(heading))
         Console().print(table)
         typer.echo(printable(verdict))

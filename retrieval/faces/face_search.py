@@ -47,9 +47,10 @@ def search_faces(gallery: Any, pipeline: FacePipeline, image: ImageInput, k: int
     return results
 
 
-def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tuple[Any, str]]:
-    """``retrieval search``'s table output on a face run: per face a rich Table of its neighbours
-    (path, the gallery face's box, label, distance) and its verdict line."""
+def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tuple[str, Any, str]]:
+    """``retrieval search``'s table output on a face run: per face a heading line (which face of the
+    photo, its box and score), a rich Table of its neighbours (path, the gallery face's box, label,
+    distance) and its verdict line."""
     from rich.table import Table
 
     from retrieval.safe_text import terminal_text
@@ -58,12 +59,13 @@ def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tup
     shown = []
     for number, result in enumerate(results, 1):
         box = ", ".join(f"{v:.0f}" for v in result.face.box)
-        table = Table(title=terminal_text(f"face {number} of {len(results)} in {image} (box {box}, score {result.face.score:.3f})"))
+        heading = f"face {number} of {len(results)} in {image} (box {box}, score {result.face.score:.3f})"
+        table = Table()
         for column, justify in [("#", "right"), ("path", "left"), ("face box", "left"), ("label", "left"), ("distance", "right")]:
             table.add_column(column, justify=justify, overflow="fold")
         for rank, n in enumerate(result.neighbours, 1):
             record = gallery.face(n.item) or {}
             where = ", ".join(f"{v:.0f}" for v in record.get("box", []))
             table.add_row(str(rank), terminal_text(n.path), where, terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}")
-        shown.append((table, result.verdict.describe(target)))
+        shown.append((heading, table, result.verdict.describe(target)))
     return shown

@@ -131,7 +131,11 @@ def test_search_table_output_gives_a_table_and_a_verdict_line_a_face(face_index,
     run, gallery = face_index
     result = cli("search", run, gallery / "party" / "two_people.jpg", "-k", "2")
     assert result.code == 0, result.err
-    assert "face 1 of 2" in result.out and "face 2 of 2" in result.out
+    photo = gallery / "party" / "two_people.jpg"
+    headings = [line for line in result.out.splitlines() if line.startswith("face ")]
+    assert [h.split(" (box ")[0] for h in headings] == [f"face 1 of 2 in {photo}", f"face 2 of 2 in {photo}"], \
+        "each face's heading is one line, however long the path"
+    assert all(h.endswith(")") and ", score " in h for h in headings)
 
 
 @pytest.mark.parametrize("command", ["search", "verify"])

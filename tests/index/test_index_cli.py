@@ -39,6 +39,7 @@ def test_cli_index_then_search_prints_json_neighbours_and_a_table(tmp_path, run_
 
     table = runner.invoke(app, ["search", str(run), str(query), "-k", "2"])
     assert table.exit_code == 0 and "plum" in table.stdout and "distance" in table.stdout
+    assert table.stdout.splitlines()[0] == f"2 nearest to {query} (Annoy, 4 trees)", "the heading is one line, however long the path"
 
 
 def test_cli_search_marks_matches_and_gives_a_verdict_at_the_runs_threshold(tmp_path, run_dir, gallery_dir):
