@@ -10,6 +10,7 @@ a clear error, not a hang.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,33 @@ def test_torchrun_trains_a_usable_run_directory(sample, tmp_path):
         assert row["anchor_label"] == row["positive_label"] != row["negative_label"]
         assert (sample / "train" / row["negative_path"]).is_file()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_torchrun_indexes_a_face_gallery_as_one_process_does(tmp_path):
+    """Each process detects a share of the photos first (retrieval.faces.run_faces.find_share),
+    then reads the others' from the run's cache: the index is the one-process index."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "faces"))
+    from faces_helpers import SCENES, dataset, make_face_folder, make_face_run
+    from retrieval.index import build_index
+
+    run = make_face_run(tmp_path)
+    gallery = make_face_folder(tmp_path / "gallery", n_classes=2, per_class=2, no_face=1)
+    for name in ("000", "001", "002"):
+        (gallery / "party").mkdir(exist_ok=True)
+        shutil.copy(dataset(SCENES / "pairs" / f"{name}.jpg"), gallery / "party" / f"{name}.jpg")
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    build_index(one, gallery, device="cpu", n_trees=2)
+    done = torchrun("index", str(run), str(gallery), "--n-trees", "2", "--device", "cpu", "--quiet", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"n_items"') == 1, done.stdout  # rank 0 reports
+    two, single = (json.loads((r / "index" / "gallery.json").read_text())["items"] for r in (run, one))
+    assert two["path"] == single["path"] and len(two["path"]) == 4 + 6, "two crops a person and two faces a photo"
+    assert all(a["box"] == pytest.approx(b["box"], abs=0.01) for a, b in zip(two["face"], single["face"]))
+    assert np.allclose(np.load(run / "index" / "embeddings.npy"), np.load(one / "index" / "embeddings.npy"), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -36,9 +36,8 @@ from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
-__all__ = ["TRAINING_PHOTOS", "crop_file", "face_folder", "faces_or_errors", "gallery_faces", "record_training_photos",
-           "run_pipeline", "training_photo_names", "training_pipeline",
-           "with_photo_names"]
+__all__ = ["TRAINING_PHOTOS", "crop_file", "face_folder", "faces_or_errors", "find_share", "gallery_faces",
+           "record_training_photos", "run_pipeline", "training_photo_names", "training_pipeline", "with_photo_names"]
 
 log = logging.getLogger("retrieval")
 #: in ``RUN_DIR/faces/``: each training crop's file name → the photo it was cut from, relative to the data folder
@@ -83,6 +82,21 @@ def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path], *,
             if on_progress is not None:
                 on_progress(len(results), len(paths))
         return results
+
+
+def find_share(pipeline: FacePipeline, paths: Sequence[Path], rank: int, world_size: int) -> None:
+    """Under torchrun, before the pass over every photo: this process's share of ``paths`` (every
+    ``world_size``-th, from ``rank``) searched for faces into the cache. Once every process has
+    done its share (a barrier), the cache answers the full pass for the others' shares where the
+    processes share a file system (one machine), so each photo is detected once; on separate disks
+    each process finds the rest itself, as it did before. A file that cannot be read ends the share
+    early: the full pass names it."""
+    if world_size <= 1:
+        return
+    try:
+        pipeline.faces_many(list(paths)[rank::world_size])
+    except RetrievalError:
+        pass
 
 
 def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "training", *,

@@ -124,10 +124,14 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     paths = [folder.paths[i] for i in new_ids]
     faces = None
     if config.faces is not None:  # a face run: every face of every photo is an item (retrieval.faces.run_faces)
-        from retrieval.faces.run_faces import gallery_faces, run_pipeline
+        from retrieval.faces.run_faces import find_share, gallery_faces, run_pipeline
 
+        pipeline = run_pipeline(run_dir, config)
+        if ctx.world_size > 1:  # torchrun: each process detects a share first, then the shared cache answers
+            find_share(pipeline, paths, ctx.rank, ctx.world_size)
+            ctx.barrier()
         searched = (lambda d, t: on_progress("detect", d, t)) if on_progress and ctx.is_main else None
-        new_ids, paths, faces = gallery_faces(run_pipeline(run_dir, config), paths, new_ids, on_progress=searched)
+        new_ids, paths, faces = gallery_faces(pipeline, paths, new_ids, on_progress=searched)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,
                                 num_workers=num_workers, precision=precision, ctx=ctx,
                                 on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress and ctx.is_main else None)

@@ -141,3 +141,20 @@ def test_faces_many_reports_its_progress_from_what_the_cache_holds_to_the_last_i
     second: list[tuple[int, int]] = []
     faces.faces_many(photos, on_progress=lambda done, total: second.append((done, total)))
     assert second == [(3, 3)], "all cached: one report"
+
+
+def test_a_torchrun_process_finds_its_share_and_the_cache_answers_for_the_others(tmp_path, photos):
+    from retrieval.faces.run_faces import find_share
+
+    cache = tmp_path / "cache"
+    second, second_counter = pipeline(cache)
+    find_share(second, photos, rank=1, world_size=2)  # process 1 of 2: the photos at 1, 3, ...
+    assert second_counter.images == 1
+    first, first_counter = pipeline(cache)
+    find_share(first, photos, rank=0, world_size=2)  # process 0: photos 0 and 2
+    assert first_counter.images == 2
+    full, full_counter = pipeline(cache)
+    assert [len(f) for f in full.faces_many(photos)] == [1, 1, 2] and full_counter.images == 0, "after the barrier: the cache"
+    alone, alone_counter = pipeline(tmp_path / "other")
+    find_share(alone, photos, rank=0, world_size=1)
+    assert alone_counter.images == 0, "one process: no separate share"
