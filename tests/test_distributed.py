@@ -205,6 +205,24 @@ def test_torchrun_indexes_a_face_gallery_as_one_process_does(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_trains_a_face_run_its_processes_sharing_the_search(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "faces"))
+    from faces_helpers import make_face_folder
+    from retrieval.faces.run_faces import training_photo_names
+
+    data = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
+    run = tmp_path / "run"
+    done = torchrun("train", str(data), "--out", str(run), "--faces", "--epochs", "1", "--backbone", "resnet10t",
+                    "--image-size", "32", "--embedding-dim", "16", "-P", "2", "-K", "2", "--workers", "0", "--val-fraction", "0.25",
+                    "--device", "cpu", "--precision", "fp32", "--quiet", "--dist-timeout", "60")
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, config = load_model(run)
+    assert config.faces is not None and config["distributed"]["world_size"] == 2
+    assert len(training_photo_names(run)) == 12, "every photo with a face"
+    assert mining_epochs(run) == [1] and model(torch.zeros(1, 3, 32, 32)).shape == (1, 16)
+
+
+@pytest.mark.slow
 def test_a_dead_process_ends_the_run_with_a_clear_message(two_processes):
     seconds, message = (two_processes / "dying_rank0.txt").read_text().split("\n", 1)
     assert message.startswith("rank 0 of 2: lost the other processes") and "--resume" in message, message

@@ -93,7 +93,7 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
         config = config_for_resume(config, run_dir)
     precision = resolve_precision(config.precision, ctx.device)
     with stage_bar(progress and ctx.is_main, "finding faces") as on_progress:
-        source = build_source(config, on_progress=on_progress)
+        source = build_source(config, on_progress=on_progress, ctx=ctx)
     if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:
         config = dataclasses.replace(config, classes_per_batch=source.classes_per_batch)  # P fitted to the classes (sources)
     if checkpoint is not None:

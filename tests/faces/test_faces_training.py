@@ -107,6 +107,24 @@ def test_a_face_run_shows_a_progress_bar_while_it_finds_its_faces_and_a_run_on_w
         assert off is None
 
 
+def test_under_torchrun_each_training_process_searches_its_share_before_the_barrier(tmp_path, monkeypatch):
+    import retrieval.faces.run_faces as run_faces
+    from retrieval.training.sources import build_source
+
+    calls = []
+
+    class TwoProcesses:  # rank 1 of 2; the barrier is recorded, not waited on
+        rank, world_size = 1, 2
+
+        def barrier(self):
+            calls.append("barrier")
+
+    monkeypatch.setattr(run_faces, "find_share", lambda pipeline, paths, rank, world_size: calls.append((len(paths), rank, world_size)))
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
+    source = build_source(TrainConfig(data_dir=root, out=tmp_path / "run", epochs=1, faces=True, **FACE_TINY), ctx=TwoProcesses())
+    assert calls == [(13, 1, 2), "barrier"] and len(source.folder.paths) == 12
+
+
 def test_a_run_without_faces_records_null_and_writes_no_face_cache(tmp_path):
     root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
     out = tmp_path / "run"

@@ -50,11 +50,12 @@ SOURCES: dict[str, Callable[..., TrainingSource]] = {
 }
 
 
-def build_source(config, *, on_progress: Callable[[int, int], None] | None = None) -> TrainingSource:
+def build_source(config, *, on_progress: Callable[[int, int], None] | None = None, ctx=None) -> TrainingSource:
     """Scan ``config.data_dir`` and build the training source of the config's mode.
     ``on_progress(done, total)``: the images searched for faces, in a face run (``--faces``, labelled
-    training only); the other sources do nothing that long before training."""
+    training only); ``ctx``: the :class:`~retrieval.distributed.DistributedContext`, under which a
+    face run's processes share that search. The other sources do nothing that long before training."""
     config = config.resolve()
     if config.mode == "labelled":
-        return LabelledSource.from_config(config, on_progress=on_progress)
+        return LabelledSource.from_config(config, on_progress=on_progress, ctx=ctx)
     return SOURCES[config.mode](config)

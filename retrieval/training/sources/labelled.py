@@ -50,18 +50,22 @@ class LabelledSource:
     mode: ClassVar[str] = "labelled"
 
     @classmethod
-    def from_config(cls, config, *, on_progress: Callable[[int, int], None] | None = None) -> "LabelledSource":
+    def from_config(cls, config, *, on_progress: Callable[[int, int], None] | None = None, ctx=None) -> "LabelledSource":
         """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge
-        files; a face run (``--faces``) first finds each image's face (``on_progress(done, total)``)."""
+        files; a face run (``--faces``) first finds each image's face (``on_progress(done, total)``;
+        under torchrun, ``ctx``, each process a share first: :func:`~retrieval.faces.run_faces.find_share`)."""
         folder = data.scan_folder(config.data_dir, labelled=True)
         greyscale = data.all_greyscale(folder.paths)
         faces = None
         if config.faces:
             from retrieval.faces.detect import DetectorSettings
-            from retrieval.faces.run_faces import face_folder, record_training_photos, training_pipeline
+            from retrieval.faces.run_faces import face_folder, find_share, record_training_photos, training_pipeline
 
             settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side)
             pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
+            if ctx is not None and ctx.world_size > 1:  # torchrun: each process a share, then the shared cache answers
+                find_share(pipeline, folder.paths, ctx.rank, ctx.world_size)
+                ctx.barrier()
             faced, missing = face_folder(folder, pipeline, on_progress=on_progress)
             left_out = set(missing)  # face_folder keeps the photos with a face, in order
             record_training_photos(config.out, faced.paths, [p for p in folder.paths if p not in left_out], folder.root)
