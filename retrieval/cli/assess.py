@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import app, fmt, log_warnings, stage_bars
+from retrieval.cli.common import app, fmt, log_warnings
+from retrieval.progress import stage_bars
 from retrieval.safe_text import printable, terminal_text
 
 

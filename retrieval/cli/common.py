@@ -1,9 +1,6 @@
-"""What the commands share: the typer app they register on, warnings as one line each, progress bars, a number's format."""
+"""What the commands share: the typer app they register on, warnings as one line each, a number's format."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Mapping
 
 import typer
 
@@ -36,27 +33,3 @@ def log_warnings() -> None:
         logger.setLevel(logging.WARNING)
         logger.propagate = False
 
-
-@contextlib.contextmanager
-def stage_bars(stages: Mapping[str, str], *, enabled: bool = True):
-    """Progress bars on stderr, one a stage, each added when its stage first reports (``stages``:
-    stage -> what its bar says): yields ``on_progress(stage, done, total)``. Shown only on a
-    terminal (a log or a pipe gets the command's own lines, and an error stays one line), and not
-    when ``enabled`` is False (``--quiet``) or outside the main process of a torchrun launch."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from retrieval.distributed import is_main_process
-
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, disable=not enabled or not is_main_process() or not console.is_terminal)
-    tasks: dict[str, int] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stages.get(stage, stage), total=total)
-        progress.update(tasks[stage], completed=done, total=total)
-
-    with progress:
-        yield on_progress

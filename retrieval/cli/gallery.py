@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings, stage_bars
+from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings
+from retrieval.distributed import is_main_process
+from retrieval.progress import stage_bars
 from retrieval.errors import RetrievalError
 from retrieval.safe_text import printable, terminal_text
 
@@ -39,7 +41,6 @@ def index_command(
     import json
     import time
 
-    from retrieval.distributed import is_main_process
     from retrieval.index import DEFAULT_N_TREES, add_to_index, build_index
 
     log_warnings()
@@ -55,7 +56,7 @@ def index_command(
     stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings",
               "add": "loading vectors into Annoy", "build": "building Annoy trees"}
     started = time.perf_counter()
-    with stage_bars(stages, enabled=not quiet) as on_progress:
+    with stage_bars(stages, enabled=not quiet and is_main_process()) as on_progress:  # torchrun: rank 0's bars
         options = dict(batch_size=batch_size, device=device, num_workers=workers, on_progress=on_progress)
         if add is not None:
             metadata = add_to_index(run_dir, add, n_trees=n_trees, gallery_roots=gallery_root, **options)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 
 from retrieval.training.totals import EpochTotals
 
-__all__ = ["InterruptFlag", "ProgressBar", "stage_bar"]
+__all__ = ["InterruptFlag", "ProgressBar"]
 
 
 class InterruptFlag:
@@ -68,29 +67,3 @@ class ProgressBar:
         if self.progress is not None:
             self.progress.stop()
 
-
-@contextlib.contextmanager
-def stage_bar(enabled: bool, description: str):
-    """A rich progress bar for work before the first epoch (a face run finding its faces): yields
-    ``on_progress(done, total)``, which shows the bar at its first call (nothing when it is never
-    called); yields None when ``enabled`` is False."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    task = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task(description, total=total)
-        progress.update(task, completed=done, total=total)
-
-    try:
-        yield on_progress
-    finally:
-        if task is not None:
-            progress.stop()

@@ -25,13 +25,13 @@ import torch
 from retrieval import data, distributed
 from retrieval.embed import embed_images
 from retrieval.model import EmbeddingModel, resolve_precision
+from retrieval.progress import stage_bars
 from retrieval.run import read_checkpoint, read_config
 from retrieval.training.config import TrainConfig
 from retrieval.training.finetune import FineTuning, backbone_lr_factor, weights_source
 from retrieval.training.objective import Objective
 from retrieval.training.out_folder import check_same_classes, commands_so_far, prepare_out
 from retrieval.training.outputs import run_config_for
-from retrieval.training.progress import stage_bar
 from retrieval.training.resume import config_for_resume
 from retrieval.training.seeded_items import KeyedBatches, SeededItems
 from retrieval.training.sources import TrainingSource, build_source
@@ -92,8 +92,8 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
     if checkpoint is not None:
         config = config_for_resume(config, run_dir)
     precision = resolve_precision(config.precision, ctx.device)
-    with stage_bar(progress and ctx.is_main, "finding faces") as on_progress:
-        source = build_source(config, on_progress=on_progress, ctx=ctx)
+    with stage_bars({"detect": "finding faces"}, enabled=progress and ctx.is_main, stderr=False, terminal_only=False) as bars:
+        source = build_source(config, on_progress=lambda done, total: bars("detect", done, total), ctx=ctx)
     if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:
         config = dataclasses.replace(config, classes_per_batch=source.classes_per_batch)  # P fitted to the classes (sources)
     if checkpoint is not None:

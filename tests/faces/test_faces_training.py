@@ -95,16 +95,12 @@ def test_the_mining_log_of_a_face_run_names_the_photos_its_crops_were_cut_from(t
 
 
 def test_a_face_run_shows_a_progress_bar_while_it_finds_its_faces_and_a_run_on_whole_images_none(tmp_path, capsys):
-    from retrieval.training.progress import stage_bar
-
     root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
     train(TrainConfig(data_dir=root, out=tmp_path / "faces", epochs=1, faces=True, **FACE_TINY), progress=True)
     shown = capsys.readouterr().out
     assert "finding faces" in shown and "13/13" in shown, shown  # 12 faces and the blank image
     train(TrainConfig(data_dir=root, out=tmp_path / "whole", epochs=1, **FACE_TINY), progress=True)
     assert "finding faces" not in capsys.readouterr().out
-    with stage_bar(False, "finding faces") as off:
-        assert off is None
 
 
 def test_under_torchrun_each_training_process_searches_its_share_before_the_barrier(tmp_path, monkeypatch):
