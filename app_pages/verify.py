@@ -93,7 +93,8 @@ def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: 
     if len(faces) > 1:
         labels = [f"face {i + 1}" + (" (most confident)" if i == 0 else "") for i in range(len(faces))]
         picked = st.selectbox("Face to compare", range(len(faces)), format_func=lambda i: labels[i],
-                              key=f"verify_face_{side}", help="By default the most confident, as `retrieval verify`.")
+                              key=f"verify_face_{side}_{digest}",  # a new photo starts from its most confident face
+                              help="By default the most confident, as `retrieval verify`.")
     face = faces[picked]
     st.image(face.crop, caption=f"face {picked + 1}, aligned (score {face.score:.2f})", width=112)
     return face.crop
