@@ -84,19 +84,21 @@ def faces_or_errors(pipeline: FacePipeline, paths: Sequence[Path], *,
         return results
 
 
-def find_share(pipeline: FacePipeline, paths: Sequence[Path], rank: int, world_size: int) -> None:
-    """Under torchrun, before the pass over every photo: this process's share of ``paths`` (every
-    ``world_size``-th, from ``rank``) searched for faces into the cache. Once every process has
-    done its share (a barrier), the cache answers the full pass for the others' shares where the
-    processes share a file system (one machine), so each photo is detected once; on separate disks
-    each process finds the rest itself, as it did before. A file that cannot be read ends the share
-    early: the full pass names it."""
-    if world_size <= 1:
+def find_share(pipeline: FacePipeline, paths: Sequence[Path], ctx: Any = None) -> None:
+    """Under torchrun (``ctx``, a :class:`~retrieval.distributed.DistributedContext` of more than one
+    process), before the pass over every photo: this process's share of ``paths`` (every
+    ``world_size``-th, from its rank) searched for faces into the cache, then a barrier. The cache
+    then answers the full pass for the others' shares where the processes share a file system (one
+    machine), so each photo is detected once; on separate disks each process finds the rest itself,
+    as it did before. A file that cannot be read ends the share early: the full pass names it.
+    Nothing for one process (``ctx`` None or of world size 1)."""
+    if ctx is None or ctx.world_size <= 1:
         return
     try:
-        pipeline.faces_many(list(paths)[rank::world_size])
+        pipeline.faces_many(list(paths)[ctx.rank::ctx.world_size])
     except RetrievalError:
         pass
+    ctx.barrier()
 
 
 def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "training", *,

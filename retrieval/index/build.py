@@ -127,9 +127,7 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         from retrieval.faces.run_faces import find_share, gallery_faces, run_pipeline
 
         pipeline = run_pipeline(run_dir, config)
-        if ctx.world_size > 1:  # torchrun: each process detects a share first, then the shared cache answers
-            find_share(pipeline, paths, ctx.rank, ctx.world_size)
-            ctx.barrier()
+        find_share(pipeline, paths, ctx)  # torchrun: each process detects a share first, then the shared cache answers
         searched = (lambda d, t: on_progress("detect", d, t)) if on_progress and ctx.is_main else None
         new_ids, paths, faces = gallery_faces(pipeline, paths, new_ids, on_progress=searched)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,

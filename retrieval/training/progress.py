@@ -66,4 +66,3 @@ class ProgressBar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-

@@ -146,15 +146,25 @@ def test_faces_many_reports_its_progress_from_what_the_cache_holds_to_the_last_i
 def test_a_torchrun_process_finds_its_share_and_the_cache_answers_for_the_others(tmp_path, photos):
     from retrieval.faces.run_faces import find_share
 
+    class Process:  # one of two processes; the barrier is counted, not waited on
+        world_size, barriers = 2, 0
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def barrier(self):
+            self.barriers += 1
+
     cache = tmp_path / "cache"
     second, second_counter = pipeline(cache)
-    find_share(second, photos, rank=1, world_size=2)  # process 1 of 2: the photos at 1, 3, ...
+    find_share(second, photos, Process(1))  # process 1 of 2: the photos at 1, 3, ...
     assert second_counter.images == 1
     first, first_counter = pipeline(cache)
-    find_share(first, photos, rank=0, world_size=2)  # process 0: photos 0 and 2
-    assert first_counter.images == 2
+    process = Process(0)
+    find_share(first, photos, process)  # process 0: photos 0 and 2
+    assert first_counter.images == 2 and process.barriers == 1, "its share, then the barrier"
     full, full_counter = pipeline(cache)
     assert [len(f) for f in full.faces_many(photos)] == [1, 1, 2] and full_counter.images == 0, "after the barrier: the cache"
     alone, alone_counter = pipeline(tmp_path / "other")
-    find_share(alone, photos, rank=0, world_size=1)
+    find_share(alone, photos, None)
     assert alone_counter.images == 0, "one process: no separate share"

@@ -115,7 +115,8 @@ def test_under_torchrun_each_training_process_searches_its_share_before_the_barr
         def barrier(self):
             calls.append("barrier")
 
-    monkeypatch.setattr(run_faces, "find_share", lambda pipeline, paths, rank, world_size: calls.append((len(paths), rank, world_size)))
+    monkeypatch.setattr(run_faces, "find_share", lambda pipeline, paths, ctx: (calls.append((len(paths), ctx.rank, ctx.world_size)),
+                                                                               ctx.barrier()))
     root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
     source = build_source(TrainConfig(data_dir=root, out=tmp_path / "run", epochs=1, faces=True, **FACE_TINY), ctx=TwoProcesses())
     assert calls == [(13, 1, 2), "barrier"] and len(source.folder.paths) == 12

@@ -63,9 +63,7 @@ class LabelledSource:
 
             settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side)
             pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
-            if ctx is not None and ctx.world_size > 1:  # torchrun: each process a share, then the shared cache answers
-                find_share(pipeline, folder.paths, ctx.rank, ctx.world_size)
-                ctx.barrier()
+            find_share(pipeline, folder.paths, ctx)  # torchrun: each process a share, then the shared cache answers
             faced, missing = face_folder(folder, pipeline, on_progress=on_progress)
             left_out = set(missing)  # face_folder keeps the photos with a face, in order
             record_training_photos(config.out, faced.paths, [p for p in folder.paths if p not in left_out], folder.root)
