@@ -45,9 +45,12 @@ log = logging.getLogger("retrieval")
 @dataclass(frozen=True, eq=False)
 class AlignedFace(Detection):
     """A detected face with its aligned crop: ``box``, ``score``, ``landmarks`` as in
-    :class:`~retrieval.faces.detect.Detection`, and ``crop``, an RGB image of output size."""
+    :class:`~retrieval.faces.detect.Detection`, ``crop``, an RGB image of output size, and
+    ``sha256``, the cache key of the file it was found in (None for an image given in memory or a
+    pipeline without a cache), so that callers find its cached crop without hashing the file again."""
 
     crop: Image.Image = field(repr=False)
+    sha256: str | None = field(default=None, repr=False)
 
     def detection(self) -> Detection:
         """The face without its crop (what gallery.json and search JSON record)."""
@@ -193,7 +196,7 @@ class FacePipeline:
             for k, crop in enumerate(crops):
                 self.cache.store_crop(digest, self.crop_key, k, crop)
             self.cache.store(digest, picture.size, found)  # last: a present entry is a whole one
-        return [_with_crop(face, crop) for face, crop in zip(found, crops)]
+        return [_with_crop(face, crop, digest) for face, crop in zip(found, crops)]
 
     def _cached_faces(self, image: ImageInput, digest: str, found: list[Detection]) -> list[AlignedFace]:
         crops = [self.cache.load_crop(digest, self.crop_key, k) for k in range(len(found))]
@@ -203,7 +206,7 @@ class FacePipeline:
                 if crops[k] is None:
                     crops[k] = self._align(picture, face.landmarks)
                     self.cache.store_crop(digest, self.crop_key, k, crops[k])
-        return [_with_crop(face, crop) for face, crop in zip(found, crops)]
+        return [_with_crop(face, crop, digest) for face, crop in zip(found, crops)]
 
 
 def _decode(image: ImageInput) -> Image.Image:
@@ -218,8 +221,8 @@ def _decode(image: ImageInput) -> Image.Image:
     raise TypeError(f"a face pipeline takes a path, bytes or a PIL image, not {type(image).__name__}")
 
 
-def _with_crop(face: Detection, crop: Image.Image) -> AlignedFace:
-    return AlignedFace(face.box, face.score, face.landmarks, crop)
+def _with_crop(face: Detection, crop: Image.Image, digest: str | None) -> AlignedFace:
+    return AlignedFace(face.box, face.score, face.landmarks, crop, digest)
 
 
 def _same_points(points: Any, template: np.ndarray) -> bool:

@@ -116,7 +116,7 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
         if not faces:
             missing.append(path)
             continue
-        paths.append(pipeline.cache.crop_path(pipeline.digest(path), pipeline.crop_key, 0))  # faces come most confident first
+        paths.append(pipeline.cache.crop_path(faces[0].sha256, pipeline.crop_key, 0))  # faces come most confident first
         labels.append(label)
     if missing:
         names = [_shown(path, folder.root) for path in missing]
@@ -200,12 +200,11 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
             continue  # unreadable: warned by name
         if not faces:
             missing.append(path)
-        digest = pipeline.digest(path) if faces else None
         for k, face in enumerate(faces):
             ids.append(owner)
-            crops.append(pipeline.cache.crop_path(digest, pipeline.crop_key, k))
+            crops.append(pipeline.cache.crop_path(face.sha256, pipeline.crop_key, k))
             records.append({"box": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 5),
-                            "face": k, "sha256": digest})
+                            "face": k, "sha256": face.sha256})
     if missing:
         log.warning("faces: %d of %d gallery image(s) have no face found and are not indexed: %s (the run looks for %s)",
                     len(missing), len(paths), data.brief_list([str(p) for p in missing]), pipeline.settings.reach())

@@ -168,3 +168,30 @@ def test_a_torchrun_process_finds_its_share_and_the_cache_answers_for_the_others
     alone, alone_counter = pipeline(tmp_path / "other")
     find_share(alone, photos, None)
     assert alone_counter.images == 0, "one process: no separate share"
+
+
+def test_each_photo_is_hashed_once_and_its_faces_carry_the_digest(tmp_path, photos, monkeypatch):
+    """gallery_faces and face_folder take the cache key from the faces (hashing a large gallery
+    twice was a second read of every photo); in-memory images and cacheless pipelines have none."""
+    from PIL import Image
+
+    import retrieval.faces.pipeline as pipeline_module
+    from retrieval import data
+    from retrieval.faces.run_faces import face_folder, gallery_faces
+    from retrieval.run.store import sha256_file
+
+    hashed = []
+    monkeypatch.setattr(pipeline_module, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    run, _ = pipeline(tmp_path / "faces")
+    owners, crops, records = gallery_faces(run, photos, [0, 1, 2])
+    assert len(hashed) == 3 and owners == [0, 1, 2, 2]
+    assert [r["sha256"] for r in records] == [sha256_file(photos[0]), sha256_file(photos[1])] + [sha256_file(photos[2])] * 2
+    assert crops == [run.cache.crop_path(r["sha256"], run.crop_key, r["face"]) for r in records] and all(c.is_file() for c in crops)
+
+    hashed.clear()
+    folder = data.ImageFolder(root=photos[0].parent, paths=list(photos), labels=[0, 0, 1], class_names=["a", "b"])
+    kept, missing = face_folder(folder, run)
+    assert len(hashed) == 3 and not missing and kept.paths == [crops[0], crops[1], crops[2]]
+
+    assert run.faces(Image.open(photos[0]))[0].sha256 is None
+    assert pipeline(None)[0].faces(photos[0])[0].sha256 is None
