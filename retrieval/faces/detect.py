@@ -100,6 +100,7 @@ class DetectorSettings:
     scale_factor: float = 0.85
     landmark_passes: int = 2
     max_side: int = 1600
+    recheck_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         size = self.min_face_size
@@ -126,29 +127,36 @@ class DetectorSettings:
             raise RetrievalError(f"faces: max_side must be 0 (no limit) or a whole number of pixels from min_face_size "
                                  f"({self.min_face_size}) to {MAX_SIDE_LIMIT}, got {side!r}")
         object.__setattr__(self, "max_side", int(side))
+        recheck = self.recheck_threshold
+        if not (_is_number(recheck) and 0.0 <= recheck < 1.0):
+            raise RetrievalError(f"faces: recheck_threshold must be a number from 0 (no recheck) to below 1, got {recheck!r}")
+        object.__setattr__(self, "recheck_threshold", float(recheck))
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes`` and ``max_side``
-        only when not 0: settings from before they existed write, and name their cache, exactly as they did."""
+        """Plain JSON (config.json's ``faces.detector_settings``). ``landmark_passes``, ``max_side`` and
+        ``recheck_threshold`` only when not 0: settings from before they existed write, and name their
+        cache, exactly as they did."""
         value: dict[str, Any] = {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds),
                                  "scale_factor": self.scale_factor}
         if self.landmark_passes:
             value["landmark_passes"] = self.landmark_passes
         if self.max_side:
             value["max_side"] = self.max_side
+        if self.recheck_threshold:
+            value["recheck_threshold"] = self.recheck_threshold
         return value
 
     @classmethod
     def from_json(cls, value: Any) -> DetectorSettings:
         """The settings :meth:`to_json` wrote; missing keys take the defaults, but a missing
-        ``landmark_passes`` or ``max_side`` is 0 (settings saved before they existed; see :meth:`to_json`).
-        Unknown keys are an error."""
+        ``landmark_passes``, ``max_side`` or ``recheck_threshold`` is 0 (settings saved before they
+        existed; see :meth:`to_json`). Unknown keys are an error."""
         if not isinstance(value, Mapping):
             raise RetrievalError(f"faces: detector settings must be a JSON object, got {type(value).__name__}")
         unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise RetrievalError(f"faces: unknown detector setting(s) {', '.join(map(str, unknown))}")
-        return cls(**{"landmark_passes": 0, "max_side": 0, **value})
+        return cls(**{"landmark_passes": 0, "max_side": 0, "recheck_threshold": 0.0, **value})
 
     def shrinks(self, photo_size: tuple[int, int]) -> bool:
         """Whether a photo of ``photo_size`` (width, height) is searched as a copy shrunk to ``max_side``."""
@@ -281,7 +289,7 @@ class MTCNNDetector:
         own size: ratios of 1, the numbers as MTCNN gave them)."""
         s = self.settings
         boxes, points = detect_faces(np.stack([np.asarray(image, dtype=np.uint8) for image in copies]), self._load(),
-                                     s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
+                                     s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes, s.recheck_threshold)
         copy_width, copy_height = copies[0].size
         out = []
         for image_boxes, image_points, (width, height) in zip(boxes, points, photo_sizes):

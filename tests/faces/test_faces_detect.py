@@ -30,16 +30,17 @@ def test_settings_round_trip_through_plain_json_and_keep_their_key():
     text = json.dumps(settings.to_json())
     again = DetectorSettings.from_json(json.loads(text))
     assert again == settings and again.key() == settings.key()
-    # missing keys: the defaults, but landmark_passes and max_side 0 (settings written before they existed)
-    assert DetectorSettings.from_json({}) == DetectorSettings(landmark_passes=0, max_side=0)
+    # missing keys: the defaults, but landmark_passes, max_side and recheck_threshold 0 (settings written before they existed)
+    assert DetectorSettings.from_json({}) == DetectorSettings(landmark_passes=0, max_side=0, recheck_threshold=0)
 
 
 def test_settings_key_changes_with_every_setting():
     keys = {DetectorSettings().key(), DetectorSettings(min_face_size=41).key(),
             DetectorSettings(thresholds=(0.6, 0.6, 0.96)).key(), DetectorSettings(scale_factor=0.8).key(),
             DetectorSettings(landmark_passes=1).key(), DetectorSettings(landmark_passes=0).key(),
-            DetectorSettings(max_side=1200).key(), DetectorSettings(max_side=0).key()}
-    assert len(keys) == 8 and all(len(k) == 16 for k in keys)
+            DetectorSettings(max_side=1200).key(), DetectorSettings(max_side=0).key(),
+            DetectorSettings(recheck_threshold=0.5).key(), DetectorSettings(recheck_threshold=0).key()}
+    assert len(keys) == 10 and all(len(k) == 16 for k in keys)
 
 
 def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep_their_json_and_key():
@@ -47,12 +48,13 @@ def test_settings_saved_before_landmark_refinement_read_back_without_it_and_keep
     without refinement, so it reads back as 0, writes the same JSON, and names the same cache."""
     old_json = {"min_face_size": 40, "thresholds": [0.6, 0.6, 0.97], "scale_factor": 0.85}
     old = DetectorSettings.from_json(old_json)
-    assert old.landmark_passes == 0 and old.max_side == 0 and old.to_json() == old_json
+    assert old.landmark_passes == 0 and old.max_side == 0 and old.recheck_threshold == 0 and old.to_json() == old_json
     text = json.dumps({"detector": "mtcnn", "version": detector_version(), **old_json}, sort_keys=True)
     assert old.key() == hashlib.sha256(text.encode()).hexdigest()[:16]  # the key those runs' caches carry
     new = DetectorSettings()
     assert new.landmark_passes == 2 and new.to_json()["landmark_passes"] == 2
     assert new.max_side == 1600 and new.to_json()["max_side"] == 1600
+    assert new.recheck_threshold == 0.9 and new.to_json()["recheck_threshold"] == 0.9
     assert DetectorSettings.from_json(new.to_json()) == new
 
 
@@ -60,6 +62,16 @@ def test_settings_saved_with_refinement_but_before_max_side_read_back_searching_
     saved = {"min_face_size": 40, "thresholds": [0.6, 0.6, 0.97], "scale_factor": 0.85, "landmark_passes": 2}
     settings = DetectorSettings.from_json(saved)
     assert settings.max_side == 0 and settings.landmark_passes == 2 and settings.to_json() == saved
+
+
+def test_settings_saved_before_the_recheck_read_back_keeping_every_face_and_their_key():
+    """A run saved with refinement and max_side but before ``recheck_threshold`` kept every face
+    O-Net passed: it reads back as 0, writes the same JSON and names the same cache."""
+    saved = {"min_face_size": 40, "thresholds": [0.6, 0.6, 0.97], "scale_factor": 0.85, "landmark_passes": 2, "max_side": 1600}
+    settings = DetectorSettings.from_json(saved)
+    assert settings.recheck_threshold == 0 and settings.to_json() == saved
+    text = json.dumps({"detector": "mtcnn", "version": detector_version(), **saved}, sort_keys=True)
+    assert settings.key() == hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def test_the_smallest_face_looked_for_grows_with_a_photo_searched_as_a_shrunk_copy():
@@ -83,6 +95,7 @@ def test_the_smallest_face_looked_for_grows_with_a_photo_searched_as_a_shrunk_co
     {"landmark_passes": -1}, {"landmark_passes": 5}, {"landmark_passes": 1.5}, {"landmark_passes": True},
     {"max_side": -1}, {"max_side": 39}, {"max_side": 1600.0}, {"max_side": True}, {"max_side": 100_001},
     {"min_face_size": 60, "max_side": 50},
+    {"recheck_threshold": 1.0}, {"recheck_threshold": -0.1}, {"recheck_threshold": "0.8"}, {"recheck_threshold": True},
 ])
 def test_bad_settings_are_a_one_line_retrieval_error(value):
     with pytest.raises(RetrievalError) as error:
@@ -160,6 +173,18 @@ def test_photos_without_a_face_give_an_empty_list():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
     images = [flat, noise] + [Image.open(p).convert("RGB") for p in grocery]
     assert shared_detector().detect_many(images) == [[]] * len(images)
+
+
+def test_the_recheck_drops_a_face_that_o_net_passes_in_a_photo_of_pears():
+    """The top 160 × 120 of a grocery photo of pears, upscaled to 480 × 360: O-Net passes
+    a "face" in it at 0.99, and framed by its own landmarks O-Net scores it near 0, so the default
+    detector (recheck 0.9) finds nothing there; without the recheck it is found. Real faces stay:
+    the tests above (crops, pasted faces, both people of every pairs photo) run the default too."""
+    photo = Image.open(dataset(DATASETS / "grocery" / "train" / "Anjou" / "test_Anjou_029.jpg")).convert("RGB")
+    photo = photo.crop((0, 0, 160, 120)).resize((480, 360), Image.Resampling.BICUBIC)
+    assert shared_detector().settings.recheck_threshold == 0.9 and shared_detector().detect(photo) == []
+    (unchecked,) = MTCNNDetector(DetectorSettings(recheck_threshold=0)).detect(photo)
+    assert unchecked.score > 0.97
 
 
 def test_an_image_smaller_than_the_smallest_face_gives_an_empty_list():
@@ -301,9 +326,11 @@ def test_a_refinement_pass_follows_a_shift_of_the_photo_exactly():
     canvas.paste(photo, (37, 21))
     onet = shared_detector()._load().onet
     inds = torch.zeros(1, dtype=torch.long)
-    here = refine_landmarks(_as_batch(photo), inds, points, onet)
-    moved = refine_landmarks(_as_batch(canvas), inds, points + torch.tensor([37.0, 21.0]), onet)
+    here, here_score = refine_landmarks(_as_batch(photo), inds, points, onet)
+    moved, moved_score = refine_landmarks(_as_batch(canvas), inds, points + torch.tensor([37.0, 21.0]), onet)
     np.testing.assert_allclose(moved.numpy(), here.numpy() + [37.0, 21.0], atol=1e-3)
+    np.testing.assert_allclose(moved_score.numpy(), here_score.numpy(), atol=1e-5)
+    assert 0.8 < float(here_score[0]) <= 1.0  # a real face, framed by its own landmarks, is still a face to O-Net
     assert float((here - points).abs().max()) > 0.1  # the pass did move them: the test compares something
 
 
@@ -313,10 +340,11 @@ def test_a_face_whose_landmarks_coincide_keeps_them_and_the_others_are_refined()
     good = torch.as_tensor(found.landmarks, dtype=torch.float32)
     degenerate = torch.full((5, 2), 100.0)
     onet = shared_detector()._load().onet
-    both = refine_landmarks(_as_batch(photo), torch.zeros(2, dtype=torch.long), torch.stack([degenerate, good]), onet)
-    alone = refine_landmarks(_as_batch(photo), torch.zeros(1, dtype=torch.long), good[None], onet)
-    assert torch.equal(both[0], degenerate)
+    both, both_scores = refine_landmarks(_as_batch(photo), torch.zeros(2, dtype=torch.long), torch.stack([degenerate, good]), onet)
+    alone, alone_scores = refine_landmarks(_as_batch(photo), torch.zeros(1, dtype=torch.long), good[None], onet)
+    assert torch.equal(both[0], degenerate) and float(both_scores[0]) == 1.0  # not rechecked
     np.testing.assert_allclose(both[1].numpy(), alone[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(both_scores[1].numpy(), alone_scores[0].numpy(), atol=1e-5)
 
 
 def _pasted(crop: Image.Image, background: Image.Image, scale: float, at: tuple[int, int]) -> Image.Image:
@@ -422,8 +450,8 @@ def test_the_cascade_with_strided_max_pools_finds_exactly_what_it_finds_with_tor
     pair = Image.open(dataset(SCENES / "pairs" / "000.jpg")).convert("RGB")
     for photo, faces in ((one_mp, 1), (pair, 2)):
         image = np.array(photo)[None]
-        ours = detect_faces(image, swapped, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
-        theirs = detect_faces(image, plain, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes)
+        ours = detect_faces(image, swapped, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes, s.recheck_threshold)
+        theirs = detect_faces(image, plain, s.min_face_size, s.thresholds, s.scale_factor, s.landmark_passes, s.recheck_threshold)
         assert len(ours[0][0]) == faces
         assert np.array_equal(ours[0][0], theirs[0][0]) and np.array_equal(ours[1][0], theirs[1][0])
 

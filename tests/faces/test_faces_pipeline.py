@@ -19,7 +19,7 @@ def test_settings_json_is_plain_json_and_rebuilds_the_same_pipeline(tmp_path):
     recorded = json.loads(json.dumps(FacePipeline(settings, output_size=64).settings_json()))
     assert recorded["detector"] == "mtcnn" and recorded["output_size"] == 64
     assert recorded["detector_settings"] == {"min_face_size": 32, "thresholds": [0.6, 0.7, 0.95], "scale_factor": 0.8,
-                                             "landmark_passes": 2, "max_side": 1600}
+                                             "landmark_passes": 2, "max_side": 1600, "recheck_threshold": 0.9}
     assert recorded["alignment"]["template"] == "arcface-5pt-112" and recorded["alignment"]["template_size"] == 112
     np.testing.assert_array_equal(recorded["alignment"]["points"], TEMPLATE)
     assert recorded["detector_version"].startswith("facenet-pytorch 2.5.3")
