@@ -86,6 +86,16 @@ class DetectorSettings:
     scored higher on the validation people (BENCHMARKS.md, *Faces in photos*). Settings saved before
     it existed read back as 0 (no refinement: the landmarks those runs were trained on).
 
+    ``recheck_threshold`` drops the faces that do not stay faces when framed by their own landmarks:
+    each landmark pass shows O-Net the square its landmarks place, and a face is kept only when
+    every pass scores it at least this (0: every face O-Net passed is kept; with ``landmark_passes``
+    0 there is nothing to recheck). Designed on ``face_scenes.py`` seeds 25-29 (of 2097 faces found
+    in place, 1 rechecks below 0.9 and none below 0.81; 36 of the 50 false ones below 0.9) and chosen by a rule written
+    down before a count on seeds 30-39 (6600 photos, 4200 faces): faces missed + false faces 112
+    without it, 66 at 0.5, 54 at 0.8, 46 at 0.9 (10 missed, 36 false; without it 9 and 103). Every
+    ``att_faces/train`` crop rechecks at 0.93 or more. It costs nothing: the passes run anyway.
+    Settings saved before it existed read back as 0 (BENCHMARKS.md, *MTCNN's thresholds*).
+
     ``max_side`` bounds the cost of large photos: MTCNN's work grows with the pixels (on 2 cores
     a 1155 × 866 photo takes about 0.2 s, 4000 × 3000 about 1.3 s), and a phone photo of 12 MP
     holds faces far above ``min_face_size``. At the default, 1600, a photo's faces are searched
