@@ -114,6 +114,7 @@ def train_command(
     face_jitter: Optional[float] = typer.Option(None, "--face-jitter", help=f"With --faces: the similarity jitter of the aligned training crops at --augment 1, as a share of scale ± 10 %, shift ± 5 %, rotation ± 10° (0: a flip only; it grows with --augment). {_default('0.25 with --faces')}"),
     face_min_size: Optional[int] = typer.Option(None, "--face-min-size", help=f"With --faces: the smallest face (pixels) the detector looks for, in training and in every photo the run later indexes or searches (smaller finds the faces of group photos, and costs more time). {_default('40 with --faces')}"),
     face_max_side: Optional[int] = typer.Option(None, "--face-max-side", help=f"With --faces: a photo with a longer side is searched for faces as a copy shrunk to this many pixels (faster; its faces are found from --face-min-size x side / this); 0 searches every photo whole. {_default('1600 with --faces')}"),
+    face_recheck: Optional[float] = typer.Option(None, "--face-recheck", help=f"With --faces: keep a face only if O-Net, shown it framed by its own eyes, nose and mouth, still scores it at least this (most faces found in fruit, cartons and patterns fail; lower it if real faces are dropped); 0 keeps every face the detector finds. {_default('0.9 with --faces')}"),
     flip_average: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average", help=f"Embed every image with its mirror image and average the two (validation, index, search, evaluation, the app; the loss sees one embedding an image): about twice the cost of an embedding. {_default('on with --faces, else off')}"),
 ) -> None:
     """Train an embedding model on a labelled folder (or, with --unlabelled / --pairs, without negative labels); writes the run directory."""
@@ -131,7 +132,7 @@ def train_command(
         unlabelled=unlabelled, batch_size=batch_size, pairs=pairs, pair_negatives=pair_negatives, pair_groups=pair_groups,
         target_far=target_far, freeze_backbone_epochs=freeze_backbone_epochs, backbone_lr_scale=backbone_lr_scale, bn_mode=bn_mode,
         backbone_stages=backbone_stages, faces=faces, flip_average=flip_average, face_jitter=face_jitter,
-        face_min_size=face_min_size, face_max_side=face_max_side,
+        face_min_size=face_min_size, face_max_side=face_max_side, face_recheck=face_recheck,
     )
 
     from retrieval.distributed import is_main_process

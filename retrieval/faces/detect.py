@@ -186,9 +186,12 @@ class DetectorSettings:
 
     def no_face_hint(self, photo_size: tuple[int, int]) -> str:
         """Why a photo may have no face found, for the one line that says so: the smallest face
-        looked for in it and the ``retrieval train`` flags that set it."""
-        return (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
+        looked for in it, and the recheck when there is one, with the ``retrieval train`` flags that set them."""
+        hint = (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
                 + ("--face-min-size and --face-max-side" if self.shrinks(photo_size) else "--face-min-size") + ")")
+        if self.recheck_threshold and self.landmark_passes:
+            hint += f", and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck {self.recheck_threshold:g})"
+        return hint
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""

@@ -58,7 +58,7 @@ def training_pipeline(out: str | Path, image_size: int, settings: DetectorSettin
     """The face pipeline training uses, cached in ``OUT/faces/``: for a new run the one with these
     detector ``settings`` (default :class:`DetectorSettings`; crops at the run's image size); on
     ``--resume`` the one the run recorded, so that a run saved before a pipeline setting existed
-    (the face mask, landmark refinement, the longest side searched) goes on training on the crops it
+    (the face mask, landmark refinement, the longest side searched, the recheck) goes on training on the crops it
     started with."""
     recorded = run_pipeline(out, read_config(out)) if resume else None
     return recorded if recorded is not None else FacePipeline(settings, output_size=image_size, cache_dir=faces_dir(out))

@@ -22,9 +22,10 @@ BENCHMARKS.md) and from the settings they depend on:
 - ``face_jitter``: the similarity jitter of a face run's training crops
   (:data:`~retrieval.data.transforms.FACE_JITTER`, chosen the same way); a face run recorded
   before it existed resumes with the jitter it trained with (none at ``--augment`` 1);
-- ``face_min_size`` and ``face_max_side``: the face detector's smallest face and the longest side it
-  searches (:class:`~retrieval.faces.detect.DetectorSettings`, 40 and 1600 px) with ``--faces``,
-  None otherwise; config.json's ``faces`` records them for every later reader of the run.
+- ``face_min_size``, ``face_max_side`` and ``face_recheck``: the face detector's smallest face, the
+  longest side it searches and the score a face must keep when O-Net sees it framed by its own
+  landmarks (:class:`~retrieval.faces.detect.DetectorSettings`, 40 px, 1600 px and 0.9) with
+  ``--faces``, None otherwise; config.json's ``faces`` records them for every later reader of the run.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -95,9 +96,10 @@ DEFAULTS: dict[str, Any] = {
     "face_jitter": 0.0,  # FACE_JITTER with --faces (TrainConfig.resolve): the aligned crops' similarity jitter at --augment 1
     "face_min_size": None,  # FACE_MIN_SIZE with --faces: the smallest face the detector looks for (pixels)
     "face_max_side": None,  # FACE_MAX_SIDE with --faces: a longer photo is searched as a copy this long (0: whole)
+    "face_recheck": None,  # FACE_RECHECK with --faces: a face's O-Net score framed by its landmarks must be this or more (0: no recheck)
 }
 #: the detector's defaults with --faces: DetectorSettings' own (its bounds, MIN_FACE_SIZE_RANGE and MAX_SIDE_LIMIT, check the flags)
-FACE_MIN_SIZE, FACE_MAX_SIDE = DetectorSettings.min_face_size, DetectorSettings.max_side
+FACE_MIN_SIZE, FACE_MAX_SIDE, FACE_RECHECK = DetectorSettings.min_face_size, DetectorSettings.max_side, DetectorSettings.recheck_threshold
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
@@ -156,7 +158,8 @@ def settings_before_they_existed(saved: dict[str, Any], detector: Any = None) ->
         strength = float(strength) if isinstance(strength, (int, float)) else DEFAULTS["augment"]
         face_jitter = (strength - 1.0) / strength if strength > 1 else 0.0
         detector = detector if isinstance(detector, dict) else {}
-        face_settings = {"face_min_size": detector.get("min_face_size", FACE_MIN_SIZE), "face_max_side": detector.get("max_side", 0)}
+        face_settings = {"face_min_size": detector.get("min_face_size", FACE_MIN_SIZE), "face_max_side": detector.get("max_side", 0),
+                         "face_recheck": detector.get("recheck_threshold", 0.0)}
     return {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0, "bn_mode": "train",
             "backbone_stages": 0, "flip_average": False, "face_jitter": face_jitter, **face_settings}
 
@@ -231,6 +234,7 @@ class TrainConfig:
     face_jitter: Optional[float] = None
     face_min_size: Optional[int] = None
     face_max_side: Optional[int] = None
+    face_recheck: Optional[float] = None
     #: the settings given before :meth:`resolve` (None: not resolved yet)
     given: Optional[frozenset[str]] = field(default=None, repr=False, compare=False)
 
@@ -260,6 +264,7 @@ class TrainConfig:
             defaults["flip_average"] = True
             defaults["face_jitter"] = FACE_JITTER
             defaults["face_min_size"], defaults["face_max_side"] = FACE_MIN_SIZE, FACE_MAX_SIDE
+            defaults["face_recheck"] = FACE_RECHECK
         if (values["pretrained"] or values["weights"] is not None) and values["image_size"] is None:
             backbone = values["backbone"] if values["backbone"] is not None else DEFAULTS["backbone"]
             defaults["image_size"] = pretrained_image_size(backbone) or DEFAULTS["image_size"]
@@ -331,6 +336,8 @@ class TrainConfig:
              or _whole(self.face_max_side, self.face_min_size or MIN_FACE_SIZE_RANGE[0], MAX_SIDE_LIMIT),
              f"--face-max-side must be 0 (every photo searched whole) or a whole number of pixels from --face-min-size "
              f"({self.face_min_size}) to {MAX_SIDE_LIMIT}, got {self.face_max_side}"),
+            (self.face_recheck is None or 0 <= self.face_recheck < 1,
+             f"--face-recheck must be a number from 0 (no recheck) to below 1, got {self.face_recheck}"),
             (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale),
              f"--backbone-lr-scale must be 0 or more, got {self.backbone_lr_scale}"),
         ]
@@ -367,9 +374,10 @@ class TrainConfig:
             raise RetrievalError("--pair-groups needs --pairs FILE")
         if not self.faces and self.face_jitter > 0:
             raise RetrievalError("--face-jitter moves aligned face crops: it needs --faces")
-        if not self.faces and (self.face_min_size is not None or self.face_max_side is not None):
-            raise RetrievalError(f"{'--face-min-size' if self.face_min_size is not None else '--face-max-side'} sets the face "
-                                 "detector: it needs --faces")
+        detector_flags = [flag for flag, value in (("--face-min-size", self.face_min_size), ("--face-max-side", self.face_max_side),
+                                                   ("--face-recheck", self.face_recheck)) if value is not None]
+        if not self.faces and detector_flags:
+            raise RetrievalError(f"{detector_flags[0]} sets the face detector: it needs --faces")
         if self.faces and self.mode != "labelled":
             raise RetrievalError(f"--faces trains on labelled folders only, not with {'--unlabelled' if unlabelled else '--pairs'}")
         if self.mode == "labelled":

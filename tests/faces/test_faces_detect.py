@@ -82,9 +82,12 @@ def test_the_smallest_face_looked_for_grows_with_a_photo_searched_as_a_shrunk_co
     assert DetectorSettings(min_face_size=20, max_side=0).smallest_face((4000, 3000)) == 20
     assert settings.reach() == "faces from 40 px, photos over 1600 px searched at 1600"
     assert DetectorSettings(min_face_size=20, max_side=0).reach() == "faces from 20 px"
-    assert settings.no_face_hint((480, 360)) == "faces under 40 px are not looked for in it (the run's --face-min-size)"
+    recheck = ", and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9)"
+    assert settings.no_face_hint((480, 360)) == "faces under 40 px are not looked for in it (the run's --face-min-size)" + recheck
     assert settings.no_face_hint((4000, 3000)) == \
-        "faces under 100 px are not looked for in it (the run's --face-min-size and --face-max-side)"
+        "faces under 100 px are not looked for in it (the run's --face-min-size and --face-max-side)" + recheck
+    assert DetectorSettings(recheck_threshold=0).no_face_hint((480, 360)) == \
+        "faces under 40 px are not looked for in it (the run's --face-min-size)"
 
 
 @pytest.mark.parametrize("value", [

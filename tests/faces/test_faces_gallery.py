@@ -62,7 +62,8 @@ def test_a_query_without_a_face_gives_an_empty_list_and_one_table_line(face_inde
     assert result.code == 0 and json.loads(result.out) == {"faces": []}
     table = cli("search", run, blank)
     assert table.code == 0 and table.out.strip().splitlines() == [
-        f"no face found in {blank}: nothing to search; faces under 40 px are not looked for in it (the run's --face-min-size)"]
+        f"no face found in {blank}: nothing to search; faces under 40 px are not looked for in it (the run's --face-min-size), "
+        "and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9)"]
 
 
 def test_a_face_index_loads_and_names_each_items_face(face_index):

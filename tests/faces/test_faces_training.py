@@ -211,9 +211,34 @@ def test_face_min_size_and_max_side_are_recorded_and_reach_every_reader_of_the_r
     assert run_pipeline(default, read_config(default)).faces(photo) == []
 
 
+def test_face_recheck_is_recorded_and_reaches_every_reader_of_the_run(tmp_path):
+    """--face-recheck 0 keeps every face the cascade finds: the pears photo's "face" (see
+    test_faces_detect) is then found by the run's pipeline, which the default run does not find."""
+    from faces_helpers import DATASETS, dataset
+
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    unchecked, default = tmp_path / "unchecked", tmp_path / "default"
+    train(TrainConfig(data_dir=root, out=unchecked, epochs=0, faces=True, face_recheck=0.0, **FACE_TINY), progress=False)
+    train(TrainConfig(data_dir=root, out=default, epochs=0, faces=True, **FACE_TINY), progress=False)
+    config = read_config(unchecked)
+    assert config["train_settings"]["face_recheck"] == 0 and "recheck_threshold" not in config.faces["detector_settings"]
+    assert read_config(default)["train_settings"]["face_recheck"] == 0.9
+    assert read_config(default).faces["detector_settings"]["recheck_threshold"] == 0.9
+    pears = Image.open(dataset(DATASETS / "grocery" / "train" / "Anjou" / "test_Anjou_029.jpg")).convert("RGB")
+    pears = pears.crop((0, 0, 160, 120)).resize((480, 360), Image.Resampling.BICUBIC)
+    assert len(run_pipeline(unchecked, config).faces(pears)) == 1
+    assert run_pipeline(default, read_config(default)).faces(pears) == []
+    with pytest.raises(RetrievalError, match=r"--face-recheck 0.5 \(the run has 0"):
+        train(TrainConfig(data_dir=root, out=unchecked, epochs=1, resume=True, face_recheck=0.5), progress=False)
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"face_min_size": 20}, "--face-min-size sets the face detector: it needs --faces"),
     ({"face_max_side": 0}, "--face-max-side sets the face detector: it needs --faces"),
+    ({"face_recheck": 0.5}, "--face-recheck sets the face detector: it needs --faces"),
+    ({"faces": True, "face_recheck": 1.0}, r"--face-recheck must be a number from 0 \(no recheck\) to below 1, got 1.0"),
+    ({"faces": True, "face_recheck": -0.1}, "--face-recheck must be a number from 0"),
+    ({"faces": True, "face_recheck": float("nan")}, "--face-recheck must be a number from 0"),
     ({"faces": True, "face_min_size": 8}, "--face-min-size must be a whole number of pixels from 12 to 10000, got 8"),
     ({"faces": True, "face_min_size": 20.5}, "--face-min-size must be a whole number"),
     ({"faces": True, "face_max_side": 30}, r"--face-max-side must be 0 \(every photo searched whole\) or a whole number of pixels "
@@ -250,12 +275,14 @@ def test_resuming_a_face_run_from_before_the_detector_flags_reads_them_from_its_
     train(TrainConfig(data_dir=root, out=out, epochs=1, faces=True, **FACE_TINY), progress=False)
     config_path = out / "config.json"
     stored = json.loads(config_path.read_text())
-    del stored["train_settings"]["face_min_size"], stored["train_settings"]["face_max_side"]
+    del stored["train_settings"]["face_min_size"], stored["train_settings"]["face_max_side"], stored["train_settings"]["face_recheck"]
     del stored["faces"]["detector_settings"]["max_side"]  # as a run from before max_side recorded it
+    del stored["faces"]["detector_settings"]["recheck_threshold"]  # and from before the recheck
     config_path.write_text(json.dumps(stored))
     with pytest.raises(RetrievalError, match=r"--face-max-side 1600 \(the run has 0\)"):
         train(TrainConfig(data_dir=root, out=out, epochs=2, resume=True, face_max_side=1600), progress=False)
     train(TrainConfig(data_dir=root, out=out, epochs=2, resume=True, face_min_size=40), progress=False)
     resumed = read_config(out)
     assert resumed["train_settings"]["face_min_size"] == 40 and resumed["train_settings"]["face_max_side"] == 0
-    assert run_pipeline(out, resumed).settings == DetectorSettings(max_side=0)
+    assert resumed["train_settings"]["face_recheck"] == 0
+    assert run_pipeline(out, resumed).settings == DetectorSettings(max_side=0, recheck_threshold=0)

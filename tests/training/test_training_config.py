@@ -26,7 +26,7 @@ TRAIN_SETTINGS_KEYS = {
     "faces",  # issue 15: runs without it resume as runs on whole images (the default False)
     "flip_average",  # issue 15: runs without it resume without flip averaging (settings_before_they_existed)
     "face_jitter",  # issue 15: face runs without it resume with a flip only (settings_before_they_existed)
-    "face_min_size", "face_max_side",  # issue 15: face runs without them resume with the detector they recorded
+    "face_min_size", "face_max_side", "face_recheck",  # issue 15: face runs without them resume with the detector they recorded
 }
 
 
@@ -186,7 +186,7 @@ def test_help_shows_the_defaults_that_resolve_fills():
         found = re.search(r"\\\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
         if found:
             shown[names.get(param.name, param.name)] = found.group(1)
-    assert len(shown) == 31  # issue 15 added --faces, --flip-average, --face-jitter, --face-min-size and --face-max-side
+    assert len(shown) == 32  # issue 15 added --faces, --flip-average, --face-jitter, --face-min-size, --face-max-side, --face-recheck
     for name, text in shown.items():
         if name == "loss":
             assert text == "triplet; infonce with --unlabelled or from --pretrained / --weights"
@@ -197,7 +197,7 @@ def test_help_shows_the_defaults_that_resolve_fills():
             assert text == "semihard for triplet, none otherwise"
         elif name == "face_jitter":
             assert text == "0.25 with --faces" and _config(faces=True).resolve().face_jitter == 0.25 and DEFAULTS[name] == 0.0
-        elif name in ("face_min_size", "face_max_side"):
+        elif name in ("face_min_size", "face_max_side", "face_recheck"):
             value = getattr(_config(faces=True).resolve(), name)
             assert text == f"{value} with --faces" and DEFAULTS[name] is None
         elif name == "flip_average":

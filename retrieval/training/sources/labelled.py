@@ -61,7 +61,8 @@ class LabelledSource:
             from retrieval.faces.detect import DetectorSettings
             from retrieval.faces.run_faces import face_folder, find_share, record_training_photos, training_pipeline
 
-            settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side)
+            settings = DetectorSettings(min_face_size=config.face_min_size, max_side=config.face_max_side,
+                                        recheck_threshold=config.face_recheck)
             pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
             find_share(pipeline, folder.paths, ctx)  # torchrun: each process a share, then the shared cache answers
             faced, missing = face_folder(folder, pipeline, on_progress=on_progress)
