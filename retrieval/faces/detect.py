@@ -181,8 +181,10 @@ class DetectorSettings:
         return math.ceil(self.min_face_size * max(photo_size) / self.max_side)
 
     def reach(self) -> str:
-        """What the detector looks for, in a few words: "faces from 40 px, photos over 1600 px searched at 1600"."""
-        return f"faces from {self.min_face_size} px" + (f", photos over {self.max_side} px searched at {self.max_side}" if self.max_side else "")
+        """What the detector looks for, in a few words: "faces from 40 px, photos over 1600 px searched at
+        1600, rechecked at 0.9"."""
+        return (f"faces from {self.min_face_size} px" + (f", photos over {self.max_side} px searched at {self.max_side}" if self.max_side else "")
+                + (f", rechecked at {self.recheck_threshold:g}" if self.recheck_threshold and self.landmark_passes else ""))
 
     def no_face_hint(self, photo_size: tuple[int, int]) -> str:
         """Why a photo may have no face found, for the one line that says so: the smallest face

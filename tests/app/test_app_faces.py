@@ -44,7 +44,7 @@ def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_
 
 def test_the_sidebar_says_the_run_embeds_grey_aligned_faces_with_their_mirror_image(monkeypatch, face_run):
     captions = texts(start(monkeypatch, face_run).sidebar.caption)
-    assert any("faces: detected and aligned (faces from 40 px, photos over 1600 px searched at 1600)" in c
+    assert any("faces: detected and aligned (faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9)" in c
                and "embedded with its mirror image" in c for c in captions), captions
     assert any("images made grey" in c for c in captions), "att_faces photos are stored grey: the run says it greys its inputs"
 

@@ -80,8 +80,9 @@ def test_the_smallest_face_looked_for_grows_with_a_photo_searched_as_a_shrunk_co
     assert settings.smallest_face((4000, 3000)) == 100 and settings.smallest_face((3000, 4000)) == 100
     assert settings.smallest_face((1601, 100)) == 41  # 40.025, rounded up
     assert DetectorSettings(min_face_size=20, max_side=0).smallest_face((4000, 3000)) == 20
-    assert settings.reach() == "faces from 40 px, photos over 1600 px searched at 1600"
-    assert DetectorSettings(min_face_size=20, max_side=0).reach() == "faces from 20 px"
+    assert settings.reach() == "faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9"
+    assert DetectorSettings(min_face_size=20, max_side=0).reach() == "faces from 20 px, rechecked at 0.9"
+    assert DetectorSettings(min_face_size=20, max_side=0, recheck_threshold=0).reach() == "faces from 20 px"
     recheck = ", and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9)"
     assert settings.no_face_hint((480, 360)) == "faces under 40 px are not looked for in it (the run's --face-min-size)" + recheck
     assert settings.no_face_hint((4000, 3000)) == \

@@ -172,4 +172,4 @@ def test_gallery_photos_without_a_face_are_named_in_one_warning_with_what_the_ru
     assert len(records) == 1 and owners == [paths.index(next(p for p in paths if "blank" not in p.name))]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "2 of 3 gallery image(s) have no face found and are not indexed" in warnings[0]
-    assert "blank0.png" in warnings[0] and warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600)")
+    assert "blank0.png" in warnings[0] and warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9)")

@@ -34,7 +34,7 @@ def test_face_folder_replaces_images_by_crops_skips_the_faceless_with_one_warnin
     assert sorted(p.name for p in missing) == ["blank0.png", "blank1.png"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "2 of 6" in warnings[0] and "blank0.png" in warnings[0]
-    assert warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600)")
+    assert warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9)")
     assert len(crops.paths) == 4 and crops.class_names == folder.class_names
     assert all(p.is_file() and p.parent.parent == tmp_path / "faces" for p in crops.paths)
     assert all(Image.open(p).size == (40, 40) for p in crops.paths)
