@@ -91,3 +91,12 @@ def test_a_query_above_the_query_pixel_limit_is_refused_in_one_line(run_and_gall
     extra = [gallery / "apple" / "apple_0.png"] if command == "verify" else []
     result = cli(command, run, big, *extra)
     assert_one_line_error(result.code, result.err, "too large", "queries")
+
+
+def test_the_cli_starts_without_importing_torch():
+    """`retrieval --help`, and every one-line error before a command's work, should not wait
+    ~2 s for torch: the CLI's modules import it inside the commands that need it (a module-level
+    `from retrieval.distributed import ...` in cli/gallery.py once did, for every command)."""
+    code = "import sys, retrieval.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -32,4 +32,3 @@ def log_warnings() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-

@@ -8,9 +8,8 @@ from typing import Optional
 import typer
 
 from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings
-from retrieval.distributed import is_main_process
-from retrieval.progress import stage_bars
 from retrieval.errors import RetrievalError
+from retrieval.progress import stage_bars
 from retrieval.safe_text import printable, terminal_text
 
 
@@ -41,6 +40,7 @@ def index_command(
     import json
     import time
 
+    from retrieval.distributed import is_main_process  # imports torch: not at the CLI's start-up
     from retrieval.index import DEFAULT_N_TREES, add_to_index, build_index
 
     log_warnings()
