@@ -176,6 +176,7 @@ def with_photo_names(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]
         named.append(row)
     return named
 
+
 def _shown(path: Path, root: Path) -> str:
     try:
         return Path(path).relative_to(root).as_posix()

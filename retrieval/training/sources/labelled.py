@@ -18,8 +18,8 @@ the validation all see face crops, and later epochs read the cache instead of de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from retrieval import data
