@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from app_pages.common import decode_upload, one_torch_thread, show_image
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
+from retrieval.faces.detect import HARDER
 from retrieval.faces.face_search import FaceResult, search_faces
 from retrieval.faces.run_faces import crop_file, run_pipeline
 from retrieval.index import GalleryIndex
@@ -28,18 +29,34 @@ from retrieval.run import RunConfig, resolve_logged_path
 from retrieval.run.files import FACES_DIR
 from retrieval.safe_text import markdown_text
 
-__all__ = ["draw_boxes", "face_pipeline", "face_search_section", "largest_face", "logged_image", "photo_faces"]
+__all__ = ["LOOKED_HARDER", "draw_boxes", "face_pipeline", "face_search_section", "largest_face", "logged_image",
+           "look_harder_toggle", "no_face_message",
+           "photo_faces"]
 
 GRID_COLUMNS = 5
 #: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/
 _CROP_FILE = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_-]+px\.\d+\.png$")
 BOX_COLOUR = (255, 64, 64)
+#: the end of a photo's caption when its faces were looked for harder
+LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
 
 
 @st.cache_resource(max_entries=4)
-def face_pipeline(run_dir: str, stamp: str):
-    """The run's face pipeline (MTCNN loaded once per run)."""
-    return run_pipeline(run_dir, RunConfig.read(run_dir))
+def face_pipeline(run_dir: str, stamp: str, harder: bool = False):
+    """The run's face pipeline (MTCNN loaded once per run), or with ``harder`` the same pipeline
+    looking harder for faces (:meth:`~retrieval.faces.FacePipeline.harder`)."""
+    pipeline = run_pipeline(run_dir, RunConfig.read(run_dir))
+    return pipeline.harder() if harder else pipeline
+
+
+def look_harder_toggle(key: str) -> bool:
+    """The *Look harder* switch: this page's uploads searched for faces from 20 px at lower thresholds
+    (``--look-harder``); off by default."""
+    low = HARDER["thresholds"]
+    return st.toggle("Look harder for faces", key=key,
+                     help=f"For a face the run's detector misses: faces from {HARDER['min_face_size']} px, P-/R-Net "
+                          f"{low[0]:g}, O-Net {low[2]:g}, rechecked at {HARDER['recheck_threshold']:g} (as `--look-harder`). "
+                          "It may also box something that is not a face: pick the face you mean.")
 
 
 def largest_face(results: list[FaceResult]) -> int:
@@ -68,6 +85,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) 
     """Upload a photo, see its faces boxed, and one result row a face (see the module docstring)."""
     types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     uploaded = st.file_uploader("Query photo", type=types, key="upload", help="A photo with one or more faces.")
+    harder = look_harder_toggle("search_look_harder")
     if uploaded is None:
         st.info("Upload a photo: every face found in it is searched in the gallery's faces.")
         return
@@ -77,21 +95,20 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) 
     except RetrievalError as error:
         st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
         return
-    results = _searched(index, run_dir, stamp, hashlib.sha1(data).hexdigest(), photo, int(k))
+    results = _searched(index, run_dir, stamp, hashlib.sha1(data).hexdigest(), photo, int(k), harder)
     if not results:
         st.image(photo, caption=markdown_text(uploaded.name), width="stretch")
-        hint = face_pipeline(str(run_dir), stamp).settings.no_face_hint(photo.size)
-        st.warning(f"No face found in {markdown_text(uploaded.name)}: this run searches faces, so there is nothing to search; "
-                   f"{markdown_text(hint)}.")
+        st.warning(no_face_message(uploaded.name, "this run searches faces, so there is nothing to search",
+                                   face_pipeline(str(run_dir), stamp, harder), photo.size, harder))
         return
     photo_col, pick_col = st.columns([2, 1], gap="large")
-    photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found",
-                    width="stretch")
+    photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found"
+                    + (LOOKED_HARDER if harder else ""), width="stretch")
     labels = [f"face {i + 1}" + (" (largest)" if i == largest_face(results) else "") for i in range(len(results))]
     picked = pick_col.selectbox("Face", range(len(results)), index=largest_face(results), format_func=lambda i: labels[i],
                                 key="face_pick", help="The picked face's row comes first.")
     order = [picked, *(i for i in range(len(results)) if i != picked)]
-    pipeline = face_pipeline(str(run_dir), stamp)
+    pipeline = face_pipeline(str(run_dir), stamp)  # the run's own: it finds the gallery's cached crops
     for i in order:
         show_face_row(index, pipeline, results[i], i + 1)
 
@@ -127,19 +144,26 @@ def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:
         return Image.new("RGB", (32, 32), (128, 128, 128))
 
 
+def no_face_message(name: str, consequence: str, pipeline, photo_size: tuple[int, int], harder: bool) -> str:
+    """The warning for an upload without a face: what the detector looked for, and *Look harder* when it was off."""
+    advice = "" if harder else " Switch on **Look harder for faces** to look for smaller faces at lower thresholds."
+    return f"No face found in {markdown_text(name)}: {consequence}; {markdown_text(pipeline.settings.no_face_hint(photo_size))}.{advice}"
+
+
 @st.cache_resource(max_entries=16, show_spinner="Finding faces…")
-def photo_faces(run_dir: str, stamp: str, digest: str, _photo: Image.Image) -> list:
-    """Every face of an upload, most confident first, aligned as the run aligns (once per run and
-    file content; an upload is never written to the run)."""
+def photo_faces(run_dir: str, stamp: str, digest: str, _photo: Image.Image, harder: bool = False) -> list:
+    """Every face of an upload, most confident first, aligned as the run aligns (once per run, file
+    content and ``harder``; an upload is never written to the run)."""
     with one_torch_thread():
-        return face_pipeline(run_dir, stamp).faces(_photo)
+        return face_pipeline(run_dir, stamp, harder).faces(_photo)
 
 
 @st.cache_resource(max_entries=64, show_spinner="Finding and searching faces…")
-def _searched(_index: GalleryIndex, run_dir: Path, stamp: str, digest: str, _photo: Image.Image, k: int) -> list[FaceResult]:
-    """Every face of an upload, searched (once per run, file content and K)."""
+def _searched(_index: GalleryIndex, run_dir: Path, stamp: str, digest: str, _photo: Image.Image, k: int,
+              harder: bool = False) -> list[FaceResult]:
+    """Every face of an upload, searched (once per run, file content, K and ``harder``)."""
     with one_torch_thread():
-        return search_faces(_index, face_pipeline(str(run_dir), stamp), _photo, k)
+        return search_faces(_index, face_pipeline(str(run_dir), stamp, harder), _photo, k)
 
 
 def logged_image(config: RunConfig, logged: str) -> Path:

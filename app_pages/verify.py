@@ -38,10 +38,15 @@ def verify_page(run_dir: Path, config: RunConfig) -> None:
                 if config.faces is not None else "Upload two images: the page embeds both with this run's model")
                + " and compares their distance d with the run's threshold τ (same when d ≤ τ), as `retrieval verify` does.")
     stamp = file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME)
+    harder = False
+    if config.faces is not None:
+        from app_pages.faces import look_harder_toggle
+
+        harder = look_harder_toggle("verify_look_harder")
     images, given = {}, {}
     for side, column in zip(SIDES, st.columns(2, gap="large")):
         with column:
-            given[side], images[side] = upload_side(side, run_dir if config.faces is not None else None, stamp)
+            given[side], images[side] = upload_side(side, run_dir if config.faces is not None else None, stamp, harder)
     if not all(given.values()):
         st.info("Upload both photos: a face of each is compared." if config.faces is not None else
                 "Upload both images to compare them.")
@@ -54,10 +59,10 @@ def verify_page(run_dir: Path, config: RunConfig) -> None:
     show_result(result, run_dir, config)
 
 
-def upload_side(side: str, face_run: Path | None, stamp: str):
+def upload_side(side: str, face_run: Path | None, stamp: str, harder: bool = False):
     """One of the two uploads: (given, what to embed). What to embed is the decoded image, previewed,
-    or on a face run (``face_run``, the run's folder) the aligned crop of the picked face; None when
-    the upload is unreadable or has no face."""
+    or on a face run (``face_run``, the run's folder) the aligned crop of the picked face (found by
+    the run's pipeline, looking harder with ``harder``); None when the upload is unreadable or has no face."""
     types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     uploaded = st.file_uploader(f"Image {side.upper()}", type=types, key=f"verify_{side}")
     if uploaded is None:
@@ -70,30 +75,29 @@ def upload_side(side: str, face_run: Path | None, stamp: str):
         st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
         return True, None
     if face_run is not None:
-        return True, picked_face(side, face_run, stamp, digest, image, uploaded.name)
+        return True, picked_face(side, face_run, stamp, digest, image, uploaded.name, harder)
     st.image(encode_thumbnail(image), caption=markdown_text(uploaded.name), width="stretch")
     return True, image
 
 
-def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: str):
+def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: str, harder: bool = False):
     """A face run's upload: the photo with its faces boxed, the face to compare (a choice when
     there are several; default the most confident) and its aligned crop, which is returned (None
-    and a warning when no face is found)."""
-    from app_pages.faces import draw_boxes, face_pipeline, photo_faces
+    and a warning when no face is found). ``harder``: the *Look harder* switch."""
+    from app_pages.faces import LOOKED_HARDER, draw_boxes, face_pipeline, no_face_message, photo_faces
 
-    faces = photo_faces(str(run_dir), stamp, digest, photo)
+    faces = photo_faces(str(run_dir), stamp, digest, photo, harder)
     if not faces:
         st.image(encode_thumbnail(photo), caption=markdown_text(name), width="stretch")
-        hint = face_pipeline(str(run_dir), stamp).settings.no_face_hint(photo.size)
-        st.warning(f"No face found in {markdown_text(name)}: this run compares faces; {markdown_text(hint)}.")
+        st.warning(no_face_message(name, "this run compares faces", face_pipeline(str(run_dir), stamp, harder), photo.size, harder))
         return None
     st.image(encode_thumbnail(draw_boxes(photo, [face.box for face in faces])),
-             caption=f"{markdown_text(name)}: {len(faces)} face(s) found", width="stretch")
+             caption=f"{markdown_text(name)}: {len(faces)} face(s) found" + (LOOKED_HARDER if harder else ""), width="stretch")
     picked = 0
     if len(faces) > 1:
         labels = [f"face {i + 1}" + (" (most confident)" if i == 0 else "") for i in range(len(faces))]
         picked = st.selectbox("Face to compare", range(len(faces)), format_func=lambda i: labels[i],
-                              key=f"verify_face_{side}_{digest}",  # a new photo starts from its most confident face
+                              key=f"verify_face_{side}_{digest}_{harder}",  # a new photo (or look) starts from its most confident face
                               help="By default the most confident, as `retrieval verify`.")
     face = faces[picked]
     st.image(face.crop, caption=f"face {picked + 1}, aligned (score {face.score:.2f})", width=112)

@@ -199,11 +199,12 @@ def calibrate_run(
 
 
 def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str, *, device: str = "cpu",
-                  precision: str = "auto") -> dict[str, Any]:
+                  precision: str = "auto", look_harder: bool = False) -> dict[str, Any]:
     """Are two image files the same identity / product? Loads the run's model and answers
     :func:`verify_pair`'s dict for them. A face run compares each image's most confident face
     (ties: the larger box) and adds ``"faces"``: for each image, that face's ``box`` and ``score``
-    and ``n_faces``, how many faces were found in it."""
+    and ``n_faces``, how many faces were found in it; ``look_harder``: found by the run's pipeline
+    looking harder (:meth:`~retrieval.faces.FacePipeline.harder`; an error for a run without faces)."""
     from retrieval.data import MAX_QUERY_PIXELS, load_image
     from retrieval.model import resolve_device
     from retrieval.run import load_model
@@ -212,14 +213,20 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
     if config.faces is None:
+        if look_harder:
+            raise RetrievalError("--look-harder looks for faces, and this run was trained on whole images (without --faces)")
         return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
+    from retrieval.faces.detect import LOOK_HARDER_HINT
     from retrieval.faces.run_faces import run_pipeline
 
     pipeline = run_pipeline(run_dir, config)
+    if look_harder:
+        pipeline = pipeline.harder()
     found = pipeline.faces_many(images)  # each image's faces, most confident first
     for path, faces, image in zip((image_a, image_b), found, images):
         if not faces:
-            raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size)})")
+            harder = "" if look_harder else f"; {LOOK_HARDER_HINT}"
+            raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size)}{harder})")
     result = verify_pair(model, config, found[0][0].crop, found[1][0].crop, device=torch_device, precision=precision)
     result["faces"] = [{"box": [round(float(v), 2) for v in faces[0].box], "score": round(float(faces[0].score), 5),
                         "n_faces": len(faces)} for faces in found]

@@ -100,3 +100,11 @@ def test_the_cli_starts_without_importing_torch():
     code = "import sys, retrieval.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.mark.parametrize("command", ["search", "verify"])
+def test_look_harder_on_a_run_without_faces_is_one_line(run_and_gallery, cli, command):
+    run, gallery = run_and_gallery
+    image = gallery / "apple" / "apple_0.png"
+    result = cli(command, run, image, *([image] if command == "verify" else []), "--look-harder", "--device", "cpu")
+    assert_one_line_error(result.code, result.err, "--look-harder looks for faces", "without --faces")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import app, fmt, log_warnings
+from retrieval.cli.common import LOOK_HARDER_HELP, app, fmt, log_warnings
 from retrieval.progress import stage_bars
 from retrieval.safe_text import printable, terminal_text
 
@@ -86,6 +86,7 @@ def verify_command(
     image_b: Path = typer.Argument(..., help="The second image."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
     json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far"}.'),
+    look_harder: bool = typer.Option(False, "--look-harder", help=LOOK_HARDER_HELP),
 ) -> None:
     """Same identity / product or not: the distance of two images against the run's threshold."""
     import json
@@ -93,7 +94,7 @@ def verify_command(
     from retrieval.evaluate import verify_images
 
     log_warnings()
-    result = verify_images(run_dir, image_a, image_b, device=device)
+    result = verify_images(run_dir, image_a, image_b, device=device, look_harder=look_harder)
     if json_output:
         typer.echo(json.dumps(result))
         return

@@ -14,6 +14,10 @@ app = typer.Typer(
 )
 
 
+#: retrieval.faces.detect.HARDER in words (kept here, not imported, so that the CLI starts without torch; a test compares them)
+LOOK_HARDER_HELP = ("A face run: look harder for this query's faces, from 20 px and at lower thresholds (P-/R-Net 0.3, O-Net 0.9, "
+                    "recheck 0.9), for a face the run's detector misses; it may also box something that is not a face. "
+                    "Not cached; training, index and evaluate keep the run's detector.")
 GALLERY_ROOT_HELP = "Where the index's gallery folder is now (a run moved from another machine); once per gallery folder of the index, in order."
 
 

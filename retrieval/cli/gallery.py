@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import GALLERY_ROOT_HELP, app, log_warnings
+from retrieval.cli.common import GALLERY_ROOT_HELP, LOOK_HARDER_HELP, app, log_warnings
 from retrieval.errors import RetrievalError
 from retrieval.progress import stage_bars
 from retrieval.safe_text import printable, terminal_text
@@ -112,6 +112,7 @@ def search_command(
     device: str = typer.Option("cpu", help="cpu | cuda | auto, for embedding the query."),
     json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"neighbours": [{"path", "label", "distance", "similarity", "match"}, ...], "verdict": {"match", "label", "distance", "threshold"}}; for a face run {"faces": [{"box", "score", "neighbours", "verdict"}, ...]}, one entry a face found.'),
     gallery_root: Optional[list[Path]] = typer.Option(None, "--gallery-root", help=GALLERY_ROOT_HELP),
+    look_harder: bool = typer.Option(False, "--look-harder", help=LOOK_HARDER_HELP),
 ) -> None:
     """Search the run's gallery index for the neighbours of IMAGE (distance = training's Euclidean distance)."""
     import json
@@ -123,8 +124,11 @@ def search_command(
     query = load_image(image, max_pixels=MAX_QUERY_PIXELS)
     gallery = GalleryIndex.load(run_dir, device=device, gallery_roots=gallery_root)
     if gallery.has_faces:  # a face run: every face of the query is searched
-        _search_faces(gallery, run_dir, image, query, k, json_output=json_output, exact=exact, search_k=search_k)
+        _search_faces(gallery, run_dir, image, query, k, json_output=json_output, look_harder=look_harder, exact=exact,
+                      search_k=search_k)
         return
+    if look_harder:
+        raise RetrievalError("--look-harder looks for faces, and this run was trained on whole images (without --faces)")
     neighbours = gallery.search(query, k, exact=exact, search_k=search_k)
     verdict = gallery.verdict(neighbours)
     if json_output:
@@ -151,22 +155,28 @@ def search_command(
     typer.echo(printable(verdict.describe(target)))
 
 
-def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_output: bool, **options) -> None:
-    """``retrieval search`` on a face run: {"faces": [...]} (DESIGN.md), or one table a face."""
+def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_output: bool, look_harder: bool,
+                  **options) -> None:
+    """``retrieval search`` on a face run: {"faces": [...]} (DESIGN.md), or one table a face; with
+    ``look_harder`` the run's pipeline looking harder for the query's faces (FacePipeline.harder)."""
     import json
 
+    from retrieval.faces.detect import LOOK_HARDER_HINT
     from retrieval.faces.face_search import face_tables, search_faces
     from retrieval.faces.run_faces import run_pipeline
     from retrieval.run import read_config
 
     pipeline = run_pipeline(run_dir, read_config(run_dir))
+    if look_harder:
+        pipeline = pipeline.harder()
     results = search_faces(gallery, pipeline, query, k, **options)
     if json_output:
         typer.echo(json.dumps({"faces": [r.to_json(gallery) for r in results]}))
         return
     if not results:
         hint = pipeline.settings.no_face_hint(query.size)
-        typer.echo(printable(f"no face found in {image}: nothing to search; {hint}"))
+        harder = "" if look_harder else f"; {LOOK_HARDER_HINT}"
+        typer.echo(printable(f"no face found in {image}: nothing to search; {hint}{harder}"))
         return
     from rich.console import Console
 

@@ -120,6 +120,15 @@ class FacePipeline:
             raise RetrievalError(f"faces: unknown face mask {mask!r} (this version has {MASK_NAME!r})")
         return cls(settings, value.get("output_size", TEMPLATE_SIZE), cache_dir, mask=mask is not None, device=device)
 
+    def harder(self) -> FacePipeline:
+        """This pipeline looking harder for a query's faces (:meth:`DetectorSettings.harder`: smaller
+        faces, lower thresholds), aligned and cropped the same way, without a cache: what it finds
+        is looked at by a person and never stays in the run. Itself when its settings are already as low."""
+        settings = self.settings.harder()
+        if settings == self.settings:
+            return self
+        return FacePipeline(settings, self.output_size, None, mask=self.mask, device=getattr(self.detector, "device", "cpu"))
+
     # -- faces -------------------------------------------------------------------------------
 
     def faces(self, image: ImageInput) -> list[AlignedFace]:

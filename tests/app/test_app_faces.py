@@ -56,6 +56,33 @@ def test_a_photo_without_a_face_says_so(monkeypatch, face_run):
     assert any("No face found in blank.png" in w and "faces under 40 px are not looked for in it" in w for w in texts(at.warning))
 
 
+def test_look_harder_finds_and_searches_a_face_the_run_misses(monkeypatch, face_run):
+    missed = dataset(SCENES / "single" / "s34" / "5.jpg")  # R-Net scores this face's proposals below 0.6
+    at = upload(start(monkeypatch, face_run), "man.jpg", missed.read_bytes(), "image/jpeg")
+    (warning,) = [w for w in texts(at.warning) if "No face found in man.jpg" in w]
+    assert "Look harder for faces" in warning
+    toggle = at.toggle(key="search_look_harder")
+    assert toggle.value is False and "faces from 20 px" in toggle.help
+    toggle.set_value(True).run()
+    assert not at.exception
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert "man.jpg: 1 face(s) found, looking harder (a box may hold something that is not a face)" in captions and any(c.startswith("face 1, aligned") for c in captions), captions
+    assert not [w for w in texts(at.warning) if "No face found" in w]
+    assert len([m for m in texts(at.markdown) if "d = " in m]) == 6, "its 6 nearest gallery faces"
+
+
+def test_verify_looks_harder_when_switched_on(monkeypatch, face_run):
+    from retrieval.evaluate import verify_images
+
+    missed, crop = dataset(SCENES / "single" / "s34" / "5.jpg"), sorted(dataset(SCENES.parent / "att_faces" / "test").glob("*/1.png"))[0]
+    at = _verify_pair(go(start(monkeypatch, face_run), "Verify"), ("man.jpg", missed.read_bytes()), ("one.png", crop.read_bytes()))
+    assert any("No face found in man.jpg" in w and "Look harder" in w for w in texts(at.warning))
+    at.toggle(key="verify_look_harder").set_value(True).run()
+    assert not at.exception and not [w for w in texts(at.warning) if "No face found" in w]
+    expected = verify_images(face_run, missed, crop, look_harder=True)["distance"]
+    assert _distance(at) == pytest.approx(expected, abs=5e-4), "the page's d is `retrieval verify --look-harder`'s"
+
+
 def test_the_hardest_negatives_of_a_face_run_show_its_face_crops(monkeypatch, face_run):
     at = go(start(monkeypatch, face_run), "Hardest negatives")
     assert not any("cannot read" in c for c in texts(at.caption))

@@ -63,7 +63,32 @@ def test_a_query_without_a_face_gives_an_empty_list_and_one_table_line(face_inde
     table = cli("search", run, blank)
     assert table.code == 0 and table.out.strip().splitlines() == [
         f"no face found in {blank}: nothing to search; faces under 40 px are not looked for in it (the run's --face-min-size), "
-        "and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9)"]
+        "and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9); "
+        "--look-harder looks for faces from 20 px at lower thresholds"]
+
+
+def test_look_harder_searches_a_face_the_run_misses_and_says_nothing_of_itself_when_it_finds_none(face_index, cli):
+    run, gallery = face_index
+    missed = dataset(SCENES / "single" / "s34" / "5.jpg")  # R-Net scores this face's proposals below 0.6
+    assert json.loads(cli("search", run, missed, "--json").out) == {"faces": []}
+    result = cli("search", run, missed, "--json", "-k", "2", "--look-harder")
+    assert result.code == 0, result.err
+    (face,) = json.loads(result.out)["faces"]
+    assert (face["box"][0] + face["box"][2]) / 2 < 240 and len(face["neighbours"]) == 2
+    blank = next(gallery.rglob("blank0.png"))
+    table = cli("search", run, blank, "--look-harder")
+    assert table.code == 0 and table.out.strip().startswith(f"no face found in {blank}") and "--look-harder" not in table.out
+
+
+def test_verify_looks_harder_when_asked_and_says_it_can_when_a_photo_has_no_face(face_index, cli):
+    run, gallery = face_index
+    missed, crop = dataset(SCENES / "single" / "s34" / "5.jpg"), next(gallery.rglob("1.png"))
+    plain = cli("verify", run, missed, crop, "--json")
+    assert plain.code == 2 and "no face found" in plain.err and "--look-harder looks for faces from 20 px" in plain.err
+    assert len(plain.err.strip().splitlines()) == 1
+    harder = cli("verify", run, missed, crop, "--json", "--look-harder")
+    assert harder.code == 0, harder.err
+    assert json.loads(harder.out)["faces"][0]["n_faces"] == 1
 
 
 def test_a_face_index_loads_and_names_each_items_face(face_index):
