@@ -30,8 +30,7 @@ from retrieval.run.files import FACES_DIR
 from retrieval.safe_text import markdown_text
 
 __all__ = ["LOOKED_HARDER", "draw_boxes", "face_pipeline", "face_search_section", "largest_face", "logged_image",
-           "look_harder_toggle", "no_face_message",
-           "photo_faces"]
+           "look_harder_toggle", "no_face_message", "photo_faces"]
 
 GRID_COLUMNS = 5
 #: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/

@@ -214,7 +214,9 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     model, config = load_model(run_dir, device=torch_device)
     if config.faces is None:
         if look_harder:
-            raise RetrievalError("--look-harder looks for faces, and this run was trained on whole images (without --faces)")
+            from retrieval.faces.detect import LOOK_HARDER_WITHOUT_FACES
+
+            raise RetrievalError(LOOK_HARDER_WITHOUT_FACES)
         return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
     from retrieval.faces.detect import LOOK_HARDER_HINT
     from retrieval.faces.run_faces import run_pipeline

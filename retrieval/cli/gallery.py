@@ -128,7 +128,9 @@ def search_command(
                       search_k=search_k)
         return
     if look_harder:
-        raise RetrievalError("--look-harder looks for faces, and this run was trained on whole images (without --faces)")
+        from retrieval.faces.detect import LOOK_HARDER_WITHOUT_FACES
+
+        raise RetrievalError(LOOK_HARDER_WITHOUT_FACES)
     neighbours = gallery.search(query, k, exact=exact, search_k=search_k)
     verdict = gallery.verdict(neighbours)
     if json_output:

@@ -29,20 +29,24 @@ from PIL import Image
 from retrieval.errors import RetrievalError
 from retrieval.faces.cascade import CASCADE_NAME, detect_faces, use_strided_max_pools
 
-__all__ = ["DETECTOR_NAME", "HARDER", "LOOK_HARDER_HINT", "Detection", "DetectorSettings", "MTCNNDetector", "by_confidence", "most_confident"]
+__all__ = ["DETECTOR_NAME", "HARDER", "LOOK_HARDER_HINT", "LOOK_HARDER_WITHOUT_FACES", "Detection", "DetectorSettings",
+           "MTCNNDetector", "by_confidence", "most_confident"]
 
 DETECTOR_NAME = "mtcnn"
 #: the smallest and largest ``min_face_size`` (pixels), and the largest ``max_side`` other than 0
 MIN_FACE_SIZE_RANGE, MAX_SIDE_LIMIT = (12, 10_000), 100_000
 _PACKAGE = "facenet-pytorch"
 #: "Look harder" for one query's faces (:meth:`DetectorSettings.harder`): the smallest face (px), the
-#: P-, R- and O-Net thresholds and the recheck. On validation photos of the training people
-#: (``benchmarks/face_scenes.py`` seed 25: 360 photos with 420 faces, 300 without) it found both
-#: faces the defaults miss, and boxed something that is not a face in 8 of the 300 photos without a
-#: face and 15 times beside the 420 faces; about 230 CPU ms a 480 × 360 photo against 80.
+#: P-, R- and O-Net thresholds and the recheck. ``benchmarks/look_harder.py`` (BENCHMARKS.md, *Looking
+#: harder*): on validation photos of the training people (1260 faces, 900 photos without one) it found
+#: no face the defaults miss and boxed something in 27 of the 900 (the defaults: 4) and 26 times beside
+#: the faces, at about 3 times the CPU time; on the test photos it finds the two faces the defaults
+#: miss and all 12 faces of a group photo (the defaults: 8). Hence a switch for a photo a person looks at.
 HARDER = {"min_face_size": 20, "thresholds": (0.3, 0.3, 0.9), "recheck_threshold": 0.9}
 #: the end of a "no face found" line for a query that was not looked at harder
 LOOK_HARDER_HINT = f"--look-harder looks for faces from {HARDER['min_face_size']} px at lower thresholds"
+#: the one-line error for --look-harder on a run without a face pipeline
+LOOK_HARDER_WITHOUT_FACES = "--look-harder looks for faces, and this run was trained on whole images (without --faces)"
 
 
 def detector_version() -> str:
