@@ -169,3 +169,9 @@ def test_a_two_person_photo_in_chromium_gives_a_result_row_each_face(tmp_path):
         assert not page.locator("[data-testid='stException']").count()
         page.wait_for_timeout(800)
         page.screenshot(path=str(ARTIFACTS / "app_faces.png"), full_page=True)
+        page.get_by_text("Look harder for faces").click()  # the switch: the same photo looked at harder
+        expect(page.get_by_text("2 face(s) found, looking harder")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator(".st-key-face-row-2")).to_contain_text("d = ", timeout=WAIT_MS)
+        assert not page.locator("[data-testid='stException']").count()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(ARTIFACTS / "app_faces_harder.png"), full_page=True)
