@@ -40,7 +40,7 @@ BOX_COLOUR = (255, 64, 64)
 LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
 
 
-@st.cache_resource(max_entries=4)
+@st.cache_resource(max_entries=8)  # two a run: its own and the one looking harder
 def face_pipeline(run_dir: str, stamp: str, harder: bool = False):
     """The run's face pipeline (MTCNN loaded once per run), or with ``harder`` the same pipeline
     looking harder for faces (:meth:`~retrieval.faces.FacePipeline.harder`)."""
