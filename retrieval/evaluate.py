@@ -218,7 +218,6 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
 
             raise RetrievalError(LOOK_HARDER_WITHOUT_FACES)
         return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
-    from retrieval.faces.detect import LOOK_HARDER_HINT
     from retrieval.faces.run_faces import run_pipeline
 
     pipeline = run_pipeline(run_dir, config)
@@ -227,7 +226,7 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     found = pipeline.faces_many(images)  # each image's faces, most confident first
     for path, faces, image in zip((image_a, image_b), found, images):
         if not faces:
-            harder = "" if look_harder else f"; {LOOK_HARDER_HINT}"
+            harder = "" if look_harder else f"; {pipeline.settings.look_harder_hint(image.size)}"
             raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size)}{harder})")
     result = verify_pair(model, config, found[0][0].crop, found[1][0].crop, device=torch_device, precision=precision)
     result["faces"] = [{"box": [round(float(v), 2) for v in faces[0].box], "score": round(float(faces[0].score), 5),

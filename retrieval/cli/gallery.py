@@ -163,7 +163,6 @@ def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_ou
     ``look_harder`` the run's pipeline looking harder for the query's faces (FacePipeline.harder)."""
     import json
 
-    from retrieval.faces.detect import LOOK_HARDER_HINT
     from retrieval.faces.face_search import face_tables, search_faces
     from retrieval.faces.run_faces import run_pipeline
     from retrieval.run import read_config
@@ -177,7 +176,7 @@ def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_ou
         return
     if not results:
         hint = pipeline.settings.no_face_hint(query.size)
-        harder = "" if look_harder else f"; {LOOK_HARDER_HINT}"
+        harder = "" if look_harder else f"; {pipeline.settings.look_harder_hint(query.size)}"
         typer.echo(printable(f"no face found in {image}: nothing to search; {hint}{harder}"))
         return
     from rich.console import Console

@@ -29,7 +29,7 @@ from PIL import Image
 from retrieval.errors import RetrievalError
 from retrieval.faces.cascade import CASCADE_NAME, detect_faces, use_strided_max_pools
 
-__all__ = ["DETECTOR_NAME", "HARDER", "LOOK_HARDER_HINT", "LOOK_HARDER_WITHOUT_FACES", "Detection", "DetectorSettings",
+__all__ = ["DETECTOR_NAME", "HARDER", "LOOK_HARDER_WITHOUT_FACES", "Detection", "DetectorSettings",
            "MTCNNDetector", "by_confidence", "most_confident"]
 
 DETECTOR_NAME = "mtcnn"
@@ -43,8 +43,6 @@ _PACKAGE = "facenet-pytorch"
 #: the faces, at about 3 times the CPU time; on the test photos it finds the two faces the defaults
 #: miss and all 12 faces of a group photo (the defaults: 8). Hence a switch for a photo a person looks at.
 HARDER = {"min_face_size": 20, "thresholds": (0.3, 0.3, 0.9), "recheck_threshold": 0.9}
-#: the end of a "no face found" line for a query that was not looked at harder
-LOOK_HARDER_HINT = f"--look-harder looks for faces from {HARDER['min_face_size']} px at lower thresholds"
 #: the one-line error for --look-harder on a run without a face pipeline
 LOOK_HARDER_WITHOUT_FACES = "--look-harder looks for faces, and this run was trained on whole images (without --faces)"
 
@@ -220,6 +218,11 @@ class DetectorSettings:
             self, min_face_size=min(self.min_face_size, HARDER["min_face_size"]),
             thresholds=tuple(min(mine, low) for mine, low in zip(self.thresholds, HARDER["thresholds"])),
             recheck_threshold=max(self.recheck_threshold, HARDER["recheck_threshold"]) if self.landmark_passes else self.recheck_threshold)
+
+    def look_harder_hint(self, photo_size: tuple[int, int]) -> str:
+        """The end of a "no face found" line for a query not looked at harder: the smallest face that
+        :meth:`harder` looks for in a photo of ``photo_size`` (width, height), in the photo's pixels."""
+        return f"--look-harder looks for faces from {self.harder().smallest_face(photo_size)} px at lower thresholds"
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""

@@ -35,6 +35,14 @@ def test_harder_never_asks_more_than_the_run_and_adds_no_recheck_to_a_run_withou
     assert old.landmark_passes == 0 and old.harder().recheck_threshold == 0.0
 
 
+def test_the_no_face_hint_gives_the_smallest_face_looking_harder_finds_in_that_photo():
+    settings = DetectorSettings()
+    assert settings.look_harder_hint((480, 360)) == "--look-harder looks for faces from 20 px at lower thresholds"
+    # a 12 MP photo is searched as a 1600 px copy: 20 px there is 50 px in the photo (40 px the run's 100)
+    assert settings.look_harder_hint((4000, 3000)) == "--look-harder looks for faces from 50 px at lower thresholds"
+    assert settings.smallest_face((4000, 3000)) == 100
+
+
 def test_the_cli_help_gives_the_numbers_harder_uses():
     from retrieval.cli.common import LOOK_HARDER_HELP
 
