@@ -212,12 +212,13 @@ class DetectorSettings:
         search --look-harder``, ``verify --look-harder``, the app's *Look harder*), never for what
         a run trains on, indexes or evaluates: faces from min(min_face_size, 20) px, each stage's
         threshold min(this one's, :data:`HARDER`'s) (P-, R-Net 0.3, O-Net 0.9) and the recheck
-        max(this one's, 0.9) when there are landmark passes. Pyramid factor, landmark passes and
-        longest side are kept, so a face found by both is aligned the same way."""
+        min(this one's, 0.9): never more than the run asks, so a run without a recheck gets none.
+        Pyramid factor, landmark passes and longest side are kept, so a face found by both is
+        aligned the same way."""
         return dataclasses.replace(
             self, min_face_size=min(self.min_face_size, HARDER["min_face_size"]),
             thresholds=tuple(min(mine, low) for mine, low in zip(self.thresholds, HARDER["thresholds"])),
-            recheck_threshold=max(self.recheck_threshold, HARDER["recheck_threshold"]) if self.landmark_passes else self.recheck_threshold)
+            recheck_threshold=min(self.recheck_threshold, HARDER["recheck_threshold"]))
 
     def look_harder_hint(self, photo_size: tuple[int, int]) -> str:
         """The end of a "no face found" line for a query not looked at harder: the smallest face that

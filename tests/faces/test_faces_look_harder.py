@@ -28,9 +28,11 @@ def test_harder_settings_lower_the_smallest_face_and_each_threshold_and_keep_how
     assert harder.key() != settings.key() and harder.harder() == harder
 
 
-def test_harder_never_asks_more_than_the_run_and_adds_no_recheck_to_a_run_without_landmark_passes():
+def test_harder_never_asks_more_than_the_run_and_adds_no_recheck_to_a_run_without_one():
     low = DetectorSettings(min_face_size=12, thresholds=(0.2, 0.5, 0.6), recheck_threshold=0.95)
-    assert low.harder() == dataclasses.replace(low, thresholds=(0.2, 0.3, 0.6))
+    assert low.harder() == dataclasses.replace(low, thresholds=(0.2, 0.3, 0.6), recheck_threshold=0.9)
+    unchecked = DetectorSettings(recheck_threshold=0.0)  # `retrieval train --faces --face-recheck 0`
+    assert unchecked.harder().recheck_threshold == 0.0, "looking harder never drops a face the run keeps"
     old = DetectorSettings.from_json({"min_face_size": 40, "thresholds": [0.6, 0.6, 0.97], "scale_factor": 0.85})
     assert old.landmark_passes == 0 and old.harder().recheck_threshold == 0.0
 
