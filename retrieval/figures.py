@@ -217,7 +217,9 @@ def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = Non
     if zones is not None:
         panels.append(_zone_panel(zones, width, height))
     panels.append(_fraction_panel(rows, x, width, height))
-    return alt.hconcat(*panels)
+    # each panel its own colours and legend: concatenated views share one colour scale otherwise,
+    # and the panels' domains (mined / zone / fraction) would be merged into one palette
+    return alt.hconcat(*panels).resolve_scale(color="independent", opacity="independent")
 
 
 _MINED_STATUS = ("mined", "not mined", "not recorded")
@@ -306,7 +308,7 @@ def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mappin
         color=alt.Color("pair:N", title=None, legend=alt.Legend(orient="bottom", columns=1)),
         tooltip=["epoch:Q", "pair:N", "nearest:Q", "met:Q", alt.Tooltip("rate:Q", format=".1%")],
     ).properties(title="Their rate over training", width=width, height=220)
-    return alt.hconcat(bars, lines)
+    return alt.hconcat(bars, lines).resolve_scale(color="independent")  # a rate scale beside a pair palette
 
 
 # ----------------------------------------------------------------------------- embedding map

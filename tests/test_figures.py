@@ -75,6 +75,20 @@ def test_hardness_chart_plots_gap_and_active_fraction_per_epoch_with_margin_rule
     valid(chart)
 
 
+def test_concatenated_panels_keep_their_own_colours_and_legends():
+    """Concatenated views share one colour scale unless told otherwise: the gap panel's "mined"
+    blue would then also mean a zone and a fraction, and the panels' palettes would be lost."""
+    hardness = [{"epoch": 1, "mean_gap": 0.1, "active_fraction": 0.3, "violating_fraction": 0.2}]
+    gaps = [{"epoch": 1, "gap": 0.1, "mined": "mined", "zone": "inside the margin"}]
+    zones = [{"epoch": 1, "zone": "inside the margin", "mined": "mined", "count": 1}]
+    spec = valid(figures.hardness_chart(hardness, 0.2, gaps=gaps, zones=zones))
+    assert spec["resolve"]["scale"]["color"] == "independent"
+    assert spec["resolve"]["scale"]["opacity"] == "independent"
+    pairs = [{"anchor_label": "a", "negative_label": "b", "nearest": 3, "met": 4, "rate": 0.75}]
+    history = [{"epoch": 1, "pair": "a → b", "rate": 0.75, "nearest": 3, "met": 4}]
+    assert valid(figures.confusion_chart(pairs, history))["resolve"]["scale"]["color"] == "independent"
+
+
 def test_hardness_chart_without_margin_has_no_rule():
     chart = figures.hardness_chart([{"epoch": 1, "mean_gap": 0.1, "active_fraction": 0.3}])
     assert isinstance(chart.hconcat[0], alt.Chart)
