@@ -5,7 +5,8 @@ Reads ``metrics.jsonl``, ``val_distances.json`` and ``config.json``'s ``"verific
 :mod:`retrieval.run`; the charts are :func:`retrieval.figures.training_curves`,
 :func:`~retrieval.figures.distance_histogram` and :func:`~retrieval.figures.roc_chart`, the
 numbers :func:`retrieval.diagnostics.distance_summary` and :mod:`retrieval.verification`. The
-ROC is drawn from the sampled distances of ``val_distances.json`` (its last epoch); the stored τ is
+ROC is drawn from the sampled distances of ``val_distances.json`` (the best epoch's: the weights that
+Search and Verify use; runs trained before that hold their last epoch's, and the page says which); the stored τ is
 marked where it falls on them, and a control tries another target FAR on the same pairs: shown,
 never written (the app only reads run directories; ``retrieval calibrate`` stores a new τ). A run
 without held-out classes has no Recall@1 / MAP@R / EER curves and no held-out histogram, and the
@@ -80,7 +81,7 @@ def held_out_distances(run_dir: Path, config: RunConfig) -> None:
     else:
         tried = None
         st.altair_chart(histogram, width="stretch")
-    epoch = "" if val.get("epoch") is None else f" (epoch {val['epoch']})"
+    epoch = distances_epoch(val.get("epoch"), config.get("best_epoch"))
     text = f"{summary['n_positive']} positive and {summary['n_negative']} negative pairs of held-out classes{epoch}, sampled. "
     if summary["threshold"] is not None and summary["negatives_inside"] is not None:
         text += (f"Median positive distance {summary['median_positive']:.3f}; "
@@ -92,6 +93,18 @@ def held_out_distances(run_dir: Path, config: RunConfig) -> None:
         st.caption(tried_line(tried, len(negative), run_dir))
 
 
+def distances_epoch(epoch: int | None, best_epoch: int | None) -> str:
+    """" (epoch E, the weights served)" after the pair count: the distances are the best epoch's, the
+    weights Search and Verify use; a run trained before they followed the best weights holds its last
+    epoch's, and when that is not the best the page says so."""
+    if epoch is None:
+        return ""
+    if best_epoch is None or epoch == best_epoch:
+        return f" (epoch {epoch}" + ("" if best_epoch is None else ", the weights served") + ")"
+    return (f" (epoch {epoch}, the last; the weights served and their τ are epoch {best_epoch}'s: this run was "
+            "trained before the distances followed the best weights)")
+
+
 def try_target_far(positive, negative, threshold):
     """The control that tries another target FAR on the shown pairs: the τ it would give (never saved)."""
     default = threshold.target_far if threshold is not None and threshold.target_far in TRY_FARS else 0.01
@@ -101,14 +114,18 @@ def try_target_far(positive, negative, threshold):
 
 
 def chosen_points(positive, negative, threshold, tried) -> list[dict]:
-    """The stored τ where it falls on the shown pairs, and the tried target FAR's τ, for the ROC chart."""
+    """The stored τ where it falls on the shown pairs, and the tried target FAR's τ, for the ROC chart
+    (not when it is the stored τ again: the slider starts at the stored target FAR)."""
     points = []
     if threshold is not None:
         far, frr = rates_at(threshold.threshold, positive, negative)
         points.append({"name": f"stored τ (FAR {percent(threshold.target_far)})", "far": far, "tar": 1.0 - frr,
                        "threshold": threshold.threshold})
-    points.append({"name": f"tried: FAR {percent(tried.target_far)}", "far": tried.far, "tar": tried.tar,
-                   "threshold": tried.threshold})
+    same_as_stored = (threshold is not None and tried.target_far == threshold.target_far
+                      and abs(tried.threshold - threshold.threshold) < 5e-4)
+    if not same_as_stored:  # the same point twice would print two labels on top of each other
+        points.append({"name": f"tried: FAR {percent(tried.target_far)}", "far": tried.far, "tar": tried.tar,
+                       "threshold": tried.threshold})
     return points
 
 

@@ -412,16 +412,16 @@ def distance_histogram(positive: Sequence[float], negative: Sequence[float], mar
         tooltip=["pairs:N", alt.Tooltip("start:Q", format=".2f"), alt.Tooltip("end:Q", format=".2f"), "count:Q",
                  alt.Tooltip("share:Q", format=".1%")],
     )
-    lines = [{"x": float(margin), "text": f"ε = {float(margin):g}", "dash": "margin"}]
-    if median_positive is not None:
-        lines.append({"x": float(median_positive) + float(margin), "text": "median d_ap + ε", "dash": "threshold"})
+    lines = [{"x": float(margin), "text": f"ε = {float(margin):g}", "dash": "margin", "offset": 0}]
+    if median_positive is not None:  # its label a line lower: the two rules are often close
+        lines.append({"x": float(median_positive) + float(margin), "text": "median d_ap + ε", "dash": "threshold", "offset": 14})
     rules = alt.Chart(_data(lines)).mark_rule(color=_BAND_COLOUR, strokeWidth=2).encode(
         x="x:Q", strokeDash=alt.StrokeDash("dash:N", legend=None,
                                            scale=alt.Scale(domain=["margin", "threshold"], range=[[1, 0], [5, 4]])),
         tooltip=["text:N", alt.Tooltip("x:Q", format=".3f")],
     )
     texts = alt.Chart(_data(lines)).mark_text(align="left", baseline="top", dx=3, dy=2, color=_BAND_COLOUR).encode(
-        x="x:Q", y=alt.value(0), text="text:N")
+        x="x:Q", y=alt.Y("offset:Q", scale=None), text="text:N")  # offset: pixels from the top
     layers = [hist, rules, texts]
     if threshold is not None:  # the decision threshold τ: pairs left of it are called the same
         tau = _data([{"x": float(threshold), "text": "τ: same ← | → different"}])

@@ -20,6 +20,7 @@ CLASSES = ("apple", "banana", "cherry", "damson")
 IMAGES_PER_CLASS = 4
 MARGIN = 0.2
 THRESHOLD = 0.5  # the fake runs' τ (``threshold=None``: a run without one)
+BEST_EPOCH = 2  # the fake runs' best epoch (with a τ): the epoch of their τ and their val_distances.json
 
 
 def make_gallery(root: Path, classes=CLASSES, images_per_class: int = IMAGES_PER_CLASS, size: int = 32) -> Path:
@@ -75,7 +76,7 @@ def confusion_rows(epoch: int) -> list[dict]:
 def verification_entry(threshold: float, target_far: float = 0.01) -> dict:
     """config.json's "verification" as training writes it (numbers made up, the shape real)."""
     return {"threshold": threshold, "target_far": target_far, "far": 0.0095, "tar": 0.82, "n_positive_pairs": 240,
-            "n_negative_pairs": 12000, "eer": 0.07, "pairs": "validation classes, epoch 2"}
+            "n_negative_pairs": 12000, "eer": 0.07, "pairs": f"validation classes, epoch {BEST_EPOCH}"}
 
 
 def make_run(run_dir: Path, gallery: Path, *, index: bool = True, mining: bool = True, metrics: bool = True,
@@ -92,6 +93,7 @@ def make_run(run_dir: Path, gallery: Path, *, index: bool = True, mining: bool =
     }
     if threshold is not None:
         config["verification"] = verification_entry(threshold)
+        config["best_epoch"] = BEST_EPOCH  # the epoch its τ names
     save_model(run_dir, model, config)
     if metrics:
         rows = [{"epoch": e, "loss": None if e == 0 else 0.3 / e, "recall_at_1": 0.3 + 0.1 * e,
@@ -115,7 +117,7 @@ def make_run(run_dir: Path, gallery: Path, *, index: bool = True, mining: bool =
             "margin": MARGIN,
             "positive": rng.uniform(0.2, 0.8, 60).round(4).tolist(),
             "negative": rng.uniform(0.6, 1.4, 200).round(4).tolist(),
-            "epoch": epochs,
+            "epoch": BEST_EPOCH if threshold is not None else epochs,  # the served weights' (training writes the best epoch's)
         }))
     if index:
         from retrieval.index import build_index

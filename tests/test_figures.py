@@ -158,7 +158,8 @@ def test_distance_histogram_bins_both_kinds_as_shares_with_margin_and_threshold_
     positive = [0.1, 0.15, 0.5, 0.55]
     negative = [0.9, 1.0, 1.1, 1.9, 0.52]
     chart = figures.distance_histogram(positive, negative, 0.2, median_positive=0.325, bin_width=0.1)
-    hist, rules, _texts = chart.layer
+    hist, rules, texts = chart.layer
+    assert len({r["offset"] for r in rows(texts)}) == 2  # the two labels on lines of their own, never on top of each other
     data = rows(hist)
     assert len(data) == 2 * 20
     for kind, values in (("positive pairs", positive), ("negative pairs", negative)):

@@ -6,9 +6,9 @@
   as the best so far (:func:`write_untouched_as_best`: it competes for the best epoch);
 - after every epoch (:func:`write_epoch`): ``mining/epoch_NNN.jsonl`` (the epoch's hardest
   triplets, paths relative to ``data_dir``), ``mining/confusions.jsonl`` (its class confusions,
-  labelled runs only), ``metrics.jsonl``, ``val_distances.json``,
-  ``model.safetensors`` with ``config.json`` when the epoch is the best so far (by validation
-  MAP@R; the last epoch without validation), ``model_last.safetensors`` and ``checkpoint.pt``.
+  labelled runs only), ``metrics.jsonl``, and when the epoch is the best so far (by validation
+  MAP@R; the last epoch without validation) ``model.safetensors`` with ``config.json`` and
+  ``val_distances.json`` (the served weights' distances, on which their τ was chosen), ``model_last.safetensors`` and ``checkpoint.pt``.
 
 ``config.json``'s ``"verification"`` (:func:`best_epoch_verification`) is the best epoch's
 threshold τ, chosen on the validation classes' pairs at ``--target-far``; it is written with the
@@ -117,9 +117,9 @@ def write_epoch(setup, state: RunState, epoch: int, totals: EpochTotals, validat
     if setup.source.mode == "labelled":  # pseudo-labels (--unlabelled, --pairs) are no classes to confuse
         run.write_confusions(run_dir, epoch, totals.confusion_rows(epoch, setup.source.train_folder.class_names))
     run.write_metrics(run_dir, state.history)
-    if validation.distances is not None:
-        run.write_val_distances(run_dir, {**validation.distances, "epoch": epoch})
     if improved:
+        if validation.distances is not None:  # the served weights' distances, as their τ is (the app's ROC marks τ on them)
+            run.write_val_distances(run_dir, {**validation.distances, "epoch": epoch})
         run.save_model(run_dir, model, best_epoch_verification(run_dir, {**run_config, "best_epoch": epoch}, validation, epoch))
     run.save_model(run_dir, model, {**run_config, "epoch": epoch}, weights_name=LAST_WEIGHTS_NAME)
     run.write_checkpoint(run_dir, checkpoint_state(setup, epoch, state))

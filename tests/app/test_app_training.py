@@ -5,6 +5,7 @@ import json
 import pytest
 
 import fake_runs
+from retrieval.verification import threshold_at_far
 from app_helpers import charts, full_run, gallery, go, start, texts  # noqa: F401
 
 
@@ -15,6 +16,33 @@ def test_training_page_shows_curves_and_held_out_distances(monkeypatch, full_run
     curves = next(s for s in specs if "facet" in s)
     assert {r["metric"] for r in curves["datasets"][curves["data"]["name"]]} >= {"training loss", "Recall@1 (held-out classes)"}
     assert any("negative pairs of held-out classes" in c for c in texts(at.caption))
+
+
+def test_the_held_out_distances_say_they_are_the_served_weights_or_that_they_are_not(monkeypatch, full_run):
+    at = go(start(monkeypatch, full_run), "Training")
+    assert any(f"(epoch {fake_runs.BEST_EPOCH}, the weights served)" in c for c in texts(at.caption))
+    # a run trained before val_distances.json followed the best weights holds its last epoch's
+    val = json.loads((full_run / "val_distances.json").read_text())
+    (full_run / "val_distances.json").write_text(json.dumps({**val, "epoch": 3}))
+    at = go(start(monkeypatch, full_run), "Training")
+    assert any("(epoch 3, the last; the weights served and their τ are epoch 2's" in c for c in texts(at.caption))
+
+
+def test_the_tried_far_is_not_drawn_again_on_the_stored_point(monkeypatch, tmp_path, gallery):
+    """The slider starts at the stored target FAR: where that gives the stored τ again, one point and
+    one label, not two labels printed on top of each other."""
+    run = fake_runs.make_run(tmp_path / "run", gallery, index=False, mining=False)
+    val = json.loads((run / "val_distances.json").read_text())
+    at_one_percent = threshold_at_far(val["positive"], val["negative"], 0.01).threshold  # what the slider gives
+    config = json.loads((run / "config.json").read_text())
+    config["verification"]["threshold"] = at_one_percent
+    (run / "config.json").write_text(json.dumps(config))
+    at = go(start(monkeypatch, run), "Training")
+    _, _, marks = roc_panel(at)
+    assert [m["name"] for m in marks] == ["stored τ (FAR 1 %)"]
+    at.select_slider(key="try_far").set_value(0.1).run()
+    _, _, marks = roc_panel(at)
+    assert [m["name"] for m in marks] == ["stored τ (FAR 1 %)", "tried: FAR 10 %"]
 
 
 def test_run_without_metrics_or_val_distances_says_so(monkeypatch, tmp_path, gallery):

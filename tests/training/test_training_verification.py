@@ -76,7 +76,32 @@ def test_config_stores_the_best_epochs_threshold_chosen_on_every_validation_pair
 
 
 def test_val_distances_name_the_epoch_they_come_from(trained):
-    assert json.loads((trained / "val_distances.json").read_text())["epoch"] == 2
+    assert json.loads((trained / "val_distances.json").read_text())["epoch"] == read_config(trained)["best_epoch"]
+
+
+def test_val_distances_are_the_served_weights_when_a_later_epoch_is_not_the_best(sample, tmp_path, monkeypatch):
+    """The app marks the stored τ on these distances and tries other FARs on them: they must be the
+    best epoch's (the weights Search and Verify use), not the last epoch's."""
+    from retrieval.training.resume import RunState
+
+    record = RunState.record
+
+    def second_epoch_is_worse(self, epoch, row):
+        if epoch == 2:
+            self.history.append(row)
+            return False
+        return record(self, epoch, row)
+
+    monkeypatch.setattr(RunState, "record", second_epoch_is_worse)
+    run = tmp_path / "run"
+    train(TrainConfig(data_dir=sample / "train", out=run, epochs=2, target_far=0.1, **TINY), progress=False)
+    config = read_config(run)
+    assert config["best_epoch"] == 1 and read_metrics(run)[-1]["epoch"] == 2
+    stored = json.loads((run / "val_distances.json").read_text())
+    assert stored["epoch"] == 1
+    positive, negative = brute_pairs(run, sample / "train", set(config["val_classes"]))  # the served (best) model
+    assert sorted(stored["positive"]) == pytest.approx(sorted(positive), abs=1e-4)
+    assert sorted(stored["negative"]) == pytest.approx(sorted(negative), abs=1e-4)
 
 
 def test_a_run_without_validation_classes_says_so_and_has_no_threshold_until_calibrated(sample, tmp_path, caplog):
