@@ -36,12 +36,13 @@ from retrieval.run import (
 from retrieval.safe_text import markdown_text, printable
 
 __all__ = [
-    "ALL_CLASSES", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "face_suffix", "file_stamp", "gallery_label",
-    "index_stamp", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "remember_run",
+    "ALL_CLASSES", "UNKNOWN_CLASS", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "file_stamp", "gallery_label",
+    "index_stamp", "item_name", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "remember_run",
     "show_image", "show_item", "thumbnail",
 ]
 
 ALL_CLASSES = "(all classes)"
+UNKNOWN_CLASS = "(unknown)"  # an upload's class select box: the user does not know it
 THUMBNAIL_PX = 256
 FACE_CONTEXT = 0.15  # a face gallery's thumbnails: the box widened by this share of its size on each side
 #: uploads decoded at once by the whole server: decoding an image at the query limit takes up to a few hundred MB
@@ -264,10 +265,10 @@ def picture_url(path: str, stamp: str, box: tuple[float, float, float, float] | 
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def face_suffix(index: GalleryIndex, item: int) -> str:
-    """" · face N" for an item of a face gallery (a photo's faces are numbered from 1, most confident first), else ""."""
-    face = index.face(item)
-    return "" if face is None else f" · face {int(face.get('face', 0)) + 1}"
+def item_name(index: GalleryIndex, item: int) -> str:
+    """A gallery item as the pages name it: its file name, and in a face gallery which face of the
+    photo ("003.jpg · face 2"); plain text (escape it for Markdown)."""
+    return Path(index.relative_paths[item]).name + index.face_suffix(item)
 
 
 def show_item(index, item: int, caption: str | None = None) -> None:

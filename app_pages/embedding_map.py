@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_pages.common import chosen_run, face_suffix, file_stamp, index_stamp, open_index, picture_url, projection
+from app_pages.common import chosen_run, file_stamp, index_stamp, open_index, picture_url, projection
 from retrieval import diagnostics, figures
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
@@ -48,7 +48,7 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     if len(methods) == 1:
         st.caption("UMAP is offered when umap-learn is installed: `pip install 'retrieval[umap]'`.")
     fitted = projection(index, stamp, method.lower(), int(max_points))
-    names = [index.relative_paths[i] + face_suffix(index, int(i)) for i in fitted.items]
+    names = [index.relative_paths[i] + index.face_suffix(int(i)) for i in fitted.items]
     labels, colour_title, colour_note = map_colours(index, fitted.items)
     last = st.session_state.get("last_query")
     query_xy, query_name = None, "query"

@@ -2,7 +2,8 @@
 
 The uploaded photo is shown with its face boxes drawn and numbered; the user picks a face (default
 the largest) and every face gets a result row: its aligned crop (what the model embeds) beside its
-neighbours and the open-set verdict, the picked face's row first. Neighbours are shown as their
+neighbours and the open-set verdict, the picked face's row first and then its margin picture (and, given
+its class, its nearest positive and negative: the Search page's ``explain``). Neighbours are shown as their
 gallery face crops (``RUN_DIR/faces/``, :func:`retrieval.faces.run_faces.crop_file`; the box cut
 from the photo when the crop is not cached), with the photo a click away (an expander). An upload
 is detected once per file content in this session and never written to the run.
@@ -13,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from app_pages.common import decode_upload, one_torch_thread, show_image
+from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, show_image
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
@@ -29,7 +32,7 @@ from retrieval.run import RunConfig, resolve_logged_path
 from retrieval.run.files import FACES_DIR
 from retrieval.safe_text import markdown_text
 
-__all__ = ["LOOKED_HARDER", "draw_boxes", "face_pipeline", "face_search_section", "largest_face", "logged_image",
+__all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_picker", "face_pipeline", "face_search_section", "largest_face", "logged_image",
            "look_harder_toggle", "no_face_message", "photo_faces"]
 
 GRID_COLUMNS = 5
@@ -80,8 +83,20 @@ def draw_boxes(photo: Image.Image, boxes: list[tuple[float, float, float, float]
     return shown
 
 
-def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) -> None:
-    """Upload a photo, see its faces boxed, and one result row a face (see the module docstring)."""
+@dataclass(frozen=True)
+class PickedFace:
+    """The upload's face the page explains in full (margin picture, nearest positive and negative,
+    the map's last query): its result, its name ("photo.jpg · face 2") and the class the user gave it."""
+
+    result: FaceResult
+    name: str
+    label: str | None
+
+
+def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, labels: Sequence[str] = (),
+                        explain: Callable[[PickedFace], None] | None = None) -> None:
+    """Upload a photo, see its faces boxed, and one result row a face (see the module docstring); the
+    picked face's row first, then ``explain`` of it (the Search page's margin picture), then the others."""
     types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     uploaded = st.file_uploader("Query photo", type=types, key="upload", help="A photo with one or more faces.")
     harder = look_harder_toggle("search_look_harder")
@@ -94,7 +109,8 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) 
     except RetrievalError as error:
         st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
         return
-    results = _searched(index, run_dir, stamp, hashlib.sha1(data).hexdigest(), photo, int(k), harder)
+    digest = hashlib.sha1(data).hexdigest()
+    results = _searched(index, run_dir, stamp, digest, photo, int(k), harder)
     if not results:
         st.image(photo, caption=markdown_text(uploaded.name), width="stretch")
         st.warning(no_face_message(uploaded.name, "this run searches faces, so there is nothing to search",
@@ -103,32 +119,63 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int) 
     photo_col, pick_col = st.columns([2, 1], gap="large")
     photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found"
                     + (LOOKED_HARDER if harder else ""), width="stretch")
-    labels = [f"face {i + 1}" + (" (largest)" if i == largest_face(results) else "") for i in range(len(results))]
-    picked = pick_col.selectbox("Face", range(len(results)), index=largest_face(results), format_func=lambda i: labels[i],
-                                key="face_pick", help="The picked face's row comes first.")
+    with pick_col:
+        picked = face_picker(results, (digest, harder))
+        label = class_picker(labels)
     order = [picked, *(i for i in range(len(results)) if i != picked)]
     pipeline = face_pipeline(str(run_dir), stamp)  # the run's own: it finds the gallery's cached crops
     for i in order:
-        show_face_row(index, pipeline, results[i], i + 1)
+        show_face_row(index, pipeline, results[i], i + 1, query_label=label if i == picked else None)
+        if i == picked and explain is not None:
+            explain(PickedFace(results[i], f"{uploaded.name} · face {i + 1}", label))
 
 
-def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int) -> None:
-    """One face: its aligned crop and verdict beside its neighbours (as face crops, photo in an expander)."""
+def face_picker(results: list[FaceResult], photo_key: tuple) -> int:
+    """The *Face* select box: which face is explained in full and shown first. A new photo (or the same
+    looked at harder: other faces) starts on its largest face, not on the number picked before."""
+    if st.session_state.get("face_pick_photo") != photo_key or st.session_state.get("face_pick", 0) >= len(results):
+        st.session_state["face_pick_photo"] = photo_key
+        st.session_state["face_pick"] = largest_face(results)
+    labels = [f"face {i + 1}" + (" (largest)" if i == largest_face(results) else "") for i in range(len(results))]
+    return st.selectbox("Face", range(len(results)), format_func=lambda i: labels[i], key="face_pick",
+                        help="The picked face's row comes first, with its margin picture.")
+
+
+def class_picker(labels: Sequence[str]) -> str | None:
+    """The picked face's class, if the user knows it (a labelled gallery only): with it the page marks
+    its neighbours ✓ / ✗ and shows its nearest positive and negative."""
+    if not labels:
+        return None
+    chosen = st.selectbox("Its class, if you know it", [UNKNOWN_CLASS, *labels], key="upload_label",
+                          help="Type to filter. For the picked face: its neighbours marked ✓ / ✗, and its nearest "
+                               "positive and negative.")
+    return None if chosen == UNKNOWN_CLASS else chosen
+
+
+def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int, query_label: str | None = None) -> None:
+    """One face: its aligned crop and verdict beside its neighbours (as face crops, photo in an expander);
+    with ``query_label`` each neighbour marked ✓ (that class) or ✗."""
+    nearest = item_name(index, result.neighbours[0].item) if result.neighbours else None
     with st.container(border=True, key=f"face-row-{number}"):
         crop_col, neighbours_col = st.columns([1, GRID_COLUMNS], gap="medium")
         with crop_col:
             st.image(result.face.crop, caption=f"face {number}, aligned (score {result.face.score:.2f})", width="stretch")
             if index.threshold is not None:
-                st.caption(markdown_text(result.verdict.describe(index.threshold.target_far)))
+                st.caption(markdown_text(result.verdict.describe(index.threshold.target_far, nearest=nearest)))
         with neighbours_col:
             columns = st.columns(GRID_COLUMNS)
             for rank, n in enumerate(result.neighbours, 1):
                 with columns[(rank - 1) % GRID_COLUMNS]:
                     st.image(neighbour_face(index, pipeline, n.item), width="stretch")
-                    st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else Path(n.path).name)}**  \n"
-                                f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}")
+                    name = item_name(index, n.item)
+                    relation = ""
+                    if query_label is not None and n.label is not None:
+                        relation = " :green[:material/check:]" if n.label == query_label else " :red[:material/close:]"
+                    st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**{relation}  \n"
+                                f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
+                                f"cos = {n.similarity:.3f}")
                     with st.expander("photo"):
-                        show_image(n.path, caption=markdown_text(Path(n.path).name))
+                        show_image(n.path, caption=markdown_text(name))
 
 
 def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:
@@ -146,7 +193,7 @@ def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:
 def no_face_message(name: str, consequence: str, pipeline, photo_size: tuple[int, int], harder: bool) -> str:
     """The warning for an upload without a face: what the detector looked for, and *Look harder* when it was off."""
     advice = "" if harder else " Switch on **Look harder for faces** to look for smaller faces at lower thresholds."
-    return f"No face found in {markdown_text(name)}: {consequence}; {markdown_text(pipeline.settings.no_face_hint(photo_size))}.{advice}"
+    return f"No face found in {markdown_text(name)}: {consequence}; {markdown_text(pipeline.settings.no_face_hint(photo_size, looked_harder=harder))}.{advice}"
 
 
 @st.cache_resource(max_entries=16, show_spinner="Finding faces…")

@@ -23,11 +23,12 @@ import streamlit as st
 
 from app_pages.common import (
     ALL_CLASSES,
+    UNKNOWN_CLASS,
     chosen_run,
     class_items,
     embed_upload,
-    face_suffix,
     index_stamp,
+    item_name,
     open_index,
     show_item,
 )
@@ -37,11 +38,10 @@ from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
 from retrieval.safe_text import markdown_text, printable
-from retrieval.verification import Threshold, percent
+from retrieval.verification import Threshold, pairs_needed, percent
 
 GRID_COLUMNS = 5          # neighbours per row
 PICKER_PAGE = 12          # gallery thumbnails per page in the picker
-UNKNOWN = "(unknown)"
 MODE_NOTES = {"unlabelled": "trained with --unlabelled (each image its own class, seen as two augmented views)",
               "pairs": "trained with --pairs (images linked by the pair file form the classes)"}
 
@@ -67,9 +67,18 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
     if index.has_faces and source == "Upload an image":  # a face run: every face of the photo is searched (app_pages/faces.py)
         from app_pages.faces import face_search_section
 
+        def explain(picked) -> None:  # the picked face, as an uploaded image is explained below
+            explanation = diagnostics.explain_search(index, picked.result.vector, int(k), margin=margin, query_label=picked.label)
+            st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": picked.name}
+            show_margin(index, explanation, picked.label, margin, gallery_labelled=bool(labels), config=config,
+                        threshold=index.threshold, title=f"Margin picture: {markdown_text(picked.name)}")
+
         with timed(timings, "faces"):
-            face_search_section(index, run_dir, stamp, int(k))
-        st.caption(f"Server time {1000 * (time.perf_counter() - started):.0f} ms (detect, align, embed and search every face).")
+            face_search_section(index, run_dir, stamp, int(k), labels, explain)
+        if st.session_state.get("upload") is not None:
+            if index.threshold is not None:
+                st.caption(threshold_note(config) + " A neighbour is a match when d ≤ τ.")
+            st.caption(f"Server time {1000 * (time.perf_counter() - started):.0f} ms (detect, align, embed and search every face).")
         return
     query_col, result_col = st.columns([1, 3], gap="large")
     with query_col, timed(timings, "query"):
@@ -125,9 +134,9 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
     st.image(preview, caption=markdown_text(uploaded.name), width="stretch")
     label = None
     if labels:
-        chosen = st.selectbox("Its class, if you know it", [UNKNOWN] + labels, key="upload_label",
+        chosen = st.selectbox("Its class, if you know it", [UNKNOWN_CLASS] + labels, key="upload_label",
                               help="Type to filter. With a class, the page shows the nearest positive and negative.")
-        label = None if chosen == UNKNOWN else chosen
+        label = None if chosen == UNKNOWN_CLASS else chosen
     return vector, uploaded.name, label, None
 
 
@@ -148,7 +157,7 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         picked = None
     if picked is not None:
         item = picked["item"]
-        show_item(index, item, caption=f"query: {markdown_text(Path(index.relative_paths[item]).name)}{face_suffix(index, item)}")
+        show_item(index, item, caption=f"query: {markdown_text(item_name(index, item))}")
         label = index.labels[item]
         st.caption(("" if label is None else f"class {markdown_text(label)} · ") + "the query itself is left out of the results")
     with st.expander("Gallery (pick a query)", expanded=picked is None):
@@ -156,7 +165,7 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         for position, item in enumerate(shown):
             with columns[position % 3]:
                 show_item(index, item)
-                if st.button(markdown_text(Path(index.relative_paths[item]).name) + face_suffix(index, item), key=f"pick-{item}", width="stretch"):
+                if st.button(markdown_text(item_name(index, item)), key=f"pick-{item}", width="stretch"):
                     st.session_state["picked"] = {"stamp": stamp, "item": item}
                     st.rerun()
         st.caption(f"{len(items)} {'faces' if index.has_faces else 'images'}; page {page} of {n_pages}")
@@ -165,7 +174,7 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         return None
     item = picked["item"]
     vector = index.embeddings[item]
-    return vector, Path(index.relative_paths[item]).name, index.labels[item], item
+    return vector, item_name(index, item), index.labels[item], item
 
 
 # ----------------------------------------------------------------------------- the answer
@@ -180,9 +189,10 @@ def show_verdict(index: GalleryIndex, explanation: diagnostics.SearchExplanation
         return
     verdict = index.verdict(explanation.neighbours)
     shown = dataclasses.replace(verdict, label=None if verdict.label is None else markdown_text(verdict.label))
+    nearest = markdown_text(item_name(index, explanation.neighbours[0].item)) if explanation.neighbours else None
     icon = ":green[:material/check_circle:]" if verdict.match else ":orange[:material/person_off:]"
     with st.container(border=True, key="verdict"):
-        st.markdown(f"{icon} **{shown.describe(threshold.target_far)}**")
+        st.markdown(f"{icon} **{shown.describe(threshold.target_far, nearest=nearest)}**")
         st.caption(threshold_note(config) + " A neighbour is a match when d ≤ τ.")
 
 
@@ -195,12 +205,23 @@ def show_no_threshold(run_dir: Path) -> None:
 
 
 def threshold_note(config: RunConfig) -> str:
-    """One caption line on where the run's τ comes from and what it gave there."""
+    """One caption line on where the run's τ comes from and what it gave there (and when its pairs
+    are too few to measure its target FAR)."""
     stored = config.verification or {}
     where = markdown_text(stored.get("pairs", "pairs not recorded"))
     return (f"τ = {stored['threshold']:.3f} was chosen at a target FAR of {percent(stored['target_far'])} on {where}: "
             f"FAR {percent(stored['far'])}, TAR {percent(stored['tar'])} on {stored['n_positive_pairs']} same-class and "
-            f"{stored['n_negative_pairs']} different-class pairs.")
+            f"{stored['n_negative_pairs']} different-class pairs." + too_few_pairs(stored))
+
+
+def too_few_pairs(stored) -> str:
+    """" Too few …" when a stored τ's different-class pairs cannot measure its target FAR (10 / FAR
+    needed), with the way to a better one; else ""."""
+    needed = pairs_needed(stored["target_far"])
+    if stored["n_negative_pairs"] >= needed:
+        return ""
+    return (f" :orange[Too few different-class pairs to measure a FAR of {percent(stored['target_far'])} "
+            f"(≥ {needed} needed): these rates are rough; `retrieval calibrate` on a folder of more classes gives a firmer τ.]")
 
 
 def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None) -> None:
@@ -227,9 +248,10 @@ def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanat
 
 
 def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
-                gallery_labelled: bool = True, config: RunConfig | None = None, threshold: Threshold | None = None) -> None:
+                gallery_labelled: bool = True, config: RunConfig | None = None, threshold: Threshold | None = None,
+                title: str = "Margin picture") -> None:
     """The margin picture and, with the query's label, its nearest positive and negative."""
-    st.subheader("Margin picture")
+    st.subheader(title)
     if not explanation.neighbours:
         return
     low, high = explanation.band

@@ -20,10 +20,11 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.common import chosen_run
+from app_pages.search import too_few_pairs
 from retrieval import diagnostics, figures
 from retrieval.run import RunConfig, read_metrics, read_val_distances
 from retrieval.safe_text import markdown_text
-from retrieval.verification import MIN_PAIRS_PER_RATE, percent, rates_at, roc_points, threshold_at_far
+from retrieval.verification import pairs_needed, percent, rates_at, roc_points, threshold_at_far
 
 VALIDATION_METRICS = ("recall_at_1", "map_at_r", "eer", "tar_at_far", "threshold")
 #: the target FARs the page lets a user try
@@ -139,9 +140,9 @@ def threshold_line(run_dir: Path, config: RunConfig) -> str:
     return (f"Stored threshold τ = {stored['threshold']:.3f} (target FAR {percent(stored['target_far'])}): FAR "
             f"{percent(stored['far'])}, TAR {percent(stored['tar'])}"
             + ("" if stored.get("eer") is None else f", EER {percent(stored['eer'])}")
-            + f" on all {stored['n_positive_pairs']} same-class and {stored['n_negative_pairs']} different-class pairs of "
-            f"{markdown_text(stored.get('pairs', 'pairs not recorded'))}. The dot on the curve is where it falls on the "
-            "sampled pairs shown.")
+            + f" on {stored['n_positive_pairs']} same-class and {stored['n_negative_pairs']} different-class pairs ("
+            f"{markdown_text(stored.get('pairs', 'pairs not recorded'))}). The dot on the curve is where it falls on the "
+            "sampled pairs shown." + too_few_pairs(stored))
 
 
 def tried_line(tried, n_negative: int, run_dir: Path) -> str:
@@ -149,9 +150,9 @@ def tried_line(tried, n_negative: int, run_dir: Path) -> str:
     text = (f"At a target FAR of {percent(tried.target_far)} these pairs give τ = {tried.threshold:.3f}: FAR "
             f"{percent(tried.far)}, TAR {percent(tried.tar)}. Shown only; to store a threshold run "
             f"retrieval calibrate {markdown_text(run_dir)} DATA_DIR --target-far {tried.target_far:g}.")
-    needed = MIN_PAIRS_PER_RATE / tried.target_far
+    needed = pairs_needed(tried.target_far)
     if n_negative < needed:
-        text += f" With {n_negative} negative pairs shown, a FAR of {percent(tried.target_far)} rests on too few (≥ {needed:.0f} needed)."
+        text += f" With {n_negative} negative pairs shown, a FAR of {percent(tried.target_far)} rests on too few (≥ {needed} needed)."
     return text
 
 

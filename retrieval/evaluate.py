@@ -227,7 +227,7 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     for path, faces, image in zip((image_a, image_b), found, images):
         if not faces:
             harder = "" if look_harder else f"; {pipeline.settings.look_harder_hint(image.size)}"
-            raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size)}{harder})")
+            raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size, looked_harder=look_harder)}{harder})")
     result = verify_pair(model, config, found[0][0].crop, found[1][0].crop, device=torch_device, precision=precision)
     result["faces"] = [{"box": [round(float(v), 2) for v in faces[0].box], "score": round(float(faces[0].score), 5),
                         "n_faces": len(faces)} for faces in found]

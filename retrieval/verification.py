@@ -52,6 +52,7 @@ __all__ = [
     "open_set_verdict",
     "far_levels",
     "pair_distances",
+    "pairs_needed",
     "percent",
     "rates_at",
     "roc_curve",
@@ -132,13 +133,16 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {"match": self.match, "label": self.label, "distance": self.distance, "threshold": self.threshold}
 
-    def describe(self, target_far: float | None = None) -> str:
-        """One line: "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %", "no match in the gallery …"."""
+    def describe(self, target_far: float | None = None, nearest: str | None = None) -> str:
+        """One line: "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %", "no match in the gallery …". In a
+        gallery without labels a match is named by ``nearest`` (the nearest item's name, e.g.
+        "003.jpg · face 2"), else "(unlabelled)"."""
         if self.threshold is None:
             return "no threshold set for this run: no verdict (retrieval calibrate RUN_DIR DATA_DIR sets one)"
         at = f" at FAR {percent(target_far)}" if target_far is not None else ""
         if self.match:
-            return f"match: {self.label if self.label is not None else '(unlabelled)'}, d = {self.distance:.3f} ≤ τ = {self.threshold:.3f}{at}"
+            name = self.label if self.label is not None else nearest if nearest is not None else "(unlabelled)"
+            return f"match: {name}, d = {self.distance:.3f} ≤ τ = {self.threshold:.3f}{at}"
         nearest = "" if self.distance is None else f": the nearest is at d = {self.distance:.3f} > τ = {self.threshold:.3f}{at}"
         return f"no match in the gallery{nearest}"
 
@@ -259,6 +263,12 @@ def threshold_at_far(positive: np.ndarray, negative: np.ndarray, target_far: flo
     threshold = float((below.max() + limit) / 2) if len(below) else float(np.nextafter(limit, -np.inf))
     far, frr = rates_at(threshold, positive, negative)
     return Threshold(threshold, float(target_far), far, 1.0 - frr, len(positive), len(negative))
+
+
+def pairs_needed(target_far: float) -> int:
+    """How many different-class pairs a FAR of ``target_far`` needs to be measured (10 / f: a FAR of
+    1 % needs 1000; fewer, and it rests on a handful of pairs)."""
+    return math.ceil(MIN_PAIRS_PER_RATE / target_far - 1e-9)
 
 
 def far_levels(n_negative: int, levels: Sequence[float] = FAR_LEVELS) -> list[float]:

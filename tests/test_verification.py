@@ -153,6 +153,12 @@ def test_verdicts_and_stored_thresholds_read_as_one_line():
     assert Verdict(True, "anna", 0.31, 0.52).describe(0.01) == "match: anna, d = 0.310 ≤ τ = 0.520 at FAR 1 %"
     assert Verdict(False, None, 0.8, 0.52).describe(0.01) == "no match in the gallery: the nearest is at d = 0.800 > τ = 0.520 at FAR 1 %"
     assert "retrieval calibrate" in Verdict(None, None, 0.8, None).describe()
+    # a gallery without labels: a match is named by its nearest item when the caller gives it
+    assert Verdict(True, None, 0.31, 0.52).describe(0.01, nearest="party/003.jpg · face 2") == \
+        "match: party/003.jpg · face 2, d = 0.310 ≤ τ = 0.520 at FAR 1 %"
+    assert Verdict(True, None, 0.31, 0.52).describe() == "match: (unlabelled), d = 0.310 ≤ τ = 0.520"
+    assert Verdict(True, "anna", 0.31, 0.52).describe(nearest="x.jpg").startswith("match: anna,")
+    assert Verdict(False, None, 0.8, 0.52).describe(nearest="x.jpg").startswith("no match in the gallery")
     stored = {"threshold": 0.52, "target_far": 0.01, "far": 0.0098, "tar": 0.81, "eer": 0.06, "n_positive_pairs": 40,
               "n_negative_pairs": 1200, "pairs": "validation classes, epoch 3"}
     assert describe_threshold(stored) == ("threshold τ = 0.5200 at FAR 0.0098 (target 0.01), TAR 0.8100, EER 0.0600 on 40 "

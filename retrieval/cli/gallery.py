@@ -154,7 +154,8 @@ def search_command(
         table.add_row(*cells, *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
     Console().print(table)
     target = gallery.threshold.target_far if gallery.threshold is not None else None
-    typer.echo(printable(verdict.describe(target)))
+    nearest = None if not neighbours else gallery.relative_paths[neighbours[0].item] if one_root else neighbours[0].path
+    typer.echo(printable(verdict.describe(target, nearest=None if nearest is None else str(nearest))))
 
 
 def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_output: bool, look_harder: bool,
@@ -175,7 +176,7 @@ def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_ou
         typer.echo(json.dumps({"faces": [r.to_json(gallery) for r in results]}))
         return
     if not results:
-        hint = pipeline.settings.no_face_hint(query.size)
+        hint = pipeline.settings.no_face_hint(query.size, looked_harder=look_harder)
         harder = "" if look_harder else f"; {pipeline.settings.look_harder_hint(query.size)}"
         typer.echo(printable(f"no face found in {image}: nothing to search; {hint}{harder}"))
         return

@@ -198,13 +198,21 @@ class DetectorSettings:
         return (f"faces from {self.min_face_size} px" + (f", photos over {self.max_side} px searched at {self.max_side}" if self.max_side else "")
                 + (f", rechecked at {self.recheck_threshold:g}" if self.recheck_threshold and self.landmark_passes else ""))
 
-    def no_face_hint(self, photo_size: tuple[int, int]) -> str:
+    def no_face_hint(self, photo_size: tuple[int, int], looked_harder: bool = False) -> str:
         """Why a photo may have no face found, for the one line that says so: the smallest face
-        looked for in it, and the recheck when there is one, with the ``retrieval train`` flags that set them."""
-        hint = (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
-                + ("--face-min-size and --face-max-side" if self.shrinks(photo_size) else "--face-min-size") + ")")
+        looked for in it, and the recheck when there is one, with the ``retrieval train`` flags that
+        set them; with ``looked_harder`` (these are :meth:`harder`'s settings) what looking harder
+        reached, since the run's flags no longer set those numbers (only ``--face-max-side`` still does)."""
+        shrinks = self.shrinks(photo_size)
+        if looked_harder:
+            hint = (f"faces under {self.smallest_face(photo_size)} px are not looked for in it even looking harder"
+                    + (" (the run's --face-max-side)" if shrinks else ""))
+        else:
+            hint = (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
+                    + ("--face-min-size and --face-max-side" if shrinks else "--face-min-size") + ")")
         if self.recheck_threshold and self.landmark_passes:
-            hint += f", and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck {self.recheck_threshold:g})"
+            where = f"at {self.recheck_threshold:g}, looking harder" if looked_harder else f"--face-recheck {self.recheck_threshold:g}"
+            hint += f", and a face that O-Net doubts once framed by its own landmarks is dropped ({where})"
         return hint
 
     def harder(self) -> DetectorSettings:

@@ -25,6 +25,7 @@ class FaceResult:
     face: AlignedFace
     neighbours: list[Any]  # retrieval.index.Neighbour, nearest first
     verdict: Any  # retrieval.verification's open-set verdict
+    vector: Any = None  # the face's unit embedding (D,), as searched
 
     def to_json(self, gallery: Any) -> dict[str, Any]:
         """``{"box", "score", "neighbours": [...], "verdict": {...}}``; each neighbour's record
@@ -42,8 +43,9 @@ def search_faces(gallery: Any, pipeline: FacePipeline, image: ImageInput, k: int
     ``options`` go to its ``search``), most confident face first; [] when no face is found."""
     results = []
     for face in pipeline.faces(image):
-        neighbours = gallery.search(face.crop, k, **options)
-        results.append(FaceResult(face, neighbours, gallery.verdict(neighbours)))
+        vector = gallery.embed(face.crop)
+        neighbours = gallery.search(vector, k, **options)
+        results.append(FaceResult(face, neighbours, gallery.verdict(neighbours), vector))
     return results
 
 
@@ -67,5 +69,6 @@ def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tup
             record = gallery.face(n.item) or {}
             where = ", ".join(f"{v:.0f}" for v in record.get("box", []))
             table.add_row(str(rank), terminal_text(n.path), where, terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}")
-        shown.append((heading, table, result.verdict.describe(target)))
+        nearest = None if not result.neighbours else f"{result.neighbours[0].path}{gallery.face_suffix(result.neighbours[0].item)}"
+        shown.append((heading, table, result.verdict.describe(target, nearest=nearest)))
     return shown

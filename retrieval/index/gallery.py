@@ -137,6 +137,12 @@ class GalleryIndex:
         return resolve_logged_path(self.roots[self._item_roots[item]], self.relative_paths[item],
                                    source=index_dir(self.run_dir) / METADATA_NAME)
 
+    def face_suffix(self, item: int) -> str:
+        """" · face N" to follow an item's photo name in a face gallery ("003.jpg · face 2": a photo's
+        faces are numbered from 1, most confident first); "" in an index of whole images."""
+        face = self.face(item)
+        return "" if face is None else f" · face {int(face.get('face', 0)) + 1}"
+
     def face(self, item: int) -> dict[str, Any] | None:
         """A face run's item: its face's record (``box`` [x0, y0, x1, y1] in its photo's pixels,
         ``score``, ``face``: its rank in the photo, ``sha256``: the photo's content); None in an

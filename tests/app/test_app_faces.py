@@ -42,6 +42,42 @@ def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_
     assert rows[0].startswith(f"face {other + 1},"), "the picked face's row comes first"
 
 
+def test_the_picked_face_gets_its_margin_picture_its_class_check_and_a_place_on_the_map(monkeypatch, face_run):
+    at = upload(start(monkeypatch, face_run), "two.jpg", dataset(SCENES / "pairs" / "000.jpg").read_bytes(), "image/jpeg")
+    picked = at.selectbox(key="face_pick").value
+    assert f"Margin picture: two.jpg · face {picked + 1}" in texts(at.subheader)
+    (margin,) = [s for s in charts(at) if "layer" in s]
+    bars = layer_rows(margin, 1)
+    first_row = [m for m in texts(at.markdown) if "d = " in m][:6]  # the picked face's row comes first
+    # (the cards are read column by column: rank 6 shares the first column with rank 1)
+    assert sorted(f"d = {r['distance']:.3f}" for r in bars) == sorted(m.split("  \n")[1].split(" ≤")[0] for m in first_row), \
+        "the margin picture's bars are the picked face's neighbours"
+    assert all("cos = " in m for m in first_row)
+    assert any("Give the query's class" in c for c in texts(at.caption))
+
+    label = at.selectbox(key="upload_label")
+    cls = next(option for option in label.options if option not in ("(unknown)", "party"))
+    label.set_value(cls).run()
+    assert not at.exception
+    assert "Nearest positive and nearest negative" in texts(at.subheader)
+    marked = [m for m in texts(at.markdown) if "d = " in m and (":material/check:" in m or ":material/close:" in m)]
+    assert len(marked) == 6, "the picked face's neighbours are marked ✓ / ✗ against the class given, the others' not"
+
+    at = go(at, "Embedding map")
+    assert any(f"The black cross is the last query, two.jpg · face {picked + 1}." in c for c in texts(at.caption)), \
+        texts(at.caption)
+
+
+def test_a_new_photo_starts_on_its_largest_face(monkeypatch, face_run):
+    at = upload(start(monkeypatch, face_run), "two.jpg", dataset(SCENES / "pairs" / "000.jpg").read_bytes(), "image/jpeg")
+    pick = at.selectbox(key="face_pick")
+    assert pick.value == 0
+    pick.set_value(1).run()
+    at = upload(at, "other.jpg", dataset(SCENES / "pairs" / "003.jpg").read_bytes(), "image/jpeg")  # its largest face is its first
+    pick = at.selectbox(key="face_pick")
+    assert pick.value == 0 and "largest" in pick.format_func(pick.value), "the face picked in the last photo does not carry over"
+
+
 def test_the_sidebar_says_the_run_embeds_grey_aligned_faces_with_their_mirror_image(monkeypatch, face_run):
     captions = texts(start(monkeypatch, face_run).sidebar.caption)
     assert any("faces: detected and aligned (faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9)" in c
@@ -54,6 +90,10 @@ def test_a_photo_without_a_face_says_so(monkeypatch, face_run):
 
     at = upload(start(monkeypatch, face_run), "blank.png", png_bytes((120, 120, 120), size=64))
     assert any("No face found in blank.png" in w and "faces under 40 px are not looked for in it" in w for w in texts(at.warning))
+    at.toggle(key="search_look_harder").set_value(True).run()
+    (warning,) = [w for w in texts(at.warning) if "No face found in blank.png" in w]
+    assert "faces under 20 px are not looked for in it even looking harder" in warning and "--face-min-size" not in warning
+    assert not any("Server time" in c for c in texts(start(monkeypatch, face_run).caption)), "no time before an upload"
 
 
 def test_look_harder_finds_and_searches_a_face_the_run_misses(monkeypatch, face_run):

@@ -78,6 +78,7 @@ def test_look_harder_searches_a_face_the_run_misses_and_says_nothing_of_itself_w
     blank = next(gallery.rglob("blank0.png"))
     table = cli("search", run, blank, "--look-harder")
     assert table.code == 0 and table.out.strip().startswith(f"no face found in {blank}") and "--look-harder" not in table.out
+    assert "faces under 20 px are not looked for in it even looking harder" in table.out and "--face-min-size" not in table.out
 
 
 def test_verify_looks_harder_when_asked_and_says_it_can_when_a_photo_has_no_face(face_index, cli):

@@ -45,6 +45,16 @@ def test_the_no_face_hint_gives_the_smallest_face_looking_harder_finds_in_that_p
     assert settings.smallest_face((4000, 3000)) == 100
 
 
+def test_the_no_face_line_after_looking_harder_says_what_looking_harder_reached_not_the_runs_flags():
+    harder = DetectorSettings().harder()
+    assert harder.no_face_hint((480, 360), looked_harder=True) == (
+        "faces under 20 px are not looked for in it even looking harder, and a face that O-Net doubts once framed "
+        "by its own landmarks is dropped (at 0.9, looking harder)")
+    assert harder.no_face_hint((4000, 3000), looked_harder=True).startswith(
+        "faces under 50 px are not looked for in it even looking harder (the run's --face-max-side),")
+    assert "--face-min-size" not in harder.no_face_hint((480, 360), looked_harder=True)
+
+
 def test_the_cli_help_gives_the_numbers_harder_uses():
     from retrieval.cli.common import LOOK_HARDER_HELP
 

@@ -79,6 +79,23 @@ def test_cli_search_marks_matches_and_gives_a_verdict_at_the_runs_threshold(tmp_
     assert table.exit_code == 0 and "no match in the gallery" in table.stdout and "match" in table.stdout
 
 
+def test_cli_search_in_a_gallery_without_labels_names_the_match_by_its_file(tmp_path, run_dir, gallery_dir):
+    from retrieval.run import read_config
+
+    run, flat = tmp_path / "run", tmp_path / "flat"
+    shutil.copytree(run_dir, run)
+    flat.mkdir()
+    for name in ("apple/0_0.png", "plum/2_0.png", "plum/2_1.png"):
+        shutil.copy(gallery_dir / name, flat / name.replace("/", "_"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(run), str(flat), "--n-trees", "2", "--device", "cpu", "--quiet"]).exit_code == 0
+    read_config(run).updated(verification={"threshold": 2.0, "target_far": 0.01, "far": 0.01, "tar": 0.9,
+                                           "n_positive_pairs": 10, "n_negative_pairs": 1000}).write(run)
+    table = runner.invoke(app, ["search", str(run), str(flat / "plum_2_0.png"), "-k", "2", "--exact"])
+    assert table.exit_code == 0, table.output
+    assert "match: plum_2_0.png, d = 0.000 ≤ τ = 2.000 at FAR 1 %" in table.stdout, table.stdout
+
+
 def test_cli_add_appends_a_folder(tmp_path, run_dir, gallery_dir):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
