@@ -96,7 +96,8 @@ def retrieval_metrics(
     if n_queries == 0:
         raise RetrievalError(
             "no query has a same-class item in the gallery: nothing to evaluate "
-            "(each class needs at least two images for leave-one-out)"
+            + ("(each class needs at least two images for leave-one-out)" if leave_one_out
+               else "(no query class is among the gallery's classes: classes are matched by folder name)")
         )
     if chunk_size is None:
         chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // max(1, len(gallery))))
@@ -186,11 +187,13 @@ def calibrate_run(
 
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
-    config, sets, _ = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
-                                        num_workers=num_workers, precision=precision, on_progress=on_progress)
+    config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
+                                                num_workers=num_workers, precision=precision, on_progress=on_progress,
+                                                purpose="calibration")
     pairs = pair_distances(*sets[0])
     if not pairs.n_positive or not pairs.n_negative:
-        raise RetrievalError(f"{data_dir}: calibration needs two or more classes, one with two or more images")
+        left_out = f", once the {n_no_face} image(s) without a face found are left out" if n_no_face else ""
+        raise RetrievalError(f"{data_dir}: calibration needs two or more classes, one with two or more images{left_out}")
     summary = summarise(pairs, target_far=target_far)
     verification = {**summary.threshold.to_json(), "eer": summary.eer,
                     "pairs": f"every pair of {Path(data_dir).resolve()} (retrieval calibrate)"}
@@ -261,10 +264,13 @@ def _stage_offset(on_progress, stage: str, offset: int, total: int):
 
 
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
-                         on_progress) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
+                         on_progress, purpose: str = "evaluation") -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
     """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
     labels numbered by class name across the sets, and for a face run the number of query images
-    without a face (each set then holds each image's most confident face)."""
+    without a face (each set then holds each image's most confident face; a set where no face is
+    found at all is a one-line RetrievalError). ``purpose``, "evaluation" or "calibration", names
+    the one folder in the no-face warning (evaluation counts those images as misses, calibration
+    leaves them out)."""
     from retrieval.data import build_transforms, scan_folder
     from retrieval.embed import embed_readable
     from retrieval.model import resolve_device
@@ -290,8 +296,12 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
 
         pipeline = run_pipeline(run_dir, config)
         searched, to_search, faced = 0, sum(len(f.paths) for f in folders), []
-        for folder, what in zip(folders, ("query", "gallery") if cross_set else ("evaluation",)):
-            faced.append(face_folder(folder, pipeline, what, on_progress=_stage_offset(on_progress, "detect", searched, to_search)))
+        for folder, what in zip(folders, ("query", "gallery") if cross_set else (purpose,)):
+            found, missing = face_folder(folder, pipeline, what, on_progress=_stage_offset(on_progress, "detect", searched, to_search))
+            if missing and not found.paths:
+                raise RetrievalError(f"no face found in any of the {len(missing)} {what} image(s) of {folder.root}: a face run "
+                                     f"compares faces (it looks for {pipeline.settings.reach()})")
+            faced.append((found, missing))
             searched += len(folder.paths)
         folders, n_no_face = [f for f, _ in faced], len(faced[0][1])
     class_ids: dict[str, int] = {}

@@ -87,6 +87,13 @@ def test_no_query_with_a_same_class_item_is_a_user_error():
         retrieval_metrics(on_circle([0, 10]), [0, 1])
 
 
+def test_no_query_class_among_the_gallerys_says_so_not_leave_one_out():
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(RetrievalError, match=r"no query class is among the gallery's classes") as error:
+        retrieval_metrics(x[:2], [0, 1], x[2:], [2, 3])
+    assert "leave-one-out" not in str(error.value)
+
+
 def test_embeddings_are_normalised_so_scale_does_not_change_the_ranking():
     scaled = LINE * np.array([[3.0], [0.5], [2.0], [7.0], [1.0], [0.1]], dtype=np.float32)
     assert retrieval_metrics(scaled, LINE_LABELS) == retrieval_metrics(LINE, LINE_LABELS)

@@ -120,7 +120,7 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
         labels.append(label)
     if missing:
         names = [_shown(path, folder.root) for path in missing]
-        outcome = "count as misses" if what in ("query", "evaluation") else "are left out"  # evaluate scores a missed query 0
+        outcome = "count as misses" if what in ("query", "evaluation") else "are left out"  # evaluate scores a missed query 0; calibration leaves it out
         log.warning("faces: %d of %d %s image(s) have no face found and %s: %s (the run looks for %s)", len(missing),
                     len(folder.paths), what, outcome, data.brief_list(names), pipeline.settings.reach())
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),

@@ -58,6 +58,43 @@ def test_calibrate_on_a_face_run_chooses_a_threshold_on_the_faces(face_run, tmp_
     assert stored["n_positive_pairs"] == 3 and stored["n_negative_pairs"] == 12
 
 
+def faceless_folder(root, classes=("a", "b"), per_class=2):
+    """A labelled folder of grey images in which no face is found."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray((120 + rng.integers(0, 8, (112, 92, 3))).astype(np.uint8)).save(root / name / f"{k}.png")
+    return root
+
+
+def test_a_set_without_any_face_is_a_one_line_error_naming_it_in_evaluate_and_calibrate(face_run, tmp_path, cli):
+    blank = faceless_folder(tmp_path / "blank")
+    faces = make_face_folder(tmp_path / "faces", n_classes=2, per_class=2, no_face=0)
+    for call, what in [(lambda: evaluate_run(face_run, blank, device="cpu"), "evaluation"),
+                       (lambda: evaluate_run(face_run, query_dir=blank, gallery_dir=faces, device="cpu"), "query"),
+                       (lambda: evaluate_run(face_run, query_dir=faces, gallery_dir=blank, device="cpu"), "gallery"),
+                       (lambda: calibrate_run(face_run, blank, device="cpu"), "calibration")]:
+        with pytest.raises(RetrievalError, match=rf"^no face found in any of the 4 {what} image\(s\) of .*blank: a face run compares faces"):
+            call()
+    result = cli("evaluate", face_run, blank)
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and "Traceback" not in result.err and len(lines) == 2, result.err  # the no-face warning, the error
+    assert lines[-1].startswith("error: no face found in any of the 4 evaluation image(s)")
+
+
+def test_calibrate_says_when_images_without_a_face_leave_too_few_classes(face_run, tmp_path, caplog):
+    folder = make_face_folder(tmp_path / "half", n_classes=1, per_class=2, no_face=0)
+    faceless_folder(folder, classes=("z",))
+    with pytest.raises(RetrievalError, match=r"calibration needs two or more classes, one with two or more images, once the "
+                                             r"2 image\(s\) without a face found are left out"):
+        calibrate_run(face_run, folder, device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "no face found" in r.getMessage()]
+    assert warned and "calibration image(s)" in warned[0] and "are left out" in warned[0], warned
+
+
 def test_verify_on_a_face_run_compares_faces_and_a_faceless_image_is_a_one_line_error(face_run, tmp_path):
     folder = make_face_folder(tmp_path / "v", n_classes=1, per_class=2, no_face=1)
     person = sorted(p for p in folder.iterdir())[0]
