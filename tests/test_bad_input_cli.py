@@ -108,3 +108,46 @@ def test_look_harder_on_a_run_without_faces_is_one_line(run_and_gallery, cli, co
     image = gallery / "apple" / "apple_0.png"
     result = cli(command, run, image, *([image] if command == "verify" else []), "--look-harder", "--device", "cpu")
     assert_one_line_error(result.code, result.err, "--look-harder looks for faces", "without --faces")
+
+
+def test_look_harder_on_a_run_without_faces_is_its_own_error_before_any_index_is_built(tmp_path, cli):
+    gallery = fake_runs.make_gallery(tmp_path / "gallery")
+    run = fake_runs.make_run(tmp_path / "run", gallery, index=False, mining=False)
+    result = cli("search", run, gallery / "apple" / "apple_0.png", "--look-harder")
+    assert_one_line_error(result.code, result.err, "--look-harder looks for faces", "without --faces")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("search",), ["Missing argument", "search --help"]),
+    (("search", "RUN", "IMAGE", "-k", "0"), ["-k", "search --help"]),
+    (("search", "RUN", "IMAGE", "--no-such-flag"), ["No such option: --no-such-flag"]),
+    (("no-such-command",), ["No such command"]),
+])
+def test_a_missing_argument_or_unknown_flag_is_one_line_too(cli, args, words):
+    result = cli(*args)
+    assert_one_line_error(result.code, result.err, *words)
+
+
+@pytest.mark.parametrize("search_k", ["0", "-5"])
+def test_search_refuses_a_search_k_below_one(run_and_gallery, cli, search_k):
+    run, gallery = run_and_gallery
+    result = cli("search", run, gallery / "apple" / "apple_0.png", "--search-k", search_k)
+    assert_one_line_error(result.code, result.err, "--search-k must be at least 1")
+
+
+def test_a_folder_given_as_the_query_is_named_a_folder(run_and_gallery, cli):
+    run, gallery = run_and_gallery
+    result = cli("search", run, gallery)
+    assert_one_line_error(result.code, result.err, "is a folder, not an image")
+
+
+def test_gallery_root_must_exist_and_a_wrong_one_is_warned_of(run_and_gallery, tmp_path, cli):
+    run, gallery = run_and_gallery
+    query = gallery / "apple" / "apple_0.png"
+    missing = cli("search", run, query, "--gallery-root", tmp_path / "nothere")
+    assert_one_line_error(missing.code, missing.err, "--gallery-root", "nothere", "no such folder")
+    (tmp_path / "elsewhere").mkdir()
+    wrong = cli("search", run, query, "--gallery-root", tmp_path / "elsewhere", "-k", "1")
+    assert wrong.code == 0 and len(wrong.lines) == 1 and "none of the" in wrong.lines[0] and "is it the folder the index was built from?" in wrong.lines[0]
+    right = cli("search", run, query, "--gallery-root", gallery, "-k", "1")
+    assert right.code == 0 and not right.lines, right.err

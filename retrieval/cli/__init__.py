@@ -24,10 +24,33 @@ from retrieval.safe_text import printable
 __all__ = ["app", "main"]
 
 
-def main() -> None:
-    """Console-script entry point: run the typer app, turning user errors into one line."""
+def _click_exceptions():
+    """click's exception classes as typer raises them: its own copy of click (newer typer) or click."""
     try:
-        app()
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def main() -> None:
+    """Console-script entry point: run the typer app, turning user errors into one line: a
+    RetrievalError, and a flag or argument that click refuses (missing, unknown, out of range),
+    each as ``error: …`` on stderr with exit status 2."""
+    click = _click_exceptions()
+    no_args = getattr(click, "NoArgsIsHelpError", ())  # click ≥ 8.2: the group given no command
+    try:
+        code = app(standalone_mode=False)  # Ctrl-C comes back as 130; what was saved stays (atomic writes)
+    except no_args as error:
+        typer.echo(error.format_message(), err=True)  # the group's help
+        sys.exit(2)
+    except click.UsageError as error:  # a missing argument, an unknown flag, a value out of range
+        command = error.ctx.command_path if error.ctx is not None else "retrieval"
+        typer.secho(f"error: {printable(error.format_message())} (see {command} --help)", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except click.ClickException as error:
+        typer.secho(f"error: {printable(error.format_message())}", fg=typer.colors.RED, err=True)
+        sys.exit(error.exit_code)
     except RetrievalError as error:
         typer.secho(f"error: {printable(error)}", fg=typer.colors.RED, err=True)
         if isinstance(error, LostProcesses):  # torch's teardown may abort after a peer died (see LostProcesses)
@@ -35,3 +58,4 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(2)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as the return value

@@ -121,16 +121,18 @@ def search_command(
     from retrieval.index import GalleryIndex
 
     log_warnings()
+    if look_harder:  # the flag's own error first: it stands whether or not an index is built yet
+        from retrieval.faces.detect import LOOK_HARDER_WITHOUT_FACES
+        from retrieval.run import read_config
+
+        if read_config(run_dir).faces is None:
+            raise RetrievalError(LOOK_HARDER_WITHOUT_FACES)
     query = load_image(image, max_pixels=MAX_QUERY_PIXELS)
     gallery = GalleryIndex.load(run_dir, device=device, gallery_roots=gallery_root)
     if gallery.has_faces:  # a face run: every face of the query is searched
         _search_faces(gallery, run_dir, image, query, k, json_output=json_output, look_harder=look_harder, exact=exact,
                       search_k=search_k)
         return
-    if look_harder:
-        from retrieval.faces.detect import LOOK_HARDER_WITHOUT_FACES
-
-        raise RetrievalError(LOOK_HARDER_WITHOUT_FACES)
     neighbours = gallery.search(query, k, exact=exact, search_k=search_k)
     verdict = gallery.verdict(neighbours)
     if json_output:

@@ -73,6 +73,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
     :data:`MAX_IMAGE_PIXELS`; pass :data:`MAX_QUERY_PIXELS` for a query).
     """
     path = Path(path)
+    if path.is_dir():
+        raise RetrievalError(f"{path} is a folder, not an image")
     if not path.is_file():
         raise RetrievalError(f"image not found: {path}")
     return _decode(path, str(path), MAX_IMAGE_PIXELS if max_pixels is None else max_pixels)

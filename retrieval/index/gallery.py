@@ -13,6 +13,8 @@ with ``gallery_roots`` for a run moved from another machine).
 
 from __future__ import annotations
 
+import logging
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,6 +177,8 @@ class GalleryIndex:
         or brute force over the stored embeddings with ``exact=True``."""
         if k < 1:
             raise RetrievalError(f"k must be at least 1, got {k}")
+        if search_k is not None and search_k < 1:  # Annoy reads -1 as its default and 0 as "look at nothing"
+            raise RetrievalError(f"--search-k must be at least 1 (the Annoy nodes to inspect), got {search_k}")
         vector = self._query_vector(query)
         k = min(int(k), len(self))
         if exact:
@@ -310,7 +314,23 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
     if len(gallery_roots) != len(recorded):
         raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
                              f"({', '.join(recorded)}); give one --gallery-root for each, in that order")
-    return [check_root(Path(root).absolute(), source="--gallery-root") for root in gallery_roots]
+    roots = [check_root(Path(root).absolute(), source="--gallery-root") for root in gallery_roots]
+    for number, (given, root) in enumerate(zip(gallery_roots, roots)):
+        if not root.is_dir():
+            raise RetrievalError(f"--gallery-root {given}: no such folder")
+        _warn_when_not_the_gallery(given, root, [path for r, path in zip(metadata["items"]["root"], metadata["items"]["path"])
+                                                 if r == number])
+    return roots
+
+
+def _warn_when_not_the_gallery(given: str | Path, root: Path, relative_paths: list[str], looked_at: int = 20) -> None:
+    """One warning line when none of the first ``looked_at`` images the index lists for a gallery
+    folder is found under the root given for it: likely the wrong folder (or one level off)."""
+    checked = relative_paths[:looked_at]
+    if checked and not any((root / path).is_file() for path in checked):
+        logging.getLogger("retrieval").warning(
+            "--gallery-root %s: none of the %d first gallery images the index lists for it is there (such as %s): "
+            "is it the folder the index was built from?", given, len(checked), checked[0])
 
 
 def _check_built_by_the_runs_model(run_dir: Path, metadata: dict[str, Any], config) -> None:
