@@ -185,11 +185,13 @@ def _shown(path: Path, root: Path) -> str:
 
 
 def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int], *,
-                  on_progress: Callable[[int, int], None] | None = None) -> tuple[list[int], list[Path], list[dict[str, Any]]]:
+                  on_progress: Callable[[int, int], None] | None = None,
+                  adding: bool = False) -> tuple[list[int], list[Path], list[dict[str, Any]]]:
     """Every face of every gallery photo as an item: (its photo's id in ``owners``, the crop file
     to embed, its record for gallery.json: ``box``, ``score``, ``face`` (its rank in the photo) and
     ``sha256`` (the photo's content: its cached crops can be forgotten after the photo is gone)).
-    Photos without a face are left out with one warning line. ``on_progress(done, total)``: photos searched."""
+    Photos without a face are left out with one warning line; no face at all is a RetrievalError
+    for a new index, and ``adding`` to one gives ([], [], []) (nothing to add)."""
     if pipeline.cache is None:
         raise ValueError("gallery_faces needs a pipeline with a cache (its crops are the files it embeds)")
     ids: list[int] = []
@@ -209,7 +211,7 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
     if missing:
         log.warning("faces: %d of %d gallery image(s) have no face found and are not indexed: %s (the run looks for %s)",
                     len(missing), len(paths), data.brief_list([str(p) for p in missing]), pipeline.settings.reach())
-    if not records:
+    if not records and not adding:
         raise RetrievalError(f"no face found in any of the {len(paths)} gallery image(s): a face run indexes faces")
     return ids, crops, records
 

@@ -129,7 +129,12 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         pipeline = run_pipeline(run_dir, config)
         find_share(pipeline, paths, ctx)  # torchrun: each process detects a share first, then the shared cache answers
         searched = (lambda d, t: on_progress("detect", d, t)) if on_progress and ctx.is_main else None
-        new_ids, paths, faces = gallery_faces(pipeline, paths, new_ids, on_progress=searched)
+        n_photos = len(paths)
+        new_ids, paths, faces = gallery_faces(pipeline, paths, new_ids, on_progress=searched, adding=previous is not None)
+        if not paths:  # adding photos in which no face is found (warned by name): the index stays as it is
+            logger.warning("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
+            previous.close()
+            return read_index_metadata(run_dir)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,
                                 num_workers=num_workers, precision=precision, ctx=ctx,
                                 on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress and ctx.is_main else None)

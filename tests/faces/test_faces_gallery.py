@@ -143,6 +143,17 @@ def test_index_cli_counts_faces_and_the_photos_they_come_from(face_index, cli, t
     assert table.code == 0 and table.out.splitlines()[0].startswith("indexed 4 faces from 3 photos in "), table.out
 
 
+def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(face_index, cli, tmp_path):
+    run, gallery = face_index  # its gallery has a photo without a face, which is never an item
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = read_index_metadata(copy)
+    again = cli("index", copy, "--add", gallery, "--quiet")
+    assert again.code == 0, again.err
+    assert any("nothing added" in line for line in again.lines) and not any(line.startswith("error") for line in again.lines), again.err
+    assert read_index_metadata(copy) == before, "the index stays as it was"
+
+
 def test_indexing_a_face_gallery_reports_finding_faces_before_embedding_them(face_index, tmp_path):
     run, gallery = face_index
     copy = tmp_path / "run"
