@@ -50,25 +50,34 @@ def search_faces(gallery: Any, pipeline: FacePipeline, image: ImageInput, k: int
 
 
 def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tuple[str, Any, str]]:
-    """``retrieval search``'s table output on a face run: per face a heading line (which face of the
-    photo, its box and score), a rich Table of its neighbours (path, the gallery face's box, label,
-    distance) and its verdict line."""
+    """``retrieval search``'s table output on a face run, as the whole-image table gives it: per face
+    a heading line (which face of the photo, its box and score), a rich Table of its neighbours
+    (photo path, relative to the gallery folder when there is one; which face of it and its box;
+    label, distance, cosine similarity, and with a threshold τ whether it is a match) and its verdict line."""
     from rich.table import Table
 
     from retrieval.safe_text import terminal_text
 
     target = gallery.threshold.target_far if gallery.threshold is not None else None
+    one_root = len(gallery.roots) == 1
+    columns = [("#", "right"), ("path", "left"), ("face", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")]
+    if gallery.threshold is not None:
+        columns.append(("match", "left"))
     shown = []
     for number, result in enumerate(results, 1):
         box = ", ".join(f"{v:.0f}" for v in result.face.box)
         heading = f"face {number} of {len(results)} in {image} (box {box}, score {result.face.score:.3f})"
-        table = Table()
-        for column, justify in [("#", "right"), ("path", "left"), ("face box", "left"), ("label", "left"), ("distance", "right")]:
+        table = Table(caption=terminal_text(f"paths relative to {gallery.roots[0]}") if one_root else None)
+        for column, justify in columns:
             table.add_column(column, justify=justify, overflow="fold")
         for rank, n in enumerate(result.neighbours, 1):
             record = gallery.face(n.item) or {}
-            where = ", ".join(f"{v:.0f}" for v in record.get("box", []))
-            table.add_row(str(rank), terminal_text(n.path), where, terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}")
-        nearest = None if not result.neighbours else f"{result.neighbours[0].path}{gallery.face_suffix(result.neighbours[0].item)}"
+            where = f"{int(record.get('face', 0)) + 1} ({', '.join(f'{v:.0f}' for v in record.get('box', []))})"
+            path = gallery.relative_paths[n.item] if one_root else n.path
+            table.add_row(str(rank), terminal_text(path), where, terminal_text("-" if n.label is None else n.label),
+                          f"{n.distance:.4f}", f"{n.similarity:.4f}", *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
+        first = result.neighbours[0] if result.neighbours else None
+        nearest = None if first is None else \
+            f"{gallery.relative_paths[first.item] if one_root else first.path}{gallery.face_suffix(first.item)}"
         shown.append((heading, table, result.verdict.describe(target, nearest=nearest)))
     return shown

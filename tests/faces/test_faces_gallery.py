@@ -174,6 +174,12 @@ def test_search_table_output_gives_a_table_and_a_verdict_line_a_face(face_index,
     assert [h.split(" (box ")[0] for h in headings] == [f"face 1 of 2 in {photo}", f"face 2 of 2 in {photo}"], \
         "each face's heading is one line, however long the path"
     assert all(h.endswith(")") and ", score " in h for h in headings)
+    # the neighbours' table as for whole images: paths relative to the gallery, which face, similarity
+    header = next(line for line in result.out.splitlines() if "distance" in line)
+    assert all(column in header for column in ("path", "face", "label", "similarity", "match")), header
+    rows = [line for line in result.out.splitlines() if line.startswith("│")]
+    assert rows and not any(str(gallery)[:12] in row for row in rows), "paths relative to the gallery folder"
+    assert "paths relative to" in result.out
 
 
 @pytest.mark.parametrize("command", ["search", "verify"])
