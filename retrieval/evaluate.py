@@ -187,6 +187,7 @@ def calibrate_run(
 
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
+    _warn_when_trained_on(run_dir, data_dir)
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
                                                 num_workers=num_workers, precision=precision, on_progress=on_progress,
                                                 purpose="calibration")
@@ -261,6 +262,27 @@ def _stage_offset(on_progress, stage: str, offset: int, total: int):
     if on_progress is None:
         return None
     return lambda done, _total: on_progress(stage, offset + done, total)
+
+
+def _warn_when_trained_on(run_dir: Path | str, data_dir: Path | str) -> None:
+    """One warning line when the folder's classes (its subfolders) include classes the run trained
+    on (``config.json``'s ``train_classes``): the model has seen those people or products, so τ
+    chosen on them is optimistic for new ones."""
+    from retrieval.run import read_config
+
+    try:
+        config = read_config(run_dir)
+        folder_classes = {p.name for p in Path(data_dir).iterdir() if p.is_dir()}
+    except (RetrievalError, OSError):
+        return  # the calibration itself says what is wrong
+    trained = set(config.get("train_classes") or [])
+    seen = sorted(folder_classes & trained)
+    if seen:
+        shown = ", ".join(seen[:3]) + (f" (and {len(seen) - 3} more)" if len(seen) > 3 else "")
+        logging.getLogger("retrieval").warning(
+            "%s: %d of its %d classes are classes the run trained on (%s): τ chosen on them is optimistic for "
+            "people or products the model has not seen; calibrate on held-out classes", data_dir, len(seen),
+            len(folder_classes), shown)
 
 
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,

@@ -34,6 +34,21 @@ def run_and_data(tmp_path_factory):
     return root / "run", root / "data"
 
 
+def test_calibrate_warns_when_the_folder_holds_classes_the_run_trained_on(run_and_data, tmp_path, cli):
+    import shutil
+
+    run, data = run_and_data
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    read_config(copy).updated(train_classes=["class0", "class1", "other"], val_classes=["class2"]).write(copy)
+    result = cli("calibrate", copy, data, "--target-far", "0.1", "--json", "--device", "cpu", "--quiet")
+    assert result.code == 0, result.err
+    assert len(result.lines) == 1 and "2 of its 3 classes are classes the run trained on (class0, class1)" in result.lines[0]
+    read_config(copy).updated(train_classes=["other"]).write(copy)
+    quiet = cli("calibrate", copy, data, "--target-far", "0.1", "--json", "--device", "cpu", "--quiet")
+    assert quiet.code == 0 and not quiet.lines, quiet.err
+
+
 def test_calibrate_stores_a_threshold_that_evaluate_and_verify_use(run_and_data, cli):
     run, data = run_and_data
     before = cli("verify", run, data / "class0" / "0.png", data / "class0" / "1.png", "--json", "--device", "cpu")

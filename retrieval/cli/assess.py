@@ -85,7 +85,7 @@ def verify_command(
     image_a: Path = typer.Argument(..., help="The first image."),
     image_b: Path = typer.Argument(..., help="The second image."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
-    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far"}.'),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far", "target_far"}; a face run adds "faces": [{"box", "score", "n_faces"}] for each image.'),
     look_harder: bool = typer.Option(False, "--look-harder", help=LOOK_HARDER_HELP),
 ) -> None:
     """Same identity / product or not: the distance of two images against the run's threshold."""

@@ -49,8 +49,11 @@ def index_command(
         return
     if n_trees is not None and n_trees < 1:
         raise RetrievalError(f"--n-trees must be at least 1, got {n_trees}")
-    if (gallery_dir is None) == (add is None):
-        raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one (not both)")
+    if gallery_dir is not None and add is not None:
+        raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one, not both")
+    if gallery_dir is None and add is None:
+        raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one "
+                             "(or --remove-label NAME / --remove PATH to take items out)")
     if gallery_root and add is None:
         raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
     stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings",
