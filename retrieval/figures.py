@@ -321,8 +321,9 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
     """A scatter of gallery points ``coords`` (n, 2) coloured by label, with the image name on
     hover; ``query`` (x, y) is drawn as a black cross on top. Layer 0 is the gallery; then, when
     ``pictures`` is given (an image URL, e.g. ``data:image/jpeg;base64,...``, or None per point),
-    the pictures, ``picture_px`` wide, centred on their points; the last layer (when a query is
-    given) is the query. Zoom and pan with the mouse.
+    with labels a square frame in the point's class colour behind each picture, and the pictures,
+    ``picture_px`` wide, centred on their points; the last layer (when a query is given) is the
+    query. Zoom and pan with the mouse.
 
     ``colour_title`` names what the labels are (legend and tooltip: "class", "folder", ...);
     ``labels=None`` draws every point in one colour, without a legend (a gallery without labels)."""
@@ -346,9 +347,12 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
         )
     layers = [points]
     if pictures is not None:
-        shown = [{"x": round(float(x), 5), "y": round(float(y), 5), "name": str(name), "picture": url}
-                 for (x, y), name, url in zip(coords, names, pictures) if url is not None]
+        shown = [{**row, "picture": url} for row, url in zip(rows, pictures) if url is not None]
         if shown:
+            if labels is not None:  # a frame in the class colour behind each picture: the colours stay visible
+                layers.append(alt.Chart(_data(shown)).mark_square(size=(picture_px + 6) ** 2, opacity=0.9).encode(
+                    x="x:Q", y="y:Q", color=_colour("label", colour_title, n_labels),
+                    tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title=colour_title)]))
             layers.append(alt.Chart(_data(shown)).mark_image(width=picture_px, height=picture_px).encode(
                 x="x:Q", y="y:Q", url="picture:N", tooltip=[alt.Tooltip("name:N", title="image")]))
     if query is not None:

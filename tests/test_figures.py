@@ -112,9 +112,10 @@ def test_embedding_map_draws_the_pictures_given_between_the_points_and_the_query
     url = "data:image/png;base64,iVBORw0KGgo="
     chart = figures.embedding_map(coords, ["a", "b", "a"], ["x.png", "y.png", "z.png"], query=(0.2, 0.3),
                                   pictures=[url, None, url], picture_px=24)
-    points, pictures, query = chart.layer
+    points, frames, pictures, query = chart.layer
     assert [(r["x"], r["y"], r["name"], r["picture"]) for r in rows(pictures)] == [(0.0, 1.0, "x.png", url), (0.5, 0.5, "z.png", url)]
-    spec = valid(chart)["layer"][1]
+    assert [r["label"] for r in rows(frames)] == ["a", "a"] and frames.mark.size == (24 + 6) ** 2
+    spec = valid(chart)["layer"][2]
     assert spec["mark"] == {"type": "image", "width": 24, "height": 24}
     assert spec["encoding"]["url"]["field"] == "picture"
     assert rows(query)[0]["name"] == "query"

@@ -16,8 +16,8 @@ def test_embedding_map_places_the_last_query(monkeypatch, full_run):
     upload(at, "mapped.png", fake_runs.png_bytes((200, 200, 0)))
     go(at, "Embedding map")
     (spec,) = charts(at)
-    assert len(spec["layer"]) == 3  # points, pictures, query
-    assert layer_rows(spec, 2)[0]["name"] == "mapped.png"
+    assert len(spec["layer"]) == 4  # points, the pictures' class-coloured frames, pictures, query
+    assert layer_rows(spec, 3)[0]["name"] == "mapped.png"
     assert any("last query, mapped.png" in c for c in texts(at.caption))
 
 
@@ -29,8 +29,10 @@ def test_embedding_map_draws_points_as_their_pictures_and_the_toggle_turns_them_
 
     at = go(start(monkeypatch, full_run), "Embedding map")
     (spec,) = charts(at)
-    points, pictures = layer_rows(spec, 0), layer_rows(spec, 1)
-    assert spec["layer"][1]["mark"]["type"] == "image"
+    points, frames, pictures = layer_rows(spec, 0), layer_rows(spec, 1), layer_rows(spec, 2)
+    assert spec["layer"][1]["mark"]["type"] == "square" and spec["layer"][2]["mark"]["type"] == "image"
+    assert spec["layer"][1]["encoding"]["color"]["field"] == "label", "each picture framed in its class colour"
+    assert [(f["name"], f["label"]) for f in frames] == [(p["name"], p["label"]) for p in pictures]
     assert len(pictures) == len(points)  # a small gallery: every point has its picture
     by_name = {p["name"]: p for p in points}
     for row in pictures:
