@@ -53,7 +53,8 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
         st.info("This run has no mining log (mining/epoch_NNN.jsonl). `retrieval train` writes the hardest "
                 "triplets of each epoch there; a run trained for 0 epochs has none.")
         return
-    show_hardness(run_dir, logs, margin)
+    without_miner = config.miner == "none"  # InfoNCE, NCE, N-pair: the loss takes every pair of a batch
+    show_hardness(run_dir, logs, margin, without_miner, config.loss)
 
     labelled = config.trained_with_labels
     if config.mode == "unlabelled":
@@ -67,7 +68,7 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
 
     image_pairs = diagnostics.pair_history(logs, by="image")
     class_pairs = diagnostics.pair_history(logs, by="class") if labelled else {}
-    epoch, rows = chosen_triplets(logs, labelled, image_pairs)
+    epoch, rows = chosen_triplets(logs, labelled, image_pairs, without_miner)
 
     n_pages = max(1, math.ceil(len(rows) / TRIPLETS_PAGE))
     st.markdown(f"**{len(rows)}** logged triplets in epoch {epoch}, hardest first "
@@ -84,16 +85,22 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
         show_gallery_confusions(run_dir)
 
 
-def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float) -> None:
-    """The chart of how hard the logged hardest were, epoch by epoch, and what the last epoch says."""
+def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, without_miner: bool = False,
+                  loss: str | None = None) -> None:
+    """The chart of how hard the logged hardest were, epoch by epoch, and what the last epoch says
+    (``without_miner``: the run's loss takes every pair of a batch, so "kept by the miner" is all)."""
     hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
     gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
     st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, width=260), width="content")
     last = next((r for r in reversed(hardness) if r["n_logged"]), None)
     if last is None:
         return
-    mined = ("whether the miner kept them was not recorded (a run trained before the log said)" if last["n_mined"] is None
-             else f"the miner kept {last['n_mined']}")
+    if last["n_mined"] is None:
+        mined = "whether the miner kept them was not recorded (a run trained before the log said)"
+    elif without_miner:
+        mined = f"this run has no miner (loss {loss}): its loss saw every triplet of a batch, all {last['n_mined']} of these"
+    else:
+        mined = f"the miner kept {last['n_mined']}"
     st.caption(f"Epoch {last['epoch']}: of the {last['n_logged']} logged hardest triplets (of all the batches' triplets), "
                f"{last['n_nearer']} have the negative nearer than the positive (d_an − d_ap < 0) and {last['n_violating']} "
                f"have d_an − d_ap < ε = {margin:g}, a loss still; {mined}. Left: each logged triplet "
@@ -102,8 +109,9 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float) -> 
                "is nearer than their farthest positive, or inside the margin of it.")
 
 
-def chosen_triplets(logs: dict[int, list[dict]], labelled: bool, image_pairs) -> tuple[int, list[dict]]:
-    """The epoch and its logged triplets that the controls (epoch, class, the miner's only, recurring only) choose."""
+def chosen_triplets(logs: dict[int, list[dict]], labelled: bool, image_pairs, without_miner: bool = False) -> tuple[int, list[dict]]:
+    """The epoch and its logged triplets that the controls (epoch, class, the miner's only, recurring only)
+    choose; without a miner the "miner's only" box is off and says why (every triplet is the loss's)."""
     epochs = sorted(logs)
     controls = st.columns([2, 2, 2, 2] if labelled else [2, 2, 2])
     epoch = controls[0].select_slider("Epoch", options=epochs, value=epochs[-1], key="mining_epoch") if len(epochs) > 1 else epochs[0]
@@ -113,8 +121,9 @@ def chosen_triplets(logs: dict[int, list[dict]], labelled: bool, image_pairs) ->
         chosen = controls[1].selectbox("Class", [ALL_CLASSES] + classes, key="mining_class",
                                        help="Triplets whose anchor or negative is of this class.")
         chosen_class = None if chosen == ALL_CLASSES else chosen
-    mined_only = controls[-2].checkbox("Only the miner's triplets", key="mining_mined_only",
-                                       help="The triplets the miner kept, which the loss trained on.")
+    mined_only = controls[-2].checkbox("Only the miner's triplets", key="mining_mined_only", disabled=without_miner,
+                                       help="This run has no miner: its loss trained on every triplet of a batch." if without_miner
+                                       else "The triplets the miner kept, which the loss trained on.")
     recurring_only = controls[-1].checkbox("Only pairs hard in several epochs", key="mining_recurring")
     rows = diagnostics.select_triplets(logs[epoch], mined_only=mined_only, class_name=chosen_class)
     if recurring_only:

@@ -101,3 +101,14 @@ def test_run_without_mining_log_says_so(monkeypatch, bare_run):
     at = go(start(monkeypatch, bare_run), "Hardest negatives")
     assert any("no mining log" in m for m in texts(at.info))
     assert not at.error
+
+
+def test_a_run_without_a_miner_says_its_loss_saw_every_triplet_and_has_no_miner_filter(monkeypatch, tmp_path, gallery):
+    run = fake_runs.make_run(tmp_path / "infonce", gallery, index=False, mined=True)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "loss": "infonce", "miner": "none"}))
+    at = go(start(monkeypatch, run), "Hardest negatives")
+    assert any("this run has no miner (loss infonce)" in c for c in texts(at.caption))
+    assert not any("the miner kept" in c for c in texts(at.caption))
+    box = at.checkbox(key="mining_mined_only")
+    assert box.disabled and "no miner" in box.help
