@@ -71,7 +71,7 @@ def index_command(
     if json_output:
         typer.echo(json.dumps(summary))
         return
-    skipped = f" ({summary['n_skipped']} unreadable images skipped)" if summary["n_skipped"] else ""
+    skipped = f" ({summary['n_skipped']} unreadable image(s) skipped)" if summary["n_skipped"] else ""
     what = (f"{summary['n_items']} faces from {summary['n_photos']} photos" if "n_photos" in summary
             else f"{summary['n_items']} images")
     typer.echo(f"indexed {what}{skipped} in {summary['index']} with {summary['n_trees']} trees, {summary['seconds']:.1f} s")

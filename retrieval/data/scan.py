@@ -242,7 +242,7 @@ def _warn_if_top_level_images(root: Path, top_files: list[Path]) -> None:
     stray = [p for p in top_files if _is_image(p)]
     if stray:
         logger.warning(
-            "ignored %d images at the top level of %s (not in a class folder): %s",
+            "ignored %d image(s) at the top level of %s (not in a class folder): %s",
             len(stray), root, brief_list([p.name for p in stray]),
         )
 
@@ -273,7 +273,7 @@ def _warn_left_out(root: Path, non_images: list[Path], skipped: list[Path], reas
             len(non_images), root, brief_list([p.relative_to(root).as_posix() for p in non_images]),
         )
     if skipped:
-        logger.warning("skipped %d unreadable images in %s: %s", len(skipped), root, brief_list(reasons))
+        logger.warning("skipped %d unreadable image(s) in %s: %s", len(skipped), root, brief_list(reasons))
 
 
 def _usable_class_names(root: Path, usable: list[tuple[str, Path]], class_files: dict[str, list[Path]]) -> list[str]:
