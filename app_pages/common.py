@@ -37,7 +37,8 @@ from retrieval.safe_text import markdown_text, printable
 
 __all__ = [
     "ALL_CLASSES", "UNKNOWN_CLASS", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "file_stamp", "gallery_label",
-    "index_stamp", "item_name", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "remember_run",
+    "index_stamp", "item_name", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "relation_mark",
+    "remember_run",
     "show_image", "show_item", "thumbnail",
 ]
 
@@ -263,6 +264,13 @@ def picture_url(path: str, stamp: str, box: tuple[float, float, float, float] | 
     buffer = io.BytesIO()
     image.save(buffer, format=kind, quality=85)
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def relation_mark(label: str | None, query_label: str | None) -> str:
+    """" ✓" (green) when a neighbour is of the query's class, " ✗" (red) when of another, "" when either is unknown."""
+    if query_label is None or label is None:
+        return ""
+    return " :green[:material/check:]" if label == query_label else " :red[:material/close:]"
 
 
 def item_name(index: GalleryIndex, item: int) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, show_image
+from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, relation_mark, show_image
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
@@ -32,8 +32,8 @@ from retrieval.run import RunConfig, resolve_logged_path
 from retrieval.run.files import FACES_DIR
 from retrieval.safe_text import markdown_text
 
-__all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_picker", "face_pipeline", "face_search_section", "largest_face", "logged_image",
-           "look_harder_toggle", "no_face_message", "photo_faces"]
+__all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_picker", "face_pipeline", "face_search_section",
+           "largest_face", "logged_image", "look_harder_toggle", "no_face_message", "photo_faces"]
 
 GRID_COLUMNS = 5
 #: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/
@@ -168,10 +168,7 @@ def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int
                 with columns[(rank - 1) % GRID_COLUMNS]:
                     st.image(neighbour_face(index, pipeline, n.item), width="stretch")
                     name = item_name(index, n.item)
-                    relation = ""
-                    if query_label is not None and n.label is not None:
-                        relation = " :green[:material/check:]" if n.label == query_label else " :red[:material/close:]"
-                    st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**{relation}  \n"
+                    st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**{relation_mark(n.label, query_label)}  \n"
                                 f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
                                 f"cos = {n.similarity:.3f}")
                     with st.expander("photo"):

@@ -30,6 +30,7 @@ from app_pages.common import (
     index_stamp,
     item_name,
     open_index,
+    relation_mark,
     show_item,
 )
 from retrieval import diagnostics, figures
@@ -237,14 +238,12 @@ def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanat
             with column, st.container(border=True, key=f"neighbour-{rank}"):
                 show_item(index, n.item)
                 mark = "◆ " if n.distance <= band_high else ""
-                relation = ""
-                if query_label is not None and n.label is not None:
-                    relation = " :green[:material/check:]" if n.label == query_label else " :red[:material/close:]"
-                st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else Path(n.path).name)}**{relation}  \n"
+                st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else item_name(index, n.item))}**"
+                            f"{relation_mark(n.label, query_label)}  \n"
                             f"{mark}d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
                             f"cos = {n.similarity:.3f}")
                 if n.label is not None:  # without a label the file name is the card's title already
-                    st.caption(markdown_text(Path(n.path).name))
+                    st.caption(markdown_text(item_name(index, n.item)))
 
 
 def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
