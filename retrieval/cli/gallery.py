@@ -58,6 +58,7 @@ def index_command(
         raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
     stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings",
               "add": "loading vectors into Annoy", "build": "building Annoy trees"}
+    skipped_before = _skipped_so_far(run_dir) if add is not None else 0  # --add reports this call's skips only
     started = time.perf_counter()
     with stage_bars(stages, enabled=not quiet and is_main_process()) as on_progress:  # torchrun: rank 0's bars
         options = dict(batch_size=batch_size, device=device, num_workers=workers, on_progress=on_progress)
@@ -67,7 +68,7 @@ def index_command(
             metadata = build_index(run_dir, gallery_dir, n_trees=n_trees or DEFAULT_N_TREES, **options)
     if not is_main_process():  # under torchrun the other processes only embed their shares; rank 0 reports
         return
-    summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started)
+    summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started, skipped_before=skipped_before)
     if json_output:
         typer.echo(json.dumps(summary))
         return
@@ -78,10 +79,22 @@ def index_command(
     typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")
 
 
-def _index_summary(run_dir: Path, metadata: dict, *, seconds: float) -> dict:
+def _skipped_so_far(run_dir: Path) -> int:
+    """How many unreadable images the index's builds have skipped so far (0 without an index yet)."""
+    from retrieval.index import read_index_metadata
+
+    try:
+        return len(read_index_metadata(run_dir).get("skipped", []))
+    except (RetrievalError, OSError):
+        return 0
+
+
+def _index_summary(run_dir: Path, metadata: dict, *, seconds: float, skipped_before: int = 0) -> dict:
     """What ``retrieval index`` reports: the index folder, its items (a face run's: faces, with
-    ``n_photos``, the photos they come from), unreadable images skipped, trees, labels, seconds."""
-    summary = {"index": str(Path(run_dir) / "index"), "n_items": metadata["n_items"], "n_skipped": len(metadata.get("skipped", [])),
+    ``n_photos``, the photos they come from), the unreadable images this call skipped (``--add``:
+    not the earlier builds'), trees, labels, seconds."""
+    skipped = max(0, len(metadata.get("skipped", [])) - skipped_before)
+    summary = {"index": str(Path(run_dir) / "index"), "n_items": metadata["n_items"], "n_skipped": skipped,
                "n_trees": metadata["n_trees"], "labelled": metadata["labelled"], "seconds": round(seconds, 2)}
     items = metadata["items"]
     if "face" in items:  # a face run: each item is a face, several may share a photo

@@ -108,6 +108,20 @@ def test_cli_add_appends_a_folder(tmp_path, run_dir, gallery_dir):
     assert json.loads(added.stdout)["n_items"] == 20 and json.loads(added.stdout)["n_trees"] == 3
 
 
+def test_cli_add_counts_only_its_own_unreadable_images(tmp_path, run_dir, gallery_dir):
+    run, gallery = tmp_path / "run", tmp_path / "gallery"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(gallery_dir, gallery)
+    (gallery / "apple" / "broken.png").write_bytes(b"not an image")
+    runner = CliRunner()
+    fast = ["--device", "cpu", "--workers", "0", "--quiet", "--json"]
+    built = runner.invoke(app, ["index", str(run), str(gallery), "--n-trees", "3", *fast])
+    assert built.exit_code == 0 and json.loads(built.stdout)["n_skipped"] == 1, built.output
+    extra = write_images(tmp_path / "extra", ["fig"], 2, seed=9)
+    added = runner.invoke(app, ["index", str(run), "--add", str(extra), *fast])
+    assert added.exit_code == 0 and json.loads(added.stdout)["n_skipped"] == 0, "the first build's broken file is not this call's"
+
+
 def test_cli_errors_are_retrieval_errors_with_one_line(tmp_path, run_dir, gallery_dir):
     runner = CliRunner()
     missing = runner.invoke(app, ["search", str(run_dir), str(gallery_dir / "apple" / "0_0.png")])
