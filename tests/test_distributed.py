@@ -240,7 +240,7 @@ def test_the_cli_prints_lost_processes_as_one_line_and_leaves_without_torchs_tea
         "import retrieval.cli as cli\n"
         "from retrieval.errors import LostProcesses\n"
         "atexit.register(lambda: sys.stderr.write('teardown ran\\n'))\n"
-        "def fail():\n"
+        "def fail(**options):\n"  # main() calls app(standalone_mode=False)
         "    print('output before', flush=False)\n"
         "    raise LostProcesses('rank 0 of 2: lost the other processes (Connection closed by peer)')\n"
         "cli.app = fail\n"
