@@ -58,7 +58,7 @@ def index_command(
         raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
     stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings",
               "add": "loading vectors into Annoy", "build": "building Annoy trees"}
-    skipped_before = _skipped_so_far(run_dir) if add is not None else 0  # --add reports this call's skips only
+    before = _index_before(run_dir) if add is not None else None  # --add reports this call's skips, and whether it added
     started = time.perf_counter()
     with stage_bars(stages, enabled=not quiet and is_main_process()) as on_progress:  # torchrun: rank 0's bars
         options = dict(batch_size=batch_size, device=device, num_workers=workers, on_progress=on_progress)
@@ -68,25 +68,30 @@ def index_command(
             metadata = build_index(run_dir, gallery_dir, n_trees=n_trees or DEFAULT_N_TREES, **options)
     if not is_main_process():  # under torchrun the other processes only embed their shares; rank 0 reports
         return
+    skipped_before = len(before.get("skipped", [])) if before else 0
     summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started, skipped_before=skipped_before)
+    summary["added"] = None if add is None else not (before and metadata.get("build_id") == before.get("build_id"))
     if json_output:
         typer.echo(json.dumps(summary))
         return
     skipped = f" ({summary['n_skipped']} unreadable image(s) skipped)" if summary["n_skipped"] else ""
     what = (f"{summary['n_items']} faces from {summary['n_photos']} photos" if "n_photos" in summary
             else f"{summary['n_items']} images")
+    if summary["added"] is False:  # the warning above says why
+        typer.echo(f"nothing added: {summary['index']} holds {what}, as before")
+        return
     typer.echo(f"indexed {what}{skipped} in {summary['index']} with {summary['n_trees']} trees, {summary['seconds']:.1f} s")
     typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")
 
 
-def _skipped_so_far(run_dir: Path) -> int:
-    """How many unreadable images the index's builds have skipped so far (0 without an index yet)."""
+def _index_before(run_dir: Path) -> dict | None:
+    """The index's ``gallery.json`` before this call (None without a readable one: ``--add`` then says why)."""
     from retrieval.index import read_index_metadata
 
     try:
-        return len(read_index_metadata(run_dir).get("skipped", []))
+        return read_index_metadata(run_dir)
     except (RetrievalError, OSError):
-        return 0
+        return None
 
 
 def _index_summary(run_dir: Path, metadata: dict, *, seconds: float, skipped_before: int = 0) -> dict:

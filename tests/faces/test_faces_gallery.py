@@ -151,7 +151,9 @@ def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(
     again = cli("index", copy, "--add", gallery, "--quiet")
     assert again.code == 0, again.err
     assert any("nothing added" in line for line in again.lines) and not any(line.startswith("error") for line in again.lines), again.err
+    assert again.out.startswith("nothing added: ") and "holds 4 faces from 3 photos, as before" in again.out, again.out
     assert read_index_metadata(copy) == before, "the index stays as it was"
+    assert json.loads(cli("index", copy, "--add", gallery, "--quiet", "--json").out)["added"] is False
 
 
 def test_indexing_a_face_gallery_reports_finding_faces_before_embedding_them(face_index, tmp_path):

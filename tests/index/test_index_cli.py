@@ -106,6 +106,7 @@ def test_cli_add_appends_a_folder(tmp_path, run_dir, gallery_dir):
     added = runner.invoke(app, ["index", str(run), "--add", str(extra), "--json", *fast])
     assert added.exit_code == 0, added.output
     assert json.loads(added.stdout)["n_items"] == 20 and json.loads(added.stdout)["n_trees"] == 3
+    assert json.loads(added.stdout)["added"] is True
 
 
 def test_cli_add_counts_only_its_own_unreadable_images(tmp_path, run_dir, gallery_dir):
