@@ -108,3 +108,15 @@ def test_a_run_without_tau_says_how_to_set_one(monkeypatch, tmp_path, gallery):
     assert any("No threshold τ is set" in c and f"retrieval calibrate {run}" in c for c in texts(at.caption))
     _, _, marks = roc_panel(at)
     assert [m["name"] for m in marks] == ["tried: FAR 1 %"]
+
+
+def test_a_threshold_on_too_few_pairs_for_its_far_says_so_on_every_page(monkeypatch, tmp_path, gallery):
+    run = fake_runs.make_run(tmp_path / "run", gallery, mining=False)
+    config = json.loads((run / "config.json").read_text())
+    config["verification"]["n_negative_pairs"] = 100  # a FAR of 1 % needs 1000
+    (run / "config.json").write_text(json.dumps(config))
+    at = start(monkeypatch, run)
+    at.file_uploader(key="upload").set_value(("q.png", fake_runs.png_bytes((200, 30, 30)), "image/png")).run()
+    warned = lambda page: [c for c in texts(page.caption) if "Too few different-class pairs to measure a FAR of 1 % (≥ 1000 needed)" in c]  # noqa: E731
+    assert warned(at), "Search"
+    assert warned(go(at, "Training")), "Training"
