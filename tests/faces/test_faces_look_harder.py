@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from faces_helpers import ATT_CROPS, SCENES, centre, dataset, inside
