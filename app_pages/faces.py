@@ -120,7 +120,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
     photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found"
                     + (LOOKED_HARDER if harder else ""), width="stretch")
     with pick_col:
-        picked = face_picker(results, (digest, harder))
+        picked = face_picker(results, digest, harder)
         label = class_picker(labels)
     order = [picked, *(i for i in range(len(results)) if i != picked)]
     pipeline = face_pipeline(str(run_dir), stamp)  # the run's own: it finds the gallery's cached crops
@@ -130,15 +130,13 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
             explain(PickedFace(results[i], f"{uploaded.name} · face {i + 1}", label))
 
 
-def face_picker(results: list[FaceResult], photo_key: tuple) -> int:
-    """The *Face* select box: which face is explained in full and shown first. A new photo (or the same
-    looked at harder: other faces) starts on its largest face, not on the number picked before."""
-    if st.session_state.get("face_pick_photo") != photo_key or st.session_state.get("face_pick", 0) >= len(results):
-        st.session_state["face_pick_photo"] = photo_key
-        st.session_state["face_pick"] = largest_face(results)
+def face_picker(results: list[FaceResult], digest: str, harder: bool) -> int:
+    """The *Face* select box: which face is explained in full and shown first. Keyed by the photo's
+    content and the *Look harder* switch, as the Verify page's, so a new photo (or the same looked at
+    harder: other faces) starts on its largest face, not on the number picked before."""
     labels = [f"face {i + 1}" + (" (largest)" if i == largest_face(results) else "") for i in range(len(results))]
-    return st.selectbox("Face", range(len(results)), format_func=lambda i: labels[i], key="face_pick",
-                        help="The picked face's row comes first, with its margin picture.")
+    return st.selectbox("Face", range(len(results)), index=largest_face(results), format_func=lambda i: labels[i],
+                        key=f"face_pick_{digest}_{harder}", help="The picked face's row comes first, with its margin picture.")
 
 
 def class_picker(labels: Sequence[str]) -> str | None:

@@ -14,6 +14,12 @@ from faces_helpers import SCENES, dataset, make_face_folder, make_face_run  # no
 from retrieval.index import build_index  # noqa: E402
 
 
+def face_pick(at):
+    """The Search page's *Face* select box (keyed by the photo's content, so found by its label)."""
+    (pick,) = [box for box in at.selectbox if box.label == "Face"]
+    return pick
+
+
 @pytest.fixture(scope="module")
 def face_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("appfaces")
@@ -30,7 +36,7 @@ def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_
     captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
     assert any("2 face(s) found" in c for c in captions), captions
     assert sum(c.startswith("face ") and "aligned" in c for c in captions) == 2, "each face's aligned crop is shown"
-    pick = at.selectbox(key="face_pick")
+    pick = face_pick(at)
     assert "largest" in pick.format_func(pick.value), "the default pick is the largest face"
     cards = [m for m in texts(at.markdown) if "d = " in m]
     assert len(cards) == 2 * 6, "each face shows its 6 nearest gallery faces (K is the gallery size)"
@@ -44,7 +50,7 @@ def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_
 
 def test_the_picked_face_gets_its_margin_picture_its_class_check_and_a_place_on_the_map(monkeypatch, face_run):
     at = upload(start(monkeypatch, face_run), "two.jpg", dataset(SCENES / "pairs" / "000.jpg").read_bytes(), "image/jpeg")
-    picked = at.selectbox(key="face_pick").value
+    picked = face_pick(at).value
     assert f"Margin picture: two.jpg · face {picked + 1}" in texts(at.subheader)
     (margin,) = [s for s in charts(at) if "layer" in s]
     bars = layer_rows(margin, 1)
@@ -70,11 +76,11 @@ def test_the_picked_face_gets_its_margin_picture_its_class_check_and_a_place_on_
 
 def test_a_new_photo_starts_on_its_largest_face(monkeypatch, face_run):
     at = upload(start(monkeypatch, face_run), "two.jpg", dataset(SCENES / "pairs" / "000.jpg").read_bytes(), "image/jpeg")
-    pick = at.selectbox(key="face_pick")
+    pick = face_pick(at)
     assert pick.value == 0
     pick.set_value(1).run()
     at = upload(at, "other.jpg", dataset(SCENES / "pairs" / "003.jpg").read_bytes(), "image/jpeg")  # its largest face is its first
-    pick = at.selectbox(key="face_pick")
+    pick = face_pick(at)
     assert pick.value == 0 and "largest" in pick.format_func(pick.value), "the face picked in the last photo does not carry over"
 
 
