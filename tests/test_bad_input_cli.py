@@ -151,3 +151,18 @@ def test_gallery_root_must_exist_and_a_wrong_one_is_warned_of(run_and_gallery, t
     assert wrong.code == 0 and len(wrong.lines) == 1 and "none of the" in wrong.lines[0] and "is it the folder the index was built from?" in wrong.lines[0]
     right = cli("search", run, query, "--gallery-root", gallery, "-k", "1")
     assert right.code == 0 and not right.lines, right.err
+
+
+def test_ctrl_c_is_one_line_with_status_130(run_and_gallery, cli, monkeypatch):
+    """typer turns a KeyboardInterrupt inside a command into exit status 130; main() says what it means."""
+    import retrieval.index
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run, gallery = run_and_gallery
+    monkeypatch.setattr(retrieval.index, "build_index", interrupted)
+    result = cli("index", run, gallery, "--quiet")
+    assert result.code == 130
+    assert result.lines == ["interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was"]
+    assert "Traceback" not in result.err

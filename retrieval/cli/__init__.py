@@ -21,7 +21,10 @@ from retrieval.cli.common import app
 from retrieval.errors import LostProcesses, RetrievalError
 from retrieval.safe_text import printable
 
-__all__ = ["app", "main"]
+__all__ = ["INTERRUPTED", "app", "main"]
+
+#: the exit status typer gives a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED = 130
 
 
 def _click_exceptions():
@@ -36,11 +39,11 @@ def _click_exceptions():
 def main() -> None:
     """Console-script entry point: run the typer app, turning user errors into one line: a
     RetrievalError, and a flag or argument that click refuses (missing, unknown, out of range),
-    each as ``error: …`` on stderr with exit status 2."""
+    each as ``error: …`` on stderr with exit status 2; Ctrl-C as one line too, with status 130."""
     click = _click_exceptions()
     no_args = getattr(click, "NoArgsIsHelpError", ())  # click ≥ 8.2: the group given no command
     try:
-        code = app(standalone_mode=False)  # Ctrl-C comes back as 130; what was saved stays (atomic writes)
+        code = app(standalone_mode=False)  # Ctrl-C comes back as INTERRUPTED
     except no_args as error:
         typer.echo(error.format_message(), err=True)  # the group's help
         sys.exit(2)
@@ -58,4 +61,7 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(2)
         sys.exit(2)
+    if code == INTERRUPTED:  # every file is written whole under a temporary name, then renamed
+        typer.secho("interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was",
+                    fg=typer.colors.RED, err=True)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as the return value
