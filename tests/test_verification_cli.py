@@ -63,6 +63,10 @@ def test_calibrate_stores_a_threshold_that_evaluate_and_verify_use(run_and_data,
     assert read_config(run).threshold.threshold == pytest.approx(stored["threshold"])
 
     metrics = json.loads(cli("evaluate", run, data, "--json", "--device", "cpu").out)
+    table = cli("evaluate", run, data, "--device", "cpu", "--quiet")
+    heading = f"{run}: {data} (leave-one-out)"
+    assert table.code == 0 and table.out.splitlines()[0] == heading, "the heading is one line, however long the paths"
+    assert any("recall_at_1" in line for line in table.out.splitlines()[1:])
     assert metrics["n_positive_pairs"] == 45 and metrics["n_negative_pairs"] == 108
     assert set(metrics["tar_at_far"]) == {"0.1", "0.01"} and metrics["tar_at_far"]["0.01"] is None  # 108 < 1000 pairs
     assert metrics["far_at_threshold"] == pytest.approx(stored["far"]) and 0 <= metrics["eer"] <= 1

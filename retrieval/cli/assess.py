@@ -42,7 +42,9 @@ def evaluate_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=terminal_text(f"{run_dir}: " + (f"{query} → {gallery}" if query else f"{data_dir} (leave-one-out)")))
+    # the heading is a line of its own: as a rich title it would wrap at the narrow table's width
+    typer.echo(terminal_text(f"{run_dir}: " + (f"{query} → {gallery}" if query else f"{data_dir} (leave-one-out)")))
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
