@@ -74,7 +74,10 @@ def index_command(
     if json_output:
         typer.echo(json.dumps(summary))
         return
-    skipped = f" ({summary['n_skipped']} unreadable image(s) skipped)" if summary["n_skipped"] else ""
+    left_out = [f"{summary['n_skipped']} unreadable image(s) skipped"] if summary["n_skipped"] else []
+    if summary.get("n_without_face"):
+        left_out.append(f"{summary['n_without_face']} photo(s) without a face not in it")
+    skipped = f" ({'; '.join(left_out)})" if left_out else ""
     what = (f"{summary['n_items']} faces from {summary['n_photos']} photos" if "n_photos" in summary
             else f"{summary['n_items']} images")
     if summary["added"] is False:  # the warning above says why
@@ -96,14 +99,16 @@ def _index_before(run_dir: Path) -> dict | None:
 
 def _index_summary(run_dir: Path, metadata: dict, *, seconds: float, skipped_before: int = 0) -> dict:
     """What ``retrieval index`` reports: the index folder, its items (a face run's: faces, with
-    ``n_photos``, the photos they come from), the unreadable images this call skipped (``--add``:
-    not the earlier builds'), trees, labels, seconds."""
+    ``n_photos``, the photos they come from, and ``n_without_face``, the gallery's photos searched
+    without a face found), the unreadable images this call skipped (``--add``: not the earlier
+    builds'), trees, labels, seconds."""
     skipped = max(0, len(metadata.get("skipped", [])) - skipped_before)
     summary = {"index": str(Path(run_dir) / "index"), "n_items": metadata["n_items"], "n_skipped": skipped,
                "n_trees": metadata["n_trees"], "labelled": metadata["labelled"], "seconds": round(seconds, 2)}
     items = metadata["items"]
     if "face" in items:  # a face run: each item is a face, several may share a photo
         summary["n_photos"] = len(set(zip(items["root"], items["path"])))
+        summary["n_without_face"] = len(metadata.get("without_face", []))
     return summary
 
 
@@ -119,8 +124,10 @@ def _remove_from_index(run_dir: Path, labels: list[str], paths: list[Path], *, j
     if json_output:
         typer.echo(json.dumps(result))
         return
+    faceless = (f"; {result['without_face_forgotten']} photo(s) without a face no longer listed"
+                if result["without_face_forgotten"] else "")
     typer.echo(f"removed {result['removed']} item(s) from {Path(run_dir) / 'index'} ({result['n_items']} left; "
-               f"{result['faces_forgotten']} cached face file(s) deleted)")
+               f"{result['faces_forgotten']} cached face file(s) deleted{faceless})")
 
 
 @app.command("search")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 from retrieval import data
@@ -36,7 +36,7 @@ from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
-__all__ = ["TRAINING_PHOTOS", "crop_file", "face_folder", "faces_or_errors", "find_share", "gallery_faces",
+__all__ = ["TRAINING_PHOTOS", "GalleryFaces", "crop_file", "face_folder", "faces_or_errors", "find_share", "gallery_faces",
            "record_training_photos", "run_pipeline", "training_photo_names", "training_pipeline", "with_photo_names"]
 
 log = logging.getLogger("retrieval")
@@ -184,14 +184,24 @@ def _shown(path: Path, root: Path) -> str:
         return str(path)
 
 
+class GalleryFaces(NamedTuple):
+    """The items a face run's gallery photos give (:func:`gallery_faces`), one entry an item in the
+    first three lists: its photo's id, the crop file to embed, its record for gallery.json; and the
+    photos read but without a face found (left out)."""
+
+    owners: list[int]
+    crops: list[Path]
+    records: list[dict[str, Any]]
+    without_face: list[Path]
+
+
 def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int], *,
-                  on_progress: Callable[[int, int], None] | None = None,
-                  adding: bool = False) -> tuple[list[int], list[Path], list[dict[str, Any]]]:
+                  on_progress: Callable[[int, int], None] | None = None, adding: bool = False) -> GalleryFaces:
     """Every face of every gallery photo as an item: (its photo's id in ``owners``, the crop file
     to embed, its record for gallery.json: ``box``, ``score``, ``face`` (its rank in the photo) and
     ``sha256`` (the photo's content: its cached crops can be forgotten after the photo is gone)).
-    Photos without a face are left out with one warning line; no face at all is a RetrievalError
-    for a new index, and ``adding`` to one gives ([], [], []) (nothing to add)."""
+    Photos without a face are left out with one warning line, and listed in ``without_face``; no
+    face at all is a RetrievalError for a new index, and ``adding`` to one gives no item (nothing to add)."""
     if pipeline.cache is None:
         raise ValueError("gallery_faces needs a pipeline with a cache (its crops are the files it embeds)")
     ids: list[int] = []
@@ -213,7 +223,7 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
                     len(missing), len(paths), data.brief_list([str(p) for p in missing]), pipeline.settings.reach())
     if not records and not adding:
         raise RetrievalError(f"no face found in any of the {len(paths)} gallery image(s): a face run indexes faces")
-    return ids, crops, records
+    return GalleryFaces(ids, crops, records, missing)
 
 
 def crop_file(pipeline: FacePipeline, record: Mapping[str, Any]) -> Path | None:

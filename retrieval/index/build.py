@@ -122,15 +122,17 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
     model, transform, fingerprint = _load_model(run_dir, torch_device)
     paths = [folder.paths[i] for i in new_ids]
-    faces = None
+    faces, looked, without_face = None, [], []
     if config.faces is not None:  # a face run: every face of every photo is an item (retrieval.faces.run_faces)
         from retrieval.faces.run_faces import find_share, gallery_faces, run_pipeline
 
         pipeline = run_pipeline(run_dir, config)
         find_share(pipeline, paths, ctx)  # torchrun: each process detects a share first, then the shared cache answers
         searched = (lambda d, t: on_progress("detect", d, t)) if on_progress and ctx.is_main else None
-        n_photos = len(paths)
-        new_ids, paths, faces = gallery_faces(pipeline, paths, new_ids, on_progress=searched, adding=previous is not None)
+        n_photos, looked, id_of = len(paths), list(new_ids), dict(zip(paths, new_ids))
+        found = gallery_faces(pipeline, paths, new_ids, on_progress=searched, adding=previous is not None)
+        new_ids, paths, faces = found.owners, found.crops, found.records
+        without_face = [id_of[path] for path in found.without_face]
         if not paths:  # adding photos in which no face is found (warned by name): the index stays as it is
             logger.warning("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
             previous.close()
@@ -146,17 +148,19 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         return {"rank": ctx.rank, "world_size": ctx.world_size}
     return _write_index(run_dir, config, batches, previous=previous, folder=folder, gallery_dir=gallery_dir,
                         new_ids=new_ids, n_trees=n_trees, seed=seed, n_jobs=n_jobs, on_progress=on_progress,
-                        fingerprint=fingerprint, faces=faces)
+                        fingerprint=fingerprint, faces=faces, looked=looked, without_face=without_face)
 
 
 def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list[int]]], *,
                  previous: GalleryIndex | None, folder, gallery_dir: Path, new_ids: list[int], n_trees: int,
                  seed: int, n_jobs: int, on_progress: ProgressCallback | None, fingerprint: str,
-                 faces: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 faces: list[dict[str, Any]] | None = None, looked: list[int] = (),
+                 without_face: list[int] = ()) -> dict[str, Any]:
     """The build transaction: under the lock, write the embeddings (the previous index's rows, then
     ``batches``), the Annoy file and ``gallery.json`` into a new version of the index, which
     leaving the ``new_version`` block commits. Returns the new ``gallery.json`` content. ``faces``:
-    a face run's record of each embedded item (``new_ids`` then repeats a photo once per face)."""
+    a face run's record of each embedded item (``new_ids`` then repeats a photo once per face);
+    ``looked``: the folder's photos it searched for faces, ``without_face``: those where it found none."""
     from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
 
     target = index_dir(run_dir)
@@ -187,7 +191,7 @@ def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list
         metadata = metadata_for_build(
             previous=previous, folder=folder, kept=kept, gallery_dir=gallery_dir, config=config,
             fingerprint=fingerprint, build_id=version.name, n_trees=n_trees, seed=seed,
-            faces=None if faces is None else [faces[j] for j in embedded],
+            faces=None if faces is None else [faces[j] for j in embedded], looked=looked, without_face=without_face,
             skipped=[str(p) for p in [*folder.skipped, *unread]],
             files={ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256),
                    EMBEDDINGS_NAME: file_check(embeddings_path)},

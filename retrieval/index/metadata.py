@@ -71,13 +71,16 @@ def read_index_metadata(run_dir: str | Path, *, path: Path | None = None) -> dic
 
 def metadata_for_build(*, previous, folder, kept: list[int], gallery_dir: Path, config, fingerprint: str,
                        build_id: str, n_trees: int, seed: int, skipped: list[str],
-                       files: dict[str, dict[str, Any]], faces: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                       files: dict[str, dict[str, Any]], faces: list[dict[str, Any]] | None = None,
+                       looked: list[int] = (), without_face: list[int] = ()) -> dict[str, Any]:
     """The ``gallery.json`` content of a build: the ``previous`` index's items (a GalleryIndex,
     None for a full build; its roots as re-rooted when it was loaded) followed by the ``kept``
     images of ``folder`` (a scanned gallery), with the run's ``config`` (a RunConfig) and
     ``files``, each data file's :func:`file_check`. ``faces`` (a face run): each kept item's face
     record (box, score, face, sha256), stored as the items' ``face`` column (``kept`` then repeats a
-    photo once per face)."""
+    photo once per face); and the photos of the folder searched without a face found
+    (``without_face``, each {root, path, label}): the previous index's, but those searched again
+    this time (``looked``), then this build's."""
     from retrieval.run import check_root
 
     roots, items, old_skipped = _previous_items(previous)
@@ -85,12 +88,21 @@ def metadata_for_build(*, previous, folder, kept: list[int], gallery_dir: Path, 
     if root not in roots:
         roots.append(root)
     root_id = roots.index(root)
+
+    def label(i: int) -> str | None:
+        return folder.class_names[folder.labels[i]] if folder.labelled else None
+
     for i in kept:
         items["path"].append(folder.relative_path(i))
-        items["label"].append(folder.class_names[folder.labels[i]] if folder.labelled else None)
+        items["label"].append(label(i))
         items["root"].append(root_id)
+    extra = {}
     if faces is not None:
         items["face"] = [*items.get("face", []), *faces]
+        again = {folder.relative_path(i) for i in looked}
+        earlier = [] if previous is None else previous.metadata.get("without_face", [])
+        extra["without_face"] = [*(entry for entry in earlier if not (entry["root"] == root_id and entry["path"] in again)),
+                                 *({"root": root_id, "path": folder.relative_path(i), "label": label(i)} for i in without_face)]
     return {
         "format": FORMAT_VERSION,
         "build_id": build_id,
@@ -109,6 +121,7 @@ def metadata_for_build(*, previous, folder, kept: list[int], gallery_dir: Path, 
         "labelled": all(label is not None for label in items["label"]),
         "items": items,
         "skipped": [*old_skipped, *skipped],
+        **extra,
         "files": files,
     }
 
@@ -177,6 +190,10 @@ def _check_shape(metadata: dict[str, Any], shown: Path) -> None:
     if faces is not None and not (isinstance(faces, list) and len(faces) == n and all(_is_face_record(f) for f in faces)):
         fail(f"its items' faces need a box, a face number and a SHA-256 each ({n} items)")
     check_relative_paths(items["path"], source=shown)
+    without_face = metadata.get("without_face", [])
+    if not (isinstance(without_face, list) and all(_is_photo_entry(entry, len(roots)) for entry in without_face)):
+        fail("its photos without a face need a root, a path and a label each")
+    check_relative_paths([entry["path"] for entry in without_face], source=shown)
     for name, check in metadata["files"].items():
         if not isinstance(check, dict) or not isinstance(check.get("bytes"), int):
             fail(f"the check of {name} is not a size and a hash")
@@ -189,6 +206,12 @@ def _previous_items(previous) -> tuple[list[str], dict[str, list], list[str]]:
     roots = [str(root) for root in previous.roots]
     items = {key: list(values) for key, values in previous.metadata["items"].items()}
     return roots, items, previous.metadata.get("skipped", [])
+
+
+def _is_photo_entry(value: Any, n_roots: int) -> bool:
+    """A gallery photo without a face: {root (one of the n_roots), path (text), label (text, a number or null)}."""
+    return (isinstance(value, dict) and type(value.get("root")) is int and 0 <= value["root"] < n_roots
+            and isinstance(value.get("path"), str) and (value.get("label") is None or type(value["label"]) in (str, int)))
 
 
 def _is_face_record(value: Any) -> bool:

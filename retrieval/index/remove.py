@@ -32,30 +32,37 @@ __all__ = ["remove_from_index"]
 
 def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths: Iterable[str | Path] = (),
                       n_jobs: int = -1) -> dict[str, Any]:
-    """Rebuild the run's index without the items of ``labels`` and of the photos ``paths``; returns
-    ``{"removed": n items, "n_items": n left, "faces_forgotten": cache files deleted}``. A one-line
-    error when nothing matches, or when nothing would be left."""
+    """Rebuild the run's index without the items of ``labels`` and of the photos ``paths``, and
+    without the face run's record of such photos where no face was found; returns ``{"removed": n
+    items, "n_items": n left, "faces_forgotten": cache files deleted, "without_face_forgotten":
+    photos without a face no longer listed}``. A one-line error when nothing matches, or when
+    nothing would be left."""
     run_dir = Path(run_dir)
     labels, paths = set(labels), [Path(p) for p in paths]
     previous = GalleryIndex.load(run_dir, load_model=False)
     try:
         wanted = {_key(p) for p in paths}
         removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
-        if not removed:
+        without_face = previous.metadata.get("without_face", [])
+        faceless_kept = [entry for entry in without_face
+                         if entry["label"] not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
+        if not removed and len(faceless_kept) == len(without_face):
             raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given; nothing removed")
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]
         if not kept:
             raise RetrievalError(f"that would remove all {len(previous)} items of {run_dir}'s index; "
                                  f"delete {run_dir}/index instead (or build a new index)")
-        _write_without(run_dir, previous, kept, n_jobs=n_jobs)
+        _write_without(run_dir, previous, kept, faceless_kept, n_jobs=n_jobs)
         forgotten = _forget_faces(run_dir, previous, removed, kept)
     finally:
         previous.close()
-    return {"removed": len(removed), "n_items": len(kept), "faces_forgotten": forgotten}
+    return {"removed": len(removed), "n_items": len(kept), "faces_forgotten": forgotten,
+            "without_face_forgotten": len(without_face) - len(faceless_kept)}
 
 
-def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], *, n_jobs: int) -> None:
+def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], without_face: list[dict[str, Any]], *,
+                   n_jobs: int) -> None:
     """A new version of the index holding only the ``kept`` items, their stored rows reused."""
     from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
 
@@ -74,7 +81,8 @@ def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], *, n_
         shutil.copymode(embeddings_path, version / ANN_NAME)
         ann_sha256 = check_annoy_file(version / ANN_NAME, dim, len(kept))
         items = {key: [values[i] for i in kept] for key, values in metadata["items"].items()}
-        new = {**metadata, "build_id": version.name, "n_items": len(kept), "items": items,
+        faceless = {"without_face": without_face} if "without_face" in metadata else {}
+        new = {**metadata, "build_id": version.name, "n_items": len(kept), "items": items, **faceless,
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "roots": [str(root) for root in previous.roots],
                "files": {ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256), EMBEDDINGS_NAME: file_check(embeddings_path)}}

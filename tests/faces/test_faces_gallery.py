@@ -138,9 +138,36 @@ def test_index_cli_counts_faces_and_the_photos_they_come_from(face_index, cli, t
     shutil.copytree(run, copy)
     summary = cli("index", copy, gallery, "--n-trees", "2", "--json", "--quiet")
     assert summary.code == 0, summary.err
-    assert (json.loads(summary.out)["n_items"], json.loads(summary.out)["n_photos"]) == (4, 3)  # two crops, two faces of one photo
+    counts = json.loads(summary.out)
+    assert (counts["n_items"], counts["n_photos"]) == (4, 3)  # two crops, two faces of one photo
+    assert counts["n_without_face"] == 1, "the grey photo: searched, no face found"
     table = cli("index", copy, gallery, "--n-trees", "2", "--quiet")
-    assert table.code == 0 and table.out.splitlines()[0].startswith("indexed 4 faces from 3 photos in "), table.out
+    assert table.code == 0, table.err
+    assert table.out.splitlines()[0].startswith("indexed 4 faces from 3 photos (1 photo(s) without a face not in it) in "), table.out
+
+
+def test_gallery_json_lists_the_photos_without_a_face_and_adding_or_removing_keeps_the_list_right(face_index, cli, tmp_path):
+    run, gallery = face_index
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    person = next(p.name for p in gallery.iterdir() if (p / "blank0.png").exists())
+    assert read_index_metadata(copy)["without_face"] == [{"root": 0, "path": f"{person}/blank0.png", "label": person}]
+
+    extra = make_face_folder(tmp_path / "extra", n_classes=1, per_class=1, no_face=2)
+    added = cli("index", copy, "--add", extra, "--quiet", "--json")
+    assert added.code == 0, added.err
+    assert json.loads(added.out)["n_without_face"] == 3 and json.loads(added.out)["added"] is True
+    again = cli("index", copy, "--add", gallery, "--quiet")  # looked at again, still no face: listed once
+    assert again.code == 0 and len(read_index_metadata(copy)["without_face"]) == 3
+
+    gone = cli("index", copy, "--remove", next(extra.rglob("blank1.png")))  # only a photo without a face
+    assert gone.code == 0, gone.err
+    assert gone.out.strip().endswith("1 photo(s) without a face no longer listed)"), gone.out
+    listed = [entry["path"] for entry in read_index_metadata(copy)["without_face"]]
+    assert len(listed) == 2 and not any(p.endswith("blank1.png") for p in listed)
+    removed = json.loads(cli("index", copy, "--remove-label", person, "--json").out)  # the added folder's person too
+    assert removed["without_face_forgotten"] == 2 and removed["removed"] == 3, removed
+    assert read_index_metadata(copy)["without_face"] == [], "no path of the person is left in gallery.json"
 
 
 def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(face_index, cli, tmp_path):
@@ -213,8 +240,9 @@ def test_gallery_photos_without_a_face_are_named_in_one_warning_with_what_the_ru
     paths = sorted(folder.rglob("*.png"))
     pipeline = FacePipeline(output_size=40, cache_dir=tmp_path / "faces", detector=CountingDetector())
     with caplog.at_level(logging.WARNING, logger="retrieval"):
-        owners, crops, records = gallery_faces(pipeline, paths, list(range(len(paths))))
+        owners, crops, records, without_face = gallery_faces(pipeline, paths, list(range(len(paths))))
     assert len(records) == 1 and owners == [paths.index(next(p for p in paths if "blank" not in p.name))]
+    assert sorted(p.name for p in without_face) == ["blank0.png", "blank1.png"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "2 of 3 gallery image(s) have no face found and are not indexed" in warnings[0]
     assert "blank0.png" in warnings[0] and warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9)")

@@ -41,6 +41,8 @@ def _query(gallery_dir):
     (lambda m: m["items"]["root"].__setitem__(0, 5), "not one of its 1 roots"),
     (lambda m: m.pop("files"), "no 'files'"),
     (lambda m: m.update(roots="/srv/photos"), "'roots' is not a list"),
+    (lambda m: m.update(without_face=[{"root": 3, "path": "a.png", "label": None}]), "photos without a face need a root"),
+    (lambda m: m.update(without_face=[{"root": 0, "path": "../a.png", "label": None}]), "climbs out"),
 ])
 def test_a_crafted_gallery_json_is_a_one_line_error_and_no_file_is_served(crafted, gallery_dir, cli, change, message):
     run = crafted(change)
