@@ -33,6 +33,10 @@ def assert_one_line_error(code, err, *words):
     (["--augment", "4"], "--augment"),
     (["--image-size", "100000"], "--image-size"),
     (["--embedding-dim", "1000000"], "--embedding-dim"),
+    (["--margin", "5"], "--margin must be from 0 to 2"),
+    (["--seed", "-1"], "--seed must be a whole number from 0"),
+    (["--groups-per-batch", "2"], "--groups-per-batch needs --class-groups FILE"),
+    (["--groups-per-batch", "0"], "--groups-per-batch must be at least 1"),
 ])
 def test_train_refuses_unbounded_values_in_one_line(run_and_gallery, tmp_path, cli, flags, named):
     _, gallery = run_and_gallery

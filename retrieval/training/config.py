@@ -55,6 +55,10 @@ __all__ = ["DEFAULTS", "TrainConfig", "describe_defaults", "fine_tuning_defaults
 
 #: the strongest --augment: its colour jitter (0.3 s) would darken an image to black above s = 3.3
 MAX_AUGMENT = 3.0
+#: the largest --margin: every loss and miner measures ε in Euclidean distance between unit embeddings (0 to 2)
+MAX_MARGIN = 2.0
+#: the largest --seed (numpy's and torch's generators take any whole number from 0; this one fits 32 bits)
+MAX_SEED = 2**32 - 1
 #: the value of every setting that is not given (settings missing here have no default: None)
 DEFAULTS: dict[str, Any] = {
     "backbone": "resnet18",
@@ -167,7 +171,8 @@ def settings_before_they_existed(saved: dict[str, Any], detector: Any = None) ->
 def describe_defaults(config: "TrainConfig") -> str:
     """One line: which defaults a resolved config took (fine-tuning or from scratch) and their values."""
     if config.resume:
-        return "resuming: the run's own settings (config.json's train_settings), with --epochs / --device / --workers of this call"
+        return ("resuming: the run's own settings (config.json's train_settings), its epochs too unless --epochs is typed; "
+                "--epochs, --device, --workers, --cache-mb and --dist-timeout may differ from them")
     names = ("image_size", "embedding_dim", "loss", "margin", "temperature", "freeze_backbone_epochs", "backbone_stages", "backbone_lr_scale", "bn_mode", "lr", "epochs")
     shown = ", ".join(f"{name} {getattr(config, name)}{'' if name not in config.given else ' (typed)'}" for name in names)
     if config.starts_pretrained:
@@ -314,7 +319,12 @@ class TrainConfig:
             (1 <= self.embedding_dim <= MAX_EMBEDDING_DIM, f"--embedding-dim must be from 1 to {MAX_EMBEDDING_DIM}, got {self.embedding_dim}"),
             (16 <= self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be from 16 to {MAX_IMAGE_SIZE}, got {self.image_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
-            (self.margin >= 0 and math.isfinite(self.margin), f"--margin must be 0 or more, got {self.margin}"),
+            (0 <= self.margin <= MAX_MARGIN, f"--margin must be from 0 to {MAX_MARGIN:g} (distances between unit embeddings "
+                                             f"are 0 to 2), got {self.margin}"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}"),
+            (self.groups_per_batch is None or self.groups_per_batch >= 1,
+             f"--groups-per-batch must be at least 1, got {self.groups_per_batch}"),
+            (self.groups_per_batch is None or self.class_groups is not None, "--groups-per-batch needs --class-groups FILE"),
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (self.negatives in NEGATIVE_MODES, f"--negatives must be one of {', '.join(NEGATIVE_MODES)}, got {self.negatives!r}"),

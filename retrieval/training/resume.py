@@ -66,7 +66,7 @@ class RunState:
 
 def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The saved run's settings, with only the :data:`PER_CALL` ones (and ``--out``, where the run
-    is now) taken from this call; RetrievalError naming every flag this call typed (``config.given``)
+    is now) taken from this call, ``epochs`` only when typed (else the run's own number of epochs); RetrievalError naming every flag this call typed (``config.given``)
     with another value than the run's (see the module docstring).
 
     The resolved result counts the saved settings as given (they are the run's own record; a
@@ -87,7 +87,10 @@ def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
         if values.get(key) is not None:
             values[key] = Path(values[key])
     _refuse_changes(config, TrainConfig(**values).resolve(), run_dir)
-    values.update({name: getattr(config, name) for name in (*PER_CALL, *_THIS_CALL)}, resume=True)
+    this_call = {name: getattr(config, name) for name in (*PER_CALL, *_THIS_CALL)}
+    if "epochs" not in (config.given or frozenset()):  # the run's own plan (and cosine schedule) unless --epochs is typed
+        this_call.pop("epochs")
+    values.update(this_call, resume=True)
     return TrainConfig(**values).resolve()
 
 

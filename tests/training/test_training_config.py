@@ -219,3 +219,12 @@ def test_resume_takes_the_saved_settings_and_only_the_per_call_ones_from_this_ca
     with pytest.raises(RetrievalError, match=r"--lr 0.5 \(the run has 0.01\)"):  # another one is refused, not ignored
         config_for_resume(_config(lr=0.5, epochs=5, resume=True).resolve(), tmp_path)
     assert set(PER_CALL) == {"epochs", "device", "num_workers", "cache_mb", "command", "dist_timeout"}
+
+
+def test_resume_without_epochs_keeps_the_runs_own_number_of_epochs(tmp_path):
+    """A bare --resume (the interrupted run's own advice) finishes the run as planned: its epochs and cosine
+    schedule, not the default 10."""
+    _write_run_config(tmp_path, _config(epochs=3).resolve().train_settings())
+    resumed = config_for_resume(_config(resume=True).resolve(), tmp_path)
+    assert resumed.epochs == 3 and resumed.train_settings()["epochs"] == 3
+    assert config_for_resume(_config(epochs=12, resume=True).resolve(), tmp_path).epochs == 12
