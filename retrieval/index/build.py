@@ -114,6 +114,10 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     new_ids = _inside(folder, gallery_dir)
     if previous is not None:
         new_ids = _not_yet_indexed(previous, folder, gallery_dir, new_ids)
+        if new_ids and previous.metadata.get("labelled") and not folder.labelled:
+            logger.warning("%s is a flat folder: its images have no label, so the index will no longer count as labelled "
+                           "(`retrieval confusions` and the app's class checks need every item labelled); put them in "
+                           "class folders (DIR/<class>/<image>) to keep it labelled", gallery_dir)
         if not new_ids:
             logger.warning("all %d images of %s are already in the index; nothing added",
                            len(folder.paths), gallery_dir)

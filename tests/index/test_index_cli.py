@@ -7,6 +7,7 @@ import shutil
 
 from typer.testing import CliRunner
 
+from cli_runner import cli  # noqa: F401 (fixture)
 from index_helpers import gallery_dir, run_dir, write_images  # noqa: F401 (fixtures)
 from retrieval.cli import app
 from retrieval.errors import RetrievalError
@@ -139,3 +140,22 @@ def test_cli_errors_are_retrieval_errors_with_one_line(tmp_path, run_dir, galler
 def test_cli_help_states_the_default_number_of_trees():
     result = CliRunner().invoke(app, ["index", "--help"])
     assert f"default {DEFAULT_N_TREES}" in result.stdout
+
+
+def test_cli_add_of_a_flat_folder_to_a_labelled_index_warns_that_it_is_no_longer_labelled(tmp_path, run_dir, gallery_dir, cli):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    fast = ["--device", "cpu", "--workers", "0", "--quiet"]
+    assert cli("index", run, gallery_dir, "--n-trees", "3", *fast).code == 0
+    labelled_extra = write_images(tmp_path / "extra", ["fig"], 2, seed=9)
+    quiet = cli("index", run, "--add", labelled_extra, *fast)
+    assert quiet.code == 0 and not any("flat folder" in line for line in quiet.lines), quiet.err
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for k, image in enumerate(sorted(labelled_extra.rglob("*.png"))):
+        shutil.copy(image, flat / f"loose_{k}.png")
+    added = cli("index", run, "--add", flat, "--json", *fast)
+    assert added.code == 0, added.err
+    assert json.loads(added.out)["labelled"] is False
+    warned = [line for line in added.lines if "flat folder" in line]
+    assert len(warned) == 1 and str(flat) in warned[0] and "no longer count as labelled" in warned[0], added.err
