@@ -150,6 +150,27 @@ def restore(setup, checkpoint: dict[str, Any]) -> RunState:
         setup.scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["torch_rng"])
     state = RunState(list(checkpoint["history"]), dict(checkpoint["best"]), int(checkpoint["epoch"]) + 1)
-    if state.start_epoch > setup.config.epochs:
+    left = state.start_epoch <= setup.config.epochs
+    if not left:
         log.warning("%s: already trained for %d epochs; raise --epochs to train more", setup.run_dir, state.start_epoch - 1)
+    damage = _served_weights_damage(setup.run_dir)
+    if damage is not None:
+        if not left:
+            raise RetrievalError(f"{damage}: the best epoch's weights are lost and --resume has no epoch left to train; "
+                                 "raise --epochs to train on (the next epoch becomes the best), or retrain with --force")
+        log.warning("%s: the best epoch (%s)'s weights are lost, so the next epoch trained is saved as the best instead",
+                    damage, state.best.get("epoch"))
+        state.best = {"epoch": 0, "map_at_r": -1.0}  # as a new run starts: any epoch's MAP@R beats it
     return state
+
+
+def _served_weights_damage(run_dir: Path) -> str | None:
+    """Why the run's ``model.safetensors`` (the best epoch's weights, which search and the app serve)
+    cannot be loaded — damaged, missing, or not the weights config.json records — or None when it loads."""
+    from retrieval.run import load_model
+
+    try:
+        load_model(run_dir)
+    except RetrievalError as error:
+        return str(error)
+    return None

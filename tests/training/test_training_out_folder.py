@@ -145,3 +145,20 @@ def test_a_run_whose_data_moved_resumes_on_the_data_dir_given_if_it_holds_the_sa
     first.rename(renamed / "a-class-the-run-never-saw")
     other = cli("train", renamed, "--out", out, "--resume", "--epochs", "0")
     assert other.code == 2 and "holds other classes" in other.lines[-1]
+
+
+def test_resume_over_damaged_best_weights_saves_the_next_epoch_as_the_best_or_refuses_with_none_left(tmp_path, base_run, sample, cli):
+    """model.safetensors (the weights search serves) damaged: a resume that trains on replaces them with its
+    next epoch (said in a warning); one with no epoch left is refused rather than reported as written."""
+    from retrieval.run import load_model
+
+    out = _copy(base_run, tmp_path / "run")
+    weights = (out / "model.safetensors").resolve()
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    none_left = cli("train", sample / "train", "--out", out, "--resume", "--workers", "0", "--quiet")
+    assert none_left.code == 2 and "weights are lost" in none_left.lines[-1] and "raise --epochs" in none_left.lines[-1], none_left.err
+    resumed = cli("train", sample / "train", "--out", out, "--resume", "--epochs", "1", "--workers", "0", "--quiet")
+    assert resumed.code == 0, resumed.err
+    assert any("weights are lost, so the next epoch trained is saved as the best" in line for line in resumed.lines), resumed.err
+    assert read_config(out)["best_epoch"] == 1
+    load_model(out)  # the run serves again
