@@ -102,6 +102,11 @@ class NegativeRules:
         """True when the rules change nothing: every other class is a negative."""
         return not self.never_negative and self.negatives == "all"
 
+    def classes_without_negatives(self, n_classes: int) -> list[int]:
+        """The classes c of 0 … n_classes − 1 for which no other class may hold a negative, even with
+        every class in the batch: the row of c in ``negative_mask(0 … n_classes − 1)`` is all False."""
+        return torch.nonzero(~self.negative_mask(torch.arange(n_classes)).any(dim=1)).flatten().tolist()
+
     def positive_mask(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, B) bool: [a, p] is True when y_a = y_p and a ≠ p."""
         return positive_mask(labels)

@@ -170,3 +170,32 @@ def test_ctrl_c_is_one_line_with_status_130(run_and_gallery, cli, monkeypatch):
     assert result.code == 130
     assert result.lines == ["interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was"]
     assert "Traceback" not in result.err
+
+
+def test_same_group_negatives_warn_of_training_classes_alone_in_their_group(sample, tmp_path, cli):
+    """--negatives same-group with a class that no other class shares a group with: that class is never pushed
+    from anything, which the run says in one warning line naming it."""
+    classes = sorted(p.name for p in (sample / "train").iterdir() if p.is_dir())
+    groups = tmp_path / "groups.csv"
+    groups.write_text("class,group\n" + "".join(f"{name},{'pair' if k < 2 else 'rest'}\n" for k, name in enumerate(classes[:-1]))
+                      + f"{classes[-1]},alone\n")
+    flags = ["--epochs", "0", "--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16", "-P", "2", "-K", "2",
+             "--workers", "0", "--val-fraction", "0", "--quiet", "--class-groups", groups]
+    result = cli("train", sample / "train", "--out", tmp_path / "run", "--negatives", "same-group", *flags)
+    assert result.code == 0, result.err
+    warned = [line for line in result.lines if "no class that may be their negative" in line]
+    assert len(warned) == 1 and f"1 of {len(classes)} training classes" in warned[0] and classes[-1] in warned[0], result.err
+    everyone = cli("train", sample / "train", "--out", tmp_path / "run2", "--negatives", "prefer-same-group", *flags)
+    assert everyone.code == 0 and not any("no class that may be their negative" in line for line in everyone.lines)
+
+
+def test_a_one_class_folder_is_told_to_add_classes_not_to_lower_the_validation_share(sample, tmp_path, cli):
+    import shutil
+
+    one = tmp_path / "one"
+    first = sorted(p for p in (sample / "train").iterdir() if p.is_dir())[0]
+    shutil.copytree(first, one / first.name)
+    result = cli("train", one, "--out", tmp_path / "run", "--epochs", "0", "--backbone", "resnet10t", "--quiet")
+    assert result.code == 2 and result.lines[-1].startswith("error: ") and "Traceback" not in result.err, result.err
+    assert "holding out 0 for validation" in result.lines[-1] and "add classes: DATA_DIR/<class>/<image>" in result.lines[-1]
+    assert "--val-fraction" not in result.lines[-1]

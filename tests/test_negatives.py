@@ -56,6 +56,15 @@ def test_prefer_same_group_falls_back_to_every_negative_where_the_group_has_none
     assert mask[2].tolist() == [True, True, False]
 
 
+def test_classes_without_negatives_are_those_alone_in_their_group_or_never_negative_with_the_rest():
+    assert NegativeRules().classes_without_negatives(3) == []
+    assert NegativeRules(class_groups=[0, 0, 1, 2, 2], negatives="same-group").classes_without_negatives(5) == [2]
+    same = NegativeRules(class_groups=[0, 0, 1, 2, 2], never_negative=[(3, 4)], negatives="same-group")
+    assert same.classes_without_negatives(5) == [2, 3, 4]
+    assert NegativeRules(class_groups=[0, 0, 1], negatives="prefer-same-group").classes_without_negatives(3) == []
+    assert NegativeRules(never_negative=[(0, 1), (0, 2)]).classes_without_negatives(3) == [0]
+
+
 def test_group_modes_need_groups_and_labels_inside_them():
     with pytest.raises(ValueError, match="class_groups"):
         NegativeRules(negatives="same-group")

@@ -40,7 +40,7 @@ def split_classes(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[
     most = len(eligible) - 2
     if most < 2:
         logger.warning(
-            "%s: only %d classes have two or more images, too few to hold out validation classes "
+            "%s: only %d class(es) have two or more images, too few to hold out validation classes "
             "(needs 4): training without validation",
             folder.root, len(eligible),
         )
