@@ -86,3 +86,16 @@ def test_the_table_keeps_one_line_per_role_at_100_columns_with_long_labels_and_p
     assert len(numbered) == 3  # one first line per triplet: nothing wrapped into extra rows
     assert all("…" in line and line.rstrip().endswith(("yes", "no")) for line in numbered)
     assert sum(1 for line in lines if f"{LONG}_IMG" in line or "…" in line) == 2 * 3  # a class line and a file line each
+
+
+def test_a_validation_class_is_told_it_was_held_out(runs, tmp_path):
+    import shutil
+
+    new, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(new, run, symlinks=True)
+    config = (run / "config.json").resolve()
+    values = json.loads(config.read_text())
+    config.write_text(json.dumps({**values, "val_classes": ["kiwi"]}))
+    out = CliRunner().invoke(app, ["mining", str(run), "--class", "kiwi"])
+    assert out.exit_code != 0 and "'kiwi' is a validation class of this run" in str(out.exception)
