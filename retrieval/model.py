@@ -111,12 +111,14 @@ def _create_backbone(name: str, *, pretrained: bool, weights: str | Path | None)
     check_backbone_name(name)
     if weights is not None:
         weights = Path(weights)
+        if weights.is_dir():
+            raise RetrievalError(f"{weights} is a folder: --weights takes a .safetensors file")
         if not weights.is_file():
             raise RetrievalError(f"weights file not found: {weights}")
         if weights.suffix != ".safetensors":
-            raise RetrievalError(
-                f"{weights}: --weights takes a .safetensors file (pickled checkpoints are not loaded)"
-            )
+            pickled = weights.suffix.lower() in {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar"}
+            raise RetrievalError(f"{weights}: --weights takes a .safetensors file"
+                                 + (" (pickled checkpoints are not loaded)" if pickled else f", not a {weights.suffix or 'suffix-less'} file"))
         return _load_local_weights(timm.create_model(name, pretrained=False, num_classes=0), weights)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=0)

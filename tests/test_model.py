@@ -146,3 +146,20 @@ def test_the_real_imagenet_weights_load_into_their_backbone():
     model = EmbeddingModel("tf_efficientnet_lite0", 8, weights=SHARED_WEIGHTS)
     assert model.backbone.num_features == 1280
     assert float(model.backbone.bn1.running_var.mean()) != 1.0  # trained statistics, not a fresh layer's
+
+
+@pytest.mark.parametrize("name, words", [("notes.csv", ["takes a .safetensors file, not a .csv file"]),
+                                         ("model.pth", ["pickled checkpoints are not loaded"]),
+                                         ("folder", ["is a folder: --weights takes a .safetensors file"]),
+                                         ("missing.safetensors", ["weights file not found"])])
+def test_a_weights_argument_that_is_no_safetensors_file_says_what_it_is(tmp_path, name, words):
+    path = tmp_path / name
+    if name == "folder":
+        path.mkdir()
+    elif name != "missing.safetensors":
+        path.write_text("a,b\n")
+    with pytest.raises(RetrievalError) as raised:
+        EmbeddingModel("resnet10t", 8, weights=path)
+    assert all(word in str(raised.value) for word in words), str(raised.value)
+    if name == "notes.csv":
+        assert "pickled" not in str(raised.value)
