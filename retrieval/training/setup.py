@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from retrieval.training.seeded_items import KeyedBatches, SeededItems
 from retrieval.training.sources import TrainingSource, build_source
 
 __all__ = ["TrainingSetup", "set_up", "cosine_with_warmup"]
+
+log = logging.getLogger("retrieval")
 
 
 @dataclass
@@ -114,6 +117,10 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
                   # every call that trained the run, each flag of which took effect (a resume refuses the others)
                   "commands": [*commands_so_far(run_dir, checkpoint is not None), *([config.command] if config.command else [])]}
     fine_tuning = FineTuning.for_config(config, len(batches))
+    if ctx.is_main and checkpoint is None and config.epochs > 0 and fine_tuning.warmup_steps >= config.epochs * len(batches):
+        log.warning("--freeze-backbone-epochs %g covers all %d epoch(s): the backbone stays frozen and only the head "
+                    "learns; give more --epochs, or --freeze-backbone-epochs 0 for the backbone to learn from the start",
+                    config.freeze_backbone_epochs, config.epochs)
     setup = TrainingSetup(config, run_dir, ctx, source, model, forward, run_objective, train_transform, eval_transform, batches, loader,
                           optimiser, schedule, scaler, precision, run_config, checkpoint, fine_tuning)
     if ctx.enabled:  # DDP takes the parameters that learn when it is built: build it for the first step's state

@@ -321,3 +321,18 @@ def test_the_untouched_pretrained_model_competes_for_the_best_epoch(sample, tmp_
     scratch = train(TrainConfig(data_dir=sample / "train", out=tmp_path / "scratch", epochs=1, lr=50.0, **TINY),
                     progress=False)
     assert scratch.best_epoch == 1
+
+
+def test_a_head_warm_up_as_long_as_the_run_is_warned_of(sample, tmp_path, weights_file, caplog):
+    import logging
+
+    def warnings_of(epochs, **changes):
+        caplog.clear()
+        config = _fine_tune(sample, tmp_path / f"run{epochs}{len(changes)}", weights_file, epochs=epochs, **changes)
+        with caplog.at_level(logging.WARNING, logger="retrieval"):
+            train(config, progress=False)
+        return [r.getMessage() for r in caplog.records if "stays frozen" in r.getMessage()]
+
+    warned = warnings_of(1)
+    assert len(warned) == 1 and warned[0].startswith("--freeze-backbone-epochs 1 covers all 1 epoch(s)"), warned
+    assert warnings_of(1, freeze_backbone_epochs=0.5) == []
