@@ -199,3 +199,9 @@ def test_a_one_class_folder_is_told_to_add_classes_not_to_lower_the_validation_s
     assert result.code == 2 and result.lines[-1].startswith("error: ") and "Traceback" not in result.err, result.err
     assert "holding out 0 for validation" in result.lines[-1] and "add classes: DATA_DIR/<class>/<image>" in result.lines[-1]
     assert "--val-fraction" not in result.lines[-1]
+
+
+def test_the_parent_of_a_data_sets_splits_is_refused_with_the_split_to_give(sample, tmp_path, cli):
+    result = cli("train", sample, "--out", tmp_path / "run", "--epochs", "0", "--backbone", "resnet10t", "--quiet")
+    assert_one_line_error(result.code, result.err, "holds the data splits catalog, test, train", f"e.g. {sample / 'train'}")
+    assert not (tmp_path / "run").exists()

@@ -101,7 +101,8 @@ class ImageFolder:
         )
 
 
-def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool = True) -> ImageFolder:
+def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool = True,
+                refuse_splits: bool = False) -> ImageFolder:
     """Scan ``root`` for images: ``root/<class>/<image>`` (labelled) or ``root/<image>`` (flat).
 
     ``labelled=None`` decides by the layout: labelled when some sub-folder of ``root`` holds
@@ -115,7 +116,9 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     warning line. A class whose images are all unreadable is dropped (warned).
 
     Raises :class:`RetrievalError` when ``root`` is missing or has no usable image, or when
-    ``labelled=True`` and it has no class sub-folders.
+    ``labelled=True`` and it has no class sub-folders; with ``refuse_splits`` (training) also when
+    every sub-folder is a data split holding class folders (the parent of the splits), which is
+    otherwise a warning.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -126,7 +129,7 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     class_files = _files_by_sub_folder(root, sub_dirs)
     labelled = _resolve_layout(root, class_files, labelled)
     if labelled:
-        _warn_if_split_root(root, class_files)
+        _warn_if_split_root(root, class_files, refuse=refuse_splits)
         _warn_if_top_level_images(root, top_files)
         files = [(name, path) for name, paths in class_files.items() for path in paths]
     else:
@@ -219,16 +222,20 @@ def _resolve_layout(root: Path, class_files: dict[str, list[Path]], labelled: bo
     return labelled
 
 
-def _warn_if_split_root(root: Path, class_files: dict[str, list[Path]]) -> None:
+def _warn_if_split_root(root: Path, class_files: dict[str, list[Path]], *, refuse: bool = False) -> None:
     """Warn when ``root`` looks like the parent of data splits (``root/train/<class>/<image>``):
     a sub-folder named like a split whose images all sit in its own sub-folders would otherwise
-    silently become one class."""
+    silently become one class. With ``refuse``, a RetrievalError instead when every sub-folder
+    with images is such a split (its "classes" would be train, test, …)."""
     splits = [
         name for name, files in class_files.items()
         if name.lower() in SPLIT_FOLDER_NAMES
         and _has_images(files)
         and all(p.parent != root / name for p in files if _is_image(p))
     ]
+    if refuse and splits and len(splits) == sum(_has_images(files) for files in class_files.values()):
+        raise RetrievalError(f"{root} holds the data splits {', '.join(splits)}, each with class folders inside: train on "
+                             f"one split, e.g. {root / ('train' if 'train' in splits else splits[0])}")
     if splits:
         logger.warning(
             "%s looks like a folder of data splits (%s hold class folders), but each of its sub-folders is "

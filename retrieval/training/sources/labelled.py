@@ -57,7 +57,7 @@ class LabelledSource:
         """Scan ``config.data_dir``, hold out the validation classes and read the domain-knowledge
         files; a face run (``--faces``) first finds each image's face (``on_progress(done, total)``;
         under torchrun, ``ctx``, each process a share first: :func:`~retrieval.faces.run_faces.find_share`)."""
-        folder = data.scan_folder(config.data_dir, labelled=True)
+        folder = data.scan_folder(config.data_dir, labelled=True, refuse_splits=True)
         greyscale = data.all_greyscale(folder.paths)
         faces = None
         if config.faces:
