@@ -78,8 +78,8 @@ def index_command(
     if summary.get("n_without_face"):
         left_out.append(f"{summary['n_without_face']} photo(s) without a face not in it")
     skipped = f" ({'; '.join(left_out)})" if left_out else ""
-    what = (f"{summary['n_items']} faces from {summary['n_photos']} photos" if "n_photos" in summary
-            else f"{summary['n_items']} images")
+    what = (f"{summary['n_items']} face(s) from {summary['n_photos']} photo(s)" if "n_photos" in summary
+            else f"{summary['n_items']} image(s)")
     if summary["added"] is False:  # the warning above says why
         typer.echo(f"nothing added: {summary['index']} holds {what}, as before")
         return

@@ -47,7 +47,8 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
         faceless_kept = [entry for entry in without_face
                          if entry["label"] not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
         if not removed and len(faceless_kept) == len(without_face):
-            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given; nothing removed")
+            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given; nothing removed"
+                                 + _close_labels(labels, previous.labels))
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]
         if not kept:
@@ -87,6 +88,18 @@ def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], witho
                "roots": [str(root) for root in previous.roots],
                "files": {ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256), EMBEDDINGS_NAME: file_check(embeddings_path)}}
         (version / METADATA_NAME).write_text(json.dumps(new, indent=1) + "\n")
+
+
+def _close_labels(asked: set[str], labels) -> str:
+    """" (did you mean Kiwi?)" for labels asked that differ from the index's in case or by a letter or two; "" for none."""
+    import difflib
+
+    known = sorted({str(label) for label in labels if label is not None})
+    by_case = {label.lower(): label for label in known}
+    close = []
+    for name in sorted(asked):
+        close += [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+    return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
 
 
 def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kept: list[int]) -> int:

@@ -143,7 +143,7 @@ def test_index_cli_counts_faces_and_the_photos_they_come_from(face_index, cli, t
     assert counts["n_without_face"] == 1, "the grey photo: searched, no face found"
     table = cli("index", copy, gallery, "--n-trees", "2", "--quiet")
     assert table.code == 0, table.err
-    assert table.out.splitlines()[0].startswith("indexed 4 faces from 3 photos (1 photo(s) without a face not in it) in "), table.out
+    assert table.out.splitlines()[0].startswith("indexed 4 face(s) from 3 photo(s) (1 photo(s) without a face not in it) in "), table.out
 
 
 def test_gallery_json_lists_the_photos_without_a_face_and_adding_or_removing_keeps_the_list_right(face_index, cli, tmp_path):
@@ -178,7 +178,7 @@ def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(
     again = cli("index", copy, "--add", gallery, "--quiet")
     assert again.code == 0, again.err
     assert any("nothing added" in line for line in again.lines) and not any(line.startswith("error") for line in again.lines), again.err
-    assert again.out.startswith("nothing added: ") and "holds 4 faces from 3 photos, as before" in again.out, again.out
+    assert again.out.startswith("nothing added: ") and "holds 4 face(s) from 3 photo(s), as before" in again.out, again.out
     assert read_index_metadata(copy) == before, "the index stays as it was"
     assert json.loads(cli("index", copy, "--add", gallery, "--quiet", "--json").out)["added"] is False
 

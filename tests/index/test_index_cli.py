@@ -159,3 +159,12 @@ def test_cli_add_of_a_flat_folder_to_a_labelled_index_warns_that_it_is_no_longer
     assert json.loads(added.out)["labelled"] is False
     warned = [line for line in added.lines if "flat folder" in line]
     assert len(warned) == 1 and str(flat) in warned[0] and "no longer count as labelled" in warned[0], added.err
+
+
+def test_cli_remove_label_in_another_case_names_the_label_meant(tmp_path, run_dir, gallery_dir, cli):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert cli("index", run, gallery_dir, "--n-trees", "2", "--device", "cpu", "--workers", "0", "--quiet").code == 0
+    wrong = cli("index", run, "--remove-label", "Apple", "--remove-label", "plumm")
+    assert wrong.code == 2 and wrong.lines[-1].endswith("nothing removed (did you mean apple, plum?)"), wrong.err
+    assert cli("index", run, "--remove-label", "banana").lines[-1].endswith("nothing removed")
