@@ -313,6 +313,7 @@ class TrainConfig:
         checks = [
             (self.loss in LOSSES, f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}"),
             (self.miner is None or self.miner in MINERS, f"unknown miner {self.miner!r}: use one of {', '.join(MINERS)}"),
+            (not (self.resume and self.force), "give --resume (continue the run in --out) or --force (replace it), not both"),
             (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
             (self.classes_per_batch >= 2, f"--classes-per-batch must be at least 2 (negatives come from other classes), got {self.classes_per_batch}"),
             (self.images_per_class >= 2, f"--images-per-class must be at least 2 (positives come from the same class), got {self.images_per_class}"),

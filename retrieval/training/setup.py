@@ -95,6 +95,9 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
     if checkpoint is not None:
         config = config_for_resume(config, run_dir)
     precision = resolve_precision(config.precision, ctx.device)
+    if precision == "fp16" and ctx.device.type != "cuda" and ctx.is_main:
+        log.warning("--precision fp16 on %s: half precision without loss scaling (the scaler is CUDA's), where small "
+                    "gradients can round to 0; bf16 or fp32 is what a CPU trains in (auto picks one)", ctx.device)
     with stage_bars({"detect": "finding faces"}, enabled=progress and ctx.is_main, stderr=False, terminal_only=False) as bars:
         source = build_source(config, on_progress=lambda done, total: bars("detect", done, total), ctx=ctx)
     if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:

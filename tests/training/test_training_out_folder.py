@@ -74,6 +74,7 @@ def test_a_run_with_its_checkpoint_needs_resume_and_resume_with_force_is_refused
     assert done.code == 2 and "already holds a run; pass --resume" in done.lines[0]
     both = cli("train", sample / "train", "--out", base_run, "--resume", "--force")
     assert both.code == 2 and "not both" in both.lines[0]
+    assert "resuming" not in both.out, "refused before the line that announces a resume"
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed_when_it_resumes(tmp_path, base_run, sample, cli):
@@ -162,3 +163,10 @@ def test_resume_over_damaged_best_weights_saves_the_next_epoch_as_the_best_or_re
     assert any("weights are lost, so the next epoch trained is saved as the best" in line for line in resumed.lines), resumed.err
     assert read_config(out)["best_epoch"] == 1
     load_model(out)  # the run serves again
+
+
+def test_fp16_on_a_cpu_is_warned_of(tmp_path, sample, cli):
+    flags = [("fp16" if flag == "fp32" else flag) for flag in TINY_FLAGS]
+    done = cli("train", sample / "train", "--out", tmp_path / "run", "--epochs", "0", *flags, "--device", "cpu")
+    assert done.code == 0, done.err
+    assert any("--precision fp16 on cpu" in line and "without loss scaling" in line for line in done.lines), done.err
