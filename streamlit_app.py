@@ -38,7 +38,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import remember_run
+from app_pages.common import loss_margin, loss_text, remember_run
 from retrieval.errors import RetrievalError
 from retrieval.run import RunConfig, list_runs, read_config
 from retrieval.safe_text import markdown_text
@@ -99,11 +99,22 @@ def _detector_reach(faces: dict) -> str:
         return "?"
 
 
+def objective_text(config: RunConfig) -> str:
+    """The sidebar's loss, miner and margin ε (Markdown): "loss triplet · miner semihard · margin ε = 0.2";
+    a loss without a margin says so ("loss infonce (temperature 0.1): no margin · miner none"), with the
+    ε its miner chose tuples by, if it has a miner."""
+    miner = config.get("miner", "?")
+    if loss_margin(config) is not None:
+        return f"loss {markdown_text(config.get('loss', '?'))} · miner {markdown_text(miner)} · margin ε = {config.margin:g}"
+    miner_margin = "" if miner in ("none", None) else f" (ε = {config.margin:g})"
+    return f"loss {markdown_text(loss_text(config))} · miner {markdown_text(miner)}{miner_margin}"
+
+
 def describe_run(run_dir: Path, config: RunConfig) -> None:
     st.sidebar.markdown(f"**{markdown_text(run_dir.name)}**  \n{markdown_text(run_dir)}")
     st.sidebar.caption(
         f"{markdown_text(config.backbone)} · D = {config.embedding_dim} · {config.image_size} px  \n"
-        f"loss {markdown_text(config.get('loss', '?'))} · miner {markdown_text(config.get('miner', '?'))} · margin ε = {config.margin:g}"
+        f"{objective_text(config)}"
         + (f"  \ntrained {config.mode} (no class labels)" if config.mode in ("unlabelled", "pairs") else "")
         + ("" if config.has_validation else "  \nno held-out classes")
         + (f"  \nfaces: detected and aligned ({markdown_text(_detector_reach(config.faces))})" if config.faces else "")

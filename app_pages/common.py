@@ -6,13 +6,20 @@ never mix). The model and index are loaded once per run and file version (``st.c
 keyed by :func:`index_stamp`: a rebuilt index or retrained model is loaded again), thumbnails and
 mining logs once per file version (``st.cache_data``). Run directories are read only through
 :mod:`retrieval.run` and :mod:`retrieval.index`.
+
+Cached functions take a path as :func:`path_key` bytes, never as a string: Streamlit hashes a string
+argument as UTF-8, which a file name that is not valid UTF-8 cannot be (Linux names are bytes; Python
+reads ``b"bad\\xffname.jpg"`` as ``"bad\\udcffname.jpg"``, a lone surrogate, and the hash raised
+``UnicodeEncodeError``). Such a name is shown as :func:`~retrieval.safe_text.printable` text (``bad\\xffname.jpg``).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import inspect
 import io
+import os
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -37,8 +44,8 @@ from retrieval.safe_text import markdown_text, printable
 
 __all__ = [
     "ALL_CLASSES", "UNKNOWN_CLASS", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "file_stamp", "gallery_label",
-    "index_stamp", "item_name", "load_index", "mining_logs", "mining_stamp", "open_index", "projection", "relation_mark",
-    "remember_run",
+    "index_stamp", "item_name", "load_index", "loss_margin", "loss_text", "mining_logs", "mining_stamp", "open_index", "path_key", "projection",
+    "relation_mark", "remember_run",
     "show_image", "show_item", "thumbnail",
 ]
 
@@ -79,11 +86,48 @@ def chosen_run() -> ChosenRun:
     return st.session_state[_RUN_KEY]
 
 
+def loss_margin(config: RunConfig) -> float | None:
+    """The margin ε of the run's loss, or None when its loss has none (InfoNCE, NCE, N-pair: the
+    losses :func:`retrieval.losses.build_loss` gives no margin; config.json still records ε, which
+    only a miner, if any, and the mining log's counts used). A loss this version does not know (or
+    none recorded) counts as a margin loss."""
+    from retrieval import losses
+
+    loss_class = losses.LOSSES.get(str(config.loss))
+    if loss_class is None or "margin" in inspect.signature(loss_class).parameters:
+        return config.margin
+    return None
+
+
+def loss_text(config: RunConfig) -> str:
+    """The run's loss and what it trained with, plain text (escape it for Markdown): "triplet, margin
+    ε = 0.2", or for a loss without a margin "infonce (temperature 0.1): no margin"."""
+    from retrieval import losses
+
+    name = config.get("loss", "?")
+    margin = loss_margin(config)
+    if margin is not None:
+        return f"{name}, margin ε = {margin:g}"
+    uses_temperature = "temperature" in inspect.signature(losses.LOSSES[str(name)]).parameters
+    temperature = config.get("temperature")
+    return f"{name}{f' (temperature {temperature:g})' if uses_temperature and temperature is not None else ''}: no margin"
+
+
 def gallery_label(label) -> str | None:
     """A gallery index label as the app uses it: None for no label (None, -1, ""), else a string."""
     if label is None or str(label).strip() in NO_LABEL_VALUES:
         return None
     return str(label)
+
+
+# ----------------------------------------------------------------------------- file names
+
+
+def path_key(path: str | Path) -> bytes:
+    """``path`` as a cached function takes it: its file-system bytes (``os.fsencode``), which
+    Streamlit's cache hashes whatever the name; ``os.fsdecode`` gives the path back."""
+    return os.fsencode(path)
+
 
 
 # ----------------------------------------------------------------------------- file versions
@@ -104,7 +148,7 @@ def file_stamp(*paths: Path) -> str:
 def index_stamp(run_dir: Path) -> str:
     """Changes when the model or the index is rewritten, or the index is re-rooted (its item paths change)."""
     stamp = file_stamp(run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME, index_dir(run_dir) / METADATA_NAME)
-    return stamp + "|" + "|".join(gallery_roots() or ())
+    return stamp + "|" + "|".join(ascii(root) for root in gallery_roots() or ())
 
 
 def mining_stamp(run_dir: Path) -> str:
@@ -116,15 +160,16 @@ def mining_stamp(run_dir: Path) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model and the gallery index…", max_entries=4)
-def load_index(run_dir: str, stamp: str, roots: tuple[str, ...] = ()) -> GalleryIndex:
+def load_index(run_dir: bytes, stamp: str, roots: tuple[bytes, ...] = ()) -> GalleryIndex:
     """The run's gallery index with its model, once per run (and again after a rebuild); warmed
-    up (one embedding, the margin chart's template) so that the first query is as fast as the next."""
+    up (one embedding, the margin chart's template) so that the first query is as fast as the next.
+    ``run_dir`` and the gallery ``roots`` are :func:`path_key` bytes."""
     from PIL import Image
 
     import pandas  # noqa: F401  Streamlit turns chart data into Arrow tables with it: import it now, not on the first query
     import pyarrow  # noqa: F401
 
-    index = GalleryIndex.load(run_dir, device="auto", gallery_roots=list(roots) or None)
+    index = GalleryIndex.load(os.fsdecode(run_dir), device="auto", gallery_roots=[os.fsdecode(root) for root in roots] or None)
     index.labels = [gallery_label(label) for label in index.labels]  # a flat gallery: all None (or -1)
     with one_torch_thread():
         vector = index.embed(Image.new("RGB", (64, 64), (128, 128, 128)))
@@ -138,8 +183,6 @@ def gallery_roots() -> list[str] | None:
     """The gallery folders given at launch (``retrieval app --gallery-root``, or the
     RETRIEVAL_GALLERY_ROOTS environment variable, folders joined by ``os.pathsep``) for a run
     moved from another machine; None: the index's own."""
-    import os
-
     value = os.environ.get(GALLERY_ROOTS_ENV)
     return value.split(os.pathsep) if value else None
 
@@ -152,7 +195,7 @@ def open_index(run_dir: Path, what: str) -> GalleryIndex | None:
         st.caption("The Hardest negatives and Training pages work without an index.")
         return None
     try:
-        return load_index(str(run_dir), index_stamp(run_dir), tuple(gallery_roots() or ()))
+        return load_index(path_key(run_dir), index_stamp(run_dir), tuple(path_key(root) for root in gallery_roots() or ()))
     except RetrievalError as error:
         st.error(markdown_text(error))
         return None
@@ -168,8 +211,9 @@ def class_items(_index: GalleryIndex, stamp: str) -> dict[str | None, list[int]]
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading the mining log…")
-def mining_logs(run_dir: str, stamp: str) -> dict[int, list[dict]]:
-    return diagnostics.read_mining_logs(run_dir)
+def mining_logs(run_dir: bytes, stamp: str) -> dict[int, list[dict]]:
+    """The run's mining log per epoch (``run_dir``: :func:`path_key` bytes)."""
+    return diagnostics.read_mining_logs(os.fsdecode(run_dir))
 
 
 @st.cache_resource(max_entries=8, show_spinner="Projecting the gallery…")
@@ -211,11 +255,11 @@ def one_torch_thread():
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def thumbnail(path: str, stamp: str) -> bytes | None:
-    """A small encoded copy of an image file (read once, then served from the cache), or None
-    when it cannot be read."""
+def thumbnail(path: bytes, stamp: str) -> bytes | None:
+    """A small encoded copy of an image file (``path``: :func:`path_key` bytes; read once, then
+    served from the cache), or None when it cannot be read."""
     try:
-        return encode_thumbnail(load_image(path))
+        return encode_thumbnail(load_image(os.fsdecode(path)))
     except RetrievalError:
         return None
 
@@ -233,11 +277,12 @@ def encode_thumbnail(image) -> bytes:
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def face_thumbnail(path: str, stamp: str, box: tuple[float, float, float, float]) -> bytes | None:
-    """A small encoded copy of one face of a photo: its box, widened by FACE_CONTEXT on each side
-    (hair and chin, as the aligned crop shows them), or None when the photo cannot be read."""
+def face_thumbnail(path: bytes, stamp: str, box: tuple[float, float, float, float]) -> bytes | None:
+    """A small encoded copy of one face of a photo (``path``: :func:`path_key` bytes): its box, widened
+    by FACE_CONTEXT on each side (hair and chin, as the aligned crop shows them), or None when the
+    photo cannot be read."""
     try:
-        return encode_thumbnail(face_with_context(load_image(path), box))
+        return encode_thumbnail(face_with_context(load_image(os.fsdecode(path)), box))
     except RetrievalError:
         return None
 
@@ -251,11 +296,12 @@ def face_with_context(photo, box: tuple[float, float, float, float]):
 
 
 @st.cache_data(max_entries=20000, show_spinner=False)
-def picture_url(path: str, stamp: str, box: tuple[float, float, float, float] | None, side: int) -> str | None:
-    """A gallery item's picture at most ``side`` pixels a side as a ``data:`` URL (for a chart's image
-    marks): the whole image, or the face ``box`` with its context; None when the file cannot be read."""
+def picture_url(path: bytes, stamp: str, box: tuple[float, float, float, float] | None, side: int) -> str | None:
+    """A gallery item's picture (``path``: :func:`path_key` bytes) at most ``side`` pixels a side as a
+    ``data:`` URL (for a chart's image marks): the whole image, or the face ``box`` with its context;
+    None when the file cannot be read."""
     try:
-        image = load_image(path)
+        image = load_image(os.fsdecode(path))
     except RetrievalError:
         return None
     image = face_with_context(image, box) if box is not None else image.copy()
@@ -274,9 +320,9 @@ def relation_mark(label: str | None, query_label: str | None) -> str:
 
 
 def item_name(index: GalleryIndex, item: int) -> str:
-    """A gallery item as the pages name it: its file name, and in a face gallery which face of the
-    photo ("003.jpg · face 2"); plain text (escape it for Markdown)."""
-    return Path(index.relative_paths[item]).name + index.face_suffix(item)
+    """A gallery item as the pages name it: its file name (:func:`~retrieval.safe_text.printable`), and in a face gallery
+    which face of the photo ("003.jpg · face 2"); plain text (escape it for Markdown)."""
+    return printable(Path(index.relative_paths[item]).name) + index.face_suffix(item)
 
 
 def show_item(index, item: int, caption: str | None = None) -> None:
@@ -287,7 +333,7 @@ def show_item(index, item: int, caption: str | None = None) -> None:
     if face is None:
         show_image(path, caption)
         return
-    image = face_thumbnail(str(path), file_stamp(Path(path)), tuple(float(v) for v in face["box"]))
+    image = face_thumbnail(path_key(path), file_stamp(Path(path)), tuple(float(v) for v in face["box"]))
     if image is None:
         st.caption(f":material/broken_image: cannot read {markdown_text(Path(path).name)}")
     else:
@@ -295,7 +341,7 @@ def show_item(index, item: int, caption: str | None = None) -> None:
 
 
 def show_image(path: str | Path, caption: str | None = None) -> None:
-    image = thumbnail(str(path), file_stamp(Path(path)))
+    image = thumbnail(path_key(path), file_stamp(Path(path)))
     if image is None:
         st.caption(f":material/broken_image: cannot read {markdown_text(Path(path).name)}")
     else:

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_pages.common import chosen_run, file_stamp, index_stamp, open_index, picture_url, projection
+from app_pages.common import chosen_run, file_stamp, index_stamp, open_index, path_key, picture_url, projection
 from retrieval import diagnostics, figures
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig
-from retrieval.safe_text import markdown_text
+from retrieval.safe_text import markdown_text, printable
 
 POINT_COUNTS = (500, 1000, 2000, 5000, 10000, 20000)  # choices of "Points drawn" below the gallery's size
 DEFAULT_POINTS = 2000
@@ -48,7 +48,7 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     if len(methods) == 1:
         st.caption("UMAP is offered when umap-learn is installed: `pip install 'retrieval[umap]'`.")
     fitted = projection(index, stamp, method.lower(), int(max_points))
-    names = [index.relative_paths[i] + index.face_suffix(int(i)) for i in fitted.items]
+    names = [printable(index.relative_paths[i]) + index.face_suffix(int(i)) for i in fitted.items]
     labels, colour_title, colour_note = map_colours(index, fitted.items)
     last = st.session_state.get("last_query")
     query_xy, query_name = None, "query"
@@ -85,7 +85,7 @@ def map_pictures(index: GalleryIndex, items) -> list[str | None]:
             continue
         path, face = index.path(int(item)), index.face(int(item))
         box = None if face is None else tuple(float(v) for v in face["box"])
-        pictures.append(picture_url(str(path), file_stamp(path), box, MAP_PICTURE_PX))
+        pictures.append(picture_url(path_key(path), file_stamp(path), box, MAP_PICTURE_PX))
     return pictures
 
 
@@ -99,7 +99,7 @@ def map_colours(index: GalleryIndex, items) -> tuple[list[str | None] | None, st
     distinct = set(folders)
     if len(distinct) > 1:
         short = len({f.name for f in distinct}) == len(distinct)
-        return ([f.name if short else str(f) for f in folders], "folder",
+        return ([printable(f.name if short else f) for f in folders], "folder",
                 ":material/info: The gallery has no class labels, so the points are coloured by the folder they come from.")
     return None, "", ":material/info: The gallery has no class labels (one flat folder), so the points are not coloured."
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, relation_mark, show_image
+from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, path_key, relation_mark, show_image
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
@@ -44,10 +44,10 @@ LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
 
 
 @st.cache_resource(max_entries=8)  # two a run: its own and the one looking harder
-def face_pipeline(run_dir: str, stamp: str, harder: bool = False):
-    """The run's face pipeline (MTCNN loaded once per run), or with ``harder`` the same pipeline
-    looking harder for faces (:meth:`~retrieval.faces.FacePipeline.harder`)."""
-    pipeline = run_pipeline(run_dir, RunConfig.read(run_dir))
+def face_pipeline(run_dir: bytes, stamp: str, harder: bool = False):
+    """The run's face pipeline (MTCNN loaded once per run; ``run_dir``: :func:`~app_pages.common.path_key`
+    bytes), or with ``harder`` the same pipeline looking harder for faces (:meth:`~retrieval.faces.FacePipeline.harder`)."""
+    pipeline = run_pipeline(os.fsdecode(run_dir), RunConfig.read(os.fsdecode(run_dir)))
     return pipeline.harder() if harder else pipeline
 
 
@@ -110,11 +110,11 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
         st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
         return
     digest = hashlib.sha1(data).hexdigest()
-    results = _searched(index, run_dir, stamp, digest, photo, int(k), harder)
+    results = _searched(index, path_key(run_dir), stamp, digest, photo, int(k), harder)
     if not results:
         st.image(photo, caption=markdown_text(uploaded.name), width="stretch")
         st.warning(no_face_message(uploaded.name, "this run searches faces, so there is nothing to search",
-                                   face_pipeline(str(run_dir), stamp, harder), photo.size, harder))
+                                   face_pipeline(path_key(run_dir), stamp, harder), photo.size, harder))
         return
     photo_col, pick_col = st.columns([2, 1], gap="large")
     photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found"
@@ -123,7 +123,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
         picked = face_picker(results, digest, harder)
         label = class_picker(labels)
     order = [picked, *(i for i in range(len(results)) if i != picked)]
-    pipeline = face_pipeline(str(run_dir), stamp)  # the run's own: it finds the gallery's cached crops
+    pipeline = face_pipeline(path_key(run_dir), stamp)  # the run's own: it finds the gallery's cached crops
     for i in order:
         show_face_row(index, pipeline, results[i], i + 1, query_label=label if i == picked else None)
         if i == picked and explain is not None:
@@ -192,19 +192,20 @@ def no_face_message(name: str, consequence: str, pipeline, photo_size: tuple[int
 
 
 @st.cache_resource(max_entries=16, show_spinner="Finding faces…")
-def photo_faces(run_dir: str, stamp: str, digest: str, _photo: Image.Image, harder: bool = False) -> list:
+def photo_faces(run_dir: bytes, stamp: str, digest: str, _photo: Image.Image, harder: bool = False) -> list:
     """Every face of an upload, most confident first, aligned as the run aligns (once per run, file
-    content and ``harder``; an upload is never written to the run)."""
+    content and ``harder``; an upload is never written to the run; ``run_dir``: :func:`~app_pages.common.path_key` bytes)."""
     with one_torch_thread():
         return face_pipeline(run_dir, stamp, harder).faces(_photo)
 
 
 @st.cache_resource(max_entries=64, show_spinner="Finding and searching faces…")
-def _searched(_index: GalleryIndex, run_dir: Path, stamp: str, digest: str, _photo: Image.Image, k: int,
+def _searched(_index: GalleryIndex, run_dir: bytes, stamp: str, digest: str, _photo: Image.Image, k: int,
               harder: bool = False) -> list[FaceResult]:
-    """Every face of an upload, searched (once per run, file content, K and ``harder``)."""
+    """Every face of an upload, searched (once per run, file content, K and ``harder``; ``run_dir``:
+    :func:`~app_pages.common.path_key` bytes)."""
     with one_torch_thread():
-        return search_faces(_index, face_pipeline(str(run_dir), stamp, harder), _photo, k)
+        return search_faces(_index, face_pipeline(run_dir, stamp, harder), _photo, k)
 
 
 def logged_image(config: RunConfig, logged: str) -> Path:

@@ -23,11 +23,24 @@ come from :mod:`retrieval.diagnostics` and :mod:`retrieval.confusions`, the char
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import ALL_CLASSES, chosen_run, index_stamp, mining_logs, mining_stamp, open_index, show_image, show_item
+from app_pages.common import (
+    ALL_CLASSES,
+    chosen_run,
+    index_stamp,
+    loss_margin,
+    loss_text,
+    mining_logs,
+    mining_stamp,
+    open_index,
+    path_key,
+    show_image,
+    show_item,
+)
 from app_pages.faces import logged_image
 from retrieval import confusions, diagnostics, figures
 from retrieval.index import GalleryIndex
@@ -48,13 +61,14 @@ MINED_TEXT = {diagnostics.MINED: ":blue[mined]: the miner kept it", diagnostics.
 def mining_page(run_dir: Path, config: RunConfig) -> None:
     st.header("Hardest negatives")
     margin = config.margin
-    logs = mining_logs(str(run_dir), mining_stamp(run_dir))
+    logs = mining_logs(path_key(run_dir), mining_stamp(run_dir))
     if not logs:
         st.info("This run has no mining log (mining/epoch_NNN.jsonl). `retrieval train` writes the hardest "
                 "triplets of each epoch there; a run trained for 0 epochs has none.")
         return
     without_miner = config.miner == "none"  # InfoNCE, NCE, N-pair: the loss takes every pair of a batch
-    show_hardness(run_dir, logs, margin, without_miner, config.loss)
+    show_hardness(run_dir, logs, margin, without_miner, config.loss,
+                  no_margin_note=None if loss_margin(config) is not None else loss_text(config))
 
     labelled = config.trained_with_labels
     if config.mode == "unlabelled":
@@ -86,9 +100,10 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
 
 
 def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, without_miner: bool = False,
-                  loss: str | None = None) -> None:
+                  loss: str | None = None, no_margin_note: str | None = None) -> None:
     """The chart of how hard the logged hardest were, epoch by epoch, and what the last epoch says
-    (``without_miner``: the run's loss takes every pair of a batch, so "kept by the miner" is all)."""
+    (``without_miner``: the run's loss takes every pair of a batch, so "kept by the miner" is all;
+    ``no_margin_note``: the run's loss, which has no margin, so a gap below ε is not a loss of it)."""
     hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
     gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
     st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, width=260), width="content")
@@ -103,7 +118,10 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
         mined = f"the miner kept {last['n_mined']}"
     st.caption(f"Epoch {last['epoch']}: of the {last['n_logged']} logged hardest triplets (of all the batches' triplets), "
                f"{last['n_nearer']} have the negative nearer than the positive (d_an − d_ap < 0) and {last['n_violating']} "
-               f"have d_an − d_ap < ε = {margin:g}, a loss still; {mined}. Left: each logged triplet "
+               f"have d_an − d_ap < ε = {margin:g}, "
+               + ("a loss still" if no_margin_note is None else
+                  f"the ε the log measures against (this run's loss is {markdown_text(no_margin_note)})")
+               + f"; {mined}. Left: each logged triplet "
                "and their mean; middle: how many lie below 0, inside ε or beyond it; right (metrics.jsonl): the share of "
                "mined triplets with a loss, of all triplets inside the margin, and of anchors whose nearest negative "
                "is nearer than their farthest positive, or inside the margin of it.")
@@ -178,14 +196,15 @@ def show_confused_classes(logs: dict[int, list[dict]], class_pairs) -> None:
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def training_confusions(run_dir: str, stamp: str) -> list[dict] | None:
-    return read_confusions(run_dir)
+def training_confusions(run_dir: bytes, stamp: str) -> list[dict] | None:
+    """The run's mining/confusions.jsonl rows (``run_dir``: :func:`~app_pages.common.path_key` bytes)."""
+    return read_confusions(os.fsdecode(run_dir))
 
 
 def show_training_confusions(run_dir: Path) -> None:
     """Which classes held each class's anchors' nearest negatives, for a chosen epoch and over training."""
     st.subheader("Class confusions over training")
-    rows = training_confusions(str(run_dir), mining_stamp(run_dir))
+    rows = training_confusions(path_key(run_dir), mining_stamp(run_dir))
     if rows is None:
         st.info("Not recorded: this run was trained before training wrote mining/confusions.jsonl.")
         return

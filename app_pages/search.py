@@ -4,8 +4,10 @@ Above them the open-set verdict at the run's threshold τ (:meth:`~retrieval.ind
 "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %" or "no match in the gallery"; without τ, how to set
 one). Its top-K neighbours with label, distance and cosine similarity; the margin picture (distances as
 bars, the training margin ε as a band above the nearest distance, τ as a rule); with the query's label, its
-nearest positive and negative and whether their gap clears ε. A gallery without class labels (a
-flat folder) has no class filter and no nearest positive / negative check, and the page says so.
+nearest positive and negative and whether their gap clears ε. A run whose loss has no margin (InfoNCE,
+NCE, N-pair: :func:`~app_pages.common.loss_margin`) gets no band and no ε to clear, and the page says so.
+A gallery without class labels (a flat folder) has no class filter and no nearest positive / negative
+check, and the page says so; a gallery of one image picked as the query has nothing to compare it with.
 The numbers come from :func:`retrieval.diagnostics.explain_search`, the chart from
 :func:`retrieval.figures.margin_spec`.
 """
@@ -29,6 +31,7 @@ from app_pages.common import (
     embed_upload,
     index_stamp,
     item_name,
+    loss_margin,
     open_index,
     relation_mark,
     show_item,
@@ -55,7 +58,7 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
     if index is None:
         return
     stamp = index_stamp(run_dir)
-    margin = config.margin
+    margin = loss_margin(config)  # None: the run's loss has no margin
     labels = sorted({label for label in index.labels if label is not None})
 
     top = st.columns([3, 1])
@@ -69,7 +72,8 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
         from app_pages.faces import face_search_section
 
         def explain(picked) -> None:  # the picked face, as an uploaded image is explained below
-            explanation = diagnostics.explain_search(index, picked.result.vector, int(k), margin=margin, query_label=picked.label)
+            explanation = diagnostics.explain_search(index, picked.result.vector, int(k), margin=margin or 0.0,
+                                                     query_label=picked.label)
             st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": picked.name}
             show_margin(index, explanation, picked.label, margin, gallery_labelled=bool(labels), config=config,
                         threshold=index.threshold, title=f"Margin picture: {markdown_text(picked.name)}")
@@ -92,12 +96,17 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
     vector_or_image, query_name, query_label, exclude = query
 
     with timed(timings, "search"):
-        explanation = diagnostics.explain_search(index, vector_or_image, int(k), margin=margin,
+        explanation = diagnostics.explain_search(index, vector_or_image, int(k), margin=margin or 0.0,
                                                  query_label=query_label, exclude_item=exclude)
     st.session_state["last_query"] = {"stamp": stamp, "vector": explanation.vector, "name": query_name}
+    if not explanation.neighbours:  # a gallery of one image, picked as the query and left out
+        result_col.info(f"The gallery holds no other {'face' if index.has_faces else 'image'} than the query, so there is "
+                        "nothing to compare it with: no neighbours, no margin picture and no verdict. Index a folder of "
+                        "more images to search it.")
+        return
     with result_col, timed(timings, "neighbours"):
         show_verdict(index, explanation, run_dir, config)
-        show_neighbours(index, explanation, query_label)
+        show_neighbours(index, explanation, query_label, margin)
     with timed(timings, "margin picture"):
         show_margin(index, explanation, query_label, margin, gallery_labelled=bool(labels), config=config, threshold=index.threshold)
     total = time.perf_counter() - started
@@ -225,19 +234,25 @@ def too_few_pairs(stored) -> str:
             f"(≥ {needed} needed): these rates are rough; `retrieval calibrate` on a folder of more classes gives a firmer τ.]")
 
 
-def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None) -> None:
+def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None,
+                    margin: float | None) -> None:
+    """The neighbours as cards; with a ``margin`` (None: the run's loss has none), ◆ marks those within it of the best match."""
     neighbours = explanation.neighbours
     band_low, band_high = explanation.band or (0.0, 0.0)
     st.subheader(f"Top {len(neighbours)} neighbours")
-    st.caption("d: distance between unit embeddings (0 to 2, the units of the training margin); "
-               "cos: cosine similarity = 1 − d²/2. ◆ marks a neighbour within the margin of the best match, "
-               "≤ τ one within the run's threshold (a match).")
+    if margin is None:
+        st.caption("d: distance between unit embeddings (0 to 2); cos: cosine similarity = 1 − d²/2. "
+                   "≤ τ marks a neighbour within the run's threshold (a match).")
+    else:
+        st.caption("d: distance between unit embeddings (0 to 2, the units of the training margin); "
+                   "cos: cosine similarity = 1 − d²/2. ◆ marks a neighbour within the margin of the best match, "
+                   "≤ τ one within the run's threshold (a match).")
     for start in range(0, len(neighbours), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
         for column, (rank, n) in zip(columns, enumerate(neighbours[start : start + GRID_COLUMNS], start=start + 1)):
             with column, st.container(border=True, key=f"neighbour-{rank}"):
                 show_item(index, n.item)
-                mark = "◆ " if n.distance <= band_high else ""
+                mark = "◆ " if margin is not None and n.distance <= band_high else ""
                 st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else item_name(index, n.item))}**"
                             f"{relation_mark(n.label, query_label)}  \n"
                             f"{mark}d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
@@ -246,28 +261,33 @@ def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanat
                     st.caption(markdown_text(item_name(index, n.item)))
 
 
-def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None, margin: float, *,
-                gallery_labelled: bool = True, config: RunConfig | None = None, threshold: Threshold | None = None,
-                title: str = "Margin picture") -> None:
-    """The margin picture and, with the query's label, its nearest positive and negative."""
+def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None,
+                margin: float | None, *, gallery_labelled: bool = True, config: RunConfig | None = None,
+                threshold: Threshold | None = None, title: str = "Margin picture") -> None:
+    """The margin picture and, with the query's label, its nearest positive and negative; ``margin``
+    None (the run's loss has none): the distances without a band."""
     st.subheader(title)
     if not explanation.neighbours:
         return
     low, high = explanation.band
     chart_col, text_col = st.columns([3, 1], gap="large")
     with chart_col:
-        st.vega_lite_chart(figures.margin_spec(explanation.neighbours, margin, query_label=query_label,
+        st.vega_lite_chart(figures.margin_spec(chart_neighbours(explanation.neighbours), margin, query_label=query_label,
                                                threshold=None if threshold is None else threshold.threshold,
                                                target_far=None if threshold is None else threshold.target_far), width="stretch")
     with text_col:
-        st.markdown(
-            f"The band runs from the nearest distance **{low:.3f}** to **{high:.3f}** (+ margin ε = {margin:g}). "
-            f"**{explanation.within_margin} of {len(explanation.neighbours)}** neighbours lie inside it: training "
-            "asked for a margin of ε between a match and a non-match, so items in the band are not separated "
-            "from the best match by that margin."
-            + ("" if threshold is None else f" The green rule is the threshold τ = {threshold.threshold:.3f}: "
-               "a neighbour whose bar ends below it is a match.")
-        )
+        if margin is None:
+            loss = "" if config is None else f", {markdown_text(config.get('loss', '?'))},"
+            explained = (f"The bars are the neighbours' distances, from the nearest, **{low:.3f}**. This run's loss{loss} "
+                         "asked for no margin between a match and a non-match (it ranks each match above the other "
+                         "images of its batch), so no band is drawn.")
+        else:
+            explained = (f"The band runs from the nearest distance **{low:.3f}** to **{high:.3f}** (+ margin ε = {margin:g}). "
+                         f"**{explanation.within_margin} of {len(explanation.neighbours)}** neighbours lie inside it: training "
+                         "asked for a margin of ε between a match and a non-match, so items in the band are not separated "
+                         "from the best match by that margin.")
+        st.markdown(explained + ("" if threshold is None else f" The green rule is the threshold τ = {threshold.threshold:.3f}: "
+                                 "a neighbour whose bar ends below it is a match."))
     report = explanation.report
     if report is None:
         if gallery_labelled:
@@ -280,7 +300,15 @@ def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation,
     show_positive_and_negative(index, report, margin)
 
 
-def show_positive_and_negative(index: GalleryIndex, report: diagnostics.MarginReport, margin: float) -> None:
+def chart_neighbours(neighbours: list) -> list:
+    """The neighbours as the margin chart names them: each path :func:`~retrieval.safe_text.printable` (the chart's
+    data is sent as Arrow, whose text must be UTF-8: a file name that is not could not be sent)."""
+    return [dataclasses.replace(n, path=printable(n.path)) for n in neighbours]
+
+
+def show_positive_and_negative(index: GalleryIndex, report: diagnostics.MarginReport, margin: float | None) -> None:
+    """The nearest positive and negative, and how their gap d_an − d_ap stands to the margin ε (``margin``
+    None: the run's loss has none, so only whether the positive is the nearer)."""
     pos_col, neg_col, verdict_col = st.columns([1, 1, 2], gap="large")
     with pos_col:
         if report.positive is None:
@@ -296,7 +324,13 @@ def show_positive_and_negative(index: GalleryIndex, report: diagnostics.MarginRe
             st.markdown(f"negative: **{markdown_text(report.negative.label)}**  \nd_an = {report.negative.distance:.3f}")
     with verdict_col:
         if report.gap is None:
-            st.info("Both a positive and a negative are needed to compare against the margin.")
+            st.info("Both a positive and a negative are needed to compare against the margin."
+                    if margin is not None else "Both a positive and a negative are needed to compare them.")
+        elif margin is None and report.gap >= 0:
+            st.success(f"The positive is the nearer: d_an − d_ap = {report.gap:.3f} ≥ 0. This run's loss has no margin, "
+                       "so there is no ε to clear.")
+        elif margin is None:
+            st.error(f"The negative is nearer than the positive: d_an − d_ap = {report.gap:.3f}; the top match is of the wrong class.")
         elif report.clears_margin:
             st.success(f"Clears the margin: d_an − d_ap = {report.gap:.3f} ≥ ε = {margin:g}.")
         elif report.gap >= 0:

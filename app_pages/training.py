@@ -19,7 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chosen_run
+from app_pages.common import chosen_run, loss_margin, loss_text
 from app_pages.search import too_few_pairs
 from retrieval import diagnostics, figures
 from retrieval.run import RunConfig, read_metrics, read_val_distances
@@ -87,7 +87,9 @@ def held_out_distances(run_dir: Path, config: RunConfig) -> None:
     if summary["threshold"] is not None and summary["negatives_inside"] is not None:
         text += (f"Median positive distance {summary['median_positive']:.3f}; "
                  f"{summary['negatives_inside']:.1%} of negative pairs are nearer than median d_ap + ε = "
-                 f"{summary['threshold']:.3f}, i.e. inside the margin for a typical positive.")
+                 f"{summary['threshold']:.3f}, i.e. inside the margin for a typical positive."
+                 + ("" if loss_margin(config) is not None else
+                    f" This run's loss is {markdown_text(loss_text(config))}; ε is only a yardstick here."))
     st.caption(text)
     st.caption(threshold_line(run_dir, config))
     if tried is not None:

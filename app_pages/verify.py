@@ -20,7 +20,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chosen_run, decode_upload, encode_thumbnail, file_stamp, one_torch_thread
+from app_pages.common import chosen_run, decode_upload, encode_thumbnail, file_stamp, one_torch_thread, path_key
 from app_pages.search import show_no_threshold, threshold_note
 from retrieval.data import IMAGE_EXTENSIONS
 from retrieval.errors import RetrievalError
@@ -53,7 +53,7 @@ def verify_page(run_dir: Path, config: RunConfig) -> None:
         return
     if any(image is None for image in images.values()):
         return  # unreadable, or no face: its column says so
-    model = load_run_model(str(run_dir), stamp)
+    model = load_run_model(path_key(run_dir), stamp)
     with one_torch_thread():
         result = verify_pair(model, config, images["a"], images["b"], device=next(model.parameters()).device)
     show_result(result, run_dir, config)
@@ -86,10 +86,10 @@ def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: 
     and a warning when no face is found). ``harder``: the *Look harder* switch."""
     from app_pages.faces import LOOKED_HARDER, draw_boxes, face_pipeline, no_face_message, photo_faces
 
-    faces = photo_faces(str(run_dir), stamp, digest, photo, harder)
+    faces = photo_faces(path_key(run_dir), stamp, digest, photo, harder)
     if not faces:
         st.image(encode_thumbnail(photo), caption=markdown_text(name), width="stretch")
-        st.warning(no_face_message(name, "this run compares faces", face_pipeline(str(run_dir), stamp, harder), photo.size, harder))
+        st.warning(no_face_message(name, "this run compares faces", face_pipeline(path_key(run_dir), stamp, harder), photo.size, harder))
         return None
     st.image(encode_thumbnail(draw_boxes(photo, [face.box for face in faces])),
              caption=f"{markdown_text(name)}: {len(faces)} face(s) found" + (LOOKED_HARDER if harder else ""), width="stretch")
@@ -111,11 +111,14 @@ def decode_cached(digest: str, _data: bytes, name: str):
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def load_run_model(run_dir: str, stamp: str):
-    """The run's model once per weights file (``stamp`` changes when it is rewritten)."""
+def load_run_model(run_dir: bytes, stamp: str):
+    """The run's model once per weights file (``stamp`` changes when it is rewritten; ``run_dir``:
+    :func:`~app_pages.common.path_key` bytes)."""
+    import os
+
     from retrieval.model import resolve_device
 
-    model, _ = load_model(run_dir, device=resolve_device("auto"))
+    model, _ = load_model(os.fsdecode(run_dir), device=resolve_device("auto"))
     return model
 
 

@@ -92,22 +92,27 @@ def margin_chart(neighbours: Sequence[Any], margin: float, *, query_label: str |
     return _margin_layers(data, query_label is not None, _legend_bucket(data["n_labels"]), height)
 
 
-def margin_spec(neighbours: Sequence[Any], margin: float, *, query_label: str | None = None,
+def margin_spec(neighbours: Sequence[Any], margin: float | None, *, query_label: str | None = None,
                 threshold: float | None = None, target_far: float | None = None, height: int = 260) -> dict[str, Any]:
     """``margin_chart(...).to_dict()`` (under Altair's "none" theme, as Streamlit renders it) in
     well under a millisecond: the chart's structure is built and validated by Altair once per
     shape (query label given or not, threshold or not, legend kind, height) and each call only
-    fills in the data (as named ``datasets``) and the y scale. For front ends that redraw on every query."""
-    data = _margin_data(neighbours, margin, query_label, threshold, target_far)
+    fills in the data (as named ``datasets``) and the y scale. For front ends that redraw on every query.
+    ``margin`` None (a run whose loss has no margin): the distances without the ε band and its label."""
+    data = _margin_data(neighbours, margin or 0.0, query_label, threshold, target_far)
     template = _margin_template(query_label is not None, _legend_bucket(data["n_labels"]), height, threshold is not None)
     spec = copy.deepcopy(template)
-    spec["datasets"] = {name: data[name] for name in _MARGIN_LAYERS + (_THRESHOLD_LAYERS if threshold is not None else ())}
+    shown = [name for name in _MARGIN_LAYERS + (_THRESHOLD_LAYERS if threshold is not None else ())
+             if margin is not None or name not in _BAND_LAYERS]
+    spec["layer"] = [layer for layer in spec["layer"] if layer.get("data", {}).get("name") in shown]
+    spec["datasets"] = {name: data[name] for name in shown}
     for layer in spec["layer"]:
         layer["encoding"]["y"]["scale"]["domain"] = [0, data["y_max"]]
     return spec
 
 
 _MARGIN_LAYERS = ("band", "bars", "rule", "text")
+_BAND_LAYERS = ("band", "text")  # the ε band and its label
 _THRESHOLD_LAYERS = ("tau", "tau_text")
 _THRESHOLD_COLOUR = "#54a24b"
 

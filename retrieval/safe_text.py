@@ -7,7 +7,11 @@ in a label made the browser fetch a picture); and control characters in a file n
 sequence) reach the terminal. Three functions:
 
 - :func:`printable`: control characters (C0, DEL, C1, the bidirectional overrides, the line and
-  paragraph separators) written as their escape (``\\x1b``, ``\\u202e``); everything else kept;
+  paragraph separators) written as their escape (``\\x1b``, ``\\u202e``), and so are lone surrogates:
+  a byte of a file name that is not UTF-8, as Python reads it (``b"bad\\xffname.jpg"`` is
+  ``"bad\\udcffname.jpg"``), shown as the byte (``bad\\xffname.jpg``) — as it is, it is not UTF-8
+  text, and writing it to a terminal or sending it to a browser raised ``UnicodeEncodeError``;
+  everything else kept;
 - :func:`terminal_text`: :func:`printable` as a Rich ``Text`` (never parsed as markup or emoji
   codes; ``rich.markup.escape`` would still double a trailing backslash), for every label or path
   in a Rich table or title;
@@ -32,13 +36,14 @@ import sys
 __all__ = ["printable", "terminal_text", "markdown_text", "PrintableStderrHandler"]
 
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029" + _BIDI + "]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029" + _BIDI + "\ud800-\udfff]")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>!$:~|&]|(?<![^\W_])_|_(?![^\W_]))")
 _BLOCK_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
 
 
 def printable(text: object) -> str:
-    """``str(text)`` with each control character written as its Python escape (``\\n``, ``\\x1b``)."""
+    """``str(text)`` with each control character written as its Python escape (``\\n``, ``\\x1b``), and
+    each lone surrogate as the byte it stands for (``\\udcff`` as ``\\xff``; one no byte stands for as ``\\ud800``)."""
     return _CONTROL.sub(_escape_control, str(text))
 
 
@@ -80,5 +85,7 @@ def _escape_block_start(match: re.Match) -> str:
 
 def _escape_control(match: re.Match) -> str:
     character = match.group(0)
-    escaped = repr(character)[1:-1]  # '\n', '\x1b', '\u202e'
+    if 0xDC80 <= ord(character) <= 0xDCFF:  # a byte that is not UTF-8, as surrogateescape holds it
+        return f"\\x{ord(character) - 0xDC00:02x}"
+    escaped = repr(character)[1:-1]  # '\n', '\x1b', '\u202e', '\ud800'
     return escaped if escaped != character else f"\\u{ord(character):04x}"

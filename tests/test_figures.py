@@ -213,3 +213,18 @@ def test_margin_spec_does_not_share_state_between_calls():
     second = figures.margin_spec(neighbours([0.5, 0.6], ["a", "b"]), 0.2)
     assert len(first["datasets"]["bars"]) == 1 and len(second["datasets"]["bars"]) == 2
     assert first["layer"][1]["encoding"]["y"]["scale"]["domain"] != second["layer"][1]["encoding"]["y"]["scale"]["domain"]
+
+
+@pytest.mark.parametrize("threshold", [None, 0.4])
+def test_margin_spec_without_a_margin_has_no_band_and_keeps_the_rest(threshold):
+    found = neighbours([0.2, 0.3], ["a", "b"])
+    with_band = figures.margin_spec(found, 0.25, threshold=threshold)
+    without = figures.margin_spec(found, None, threshold=threshold)
+    names = [layer["data"]["name"] for layer in without["layer"]]
+    assert "band" not in names and "text" not in names and {"bars", "rule"} <= set(names)
+    assert set(without["datasets"]) == set(names)
+    assert ("tau" in names) == (threshold is not None)
+    kept = [layer for layer in with_band["layer"] if layer["data"]["name"] in names]
+    assert [(layer["data"], layer["mark"]) for layer in kept] == [(layer["data"], layer["mark"]) for layer in without["layer"]]
+    top = without["layer"][0]["encoding"]["y"]["scale"]["domain"][1]
+    assert top == pytest.approx(max(0.3, threshold or 0) * 1.08), "the y scale fits the bars (and τ), no band above them"

@@ -112,3 +112,19 @@ def test_a_run_without_a_miner_says_its_loss_saw_every_triplet_and_has_no_miner_
     assert not any("the miner kept" in c for c in texts(at.caption))
     box = at.checkbox(key="mining_mined_only")
     assert box.disabled and "no miner" in box.help
+
+
+def test_a_run_whose_loss_has_no_margin_does_not_call_gaps_below_epsilon_a_loss(monkeypatch, tmp_path, gallery):
+    run = fake_runs.make_run(tmp_path / "infonce", gallery, index=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "loss": "infonce", "miner": "none"}))
+    at = go(start(monkeypatch, run), "Hardest negatives")
+    (epoch_line,) = [c for c in texts(at.caption) if "logged hardest triplets" in c]
+    assert "a loss still" not in epoch_line
+    assert "the ε the log measures against (this run's loss is infonce (temperature 0.1)\\: no margin)" in epoch_line
+
+
+def test_a_margin_loss_calls_gaps_below_epsilon_a_loss(monkeypatch, full_run):
+    at = go(start(monkeypatch, full_run), "Hardest negatives")
+    (epoch_line,) = [c for c in texts(at.caption) if "logged hardest triplets" in c]
+    assert f"< ε = {fake_runs.MARGIN:g}, a loss still" in epoch_line

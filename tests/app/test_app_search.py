@@ -1,5 +1,7 @@
 """The Search page (app_pages/search.py): uploads, the gallery picker, neighbours, the margin picture."""
 
+import json
+
 import pytest
 
 import fake_runs
@@ -157,3 +159,70 @@ def test_a_run_without_tau_shows_distances_and_how_to_set_a_threshold(monkeypatc
     assert any(c.value == f"retrieval calibrate {tau_run} DATA_DIR --target-far 0.01" for c in at.code)
     (margin_spec,) = [c for c in charts(at) if "layer" in c]
     assert len(margin_spec["layer"]) == 4  # no τ rule
+
+
+# ----------------------------------------------------------------------------- a loss without a margin
+
+
+@pytest.fixture(scope="module")
+def infonce_run(tmp_path_factory, gallery):
+    """An indexed run trained with InfoNCE (temperature 0.1, no miner): its config.json still records ε."""
+    run = fake_runs.make_run(tmp_path_factory.mktemp("runs") / "infonce", gallery, mining=False, metrics=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "loss": "infonce", "miner": "none"}))
+    return run
+
+
+def test_a_run_whose_loss_has_no_margin_claims_none(monkeypatch, infonce_run):
+    at = upload(start(monkeypatch, infonce_run), "q.png", fake_runs.png_bytes((0, 255, 40)))
+    at.selectbox(key="upload_label").set_value("apple").run()
+    assert not at.exception
+    sidebar = " ".join(texts(at.sidebar.caption))
+    assert "loss infonce (temperature 0.1)\\: no margin · miner none" in sidebar and "ε" not in sidebar
+    (margin_spec,) = [c for c in charts(at) if "layer" in c]
+    assert {layer["data"]["name"] for layer in margin_spec["layer"]} == {"bars", "rule", "tau", "tau_text"}  # no ε band
+    assert any("asked for no margin between a match and a non-match" in m for m in texts(at.markdown))
+    assert not any("The band runs" in m or "training asked for a margin" in m for m in texts(at.markdown))
+    assert not any("◆" in card for card in neighbour_cards(at))
+    (verdict,) = texts(at.success) + texts(at.warning) + texts(at.error)
+    assert "d_an − d_ap" in verdict and "triplet" not in verdict and "Inside the margin" not in verdict
+    assert "ε =" not in verdict
+
+
+def test_a_margin_loss_keeps_its_margin_in_the_sidebar_and_the_band(monkeypatch, full_run):
+    at = upload(start(monkeypatch, full_run), "q.png", fake_runs.png_bytes((0, 255, 40)))
+    assert any(f"loss triplet · miner semihard · margin ε = {fake_runs.MARGIN:g}" in c for c in texts(at.sidebar.caption))
+    (margin_spec,) = [c for c in charts(at) if "layer" in c]
+    assert margin_spec["layer"][0]["data"]["name"] == "band"
+
+
+@pytest.mark.parametrize("loss, miner, text, margin", [
+    ("triplet", "semihard", "triplet, margin ε = 0.2", 0.2),
+    ("contrastive", "none", "contrastive, margin ε = 0.2", 0.2),
+    ("lifted", "none", "lifted, margin ε = 0.2", 0.2),
+    ("infonce", "none", "infonce (temperature 0.1): no margin", None),
+    ("nce", "none", "nce (temperature 0.1): no margin", None),
+    ("npair", "none", "npair: no margin", None),
+])
+def test_the_loss_says_whether_it_trained_with_a_margin(full_run, loss, miner, text, margin):
+    from app_pages.common import loss_margin, loss_text
+    from retrieval.run import RunConfig
+
+    config = RunConfig.read(full_run).updated(loss=loss, miner=miner, margin=0.2, temperature=0.1)
+    assert loss_text(config) == text
+    assert loss_margin(config) == margin
+
+
+# ----------------------------------------------------------------------------- a gallery of one image
+
+
+def test_picking_the_only_gallery_image_says_there_is_nothing_to_compare_it_with(monkeypatch, tmp_path):
+    gallery = fake_runs.make_gallery(tmp_path / "gallery", classes=("apple",), images_per_class=1)
+    run = fake_runs.make_run(tmp_path / "run", gallery, mining=False, metrics=False)
+    at = start(monkeypatch, run)
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    at.button(key="pick-0").click().run()
+    assert not at.exception
+    assert any("The gallery holds no other image than the query" in m for m in texts(at.info))
+    assert not any(s.startswith("Top ") or s == "Margin picture" for s in texts(at.subheader))
+    assert charts(at) == [] and verdict_lines(at) == [] and neighbour_cards(at) == []

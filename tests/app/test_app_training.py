@@ -120,3 +120,12 @@ def test_a_threshold_on_too_few_pairs_for_its_far_says_so_on_every_page(monkeypa
     warned = lambda page: [c for c in texts(page.caption) if "Too few different-class pairs to measure a FAR of 1 % (≥ 1000 needed)" in c]  # noqa: E731
     assert warned(at), "Search"
     assert warned(go(at, "Training")), "Training"
+
+
+def test_held_out_distances_of_a_run_whose_loss_has_no_margin_call_epsilon_only_a_yardstick(monkeypatch, tmp_path, gallery):
+    run = fake_runs.make_run(tmp_path / "nce", gallery, index=False, mining=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "loss": "nce", "miner": "none"}))
+    at = go(start(monkeypatch, run), "Training")
+    (line,) = [c for c in texts(at.caption) if "negative pairs of held-out classes" in c]
+    assert "This run's loss is nce (temperature 0.1)\\: no margin; ε is only a yardstick here." in line

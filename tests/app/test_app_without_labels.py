@@ -48,7 +48,7 @@ def test_every_page_on_an_unlabelled_run_with_a_flat_gallery_hides_what_needs_la
     assert len(neighbour_cards(at)) == K_DEFAULT
     assert neighbour_cards(at)[0].startswith(f"**1. {query.name}**")  # the file name stands in for the label
     assert [c for c in charts(at) if "layer" in c]  # the margin picture
-    assert any("The band runs from the nearest distance" in m for m in texts(at.markdown))
+    assert any("asked for no margin between a match and a non-match" in m for m in texts(at.markdown))  # infonce: no ε band
     assert any("no class labels" in c for c in texts(at.caption))
     assert_no_label_widgets(at)
 
