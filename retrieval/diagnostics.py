@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import RetrievalError, close_names
 
 __all__ = [
     "GAP_ZONES",
@@ -360,8 +360,7 @@ def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 
     logged = with_photo_names(read_mining_log(run_dir, epoch), training_photo_names(run_dir))
     if class_name is not None:
         logged_labels = [row[f"{role}_label"] for row in logged for role in ("anchor", "negative")]
-        check_class(class_name, [*(config.get("train_classes") or config.get("class_names") or []), *logged_labels],
-                    held_out=config.get("val_classes") or ())
+        check_class(class_name, [*(config.get("train_classes") or config.get("class_names") or []), *logged_labels], config.get("val_classes") or ())
     margin = float(config.get("margin", 0.0))
     rows = [{**row, "margin_violation": margin - float(row["d_an_minus_d_ap"])}
             for row in select_triplets(logged, mined_only=mined_only, class_name=class_name)[:top]]
@@ -372,15 +371,12 @@ def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 
 def check_class(name: str, classes: Iterable[str], held_out: Iterable[str] = ()) -> None:
     """RetrievalError (one line, naming the closest class names) when ``name`` is not one of ``classes``
     (the training classes; one of ``held_out``, the validation classes, is told so)."""
-    import difflib
-
     classes = sorted({str(c) for c in classes})
     if name in classes:
         return
     if name in {str(c) for c in held_out}:
-        raise RetrievalError(f"{name!r} is a validation class of this run (held out, never trained on): the mining log "
-                             "holds the training classes' triplets only")
-    close = difflib.get_close_matches(name, classes, n=3, cutoff=0.5)
+        raise RetrievalError(f"{name!r} is a validation class of this run (held out, never trained on): no triplet of it is logged")
+    close = close_names([name], classes)
     hint = f"did you mean {', '.join(close)}?" if close else f"its classes include {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}"
     raise RetrievalError(f"no class {name!r} in this run; {hint}")
 

@@ -4,7 +4,10 @@ Anything raised as :class:`RetrievalError` is a problem with the user's input (a
 a corrupt file, a bad flag value). The CLI prints its message as one line and exits non-zero;
 the app shows it as an error box. Every other exception is a bug and keeps its traceback.
 :class:`LostProcesses`, one kind of it, also tells the CLI to leave without tearing torch down.
+:func:`close_names` gives a message's "did you mean …?" for a name typed that is none of those known.
 """
+
+from collections.abc import Iterable
 
 
 class RetrievalError(Exception):
@@ -17,3 +20,16 @@ class LostProcesses(RetrievalError):
     interpreter's own exit ("terminate called without an active exception", SIGABRT: seen in 2 of
     about 45 test sessions whose other process had died), burying the message under a crash, so
     the CLI prints it and ends the process at once (``os._exit``)."""
+
+
+def close_names(asked: Iterable[str], known: Iterable[str]) -> list[str]:
+    """The known names each asked name probably meant, in order and once each: the same name in
+    another case, else up to two within difflib's ratio 0.75 (a letter or two off)."""
+    import difflib
+
+    known = sorted({str(name) for name in known})
+    by_case = {name.lower(): name for name in known}
+    close: list[str] = []
+    for name in asked:
+        close += [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+    return list(dict.fromkeys(close))

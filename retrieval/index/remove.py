@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import RetrievalError, close_names
 from retrieval.index.annoy_file import build_annoy, check_annoy_file
 from retrieval.index.gallery import GalleryIndex
 from retrieval.index.metadata import file_check
@@ -48,7 +48,7 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
                          if entry["label"] not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
         if not removed and len(faceless_kept) == len(without_face):
             raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given; nothing removed"
-                                 + _close_labels(labels, previous.labels))
+                                 + _did_you_mean(close_names(sorted(labels), (l for l in previous.labels if l is not None))))
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]
         if not kept:
@@ -90,16 +90,8 @@ def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], witho
         (version / METADATA_NAME).write_text(json.dumps(new, indent=1) + "\n")
 
 
-def _close_labels(asked: set[str], labels) -> str:
-    """" (did you mean Kiwi?)" for labels asked that differ from the index's in case or by a letter or two; "" for none."""
-    import difflib
-
-    known = sorted({str(label) for label in labels if label is not None})
-    by_case = {label.lower(): label for label in known}
-    close = []
-    for name in sorted(asked):
-        close += [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, known, n=2, cutoff=0.75)
-    return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
+def _did_you_mean(names: list[str]) -> str:
+    return f" (did you mean {', '.join(names)}?)" if names else ""
 
 
 def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kept: list[int]) -> int:
