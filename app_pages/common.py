@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import inspect
 import io
 import os
 import threading
@@ -87,30 +86,24 @@ def chosen_run() -> ChosenRun:
 
 
 def loss_margin(config: RunConfig) -> float | None:
-    """The margin ε of the run's loss, or None when its loss has none (InfoNCE, NCE, N-pair: the
-    losses :func:`retrieval.losses.build_loss` gives no margin; config.json still records ε, which
-    only a miner, if any, and the mining log's counts used). A loss this version does not know (or
-    none recorded) counts as a margin loss."""
-    from retrieval import losses
+    """The margin ε of the run's loss, or None when its loss takes none (InfoNCE, NCE, N-pair:
+    :data:`retrieval.losses.LOSS_SETTING`; config.json still records ε, which only a miner, if any,
+    and the mining log's counts used). A loss this version does not know counts as a margin loss."""
+    from retrieval.losses import LOSS_SETTING
 
-    loss_class = losses.LOSSES.get(str(config.loss))
-    if loss_class is None or "margin" in inspect.signature(loss_class).parameters:
-        return config.margin
-    return None
+    return config.margin if LOSS_SETTING.get(str(config.loss), "margin") == "margin" else None
 
 
 def loss_text(config: RunConfig) -> str:
     """The run's loss and what it trained with, plain text (escape it for Markdown): "triplet, margin
     ε = 0.2", or for a loss without a margin "infonce (temperature 0.1): no margin"."""
-    from retrieval import losses
+    from retrieval.losses import LOSS_SETTING
 
-    name = config.get("loss", "?")
-    margin = loss_margin(config)
+    name, margin, temperature = config.get("loss", "?"), loss_margin(config), config.get("temperature")
     if margin is not None:
         return f"{name}, margin ε = {margin:g}"
-    uses_temperature = "temperature" in inspect.signature(losses.LOSSES[str(name)]).parameters
-    temperature = config.get("temperature")
-    return f"{name}{f' (temperature {temperature:g})' if uses_temperature and temperature is not None else ''}: no margin"
+    uses_temperature = LOSS_SETTING.get(str(name)) == "temperature" and temperature is not None
+    return f"{name}{f' (temperature {temperature:g})' if uses_temperature else ''}: no margin"
 
 
 def gallery_label(label) -> str | None:

@@ -44,6 +44,7 @@ __all__ = [
     "NCELoss",
     "InfoNCELoss",
     "LOSSES",
+    "LOSS_SETTING",
     "build_loss",
 ]
 
@@ -366,6 +367,10 @@ LOSSES: dict[str, type[MetricLoss]] = {
     "nce": NCELoss,
     "infonce": InfoNCELoss,
 }
+#: the one run setting each loss takes (``--margin`` ε, ``--temperature`` τ, or none: N-pair):
+#: a run of a loss without a margin records ε only for its miner, if any
+LOSS_SETTING: dict[str, str | None] = {"contrastive": "margin", "triplet": "margin", "lifted": "margin", "npair": None,
+                                       "nce": "temperature", "infonce": "temperature"}
 
 
 def build_loss(
@@ -375,12 +380,8 @@ def build_loss(
     each loss takes only the parameter it uses."""
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {name!r}")
-    cls = LOSSES[name]
-    if cls in (NCELoss, InfoNCELoss):
-        return cls(temperature, negative_rules=negative_rules)
-    if cls is NPairLoss:
-        return cls(negative_rules=negative_rules)
-    return cls(margin, negative_rules=negative_rules)
+    takes = {"margin": (margin,), "temperature": (temperature,), None: ()}[LOSS_SETTING[name]]
+    return LOSSES[name](*takes, negative_rules=negative_rules)
 
 
 # ---------------------------------------------------------------------------------------------
