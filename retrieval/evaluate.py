@@ -285,6 +285,20 @@ def _warn_when_trained_on(run_dir: Path | str, data_dir: Path | str) -> None:
             len(folder_classes), shown)
 
 
+def _shared_images(queries: Sequence[Path], gallery: Sequence[Path]) -> list[Path]:
+    """The query files whose exact content is also a gallery file (compared by size, then SHA-256)."""
+    from retrieval.run import sha256_file
+
+    by_size: dict[int, list[Path]] = {}
+    for path in gallery:
+        by_size.setdefault(path.stat().st_size, []).append(path)
+    candidates = [path for path in queries if path.stat().st_size in by_size]
+    if not candidates:
+        return []
+    digests = {sha256_file(path) for size in {p.stat().st_size for p in candidates} for path in by_size[size]}
+    return [path for path in candidates if sha256_file(path) in digests]
+
+
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
                          on_progress, purpose: str = "evaluation") -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
     """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
@@ -310,8 +324,15 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
     model, config = load_model(run_dir, device=torch_device)
     transform = build_transforms(config.data_config, train=False)
 
+    if cross_set and Path(query_dir).resolve() == Path(gallery_dir).resolve():
+        raise RetrievalError(f"--query and --gallery are the same folder ({query_dir}): each image would find itself; "
+                             f"evaluate it leave-one-out instead: retrieval evaluate RUN_DIR {query_dir}")
     folders = [scan_folder(Path(d), labelled=True) for d in
                ((query_dir, gallery_dir) if cross_set else (data_dir,))]
+    if cross_set and (shared := _shared_images(folders[0].paths, folders[1].paths)):
+        logger.warning("%d of the %d query image(s) are also in the gallery (the same file content, e.g. %s): each finds "
+                       "itself at d = 0, so Recall@K, MAP@R and the pair rates are optimistic; evaluate on disjoint folders, "
+                       "or leave-one-out on one", len(shared), len(folders[0].paths), shared[0])
     n_no_face = 0
     if config.faces is not None:  # a face run embeds each image's most confident face (retrieval.faces.run_faces)
         from retrieval.faces.run_faces import face_folder, run_pipeline

@@ -100,3 +100,20 @@ def test_a_bad_input_is_one_line_on_stderr_from_the_installed_command(run_and_da
                              str(tmp_path / "missing.png")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "missing.png" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def test_evaluate_refuses_one_folder_as_query_and_gallery_and_warns_of_shared_images(run_and_data, tmp_path, cli):
+    import shutil
+
+    run, data = run_and_data
+    same = cli("evaluate", run, "--query", data, "--gallery", data, "--device", "cpu", "--quiet")
+    assert same.code == 2 and len(same.lines) == 1 and "are the same folder" in same.lines[0] and "leave-one-out" in same.lines[0]
+    gallery = tmp_path / "gallery"
+    shutil.copytree(data, gallery)
+    (gallery / "class0" / "0.png").rename(gallery / "class0" / "renamed.png")  # the same content under another name
+    for extra in (gallery / "class1").iterdir():  # class1's gallery images differ from the queries
+        Image.open(extra).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(extra)
+    shared = cli("evaluate", run, "--query", data, "--gallery", gallery, "--device", "cpu", "--quiet", "--json")
+    assert shared.code == 0, shared.err
+    warned = [line for line in shared.lines if "also in the gallery" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: 12 of the 18 query image(s) are also in the gallery"), shared.err
