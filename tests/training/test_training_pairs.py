@@ -265,3 +265,14 @@ def test_hard_negative_run_resumed_after_ctrl_c_equals_an_uninterrupted_one(samp
     b = load_file(str(tmp_path / "resumed" / "model_last.safetensors"))
     assert all(torch.allclose(a[name], b[name], atol=1e-6, rtol=0) for name in a)
     assert read_mining_log(tmp_path / "resumed", 2) == read_mining_log(tmp_path / "straight", 2)
+
+
+def test_pair_groups_that_leave_no_group_a_negative_are_refused(sample, folder, tmp_path):
+    """--pair-groups with one image of every linked group in one never-negative group: no group may be another's
+    negative, every loss is 0 and training would learn nothing, so the run is refused in one line."""
+    pairs = _write(tmp_path / "pairs.csv", "".join(f"{a},{b}\n" for a, b in _chain_pairs(folder)))
+    everyone = _write(tmp_path / "groups.csv", "".join(f"{folder.relative_path(i)},shelf\n" for i in range(len(folder.paths))))
+    config = dict(data_dir=sample / "train", out=tmp_path / "run", pairs=pairs, pair_groups=everyone, epochs=1,
+                  **{**TINY, "val_fraction": 0.0})
+    with pytest.raises(RetrievalError, match="none of the 8 groups of images linked by .* can have a negative"):
+        train(TrainConfig(**config), progress=False)

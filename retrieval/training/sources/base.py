@@ -9,13 +9,18 @@ augmentation, the batch sampler and the keys it adds to ``config.json``.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from retrieval import data
+from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
 
-__all__ = ["TrainingSource", "hidden_label_split", "empty_folder", "without_labels_entries", "relative_posix"]
+__all__ = ["TrainingSource", "check_negatives", "hidden_label_split", "empty_folder", "without_labels_entries", "relative_posix"]
+
+log = logging.getLogger("retrieval")
 
 
 class TrainingSource(Protocol):
@@ -74,3 +79,16 @@ def relative_posix(path: Path, root: Path) -> str:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
         return Path(path).as_posix()
+
+
+def check_negatives(rules: NegativeRules, names: Sequence[str], what: str, why: str) -> None:
+    """The training labels (``names``: classes, or linked groups of a pair file) that no other label
+    may be a negative of under ``rules`` (:meth:`~retrieval.negatives.NegativeRules.classes_without_negatives`;
+    ``why``: the rule that makes it so): a warning line naming them, since training only pulls their
+    images together; a RetrievalError when that is every one (no loss but 0: training learns nothing)."""
+    lonely = rules.classes_without_negatives(len(names))
+    if lonely and len(lonely) == len(names):
+        raise RetrievalError(f"none of the {len(names)} {what} can have a negative ({why}): training would learn nothing")
+    if lonely:
+        log.warning("%d of %d %s can have no negative (%s): %s; training only pulls their "
+                    "images together", len(lonely), len(names), what, why, data.brief_list([names[c] for c in lonely]))

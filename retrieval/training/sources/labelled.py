@@ -18,7 +18,6 @@ the validation all see face crops, and later epochs read the cache instead of de
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,8 +26,7 @@ from retrieval import data
 from retrieval.data.sampler import fit_classes_per_batch
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
-
-log = logging.getLogger("retrieval")
+from retrieval.training.sources.base import check_negatives
 
 __all__ = ["LabelledSource"]
 
@@ -89,7 +87,9 @@ class LabelledSource:
         rules = None
         if groups is not None or never_negative:
             rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
-            _warn_classes_without_negatives(rules, train_folder, config.negatives)
+            why = ("alone in their --class-groups group, or never-negative with its other classes"
+                   if config.negatives == "same-group" else "never-negative with every other class")
+            check_negatives(rules, train_folder.class_names, "training classes", why)
         return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, classes_per_batch,
                    config.images_per_class, config.augment, config.seed, faces, greyscale, config.face_jitter)
 
@@ -106,19 +106,6 @@ class LabelledSource:
     def config_entries(self) -> dict[str, Any]:
         """``config.json``'s ``mode`` and ``labelled`` (the readers that branch on the mode)."""
         return {"mode": "labelled", "labelled": True}
-
-
-def _warn_classes_without_negatives(rules: NegativeRules, folder: data.ImageFolder, negatives: str) -> None:
-    """One warning line naming the training classes that no other class may be a negative of under
-    ``rules`` (alone in their group with ``--negatives same-group``, or --never-negative with every
-    class that could be): their images are only pulled together, never pushed from anything."""
-    lonely = rules.classes_without_negatives(len(folder.class_names))
-    if lonely:
-        why = ("alone in their --class-groups group, or never-negative with its other classes"
-               if negatives == "same-group" else "never-negative with every other class")
-        log.warning("%d of %d training classes have no class that may be their negative (%s): %s; training never "
-                    "pushes them from another class", len(lonely), len(folder.class_names), why,
-                    data.brief_list([folder.class_names[c] for c in lonely]))
 
 
 def _domain_knowledge(config, folder: data.ImageFolder):

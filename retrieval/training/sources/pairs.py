@@ -48,7 +48,7 @@ from retrieval.data.sampler import fit_classes_per_batch
 from retrieval.embed import embed_images as embed_images_here
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
-from retrieval.training.sources.base import hidden_label_split, without_labels_entries
+from retrieval.training.sources.base import check_negatives, hidden_label_split, without_labels_entries
 
 __all__ = [
     "PAIR_NEGATIVES",
@@ -394,6 +394,9 @@ class PairsSource:
                                                   what=f"groups of linked images (connected components) in {config.pairs}")
         never = _never_negative(config, folder, train_folder)
         rules = NegativeRules(never_negative=never) if never else None
+        if rules is not None:
+            check_negatives(rules, train_folder.class_names, f"groups of images linked by {config.pairs}",
+                            "--pair-groups puts them in one group with every other linked group")
         sizes = np.bincount(np.asarray(train_folder.labels))
         n_trainable = len(folder.paths) - n_held_out
         entries = {
