@@ -12,6 +12,7 @@ reported as one ``path:line: ...`` :class:`~retrieval.errors.RetrievalError`.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -152,19 +153,24 @@ def read_csv_rows(path: Path, *, what: str = "CSV file") -> list[tuple[int, list
     Raises :class:`RetrievalError` for a missing file (``"<what> not found: <path>"``), a file
     that is not UTF-8 text, and malformed CSV (``"<path>:<line>: ..."``).
     """
+    if path.is_dir():
+        raise RetrievalError(f"{path} is a folder, not a {what}")
     if not path.is_file():
         raise RetrievalError(f"{what} not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:  # the offset is the file's: name the line (save the file as UTF-8)
+        line = raw[:error.start].count(b"\n") + 1
+        raise RetrievalError(f"{path}:{line}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
     rows: list[tuple[int, list[str]]] = []
     line = 1
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            for row in reader:
-                if row and any(value.strip() for value in row) and not row[0].lstrip().startswith("#"):
-                    rows.append((line, row))
-                line = reader.line_num + 1
-    except UnicodeDecodeError as error:
-        raise RetrievalError(f"{path}: not a UTF-8 text file ({error.reason})") from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        for row in reader:
+            if row and any(value.strip() for value in row) and not row[0].lstrip().startswith("#"):
+                rows.append((line, row))
+            line = reader.line_num + 1
     except csv.Error as error:
         raise RetrievalError(f"{path}:{line}: {error}") from None
     return rows

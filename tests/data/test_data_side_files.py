@@ -92,3 +92,15 @@ def test_read_class_pairs_names_file_and_line_of_malformed_rows(tmp_path, text, 
         read_class_pairs(path, ["alice", "bob", "carol"])
     with pytest.raises(RetrievalError, match="not found"):
         read_class_pairs(tmp_path / "missing.csv", [])
+
+
+def test_a_side_file_that_is_a_folder_or_not_utf8_is_named_with_its_line(tmp_path):
+    with pytest.raises(RetrievalError, match="is a folder, not a"):
+        read_class_groups(tmp_path, ["a"])
+    latin = tmp_path / "groups.csv"
+    latin.write_bytes("class,group\na,fruit\nb,l\xe9gume\n".encode("latin-1"))
+    with pytest.raises(RetrievalError, match=r"groups\.csv:3: not UTF-8 text .*save the file as UTF-8"):
+        read_class_groups(latin, ["a", "b"])
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("class,group\na,fruit\n".encode("utf-8-sig"))
+    assert read_class_groups(bom, ["a"]) == {"a": "fruit"}

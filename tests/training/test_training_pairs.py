@@ -276,3 +276,18 @@ def test_pair_groups_that_leave_no_group_a_negative_are_refused(sample, folder, 
                   **{**TINY, "val_fraction": 0.0})
     with pytest.raises(RetrievalError, match="none of the 8 groups of images linked by .* can have a negative"):
         train(TrainConfig(**config), progress=False)
+
+
+def test_a_pair_file_without_pairs_says_so_and_a_resume_refuses_a_changed_pair_file(sample, folder, tmp_path):
+    empty = _write(tmp_path / "empty.csv", "image_a,image_b\n")
+    config = dict(data_dir=sample / "train", out=tmp_path / "run", pairs=empty, epochs=0, **{**TINY, "val_fraction": 0.25})
+    with pytest.raises(RetrievalError, match="the file holds no pairs"):
+        train(TrainConfig(**config), progress=False)
+    chained = list(_chain_pairs(folder))
+    pairs = _write(tmp_path / "pairs.csv", "".join(f"{a},{b}\n" for a, b in chained))
+    train(TrainConfig(**{**config, "pairs": pairs}), progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pairs_sha256"]
+    _write(pairs, "".join(f"{a},{b}\n" for a, b in chained[: len(chained) // 2]))  # half the pairs: other components
+    with pytest.raises(RetrievalError, match=r"\(--pairs\) has changed since .* started"):
+        train(TrainConfig(data_dir=sample / "train", out=tmp_path / "run", pairs=pairs, epochs=1, resume=True, num_workers=0),
+              progress=False)

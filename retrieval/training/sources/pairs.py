@@ -383,6 +383,7 @@ class PairsSource:
         """The ``--pairs`` training data for a :class:`~retrieval.training.TrainConfig`."""
         folder, train_part, val_folder = hidden_label_split(config.data_dir, config.val_fraction, config.seed)
         pairs, n_held_out = _training_pairs(config, folder, val_folder)
+        side_files = _side_file_digests(config)
         components = connected_components(len(folder.paths), pairs)
         train_folder = linked_folder(folder, components)
         n_components = len(train_folder.class_names)
@@ -410,6 +411,7 @@ class PairsSource:
             "n_linked_images": len(train_folder.paths),
             "n_unlinked_images": n_trainable - len(train_folder.paths),
             "n_never_negative_component_pairs": len(never),
+            **side_files,
             "pseudo_labels": "component",
         }
         if entries["n_unlinked_images"]:
@@ -444,9 +446,35 @@ class PairsSource:
         return {**without_labels_entries(self.mode, self.val_folder), **self.entries}
 
 
+def _side_file_digests(config) -> dict[str, str | None]:
+    """The SHA-256 of the pair file and of the --pair-groups file (config.json's ``pairs_sha256``,
+    ``pair_groups_sha256``); a ``--resume`` whose files changed since the run started is refused in
+    one line (its components, and so its labels and batches, would no longer be the run's)."""
+    from retrieval.run import read_config, sha256_file
+
+    digests = {"pairs_sha256": _digest(config.pairs, sha256_file),
+               "pair_groups_sha256": None if config.pair_groups is None else _digest(config.pair_groups, sha256_file)}
+    if config.resume:
+        started = read_config(config.out)
+        for key, flag, path in (("pairs_sha256", "--pairs", config.pairs), ("pair_groups_sha256", "--pair-groups", config.pair_groups)):
+            if started.get(key) is not None and started.get(key) != digests[key]:
+                raise RetrievalError(f"{path} ({flag}) has changed since {config.out} started: a resume trains on the "
+                                     "file it started with; put that back, or train a new run on this one")
+    return digests
+
+
+def _digest(path, sha256_file) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as error:
+        raise RetrievalError(f"{path}: cannot read it ({error.strerror or error})") from error
+
+
 def _training_pairs(config, folder: data.ImageFolder, val_folder: data.ImageFolder) -> tuple[list[tuple[int, int]], int]:
     """The pair file's pairs outside the held-out validation classes, and how many images those hold."""
     pairs = read_pairs(config.pairs, folder)
+    if not pairs:
+        raise RetrievalError(f"{config.pairs}: the file holds no pairs (rows of image_a,image_b)")
     held_out: set[int] = set()
     if val_folder.paths:
         index_of = {p: i for i, p in enumerate(folder.paths)}
@@ -457,7 +485,8 @@ def _training_pairs(config, folder: data.ImageFolder, val_folder: data.ImageFold
                         len(pairs) - len(kept), len(pairs), len(val_folder.class_names))
         pairs = kept
     if not pairs:
-        raise RetrievalError(f"{config.pairs}: no pairs to train on" + (" outside the held-out validation classes" if held_out else ""))
+        raise RetrievalError(f"{config.pairs}: no pairs to train on outside the {len(val_folder.class_names)} held-out "
+                             "validation classes (every pair touches one; lower --val-fraction)")
     return pairs, len(held_out)
 
 
