@@ -183,7 +183,7 @@ def calibrate_run(
     """Choose the run's threshold τ on every pair of a labelled folder at ``target_far`` and store it
     in ``config.json`` (``"verification"``); returns what was stored. The folder's classes should be
     ones the model did not train on, or τ will be optimistic. ``on_progress``: as :func:`evaluate_run`'s."""
-    from retrieval.verification import pair_distances, summarise
+    from retrieval.verification import pair_distances, summarise, few_pairs_caveat
 
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
@@ -196,6 +196,8 @@ def calibrate_run(
         left_out = f", once the {n_no_face} image(s) without a face found are left out" if n_no_face else ""
         raise RetrievalError(f"{data_dir}: calibration needs two or more classes, one with two or more images{left_out}")
     summary = summarise(pairs, target_far=target_far)
+    if caveat := few_pairs_caveat(summary.threshold):
+        logger.warning("%s gives %s (a folder of more or larger classes gives a firmer τ)", data_dir, caveat)
     verification = {**summary.threshold.to_json(), "eer": summary.eer,
                     "pairs": f"every pair of {Path(data_dir).resolve()} (retrieval calibrate)"}
     config.updated(verification=verification).write(run_dir)

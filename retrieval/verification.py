@@ -51,6 +51,7 @@ __all__ = [
     "equal_error_rate",
     "open_set_verdict",
     "far_levels",
+    "few_pairs_caveat",
     "pair_distances",
     "pairs_needed",
     "percent",
@@ -269,6 +270,16 @@ def pairs_needed(target_far: float) -> int:
     """How many different-class pairs a FAR of ``target_far`` needs to be measured (10 / f: a FAR of
     1 % needs 1000; fewer, and it rests on a handful of pairs)."""
     return math.ceil(MIN_PAIRS_PER_RATE / target_far - 1e-9)
+
+
+def few_pairs_caveat(threshold: Threshold) -> str | None:
+    """The caveat of a τ chosen on fewer different-class pairs than its FAR needs (:func:`pairs_needed`),
+    as the middle of a warning line ("… gives N different-class pairs: τ at FAR f rests on …"); None when enough."""
+    needed = pairs_needed(threshold.target_far)
+    if threshold.n_negative_pairs >= needed:
+        return None
+    return (f"{threshold.n_negative_pairs} different-class pairs: τ at FAR {threshold.target_far:g} rests on fewer than "
+            f"the {needed} that rate needs")
 
 
 def far_levels(n_negative: int, levels: Sequence[float] = FAR_LEVELS) -> list[float]:

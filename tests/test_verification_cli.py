@@ -117,3 +117,17 @@ def test_evaluate_refuses_one_folder_as_query_and_gallery_and_warns_of_shared_im
     assert shared.code == 0, shared.err
     warned = [line for line in shared.lines if "also in the gallery" in line]
     assert len(warned) == 1 and warned[0].startswith("warning: 12 of the 18 query image(s) are also in the gallery"), shared.err
+
+
+def test_calibrate_warns_when_the_folder_has_too_few_pairs_for_the_target_far(run_and_data, tmp_path, cli):
+    import shutil
+
+    run, data = run_and_data
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rough = cli("calibrate", copy, data, "--target-far", "0.001", "--json", "--device", "cpu", "--quiet")
+    assert rough.code == 0, rough.err
+    warned = [line for line in rough.lines if "rests on fewer than" in line]
+    assert len(warned) == 1 and "108 different-class pairs: τ at FAR 0.001 rests on fewer than the 10000" in warned[0], rough.err
+    firm = cli("calibrate", copy, data, "--target-far", "0.1", "--json", "--device", "cpu", "--quiet")
+    assert firm.code == 0 and not any("rests on fewer than" in line for line in firm.lines), firm.err

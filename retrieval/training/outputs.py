@@ -34,7 +34,7 @@ from retrieval.run import LAST_WEIGHTS_NAME
 from retrieval.training.resume import RunState, checkpoint_state
 from retrieval.training.totals import EpochTotals, warn_on_collapse
 from retrieval.training.validation import Validation
-from retrieval.verification import MIN_PAIRS_PER_RATE
+from retrieval.verification import few_pairs_caveat
 
 __all__ = ["best_epoch_verification", "run_config_for", "write_baseline", "write_epoch", "write_untouched_as_best", "write_untrained"]
 
@@ -88,10 +88,9 @@ def write_baseline(run_dir: Path, history: list[dict[str, Any]], baseline: Valid
     if baseline.distances is not None:
         run.write_val_distances(run_dir, {**baseline.distances, "epoch": 0})
     threshold = baseline.verification.threshold if baseline.verification is not None else None
-    if threshold is not None and threshold.n_negative_pairs < MIN_PAIRS_PER_RATE / threshold.target_far:
-        log.warning("the validation classes give %d different-class pairs: τ at FAR %g rests on fewer than the %d that "
-                    "rate needs (more or larger validation classes, or `retrieval calibrate` on a bigger folder)",
-                    threshold.n_negative_pairs, threshold.target_far, round(MIN_PAIRS_PER_RATE / threshold.target_far))
+    if threshold is not None and (caveat := few_pairs_caveat(threshold)):
+        log.warning("the validation classes give %s (more or larger validation classes, or `retrieval calibrate` on a "
+                    "bigger folder)", caveat)
 
 
 def write_untrained(setup, state: RunState, baseline: Validation) -> None:
