@@ -346,7 +346,7 @@ def select_triplets(rows: Sequence[Mapping[str, Any]], *, mined_only: bool = Fal
 
 def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 20, mined_only: bool = False,
                    class_name: str | None = None) -> dict[str, Any]:
-    """What ``retrieval mining`` shows: ``{"epoch", "margin", "miner", "mined_recorded", "triplets"}``,
+    """What ``retrieval mining`` shows: ``{"epoch", "margin", "miner", "loss", "mined_recorded", "n_logged", "triplets"}``,
     the ``top`` logged triplets of ``epoch`` (the last one logged when None) that
     :func:`select_triplets` keeps, hardest first, each with ``margin_violation`` = ε − (d_an − d_ap).
     ``mined_recorded`` is False for logs written before ``mined`` was (they hold the miner's only).
@@ -365,7 +365,7 @@ def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 
     rows = [{**row, "margin_violation": margin - float(row["d_an_minus_d_ap"])}
             for row in select_triplets(logged, mined_only=mined_only, class_name=class_name)[:top]]
     return {"epoch": epoch if epoch is not None else mining_epochs(run_dir)[-1], "margin": margin, "miner": config.get("miner"),
-            "mined_recorded": all("mined" in row for row in logged), "triplets": rows}
+            "loss": config.get("loss"), "mined_recorded": all("mined" in row for row in logged), "n_logged": len(logged), "triplets": rows}
 
 
 def check_class(name: str, classes: Iterable[str], held_out: Iterable[str] = ()) -> None:

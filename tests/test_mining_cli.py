@@ -88,14 +88,34 @@ def test_the_table_keeps_one_line_per_role_at_100_columns_with_long_labels_and_p
     assert sum(1 for line in lines if f"{LONG}_IMG" in line or "…" in line) == 2 * 3  # a class line and a file line each
 
 
-def test_a_validation_class_is_told_it_was_held_out(runs, tmp_path):
+def _with_config(run, tmp_path, **changes):
+    """A copy of ``run`` whose config.json has ``changes``."""
     import shutil
 
-    new, _ = runs
-    run = tmp_path / "run"
-    shutil.copytree(new, run, symlinks=True)
-    config = (run / "config.json").resolve()
-    values = json.loads(config.read_text())
-    config.write_text(json.dumps({**values, "val_classes": ["kiwi"]}))
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    config = (copy / "config.json").resolve()
+    config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
+    return copy
+
+
+def test_a_validation_class_is_told_it_was_held_out(runs, tmp_path):
+    run = _with_config(runs[0], tmp_path, val_classes=["kiwi"])
     out = CliRunner().invoke(app, ["mining", str(run), "--class", "kiwi"])
     assert out.exit_code != 0 and "'kiwi' is a validation class of this run" in str(out.exception)
+
+
+@pytest.mark.parametrize("mode", ["unlabelled", "pairs"])
+def test_class_is_refused_on_a_run_trained_without_class_labels(runs, tmp_path, mode):
+    run = _with_config(runs[0], tmp_path, mode=mode)
+    out = CliRunner().invoke(app, ["mining", str(run), "--class", "apple"])
+    assert out.exit_code != 0 and f"trained without class labels (--{mode})" in str(out.exception)
+
+
+def test_a_loss_without_a_margin_is_not_said_to_have_one_and_an_empty_log_is_not_blamed_on_filters(runs, tmp_path):
+    run = _with_config(runs[0], tmp_path, loss="infonce")
+    text = " ".join(mining(run, "--epoch", "3").split())  # the title may wrap
+    assert "loss infonce: no margin (ε 0.2 a yardstick)" in text and "inside the margin" not in text
+    (run / "mining" / "epoch_003.jsonl").write_text("")
+    empty = mining(run, "--epoch", "3")
+    assert "epoch 3 logged no triplet" in empty and "passes the filters" not in empty

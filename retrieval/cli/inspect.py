@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from retrieval.cli.common import app, log_warnings
+from retrieval.errors import RetrievalError
 
 
 @app.command("mining")
@@ -28,19 +29,31 @@ def mining_command(
     from retrieval.diagnostics import hardest_report
     from retrieval.tables import mining_table
 
+    from retrieval.losses import LOSS_SETTING
+    from retrieval.run import read_config
+
     log_warnings()
+    mode = read_config(run_dir).get("mode")
+    if class_name is not None and mode in ("unlabelled", "pairs"):
+        raise RetrievalError(f"--class filters by class, and this run trained without class labels (--{mode}): "
+                             "its log's labels are the images' own or their linked groups'")
     report = hardest_report(run_dir, epoch=epoch, top=top, mined_only=mined_only, class_name=class_name)
     if json_output:
         typer.echo(json.dumps(report))
         return
+    has_margin = LOSS_SETTING.get(str(report["loss"]), "margin") == "margin"
     chosen = "".join([", mined only" if mined_only else "", f", class {class_name}" if class_name is not None else ""])
-    title = f"epoch {report['epoch']}: hardest triplets{chosen} · miner {report['miner']}, margin ε {report['margin']:g}"
+    objective = f"margin ε {report['margin']:g}" if has_margin else f"loss {report['loss']}: no margin (ε {report['margin']:g} a yardstick)"
+    title = f"epoch {report['epoch']}: hardest triplets{chosen} · miner {report['miner']}, {objective}"
     console = Console()
     console.print(mining_table(report["triplets"], title=title, margin=report["margin"], width=console.width))
-    if not report["triplets"]:
+    if not report["n_logged"]:
+        typer.echo(f"epoch {report['epoch']} logged no triplet (a run trained with --hardest 0 logs none)")
+    elif not report["triplets"]:
         typer.echo(f"no logged triplet of epoch {report['epoch']} passes the filters")
-    typer.echo("d_an−d_ap < 0: the negative is nearer than the positive; < ε: it is inside the margin\n"
-               "(violation = ε − (d_an − d_ap) > 0). mined: whether the miner kept the triplet.")
+    typer.echo("d_an−d_ap < 0: the negative is nearer than the positive; < ε: " + ("it is inside the margin\n" if has_margin else
+               "closer than the yardstick ε, which this loss did not train for\n")
+               + "(violation = ε − (d_an − d_ap) > 0). mined: whether the miner kept the triplet.")
     if not report["mined_recorded"]:
         typer.echo("mined: not recorded (a run trained before the log said; its log holds only the miner's triplets)")
 
