@@ -235,7 +235,7 @@ def _embedded_folder(run_dir, data_dir: Path, **options) -> tuple[np.ndarray, li
         from retrieval.faces.run_faces import face_folder, run_pipeline
 
         photos = list(folder.paths)
-        folder, missing = face_folder(folder, run_pipeline(run_dir, config), "confusions")
+        folder, missing = face_folder(folder, run_pipeline(run_dir, config), "DATA_DIR")
         skipped = set(missing)  # photos without a face, left out with a warning
         names = [name for name, photo in zip(names, photos) if photo not in skipped]
     embeddings, kept = embed_readable(model, folder.paths, build_transforms(config.data_config, train=False),

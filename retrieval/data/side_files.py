@@ -109,7 +109,7 @@ def read_class_pairs(csv_path: str | Path, class_names: Sequence[str]) -> list[t
     unknown: list[str] = []
     for line, row in rows:
         if len(row) != 2:
-            raise RetrievalError(f"{path}:{line}: expected class_a,class_b, got {len(row)} fields: {','.join(row)}")
+            raise RetrievalError(f"{path}:{line}: expected class_a,class_b, got {len(row)} field(s): {','.join(row)}")
         a, b = row[0].strip(), row[1].strip()
         if not a or not b:
             raise RetrievalError(f"{path}:{line}: empty class name")

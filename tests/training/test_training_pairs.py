@@ -67,7 +67,7 @@ def test_missing_pair_file_is_a_one_line_error(folder, tmp_path):
     "row, message",
     [
         ("{a}", r"pairs.csv:3: expected two image paths"),
-        ("{a},{b},{a}", r"pairs.csv:3: expected two image paths \(image_a,image_b\), got 3 fields"),
+        ("{a},{b},{a}", r"pairs.csv:3: expected two image paths \(image_a,image_b\), got 3 field\(s\)"),
         ("{a},", r"pairs.csv:3: empty image path"),
         ("{a},nowhere/ghost.png", r"pairs.csv:3: unknown image 'nowhere/ghost.png'"),
     ],

@@ -99,7 +99,7 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
     dropped_unreadable, self_pairs = [], 0
     for line, row in rows:
         if len(row) != 2:
-            raise RetrievalError(f"{path}:{line}: expected two image paths (image_a,image_b), got {len(row)} fields: {','.join(row)}")
+            raise RetrievalError(f"{path}:{line}: expected two image paths (image_a,image_b), got {len(row)} field(s): {','.join(row)}")
         ends = []
         for value in row:
             value = value.strip()
@@ -144,7 +144,7 @@ def read_image_groups(csv_path: str | Path, folder: data.ImageFolder) -> dict[in
     lines: dict[int, int] = {}
     for line, row in rows:
         if len(row) != 2:
-            raise RetrievalError(f"{path}:{line}: expected image,group, got {len(row)} fields: {','.join(row)}")
+            raise RetrievalError(f"{path}:{line}: expected image,group, got {len(row)} field(s): {','.join(row)}")
         image, group = row[0].strip(), row[1].strip()
         if not image or not group:
             raise RetrievalError(f"{path}:{line}: empty image or group")
