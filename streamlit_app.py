@@ -40,7 +40,7 @@ import streamlit as st
 
 from app_pages.common import loss_margin, loss_text, remember_run
 from retrieval.errors import RetrievalError
-from retrieval.run import RunConfig, list_runs, read_config
+from retrieval.run import CONFIG_NAME, RunConfig, list_runs, read_config
 from retrieval.safe_text import markdown_text
 
 APP_FILE = Path(__file__).resolve()
@@ -83,10 +83,27 @@ def choose_run() -> Path | None:
                 "`streamlit run streamlit_app.py -- RUN_DIR`), set RETRIEVAL_RUN_DIR, or train a run into models/ "
                 "with `retrieval train DATA_DIR --out models/NAME`.")
         return None
+    unreadable = {str(run): problem for run in found.values() if (problem := config_problem(run))}
     options = [str(run) for run in found.values()]
-    chosen = st.sidebar.selectbox("Run", options, format_func=lambda p: Path(p).name, key="run",
-                                  help="Run directories under models/, newest first.")
+    newest_readable = next((number for number, run in enumerate(options) if run not in unreadable), 0)
+    chosen = st.sidebar.selectbox(
+        "Run", options, index=newest_readable, key="run",
+        format_func=lambda p: Path(p).name + (f" (unreadable: {unreadable[p]})" if p in unreadable else ""),
+        help="Run directories under models/, newest first; the newest that reads is picked first.")
     return Path(chosen)
+
+
+def config_problem(run_dir: Path) -> str | None:
+    """Why the run's config.json cannot be read, in a few words for the run chooser ("corrupt JSON",
+    "not a model config", ...), or None when it reads; picking the run shows the whole message."""
+    try:
+        read_config(run_dir)
+    except OSError as error:  # a file it may not read
+        return error.strerror or type(error).__name__
+    except RetrievalError as error:
+        message = str(error).removeprefix(str(run_dir / CONFIG_NAME)).lstrip(": ")
+        return message.split(" (")[0] or "config.json"
+    return None
 
 
 def _detector_reach(faces: dict) -> str:

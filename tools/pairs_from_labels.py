@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.data import scan_folder
+from retrieval.errors import RetrievalError
 from retrieval.training.sources.pairs import connected_components
 
 
@@ -65,7 +66,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    rows = pairs_from_labels(args.data_dir, args.fraction, args.seed)
+    if not 0 < args.fraction <= 1:  # one line and exit status 2, as for any other bad flag
+        parser.error(f"--fraction must be in (0, 1], got {args.fraction:g}")
+    try:
+        rows = pairs_from_labels(args.data_dir, args.fraction, args.seed)
+    except RetrievalError as error:  # a missing or unlabelled folder: one line, not a traceback
+        parser.error(str(error))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("image_a,image_b\n" + "".join(f"{a},{b}\n" for a, b in rows))
     print(json.dumps({"out": str(args.out), "fraction": args.fraction, "seed": args.seed, **link_summary(args.data_dir, rows)}))

@@ -306,7 +306,7 @@ def _open_files(run_dir: Path, config, paths: dict[str, Path | None]):
 
 def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Path] | None) -> list[Path]:
     """The index's roots, checked (:func:`retrieval.run.check_root`), or the user's in their place."""
-    from retrieval.run import METADATA_NAME, check_root, index_dir
+    from retrieval.run import METADATA_NAME, check_root, given_root, index_dir
 
     recorded = metadata["roots"]
     if not gallery_roots:
@@ -314,10 +314,8 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
     if len(gallery_roots) != len(recorded):
         raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
                              f"({', '.join(recorded)}); give one --gallery-root for each, in that order")
-    roots = [check_root(Path(root).absolute(), source="--gallery-root") for root in gallery_roots]
+    roots = [given_root(root, "--gallery-root") for root in gallery_roots]
     for number, (given, root) in enumerate(zip(gallery_roots, roots)):
-        if not root.is_dir():
-            raise RetrievalError(f"--gallery-root {given}: no such folder")
         _warn_when_not_the_gallery(given, root, [path for r, path in zip(metadata["items"]["root"], metadata["items"]["path"])
                                                  if r == number])
     return roots

@@ -41,6 +41,7 @@ from retrieval.run.logs import (
     check_relative,
     check_relative_paths,
     check_root,
+    given_root,
     list_runs,
     mining_epochs,
     read_confusions,
@@ -68,7 +69,7 @@ from retrieval.run.weights import load_model, model_fingerprint, save_model
 __all__ = [
     "ANN_NAME", "CHECKPOINT_NAME", "CONFIG_NAME", "DEFAULT_MARGIN", "EMBEDDINGS_NAME", "INDEX_DIR", "INDEX_UNIT",
     "LAST_WEIGHTS_NAME", "METADATA_NAME", "METRICS_NAME", "MINING_DIR", "MODEL_UNIT", "MODES", "VAL_DISTANCES_NAME",
-    "WEIGHTS_NAME", "RunConfig", "check_relative", "check_relative_paths", "check_root", "fsync_dir", "has_checkpoint", "hold_lock", "index_dir", "list_runs",
+    "WEIGHTS_NAME", "RunConfig", "check_relative", "check_relative_paths", "check_root", "fsync_dir", "given_root", "has_checkpoint", "hold_lock", "index_dir", "list_runs",
     "load_model", "mining_epochs", "mining_log_path", "model_fingerprint", "new_version", "read_checkpoint",
     "read_config", "read_json", "read_metrics", "read_mining_log", "read_unit", "read_val_distances",
     "remove_stale_temporaries", "resolve_logged_path", "save_model", "sha256_file", "unit_paths", "write_atomic",

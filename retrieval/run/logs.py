@@ -196,6 +196,15 @@ def check_root(root: Any, *, source: str | Path = "run file") -> Path:
     return resolved
 
 
+def given_root(folder: str | Path, flag: str) -> Path:
+    """A folder the user gave for a run's data or gallery (``flag``: --gallery-root, --data-root),
+    checked as :func:`check_root` checks a recorded one, and existing; resolved. RetrievalError otherwise."""
+    root = check_root(Path(folder).absolute(), source=flag)
+    if not root.is_dir():
+        raise RetrievalError(f"{flag} {folder}: no such folder")
+    return root
+
+
 def _home() -> str | None:
     try:
         return os.path.realpath(Path.home())

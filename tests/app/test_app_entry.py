@@ -69,3 +69,28 @@ def test_every_page_on_a_run_written_by_train_and_index(monkeypatch, tmp_path):
     go(at, "Hardest negatives")
     assert [m for m in texts(at.markdown) if "d_ap = " in m]
     assert not any("cannot read" in c for c in texts(at.caption))  # logged paths resolve under data_dir
+
+
+def test_the_run_chooser_picks_the_newest_run_that_reads_and_marks_a_broken_one(monkeypatch, tmp_path, full_run):
+    """A run whose config.json is corrupt, newest of models/, stays listed but marked, and is not the default:
+    the first page is the newest readable run's, not an error; picking the broken run says why."""
+    import os
+
+    monkeypatch.delenv("RETRIEVAL_RUN_DIR", raising=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mine").symlink_to(full_run, target_is_directory=True)
+    (models / "broken").mkdir()
+    (models / "broken" / "config.json").write_text('{"backbone": ')
+    newest = (full_run / "config.json").stat().st_mtime + 60
+    os.utime(models / "broken" / "config.json", (newest, newest))
+    monkeypatch.chdir(tmp_path)
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    picker = at.selectbox(key="run")
+    assert [Path(option).name.split(" (")[0] for option in picker.options] == ["broken", "mine"]  # newest first
+    assert "unreadable: corrupt JSON" in picker.options[0] and "unreadable" not in picker.options[1]
+    assert Path(picker.value).name == "mine" and not texts(at.error)
+    assert any("Upload an image" in m for m in texts(at.info))
+    picker.set_value(str(models / "broken")).run()
+    assert any("corrupt JSON" in e for e in texts(at.error))

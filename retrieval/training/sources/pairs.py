@@ -383,7 +383,7 @@ class PairsSource:
         """The ``--pairs`` training data for a :class:`~retrieval.training.TrainConfig`."""
         folder, train_part, val_folder = hidden_label_split(config.data_dir, config.val_fraction, config.seed)
         pairs, n_held_out = _training_pairs(config, folder, val_folder)
-        side_files = _side_file_digests(config)
+        side_files = _side_file_digests(config)  # before any check a changed file could fail
         components = connected_components(len(folder.paths), pairs)
         train_folder = linked_folder(folder, components)
         n_components = len(train_folder.class_names)
@@ -452,8 +452,10 @@ def _side_file_digests(config) -> dict[str, str | None]:
     one line (its components, and so its labels and batches, would no longer be the run's)."""
     from retrieval.run import read_config, sha256_file
 
-    digests = {"pairs_sha256": _digest(config.pairs, sha256_file),
-               "pair_groups_sha256": None if config.pair_groups is None else _digest(config.pair_groups, sha256_file)}
+    # the pair file was read whole just before; a missing groups file is left to read_image_groups' error
+    groups = config.pair_groups
+    digests = {"pairs_sha256": sha256_file(config.pairs),
+               "pair_groups_sha256": sha256_file(groups) if groups is not None and Path(groups).is_file() else None}
     if config.resume:
         started = read_config(config.out)
         for key, flag, path in (("pairs_sha256", "--pairs", config.pairs), ("pair_groups_sha256", "--pair-groups", config.pair_groups)):
@@ -461,13 +463,6 @@ def _side_file_digests(config) -> dict[str, str | None]:
                 raise RetrievalError(f"{path} ({flag}) has changed since {config.out} started: a resume trains on the "
                                      "file it started with; put that back, or train a new run on this one")
     return digests
-
-
-def _digest(path, sha256_file) -> str:
-    try:
-        return sha256_file(path)
-    except OSError as error:
-        raise RetrievalError(f"{path}: cannot read it ({error.strerror or error})") from error
 
 
 def _training_pairs(config, folder: data.ImageFolder, val_folder: data.ImageFolder) -> tuple[list[tuple[int, int]], int]:
