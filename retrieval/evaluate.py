@@ -378,6 +378,7 @@ def _query_and_gallery_sets(
     queries = _unit_rows(query_embeddings)
     q_labels = _label_array(query_labels, len(queries), "query")
     if gallery_embeddings is None:
+        q_labels = _class_ids(q_labels)[0]
         return queries, q_labels, queries, q_labels
     gallery = _unit_rows(gallery_embeddings)
     g_labels = _label_array(gallery_labels, len(gallery), "gallery")
@@ -386,6 +387,7 @@ def _query_and_gallery_sets(
             f"query and gallery embeddings differ in dimension: "
             f"{queries.shape[1]} vs {gallery.shape[1]}"
         )
+    q_labels, g_labels = _class_ids(q_labels, g_labels)
     return queries, q_labels, gallery, g_labels
 
 
@@ -467,7 +469,17 @@ def _label_array(labels: Any, n: int, which: str) -> np.ndarray:
     array = np.asarray(labels)
     if array.shape != (n,):
         raise ValueError(f"{which} labels must have shape ({n},), got {array.shape}")
-    return array.astype(np.int64)
+    return array
+
+
+def _class_ids(*label_sets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The label arrays as int64 class ids in one numbering: integer labels as they are; any other
+    labels (class names, such as a gallery index's ``labels``) numbered by their sorted distinct values."""
+    if all(np.issubdtype(labels.dtype, np.integer) for labels in label_sets):
+        return tuple(labels.astype(np.int64) for labels in label_sets)
+    names = [[str(label) for label in labels] for labels in label_sets]
+    ids = {name: i for i, name in enumerate(sorted({name for labels in names for name in labels}))}
+    return tuple(np.array([ids[name] for name in labels], dtype=np.int64) for labels in names)
 
 
 def _same_class_counts(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:

@@ -250,3 +250,18 @@ def test_evaluate_run_matches_classes_by_folder_name_across_query_and_gallery(tm
     assert set(leave_one_out) >= {"recall_at_1", "recall_at_5", "recall_at_10", "precision_at_10", "map_at_r"}
     with pytest.raises(RetrievalError, match="--gallery"):
         evaluate_run(tmp_path / "run", query_dir=tmp_path / "query", **options)
+
+
+def test_class_names_as_labels_give_the_metrics_of_their_integer_ids():
+    """A gallery index's labels are class names: retrieval_metrics numbers them itself, in one numbering for
+    query and gallery (leave-one-out and cross-set), with the same metrics as integer ids."""
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(30, 8))
+    names = np.array(["pear", "apple", "kiwi"])[rng.integers(0, 3, 30)]
+    ids = np.searchsorted(np.array(["apple", "kiwi", "pear"]), names)
+    assert retrieval_metrics(embeddings, list(names)) == retrieval_metrics(embeddings, ids)
+    gallery = rng.normal(size=(12, 8))
+    gallery_names = np.array(["kiwi", "pear", "plum"])[rng.integers(0, 3, 12)]
+    gallery_ids = np.searchsorted(np.array(["apple", "kiwi", "pear", "plum"]), gallery_names)
+    query_ids = np.searchsorted(np.array(["apple", "kiwi", "pear", "plum"]), names)
+    assert retrieval_metrics(embeddings, names, gallery, gallery_names) == retrieval_metrics(embeddings, query_ids, gallery, gallery_ids)

@@ -24,7 +24,7 @@ def sample_data_command(
 ) -> None:
     """Generate the project's own small labelled product data set (train / test / catalog).
 
-    Skips the work when OUT_DIR already holds the same seed's output; --force regenerates it.
+    Skips the work when OUT_DIR already holds the same seed's output at the same sizes; --force regenerates it.
     """
     import json
 
