@@ -455,9 +455,11 @@ def _average_precision_at_r_sum(relevant: torch.Tensor, r: torch.Tensor) -> floa
 
 def _unit_rows(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, D) float32 CPU tensor with L2-normalised rows."""
-    x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor)
-                        else embeddings)
-    x = x.detach().to(device="cpu", dtype=torch.float32)
+    if not isinstance(embeddings, torch.Tensor):
+        array = np.asarray(embeddings, dtype=np.float32)
+        # a read-only array (an index's memory-mapped embeddings): torch warns on wrapping one, so copy it
+        embeddings = torch.from_numpy(array if array.flags.writeable else array.copy())
+    x = embeddings.detach().to(device="cpu", dtype=torch.float32)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {tuple(x.shape)}")
     return torch.nn.functional.normalize(x, dim=1)

@@ -265,3 +265,15 @@ def test_class_names_as_labels_give_the_metrics_of_their_integer_ids():
     gallery_ids = np.searchsorted(np.array(["apple", "kiwi", "pear", "plum"]), gallery_names)
     query_ids = np.searchsorted(np.array(["apple", "kiwi", "pear", "plum"]), names)
     assert retrieval_metrics(embeddings, names, gallery, gallery_names) == retrieval_metrics(embeddings, query_ids, gallery, gallery_ids)
+
+
+def test_read_only_embeddings_such_as_an_indexs_memory_map_give_no_warning(tmp_path):
+    import warnings
+
+    path = tmp_path / "embeddings.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    mapped = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = retrieval_metrics(mapped, [0, 1, 2] * 4)
+    assert metrics == retrieval_metrics(np.array(mapped), [0, 1, 2] * 4)
