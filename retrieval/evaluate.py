@@ -183,7 +183,7 @@ def calibrate_run(
     """Choose the run's threshold τ on every pair of a labelled folder at ``target_far`` and store it
     in ``config.json`` (``"verification"``); returns what was stored. The folder's classes should be
     ones the model did not train on, or τ will be optimistic. ``on_progress``: as :func:`evaluate_run`'s."""
-    from retrieval.verification import pair_distances, summarise, few_pairs_caveat
+    from retrieval.verification import few_pairs_caveat, pair_distances, summarise
 
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
@@ -294,11 +294,9 @@ def _shared_images(queries: Sequence[Path], gallery: Sequence[Path]) -> list[Pat
     by_size: dict[int, list[Path]] = {}
     for path in gallery:
         by_size.setdefault(path.stat().st_size, []).append(path)
-    candidates = [path for path in queries if path.stat().st_size in by_size]
-    if not candidates:
-        return []
-    digests = {sha256_file(path) for size in {p.stat().st_size for p in candidates} for path in by_size[size]}
-    return [path for path in candidates if sha256_file(path) in digests]
+    sized = [(path, size) for path in queries if (size := path.stat().st_size) in by_size]
+    digests = {sha256_file(path) for size in {size for _, size in sized} for path in by_size[size]}
+    return [path for path, _ in sized if sha256_file(path) in digests]
 
 
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
@@ -321,14 +319,14 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
         raise RetrievalError("cross-set evaluation needs both --query DIR and --gallery DIR")
     if not cross_set and data_dir is None:
         raise RetrievalError("give DATA_DIR (leave-one-out) or --query DIR --gallery DIR")
+    if cross_set and Path(query_dir).resolve() == Path(gallery_dir).resolve():  # before the model is loaded
+        raise RetrievalError(f"--query and --gallery are the same folder ({query_dir}): each image would find itself; "
+                             f"evaluate it leave-one-out instead: retrieval evaluate RUN_DIR {query_dir}")
 
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
     transform = build_transforms(config.data_config, train=False)
 
-    if cross_set and Path(query_dir).resolve() == Path(gallery_dir).resolve():
-        raise RetrievalError(f"--query and --gallery are the same folder ({query_dir}): each image would find itself; "
-                             f"evaluate it leave-one-out instead: retrieval evaluate RUN_DIR {query_dir}")
     folders = [scan_folder(Path(d), labelled=True) for d in
                ((query_dir, gallery_dir) if cross_set else (data_dir,))]
     if cross_set and (shared := _shared_images(folders[0].paths, folders[1].paths)):
