@@ -230,18 +230,27 @@ def decode_upload(data: bytes, name: str):
         return load_image_bytes(data, name)
 
 
+#: torch's intra-op threads before the app first narrowed them (None until then): what
+#: :func:`one_torch_thread` restores, so that two sessions' overlapping calls cannot leave the
+#: process on one thread (each would restore what the other had set)
+_PROCESS_THREADS: int | None = None
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """Embed one query image with a single torch thread: a batch of one gains little from more,
-    and on a busy machine the extra threads wait for cores (BENCHMARKS.md, app section)."""
+    and on a busy machine the extra threads wait for cores (BENCHMARKS.md, app section). A photo's
+    face detection is not narrowed (:func:`app_pages.faces.photo_faces`): its pyramid is parallel work."""
     import torch
 
-    before = torch.get_num_threads()
+    global _PROCESS_THREADS
+    if _PROCESS_THREADS is None:
+        _PROCESS_THREADS = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(_PROCESS_THREADS)
 
 
 # ----------------------------------------------------------------------------- thumbnails

@@ -25,7 +25,7 @@ from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
-from retrieval.faces.face_search import FaceResult, search_faces
+from retrieval.faces.face_search import FaceResult, search_aligned_faces
 from retrieval.faces.run_faces import crop_file, run_pipeline
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig, resolve_logged_path
@@ -194,18 +194,21 @@ def no_face_message(name: str, consequence: str, pipeline, photo_size: tuple[int
 @st.cache_resource(max_entries=16, show_spinner="Finding faces…")
 def photo_faces(run_dir: bytes, stamp: str, digest: str, _photo: Image.Image, harder: bool = False) -> list:
     """Every face of an upload, most confident first, aligned as the run aligns (once per run, file
-    content and ``harder``; an upload is never written to the run; ``run_dir``: :func:`~app_pages.common.path_key` bytes)."""
-    with one_torch_thread():
-        return face_pipeline(run_dir, stamp, harder).faces(_photo)
+    content and ``harder``; an upload is never written to the run; ``run_dir``: :func:`~app_pages.common.path_key` bytes).
+    Detection runs on torch's threads (the cores), as ``retrieval search`` detects: a photo's image
+    pyramid is parallel work (1 MP: about 270 ms on one thread, 160 ms on two; BENCHMARKS.md, *Faces*)."""
+    return face_pipeline(run_dir, stamp, harder).faces(_photo)
 
 
 @st.cache_resource(max_entries=64, show_spinner="Finding and searching faces…")
 def _searched(_index: GalleryIndex, run_dir: bytes, stamp: str, digest: str, _photo: Image.Image, k: int,
               harder: bool = False) -> list[FaceResult]:
     """Every face of an upload, searched (once per run, file content, K and ``harder``; ``run_dir``:
-    :func:`~app_pages.common.path_key` bytes)."""
+    :func:`~app_pages.common.path_key` bytes). The photo is detected on torch's threads (as
+    :func:`photo_faces`), each face's crop embedded on one (:func:`~app_pages.common.one_torch_thread`)."""
+    faces = face_pipeline(run_dir, stamp, harder).faces(_photo)
     with one_torch_thread():
-        return search_faces(_index, face_pipeline(run_dir, stamp, harder), _photo, k)
+        return search_aligned_faces(_index, faces, k)
 
 
 def logged_image(config: RunConfig, logged: str) -> Path:

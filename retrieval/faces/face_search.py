@@ -15,7 +15,7 @@ from typing import Any
 
 from retrieval.faces.pipeline import AlignedFace, FacePipeline, ImageInput
 
-__all__ = ["FaceResult", "face_tables", "search_faces"]
+__all__ = ["FaceResult", "face_tables", "search_aligned_faces", "search_faces"]
 
 
 @dataclass
@@ -41,8 +41,15 @@ class FaceResult:
 def search_faces(gallery: Any, pipeline: FacePipeline, image: ImageInput, k: int = 10, **options: Any) -> list[FaceResult]:
     """Every face of ``image`` searched in ``gallery`` (a :class:`~retrieval.index.GalleryIndex`;
     ``options`` go to its ``search``), most confident face first; [] when no face is found."""
+    return search_aligned_faces(gallery, pipeline.faces(image), k, **options)
+
+
+def search_aligned_faces(gallery: Any, faces: list[AlignedFace], k: int = 10, **options: Any) -> list[FaceResult]:
+    """Each of ``faces`` (a pipeline's aligned faces of one photo, in its order) embedded and
+    searched in ``gallery``: the second half of :func:`search_faces`, for a caller that detects
+    and embeds under different settings (the app: the photo on torch's threads, each crop on one)."""
     results = []
-    for face in pipeline.faces(image):
+    for face in faces:
         vector = gallery.embed(face.crop)
         neighbours = gallery.search(vector, k, **options)
         results.append(FaceResult(face, neighbours, gallery.verdict(neighbours), vector))

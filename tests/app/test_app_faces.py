@@ -267,3 +267,63 @@ def test_draw_boxes_numbers_each_box_on_a_label_that_scales_with_the_photo():
         assert not (label == 0).all(axis=-1).any(), "the label covers its corner of the box"
         assert (label == 255).all(axis=-1).any() and (label == BOX_COLOUR).all(axis=-1).any(), "a white number on the box colour"
         assert (shown[y0 + 60, x1 - 2] == BOX_COLOUR).all() and (shown[(y0 + y1) // 2, (x0 + x1) // 2] == 0).all(), "an outline, not a fill"
+
+
+def test_an_upload_is_detected_on_torchs_threads_and_each_face_embedded_on_one(monkeypatch, face_run):
+    """A photo's image pyramid is parallel work (a 1 MP upload: about 270 ms of detection on one
+    thread, 160 ms on two), as ``retrieval search`` runs it; a face crop's embedding, a batch of one,
+    keeps one thread (app_pages.common.one_torch_thread)."""
+    import torch
+
+    from app_pages import common
+    from retrieval.faces.pipeline import FacePipeline
+    from retrieval.index import GalleryIndex
+
+    monkeypatch.setattr(common, "_PROCESS_THREADS", None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = {"detect": [], "embed": []}
+    detect, embed = FacePipeline.faces, GalleryIndex.embed
+
+    def counted_detect(self, image):
+        seen["detect"].append(torch.get_num_threads())
+        return detect(self, image)
+
+    def counted_embed(self, image):
+        seen["embed"].append(torch.get_num_threads())
+        return embed(self, image)
+
+    monkeypatch.setattr(FacePipeline, "faces", counted_detect)
+    monkeypatch.setattr(GalleryIndex, "embed", counted_embed)
+    try:
+        photo = dataset(SCENES / "pairs" / "001.jpg").read_bytes()  # not uploaded by another test: not cached
+        upload(start(monkeypatch, face_run), "threads.jpg", photo, "image/jpeg")
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen["detect"] == [2], seen
+    assert len(seen["embed"]) >= 2 and set(seen["embed"]) == {1}, seen  # the two faces (and the index's warm-up)
+    assert after == 2, "the page leaves torch's threads as it found them"
+
+
+def test_overlapping_one_thread_sections_restore_the_process_threads():
+    """Two sessions' embeddings overlapping (A enters, B enters, A leaves, B leaves) leave torch on the
+    process's thread count, not on the 1 that B found when it entered."""
+    import torch
+
+    from app_pages import common
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    common._PROCESS_THREADS = None
+    try:
+        first, second = common.one_torch_thread(), common.one_torch_thread()
+        first.__enter__()
+        second.__enter__()
+        assert torch.get_num_threads() == 1
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        common._PROCESS_THREADS = None
