@@ -38,6 +38,7 @@ __all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_pi
 GRID_COLUMNS = 5
 #: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/
 _CROP_FILE = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_-]+px\.\d+\.png$")
+_SETTINGS_FOLDER = re.compile(r"^[A-Za-z0-9_-]+$")  # a detector settings folder of faces/ (retrieval.faces.cache)
 BOX_COLOUR = (255, 64, 64)
 #: the end of a photo's caption when its faces were looked for harder
 LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
@@ -211,12 +212,19 @@ def _searched(_index: GalleryIndex, run_dir: bytes, stamp: str, digest: str, _ph
         return search_aligned_faces(_index, faces, k)
 
 
-def logged_image(config: RunConfig, logged: str) -> Path:
+def logged_image(config: RunConfig, logged: str, run_dir: Path | None = None) -> Path:
     """The image a mining-log path names. A face run trained on its cached crops, which the log
-    names by absolute path inside the run's ``faces/`` folder: those (and only files of that exact
-    shape) are served as they are; every other path is resolved under the data folder as usual."""
-    if config.faces is not None and isinstance(logged, str) and os.path.isabs(logged):
+    names inside the run's ``faces/`` folder: a path of exactly that shape (``faces/<settings>/<crop
+    file>``) is looked up by those names in ``run_dir``'s own ``faces/`` (so a run trained with a
+    relative ``--out``, or moved since, still shows its crops), else served as logged when it is
+    absolute; every other path is resolved under the data folder as usual."""
+    if config.faces is not None and isinstance(logged, str):
         path = Path(logged)
-        if _CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and not path.is_symlink():
-            return path
+        if _CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and _SETTINGS_FOLDER.match(path.parent.name):
+            if run_dir is not None:
+                own = Path(run_dir) / FACES_DIR / path.parent.name / path.name
+                if own.is_file() and not own.is_symlink():
+                    return own
+            if path.is_absolute() and not path.is_symlink():
+                return path
     return resolve_logged_path(config, logged)

@@ -91,7 +91,7 @@ def mining_page(run_dir: Path, config: RunConfig) -> None:
     if n_pages > 1:
         page = st.columns([1, 3])[0].number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="mining_page")
     for number, row in enumerate(rows[(page - 1) * TRIPLETS_PAGE : page * TRIPLETS_PAGE], start=(page - 1) * TRIPLETS_PAGE + 1):
-        show_triplet(number, row, config, margin, image_pairs, class_pairs)
+        show_triplet(number, row, config, margin, image_pairs, class_pairs, run_dir)
 
     if labelled:
         show_confused_classes(logs, class_pairs)
@@ -149,7 +149,7 @@ def chosen_triplets(logs: dict[int, list[dict]], labelled: bool, image_pairs, wi
     return epoch, rows
 
 
-def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image_pairs, class_pairs) -> None:
+def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image_pairs, class_pairs, run_dir: Path | None = None) -> None:
     violation = margin - float(row["d_an_minus_d_ap"])
     labelled = config.trained_with_labels
     titles = ROLE_TITLES.get(config.mode, ROLES)
@@ -157,7 +157,7 @@ def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image
         columns = st.columns([1, 1, 1, 2])
         for column, role, title in zip(columns, ROLES, titles):
             with column:
-                show_image(logged_image(config, row[f"{role}_path"]))  # a face run's crops too (app_pages/faces.py)
+                show_image(logged_image(config, row[f"{role}_path"], run_dir))  # a face run's crops too (app_pages/faces.py)
                 name = markdown_text(Path(row.get(f"{role}_photo") or row[f"{role}_path"]).name)  # a face crop: its photo
                 if labelled:
                     st.markdown(f"{role}: **{markdown_text(row[f'{role}_label'])}**")

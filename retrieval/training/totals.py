@@ -176,10 +176,13 @@ def _trim(kept: dict[tuple[int, int], dict], keep: int) -> None:
 
 
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
+    """``path`` relative to the data folder ``root`` (as listed, else with symbolic links followed); a
+    file outside it (a face run's cached crop, in the run's ``faces/``) by its absolute path, so that
+    the log does not depend on the folder training ran in."""
+    for listed, base in ((Path(path).absolute(), Path(root).absolute()), (Path(path).resolve(), Path(root).resolve())):
+        if listed.is_relative_to(base):
+            return listed.relative_to(base).as_posix()
+    return Path(path).resolve().as_posix()
 
 
 def warn_on_collapse(row: dict[str, Any], totals: EpochTotals) -> None:

@@ -327,3 +327,42 @@ def test_overlapping_one_thread_sections_restore_the_process_threads():
     finally:
         torch.set_num_threads(before)
         common._PROCESS_THREADS = None
+
+
+def test_hardest_negatives_find_a_face_runs_crops_when_the_log_names_them_relative_or_the_run_moved(monkeypatch, face_run, tmp_path):
+    """A run trained with a relative ``--out`` before its log named crops by absolute path
+    ("run/faces/<settings>/<crop>.png"), or a run moved to another folder (its log naming the old
+    place): the page looks each crop up by name in the run's own faces/ folder."""
+    import json
+
+    moved = tmp_path / "moved"
+    shutil.copytree(face_run, moved)
+    logs = sorted((moved / "mining").glob("epoch_*.jsonl"))
+    assert logs
+    for n, log in enumerate(logs):
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        for i, row in enumerate(rows):
+            for role in ("anchor", "positive", "negative"):
+                crop = Path(row[f"{role}_path"])
+                assert crop.is_absolute()
+                relative = Path("run") / "faces" / crop.parent.name / crop.name
+                row[f"{role}_path"] = str(relative if (n + i) % 2 else Path("/gone/run/faces") / crop.parent.name / crop.name)
+        log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    at = go(start(monkeypatch, moved), "Hardest negatives")
+    assert not any("cannot read" in c for c in texts(at.caption)), [c for c in texts(at.caption) if "cannot read" in c][:2]
+    assert [img for element in at.get("image") for img in element.proto.imgs], "the triplets' face crops are shown"
+
+
+def test_a_logged_path_shaped_like_a_crop_is_only_looked_up_inside_the_runs_own_faces_folder(face_run):
+    from app_pages.faces import logged_image
+    from retrieval.errors import RetrievalError
+    from retrieval.run import RunConfig
+
+    config = RunConfig.read(face_run)
+    crop = next((face_run / "faces").rglob("*.png"))
+    named = f"elsewhere/faces/{crop.parent.name}/{crop.name}"
+    assert logged_image(config, named, face_run) == face_run / "faces" / crop.parent.name / crop.name
+    with pytest.raises(RetrievalError):  # without the run's folder a relative crop path is a data-folder path: not there
+        logged_image(config, f"../faces/{crop.parent.name}/{crop.name}")
+    with pytest.raises(RetrievalError):  # a settings folder that is not a plain name is not a crop of the run
+        logged_image(config, f"faces/../{crop.name}", face_run)

@@ -58,7 +58,7 @@ def test_train_with_faces_records_the_pipeline_and_trains_on_cached_crops(tmp_pa
     assert config["train_settings"]["face_jitter"] == config["transforms"]["train"]["face_jitter"] == FACE_JITTER > 0
     # validation, index, search and the app embed a face with its mirror image (flip averaging)
     assert config.flip_average and config["train_settings"]["flip_average"] is True and load_model(out)[0].flip_average
-    assert "greyscale" not in config.data_config  # blank0.png is stored in colour
+    assert config.data_config["greyscale"] is True  # blank0.png is in colour, but it has no face: never trained on
     pipeline = run_pipeline(out, config)
     assert pipeline is not None and pipeline.output_size == FACE_TINY["image_size"]
     assert pipeline.cache.folder == faces_dir(out) and any(faces_dir(out).rglob("*.png"))
@@ -286,3 +286,29 @@ def test_resuming_a_face_run_from_before_the_detector_flags_reads_them_from_its_
     assert resumed["train_settings"]["face_min_size"] == 40 and resumed["train_settings"]["face_max_side"] == 0
     assert resumed["train_settings"]["face_recheck"] == 0
     assert run_pipeline(out, resumed).settings == DetectorSettings(max_side=0, recheck_threshold=0)
+
+
+def test_a_colour_photo_without_a_face_does_not_turn_off_a_grey_face_runs_greyscale(tmp_path):
+    """The photos left out (no face found) are never trained on: whether the run is grey is decided on
+    the photos it trains on, so one colour photo without a face leaves a grey data set grey."""
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)  # the faceless image is in colour
+    blank = next(root.rglob("blank0.png"))
+    assert not data.all_greyscale([blank]), "the image without a face is a colour one"
+    train(TrainConfig(data_dir=root, out=tmp_path / "run", epochs=0, faces=True, **FACE_TINY), progress=False)
+    assert read_config(tmp_path / "run").data_config["greyscale"] is True
+
+
+def test_a_face_run_trained_with_a_relative_out_logs_its_crops_by_absolute_path(tmp_path, monkeypatch):
+    """The mining log names a face run's crops (in RUN_DIR/faces/, outside the data folder) by their
+    absolute paths, not relative to the folder training ran in, where the app and `retrieval mining`
+    could not find them from anywhere else."""
+    from retrieval.diagnostics import read_mining_logs
+
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(data_dir=Path("data"), out=Path("run"), epochs=1, faces=True, **FACE_TINY), progress=False)
+    rows = [row for rows in read_mining_logs(tmp_path / "run").values() for row in rows]
+    paths = [row[f"{role}_path"] for row in rows for role in ("anchor", "positive", "negative")]
+    assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths), paths[:3]
+    assert all(Path(p).is_relative_to(faces_dir(tmp_path / "run").resolve()) for p in paths)
+    assert root.is_dir()

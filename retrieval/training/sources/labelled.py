@@ -46,7 +46,7 @@ class LabelledSource:
     augment: float
     seed: int
     faces: dict[str, Any] | None = None  # config.json's "faces": the face pipeline's settings (--faces)
-    greyscale: bool = False  # every image of DATA_DIR is stored grey (the photos, not the colour-mode face crops)
+    greyscale: bool = False  # every photo trained on is stored grey (the photos, not the colour-mode face crops; a face run: those with a face)
     face_jitter: float = 0.0  # --face-jitter: the aligned crops' similarity jitter at augment 1 (face runs)
     mode: ClassVar[str] = "labelled"
 
@@ -56,7 +56,7 @@ class LabelledSource:
         files; a face run (``--faces``) first finds each image's face (``on_progress(done, total)``;
         under torchrun, ``ctx``, each process a share first: :func:`~retrieval.faces.run_faces.find_share`)."""
         folder = data.scan_folder(config.data_dir, labelled=True, refuse_splits=True)
-        greyscale = data.all_greyscale(folder.paths)
+        trained_photos = folder.paths  # a face run: the photos with a face found (the others are left out)
         faces = None
         if config.faces:
             from retrieval.faces.detect import DetectorSettings
@@ -68,9 +68,11 @@ class LabelledSource:
             find_share(pipeline, folder.paths, ctx)  # torchrun: each process a share, then the shared cache answers
             faced, missing = face_folder(folder, pipeline, on_progress=on_progress)
             left_out = set(missing)  # face_folder keeps the photos with a face, in order
-            record_training_photos(config.out, faced.paths, [p for p in folder.paths if p not in left_out], folder.root)
+            trained_photos = [p for p in folder.paths if p not in left_out]
+            record_training_photos(config.out, faced.paths, trained_photos, folder.root)
             folder = faced
             faces = pipeline.settings_json()
+        greyscale = data.all_greyscale(trained_photos)  # a colour photo left out (no face) does not count
         data.require_trainable(folder)
         train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
         trainable = sum(count >= 2 for count in train_folder.class_counts().values())
