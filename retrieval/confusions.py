@@ -231,14 +231,15 @@ def _embedded_folder(run_dir, data_dir: Path, **options) -> tuple[np.ndarray, li
     names = [folder.relative_path(i) for i in range(len(folder.paths))]
     device = resolve_device(options.pop("device"))
     model, config = load_model(run_dir, device=device)
-    if config.faces is not None:  # a face run embeds each image's most confident face, as `retrieval evaluate` does
-        from retrieval.faces.run_faces import face_folder, run_pipeline
+    from retrieval.faces.run_faces import face_folder, scratch_pipeline
 
-        photos = list(folder.paths)
-        folder, missing = face_folder(folder, run_pipeline(run_dir, config), "DATA_DIR")
-        skipped = set(missing)  # photos without a face, left out with a warning
-        names = [name for name, photo in zip(names, photos) if photo not in skipped]
-    embeddings, kept = embed_readable(model, folder.paths, build_transforms(config.data_config, train=False),
-                                      device=device, **options)
+    with scratch_pipeline(run_dir, config) as pipeline:  # a face run's crops of DATA_DIR: only while they are embedded
+        if pipeline is not None:  # a face run embeds each image's most confident face, as `retrieval evaluate` does
+            photos = list(folder.paths)
+            folder, missing = face_folder(folder, pipeline, "DATA_DIR")
+            skipped = set(missing)  # photos without a face, left out with a warning
+            names = [name for name, photo in zip(names, photos) if photo not in skipped]
+        embeddings, kept = embed_readable(model, folder.paths, build_transforms(config.data_config, train=False),
+                                          device=device, **options)
     labels = [folder.class_names[folder.labels[i]] for i in kept]
     return embeddings, labels, [names[i] for i in kept]

@@ -333,36 +333,36 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
         logger.warning("%d of the %d query image(s) are also in the gallery (the same file content, e.g. %s): each finds "
                        "itself at d = 0, so Recall@K, MAP@R and the pair rates are optimistic; evaluate on disjoint folders, "
                        "or leave-one-out on one", len(shared), len(folders[0].paths), shared[0])
-    n_no_face = 0
-    if config.faces is not None:  # a face run embeds each image's most confident face (retrieval.faces.run_faces)
-        from retrieval.faces.run_faces import face_folder, run_pipeline
+    from retrieval.faces.run_faces import face_folder, scratch_pipeline
 
-        pipeline = run_pipeline(run_dir, config)
-        searched, to_search, faced = 0, sum(len(f.paths) for f in folders), []
-        for folder, what in zip(folders, ("query", "gallery") if cross_set else (purpose,)):
-            found, missing = face_folder(folder, pipeline, what, on_progress=_stage_offset(on_progress, "detect", searched, to_search))
-            if missing and not found.paths:
-                raise RetrievalError(f"no face found in any of the {len(missing)} {what} image(s) of {folder.root}: a face run "
-                                     f"compares faces (it looks for {pipeline.settings.reach()})")
-            faced.append((found, missing))
-            searched += len(folder.paths)
-        folders, n_no_face = [f for f, _ in faced], len(faced[0][1])
-    class_ids: dict[str, int] = {}
-    total = sum(len(f.paths) for f in folders)
-    done = 0
-    sets = []
-    for folder in folders:
-        embeddings, kept = embed_readable(
-            model, folder.paths, transform, batch_size=batch_size, device=torch_device,
-            num_workers=num_workers, precision=precision, on_progress=_stage_offset(on_progress, "embed", done, total),
-        )
-        done += len(folder.paths)
-        labels = np.array(
-            [class_ids.setdefault(folder.class_names[folder.labels[i]], len(class_ids))
-             for i in kept],
-            dtype=np.int64,
-        )
-        sets.append((embeddings, labels))
+    n_no_face = 0
+    with scratch_pipeline(run_dir, config) as pipeline:  # a face run's crops of these folders: only while they are embedded
+        if pipeline is not None:  # a face run embeds each image's most confident face (retrieval.faces.run_faces)
+            searched, to_search, faced = 0, sum(len(f.paths) for f in folders), []
+            for folder, what in zip(folders, ("query", "gallery") if cross_set else (purpose,)):
+                found, missing = face_folder(folder, pipeline, what, on_progress=_stage_offset(on_progress, "detect", searched, to_search))
+                if missing and not found.paths:
+                    raise RetrievalError(f"no face found in any of the {len(missing)} {what} image(s) of {folder.root}: a face run "
+                                         f"compares faces (it looks for {pipeline.settings.reach()})")
+                faced.append((found, missing))
+                searched += len(folder.paths)
+            folders, n_no_face = [f for f, _ in faced], len(faced[0][1])
+        class_ids: dict[str, int] = {}
+        total = sum(len(f.paths) for f in folders)
+        done = 0
+        sets = []
+        for folder in folders:
+            embeddings, kept = embed_readable(
+                model, folder.paths, transform, batch_size=batch_size, device=torch_device,
+                num_workers=num_workers, precision=precision, on_progress=_stage_offset(on_progress, "embed", done, total),
+            )
+            done += len(folder.paths)
+            labels = np.array(
+                [class_ids.setdefault(folder.class_names[folder.labels[i]], len(class_ids))
+                 for i in kept],
+                dtype=np.int64,
+            )
+            sets.append((embeddings, labels))
     return config, sets, n_no_face
 
 

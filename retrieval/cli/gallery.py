@@ -71,12 +71,16 @@ def index_command(
     skipped_before = len(before.get("skipped", [])) if before else 0
     summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started, skipped_before=skipped_before)
     summary["added"] = None if add is None else not (before and metadata.get("build_id") == before.get("build_id"))
+    if "faces_forgotten" in metadata:  # a face index rebuilt on another gallery: the replaced photos' cached faces
+        summary["faces_forgotten"] = metadata["faces_forgotten"]
     if json_output:
         typer.echo(json.dumps(summary))
         return
     left_out = [f"{summary['n_skipped']} unreadable image(s) skipped"] if summary["n_skipped"] else []
     if summary.get("n_without_face"):
         left_out.append(f"{summary['n_without_face']} photo(s) without a face not in it")
+    if summary.get("faces_forgotten"):
+        left_out.append(f"{summary['faces_forgotten']} cached face file(s) of the replaced index's photos deleted")
     skipped = f" ({'; '.join(left_out)})" if left_out else ""
     what = (f"{summary['n_items']} face(s) from {summary['n_photos']} photo(s)" if "n_photos" in summary
             else f"{summary['n_items']} image(s)")

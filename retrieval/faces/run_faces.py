@@ -23,8 +23,10 @@ index alike: face crops are personal data and stay inside the run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,7 +39,7 @@ from retrieval.run.config import read_config
 from retrieval.run.files import faces_dir
 
 __all__ = ["TRAINING_PHOTOS", "GalleryFaces", "crop_file", "face_folder", "faces_or_errors", "find_share", "gallery_faces",
-           "record_training_photos", "run_pipeline", "training_photo_names", "training_pipeline", "with_photo_names"]
+           "record_training_photos", "run_pipeline", "scratch_pipeline", "training_photo_names", "training_pipeline", "with_photo_names"]
 
 log = logging.getLogger("retrieval")
 #: in ``RUN_DIR/faces/``: each training crop's file name → the photo it was cut from, relative to the data folder
@@ -51,6 +53,23 @@ def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> Fa
     if settings is None:
         return None
     return FacePipeline.from_settings_json(settings, cache_dir=faces_dir(run_dir), device=device)
+
+
+@contextlib.contextmanager
+def scratch_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> Iterator[FacePipeline | None]:
+    """The run's face pipeline (:func:`run_pipeline`) caching in a temporary folder inside
+    ``RUN_DIR/faces/``, deleted on exit (an error or Ctrl-C too): for the commands that read a folder
+    of photos that is neither training's nor the gallery's (``evaluate``, ``calibrate``,
+    ``confusions``). Their crops are needed only while the command embeds them; kept, they would be
+    personal data that ``index --remove`` / ``--remove-label`` cannot reach (they are no index's
+    items). Those photos are detected afresh each time. None for a run on whole images."""
+    if config.faces is None:
+        yield None
+        return
+    folder = faces_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=folder) as scratch:
+        yield FacePipeline.from_settings_json(config.faces, cache_dir=scratch, device=device)
 
 
 def training_pipeline(out: str | Path, image_size: int, settings: DetectorSettings | None = None, *,

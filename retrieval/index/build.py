@@ -150,9 +150,40 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         if previous is not None:
             previous.close()
         return {"rank": ctx.rank, "world_size": ctx.world_size}
-    return _write_index(run_dir, config, batches, previous=previous, folder=folder, gallery_dir=gallery_dir,
-                        new_ids=new_ids, n_trees=n_trees, seed=seed, n_jobs=n_jobs, on_progress=on_progress,
-                        fingerprint=fingerprint, faces=faces, looked=looked, without_face=without_face)
+    replaced = _face_digests(run_dir) if previous is None and faces is not None else set()  # before it is replaced
+    metadata = _write_index(run_dir, config, batches, previous=previous, folder=folder, gallery_dir=gallery_dir,
+                            new_ids=new_ids, n_trees=n_trees, seed=seed, n_jobs=n_jobs, on_progress=on_progress,
+                            fingerprint=fingerprint, faces=faces, looked=looked, without_face=without_face)
+    if replaced:
+        metadata = {**metadata, "faces_forgotten": _forget_replaced_faces(run_dir, config, replaced, metadata)}
+    return metadata
+
+
+def _face_digests(run_dir: Path) -> set[str]:
+    """The photo contents (SHA-256) of the face index a full build is about to replace; none when
+    there is no readable one."""
+    from retrieval.faces.cache import is_digest
+    from retrieval.index.metadata import read_index_metadata
+
+    try:
+        faces = read_index_metadata(run_dir)["items"].get("face", [])
+    except (RetrievalError, OSError, KeyError, TypeError, AttributeError):
+        return set()
+    return {f["sha256"] for f in faces if isinstance(f, dict) and is_digest(f.get("sha256"))}
+
+
+def _forget_replaced_faces(run_dir: Path, config, replaced: set[str], metadata: dict[str, Any]) -> int:
+    """A face index rebuilt on another gallery: delete the cached faces of the replaced index's
+    photos that the new index does not hold and training did not read (its crops stay: the mining
+    log shows them), as ``--remove`` does for the photos it takes out; the number of cache files
+    deleted. Otherwise they would stay in ``RUN_DIR/faces/`` where no ``--remove`` reaches them."""
+    from retrieval.faces.run_faces import run_pipeline, training_photo_names
+
+    kept = {f["sha256"] for f in metadata["items"].get("face", [])}
+    trained = {name.split(".", 1)[0] for name in training_photo_names(run_dir)}
+    gone = replaced - kept - trained
+    pipeline = run_pipeline(run_dir, config)
+    return pipeline.forget_digests(gone) if gone and pipeline is not None else 0
 
 
 def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list[int]]], *,

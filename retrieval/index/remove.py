@@ -52,8 +52,10 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]
         if not kept:
-            raise RetrievalError(f"that would remove all {len(previous)} items of {run_dir}'s index; "
-                                 f"delete {run_dir}/index instead (or build a new index)")
+            how = (f", which also deletes these photos' cached faces (deleting {run_dir}/index would leave them in {run_dir}/faces/)"
+                   if previous.has_faces else f", or delete {run_dir}/index")
+            raise RetrievalError(f"that would remove all {len(previous)} items of {run_dir}'s index; build a new index "
+                                 f"on another gallery{how}")
         _write_without(run_dir, previous, kept, faceless_kept, n_jobs=n_jobs)
         forgotten = _forget_faces(run_dir, previous, removed, kept)
     finally:

@@ -147,3 +147,31 @@ def test_the_commands_progress_bars_show_on_a_terminal_only(face_run, tmp_path, 
     assert shown.code == 0 and "finding faces" in shown.err and "embedding images" in shown.err and "6/6" in shown.err, shown.err
     quiet = cli("evaluate", face_run, folder, "--json", "--device", "cpu", "--quiet")
     assert quiet.code == 0 and quiet.err == ""
+
+
+def _scene_folder(root):
+    """A labelled folder of two test people's photos (scenes: content no training or index read)."""
+    import shutil
+
+    for person in ("s31", "s32"):
+        (root / person).mkdir(parents=True)
+        for k in (1, 2, 3):
+            shutil.copy(dataset(SCENES / "single" / person / f"{k}.jpg"), root / person / f"{k}.jpg")
+    return root
+
+
+def test_evaluate_calibrate_and_confusions_keep_no_face_of_their_folders_in_the_run(face_run, tmp_path, cli):
+    """Their folders' crops are needed only while they are embedded: kept in RUN_DIR/faces/ they would be
+    personal data that `index --remove` cannot reach (no index item). The same figures on a second run."""
+    from retrieval.run.files import faces_dir
+
+    folder = _scene_folder(tmp_path / "people")
+    before = sorted(p.relative_to(face_run) for p in faces_dir(face_run).rglob("*"))
+    first = evaluate_run(face_run, folder, device="cpu")
+    calibrate_run(face_run, folder, device="cpu")
+    shown = cli("confusions", face_run, folder, "--json")
+    assert shown.code == 0, shown.err
+    assert sorted(p.relative_to(face_run) for p in faces_dir(face_run).rglob("*")) == before
+    second = evaluate_run(face_run, folder, device="cpu")
+    assert first["n_queries"] == 6 and first["n_no_face"] == 0
+    assert {k: first[k] for k in ("recall_at_1", "map_at_r")} == {k: second[k] for k in ("recall_at_1", "map_at_r")}

@@ -246,3 +246,40 @@ def test_gallery_photos_without_a_face_are_named_in_one_warning_with_what_the_ru
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "2 of 3 gallery image(s) have no face found and are not indexed" in warnings[0]
     assert "blank0.png" in warnings[0] and warnings[0].endswith("(the run looks for faces from 40 px, photos over 1600 px searched at 1600, rechecked at 0.9)")
+
+
+def test_rebuilding_a_face_index_on_another_gallery_forgets_the_replaced_photos_faces_but_not_trainings(tmp_path, cli):
+    """A full build that replaces a face index deletes the cached faces of the photos it no longer holds
+    (else they would stay in RUN_DIR/faces/ where no --remove reaches them), keeps those of the photos it
+    holds again and of the photos training read; removing every item says how to get rid of them."""
+    from retrieval.faces.run_faces import crop_file, run_pipeline, training_photo_names
+    from retrieval.run import read_config
+
+    run = make_face_run(tmp_path, n_classes=2, per_class=2)
+    old = make_face_folder(tmp_path / "old", n_classes=2, per_class=2, no_face=0)  # training's content
+    (old / "party").mkdir()
+    shutil.copy(dataset(SCENES / TWO_PEOPLE), old / "party" / "two_people.jpg")
+    (old / "s31").mkdir()
+    shutil.copy(dataset(SCENES / "single" / "s31" / "1.jpg"), old / "s31" / "scene.jpg")
+    shutil.copy(dataset(SCENES / "single" / "s32" / "1.jpg"), old / "s31" / "kept.jpg")
+    assert cli("index", run, old, "--n-trees", "2").code == 0
+    before = GalleryIndex.load(run, load_model=False)
+    records = {p: before.face(i) for i, p in enumerate(before.relative_paths)}
+    before.close()
+    pipeline = run_pipeline(run, read_config(run))
+    assert all(crop_file(pipeline, r) is not None for r in records.values())
+
+    new = tmp_path / "new"
+    (new / "s32").mkdir(parents=True)
+    shutil.copy(dataset(SCENES / "single" / "s32" / "1.jpg"), new / "s32" / "same_content.jpg")
+    shown = cli("index", run, new, "--n-trees", "2", "--json")
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["faces_forgotten"] > 0
+    assert crop_file(pipeline, records["party/two_people.jpg"]) is None
+    assert crop_file(pipeline, records["s31/scene.jpg"]) is None
+    assert crop_file(pipeline, records["s31/kept.jpg"]) is not None, "the new index holds the same content"
+    trained = {name.split(".", 1)[0] for name in training_photo_names(run)}
+    assert any(r["sha256"] in trained for r in records.values())
+    assert all(crop_file(pipeline, r) is not None for r in records.values() if r["sha256"] in trained), "training's crops stay"
+    refused = cli("index", run, "--remove-label", "s32")
+    assert refused.code == 2 and len(refused.lines) == 1 and "which also deletes these photos' cached faces" in refused.lines[0]
