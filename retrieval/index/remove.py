@@ -41,7 +41,7 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
     labels, paths = set(labels), [Path(p) for p in paths]
     previous = GalleryIndex.load(run_dir, load_model=False)
     try:
-        wanted = {_key(p) for p in paths}
+        wanted = _wanted_keys(previous, paths)
         removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
         without_face = previous.metadata.get("without_face", [])
         faceless_kept = [entry for entry in without_face
@@ -107,6 +107,25 @@ def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kep
     digests = {previous.face(i)["sha256"] for i in removed} - kept_digests
     pipeline = run_pipeline(run_dir, read_config(run_dir))
     return 0 if pipeline is None else pipeline.forget_digests(digests)
+
+
+def _wanted_keys(index: GalleryIndex, paths: list[Path]) -> set[str]:
+    """The photos ``paths`` name, as :func:`_key` strings: each as given (from the current folder), or, when
+    it is relative and names nothing so, as a path inside the index's gallery folder (``search`` shows
+    ``s31/photo.jpg`` relative to it). A relative path found inside two gallery folders is a one-line
+    error naming them."""
+    items = {_item_key(index, i) for i in range(len(index))}
+    items |= {_key(Path(index.roots[entry["root"]]) / entry["path"]) for entry in index.metadata.get("without_face", [])}
+    wanted = set()
+    for path in paths:
+        key = _key(path)
+        inside = [] if key in items or path.is_absolute() else \
+            [k for k in dict.fromkeys(_key(Path(root) / path) for root in index.roots) if k in items]
+        if len(inside) > 1:
+            raise RetrievalError(f"{path} names a photo in more than one gallery folder of the index ({', '.join(inside)}); "
+                                 "give the one to remove by its full path")
+        wanted.add(inside[0] if inside else key)
+    return wanted
 
 
 def _key(path: Path) -> str:

@@ -168,3 +168,29 @@ def test_cli_remove_label_in_another_case_names_the_label_meant(tmp_path, run_di
     wrong = cli("index", run, "--remove-label", "Apple", "--remove-label", "plumm")
     assert wrong.code == 2 and wrong.lines[-1].endswith("nothing removed (did you mean apple, plum?)"), wrong.err
     assert cli("index", run, "--remove-label", "banana").lines[-1].endswith("nothing removed")
+
+
+def test_cli_remove_takes_a_path_as_search_shows_it_relative_to_the_gallery_folder(tmp_path, run_dir, gallery_dir, cli, monkeypatch):
+    """`search` shows neighbours relative to the gallery folder ("apple/0.png"): `--remove` takes that
+    form too when it names nothing from the current folder; a name inside two gallery folders is refused."""
+    from retrieval.index import GalleryIndex
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert cli("index", run, gallery_dir, "--n-trees", "2", "--device", "cpu", "--workers", "0", "--quiet").code == 0
+    index = GalleryIndex.load(run, load_model=False)
+    shown, n = index.relative_paths[0], len(index)
+    index.close()
+    monkeypatch.chdir(tmp_path)  # the path does not exist from here
+    assert not (tmp_path / shown).exists()
+    removed = cli("index", run, "--remove", shown, "--json")
+    assert removed.code == 0, removed.err
+    assert json.loads(removed.out)["removed"] == 1 and json.loads(removed.out)["n_items"] == n - 1
+    other = tmp_path / "other"
+    shutil.copytree(gallery_dir, other)
+    assert cli("index", run, "--add", other, "--device", "cpu", "--workers", "0", "--quiet").code == 0
+    index = GalleryIndex.load(run, load_model=False)
+    twice = index.relative_paths[1]
+    index.close()
+    ambiguous = cli("index", run, "--remove", twice)
+    assert ambiguous.code == 2 and len(ambiguous.lines) == 1 and "more than one gallery folder" in ambiguous.lines[0], ambiguous.err
