@@ -136,6 +136,8 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         n_photos, looked, id_of = len(paths), list(new_ids), dict(zip(paths, new_ids))
         found = gallery_faces(pipeline, paths, new_ids, on_progress=searched, adding=previous is not None)
         new_ids, paths, faces = found.owners, found.crops, found.records
+        if folder.labelled:
+            _warn_group_photos(folder, new_ids)
         without_face = [id_of[path] for path in found.without_face]
         if not paths:  # adding photos in which no face is found (warned by name): the index stays as it is
             logger.warning("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
@@ -157,6 +159,18 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     if replaced:
         metadata = {**metadata, "faces_forgotten": _forget_replaced_faces(run_dir, config, replaced, metadata)}
     return metadata
+
+
+def _warn_group_photos(folder, owners: list[int]) -> None:
+    """One warning line when photos of a labelled gallery hold more than one face: each of their faces
+    is indexed under the photo's class folder, so the other people in them get that label."""
+    from collections import Counter
+
+    groups = sorted(i for i, n in Counter(owners).items() if n > 1)
+    if groups:
+        logger.warning("%d photo(s) in class folders hold more than one face (e.g. %s): every face of a photo is indexed "
+                       "under its folder's label, so the other people in it are labelled wrongly; index group photos from "
+                       "a flat folder (--add), where faces have no label, or crop them", len(groups), folder.relative_path(groups[0]))
 
 
 def _face_digests(run_dir: Path) -> set[str]:

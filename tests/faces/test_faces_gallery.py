@@ -141,6 +141,8 @@ def test_index_cli_counts_faces_and_the_photos_they_come_from(face_index, cli, t
     counts = json.loads(summary.out)
     assert (counts["n_items"], counts["n_photos"]) == (4, 3)  # two crops, two faces of one photo
     assert counts["n_without_face"] == 1, "the grey photo: searched, no face found"
+    group = [line for line in summary.lines if "more than one face" in line]
+    assert len(group) == 1 and "1 photo(s) in class folders" in group[0] and "party/two_people.jpg" in group[0], summary.err
     table = cli("index", copy, gallery, "--n-trees", "2", "--quiet")
     assert table.code == 0, table.err
     assert table.out.splitlines()[0].startswith("indexed 4 face(s) from 3 photo(s) (1 photo(s) without a face not in it) in "), table.out
