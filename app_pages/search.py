@@ -6,8 +6,8 @@ one). Its top-K neighbours with label, distance and cosine similarity; the margi
 bars, the training margin ε as a band above the nearest distance, τ as a rule); with the query's label, its
 nearest positive and negative and whether their gap clears ε. A run whose loss has no margin (InfoNCE,
 NCE, N-pair: :func:`~app_pages.common.loss_margin`) gets no band and no ε to clear, and the page says so.
-A gallery without class labels (a flat folder) has no class filter and no nearest positive / negative
-check, and the page says so; a gallery of one image picked as the query has nothing to compare it with.
+A gallery without class labels (a flat folder), or with some items without (``index --add`` of a flat
+folder), has no class filter and no nearest positive / negative check, and the page says so; a gallery of one image picked as the query has nothing to compare it with.
 The numbers come from :func:`retrieval.diagnostics.explain_search`, the chart from
 :func:`retrieval.figures.margin_spec`.
 """
@@ -59,14 +59,21 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
         return
     stamp = index_stamp(run_dir)
     margin = loss_margin(config)  # None: the run's loss has no margin
-    labels = sorted({label for label in index.labels if label is not None})
+    n_unlabelled = sum(label is None for label in index.labels)
+    # class checks need every item labelled (as `retrieval index --add` of a flat folder warns): a partly
+    # labelled gallery would count an unlabelled neighbour of the query's own class as neither ✓ nor ✗
+    labels = sorted({label for label in index.labels if label is not None}) if not n_unlabelled else []
 
     top = st.columns([3, 1])
     source = top[0].radio("Query", ["Upload an image", "Pick from the gallery"], horizontal=True, key="query_source")
     k = top[1].number_input("Neighbours (K)", min_value=1, max_value=min(100, len(index)), value=min(10, len(index)), key="k")
-    if not labels:
+    if n_unlabelled == len(index):
         st.caption(":material/info: This gallery has no class labels (a flat folder), so there is no class filter and "
                    "no nearest positive / negative check; the neighbours, their distances and the margin picture are shown.")
+    elif n_unlabelled:
+        st.caption(f":material/info: {n_unlabelled} of the gallery's {len(index)} {'faces' if index.has_faces else 'images'} "
+                   "have no class label (added from a flat folder), so there is no class filter and no ✓ / ✗ or nearest "
+                   "positive / negative check; the neighbours, their distances and the margin picture are shown.")
 
     if index.has_faces and source == "Upload an image":  # a face run: every face of the photo is searched (app_pages/faces.py)
         from app_pages.faces import face_search_section
@@ -184,7 +191,7 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         return None
     item = picked["item"]
     vector = index.embeddings[item]
-    return vector, item_name(index, item), index.labels[item], item
+    return vector, item_name(index, item), index.labels[item] if labels else None, item  # no class check unless all labelled
 
 
 # ----------------------------------------------------------------------------- the answer

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import fake_runs
-from app_helpers import K_DEFAULT, assert_no_label_widgets, charts, gallery, go, layer_rows, neighbour_cards, start, texts, upload  # noqa: F401
+from app_helpers import K_DEFAULT, assert_no_label_widgets, charts, full_run, gallery, go, layer_rows, neighbour_cards, start, texts, upload  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,30 @@ def test_a_pairs_run_shows_triplets_without_class_filter_and_curves_on_held_out_
     go(at, "Training")
     assert len(charts(at)) == 2  # curves with Recall@1 / MAP@R, and the held-out histogram
     assert any("used only to measure" in c for c in texts(at.caption))
+
+
+def test_a_partly_labelled_gallery_has_no_class_checks_and_says_how_many_items_lack_a_label(monkeypatch, tmp_path, full_run, gallery):
+    """After `index --add` of a flat folder some items have no label: a class check would count an
+    unlabelled neighbour of the query's own class as neither ✓ nor ✗, so the page offers none (as
+    the command's warning says) and names how many items lack a label."""
+    from retrieval.index import add_to_index
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    added = sorted(gallery.rglob("*.png"))[:3]
+    for k, path in enumerate(added):
+        shutil.copy(path, flat / f"loose_{k}.png")
+    add_to_index(run, flat, device="cpu", num_workers=0)
+    at = start(monkeypatch, run)
+    query = sorted(gallery.rglob("*.png"))[0]
+    upload(at, query.name, query.read_bytes())
+    assert any(c.startswith(":material/info: 3 of the gallery's") and "no class label" in c for c in texts(at.caption)), texts(at.caption)
+    assert_no_label_widgets(at)
+    assert not any("✓" in m or "✗" in m for m in neighbour_cards(at))
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    next(b for b in at.button if b.key and b.key.startswith("pick-")).click().run()
+    assert not at.exception
+    assert_no_label_widgets(at)
+    assert not any("✓" in m or "✗" in m for m in neighbour_cards(at))
