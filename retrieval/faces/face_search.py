@@ -29,11 +29,12 @@ class FaceResult:
 
     def to_json(self, gallery: Any) -> dict[str, Any]:
         """``{"box", "score", "neighbours": [...], "verdict": {...}}``; each neighbour's record
-        with its face's ``box`` in its photo."""
+        with its face's ``box`` in its photo and ``face``, its rank there (from 0, as gallery.json)."""
         neighbours = []
         for n in self.neighbours:
             record = gallery.face(n.item) if hasattr(gallery, "face") else None
-            neighbours.append({**n.to_json(), "box": None if record is None else record["box"]})
+            neighbours.append({**n.to_json(), "box": None if record is None else record["box"],
+                               "face": None if record is None else int(record.get("face", 0))})
         return {"box": [round(float(v), 2) for v in self.face.box], "score": round(float(self.face.score), 5),
                 "neighbours": neighbours, "verdict": self.verdict.to_json()}
 

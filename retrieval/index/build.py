@@ -139,8 +139,8 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         if folder.labelled:
             _warn_group_photos(folder, new_ids)
         without_face = [id_of[path] for path in found.without_face]
-        if not paths:  # adding photos in which no face is found (warned by name): the index stays as it is
-            logger.warning("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
+        if not paths:  # adding photos in which no face is found (warned by name above): the index stays as it is
+            logger.debug("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
             previous.close()
             return read_index_metadata(run_dir)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,

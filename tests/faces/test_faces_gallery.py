@@ -53,6 +53,7 @@ def test_search_json_gives_every_face_of_the_query_with_neighbours_and_verdict(f
         assert len(face["neighbours"]) == 2 and all(len(n["box"]) == 4 for n in face["neighbours"])
         assert face["neighbours"][0]["distance"] < 1e-3, "each face finds itself first"
         assert face["neighbours"][0]["path"].endswith("two_people.jpg")
+    assert sorted(face["neighbours"][0]["face"] for face in faces) == [0, 1], "each finds its own face of the photo, by rank"
 
 
 def test_a_query_without_a_face_gives_an_empty_list_and_one_table_line(face_index, cli):
@@ -179,10 +180,18 @@ def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(
     before = read_index_metadata(copy)
     again = cli("index", copy, "--add", gallery, "--quiet")
     assert again.code == 0, again.err
-    assert any("nothing added" in line for line in again.lines) and not any(line.startswith("error") for line in again.lines), again.err
+    assert not any(line.startswith("error") for line in again.lines), again.err
+    assert len([line for line in again.lines if line.startswith("warning")]) == 1, again.err  # the faceless photo, named once
     assert again.out.startswith("nothing added: ") and "holds 4 face(s) from 3 photo(s), as before" in again.out, again.out
     assert read_index_metadata(copy) == before, "the index stays as it was"
     assert json.loads(cli("index", copy, "--add", gallery, "--quiet", "--json").out)["added"] is False
+    faceless = tmp_path / "faceless"
+    (faceless / "x").mkdir(parents=True)
+    shutil.copy(next(gallery.rglob("blank0.png")), faceless / "x" / "grey.png")
+    none = cli("index", copy, "--add", faceless, "--quiet")
+    assert none.code == 0, none.err
+    assert len([line for line in none.lines if line.startswith("warning")]) == 1, none.err  # the photo named once
+    assert none.out.startswith("nothing added: "), none.out
 
 
 def test_indexing_a_face_gallery_reports_finding_faces_before_embedding_them(face_index, tmp_path):
