@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from retrieval.errors import RetrievalError
 
 __all__ = [
-    "FORMAT_OF_SUFFIX", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "MAX_QUERY_PIXELS",
+    "FORMAT_OF_SUFFIX", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "MAX_QUERY_PIXELS", "MIN_IMAGE_SIDE",
     "all_greyscale", "load_image", "load_image_bytes", "unreadable_reason", "to_rgb",
 ]
 
@@ -54,6 +54,10 @@ MAX_QUERY_PIXELS: int = 40_000_000
 write by default (12-24 MP; 36-40 MP full-frame), yet bounding what one anonymous upload to the
 app can cost: about 0.3 GB and a second or two of decoding (BENCHMARKS.md "decode"), for a model
 that looks at the image at a few hundred pixels."""
+
+MIN_IMAGE_SIDE: int = 2
+"""Smallest width and height read, in pixels: an image one pixel wide or high is refused like an
+unreadable one (a run's grey conversion cannot take it; there is nothing to embed in it)."""
 
 _ROW_BLOCK_PIXELS = 1 << 20  # pixels scaled per block for 32-bit and float grey levels
 
@@ -97,6 +101,8 @@ def unreadable_reason(path: Path) -> str | None:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 return f"too large: {width}x{height} pixels"
+            if min(width, height) < MIN_IMAGE_SIDE:
+                return f"too small: {width}x{height} pixels (at least {MIN_IMAGE_SIDE} a side)"
             image.verify()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "too large (decompression bomb)"
@@ -147,6 +153,9 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
             if width * height > max_pixels:  # from the header: nothing decoded yet
                 raise RetrievalError(f"image too large: {name} is {width}x{height} pixels, more than the limit of "
                                      f"{max_pixels:,}{_limit_name(max_pixels)}")
+            if min(width, height) < MIN_IMAGE_SIDE:
+                raise RetrievalError(f"image too small: {name} is {width}x{height} pixels; an image needs at least "
+                                     f"{MIN_IMAGE_SIDE} pixels a side (MIN_IMAGE_SIDE)")
             image.load()
             try:
                 ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large image

@@ -60,7 +60,7 @@ def test_load_image_composites_transparency_on_white(tmp_path):
 
 
 def test_load_image_scales_16_bit_greyscale_instead_of_clipping(tmp_path):
-    values = np.array([[0, 257 * 128, 65535, 257 * 64]], dtype=np.uint16)
+    values = np.array([[0, 257 * 128, 65535, 257 * 64]] * 2, dtype=np.uint16)  # two rows: MIN_IMAGE_SIDE
     Image.fromarray(values).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     rgb = np.asarray(load_image(tmp_path / "deep.png"))
@@ -227,3 +227,26 @@ def test_all_greyscale_reads_modes_from_headers_and_stops_at_the_first_colour_im
     monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
     assert not all_greyscale([colour, *grey])
     assert opened == [colour], "a colour data set is decided by its first image"
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (5, 1)])
+def test_an_image_one_pixel_wide_or_high_is_refused_in_one_line_and_skipped_in_a_folder(tmp_path, size, caplog):
+    """Such an image cannot be embedded by a grey run (its grey conversion drops a dimension: a
+    traceback before): a query is a one-line error naming it, a folder skips it with the others."""
+    from retrieval.data import build_transforms
+    from retrieval.model import EmbeddingModel
+
+    path = tmp_path / "thin.png"
+    Image.new("L", size, 100).save(path)
+    with pytest.raises(RetrievalError, match=rf"image too small: .*thin.png is {size[0]}x{size[1]} pixels"):
+        load_image(path)
+    with pytest.raises(RetrievalError, match="image too small"):
+        load_image_bytes(path.read_bytes(), "thin.png")
+    assert images.unreadable_reason(path).startswith("too small")
+    root = write_labelled_folder(tmp_path / "data", {"a": 2, "b": 2})
+    (root / "a" / "thin.png").write_bytes(path.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        folder = scan_folder(root, labelled=True)
+    assert all(p.name != "thin.png" for p in folder.paths) and any("thin.png" in m for m in warning_messages(caplog))
+    grey = {**EmbeddingModel("resnet10t", 8).data_config(32), "greyscale": True}
+    assert build_transforms(grey, train=False)(load_image(write_image(tmp_path / "two.png", (2, 2)))).shape == (3, 32, 32)
