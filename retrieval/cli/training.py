@@ -147,6 +147,8 @@ def train_command(
 def _report_run(result, out: Path) -> None:
     """The lines after training: the untrained baseline and best epoch, then (unless interrupted:
     exit 130) the chosen threshold and the next command."""
+    if result.interrupted and not result.resumable:  # the warning says there is nothing to resume
+        raise typer.Exit(130)
     baseline = result.history[0] if result.history else {}
     typer.echo(
         f"untrained: val R@1 {fmt(baseline.get('recall_at_1'))}, MAP@R {fmt(baseline.get('map_at_r'))}; "

@@ -25,6 +25,7 @@ from retrieval import distributed
 from retrieval.errors import RetrievalError
 from retrieval.mining import MiningRecord
 from retrieval.model import autocast
+from retrieval.run.checkpoint import has_checkpoint
 from retrieval.training.config import TrainConfig
 from retrieval.training.out_folder import training_lock
 from retrieval.training.outputs import write_baseline, write_epoch, write_untouched_as_best, write_untrained
@@ -47,6 +48,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     interrupted: bool = False
+    resumable: bool = True  # interrupted with a checkpoint in run_dir (False: stopped before any epoch ended)
 
 
 def train(
@@ -135,7 +137,12 @@ def _run_epochs(setup: TrainingSetup, state: RunState, *, progress: bool, on_epo
             totals = train_one_epoch(setup, epoch, interrupted, progress=progress and ctx.is_main)
             if ctx.any(interrupted.requested):
                 result.interrupted = True
-                log.warning("interrupted: epoch %d discarded; %s holds epoch %d. Continue with --resume.", epoch, setup.run_dir, epoch - 1)
+                result.resumable = has_checkpoint(setup.run_dir)
+                if result.resumable:
+                    log.warning("interrupted: epoch %d discarded; %s holds epoch %d. Continue with --resume.", epoch, setup.run_dir, epoch - 1)
+                else:  # stopped in the first epoch of a new run: no epoch has ended, no checkpoint to resume from
+                    log.warning("interrupted: epoch %d discarded; no epoch had ended, so %s holds nothing to resume from: "
+                                "start the run again (with --force: the folder is not empty)", epoch, setup.run_dir)
                 break
             validation = validate(setup.model, setup.source.val_folder, setup.eval_transform, setup.device, setup.precision,
                                   config.margin, target_far=config.target_far, ctx=ctx)

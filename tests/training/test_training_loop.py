@@ -217,3 +217,31 @@ def test_a_run_on_greyscale_images_only_records_it_and_evaluates_colour_images_a
     assert torch.allclose(transform(colour_image), transform(colour_image.convert("L").convert("RGB")), atol=0.05)
     train(TrainConfig(data_dir=sample / "train", out=tmp_path / "colour_run", epochs=0, **TINY), progress=False)
     assert "greyscale" not in load_model(tmp_path / "colour_run")[1].data_config
+
+
+def test_ctrl_c_in_the_first_epoch_of_a_new_run_does_not_advise_a_resume_that_cannot_work(sample, tmp_path, monkeypatch, caplog):
+    """Stopped before any epoch ended there is no checkpoint: the warning says to start again (with
+    --force), not to --resume, and the command does not claim a run was written."""
+    import logging
+    import signal
+
+    from retrieval.run.checkpoint import has_checkpoint
+    from retrieval.training import loop
+
+    step = loop._train_step
+
+    def ctrl_c_at_the_first_step(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", ctrl_c_at_the_first_step)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        result = train(TrainConfig(data_dir=sample / "train", out=out, epochs=3, **TINY), progress=False)
+    assert result.interrupted and not result.resumable and not has_checkpoint(out)
+    (warned,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
+    assert "nothing to resume from" in warned and "--force" in warned and "--resume" not in warned, warned
+    shown = CliRunner().invoke(app, ["train", str(sample / "train"), "--out", str(tmp_path / "cli"), "--epochs", "2",
+                                     "--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16",
+                                     "--workers", "0", "--precision", "fp32", "--quiet"])
+    assert shown.exit_code == 130 and "Run written" not in shown.output, shown.output
