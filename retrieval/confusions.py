@@ -237,7 +237,7 @@ def _embedded_folder(run_dir, data_dir: Path, **options) -> tuple[np.ndarray, li
         if pipeline is not None:  # a face run embeds each image's most confident face, as `retrieval evaluate` does
             photos = list(folder.paths)
             folder, missing = face_folder(folder, pipeline, "DATA_DIR")
-            skipped = set(missing)  # photos without a face, left out with a warning
+            skipped = {*missing, *folder.skipped}  # photos without a face or unreadable, left out with a warning
             names = [name for name, photo in zip(names, photos) if photo not in skipped]
         embeddings, kept = embed_readable(model, folder.paths, build_transforms(config.data_config, train=False),
                                           device=device, **options)

@@ -341,8 +341,8 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
             searched, to_search, faced = 0, sum(len(f.paths) for f in folders), []
             for folder, what in zip(folders, ("query", "gallery") if cross_set else (purpose,)):
                 found, missing = face_folder(folder, pipeline, what, on_progress=_stage_offset(on_progress, "detect", searched, to_search))
-                if missing and not found.paths:
-                    raise RetrievalError(f"no face found in any of the {len(missing)} {what} image(s) of {folder.root}: a face run "
+                if not found.paths:
+                    raise RetrievalError(f"no face found in any of the {len(folder.paths)} {what} image(s) of {folder.root}: a face run "
                                          f"compares faces (it looks for {pipeline.settings.reach()})")
                 faced.append((found, missing))
                 searched += len(folder.paths)

@@ -123,15 +123,20 @@ def find_share(pipeline: FacePipeline, paths: Sequence[Path], ctx: Any = None) -
 def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "training", *,
                 on_progress: Callable[[int, int], None] | None = None) -> tuple[data.ImageFolder, list[Path]]:
     """``folder`` with each image replaced by its most confident face's crop file (the cache's PNG);
-    images without a face (or unreadable) left out, with one warning line. Returns the new folder
-    (same root and classes) and the photos left out. ``on_progress(done, total)``: images searched."""
+    images without a face left out, with one warning line, and images that cannot be read (each
+    warned of by name) added to its ``skipped``. Returns the new folder (same root and classes) and
+    the photos without a face. ``on_progress(done, total)``: images searched."""
     if pipeline.cache is None:
         raise ValueError("face_folder needs a pipeline with a cache (its crops are the files it returns)")
     found = faces_or_errors(pipeline, folder.paths, on_progress=on_progress)
     paths: list[Path] = []
     labels: list[int] = []
     missing: list[Path] = []
+    unreadable: list[Path] = []  # warned by name (faces_or_errors); skipped as a scan skips them, not a face missed
     for path, label, faces in zip(folder.paths, folder.labels, found):
+        if faces is None:
+            unreadable.append(path)
+            continue
         if not faces:
             missing.append(path)
             continue
@@ -143,7 +148,7 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
         log.warning("faces: %d of %d %s image(s) have no face found and %s: %s (the run looks for %s)", len(missing),
                     len(folder.paths), what, outcome, data.brief_list(names), pipeline.settings.reach())
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
-                            skipped=list(folder.skipped), non_images=list(folder.non_images)), missing
+                            skipped=[*folder.skipped, *unreadable], non_images=list(folder.non_images)), missing
 
 
 def record_training_photos(out: str | Path, crops: Sequence[Path], photos: Sequence[Path], root: Path) -> None:
@@ -205,13 +210,14 @@ def _shown(path: Path, root: Path) -> str:
 
 class GalleryFaces(NamedTuple):
     """The items a face run's gallery photos give (:func:`gallery_faces`), one entry an item in the
-    first three lists: its photo's id, the crop file to embed, its record for gallery.json; and the
-    photos read but without a face found (left out)."""
+    first three lists: its photo's id, the crop file to embed, its record for gallery.json; the
+    photos read but without a face found (left out); the photos that could not be read."""
 
     owners: list[int]
     crops: list[Path]
     records: list[dict[str, Any]]
     without_face: list[Path]
+    unreadable: list[Path] = []  # photos that could not be read (warned by name): the index's skipped
 
 
 def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int], *,
@@ -227,9 +233,11 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
     crops: list[Path] = []
     records: list[dict[str, Any]] = []
     missing: list[Path] = []
+    unreadable: list[Path] = []
     for owner, path, faces in zip(owners, paths, faces_or_errors(pipeline, paths, on_progress=on_progress)):
         if faces is None:
-            continue  # unreadable: warned by name
+            unreadable.append(path)  # warned by name; counted with the scan's unreadable images
+            continue
         if not faces:
             missing.append(path)
         for k, face in enumerate(faces):
@@ -242,7 +250,7 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
                     len(missing), len(paths), data.brief_list([str(p) for p in missing]), pipeline.settings.reach())
     if not records and not adding:
         raise RetrievalError(f"no face found in any of the {len(paths)} gallery image(s): a face run indexes faces")
-    return GalleryFaces(ids, crops, records, missing)
+    return GalleryFaces(ids, crops, records, missing, unreadable)
 
 
 def crop_file(pipeline: FacePipeline, record: Mapping[str, Any]) -> Path | None:

@@ -13,6 +13,7 @@ next build. Images reached through symbolic links that leave the gallery folder 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -139,6 +140,7 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         if folder.labelled:
             _warn_group_photos(folder, new_ids)
         without_face = [id_of[path] for path in found.without_face]
+        folder = dataclasses.replace(folder, skipped=[*folder.skipped, *found.unreadable])  # counted with the scan's
         if not paths:  # adding photos in which no face is found (warned by name above): the index stays as it is
             logger.debug("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
             previous.close()

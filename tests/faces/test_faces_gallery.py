@@ -251,7 +251,7 @@ def test_gallery_photos_without_a_face_are_named_in_one_warning_with_what_the_ru
     paths = sorted(folder.rglob("*.png"))
     pipeline = FacePipeline(output_size=40, cache_dir=tmp_path / "faces", detector=CountingDetector())
     with caplog.at_level(logging.WARNING, logger="retrieval"):
-        owners, crops, records, without_face = gallery_faces(pipeline, paths, list(range(len(paths))))
+        owners, crops, records, without_face, _ = gallery_faces(pipeline, paths, list(range(len(paths))))
     assert len(records) == 1 and owners == [paths.index(next(p for p in paths if "blank" not in p.name))]
     assert sorted(p.name for p in without_face) == ["blank0.png", "blank1.png"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -294,3 +294,22 @@ def test_rebuilding_a_face_index_on_another_gallery_forgets_the_replaced_photos_
     assert all(crop_file(pipeline, r) is not None for r in records.values() if r["sha256"] in trained), "training's crops stay"
     refused = cli("index", run, "--remove-label", "s32")
     assert refused.code == 2 and len(refused.lines) == 1 and "which also deletes these photos' cached faces" in refused.lines[0]
+
+
+def test_a_face_gallery_photo_that_cannot_be_read_counts_as_skipped(face_index, cli, tmp_path):
+    """As on a run of whole images: a truncated JPEG is one of the index's unreadable images (n_skipped,
+    gallery.json's skipped), not silently dropped."""
+    from PIL import Image
+
+    run, gallery = face_index
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    folder = tmp_path / "odd"
+    shutil.copytree(gallery, folder)
+    photo = Image.open(next(folder.rglob("1.png"))).convert("RGB")
+    photo.save(tmp_path / "whole.jpg", quality=90)
+    (folder / "s1" / "broken.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[: (tmp_path / "whole.jpg").stat().st_size // 2])
+    shown = cli("index", copy, folder, "--n-trees", "2", "--json", "--quiet")
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["n_skipped"] == 1
+    assert any(p.endswith("broken.jpg") for p in read_index_metadata(copy)["skipped"])

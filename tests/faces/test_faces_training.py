@@ -312,3 +312,23 @@ def test_a_face_run_trained_with_a_relative_out_logs_its_crops_by_absolute_path(
     assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths), paths[:3]
     assert all(Path(p).is_relative_to(faces_dir(tmp_path / "run").resolve()) for p in paths)
     assert root.is_dir()
+
+
+def test_a_photo_that_cannot_be_read_is_skipped_as_unreadable_not_counted_as_a_face_missed(tmp_path, caplog):
+    """A truncated JPEG passes the cheap scan and fails to decode: it is named once as unreadable and
+    joins the folder's skipped images, and the no-face warning neither counts nor names it."""
+    root = make_face_folder(tmp_path / "data", n_classes=2, per_class=2, no_face=1)
+    photo = Image.open(next(root.rglob("1.png"))).convert("RGB")
+    photo.save(tmp_path / "whole.jpg", quality=90)
+    (root / "s1" / "broken.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[: (tmp_path / "whole.jpg").stat().st_size // 2])
+    folder = data.scan_folder(root, labelled=True)
+    assert any(p.name == "broken.jpg" for p in folder.paths), "the cheap scan lets it through"
+    pipeline = FacePipeline(output_size=32, cache_dir=tmp_path / "faces")
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        crops, missing = face_folder(folder, pipeline)
+    assert [p.name for p in missing] == ["blank0.png"]
+    assert [p.name for p in crops.skipped] == ["broken.jpg"] and len(crops.paths) == 4
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (no_face,) = [m for m in messages if "no face found" in m]
+    assert "1 of 6" in no_face and "broken.jpg" not in no_face
+    assert sum("broken.jpg" in m for m in messages) == 1

@@ -67,7 +67,7 @@ class LabelledSource:
             pipeline = training_pipeline(config.out, config.image_size, settings, resume=bool(config.resume))
             find_share(pipeline, folder.paths, ctx)  # torchrun: each process a share, then the shared cache answers
             faced, missing = face_folder(folder, pipeline, on_progress=on_progress)
-            left_out = set(missing)  # face_folder keeps the photos with a face, in order
+            left_out = {*missing, *faced.skipped}  # face_folder keeps the readable photos with a face, in order
             trained_photos = [p for p in folder.paths if p not in left_out]
             record_training_photos(config.out, faced.paths, trained_photos, folder.root)
             folder = faced
