@@ -161,12 +161,14 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     )
 
 
-def require_trainable(folder: ImageFolder) -> None:
+def require_trainable(folder: ImageFolder, *, items: str = "images") -> None:
     """Check that ``folder`` can train a metric: labelled, with a class of two or more images.
 
     Classes with a single image cannot give an (anchor, positive) pair: they stay in the data
     (as gallery items and negatives for evaluation) but never serve as anchors; a warning names
     them. Raises :class:`RetrievalError` (one line) when no class has two or more images.
+    ``items`` names what is counted: a face run's folder holds its photos with a face found
+    ("photos with a face found"), so a class may be left with one or none.
     """
     if not folder.labelled:
         raise RetrievalError(f"{folder.root} is not a labelled folder: training needs {folder.root}/<class>/<image>")
@@ -174,12 +176,13 @@ def require_trainable(folder: ImageFolder) -> None:
     singles = [name for name, count in counts.items() if count < 2]
     if len(singles) == len(counts):
         raise RetrievalError(
-            f"{folder.root}: no class has two or more images, so there is no positive pair to train on"
+            f"{folder.root}: no class has two or more {items}, so there is no positive pair to train on"
         )
     if singles:
+        single = "a single image: kept in the gallery" if items == "images" else f"fewer than two {items}"
         logger.warning(
-            "%d classes of %s have a single image: kept in the gallery, never used as anchors: %s",
-            len(singles), folder.root, brief_list(singles),
+            "%d classes of %s have %s, never used as anchors: %s",
+            len(singles), folder.root, single, brief_list(singles),
         )
 
 

@@ -73,7 +73,7 @@ def train(
     with distributed.process_group(config.device, timeout_s=config.dist_timeout) as ctx, training_lock(config.out, ctx):
         setup = set_up(config, ctx, objective=objective, progress=progress)
         if ctx.is_main and not setup.source.val_folder.paths:
-            log.warning("%s: no validation classes (a flat folder, or --val-fraction 0): no Recall@1 / MAP@R / EER each epoch "
+            log.warning("%s: no validation classes (a flat folder, --val-fraction 0, or too few classes of two or more images to hold one out): no Recall@1 / MAP@R / EER each epoch "
                         "and no threshold τ; set one with `retrieval calibrate %s DATA_DIR`", setup.run_dir, setup.run_dir)
         state, baseline = _start(setup)
         if setup.checkpoint is None and setup.config.epochs == 0:

@@ -332,3 +332,15 @@ def test_a_photo_that_cannot_be_read_is_skipped_as_unreadable_not_counted_as_a_f
     (no_face,) = [m for m in messages if "no face found" in m]
     assert "1 of 6" in no_face and "broken.jpg" not in no_face
     assert sum("broken.jpg" in m for m in messages) == 1
+
+
+def test_a_class_left_with_one_face_is_told_as_such_not_as_a_class_of_a_single_image(tmp_path, caplog):
+    """Each class folder holds two photos; one of s1's has no face: the warning counts photos with a face found."""
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=2, no_face=0)
+    first = sorted(p for p in root.iterdir())[0]
+    Image.new("L", (92, 112), 128).save(first / "1.png")  # no face any more
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        train(TrainConfig(data_dir=root, out=tmp_path / "run", epochs=0, faces=True, **FACE_TINY), progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"fewer than two photos with a face found, never used as anchors: {first.name}" in m for m in messages), messages
+    assert not any("a single image" in m for m in messages)

@@ -73,7 +73,7 @@ class LabelledSource:
             folder = faced
             faces = pipeline.settings_json()
         greyscale = data.all_greyscale(trained_photos)  # a colour photo left out (no face) does not count
-        data.require_trainable(folder)
+        data.require_trainable(folder, items="photos with a face found" if faces is not None else "images")
         train_folder, val_folder = data.split_classes(folder, config.val_fraction, config.seed)
         trainable = sum(count >= 2 for count in train_folder.class_counts().values())
         if trainable < 2:
