@@ -117,12 +117,22 @@ def _refuse_changes(call: TrainConfig, saved: TrainConfig, run_dir: Path) -> Non
         else:
             same = typed == kept
         if not same:
-            changed.append(f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {typed} (the run has {kept})")
+            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+            if isinstance(typed, bool) and isinstance(kept, bool):  # a switch: --no-flip-average, not "--flip-average False"
+                changed.append(f"{flag} (the run has it off)" if typed else f"{flag.replace('--', '--no-', 1)} (the run has it on)")
+            else:
+                changed.append(f"{flag} {typed} (the run has {kept})")
     if changed:
+        flags = [c for c in changed if not c.startswith("DATA_DIR")]
+        advice = []
+        if flags:
+            advice.append(f"drop {'that flag' if len(flags) == 1 else 'those flags'} (only --epochs, --device, --workers, "
+                          "--cache-mb, --dist-timeout may change)")
+        if len(flags) < len(changed):  # DATA_DIR is positional: it cannot be dropped
+            advice.append("give the run's own DATA_DIR (a run moved with its data resumes on the new place once the old one is gone)")
         raise RetrievalError(
-            f"--resume continues {run_dir} as it was started, but this call gives {'; '.join(changed)}: drop "
-            f"{'that flag' if len(changed) == 1 else 'those flags'} (only --epochs, --device, --workers, --cache-mb, "
-            "--dist-timeout may change), or train a new run with another --out"
+            f"--resume continues {run_dir} as it was started, but this call gives {'; '.join(changed)}: "
+            f"{'; '.join(advice)}, or train a new run with another --out"
         )
 
 

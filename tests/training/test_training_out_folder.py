@@ -106,6 +106,10 @@ def test_resume_refuses_typed_flags_that_contradict_the_run_naming_each(base_run
 def test_resume_refuses_a_data_folder_other_than_the_runs(base_run, sample, cli):
     done = cli("train", sample / "test", "--out", base_run, "--resume")
     assert done.code == 2 and "DATA_DIR" in done.lines[0] and str((sample / "train").resolve()) in done.lines[0]
+    assert "give the run's own DATA_DIR" in done.lines[0] and "drop" not in done.lines[0], "DATA_DIR cannot be dropped"
+    both = cli("train", sample / "test", "--out", base_run, "--resume", "--flip-average")
+    assert both.code == 2 and "--flip-average (the run has it off)" in both.lines[0], both.lines[0]  # not "--flip-average True"
+    assert "drop that flag" in both.lines[0] and "give the run's own DATA_DIR" in both.lines[0]
 
 
 def test_resume_from_another_working_directory_records_every_command_that_took_effect(tmp_path, base_run, sample, cli, monkeypatch):
