@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
 from retrieval.faces.face_search import FaceResult, search_aligned_faces
-from retrieval.faces.run_faces import crop_file, run_pipeline
+from retrieval.faces.run_faces import CROP_FILE, crop_file, own_crop, run_pipeline
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig, resolve_logged_path
 from retrieval.run.files import FACES_DIR
@@ -36,9 +35,6 @@ __all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_pi
            "largest_face", "logged_image", "look_harder_toggle", "no_face_message", "photo_faces"]
 
 GRID_COLUMNS = 5
-#: a cached face crop (retrieval.faces.cache): <sha256>.<crop key>.<i>.png in a settings folder of a run's faces/
-_CROP_FILE = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_-]+px\.\d+\.png$")
-_SETTINGS_FOLDER = re.compile(r"^[A-Za-z0-9_-]+$")  # a detector settings folder of faces/ (retrieval.faces.cache)
 BOX_COLOUR = (255, 64, 64)
 #: the end of a photo's caption when its faces were looked for harder
 LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
@@ -214,17 +210,14 @@ def _searched(_index: GalleryIndex, run_dir: bytes, stamp: str, digest: str, _ph
 
 def logged_image(config: RunConfig, logged: str, run_dir: Path | None = None) -> Path:
     """The image a mining-log path names. A face run trained on its cached crops, which the log
-    names inside the run's ``faces/`` folder: a path of exactly that shape (``faces/<settings>/<crop
-    file>``) is looked up by those names in ``run_dir``'s own ``faces/`` (so a run trained with a
-    relative ``--out``, or moved since, still shows its crops), else served as logged when it is
-    absolute; every other path is resolved under the data folder as usual."""
+    names inside the run's ``faces/`` folder: such a path is looked up by name in ``run_dir``'s own
+    ``faces/`` (:func:`~retrieval.faces.run_faces.own_crop`: a run trained with a relative ``--out``,
+    or moved since, still shows its crops), else served as logged when it is absolute and of that
+    exact shape; every other path is resolved under the data folder as usual."""
     if config.faces is not None and isinstance(logged, str):
+        if run_dir is not None and (own := own_crop(run_dir, logged)) is not None:
+            return own
         path = Path(logged)
-        if _CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and _SETTINGS_FOLDER.match(path.parent.name):
-            if run_dir is not None:
-                own = Path(run_dir) / FACES_DIR / path.parent.name / path.name
-                if own.is_file() and not own.is_symlink():
-                    return own
-            if path.is_absolute() and not path.is_symlink():
-                return path
+        if path.is_absolute() and CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and not path.is_symlink():
+            return path
     return resolve_logged_path(config, logged)

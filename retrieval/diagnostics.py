@@ -357,7 +357,7 @@ def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 
     if top < 1:
         raise RetrievalError(f"--top must be at least 1, got {top}")
     config = read_config(run_dir)
-    logged = with_photo_names(read_mining_log(run_dir, epoch), training_photo_names(run_dir))
+    logged = with_photo_names(read_mining_log(run_dir, epoch), training_photo_names(run_dir), run_dir)
     if class_name is not None:
         logged_labels = [row[f"{role}_label"] for row in logged for role in ("anchor", "negative")]
         check_class(class_name, [*(config.get("train_classes") or config.get("class_names") or []), *logged_labels], config.get("val_classes") or ())
@@ -495,5 +495,5 @@ def read_mining_logs(run_dir: str | Path) -> dict[int, list[dict[str, Any]]]:
     from retrieval.run import mining_epochs, read_mining_log
 
     names = training_photo_names(run_dir)
-    return {epoch: with_photo_names(read_mining_log(run_dir, epoch), names) for epoch in mining_epochs(run_dir)}
+    return {epoch: with_photo_names(read_mining_log(run_dir, epoch), names, run_dir) for epoch in mining_epochs(run_dir)}
 

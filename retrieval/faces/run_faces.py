@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,14 +37,17 @@ from retrieval.errors import RetrievalError
 from retrieval.faces.detect import DetectorSettings
 from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
-from retrieval.run.files import faces_dir
+from retrieval.run.files import FACES_DIR, faces_dir
 
-__all__ = ["TRAINING_PHOTOS", "GalleryFaces", "crop_file", "face_folder", "faces_or_errors", "find_share", "gallery_faces",
-           "record_training_photos", "run_pipeline", "scratch_pipeline", "training_photo_names", "training_pipeline", "with_photo_names"]
+__all__ = ["CROP_FILE", "TRAINING_PHOTOS", "GalleryFaces", "crop_file", "face_folder", "faces_or_errors", "find_share", "gallery_faces",
+           "own_crop", "record_training_photos", "run_pipeline", "scratch_pipeline", "training_photo_names", "training_pipeline", "with_photo_names"]
 
 log = logging.getLogger("retrieval")
 #: in ``RUN_DIR/faces/``: each training crop's file name → the photo it was cut from, relative to the data folder
 TRAINING_PHOTOS = "training_photos.json"
+#: a cached face crop's file name (retrieval.faces.cache: <sha256>.<crop key>.<i>.png) and its settings folder's
+CROP_FILE = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_-]+px\.\d+\.png$")
+SETTINGS_FOLDER = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def run_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -> FacePipeline | None:
@@ -183,22 +187,41 @@ def training_photo_names(run_dir: str | Path) -> dict[str, str]:
     return {crop: photo for crop, photo in value.items() if isinstance(photo, str)}
 
 
-def with_photo_names(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> list[dict[str, Any]]:
+def with_photo_names(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str],
+                     run_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """A face run's logged triplets name the aligned crops training read; each row gains
     ``anchor_photo``, ``positive_photo`` and ``negative_photo``: the training photo each crop was cut
-    from (``names``: :func:`training_photo_names`, by the crop's file name), where known. Rows
-    are returned as they are when ``names`` is empty (whole images)."""
+    from (``names``: :func:`training_photo_names`, by the crop's file name), where known, and with
+    ``run_dir`` each crop path becomes the run's own crop file (:func:`own_crop`: a moved run's log
+    names the old place). Rows are returned as they are when ``names`` is empty (whole images)."""
     if not names:
         return [dict(row) for row in rows]
     named = []
     for row in rows:
         row = dict(row)
         for role in ("anchor", "positive", "negative"):
-            photo = names.get(Path(str(row.get(f"{role}_path", ""))).name)
+            logged = str(row.get(f"{role}_path", ""))
+            photo = names.get(Path(logged).name)
             if photo is not None:
                 row[f"{role}_photo"] = photo
+            if run_dir is not None and (own := own_crop(run_dir, logged)) is not None:
+                row[f"{role}_path"] = str(own)
         named.append(row)
     return named
+
+
+def own_crop(run_dir: str | Path, logged: Any) -> Path | None:
+    """The run's own cached crop file that a logged path names: a path of exactly the shape
+    ``faces/<settings>/<crop file>`` (absolute or relative: where the run was trained, or a relative
+    ``--out``) looked up by those names in ``run_dir``'s ``faces/``; None when ``logged`` has
+    another shape or the run holds no such regular file."""
+    if not isinstance(logged, str):
+        return None
+    path = Path(logged)
+    if not (CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and SETTINGS_FOLDER.match(path.parent.name)):
+        return None
+    own = faces_dir(run_dir) / path.parent.name / path.name
+    return own if own.is_file() and not own.is_symlink() else None
 
 
 def _shown(path: Path, root: Path) -> str:

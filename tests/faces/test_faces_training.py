@@ -344,3 +344,16 @@ def test_a_class_left_with_one_face_is_told_as_such_not_as_a_class_of_a_single_i
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"fewer than two photos with a face found, never used as anchors: {first.name}" in m for m in messages), messages
     assert not any("a single image" in m for m in messages)
+
+
+def test_mining_json_of_a_moved_face_run_names_the_crops_where_the_run_is_now(tmp_path, cli):
+    import shutil
+
+    root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=0)
+    train(TrainConfig(data_dir=root, out=tmp_path / "run", epochs=1, faces=True, **FACE_TINY), progress=False)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    shown = cli("mining", tmp_path / "moved", "--top", "3", "--json")
+    assert shown.code == 0, shown.err
+    rows = json.loads(shown.out)["triplets"]
+    paths = [Path(row[f"{role}_path"]) for row in rows for role in ("anchor", "positive", "negative")]
+    assert paths and all(p.is_file() and p.is_relative_to(tmp_path / "moved" / "faces") for p in paths), paths[:2]
