@@ -233,8 +233,11 @@ def show_gallery_confusions(run_dir: Path) -> None:
     index = open_index(run_dir, "what the model confuses in the gallery")
     if index is None:
         return
-    if any(label is None for label in index.labels) or len(set(index.labels)) < 2:
-        st.caption("The indexed gallery has no classes to confuse (a flat folder, or one class); "
+    unlabelled = sum(label is None for label in index.labels)
+    if unlabelled or len(set(index.labels)) < 2:
+        why = ("a flat folder, or one class" if unlabelled in (0, len(index)) else
+               f"{unlabelled} of its {len(index)} items have no label, added from a flat folder")
+        st.caption(f"The indexed gallery has no classes to confuse ({why}); "
                    f"`retrieval confusions {markdown_text(run_dir)} DATA_DIR` takes a labelled folder.")
         return
     if len(index) > GALLERY_CONFUSIONS_LIMIT:

@@ -214,11 +214,16 @@ def _indexed_gallery(run_dir: str | Path) -> tuple[np.ndarray, list[str], list[s
 
     index = GalleryIndex.load(run_dir, load_model=False)
     labels = list(index.labels)
-    if any(label is None or str(label) in ("", "-1") for label in labels):
-        raise RetrievalError(f"{run_dir}: the indexed gallery has no labels (a flat folder); give a labelled "
+    unlabelled = sum(label is None or str(label) in ("", "-1") for label in labels)
+    if unlabelled:
+        what = ("has no labels (a flat folder)" if unlabelled == len(labels) else
+                f"has {unlabelled} of its {len(labels)} items without a label (added from a flat folder), and confusions "
+                "need every item labelled")
+        raise RetrievalError(f"{run_dir}: the indexed gallery {what}; give a labelled "
                              f"DATA_DIR: `retrieval confusions {run_dir} DATA_DIR`")
     paths = index.relative_paths if len(index.roots) == 1 else [str(p) for p in index.paths]
-    return np.asarray(index.embeddings, dtype=np.float32), [str(label) for label in labels], list(paths)
+    paths = [f"{path}{index.face_suffix(i)}" for i, path in enumerate(paths)]  # a face index: which face of the photo
+    return np.asarray(index.embeddings, dtype=np.float32), [str(label) for label in labels], paths
 
 
 def _embedded_folder(run_dir, data_dir: Path, **options) -> tuple[np.ndarray, list[str], list[str]]:

@@ -313,3 +313,19 @@ def test_a_face_gallery_photo_that_cannot_be_read_counts_as_skipped(face_index, 
     assert shown.code == 0, shown.err
     assert json.loads(shown.out)["n_skipped"] == 1
     assert any(p.endswith("broken.jpg") for p in read_index_metadata(copy)["skipped"])
+
+
+def test_confusions_of_a_face_index_name_each_face_of_a_photo_and_a_partly_labelled_one_says_so(face_index, cli, tmp_path):
+    run, gallery = face_index
+    shown = cli("confusions", run, "--json")
+    assert shown.code == 0, shown.err
+    text = json.dumps(json.loads(shown.out))
+    assert "two_people.jpg \\u00b7 face 1" in text or "two_people.jpg · face 1" in text, text[:400]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(next(gallery.rglob("1.png")), flat / "loose.png")
+    assert cli("index", copy, "--add", flat, "--quiet").code == 0
+    refused = cli("confusions", copy)
+    assert refused.code == 2 and "1 of its 5 items without a label" in refused.lines[-1], refused.err
