@@ -32,7 +32,7 @@ def index_command(
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader worker processes (default: chosen for this machine)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (what was indexed)."),
-    gallery_root: Optional[list[Path]] = typer.Option(None, "--gallery-root", help=GALLERY_ROOT_HELP + " With --add; the new index records them."),
+    gallery_root: Optional[list[Path]] = typer.Option(None, "--gallery-root", help=GALLERY_ROOT_HELP + " With --add or --remove / --remove-label; the new index records them."),
     remove_label: Optional[list[str]] = typer.Option(None, "--remove-label", help="Remove every item of this label from the index (repeatable): rebuilt from the stored embeddings; a face run's cached faces of them are deleted."),
     remove: Optional[list[Path]] = typer.Option(None, "--remove", help="Remove the items of this gallery photo (repeatable; it may be gone from disk already), as --remove-label does."),
 ) -> None:
@@ -45,7 +45,8 @@ def index_command(
 
     log_warnings()
     if remove_label or remove:
-        _remove_from_index(run_dir, remove_label or [], remove or [], json_output=json_output, others=(gallery_dir, add))
+        _remove_from_index(run_dir, remove_label or [], remove or [], json_output=json_output, others=(gallery_dir, add),
+                           gallery_roots=gallery_root)
         return
     if n_trees is not None and n_trees < 1:
         raise RetrievalError(f"--n-trees must be at least 1, got {n_trees}")
@@ -55,7 +56,7 @@ def index_command(
         raise RetrievalError("give GALLERY_DIR to build a new index, or --add DIR to add to the existing one "
                              "(or --remove-label NAME / --remove PATH to take items out)")
     if gallery_root and add is None:
-        raise RetrievalError("--gallery-root re-roots an existing index: give it with --add (a new index's root is GALLERY_DIR)")
+        raise RetrievalError("--gallery-root re-roots an existing index: give it with --add or --remove (a new index's root is GALLERY_DIR)")
     stages = {"detect": "finding faces", "embed": "embedding images", "copy": "copying stored embeddings",
               "add": "loading vectors into Annoy", "build": "building Annoy trees"}
     before = _index_before(run_dir) if add is not None else None  # --add reports this call's skips, and whether it added
@@ -116,7 +117,8 @@ def _index_summary(run_dir: Path, metadata: dict, *, seconds: float, skipped_bef
     return summary
 
 
-def _remove_from_index(run_dir: Path, labels: list[str], paths: list[Path], *, json_output: bool, others) -> None:
+def _remove_from_index(run_dir: Path, labels: list[str], paths: list[Path], *, json_output: bool, others,
+                       gallery_roots: list[Path] | None = None) -> None:
     """``retrieval index RUN --remove-label NAME / --remove PATH``."""
     import json
 
@@ -124,7 +126,7 @@ def _remove_from_index(run_dir: Path, labels: list[str], paths: list[Path], *, j
 
     if any(other is not None for other in others):
         raise RetrievalError("--remove-label / --remove take items out of the existing index: give them without GALLERY_DIR or --add")
-    result = remove_from_index(run_dir, labels=labels, paths=paths)
+    result = remove_from_index(run_dir, labels=labels, paths=paths, gallery_roots=gallery_roots)
     if json_output:
         typer.echo(json.dumps(result))
         return

@@ -31,15 +31,16 @@ __all__ = ["remove_from_index"]
 
 
 def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths: Iterable[str | Path] = (),
-                      n_jobs: int = -1) -> dict[str, Any]:
+                      n_jobs: int = -1, gallery_roots: list[str | Path] | None = None) -> dict[str, Any]:
     """Rebuild the run's index without the items of ``labels`` and of the photos ``paths``, and
     without the face run's record of such photos where no face was found; returns ``{"removed": n
     items, "n_items": n left, "faces_forgotten": cache files deleted, "without_face_forgotten":
     photos without a face no longer listed}``. A one-line error when nothing matches, or when
-    nothing would be left."""
+    nothing would be left. ``gallery_roots`` re-roots the index's folders first (a gallery moved since
+    it was indexed: one for each, in order, as for ``--add``); the new index records them."""
     run_dir = Path(run_dir)
     labels, paths = set(labels), [Path(p) for p in paths]
-    previous = GalleryIndex.load(run_dir, load_model=False)
+    previous = GalleryIndex.load(run_dir, load_model=False, gallery_roots=gallery_roots)
     try:
         wanted = _wanted_keys(previous, paths)
         removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]

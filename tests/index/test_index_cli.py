@@ -194,3 +194,22 @@ def test_cli_remove_takes_a_path_as_search_shows_it_relative_to_the_gallery_fold
     index.close()
     ambiguous = cli("index", run, "--remove", twice)
     assert ambiguous.code == 2 and len(ambiguous.lines) == 1 and "more than one gallery folder" in ambiguous.lines[0], ambiguous.err
+
+
+def test_cli_remove_with_gallery_root_takes_the_moved_gallerys_paths_and_records_the_new_root(tmp_path, run_dir, gallery_dir, cli):
+    from retrieval.index import GalleryIndex, read_index_metadata
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    gallery = tmp_path / "gallery"
+    shutil.copytree(gallery_dir, gallery)
+    assert cli("index", run, gallery, "--n-trees", "2", "--device", "cpu", "--workers", "0", "--quiet").code == 0
+    moved = tmp_path / "moved"
+    gallery.rename(moved)
+    index = GalleryIndex.load(run, load_model=False, gallery_roots=[moved])
+    first, n = index.relative_paths[0], len(index)
+    index.close()
+    removed = cli("index", run, "--remove", moved / first, "--gallery-root", moved, "--json")
+    assert removed.code == 0, removed.err
+    assert json.loads(removed.out)["n_items"] == n - 1
+    assert read_index_metadata(run)["roots"] == [str(moved.resolve())]
