@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -16,8 +17,10 @@ class InterruptFlag:
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
+        self._pid = os.getpid()
 
     def __enter__(self):
+        self._pid = os.getpid()
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not in the main thread
@@ -25,6 +28,8 @@ class InterruptFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a data-loader worker forked with this handler: a terminal's Ctrl-C reaches
+            return  # the whole process group, and the training process alone stops (and says so, once)
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

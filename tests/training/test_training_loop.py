@@ -245,3 +245,24 @@ def test_ctrl_c_in_the_first_epoch_of_a_new_run_does_not_advise_a_resume_that_ca
                                      "--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16",
                                      "--workers", "0", "--precision", "fp32", "--quiet"])
     assert shown.exit_code == 130 and "Run written" not in shown.output, shown.output
+
+
+def test_ctrl_c_is_handled_by_the_training_process_alone_not_by_forked_loader_workers(capsys):
+    """A terminal's Ctrl-C reaches the data-loader workers too, forked with the handler: each printed
+    "stopping after this step" (three lines for two workers). Only the process that set it answers."""
+    import multiprocessing
+    import signal
+
+    from retrieval.training.progress import InterruptFlag
+
+    with InterruptFlag() as flag:
+        context = multiprocessing.get_context("fork")
+        handler = signal.getsignal(signal.SIGINT)
+        child = context.Process(target=lambda: [handler(signal.SIGINT, None) for _ in range(2)])  # twice: would abort
+        child.start()
+        child.join()
+        assert child.exitcode == 0, "the worker ignores it (no KeyboardInterrupt, no message)"
+        assert not flag.requested
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        assert flag.requested
+    assert capsys.readouterr().err.count("stopping after this step") == 1
