@@ -346,7 +346,9 @@ class TrainConfig:
             (self.face_max_side is None or self.face_max_side == 0
              or _whole(self.face_max_side, self.face_min_size or MIN_FACE_SIZE_RANGE[0], MAX_SIDE_LIMIT),
              f"--face-max-side must be 0 (every photo searched whole) or a whole number of pixels from --face-min-size "
-             f"({self.face_min_size}) to {MAX_SIDE_LIMIT}, got {self.face_max_side}"),
+             f"({self.face_min_size}) to {MAX_SIDE_LIMIT}, got {self.face_max_side}" if "face_max_side" in self.given else
+             f"--face-min-size {self.face_min_size} is above the longest side a photo is searched at (--face-max-side, "
+             f"default {self.face_max_side}): give --face-max-side 0 (every photo searched whole) or at least {self.face_min_size}"),
             (self.face_recheck is None or 0 <= self.face_recheck < 1,
              f"--face-recheck must be a number from 0 (no recheck) to below 1, got {self.face_recheck}"),
             (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale),

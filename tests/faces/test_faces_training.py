@@ -244,6 +244,8 @@ def test_face_recheck_is_recorded_and_reaches_every_reader_of_the_run(tmp_path):
     ({"faces": True, "face_max_side": 30}, r"--face-max-side must be 0 \(every photo searched whole\) or a whole number of pixels "
                                            r"from --face-min-size \(40\) to 100000, got 30"),
     ({"faces": True, "face_max_side": -1}, "--face-max-side must be 0"),
+    ({"faces": True, "face_min_size": 5000}, r"--face-min-size 5000 is above the longest side a photo is searched at "
+                                             r"\(--face-max-side, default 1600\): give --face-max-side 0"),  # not typed: not blamed
 ])
 def test_bad_face_detector_flags_are_one_line_errors(tmp_path, settings, message):
     config = TrainConfig(data_dir=tmp_path, out=tmp_path / "run", **settings).resolve()
