@@ -184,7 +184,9 @@ def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:
 
 def no_face_message(name: str, consequence: str, pipeline, photo_size: tuple[int, int], harder: bool) -> str:
     """The warning for an upload without a face: what the detector looked for, and *Look harder* when it was off."""
-    advice = "" if harder else " Switch on **Look harder for faces** to look for smaller faces at lower thresholds."
+    smaller = pipeline.settings.harder().min_face_size < pipeline.settings.min_face_size
+    advice = "" if harder else (" Switch on **Look harder for faces** to look for "
+                                + ("smaller faces at lower thresholds." if smaller else "faces at lower thresholds."))
     return f"No face found in {markdown_text(name)}: {consequence}; {markdown_text(pipeline.settings.no_face_hint(photo_size, looked_harder=harder))}.{advice}"
 
 

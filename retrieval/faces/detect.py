@@ -230,8 +230,12 @@ class DetectorSettings:
 
     def look_harder_hint(self, photo_size: tuple[int, int]) -> str:
         """The end of a "no face found" line for a query not looked at harder: the smallest face that
-        :meth:`harder` looks for in a photo of ``photo_size`` (width, height), in the photo's pixels."""
-        return f"--look-harder looks for faces from {self.harder().smallest_face(photo_size)} px at lower thresholds"
+        :meth:`harder` looks for in a photo of ``photo_size`` (width, height), in the photo's pixels
+        (a run already looking from that size is told only of the lower thresholds)."""
+        smallest = self.harder().smallest_face(photo_size)
+        if smallest < self.smallest_face(photo_size):
+            return f"--look-harder looks for faces from {smallest} px at lower thresholds"
+        return f"--look-harder looks at lower thresholds (for faces from {smallest} px, as the run does)"
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the detector, its version and these settings."""

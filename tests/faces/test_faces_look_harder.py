@@ -42,6 +42,8 @@ def test_the_no_face_hint_gives_the_smallest_face_looking_harder_finds_in_that_p
     # a 12 MP photo is searched as a 1600 px copy: 20 px there is 50 px in the photo (40 px the run's 100)
     assert settings.look_harder_hint((4000, 3000)) == "--look-harder looks for faces from 50 px at lower thresholds"
     assert settings.smallest_face((4000, 3000)) == 100
+    small = DetectorSettings(min_face_size=20)  # already from 20 px: looking harder only lowers the thresholds
+    assert small.look_harder_hint((480, 360)) == "--look-harder looks at lower thresholds (for faces from 20 px, as the run does)"
 
 
 def test_the_no_face_line_after_looking_harder_says_what_looking_harder_reached_not_the_runs_flags():
