@@ -119,3 +119,9 @@ def test_a_loss_without_a_margin_is_not_said_to_have_one_and_an_empty_log_is_not
     (run / "mining" / "epoch_003.jsonl").write_text("")
     empty = mining(run, "--epoch", "3")
     assert "epoch 3 logged no triplet" in empty and "passes the filters" not in empty
+
+
+def test_the_title_is_a_line_of_its_own_that_does_not_wrap_at_the_tables_width(runs):
+    new, _ = runs
+    first = mining(new, columns=150).splitlines()[0]
+    assert first.startswith("epoch 3: hardest triplets · miner semihard, margin ε 0.2"), first

@@ -27,6 +27,7 @@ def mining_command(
     from rich.console import Console
 
     from retrieval.diagnostics import hardest_report
+    from retrieval.safe_text import terminal_text
     from retrieval.tables import mining_table
 
     from retrieval.losses import LOSS_SETTING
@@ -46,7 +47,8 @@ def mining_command(
     objective = f"margin ε {report['margin']:g}" if has_margin else f"loss {report['loss']}: no margin (ε {report['margin']:g} a yardstick)"
     title = f"epoch {report['epoch']}: hardest triplets{chosen} · miner {report['miner']}, {objective}"
     console = Console()
-    console.print(mining_table(report["triplets"], title=title, margin=report["margin"], width=console.width))
+    typer.echo(terminal_text(title))  # its own line: as a rich title it wrapped at the table's width
+    console.print(mining_table(report["triplets"], title="", margin=report["margin"], width=console.width))
     if not report["n_logged"]:
         typer.echo(f"epoch {report['epoch']} logged no triplet (a run trained with --hardest 0 logs none)")
     elif not report["triplets"]:
