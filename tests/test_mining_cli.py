@@ -123,5 +123,5 @@ def test_a_loss_without_a_margin_is_not_said_to_have_one_and_an_empty_log_is_not
 
 def test_the_title_is_a_line_of_its_own_that_does_not_wrap_at_the_tables_width(runs):
     new, _ = runs
-    first = mining(new, columns=150).splitlines()[0]
-    assert first.startswith("epoch 3: hardest triplets · miner semihard, margin ε 0.2"), first
+    first = mining(new, "--mined-only", "--class", "apple", columns=150).splitlines()[0]
+    assert first == "epoch 3: hardest triplets, mined only, class apple · miner semihard, margin ε 0.2", first
