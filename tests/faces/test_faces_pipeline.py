@@ -54,11 +54,11 @@ def test_new_pipelines_mask_outside_the_face_and_runs_saved_before_the_mask_keep
 
 
 def test_the_cached_crop_file_name_is_one_the_app_serves(tmp_path):
-    from app_pages.faces import _CROP_FILE
+    from retrieval.faces.run_faces import CROP_FILE  # what the app's logged_image and own_crop accept
 
     for mask in (True, False):
         pipeline = FacePipeline(output_size=64, cache_dir=tmp_path, mask=mask, detector=CountingDetector())
-        assert _CROP_FILE.match(pipeline.cache.crop_path("0" * 64, pipeline.crop_key, 0).name)
+        assert CROP_FILE.match(pipeline.cache.crop_path("0" * 64, pipeline.crop_key, 0).name)
 
 
 @pytest.mark.parametrize("change", [
