@@ -82,6 +82,8 @@ class RunConfig(Mapping):
             values = read_json(path)
         except RetrievalError as error:  # name the documented file, not the version folder
             raise RetrievalError(str(error).replace(str(path), str(run_dir / CONFIG_NAME), 1)) from error
+        except OSError as error:  # unreadable (permissions, I/O): one line, in the CLI and the app alike
+            raise RetrievalError(f"{run_dir / CONFIG_NAME} cannot be read ({error.strerror or type(error).__name__})") from None
         return cls(values, source=run_dir / CONFIG_NAME)
 
     def write(self, run_dir: str | Path) -> None:

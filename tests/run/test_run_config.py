@@ -68,3 +68,18 @@ def test_not_a_run_directory_missing_keys_and_corrupt_json_are_named(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(RetrievalError, match="not a model config"):
         read_config(tmp_path)
+
+
+def test_a_config_that_cannot_be_read_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    """Permissions or I/O (root reads any file, so the failure is simulated): the CLI and the app's
+    page show one line instead of a traceback."""
+    from retrieval.run import config as config_module
+
+    run = _write(tmp_path, MINIMAL)
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(config_module, "read_json", denied)
+    with pytest.raises(RetrievalError, match=r"config.json cannot be read \(Permission denied\)"):
+        read_config(run)
