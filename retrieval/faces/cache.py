@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from io import BytesIO
 import re
 from collections.abc import Iterable, Sequence
@@ -49,11 +50,14 @@ def is_digest(value: object) -> bool:
 class FaceCache:
     """Detections and aligned crops under ``folder / settings_key``, one entry per file content."""
 
-    def __init__(self, folder: str | Path, settings_key: str) -> None:
+    def __init__(self, folder: str | Path, settings_key: str, *, read_from: str | Path | None = None) -> None:
         if not re.fullmatch(r"[0-9a-f]{8,64}", settings_key):
             raise ValueError(f"settings_key must be hex, got {settings_key!r}")
         self.folder = Path(folder)
         self.settings_key = settings_key
+        #: another cache folder (the run's own) whose entries this one copies on a miss and never writes:
+        #: a command's scratch cache answers from what training and the index already found
+        self.read_from = None if read_from is None else FaceCache(read_from, settings_key)
 
     @property
     def entries_dir(self) -> Path:
@@ -71,6 +75,8 @@ class FaceCache:
     def load(self, digest: str) -> list[Detection] | None:
         """The faces stored for ``digest`` (most confident first), or None when there is no whole entry."""
         path = self.entry_path(digest)
+        if not path.is_file() and self.read_from is not None:
+            self._copy_entry(digest)
         if not path.is_file():
             return None
         try:
@@ -82,6 +88,21 @@ class FaceCache:
         except (RetrievalError, ValueError, KeyError, TypeError, OSError) as error:
             log.warning("faces cache: %s unreadable (%s); detecting again", path.name, _one_line(error))
             return None
+
+    def _copy_entry(self, digest: str) -> None:
+        """Copy ``read_from``'s entry of ``digest`` (its crops, then its JSON, so that a present entry
+        is whole) into this cache; nothing when it has none."""
+        source = self.read_from
+        entry = source.entry_path(digest)
+        if not entry.is_file():
+            return
+        try:  # a scratch cache of one process: plain copies, the JSON last
+            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            for path in sorted(source.entries_dir.glob(f"{_checked(digest)}.*.png")):
+                shutil.copyfile(path, self.entries_dir / path.name)
+            shutil.copyfile(entry, self.entry_path(digest))
+        except OSError as error:  # the run's copy unreadable: detect again
+            log.warning("faces cache: %s could not be copied (%s); detecting again", entry.name, _one_line(error))
 
     def store(self, digest: str, image_size: tuple[int, int], faces: Sequence[Detection]) -> None:
         """Write the entry of ``digest`` (after its crops, so a present entry is whole)."""

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 from retrieval import data
 from retrieval.errors import RetrievalError
+from retrieval.faces.cache import FaceCache
 from retrieval.faces.detect import DetectorSettings
 from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
@@ -66,14 +67,17 @@ def scratch_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -
     of photos that is neither training's nor the gallery's (``evaluate``, ``calibrate``,
     ``confusions``). Their crops are needed only while the command embeds them; kept, they would be
     personal data that ``index --remove`` / ``--remove-label`` cannot reach (they are no index's
-    items). Those photos are detected afresh each time. None for a run on whole images."""
+    items). A photo the run's own cache already holds (training's, the gallery's) is copied from it;
+    the others are detected afresh each time. None for a run on whole images."""
     if config.faces is None:
         yield None
         return
     folder = faces_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=folder) as scratch:
-        yield FacePipeline.from_settings_json(config.faces, cache_dir=scratch, device=device)
+        pipeline = FacePipeline.from_settings_json(config.faces, cache_dir=scratch, device=device)
+        pipeline.cache = FaceCache(scratch, pipeline.cache.settings_key, read_from=folder)  # the run's entries: copied, never written
+        yield pipeline
 
 
 def training_pipeline(out: str | Path, image_size: int, settings: DetectorSettings | None = None, *,

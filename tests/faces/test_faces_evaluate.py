@@ -175,3 +175,27 @@ def test_evaluate_calibrate_and_confusions_keep_no_face_of_their_folders_in_the_
     second = evaluate_run(face_run, folder, device="cpu")
     assert first["n_queries"] == 6 and first["n_no_face"] == 0
     assert {k: first[k] for k in ("recall_at_1", "map_at_r")} == {k: second[k] for k in ("recall_at_1", "map_at_r")}
+
+
+def test_the_scratch_cache_copies_what_the_run_already_found_and_detects_only_the_rest(face_run, tmp_path):
+    """evaluate / calibrate / confusions read a photo the run's own cache holds (training's, the
+    gallery's) from it, detect only the others, and write nothing into it."""
+    from faces_helpers import CountingDetector
+
+    from retrieval.faces.run_faces import scratch_pipeline, training_photo_names
+    from retrieval.run.files import faces_dir
+
+    config = read_config(face_run)
+    trained = make_face_folder(tmp_path / "trained", n_classes=2, per_class=2, no_face=0)  # the run's training content
+    assert training_photo_names(face_run), "the run's cache holds its training photos"
+    scenes = _scene_folder(tmp_path / "scenes")
+    before = sorted(p.relative_to(face_run) for p in faces_dir(face_run).rglob("*"))
+    with scratch_pipeline(face_run, config) as pipeline:
+        counting = CountingDetector()
+        pipeline.detector = counting
+        known = pipeline.faces_many(sorted(trained.rglob("*.png")))
+        assert counting.images == 0 and all(len(faces) == 1 for faces in known), "copied from the run's cache"
+        fresh = pipeline.faces_many(sorted(scenes.rglob("*.jpg")))
+        assert counting.images == 6 and all(fresh)
+        assert pipeline.cache.folder.parent == faces_dir(face_run)
+    assert sorted(p.relative_to(face_run) for p in faces_dir(face_run).rglob("*")) == before
