@@ -25,10 +25,9 @@ from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
 from retrieval.faces.face_search import FaceResult, search_aligned_faces
-from retrieval.faces.run_faces import CROP_FILE, crop_file, own_crop, run_pipeline
+from retrieval.faces.run_faces import crop_file, own_crop, run_pipeline
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig, resolve_logged_path
-from retrieval.run.files import FACES_DIR
 from retrieval.safe_text import markdown_text
 
 __all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_picker", "face_pipeline", "face_search_section",
@@ -212,14 +211,10 @@ def _searched(_index: GalleryIndex, run_dir: bytes, stamp: str, digest: str, _ph
 
 def logged_image(config: RunConfig, logged: str, run_dir: Path | None = None) -> Path:
     """The image a mining-log path names. A face run trained on its cached crops, which the log
-    names inside the run's ``faces/`` folder: such a path is looked up by name in ``run_dir``'s own
-    ``faces/`` (:func:`~retrieval.faces.run_faces.own_crop`: a run trained with a relative ``--out``,
-    or moved since, still shows its crops), else served as logged when it is absolute and of that
-    exact shape; every other path is resolved under the data folder as usual."""
-    if config.faces is not None and isinstance(logged, str):
-        if run_dir is not None and (own := own_crop(run_dir, logged)) is not None:
-            return own
-        path = Path(logged)
-        if path.is_absolute() and CROP_FILE.match(path.name) and path.parent.parent.name == FACES_DIR and not path.is_symlink():
-            return path
+    names inside the run's ``faces/`` folder: such a path is served from ``run_dir``'s own ``faces/``,
+    looked up by name (:func:`~retrieval.faces.run_faces.own_crop`: a run trained with a relative
+    ``--out``, or moved since, still shows its crops, and no file outside the run is served); every
+    other path is resolved under the data folder as usual."""
+    if config.faces is not None and run_dir is not None and (own := own_crop(run_dir, logged)) is not None:
+        return own
     return resolve_logged_path(config, logged)

@@ -20,7 +20,6 @@ class InterruptFlag:
         self._pid = os.getpid()
 
     def __enter__(self):
-        self._pid = os.getpid()
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not in the main thread
