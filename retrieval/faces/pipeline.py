@@ -62,7 +62,9 @@ class FacePipeline:
 
     ``settings``: the detector's (default :class:`DetectorSettings`); ``output_size``: the side of
     the aligned crops (the run's image size); ``cache_dir``: where detections and crops of files
-    are cached (``RUN_DIR/faces`` or the index folder; None: no cache); ``mask``: grey out what
+    are cached (``RUN_DIR/faces`` or the index folder; None: no cache); ``cache_read_from``: another
+    cache folder whose entries the cache copies on a miss and never writes (a command's scratch cache
+    reading the run's); ``mask``: grey out what
     lies outside the face oval (:func:`~retrieval.faces.align.mask_outside_face`; runs saved
     before the mask existed read back with ``mask=False``); ``device``: where MTCNN
     runs (CPU by default; not a setting: it does not change what is found). ``detector``: an
@@ -71,7 +73,8 @@ class FacePipeline:
     """
 
     def __init__(self, settings: DetectorSettings | None = None, output_size: int = TEMPLATE_SIZE,
-                 cache_dir: str | Path | None = None, *, mask: bool = True, device: str = "cpu", detector: Any = None) -> None:
+                 cache_dir: str | Path | None = None, *, cache_read_from: str | Path | None = None,
+                 mask: bool = True, device: str = "cpu", detector: Any = None) -> None:
         if settings is None:
             settings = getattr(detector, "settings", None) or DetectorSettings()
         self.settings = settings
@@ -80,7 +83,7 @@ class FacePipeline:
             raise RetrievalError(f"faces: output size must be a whole number of pixels from {_MIN_OUTPUT} to {_MAX_OUTPUT}, got {output_size!r}")
         self.output_size = int(output_size)
         self.detector = detector if detector is not None else MTCNNDetector(self.settings, device=device)
-        self.cache = FaceCache(cache_dir, self.settings.key()) if cache_dir is not None else None
+        self.cache = None if cache_dir is None else FaceCache(cache_dir, self.settings.key(), read_from=cache_read_from)
         self.mask = bool(mask)  # grey outside the face oval (align.mask_outside_face); runs saved before it: False
         self.crop_key = f"{TEMPLATE_NAME}-{MASK_NAME + '-' if self.mask else ''}{self.output_size}px"
 
@@ -99,7 +102,8 @@ class FacePipeline:
         }
 
     @classmethod
-    def from_settings_json(cls, value: Any, cache_dir: str | Path | None = None, *, device: str = "cpu") -> FacePipeline:
+    def from_settings_json(cls, value: Any, cache_dir: str | Path | None = None, *,
+                           cache_read_from: str | Path | None = None, device: str = "cpu") -> FacePipeline:
         """The pipeline that :meth:`settings_json` describes (config.json's ``faces``); a one-line
         RetrievalError when it names another detector or template, or a bad value."""
         if not isinstance(value, Mapping):
@@ -118,7 +122,8 @@ class FacePipeline:
         mask = value.get("mask")  # absent in runs saved before the mask: they keep the whole crop
         if mask not in (None, MASK_NAME):
             raise RetrievalError(f"faces: unknown face mask {mask!r} (this version has {MASK_NAME!r})")
-        return cls(settings, value.get("output_size", TEMPLATE_SIZE), cache_dir, mask=mask is not None, device=device)
+        return cls(settings, value.get("output_size", TEMPLATE_SIZE), cache_dir, cache_read_from=cache_read_from,
+                   mask=mask is not None, device=device)
 
     def harder(self) -> FacePipeline:
         """This pipeline looking harder for a query's faces (:meth:`DetectorSettings.harder`: smaller

@@ -34,7 +34,6 @@ from typing import Any, NamedTuple
 
 from retrieval import data
 from retrieval.errors import RetrievalError
-from retrieval.faces.cache import FaceCache
 from retrieval.faces.detect import DetectorSettings
 from retrieval.faces.pipeline import AlignedFace, FacePipeline
 from retrieval.run.config import read_config
@@ -75,9 +74,7 @@ def scratch_pipeline(run_dir: str | Path, config: Any, *, device: str = "cpu") -
     folder = faces_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=folder) as scratch:
-        pipeline = FacePipeline.from_settings_json(config.faces, cache_dir=scratch, device=device)
-        pipeline.cache = FaceCache(scratch, pipeline.cache.settings_key, read_from=folder)  # the run's entries: copied, never written
-        yield pipeline
+        yield FacePipeline.from_settings_json(config.faces, cache_dir=scratch, cache_read_from=folder, device=device)
 
 
 def training_pipeline(out: str | Path, image_size: int, settings: DetectorSettings | None = None, *,
