@@ -26,6 +26,7 @@ images at the run's τ: same or different).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,8 @@ def calibrate_run(
 
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
+    if Path(run_dir).is_dir() and not os.access(run_dir, os.W_OK):  # before the embedding, not after it
+        raise RetrievalError(f"cannot write {run_dir} (a read-only folder or file system): calibrate stores τ in its config.json")
     _warn_when_trained_on(run_dir, data_dir)
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
                                                 num_workers=num_workers, precision=precision, on_progress=on_progress,

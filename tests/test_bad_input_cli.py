@@ -205,3 +205,34 @@ def test_the_parent_of_a_data_sets_splits_is_refused_with_the_split_to_give(samp
     result = cli("train", sample, "--out", tmp_path / "run", "--epochs", "0", "--backbone", "resnet10t", "--quiet")
     assert_one_line_error(result.code, result.err, "holds the data splits catalog, test, train", f"e.g. {sample / 'train'}")
     assert not (tmp_path / "run").exists()
+
+
+def test_index_on_a_full_disk_is_one_line_and_the_index_stays(run_and_gallery, tmp_path, cli, monkeypatch):
+    import shutil
+
+    from retrieval.index import store
+
+    run, gallery = run_and_gallery
+    copy = shutil.copytree(run, tmp_path / "run", symlinks=True)
+    before = (copy / "index" / "gallery.json").read_bytes()
+
+    def full(self, first_row, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.RowWriter, "write", full)
+    result = cli("index", copy, gallery, "--quiet")
+    assert_one_line_error(result.code, result.err, "No space left on device", "as it was")
+    assert (copy / "index" / "gallery.json").read_bytes() == before
+
+
+def test_an_os_error_outside_a_commit_is_one_line_naming_the_file(run_and_gallery, cli, monkeypatch):
+    from retrieval import evaluate
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/some/photo.jpg")
+
+    monkeypatch.setattr(evaluate, "evaluate_run", refused)
+    run, gallery = run_and_gallery
+    result = cli("evaluate", run, gallery, "--quiet")
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and lines == ["error: /some/photo.jpg: Permission denied"], result.err

@@ -131,3 +131,45 @@ def test_calibrate_warns_when_the_folder_has_too_few_pairs_for_the_target_far(ru
     assert len(warned) == 1 and "108 different-class pairs: τ at FAR 0.001 rests on fewer than the 10000" in warned[0], rough.err
     firm = cli("calibrate", copy, data, "--target-far", "0.1", "--json", "--device", "cpu", "--quiet")
     assert firm.code == 0 and not any("rests on fewer than" in line for line in firm.lines), firm.err
+
+
+def test_calibrate_on_a_run_it_cannot_write_says_so_before_embedding(run_and_data, cli, monkeypatch):
+    import os
+
+    from retrieval import evaluate
+
+    run, data = run_and_data
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(run) and mode == os.W_OK
+                        else real_access(path, mode, **kw))
+    monkeypatch.setattr(evaluate, "_embed_labelled_sets", lambda *a, **k: pytest.fail("embedded before the check"))
+    result = cli("calibrate", run, data, "--device", "cpu", "--quiet")
+    assert result.code == 2 and result.lines == [f"error: cannot write {run} (a read-only folder or file system): "
+                                                 "calibrate stores τ in its config.json"], result.err
+
+
+@pytest.mark.parametrize("key, value, requirement", [
+    ("threshold", 5.0, "must be a number from 0 to 2"),
+    ("target_far", 0, "must be a number between 0 and 1"),
+    ("n_negative_pairs", -3, "must be a whole number from 0"),
+])
+def test_a_damaged_verification_block_names_its_key_and_calibrate_replaces_it(run_and_data, tmp_path, cli, key, value, requirement):
+    import shutil
+
+    run, data = run_and_data
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert cli("calibrate", copy, data, "--target-far", "0.1", "--device", "cpu", "--quiet").code == 0
+    path = (copy / "config.json").resolve()
+    config = json.loads(path.read_text())
+    config["verification"][key] = value
+    path.unlink()
+    path.write_text(json.dumps(config))
+
+    image = data / "class0" / "0.png"
+    refused = cli("verify", copy, image, image, "--device", "cpu")
+    assert refused.code == 2 and len(refused.lines) == 1, refused.err
+    assert f"verification.{key} {requirement}" in refused.lines[0] and "retrieval calibrate" in refused.lines[0], refused.lines
+    fixed = cli("calibrate", copy, data, "--target-far", "0.1", "--device", "cpu", "--quiet")
+    assert fixed.code == 0, fixed.err
+    assert cli("verify", copy, image, image, "--device", "cpu").out.startswith("same: d = 0.0000")

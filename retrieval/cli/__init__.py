@@ -12,6 +12,7 @@ The commands live in modules by what they do (:mod:`~retrieval.cli.training`,
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -39,11 +40,15 @@ def _click_exceptions():
 def main() -> None:
     """Console-script entry point: run the typer app, turning user errors into one line: a
     RetrievalError, and a flag or argument that click refuses (missing, unknown, out of range),
-    each as ``error: …`` on stderr with exit status 2; Ctrl-C as one line too, with status 130."""
+    each as ``error: …`` on stderr with exit status 2; an OSError (the machine refused a read or a
+    write: a full disk, a read-only folder) as ``error: FILE: reason`` with status 1; Ctrl-C as one
+    line too, with status 130."""
     click = _click_exceptions()
     no_args = getattr(click, "NoArgsIsHelpError", ())  # click ≥ 8.2: the group given no command
     try:
         code = app(standalone_mode=False)  # Ctrl-C comes back as INTERRUPTED
+    except KeyboardInterrupt:  # one that lands outside click's own handling (a second Ctrl-C)
+        code = INTERRUPTED
     except no_args as error:
         typer.echo(error.format_message(), err=True)  # the group's help
         sys.exit(2)
@@ -61,7 +66,12 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(2)
         sys.exit(2)
+    except OSError as error:  # the machine refused a read or write: a full disk, a read-only folder, permissions
+        where = f"{printable(str(error.filename))}: " if error.filename else ""
+        typer.secho(f"error: {where}{printable(error.strerror or error)}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
     if code == INTERRUPTED:  # every file is written whole under a temporary name, then renamed
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (a terminal sends it to the group) must not cut this line
         typer.secho("interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was",
                     fg=typer.colors.RED, err=True)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as the return value

@@ -209,7 +209,7 @@ class RunConfig(Mapping):
         """The decision threshold τ (same when d ≤ τ) with the target FAR it was chosen for and
         what it gave on its pairs; None until training on validation classes or
         ``retrieval calibrate`` chose one."""
-        value = self._values.get("verification")
+        value = self._checked_verification()
         if not value:
             return None
         return Threshold(float(value["threshold"]), float(value["target_far"]), float(value["far"]), float(value["tar"]),
@@ -218,8 +218,28 @@ class RunConfig(Mapping):
     @property
     def verification(self) -> dict[str, Any] | None:
         """config.json's ``"verification"`` as written: τ and its numbers, the EER, on which pairs."""
-        value = self._values.get("verification")
+        value = self._checked_verification()
         return dict(value) if value else None
+
+    def _checked_verification(self) -> Mapping[str, Any] | None:
+        """``"verification"``, checked key by key when it is read (not when the run is): a damaged
+        block stops only what needs τ, and ``retrieval calibrate``, which writes a new one, still runs."""
+        value = self._values.get("verification")
+        if value is None:
+            return None
+        hint = " (`retrieval calibrate RUN_DIR DATA_DIR` writes a new one)"
+        self._require([("verification", isinstance(value, Mapping), "must be null or a JSON object" + hint)], self._values)
+        counts = "must be a whole number from 0" + hint
+        self._require([
+            ("threshold", _is_number_in(value.get("threshold"), 0.0, 2.0), "must be a number from 0 to 2" + hint),
+            ("target_far", _is_number(value.get("target_far")) and 0 < value["target_far"] < 1,
+             "must be a number between 0 and 1" + hint),
+            ("far", _is_number_in(value.get("far"), 0.0, 1.0), "must be a number from 0 to 1" + hint),
+            ("tar", _is_number_in(value.get("tar"), 0.0, 1.0), "must be a number from 0 to 1" + hint),
+            ("n_positive_pairs", _is_int(value.get("n_positive_pairs")) and value["n_positive_pairs"] >= 0, counts),
+            ("n_negative_pairs", _is_int(value.get("n_negative_pairs")) and value["n_negative_pairs"] >= 0, counts),
+        ], value, prefix="verification.")
+        return value
 
     def _check_types(self) -> None:
         """Types and bounds of every key a reader relies on; a one-line error naming the key otherwise."""
@@ -235,8 +255,6 @@ class RunConfig(Mapping):
             ("temperature", temperature is None or (_is_number(temperature) and temperature > 0), "must be a positive number"),
             ("class_names", class_names is None or (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)),
              "must be a list of names"),
-            ("verification", _valid_verification(v.get("verification")), "must hold a finite threshold in [0, 2], "
-             "target_far, far and tar in [0, 1] and pair counts"),
         ], v)
         data = v["data_config"]
         size, mean, std = data.get("input_size"), data.get("mean"), data.get("std")
@@ -264,17 +282,6 @@ class RunConfig(Mapping):
 def read_config(run_dir: str | Path) -> RunConfig:
     """``RunConfig.read(run_dir)``."""
     return RunConfig.read(run_dir)
-
-
-def _valid_verification(value: Any) -> bool:
-    if value is None:
-        return True
-    if not isinstance(value, Mapping):
-        return False
-    rates = [value.get(k) for k in ("target_far", "far", "tar")]
-    counts = [value.get(k) for k in ("n_positive_pairs", "n_negative_pairs")]
-    return (_is_number(value.get("threshold")) and 0 <= value["threshold"] <= 2
-            and all(_is_number(r) and 0 <= r <= 1 for r in rates) and all(_is_int(c) and c >= 0 for c in counts))
 
 
 def _is_int(value: Any) -> bool:

@@ -33,21 +33,28 @@ TMP_SUFFIX = ".tmp"
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
     so a reader sees the old file or the new one, never half of one; the file and then the
-    folder are flushed to disk (fsync), so the rename survives a power cut too."""
+    folder are flushed to disk (fsync), so the rename survives a power cut too. A write the machine
+    refuses (a full disk, a read-only folder, permissions) is a one-line RetrievalError naming
+    ``path``; the file is then as it was before."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
-    # O_EXCL: a fresh file; mode 0o666 less the umask, as any file the user's tools create
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: a fresh file; mode 0o666 less the umask, as any file the user's tools create
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as error:
+        raise RetrievalError(f"cannot write {path}: {error.strerror or error}") from error
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise RetrievalError(f"cannot write {path}: {error.strerror or error}; it is as it was") from error
         raise
     fsync_dir(path.parent)
 

@@ -26,6 +26,7 @@ moment the first documented name is a link, the library reads the whole unit fro
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -55,20 +56,31 @@ def new_version(folder: str | Path, names: Iterable[str], *, keep: Iterable[str]
     removed and the current version stays."""
     folder, names = Path(folder), tuple(names)
     versions = folder / VERSIONS_DIR
-    versions.mkdir(parents=True, exist_ok=True)
-    with wait_for_lock(versions / LOCK_NAME):
-        _remove_stale_versions(versions)
-        version = versions / f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
-        version.mkdir()
-        committed = False
-        try:
-            yield version
-            _carry_over(folder, names, version, keep)
-            committed = _commit(folder, names, version)
-        finally:
-            if not committed and not _is_current(versions, version):
-                shutil.rmtree(version, ignore_errors=True)
-        _remove_stale_versions(versions)
+    committed = False
+    try:
+        versions.mkdir(parents=True, exist_ok=True)
+        with wait_for_lock(versions / LOCK_NAME):
+            _remove_stale_versions(versions)
+            version = versions / f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+            version.mkdir()
+            try:
+                yield version
+                _carry_over(folder, names, version, keep)
+                committed = _commit(folder, names, version)
+            finally:
+                if not committed and not _is_current(versions, version):
+                    shutil.rmtree(version, ignore_errors=True)
+            _remove_stale_versions(versions)
+    except OSError as error:  # a write the machine refused: one line naming the folder
+        if error.errno not in _WRITE_REFUSED:
+            raise
+        kept = "the new version is in place" if committed else "what it held is as it was"
+        raise RetrievalError(f"cannot write {folder}: {error.strerror}; {kept}") from error
+
+
+#: what the machine answers when it will not take a write: no space, over quota, a read-only file
+#: system, a file too large
+_WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def unit_paths(folder: str | Path, names: Iterable[str]) -> dict[str, Path | None]:

@@ -62,3 +62,30 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [".config.json.1a2b.tmp", ".metrics.jsonl.x.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "config.json", "keep.tmp"]
+
+
+def test_write_atomic_on_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from retrieval.errors import RetrievalError
+
+    path = tmp_path / "metrics.jsonl"
+    write_atomic(path, b"old\n")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RetrievalError, match=r"cannot write .*metrics\.jsonl: No space left on device; it is as it was"):
+        write_atomic(path, b"new\n")
+    assert path.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary left
+
+
+def test_write_atomic_into_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch):
+    from retrieval.errors import RetrievalError
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(RetrievalError, match=r"cannot write .*x\.json: Permission denied"):
+        write_atomic(tmp_path / "x.json", b"{}")

@@ -112,3 +112,25 @@ def test_a_reader_that_meets_a_commit_half_way_reads_the_new_version(tmp_path, m
     monkeypatch.setattr(versions, "unit_paths", lambda folder, names: stale.pop() if stale else original(folder, names))
     digest = versions.read_unit(tmp_path, ("config.json", "model.safetensors"), read)
     assert len(reads) == 2 and digest == json.loads((tmp_path / "config.json").read_text())["weights_sha256"]
+
+
+def test_a_full_disk_during_a_save_is_one_line_naming_the_run_and_the_old_model_stays(tmp_path, monkeypatch, models):
+    old, new, _ = models
+    save_model(tmp_path, old, _config(old))
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RetrievalError, match=r"cannot write .*: No space left on device; what it held is as it was"):
+        save_model(tmp_path, new, _config(new))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert torch.equal(_weights(load_model(tmp_path)[0]), _weights(old))
+    assert [p.name for p in (tmp_path / ".versions").iterdir() if p.name != "current"] == [os.readlink(tmp_path / ".versions" / "current")]
+
+
+def test_another_os_error_inside_a_commit_is_not_reworded(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with versions.new_version(tmp_path, ("a.json",)):
+            open(tmp_path / "no" / "such")
