@@ -43,6 +43,7 @@ from app_pages.common import (
 )
 from app_pages.faces import logged_image
 from retrieval import confusions, diagnostics, figures
+from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig, read_confusions, read_metrics
 from retrieval.safe_text import markdown_text
@@ -56,6 +57,19 @@ GALLERY_PAIRS_SHOWN = 6
 GALLERY_CONFUSIONS_LIMIT = 10_000  # exact search is N² D: larger galleries are left to `retrieval confusions`
 MINED_TEXT = {diagnostics.MINED: ":blue[mined]: the miner kept it", diagnostics.NOT_MINED: ":red[not mined]: the loss never saw it",
               diagnostics.NOT_RECORDED: "mined: not recorded"}
+NO_MINER_TEXT = "no miner: the loss saw it, as every triplet of its batch"
+
+
+def show_logged_image(config: RunConfig, logged: str, run_dir: Path | None) -> None:
+    """A logged triplet's image (a face run's crop too: :func:`~app_pages.faces.logged_image`), or a
+    caption saying why it is not shown (a file linked from outside the data folder, which the app
+    does not read): one such image leaves the rest of the page as it is."""
+    try:
+        path = logged_image(config, logged, run_dir)
+    except RetrievalError as error:
+        st.caption(f":material/block: not shown: {markdown_text(Path(logged).name)}", help=markdown_text(str(error)))
+        return
+    show_image(path)
 
 
 def mining_page(run_dir: Path, config: RunConfig) -> None:
@@ -157,7 +171,7 @@ def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image
         columns = st.columns([1, 1, 1, 2])
         for column, role, title in zip(columns, ROLES, titles):
             with column:
-                show_image(logged_image(config, row[f"{role}_path"], run_dir))  # a face run's crops too (app_pages/faces.py)
+                show_logged_image(config, row[f"{role}_path"], run_dir)
                 name = markdown_text(Path(row.get(f"{role}_photo") or row[f"{role}_path"]).name)  # a face crop: its photo
                 if labelled:
                     st.markdown(f"{role}: **{markdown_text(row[f'{role}_label'])}**")
@@ -169,7 +183,7 @@ def show_triplet(number: int, row: dict, config: RunConfig, margin: float, image
         with columns[3]:
             st.markdown(f"**#{number}** d_ap = {row['d_ap']:.3f} · d_an = {row['d_an']:.3f}  \n"
                         f"d_an − d_ap = {row['d_an_minus_d_ap']:+.4f} · violation **{violation:+.4f}**  \n"
-                        f"{MINED_TEXT[diagnostics.mined_status(row)]}")
+                        f"{NO_MINER_TEXT if config.miner == 'none' else MINED_TEXT[diagnostics.mined_status(row)]}")
             image_epochs = image_pairs.get((row["anchor_path"], row["negative_path"]), [])
             class_epochs = class_pairs.get(diagnostics.class_pair(str(row["anchor_label"]), str(row["negative_label"])), [])
             if len(image_epochs) > 1:

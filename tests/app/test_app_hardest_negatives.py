@@ -110,6 +110,8 @@ def test_a_run_without_a_miner_says_its_loss_saw_every_triplet_and_has_no_miner_
     at = go(start(monkeypatch, run), "Hardest negatives")
     assert any("this run has no miner (loss infonce)" in c for c in texts(at.caption))
     assert not any("the miner kept" in c for c in texts(at.caption))
+    cards = triplet_cards(at)
+    assert cards and all("no miner: the loss saw it" in m and "the miner kept" not in m for m in cards)
     box = at.checkbox(key="mining_mined_only")
     assert box.disabled and "no miner" in box.help
 
@@ -128,3 +130,19 @@ def test_a_margin_loss_calls_gaps_below_epsilon_a_loss(monkeypatch, full_run):
     at = go(start(monkeypatch, full_run), "Hardest negatives")
     (epoch_line,) = [c for c in texts(at.caption) if "logged hardest triplets" in c]
     assert f"< ε = {fake_runs.MARGIN:g}, a loss still" in epoch_line
+
+
+def test_an_image_linked_from_outside_the_data_folder_is_named_not_shown_and_the_page_goes_on(monkeypatch, tmp_path, gallery):
+    import shutil
+
+    data = shutil.copytree(gallery, tmp_path / "data")
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(data / "apple" / "apple_0.png", outside)
+    (data / "apple" / "apple_0.png").unlink()
+    (data / "apple" / "apple_0.png").symlink_to(outside)  # a subset made of links to the real files
+    run = fake_runs.make_run(tmp_path / "run", data, index=False)
+    at = go(start(monkeypatch, run), "Hardest negatives")
+    assert not at.exception and not at.error
+    assert len(triplet_cards(at)) == 3 and len(at.dataframe) == 1  # the cards and the confused classes below them
+    hidden = [c for c in at.caption if "not shown: apple_0.png" in c.value]
+    assert hidden and "through a symbolic link" in hidden[0].help
