@@ -150,9 +150,10 @@ def _report_run(result, out: Path) -> None:
     if result.interrupted and not result.resumable:  # the warning says there is nothing to resume
         raise typer.Exit(130)
     baseline = result.history[0] if result.history else {}
+    written = f"Run written to {out}" if result.wrote else f"Nothing left to train: {out} is as it was"
     typer.echo(
         f"untrained: val R@1 {fmt(baseline.get('recall_at_1'))}, MAP@R {fmt(baseline.get('map_at_r'))}; "
-        f"best epoch {result.best_epoch}. Run written to {out}"
+        f"best epoch {result.best_epoch}. {written}"
     )
     if result.interrupted:
         raise typer.Exit(130)

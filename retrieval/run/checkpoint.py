@@ -35,7 +35,10 @@ def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """The saved training state; a one-line error when there is none or it cannot be read."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise RetrievalError(f"--resume: no {CHECKPOINT_NAME} in {run_dir}; start a new run without --resume")
+        started = any((Path(run_dir) / name).exists() for name in ("metrics.jsonl", "config.json"))
+        raise RetrievalError(f"--resume: no {CHECKPOINT_NAME} in {run_dir}; "
+                             + ("the run stopped before its first epoch ended: start it again without --resume, with --force"
+                                if started else "start a new run without --resume"))
     import torch
 
     try:

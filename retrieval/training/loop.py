@@ -49,6 +49,7 @@ class TrainResult:
     best_epoch: int = 0
     interrupted: bool = False
     resumable: bool = True  # interrupted with a checkpoint in run_dir (False: stopped before any epoch ended)
+    wrote: bool = True  # False: a resume with no epoch left to train, which changed nothing
 
 
 def train(
@@ -70,12 +71,20 @@ def train(
     """
     config = config.resolve()
     config.validate()
+    if config.resume and not Path(config.out).is_dir():  # before the lock, which would create it
+        raise RetrievalError(f"--resume: {config.out} does not exist; start a new run there without --resume")
     with distributed.process_group(config.device, timeout_s=config.dist_timeout) as ctx, training_lock(config.out, ctx):
         setup = set_up(config, ctx, objective=objective, progress=progress)
         if ctx.is_main and not setup.source.val_folder.paths:
             log.warning("%s: no validation classes (a flat folder, --val-fraction 0, or too few classes of two or more images to hold one out): no Recall@1 / MAP@R / EER each epoch "
                         "and no threshold τ; set one with `retrieval calibrate %s DATA_DIR`", setup.run_dir, setup.run_dir)
-        state, baseline = _start(setup)
+        try:
+            state, baseline = _start(setup)
+        except KeyboardInterrupt:  # Ctrl-C during the untrained model's validation, before training's own handling
+            if ctx.is_main and setup.checkpoint is None:
+                log.warning("interrupted before the first epoch: %s holds nothing to resume from; start the run again "
+                            "(with --force if the folder is not empty)", setup.run_dir)
+            raise
         if setup.checkpoint is None and setup.config.epochs == 0:
             if ctx.is_main:
                 write_untrained(setup, state, baseline)
@@ -130,7 +139,7 @@ def _start(setup: TrainingSetup) -> tuple[RunState, Validation | None]:
 def _run_epochs(setup: TrainingSetup, state: RunState, *, progress: bool, on_epoch) -> TrainResult:
     """The epochs from ``state.start_epoch`` to ``--epochs``: train, validate, write (rank 0), report."""
     config, ctx = setup.config, setup.ctx
-    result = TrainResult(setup.run_dir, state.history, best_epoch=state.best["epoch"])
+    result = TrainResult(setup.run_dir, state.history, best_epoch=state.best["epoch"], wrote=state.start_epoch <= config.epochs)
     with InterruptFlag() as interrupted:
         for epoch in range(state.start_epoch, config.epochs + 1):
             started = time.perf_counter()

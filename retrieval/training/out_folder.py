@@ -23,6 +23,7 @@ from pathlib import Path
 
 from retrieval import run
 from retrieval.errors import RetrievalError
+from retrieval.run.files import FACES_DIR
 from retrieval.run.versions import VERSIONS_DIR
 
 __all__ = ["check_same_classes", "commands_so_far", "prepare_out", "training_lock"]
@@ -31,6 +32,8 @@ __all__ = ["check_same_classes", "commands_so_far", "prepare_out", "training_loc
 RUN_FILES = (run.CONFIG_NAME, run.WEIGHTS_NAME, run.LAST_WEIGHTS_NAME, run.METRICS_NAME, run.VAL_DISTANCES_NAME,
              run.CHECKPOINT_NAME)
 _IGNORED = (".lock",)  # our own lock file, present while we hold it
+#: what a new run writes before its first checkpoint: a folder holding only these is a start that stopped
+_STARTED_RUN = frozenset({run.METRICS_NAME, run.VAL_DISTANCES_NAME, run.MINING_DIR, FACES_DIR})
 
 
 @contextlib.contextmanager
@@ -99,6 +102,9 @@ def _refusal(run_dir: Path, entries: list[str]) -> str:
     if _is_run(run_dir):
         return (f"{run_dir} holds a run without its {run.CHECKPOINT_NAME} (stopped before its first epoch, or copied "
                 "without it), which cannot be resumed: pass --force to replace it, or choose another --out")
+    if set(entries) <= _STARTED_RUN:
+        return (f"{run_dir} holds the start of a run that stopped before its first epoch ended ({shown}), which cannot "
+                "be resumed: pass --force to start it again, or choose another --out")
     return (f"{run_dir} is not empty ({shown}) and is not a run: a new run would replace files there; "
             "choose another --out, or pass --force to write into it")
 

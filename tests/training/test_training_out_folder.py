@@ -174,3 +174,43 @@ def test_fp16_on_a_cpu_is_warned_of(tmp_path, sample, cli):
     done = cli("train", sample / "train", "--out", tmp_path / "run", "--epochs", "0", *flags, "--device", "cpu")
     assert done.code == 0, done.err
     assert any("--precision fp16 on cpu" in line and "without loss scaling" in line for line in done.lines), done.err
+
+
+def test_ctrl_c_in_the_untrained_validation_leaves_a_start_that_every_message_says_to_force(tmp_path, sample, cli, monkeypatch):
+    from retrieval.training import loop
+
+    real_write = loop.write_baseline
+
+    def write_then_stop(*args, **kwargs):  # Ctrl-C just after epoch 0's row is written, before training's own handling
+        real_write(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "write_baseline", write_then_stop)
+    out = tmp_path / "stopped"
+    done = cli("train", sample / "train", "--out", out, "--epochs", "2", *TINY_FLAGS)
+    assert done.code == 130, done.err
+    assert any("interrupted before the first epoch" in line and "--force" in line for line in done.lines), done.err
+    assert not any("Traceback" in line for line in done.lines)
+    monkeypatch.undo()
+    assert (out / "metrics.jsonl").exists() and not (out / "checkpoint.pt").exists()
+
+    again = cli("train", sample / "train", "--out", out, "--epochs", "0", *TINY_FLAGS)
+    assert again.code == 2 and "holds the start of a run that stopped before its first epoch ended" in again.lines[0], again.err
+    assert "--force" in again.lines[0]
+    resumed = cli("train", sample / "train", "--out", out, "--resume")
+    assert resumed.code == 2 and "stopped before its first epoch ended" in resumed.lines[0] and "--force" in resumed.lines[0]
+    assert cli("train", sample / "train", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS).code == 0
+
+
+def test_resume_of_a_folder_that_does_not_exist_says_so(tmp_path, sample, cli):
+    done = cli("train", sample / "train", "--out", tmp_path / "nowhere", "--resume")
+    assert done.code == 2 and f"{tmp_path / 'nowhere'} does not exist" in done.lines[0], done.err
+
+
+def test_resuming_a_run_with_no_epoch_left_says_nothing_was_written(tmp_path, base_run, sample, cli):
+    out = _copy(base_run, tmp_path / "done")
+    before = _files(out)
+    done = cli("train", sample / "train", "--out", out, "--resume", "--quiet")
+    assert done.code == 0, done.err
+    assert "already trained for 0 epochs" in done.err and f"Nothing left to train: {out} is as it was" in done.out
+    assert "Run written" not in done.out and _files(out) == before
