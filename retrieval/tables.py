@@ -75,20 +75,23 @@ def _table(title: str) -> Table:
     return Table(title=terminal_text(title), box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", collapse_padding=True)
 
 
-_NUMBER_WIDTH = 9  # the widest number column ("d_an−d_ap", "+0.123")
-
-
 def _columns(table: Table, width: int, columns: list[tuple[str, str]]) -> None:
-    """Add the columns (name, justify: "right" for numbers). Text columns share what the number
-    columns leave of ``width`` and cut their cells with an ellipsis (Rich does not shrink a
-    column that may not wrap)."""
+    """Add the columns (name, justify: "right" for numbers). Number columns keep their header's
+    width and at least 6 characters ("+0.123"), so a number and its header are never cut; text
+    columns share what they leave of ``width`` and cut their cells with an ellipsis (Rich does not
+    shrink a column that may not wrap)."""
     numbers = [name for name, justify in columns if justify == "right"]
     texts = len(columns) - len(numbers)
-    spare = width - 2 * len(columns) - sum(min(_NUMBER_WIDTH, max(len(name), 5)) for name in numbers)
-    text_width = max(8, spare // max(texts, 1)) + 2  # a column's width counts its padding
+    spare = width - 2 * len(columns) - sum(_number_width(name) for name in numbers)
+    text_width = max(6, spare // max(texts, 1))
     for name, justify in columns:
         numeric = justify == "right"
-        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", max_width=None if numeric else text_width)
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", max_width=None if numeric else text_width,
+                         min_width=_number_width(name) if numeric else None)
+
+
+def _number_width(name: str) -> int:
+    return max(len(name), 3 if name == "#" else 6)  # a rank, or a distance such as "+0.123"
 
 
 def _labelled(row: Mapping[str, Any], role: str) -> Text:

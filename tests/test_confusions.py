@@ -3,6 +3,7 @@ anchors, the gallery's confusions against brute-force search, and `retrieval con
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -169,3 +170,30 @@ def test_confusions_cli_prints_json_and_tables_readable_at_100_columns(fake_run)
     lines = out.stdout.splitlines()
     assert max(len(line.rstrip()) for line in lines) <= 100
     assert sum(1 for line in lines if line.lstrip().startswith(("apple ", "banana ", "cherry ", "damson "))) >= 4
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_tables_cut_long_names_but_never_a_number_or_its_header(width):
+    from rich.console import Console
+
+    from retrieval.tables import confused_pairs_table, mining_table, nearest_other_table
+
+    long_a, long_b = "Arla-Sour-Cream-with-a-long-name", "Oatly-Natural-Oatghurt-also-long"
+    triplet = {"anchor_label": long_a, "anchor_path": f"{long_a}/{long_a}_0001.jpg", "positive_path": f"{long_a}/p_0002.jpg",
+               "negative_label": long_b, "negative_path": f"{long_b}/{long_b}_0003.jpg", "d_ap": 0.1234, "d_an": 0.2345,
+               "d_an_minus_d_ap": -0.111, "mined": True}
+    pair = {"classes": [long_a, long_b], "confused": 3, "nearest_negative": 12,
+            "closest": {"item": f"{long_a}/{long_a}_0001.jpg", "other": f"{long_b}/x.jpg", "label": long_a, "distance": 0.1223}}
+    entry = {"class": long_a, "confused": 3, "n_items": 40, "nearest_other": [
+        {"item": f"{long_a}/a.jpg", "other": f"{long_b}/b.jpg", "other_label": long_b, "distance": 0.1223, "positive_distance": 0.2}]}
+    tables = [(mining_table([triplet], title="", margin=0.2, width=width), ["d_ap", "d_an", "d_an−d_ap", "0.123", "0.234", "-0.111"]),
+              (confused_pairs_table([pair], title="", width=width), ["rank-1", "nearest neg.", "0.122"]),
+              (nearest_other_table([entry], title="", width=width), ["rank-1", "d_an", "d_ap", "3/40", "0.122", "0.200"])]
+    for table, whole in tables:
+        console = Console(width=width, record=True, file=open(os.devnull, "w"))
+        console.print(table)
+        text = console.export_text()
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+        for word in whole:
+            assert word in text, (word, text)
+        assert "…" in text  # the long names are what gets cut
