@@ -143,8 +143,15 @@ def evaluate_run(
     """
     from retrieval.verification import pair_distances, rates_at, summarise
 
+    for folder in dict.fromkeys(f for f in (data_dir, query_dir, gallery_dir) if f is not None):
+        _warn_when_trained_on(run_dir, folder, "Recall@1 and MAP@R on them measure what the model remembers, not how "
+                                               "it does on people or products it has not seen; evaluate on held-out classes")
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
                                         device=device, num_workers=num_workers, precision=precision, on_progress=on_progress)
+    gallery_labels = (sets[1] if len(sets) > 1 else sets[0])[1]
+    if len(set(np.asarray(gallery_labels).tolist())) == 1:
+        logger.warning("%s: one class only: every neighbour is of the query's class, so Recall@1 and MAP@R are 1 whatever "
+                       "the model; evaluate on a folder of two or more classes", gallery_dir if gallery_dir is not None else data_dir)
     metrics: dict[str, Any] = dict(retrieval_metrics(*sets[0], *(sets[1] if len(sets) > 1 else (None, None))))
     if config.faces is not None:  # a face run: the queries whose face was not found are misses, never dropped
         metrics = with_misses(metrics, n_no_face)
@@ -269,10 +276,14 @@ def _stage_offset(on_progress, stage: str, offset: int, total: int):
     return lambda done, _total: on_progress(stage, offset + done, total)
 
 
-def _warn_when_trained_on(run_dir: Path | str, data_dir: Path | str) -> None:
+_OPTIMISTIC_TAU = ("τ chosen on them is optimistic for people or products the model has not seen; "
+                   "calibrate on held-out classes")
+
+
+def _warn_when_trained_on(run_dir: Path | str, data_dir: Path | str, consequence: str = _OPTIMISTIC_TAU) -> None:
     """One warning line when the folder's classes (its subfolders) include classes the run trained
-    on (``config.json``'s ``train_classes``): the model has seen those people or products, so τ
-    chosen on them is optimistic for new ones."""
+    on (``config.json``'s ``train_classes``): the model has seen those people or products, so
+    what is measured or chosen on them (``consequence``; default: τ) flatters it."""
     from retrieval.run import read_config
 
     try:
@@ -285,9 +296,8 @@ def _warn_when_trained_on(run_dir: Path | str, data_dir: Path | str) -> None:
     if seen:
         shown = ", ".join(seen[:3]) + (f" (and {len(seen) - 3} more)" if len(seen) > 3 else "")
         logging.getLogger("retrieval").warning(
-            "%s: %d of its %d classes are classes the run trained on (%s): τ chosen on them is optimistic for "
-            "people or products the model has not seen; calibrate on held-out classes", data_dir, len(seen),
-            len(folder_classes), shown)
+            "%s: %d of its %d classes are classes the run trained on (%s): %s", data_dir, len(seen),
+            len(folder_classes), shown, consequence)
 
 
 def _shared_images(queries: Sequence[Path], gallery: Sequence[Path]) -> list[Path]:

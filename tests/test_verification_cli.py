@@ -173,3 +173,24 @@ def test_a_damaged_verification_block_names_its_key_and_calibrate_replaces_it(ru
     fixed = cli("calibrate", copy, data, "--target-far", "0.1", "--device", "cpu", "--quiet")
     assert fixed.code == 0, fixed.err
     assert cli("verify", copy, image, image, "--device", "cpu").out.startswith("same: d = 0.0000")
+
+
+def test_evaluate_warns_on_a_single_class_and_on_classes_the_run_trained_on(run_and_data, tmp_path, cli):
+    import shutil
+
+    run, data = run_and_data
+    one = tmp_path / "one"
+    shutil.copytree(data / "class0", one / "class0")
+    single = cli("evaluate", run, one, "--device", "cpu", "--quiet")
+    assert single.code == 0, single.err
+    assert len(single.lines) == 1 and "one class only" in single.lines[0] and "whatever the model" in single.lines[0], single.err
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    read_config(copy).updated(train_classes=["class1", "other"]).write(copy)
+    seen = cli("evaluate", copy, data, "--device", "cpu", "--quiet")
+    assert seen.code == 0, seen.err
+    assert len(seen.lines) == 1 and "1 of its 3 classes are classes the run trained on (class1)" in seen.lines[0]
+    assert "measure what the model remembers" in seen.lines[0]
+    plain = cli("evaluate", run, data, "--device", "cpu", "--quiet")
+    assert plain.code == 0 and not plain.lines, plain.err
