@@ -236,3 +236,20 @@ def test_an_os_error_outside_a_commit_is_one_line_naming_the_file(run_and_galler
     result = cli("evaluate", run, gallery, "--quiet")
     lines = result.err.strip().splitlines()
     assert result.code == 1 and lines == ["error: /some/photo.jpg: Permission denied"], result.err
+
+
+def test_a_gallery_moved_since_the_index_was_built_is_warned_of_without_gallery_root(run_and_gallery, tmp_path, cli):
+    import shutil
+
+    run, gallery = run_and_gallery
+    copy = shutil.copytree(run, tmp_path / "run", symlinks=True)
+    moved = shutil.copytree(gallery, tmp_path / "gallery")
+    assert cli("index", copy, moved, "--quiet").code == 0
+    query = gallery / "apple" / "apple_0.png"
+    assert cli("search", copy, query, "-k", "1").lines == []
+    shutil.move(moved, tmp_path / "gallery-moved")
+    result = cli("search", copy, query, "-k", "1")
+    assert result.code == 0 and len(result.lines) == 1, result.err
+    assert f"gallery folder {moved}: none of the" in result.lines[0] and "--gallery-root" in result.lines[0]
+    rerooted = cli("search", copy, query, "-k", "1", "--gallery-root", tmp_path / "gallery-moved")
+    assert rerooted.code == 0 and not rerooted.lines, rerooted.err

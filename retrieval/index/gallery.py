@@ -309,26 +309,37 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
     from retrieval.run import METADATA_NAME, check_root, given_root, index_dir
 
     recorded = metadata["roots"]
+    listed = metadata["items"]
     if not gallery_roots:
-        return [check_root(root, source=index_dir(run_dir) / METADATA_NAME) for root in recorded]
+        roots = [check_root(root, source=index_dir(run_dir) / METADATA_NAME) for root in recorded]
+        for number, root in enumerate(roots):  # a gallery moved since the build: say where to point the index
+            _warn_when_not_the_gallery(None, root, [path for r, path in zip(listed["root"], listed["path"]) if r == number])
+        return roots
     if len(gallery_roots) != len(recorded):
         raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
                              f"({', '.join(recorded)}); give one --gallery-root for each, in that order")
     roots = [given_root(root, "--gallery-root") for root in gallery_roots]
     for number, (given, root) in enumerate(zip(gallery_roots, roots)):
-        _warn_when_not_the_gallery(given, root, [path for r, path in zip(metadata["items"]["root"], metadata["items"]["path"])
-                                                 if r == number])
+        _warn_when_not_the_gallery(given, root, [path for r, path in zip(listed["root"], listed["path"]) if r == number])
     return roots
 
 
-def _warn_when_not_the_gallery(given: str | Path, root: Path, relative_paths: list[str], looked_at: int = 20) -> None:
+def _warn_when_not_the_gallery(given: str | Path | None, root: Path, relative_paths: list[str], looked_at: int = 20) -> None:
     """One warning line when none of the first ``looked_at`` images the index lists for a gallery
-    folder is found under the root given for it: likely the wrong folder (or one level off)."""
+    folder is found under its root: the ``given`` ``--gallery-root`` is likely the wrong folder (or
+    one level off); the recorded one (``given`` None) has moved or gone."""
     checked = relative_paths[:looked_at]
-    if checked and not any((root / path).is_file() for path in checked):
+    if not checked or any((root / path).is_file() for path in checked):
+        return
+    if given is not None:
         logging.getLogger("retrieval").warning(
             "--gallery-root %s: none of the %d first gallery images the index lists for it is there (such as %s): "
             "is it the folder the index was built from?", given, len(checked), checked[0])
+    else:
+        logging.getLogger("retrieval").warning(
+            "gallery folder %s: none of the %d first gallery images the index lists for it is there (such as %s): "
+            "if it moved, give its new place with --gallery-root (the neighbours come from the index; their images "
+            "cannot be shown or opened)", root, len(checked), checked[0])
 
 
 def _check_built_by_the_runs_model(run_dir: Path, metadata: dict[str, Any], config) -> None:
