@@ -113,6 +113,10 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     gallery_dir = Path(gallery_dir)
     folder = scan_folder(gallery_dir)  # warns about unreadable images (skipped) in one line
     new_ids = _inside(folder, gallery_dir)
+    if folder.paths and not new_ids:
+        raise RetrievalError(f"{gallery_dir}: every image is reached through a symbolic link that leaves the folder, and an "
+                             "index serves only files inside its gallery folder; index the folder the links point into, "
+                             "or copy the images")
     if previous is not None:
         new_ids = _not_yet_indexed(previous, folder, gallery_dir, new_ids)
         if new_ids and previous.metadata.get("labelled") and not folder.labelled:

@@ -9,6 +9,7 @@ import pytest
 
 from cli_runner import cli  # noqa: F401 (fixture)
 from index_helpers import FAST, gallery_dir, indexed_run, run_dir, write_images  # noqa: F401 (fixtures)
+from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex, build_index
 
 
@@ -75,6 +76,19 @@ def test_images_reached_through_links_that_leave_the_gallery_are_not_indexed(tmp
         metadata = build_index(run, gallery, n_trees=2, **FAST)
     assert sorted(metadata["items"]["path"]) == ["a/0_0.png", "a/0_1.png", "a/0_2.png", "a/link.png"]
     assert any("2 image(s) reached through symbolic links that leave the folder" in r.getMessage() for r in caplog.records)
+
+
+def test_a_gallery_made_only_of_links_out_of_it_is_refused_saying_so(tmp_path, run_dir):
+    elsewhere = write_images(tmp_path / "elsewhere", ["a", "b"], 2)
+    gallery = tmp_path / "subset"
+    for image in sorted(elsewhere.rglob("*.png")):  # a subset made with ln -s
+        (gallery / image.parent.name).mkdir(parents=True, exist_ok=True)
+        (gallery / image.parent.name / image.name).symlink_to(image)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, symlinks=True)
+    with pytest.raises(RetrievalError, match="every image is reached through a symbolic link that leaves the folder"):
+        build_index(run, gallery, n_trees=2, **FAST)
+    assert not (run / "index" / "gallery.json").exists()
 
 
 def test_a_run_moved_to_another_machine_is_re_rooted_with_gallery_root(tmp_path, indexed_run, gallery_dir, cli):
