@@ -223,6 +223,16 @@ def embed_upload(_index: GalleryIndex, stamp: str, digest: str, _data: bytes, na
     return vector, encode_thumbnail(image)
 
 
+def upload_refusal(error: RetrievalError) -> str:
+    """The page's line for an upload it cannot use: the reason, and what to upload instead (a
+    smaller or larger picture for one refused by its size, an image file for anything else)."""
+    text = str(error)
+    advice = ("Upload a smaller picture (fewer pixels)" if text.startswith("image too large") else
+              "Upload a larger picture" if text.startswith("image too small") else
+              "Upload a JPEG, PNG, WebP or other image file")
+    return f"{markdown_text(text)}. {advice}."
+
+
 def decode_upload(data: bytes, name: str):
     """An upload as an RGB picture (:func:`retrieval.data.load_image_bytes`: supported formats only, at most
     MAX_QUERY_PIXELS, refused from the header), at most :data:`UPLOAD_DECODES_AT_ONCE` at a time server-wide."""

@@ -20,7 +20,8 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from app_pages.common import UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, path_key, relation_mark, show_image
+from app_pages.common import (UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, path_key, relation_mark, show_image,
+                              upload_refusal)
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
@@ -103,7 +104,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
     try:
         photo = decode_upload(data, uploaded.name)
     except RetrievalError as error:
-        st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
+        st.error(upload_refusal(error))
         return
     digest = hashlib.sha1(data).hexdigest()
     results = _searched(index, path_key(run_dir), stamp, digest, photo, int(k), harder)

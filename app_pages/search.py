@@ -35,6 +35,7 @@ from app_pages.common import (
     open_index,
     relation_mark,
     show_item,
+    upload_refusal,
 )
 from retrieval import diagnostics, figures
 from retrieval.data import IMAGE_EXTENSIONS, MAX_QUERY_PIXELS
@@ -146,7 +147,7 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
     try:
         vector, preview = embed_upload(index, stamp, hashlib.sha1(data).hexdigest(), data, uploaded.name)
     except RetrievalError as error:
-        st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
+        st.error(upload_refusal(error))
         return None
     st.image(preview, caption=markdown_text(uploaded.name), width="stretch")
     label = None

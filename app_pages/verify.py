@@ -20,7 +20,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chosen_run, decode_upload, encode_thumbnail, file_stamp, one_torch_thread, path_key
+from app_pages.common import (chosen_run, decode_upload, encode_thumbnail, file_stamp, one_torch_thread, path_key,
+                              upload_refusal)
 from app_pages.search import show_no_threshold, threshold_note
 from retrieval.data import IMAGE_EXTENSIONS
 from retrieval.errors import RetrievalError
@@ -72,7 +73,7 @@ def upload_side(side: str, face_run: Path | None, stamp: str, harder: bool = Fal
     try:
         image = decode_cached(digest, data, uploaded.name)
     except RetrievalError as error:
-        st.error(f"{markdown_text(error)}. Upload a JPEG, PNG, WebP or other image file.")
+        st.error(upload_refusal(error))
         return True, None
     if face_run is not None:
         return True, picked_face(side, face_run, stamp, digest, image, uploaded.name, harder)

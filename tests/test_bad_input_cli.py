@@ -253,3 +253,13 @@ def test_a_gallery_moved_since_the_index_was_built_is_warned_of_without_gallery_
     assert f"gallery folder {moved}: none of the" in result.lines[0] and "--gallery-root" in result.lines[0]
     rerooted = cli("search", copy, query, "-k", "1", "--gallery-root", tmp_path / "gallery-moved")
     assert rerooted.code == 0 and not rerooted.lines, rerooted.err
+
+
+@pytest.mark.parametrize("command", ["search", "verify"])
+def test_an_empty_query_file_is_called_an_empty_file_as_the_scan_calls_it(run_and_gallery, tmp_path, cli, command):
+    run, gallery = run_and_gallery
+    empty = tmp_path / "zero.png"
+    empty.write_bytes(b"")
+    extra = [gallery / "apple" / "apple_0.png"] if command == "verify" else []
+    result = cli(command, run, empty, *extra)
+    assert_one_line_error(result.code, result.err, "zero.png", "empty file")

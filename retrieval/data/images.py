@@ -81,6 +81,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
         raise RetrievalError(f"{path} is a folder, not an image")
     if not path.is_file():
         raise RetrievalError(f"image not found: {path}")
+    if path.stat().st_size == 0:  # as a folder's scan and an upload say it
+        raise RetrievalError(f"cannot read image {path}: empty file")
     return _decode(path, str(path), MAX_IMAGE_PIXELS if max_pixels is None else max_pixels)
 
 

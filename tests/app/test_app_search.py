@@ -71,7 +71,7 @@ def test_large_galleries_are_paged_in_the_picker(monkeypatch, full_run):
 def test_bad_upload_shows_an_error_and_the_app_keeps_working(monkeypatch, full_run):
     at = upload(start(monkeypatch, full_run), "holiday.png", b"this is not a picture at all")
     errors = texts(at.error)
-    assert len(errors) == 1 and "cannot read image holiday.png" in errors[0]
+    assert len(errors) == 1 and "cannot read image holiday.png" in errors[0] and errors[0].endswith("Upload a JPEG, PNG, WebP or other image file.")
     assert neighbour_cards(at) == []
     upload(at, "good.png", fake_runs.png_bytes((5, 5, 250)))
     assert texts(at.error) == [] and len(neighbour_cards(at)) == K_DEFAULT
@@ -83,6 +83,13 @@ def test_oversized_upload_is_refused_with_a_clear_message(monkeypatch, full_run)
     at = upload(start(monkeypatch, full_run), "huge.png", fake_runs.png_bytes((1, 2, 3), size=40))
     errors = texts(at.error)
     assert len(errors) == 1 and "too large" in errors[0] and "huge.png" in errors[0]
+    assert errors[0].endswith("Upload a smaller picture (fewer pixels).") and "JPEG" not in errors[0]  # it is a PNG already
+
+
+def test_a_tiny_upload_is_told_to_upload_a_larger_picture(monkeypatch, full_run):
+    at = upload(start(monkeypatch, full_run), "dot.png", fake_runs.png_bytes((1, 2, 3), size=1))
+    errors = texts(at.error)
+    assert len(errors) == 1 and "too small" in errors[0] and errors[0].endswith("Upload a larger picture.")
 
 
 def test_empty_upload_is_refused(monkeypatch, full_run):
