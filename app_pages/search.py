@@ -183,7 +183,10 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         for position, item in enumerate(shown):
             with columns[position % 3]:
                 show_item(index, item)
-                if st.button(markdown_text(item_name(index, item)), key=f"pick-{item}", width="stretch"):
+                label = index.labels[item]  # many galleries repeat file names across classes (s31/1.png, s32/1.png)
+                name = item_name(index, item) if label is None else f"{label} · {item_name(index, item)}"
+                if st.button(markdown_text(name), key=f"pick-{item}", width="stretch",
+                             help=markdown_text(printable(index.relative_paths[item]))):
                     st.session_state["picked"] = {"stamp": stamp, "item": item}
                     st.rerun()
         st.caption(f"{len(items)} {'faces' if index.has_faces else 'images'}; page {page} of {n_pages}")

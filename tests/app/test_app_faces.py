@@ -144,12 +144,12 @@ def test_picking_from_a_face_gallery_shows_faces_named_by_photo_and_face(monkeyp
     at.radio(key="query_source").set_value("Pick from the gallery").run()
     labels = [b.label for b in at.button]
     two = [label for label in labels if "two" in label]
-    assert sorted(two) == [r"two.jpg · face 1", r"two.jpg · face 2"], labels
+    assert sorted(two) == [r"party · two.jpg · face 1", r"party · two.jpg · face 2"], labels
     assert any("faces; page" in c for c in texts(at.caption)), "the picker counts faces, not photos"
     next(b for b in at.button if b.label == two[1]).click().run()
     assert not at.exception
     captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
-    assert any(c.startswith("query: two.jpg · face 2") for c in captions), captions
+    assert any(c.startswith("query: two.jpg · face 2") for c in captions), captions  # the class is in the caption below
     assert not any("cannot read" in c for c in texts(at.caption))
     assert len([m for m in texts(at.markdown) if "d = " in m]) >= 5, "its neighbours are shown"
 

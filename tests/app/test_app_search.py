@@ -54,7 +54,7 @@ def test_pick_from_gallery_leaves_the_query_out_and_knows_its_class(monkeypatch,
     assert not at.exception
     cards = neighbour_cards(at)
     assert len(cards) == K_DEFAULT
-    assert buttons[0].label == "banana_0.png"
+    assert buttons[0].label == "banana · banana_0.png" and buttons[0].help == "banana/banana_0.png"  # class first: file names repeat across classes
     assert "banana_0.png" not in texts(at.caption)  # neighbour cards caption their file name
     assert any("the query itself is left out" in c for c in texts(at.caption))
     assert len(texts(at.success) + texts(at.warning) + texts(at.error)) == 1
