@@ -445,14 +445,17 @@ def roc_chart(points: Sequence[Mapping[str, Any]], *, kind: str = "roc", chosen:
               height: int = 260) -> alt.LayerChart:
     """The verification trade-off over every threshold (``points``: :func:`retrieval.verification.roc_points`):
     ``kind="roc"`` draws TAR against FAR, ``"det"`` FRR against FAR (the DET curve), FAR (and FRR)
-    on log axes; points with a 0 on a log axis are left out. ``chosen`` rows ``{"name", "far",
-    "tar", "threshold"}`` (the run's τ, a target FAR tried) are drawn as labelled dots, a FAR of 0
-    at the axis' left end. Layer 0 the curve, 1 the dots, 2 their labels."""
+    on log axes. A FAR of 0, which a log axis cannot show, is drawn at half the smallest FAR above 0
+    (``x``; the tooltips give the FAR itself), so the curve starts where the strictest thresholds
+    are and a τ that accepts no different-class pair sits on it; an FRR of 0 on the DET's log axis
+    is left out. ``chosen`` rows ``{"name", "far", "tar", "threshold"}`` (the run's τ, a target FAR
+    tried) are drawn as labelled dots. Layer 0 the curve, 1 the dots, 2 their labels."""
     y_key, y_title = ("tar", "TAR (same-class pairs accepted)") if kind == "roc" else ("frr", "FRR (same-class pairs rejected)")
-    curve = [dict(p) for p in points if p["far"] > 0 and (kind == "roc" or p["frr"] > 0)]
-    floor = min((p["far"] for p in curve), default=1e-3)
-    marks = [{**c, "frr": 1.0 - c["tar"], "x": max(float(c["far"]), floor)} for c in chosen]
-    x = alt.X("far:Q", title="FAR (different-class pairs accepted), log", scale=alt.Scale(type="log"))
+    kept = [dict(p) for p in points if kind == "roc" or p["frr"] > 0]
+    zero_far = min((p["far"] for p in kept if p["far"] > 0), default=2e-3) / 2
+    curve = [{**p, "x": float(p["far"]) if p["far"] > 0 else zero_far} for p in kept]
+    marks = [{**c, "frr": 1.0 - c["tar"], "x": float(c["far"]) if c["far"] > 0 else zero_far} for c in chosen]
+    x = alt.X("x:Q", title="FAR (different-class pairs accepted), log", scale=alt.Scale(type="log"))
     y = alt.Y(f"{y_key}:Q", title=y_title, scale=alt.Scale(type="log") if kind == "det" else alt.Scale(domain=[0, 1]))
     line = alt.Chart(_data(curve)).mark_line(color="#4c78a8", interpolate="step-after").encode(
         x=x, y=y, tooltip=[alt.Tooltip("threshold:Q", format=".3f"), alt.Tooltip("far:Q", format=".4f"),

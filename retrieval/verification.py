@@ -223,11 +223,12 @@ def roc_points(positive: np.ndarray, negative: np.ndarray, max_points: int = 200
     """The ROC for a chart: at most about ``max_points`` rows ``{"threshold", "far", "tar", "frr"}``,
     thinned on a logarithmic FAR grid from 1 / (negative pairs) to 1 (at each grid FAR g the point
     with the highest TAR at FAR ≤ g, so the curve keeps its upper envelope), the end points kept
-    (the first, below every distance, has threshold None)."""
+    (the first, below every distance, has threshold None) and the highest TAR at FAR 0."""
     roc = roc_curve(positive, negative)
     far = roc["far"]
     grid = np.logspace(np.log10(1.0 / len(np.ravel(negative))), 0.0, max_points)
-    keep = np.unique(np.concatenate([[0, len(far) - 1], np.searchsorted(far, grid, side="right") - 1]))
+    best_at_zero = np.searchsorted(far, 0.0, side="right") - 1  # the highest TAR that accepts no different-class pair
+    keep = np.unique(np.concatenate([[0, best_at_zero, len(far) - 1], np.searchsorted(far, grid, side="right") - 1]))
     thresholds = roc["threshold"]
     return [{"threshold": float(thresholds[i]) if np.isfinite(thresholds[i]) else None, "far": float(far[i]),
              "tar": float(roc["tar"][i]), "frr": float(1.0 - roc["tar"][i])} for i in keep]

@@ -228,3 +228,27 @@ def test_margin_spec_without_a_margin_has_no_band_and_keeps_the_rest(threshold):
     assert [(layer["data"], layer["mark"]) for layer in kept] == [(layer["data"], layer["mark"]) for layer in without["layer"]]
     top = without["layer"][0]["encoding"]["y"]["scale"]["domain"][1]
     assert top == pytest.approx(max(0.3, threshold or 0) * 1.08), "the y scale fits the bars (and τ), no band above them"
+
+
+@pytest.mark.parametrize("kind", ["roc", "det"])
+def test_a_threshold_accepting_no_different_class_pair_sits_on_the_curve_at_its_left_edge(kind):
+    from retrieval.verification import rates_at, roc_points
+
+    rng = np.random.default_rng(0)
+    positive, negative = rng.uniform(0.0, 0.8, 400), rng.uniform(0.5, 1.5, 600)
+    tau = 0.45  # below every different-class distance: FAR 0, TAR about 0.56
+    far, frr = rates_at(tau, positive, negative)
+    assert far == 0 and 0.3 < 1 - frr < 0.8
+    chart = figures.roc_chart(roc_points(positive, negative), kind=kind,
+                              chosen=[{"name": "stored τ", "far": far, "tar": 1 - frr, "threshold": tau}]).to_dict()
+    rows = lambda i: chart["datasets"][chart["layer"][i]["data"]["name"]]  # noqa: E731
+    curve, (mark,) = rows(0), rows(1)
+    smallest = min(p["far"] for p in curve if p["far"] > 0)
+    assert mark["x"] == pytest.approx(smallest / 2) and mark["far"] == 0  # drawn at the left edge, its FAR kept for the tooltip
+    assert chart["layer"][0]["encoding"]["x"]["field"] == "x" and all(p["x"] > 0 for p in curve)
+    at_edge = [p for p in curve if p["x"] == mark["x"]]
+    key = "tar" if kind == "roc" else "frr"
+    assert at_edge and max(p["tar"] for p in at_edge) >= 1 - frr  # the curve reaches the dot's height at that FAR
+    if kind == "det":
+        assert all(p["frr"] > 0 for p in curve)
+    assert min(p[key] for p in at_edge) <= mark[key] <= max(p[key] for p in at_edge)

@@ -71,10 +71,11 @@ def test_histogram_gains_tau_and_the_roc_curve_with_the_stored_point(monkeypatch
     val = json.loads((full_run / "val_distances.json").read_text())
     positive, negative = val["positive"], val["negative"]
     stored = next(m for m in marks if m["name"] == "stored τ (FAR 1 %)")
+    assert curve[0]["threshold"] is None and curve[0]["tar"] == 0
     tau = fake_runs.THRESHOLD
     assert stored["far"] == pytest.approx(sum(d <= tau for d in negative) / len(negative))
     assert stored["tar"] == pytest.approx(sum(d <= tau for d in positive) / len(positive))
-    for row in curve:  # each curve point: the rates at its threshold, by counting
+    for row in curve[1:]:  # each curve point: the rates at its threshold, by counting (the first lies below every distance)
         assert row["far"] == pytest.approx(sum(d <= row["threshold"] for d in negative) / len(negative))
         assert row["tar"] == pytest.approx(sum(d <= row["threshold"] for d in positive) / len(positive))
     curves = next(s for s in charts(at) if "facet" in s)
