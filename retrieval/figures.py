@@ -98,7 +98,8 @@ def margin_spec(neighbours: Sequence[Any], margin: float | None, *, query_label:
     well under a millisecond: the chart's structure is built and validated by Altair once per
     shape (query label given or not, threshold or not, legend kind, height) and each call only
     fills in the data (as named ``datasets``) and the y scale. For front ends that redraw on every query.
-    ``margin`` None (a run whose loss has no margin): the distances without the ε band and its label."""
+    ``margin`` None (a run whose loss has no margin): the distances without the ε band, the rule at
+    its lower edge and its label."""
     data = _margin_data(neighbours, margin or 0.0, query_label, threshold, target_far)
     template = _margin_template(query_label is not None, _legend_bucket(data["n_labels"]), height, threshold is not None)
     spec = copy.deepcopy(template)
@@ -112,7 +113,7 @@ def margin_spec(neighbours: Sequence[Any], margin: float | None, *, query_label:
 
 
 _MARGIN_LAYERS = ("band", "bars", "rule", "text")
-_BAND_LAYERS = ("band", "text")  # the ε band and its label
+_BAND_LAYERS = ("band", "rule", "text")  # the ε band, its lower edge at d₁ and its label
 _THRESHOLD_LAYERS = ("tau", "tau_text")
 _THRESHOLD_COLOUR = "#54a24b"
 

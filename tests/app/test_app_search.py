@@ -187,7 +187,7 @@ def test_a_run_whose_loss_has_no_margin_claims_none(monkeypatch, infonce_run):
     sidebar = " ".join(texts(at.sidebar.caption))
     assert "loss infonce (temperature 0.1)\\: no margin · miner none" in sidebar and "ε" not in sidebar
     (margin_spec,) = [c for c in charts(at) if "layer" in c]
-    assert {layer["data"]["name"] for layer in margin_spec["layer"]} == {"bars", "rule", "tau", "tau_text"}  # no ε band
+    assert {layer["data"]["name"] for layer in margin_spec["layer"]} == {"bars", "tau", "tau_text"}  # no ε band, nor its edge
     assert any("asked for no margin between a match and a non-match" in m for m in texts(at.markdown))
     assert not any("The band runs" in m or "training asked for a margin" in m for m in texts(at.markdown))
     assert not any("◆" in card for card in neighbour_cards(at))
