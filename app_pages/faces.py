@@ -109,7 +109,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
     digest = hashlib.sha1(data).hexdigest()
     results = _searched(index, path_key(run_dir), stamp, digest, photo, int(k), harder)
     if not results:
-        st.image(photo, caption=markdown_text(uploaded.name), width="stretch")
+        st.image(photo, caption=markdown_text(uploaded.name), width="content")
         st.warning(no_face_message(uploaded.name, "this run searches faces, so there is nothing to search",
                                    face_pipeline(path_key(run_dir), stamp, harder), photo.size, harder))
         return

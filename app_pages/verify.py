@@ -77,7 +77,7 @@ def upload_side(side: str, face_run: Path | None, stamp: str, harder: bool = Fal
         return True, None
     if face_run is not None:
         return True, picked_face(side, face_run, stamp, digest, image, uploaded.name, harder)
-    st.image(encode_thumbnail(image), caption=markdown_text(uploaded.name), width="stretch")
+    st.image(encode_thumbnail(image), caption=markdown_text(uploaded.name), width="content")
     return True, image
 
 
@@ -89,11 +89,11 @@ def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: 
 
     faces = photo_faces(path_key(run_dir), stamp, digest, photo, harder)
     if not faces:
-        st.image(encode_thumbnail(photo), caption=markdown_text(name), width="stretch")
+        st.image(encode_thumbnail(photo), caption=markdown_text(name), width="content")
         st.warning(no_face_message(name, "this run compares faces", face_pipeline(path_key(run_dir), stamp, harder), photo.size, harder))
         return None
     st.image(encode_thumbnail(draw_boxes(photo, [face.box for face in faces])),
-             caption=f"{markdown_text(name)}: {len(faces)} face(s) found" + (LOOKED_HARDER if harder else ""), width="stretch")
+             caption=f"{markdown_text(name)}: {len(faces)} face(s) found" + (LOOKED_HARDER if harder else ""), width="content")
     picked = 0
     if len(faces) > 1:
         labels = [f"face {i + 1}" + (" (most confident)" if i == 0 else "") for i in range(len(faces))]

@@ -62,3 +62,20 @@ def test_an_unreadable_upload_is_one_error_and_no_verdict(monkeypatch, bare_run)
                      ("b.png", fake_runs.png_bytes((30, 30, 200))))
     errors = texts(at.error)
     assert len(errors) == 1 and "notes.png" in errors[0] and verdicts(at) == []
+
+
+def test_uploads_are_shown_at_their_own_size_never_blown_up(monkeypatch, bare_run):
+    """A 92 × 112 face photo stretched to the column's width was a blurry 480 px picture."""
+    import streamlit
+
+    widths = {}
+    real_image = streamlit.image
+
+    def recorded(image, caption=None, **kwargs):
+        widths[caption] = kwargs.get("width")
+        return real_image(image, caption=caption, **kwargs)
+
+    monkeypatch.setattr(streamlit, "image", recorded)
+    upload_pair(go(start(monkeypatch, bare_run), "Verify"), ("a.png", fake_runs.png_bytes((200, 30, 30))),
+                ("b.png", fake_runs.png_bytes((2, 30, 30))))
+    assert widths.get("a.png") == "content" and widths.get("b.png") == "content", widths
