@@ -187,7 +187,7 @@ def test_cli_sample_data_generates_then_skips_and_prints_what_to_run_next(tmp_pa
     result = runner.invoke(app, ["sample-data", str(out), "--seed", "7", *sizes])
     assert result.exit_code == 0, result.output
     assert "6 train photos (3 classes)" in result.output
-    assert f"retrieval train {out / 'train'} --out models/demo" in result.output
+    assert f"retrieval train {out / 'train'} --out models/demo --backbone resnet10t --image-size 32 --epochs 40" in result.output
     assert len(_classes(out, "train")) == 3 and len(_classes(out, "catalog")) == 5
 
     again = runner.invoke(app, ["sample-data", str(out), "--seed", "7", "--json", *sizes])

@@ -50,7 +50,8 @@ def sample_data_command(
             f"{summary['n_test_images']} test photos ({summary['n_test_classes']} classes) and "
             f"{summary['n_catalog_images']} catalogue images to {out_dir} in {summary['seconds']:.1f} s"
         )
-    typer.echo(f"next: retrieval train {out_dir / 'train'} --out models/demo --image-size {image_size}")
+    typer.echo(f"next: retrieval train {out_dir / 'train'} --out models/demo --backbone resnet10t --image-size {image_size} "
+               "--epochs 40   (the quick start of the README)")
 
 
 def _default(value) -> str:
