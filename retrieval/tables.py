@@ -83,7 +83,7 @@ def _columns(table: Table, width: int, columns: list[tuple[str, str]]) -> None:
     numbers = [name for name, justify in columns if justify == "right"]
     texts = len(columns) - len(numbers)
     spare = width - 2 * len(columns) - sum(_number_width(name) for name in numbers)
-    text_width = max(6, spare // max(texts, 1))
+    text_width = max(6, spare // max(texts, 1) + 1)  # padding collapses between columns: one more fits
     for name, justify in columns:
         numeric = justify == "right"
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", max_width=None if numeric else text_width,
@@ -91,7 +91,7 @@ def _columns(table: Table, width: int, columns: list[tuple[str, str]]) -> None:
 
 
 def _number_width(name: str) -> int:
-    return max(len(name), 3 if name == "#" else 6)  # a rank, or a distance such as "+0.123"
+    return max(len(name), 2 if name == "#" else 6)  # a rank, or a distance such as "+0.123"
 
 
 def _labelled(row: Mapping[str, Any], role: str) -> Text:

@@ -41,7 +41,7 @@ def test_mining_prints_labels_and_paths_as_text(hostile_run, cli):
     run, _ = hostile_run
     result = cli("mining", run)
     assert result.code == 0, result.err
-    assert "shoes[" in result.out and "dim].png" in result.out and "\x1b" not in result.out and "t\\x1b]0;pwn" in result.out
+    assert "shoes[" in result.out and "dim].png" in result.out and "\x1b" not in result.out and "t\\x1b]0;p" in result.out  # escaped (the column may cut the rest)
 
 
 def test_warnings_and_errors_naming_a_file_show_its_control_characters_escaped(hostile_run, tmp_path, cli):

@@ -61,7 +61,7 @@ def test_picking_such_a_gallery_image_searches_with_it(monkeypatch, odd_run):
     at.selectbox(key="pick_class").set_value("banana").run()
     assert not at.exception, [e.value for e in at.exception]
     shown = markdown_text("banana_\\xff0.png")
-    (button,) = [b for b in at.button if b.label == shown]
+    (button,) = [b for b in at.button if b.label == markdown_text("banana · banana_\\xff0.png")]
     button.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "query: " + shown in [caption for image in at.image for caption in image.captions]

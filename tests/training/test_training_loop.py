@@ -179,7 +179,7 @@ def test_cli_train_evaluate_and_mining_end_to_end(sample, tmp_path):
         (["train", "{data}", "--out", "{run}", "--val-fraction", "1.5"], "val-fraction"),
         (["train", "{data}", "--out", "{run}", "--lr", "-1"], "--lr"),
         (["train", "{data}", "--out", "{run}", "--workers", "-1"], "--workers"),
-        (["train", "{data}", "--out", "{run}", "--resume"], "no checkpoint.pt"),
+        (["train", "{data}", "--out", "{run}", "--resume"], "does not exist"),
         (["evaluate", "{run}", "{data}"], "not found"),
         (["mining", "{missing}"], "not found"),
     ],
