@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from retrieval.errors import RetrievalError
+from retrieval.folder_caveats import MEMORISED_FIGURES, shared_images, warn_when_one_class, warn_when_trained_on
 
 __all__ = ["retrieval_metrics", "with_misses", "evaluate_run", "calibrate_run", "verify_images", "verify_pair", "PRECISION_K", "METRIC_KEYS"]
 
@@ -144,14 +145,10 @@ def evaluate_run(
     from retrieval.verification import pair_distances, rates_at, summarise
 
     for folder in dict.fromkeys(f for f in (data_dir, query_dir, gallery_dir) if f is not None):
-        _warn_when_trained_on(run_dir, folder, "Recall@1 and MAP@R on them measure what the model remembers, not how "
-                                               "it does on people or products it has not seen; evaluate on held-out classes")
+        warn_when_trained_on(run_dir, folder, MEMORISED_FIGURES)
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
                                         device=device, num_workers=num_workers, precision=precision, on_progress=on_progress)
-    gallery_labels = (sets[1] if len(sets) > 1 else sets[0])[1]
-    if len(set(np.asarray(gallery_labels).tolist())) == 1:
-        logger.warning("%s: one class only: every neighbour is of the query's class, so Recall@1 and MAP@R are 1 whatever "
-                       "the model; evaluate on a folder of two or more classes", gallery_dir if gallery_dir is not None else data_dir)
+    warn_when_one_class((sets[1] if len(sets) > 1 else sets[0])[1], gallery_dir if gallery_dir is not None else data_dir)
     metrics: dict[str, Any] = dict(retrieval_metrics(*sets[0], *(sets[1] if len(sets) > 1 else (None, None))))
     if config.faces is not None:  # a face run: the queries whose face was not found are misses, never dropped
         metrics = with_misses(metrics, n_no_face)
@@ -197,7 +194,7 @@ def calibrate_run(
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
     if Path(run_dir).is_dir() and not os.access(run_dir, os.W_OK):  # before the embedding, not after it
         raise RetrievalError(f"cannot write {run_dir} (a read-only folder or file system): calibrate stores τ in its config.json")
-    _warn_when_trained_on(run_dir, data_dir)
+    warn_when_trained_on(run_dir, data_dir)
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, None, None, batch_size=batch_size, device=device,
                                                 num_workers=num_workers, precision=precision, on_progress=on_progress,
                                                 purpose="calibration")
@@ -276,42 +273,6 @@ def _stage_offset(on_progress, stage: str, offset: int, total: int):
     return lambda done, _total: on_progress(stage, offset + done, total)
 
 
-_OPTIMISTIC_TAU = ("τ chosen on them is optimistic for people or products the model has not seen; "
-                   "calibrate on held-out classes")
-
-
-def _warn_when_trained_on(run_dir: Path | str, data_dir: Path | str, consequence: str = _OPTIMISTIC_TAU) -> None:
-    """One warning line when the folder's classes (its subfolders) include classes the run trained
-    on (``config.json``'s ``train_classes``): the model has seen those people or products, so
-    what is measured or chosen on them (``consequence``; default: τ) flatters it."""
-    from retrieval.run import read_config
-
-    try:
-        config = read_config(run_dir)
-        folder_classes = {p.name for p in Path(data_dir).iterdir() if p.is_dir()}
-    except (RetrievalError, OSError):
-        return  # the calibration itself says what is wrong
-    trained = set(config.get("train_classes") or [])
-    seen = sorted(folder_classes & trained)
-    if seen:
-        shown = ", ".join(seen[:3]) + (f" (and {len(seen) - 3} more)" if len(seen) > 3 else "")
-        logging.getLogger("retrieval").warning(
-            "%s: %d of its %d classes are classes the run trained on (%s): %s", data_dir, len(seen),
-            len(folder_classes), shown, consequence)
-
-
-def _shared_images(queries: Sequence[Path], gallery: Sequence[Path]) -> list[Path]:
-    """The query files whose exact content is also a gallery file (compared by size, then SHA-256)."""
-    from retrieval.run import sha256_file
-
-    by_size: dict[int, list[Path]] = {}
-    for path in gallery:
-        by_size.setdefault(path.stat().st_size, []).append(path)
-    sized = [(path, size) for path in queries if (size := path.stat().st_size) in by_size]
-    digests = {sha256_file(path) for size in {size for _, size in sized} for path in by_size[size]}
-    return [path for path, _ in sized if sha256_file(path) in digests]
-
-
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
                          on_progress, purpose: str = "evaluation") -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
     """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
@@ -342,7 +303,7 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
 
     folders = [scan_folder(Path(d), labelled=True) for d in
                ((query_dir, gallery_dir) if cross_set else (data_dir,))]
-    if cross_set and (shared := _shared_images(folders[0].paths, folders[1].paths)):
+    if cross_set and (shared := shared_images(folders[0].paths, folders[1].paths)):
         logger.warning("%d of the %d query image(s) are also in the gallery (the same file content, e.g. %s): each finds "
                        "itself at d = 0, so Recall@K, MAP@R and the pair rates are optimistic; evaluate on disjoint folders, "
                        "or leave-one-out on one", len(shared), len(folders[0].paths), shared[0])
