@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import RetrievalError
-from retrieval.run.files import CHECKPOINT_NAME
+from retrieval.run.files import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
 from retrieval.run.store import write_atomic
 
 __all__ = ["has_checkpoint", "read_checkpoint", "write_checkpoint"]
@@ -35,7 +35,7 @@ def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """The saved training state; a one-line error when there is none or it cannot be read."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        started = any((Path(run_dir) / name).exists() for name in ("metrics.jsonl", "config.json"))
+        started = any((Path(run_dir) / name).exists() for name in (METRICS_NAME, CONFIG_NAME))
         raise RetrievalError(f"--resume: no {CHECKPOINT_NAME} in {run_dir}; "
                              + ("the run stopped before its first epoch ended: start it again without --resume, with --force"
                                 if started else "start a new run without --resume"))
