@@ -263,3 +263,27 @@ def test_an_empty_query_file_is_called_an_empty_file_as_the_scan_calls_it(run_an
     extra = [gallery / "apple" / "apple_0.png"] if command == "verify" else []
     result = cli(command, run, empty, *extra)
     assert_one_line_error(result.code, result.err, "zero.png", "empty file")
+
+
+def test_under_torchrun_only_rank_0_prints_the_error_line(run_and_gallery, cli, monkeypatch):
+    run, gallery = run_and_gallery
+    monkeypatch.setenv("RANK", "1")  # every process of a torchrun launch meets the same bad input
+    quiet = cli("index", run, gallery / "nope", "--quiet")
+    assert quiet.code == 2 and quiet.err == "", quiet.err
+    assert cli("search", run, gallery / "apple" / "apple_0.png", "--bogus").err == ""
+    monkeypatch.setenv("RANK", "0")
+    loud = cli("index", run, gallery / "nope", "--quiet")
+    assert_one_line_error(loud.code, loud.err, "nope")
+
+
+def test_under_torchrun_only_rank_0_says_it_stops_after_the_step(monkeypatch, capsys):
+    import signal
+
+    from retrieval.training.progress import InterruptFlag
+
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with InterruptFlag() as flag:
+            signal.raise_signal(signal.SIGINT)
+        assert flag.requested
+        assert ("stopping after this step" in capsys.readouterr().err) == said

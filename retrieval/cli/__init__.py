@@ -49,29 +49,44 @@ def main() -> None:
         code = app(standalone_mode=False)  # Ctrl-C comes back as INTERRUPTED
     except KeyboardInterrupt:  # one that lands outside click's own handling (a second Ctrl-C)
         code = INTERRUPTED
-    except no_args as error:
+    except (click.ClickException, RetrievalError, OSError) as error:
+        if not _is_rank_0() and not isinstance(error, LostProcesses):
+            sys.exit(2)  # under torchrun every process meets the same error: rank 0 alone prints it
+        _exit_with_one_line(error, click, no_args)
+    if code == INTERRUPTED:  # every file is written whole under a temporary name, then renamed
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (a terminal sends it to the group) must not cut this line
+        if _is_rank_0():
+            typer.secho("interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was",
+                        fg=typer.colors.RED, err=True)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as the return value
+
+
+def _is_rank_0() -> bool:
+    """Whether this process prints: a plain process, or rank 0 of a torchrun launch (its RANK; read
+    here without importing torch, which retrieval.distributed.is_main_process would)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _exit_with_one_line(error: Exception, click, no_args) -> None:
+    """``error`` as one line on stderr, then its exit status (see :func:`main`)."""
+    if isinstance(error, no_args):
         typer.echo(error.format_message(), err=True)  # the group's help
         sys.exit(2)
-    except click.UsageError as error:  # a missing argument, an unknown flag, a value out of range
+    if isinstance(error, click.UsageError):  # a missing argument, an unknown flag, a value out of range
         command = error.ctx.command_path if error.ctx is not None else "retrieval"
         typer.secho(f"error: {printable(error.format_message())} (see {command} --help)", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except click.ClickException as error:
+    if isinstance(error, click.ClickException):
         typer.secho(f"error: {printable(error.format_message())}", fg=typer.colors.RED, err=True)
         sys.exit(error.exit_code)
-    except RetrievalError as error:
+    if isinstance(error, RetrievalError):
         typer.secho(f"error: {printable(error)}", fg=typer.colors.RED, err=True)
         if isinstance(error, LostProcesses):  # torch's teardown may abort after a peer died (see LostProcesses)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(2)
         sys.exit(2)
-    except OSError as error:  # the machine refused a read or write: a full disk, a read-only folder, permissions
-        where = f"{printable(str(error.filename))}: " if error.filename else ""
-        typer.secho(f"error: {where}{printable(error.strerror or error)}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
-    if code == INTERRUPTED:  # every file is written whole under a temporary name, then renamed
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (a terminal sends it to the group) must not cut this line
-        typer.secho("interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was",
-                    fg=typer.colors.RED, err=True)
-    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as the return value
+    # an OSError: the machine refused a read or write (a full disk, a read-only folder, permissions)
+    where = f"{printable(str(error.filename))}: " if error.filename else ""
+    typer.secho(f"error: {where}{printable(error.strerror or error)}", fg=typer.colors.RED, err=True)
+    sys.exit(1)

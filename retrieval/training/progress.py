@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+from retrieval.distributed import is_main_process
 from retrieval.training.totals import EpochTotals
 
 __all__ = ["InterruptFlag", "ProgressBar"]
@@ -32,7 +33,8 @@ class InterruptFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort at once)…", file=sys.stderr)
+        if is_main_process():  # under torchrun every process gets the terminal's Ctrl-C; rank 0 says so
+            print("\nstopping after this step (Ctrl-C again to abort at once)…", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
