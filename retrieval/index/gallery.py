@@ -315,6 +315,8 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
         for number, root in enumerate(roots):  # a gallery moved since the build: say where to point the index
             _warn_when_not_the_gallery(None, root, [path for r, path in zip(listed["root"], listed["path"]) if r == number])
         return roots
+    if len(gallery_roots) != len(recorded) and {str(given_root(r, "--gallery-root")) for r in gallery_roots} <= set(recorded):
+        return _roots(run_dir, metadata, None)  # roots the index records already (`index --add --gallery-root` wrote them)
     if len(gallery_roots) != len(recorded):
         raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
                              f"({', '.join(recorded)}); give one --gallery-root for each, in that order")

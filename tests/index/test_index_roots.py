@@ -122,5 +122,7 @@ def test_index_add_with_gallery_root_records_the_new_roots(tmp_path, indexed_run
     assert metadata["roots"] == [str(gallery.resolve()), str(extra.resolve())] and metadata["n_items"] == 18 + 2
     index = GalleryIndex.load(run, load_model=False)
     assert all(index.path(i).is_file() for i in range(len(index)))
+    again = cli("search", run, gallery / "apple" / "0_0.png", "--gallery-root", gallery, "--device", "cpu", "-k", "1")
+    assert again.code == 0 and not again.lines, again.err  # the root the app was started with, now recorded: nothing to re-root
     misplaced = cli("index", run, gallery, "--gallery-root", gallery)
     assert misplaced.code == 2 and "give it with --add" in misplaced.lines[0]
