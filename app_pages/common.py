@@ -188,10 +188,15 @@ def open_index(run_dir: Path, what: str) -> GalleryIndex | None:
         st.caption("The Hardest negatives and Training pages work without an index.")
         return None
     try:
-        return load_index(path_key(run_dir), index_stamp(run_dir), tuple(path_key(root) for root in gallery_roots() or ()))
+        index = load_index(path_key(run_dir), index_stamp(run_dir), tuple(path_key(root) for root in gallery_roots() or ()))
     except RetrievalError as error:
         st.error(markdown_text(error))
         return None
+    for folder in index.unfound_roots():  # as `retrieval search` warns: the pictures would all be "cannot read"
+        st.warning(f"The gallery folder {markdown_text(printable(folder))} holds none of the first images the index "
+                   "lists for it: if it moved, start the app with `--gallery-root` on its new place. The neighbours "
+                   "still come from the index; their pictures cannot be shown.")
+    return index
 
 
 @st.cache_resource(max_entries=4)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ from retrieval.index.metadata import read_index_metadata, verify_file
 if TYPE_CHECKING:  # torch is imported where it is used: building an index from vectors needs none
     import torch
 
-__all__ = ["GalleryIndex", "Neighbour", "exact_search", "load_model_and_transform", "row_distances"]
+__all__ = ["GalleryIndex", "Neighbour", "exact_search", "load_model_and_transform", "row_distances", "unfound_roots"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,11 @@ class GalleryIndex:
     def paths(self) -> list[Path]:
         """Absolute image path of every item, in item order."""
         return [self.path(i) for i in range(len(self))]
+
+    def unfound_roots(self) -> list[Path]:
+        """The gallery folders where none of their first items is found (:func:`unfound_roots`): moved
+        since the build, or gone; their items are still searched, but their images cannot be shown."""
+        return [self.roots[number] for number in unfound_roots(self.roots, self._item_roots, self.relative_paths)]
 
     def path(self, item: int) -> Path:
         """Absolute path of one item's image: under its root, symbolic links followed
@@ -312,8 +317,11 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
     listed = metadata["items"]
     if not gallery_roots:
         roots = [check_root(root, source=index_dir(run_dir) / METADATA_NAME) for root in recorded]
-        for number, root in enumerate(roots):  # a gallery moved since the build: say where to point the index
-            _warn_when_not_the_gallery(None, root, [path for r, path in zip(listed["root"], listed["path"]) if r == number])
+        for number in unfound_roots(roots, listed["root"], listed["path"]):  # moved since the build: say where to point it
+            logging.getLogger("retrieval").warning(
+                "gallery folder %s: none of the first gallery images the index lists for it is there: if it moved, give "
+                "its new place with --gallery-root (the neighbours come from the index; their images cannot be shown "
+                "or opened)", roots[number])
         return roots
     if len(gallery_roots) != len(recorded) and {str(given_root(r, "--gallery-root")) for r in gallery_roots} <= set(recorded):
         return _roots(run_dir, metadata, None)  # roots the index records already (`index --add --gallery-root` wrote them)
@@ -321,27 +329,23 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
         raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
                              f"({', '.join(recorded)}); give one --gallery-root for each, in that order")
     roots = [given_root(root, "--gallery-root") for root in gallery_roots]
-    for number, (given, root) in enumerate(zip(gallery_roots, roots)):
-        _warn_when_not_the_gallery(given, root, [path for r, path in zip(listed["root"], listed["path"]) if r == number])
+    for number in unfound_roots(roots, listed["root"], listed["path"]):  # likely the wrong folder, or one level off
+        logging.getLogger("retrieval").warning(
+            "--gallery-root %s: none of the first gallery images the index lists for it is there: is it the folder the "
+            "index was built from?", gallery_roots[number])
     return roots
 
 
-def _warn_when_not_the_gallery(given: str | Path | None, root: Path, relative_paths: list[str], looked_at: int = 20) -> None:
-    """One warning line when none of the first ``looked_at`` images the index lists for a gallery
-    folder is found under its root: the ``given`` ``--gallery-root`` is likely the wrong folder (or
-    one level off); the recorded one (``given`` None) has moved or gone."""
-    checked = relative_paths[:looked_at]
-    if not checked or any((root / path).is_file() for path in checked):
-        return
-    if given is not None:
-        logging.getLogger("retrieval").warning(
-            "--gallery-root %s: none of the %d first gallery images the index lists for it is there (such as %s): "
-            "is it the folder the index was built from?", given, len(checked), checked[0])
-    else:
-        logging.getLogger("retrieval").warning(
-            "gallery folder %s: none of the %d first gallery images the index lists for it is there (such as %s): "
-            "if it moved, give its new place with --gallery-root (the neighbours come from the index; their images "
-            "cannot be shown or opened)", root, len(checked), checked[0])
+def unfound_roots(roots: Sequence[Path], item_roots: Sequence[int], relative_paths: Sequence[str],
+                  looked_at: int = 20) -> list[int]:
+    """The numbers of the ``roots`` under which none of the first ``looked_at`` items the index lists
+    for them is a file: a gallery folder that moved or went (or a ``--gallery-root`` one level off).
+    A few file checks a root, not a walk of the gallery."""
+    first: dict[int, list[str]] = {}
+    for root, path in zip(item_roots, relative_paths):
+        if len(first.setdefault(root, [])) < looked_at:
+            first[root].append(path)
+    return [number for number, paths in sorted(first.items()) if not any((roots[number] / path).is_file() for path in paths)]
 
 
 def _check_built_by_the_runs_model(run_dir: Path, metadata: dict[str, Any], config) -> None:

@@ -29,12 +29,16 @@ def test_a_moved_run_finds_its_images_again_once_re_rooted(monkeypatch, tmp_path
     run, photos = _moved(tmp_path, full_run, gallery)
     stale = upload(start(monkeypatch, run), "q.png", fake_runs.png_bytes((10, 220, 30)))
     assert _unreadable(stale) > 0
+    (moved,) = [w for w in texts(stale.warning) if "holds none of the first images" in w]  # said on the page, not only in the log
+    assert "old-machine" in moved and "--gallery-root" in moved
+    assert any("holds none of the first images" in w for w in texts(go(stale, "Embedding map").warning))
     assert _unreadable(go(stale, "Hardest negatives")) > 0
 
     monkeypatch.setenv("RETRIEVAL_GALLERY_ROOTS", str(photos))
     monkeypatch.setenv("RETRIEVAL_DATA_ROOT", str(photos))
     at = upload(start(monkeypatch, run), "q.png", fake_runs.png_bytes((10, 220, 30)))
     assert _unreadable(at) == 0 and not texts(at.error)
+    assert not any("holds none of the first images" in w for w in texts(at.warning))
     assert _unreadable(go(at, "Hardest negatives")) == 0
 
 
