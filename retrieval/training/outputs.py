@@ -120,8 +120,23 @@ def write_epoch(setup, state: RunState, epoch: int, totals: EpochTotals, validat
         if validation.distances is not None:  # the served weights' distances, as their τ is (the app's ROC marks τ on them)
             run.write_val_distances(run_dir, {**validation.distances, "epoch": epoch})
         run.save_model(run_dir, model, best_epoch_verification(run_dir, {**run_config, "best_epoch": epoch}, validation, epoch))
+    else:
+        _record_this_command(run_dir, run_config.get("commands"))
     run.save_model(run_dir, model, {**run_config, "epoch": epoch}, weights_name=LAST_WEIGHTS_NAME)
     run.write_checkpoint(run_dir, checkpoint_state(setup, epoch, state))
+
+
+def _record_this_command(run_dir: Path, commands: Any) -> None:
+    """config.json's ``commands`` (every call that trained the run) with this call's, when an epoch
+    of it ended without a new best: config.json is otherwise rewritten only with the best weights,
+    and a resume that never beat them would be left out, for good (the next resume reads the list
+    from there). The rest of config.json, and the weights it names, stay the best epoch's."""
+    try:
+        stored = run.read_config(run_dir)
+    except RetrievalError:  # no config.json yet: the best epoch's commit will record the commands
+        return
+    if commands and stored.get("commands") != commands:
+        stored.updated(commands=commands).write(run_dir)
 
 
 def best_epoch_verification(run_dir: Path, config: dict[str, Any], validation: Validation, epoch: int) -> dict[str, Any]:

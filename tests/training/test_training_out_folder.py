@@ -214,3 +214,24 @@ def test_resuming_a_run_with_no_epoch_left_says_nothing_was_written(tmp_path, ba
     assert done.code == 0, done.err
     assert "already trained for 0 epochs" in done.err and f"Nothing left to train: {out} is as it was" in done.out
     assert "Run written" not in done.out and _files(out) == before
+
+
+def test_a_resume_that_never_beats_the_best_epoch_is_still_recorded_in_commands(tmp_path, base_run, sample, cli, monkeypatch):
+    from retrieval.training.resume import RunState
+
+    out = _copy(base_run, tmp_path / "run")
+    weights = (out / "model.safetensors").read_bytes()
+
+    def never_better(self, epoch, row):
+        self.history.append(row)
+        return False
+
+    monkeypatch.setattr(RunState, "record", never_better)
+    done = cli("train", sample / "train", "--out", out, "--resume", "--epochs", "1", "--workers", "0")
+    assert done.code == 0, done.err
+    config = read_config(out)
+    assert config["best_epoch"] == 0 and (out / "model.safetensors").read_bytes() == weights  # the best epoch's, as before
+    assert len(config["commands"]) == 2 and config["commands"][1].endswith("--resume --epochs 1 --workers 0"), config["commands"]
+    again = cli("train", sample / "train", "--out", out, "--resume", "--epochs", "2", "--workers", "0")
+    assert again.code == 0, again.err
+    assert len(read_config(out)["commands"]) == 3  # the next resume reads the list from config.json
