@@ -48,7 +48,8 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
         faceless_kept = [entry for entry in without_face
                          if entry["label"] not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
         if not removed and len(faceless_kept) == len(without_face):
-            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given; nothing removed"
+            given = ", ".join([*sorted(labels), *map(str, paths)][:3]) + (" …" if len(labels) + len(paths) > 3 else "")
+            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given ({given}); nothing removed"
                                  + _did_you_mean(close_names(sorted(labels), (l for l in previous.labels if l is not None))))
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]

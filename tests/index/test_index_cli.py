@@ -167,7 +167,9 @@ def test_cli_remove_label_in_another_case_names_the_label_meant(tmp_path, run_di
     assert cli("index", run, gallery_dir, "--n-trees", "2", "--device", "cpu", "--workers", "0", "--quiet").code == 0
     wrong = cli("index", run, "--remove-label", "Apple", "--remove-label", "plumm")
     assert wrong.code == 2 and wrong.lines[-1].endswith("nothing removed (did you mean apple, plum?)"), wrong.err
-    assert cli("index", run, "--remove-label", "banana").lines[-1].endswith("nothing removed")
+    assert cli("index", run, "--remove-label", "banana").lines[-1].endswith("given (banana); nothing removed")
+    missing = cli("index", run, "--remove", "apple/nope.png")
+    assert missing.code == 2 and missing.lines[-1].endswith("given (apple/nope.png); nothing removed"), missing.err  # names what it looked for
 
 
 def test_cli_remove_takes_a_path_as_search_shows_it_relative_to_the_gallery_folder(tmp_path, run_dir, gallery_dir, cli, monkeypatch):
