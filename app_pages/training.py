@@ -40,7 +40,7 @@ def training_page(run_dir: Path, config: RunConfig) -> None:
                    "no Recall@1 / MAP@R / EER curves and no held-out distances.")
         metrics = [{key: value for key, value in row.items() if key not in VALIDATION_METRICS} for row in metrics]
     if metrics:
-        st.altair_chart(figures.training_curves(metrics), width="content")
+        st.altair_chart(figures.training_curves(metrics, margin_loss=loss_margin(config) is not None), width="content")
         if validation:
             st.caption("Epoch 0 is the untrained model. Recall@1, MAP@R and the EER are measured on the held-out classes"
                        + ("" if config.trained_with_labels else " (their labels are used only to measure, not to train)") + ".")

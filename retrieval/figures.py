@@ -372,13 +372,21 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
 # ----------------------------------------------------------------------------- training
 
 
-def training_curves(metrics: Sequence[Mapping[str, Any]], *, width: int = 300, height: int = 170) -> alt.FacetChart:
+#: the active fraction's title for a loss without a margin (InfoNCE, NCE, N-pair), where every tuple
+#: has a loss: what metrics.jsonl counts then is the kept triplets within ε, a yardstick
+ACTIVE_WITHOUT_MARGIN = "active fraction (within ε; the loss has no margin)"
+
+
+def training_curves(metrics: Sequence[Mapping[str, Any]], *, margin_loss: bool = True, width: int = 300,
+                    height: int = 170) -> alt.FacetChart:
     """One panel per metric of ``TRAINING_METRICS`` (loss, active fraction, Recall@1, MAP@R, EER)
     against the epoch; rows of ``metrics.jsonl`` with a missing value (epoch 0 has no loss) are
-    left out of that panel. Data rows: ``{"epoch", "metric", "value"}``."""
+    left out of that panel. ``margin_loss`` False (InfoNCE, NCE, N-pair): the active fraction is
+    titled :data:`ACTIVE_WITHOUT_MARGIN`. Data rows: ``{"epoch", "metric", "value"}``."""
+    titles = dict(TRAINING_METRICS, **({} if margin_loss else {"active_fraction": ACTIVE_WITHOUT_MARGIN}))
     rows = []
     for row in metrics:
-        for key, title in TRAINING_METRICS.items():
+        for key, title in titles.items():
             value = row.get(key)
             if value is not None and np.isfinite(float(value)):
                 rows.append({"epoch": int(row["epoch"]), "metric": title, "value": float(value)})
@@ -389,7 +397,7 @@ def training_curves(metrics: Sequence[Mapping[str, Any]], *, width: int = 300, h
     ).properties(width=width, height=height)
     return alt.FacetChart(
         data=_data(rows), spec=base,
-        facet=alt.Facet("metric:N", sort=list(TRAINING_METRICS.values()), title=None),
+        facet=alt.Facet("metric:N", sort=list(titles.values()), title=None),
         columns=2,
     ).resolve_scale(y="independent")
 

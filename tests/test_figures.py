@@ -252,3 +252,10 @@ def test_a_threshold_accepting_no_different_class_pair_sits_on_the_curve_at_its_
     if kind == "det":
         assert all(p["frr"] > 0 for p in curve)
     assert min(p[key] for p in at_edge) <= mark[key] <= max(p[key] for p in at_edge)
+
+
+def test_the_active_fraction_is_titled_for_a_loss_without_a_margin():
+    metrics = [{"epoch": 1, "loss": 0.5, "active_fraction": 0.8}]
+    titles = lambda chart: {r["metric"] for r in chart.to_dict()["datasets"].popitem()[1]}  # noqa: E731
+    assert titles(figures.training_curves(metrics)) == {"training loss", "active fraction (loss > 0)"}
+    assert titles(figures.training_curves(metrics, margin_loss=False)) == {"training loss", figures.ACTIVE_WITHOUT_MARGIN}

@@ -82,7 +82,7 @@ def test_every_page_on_an_unlabelled_run_with_a_flat_gallery_hides_what_needs_la
 
     go(at, "Training")
     (curves,) = charts(at)
-    assert {r["metric"] for r in curves["datasets"][curves["data"]["name"]]} == {"training loss", "active fraction (loss > 0)"}
+    assert {r["metric"] for r in curves["datasets"][curves["data"]["name"]]} == {"training loss", "active fraction (within ε; the loss has no margin)"}  # InfoNCE: every tuple has a loss
     assert any("held out no classes" in c for c in texts(at.caption))
     assert "Held-out distances" not in texts(at.subheader) and not texts(at.info)
 
