@@ -323,12 +323,12 @@ def _roots(run_dir: Path, metadata: dict[str, Any], gallery_roots: list[str | Pa
                 "its new place with --gallery-root (the neighbours come from the index; their images cannot be shown "
                 "or opened)", roots[number])
         return roots
-    if len(gallery_roots) != len(recorded) and {str(given_root(r, "--gallery-root")) for r in gallery_roots} <= set(recorded):
-        return _roots(run_dir, metadata, None)  # roots the index records already (`index --add --gallery-root` wrote them)
-    if len(gallery_roots) != len(recorded):
+    roots = [given_root(root, "--gallery-root") for root in gallery_roots]
+    if len(roots) != len(recorded):
+        if {str(root) for root in roots} <= set(recorded):  # roots the index records already (`index --add --gallery-root`)
+            return _roots(run_dir, metadata, None)
         raise RetrievalError(f"--gallery-root: the index has {len(recorded)} gallery folder(s) "
                              f"({', '.join(recorded)}); give one --gallery-root for each, in that order")
-    roots = [given_root(root, "--gallery-root") for root in gallery_roots]
     for number in unfound_roots(roots, listed["root"], listed["path"]):  # likely the wrong folder, or one level off
         logging.getLogger("retrieval").warning(
             "--gallery-root %s: none of the first gallery images the index lists for it is there: is it the folder the "
