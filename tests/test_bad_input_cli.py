@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -170,6 +171,37 @@ def test_ctrl_c_is_one_line_with_status_130(run_and_gallery, cli, monkeypatch):
     assert result.code == 130
     assert result.lines == ["interrupted (Ctrl-C): stopped before finishing; what was saved before is as it was"]
     assert "Traceback" not in result.err
+
+
+def test_ctrl_c_while_the_command_line_is_imported_is_one_line_with_status_130():
+    """A Ctrl-C in the second it takes to import typer, torch and timm lands before main() can catch
+    it: the entry point (``retrieval.__main__``, also the console script's) says it in one line. The
+    Ctrl-C is made to land there by a finder that raises it when ``retrieval.cli`` is imported."""
+    script = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'retrieval.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from retrieval.__main__ import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == ["interrupted (Ctrl-C) while starting: nothing was read or written"]
+    assert done.stdout == ""
+
+
+def test_the_console_script_and_python_m_start_at_the_same_entry_point():
+    """``retrieval`` (pyproject's console script) and ``python -m retrieval`` both run ``retrieval.__main__:main``."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["retrieval"] == "retrieval.__main__:main"
+    done = subprocess.run([sys.executable, "-m", "retrieval", "--help"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and "Usage: python -m retrieval" in done.stdout, done.stderr
 
 
 def test_same_group_negatives_warn_of_training_classes_alone_in_their_group(sample, tmp_path, cli):
