@@ -120,7 +120,8 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
     ``no_margin_note``: the run's loss, which has no margin, so a gap below ε is not a loss of it)."""
     hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
     gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
-    st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, width=260), width="content")
+    st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, margin_loss=no_margin_note is None,
+                                           width=260), width="content")
     last = next((r for r in reversed(hardness) if r["n_logged"]), None)
     if last is None:
         return
@@ -137,8 +138,9 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
                   f"the ε the log measures against (this run's loss is {markdown_text(no_margin_note)})")
                + f"; {mined}. Left: each logged triplet "
                "and their mean; middle: how many lie below 0, inside ε or beyond it; right (metrics.jsonl): the share of "
-               "mined triplets with a loss, of all triplets inside the margin, and of anchors whose nearest negative "
-               "is nearer than their farthest positive, or inside the margin of it.")
+               + ("mined triplets with a loss, of all triplets inside the margin, " if no_margin_note is None else
+                  "mined triplets within ε (each has a loss: the loss has no margin), of all triplets within ε, ")
+               + "and of anchors whose nearest negative is nearer than their farthest positive, or within ε of it.")
 
 
 def chosen_triplets(logs: dict[int, list[dict]], labelled: bool, image_pairs, without_miner: bool = False) -> tuple[int, list[dict]]:

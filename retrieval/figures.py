@@ -206,7 +206,7 @@ def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, 
 
 def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = None, *,
                    gaps: Sequence[Mapping[str, Any]] | None = None, zones: Sequence[Mapping[str, Any]] | None = None,
-                   width: int = 300, height: int = 200) -> alt.HConcatChart:
+                   margin_loss: bool = True, width: int = 300, height: int = 200) -> alt.HConcatChart:
     """Panels over the epochs (``rows``: :func:`retrieval.diagnostics.hardness_by_epoch`):
 
     - the mean d_an − d_ap of the logged hardest triplets (a rule at the margin: triplets below it
@@ -217,12 +217,14 @@ def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = Non
       below 0, inside the margin or beyond it, as stacked bars, the miner's in full colour;
     - from ``metrics.jsonl``: the fraction of mined triplets with a loss, of all valid triplets
       inside the margin, and of anchors whose nearest negative is nearer than their farthest
-      positive or within ε of it."""
+      positive or within ε of it. ``margin_loss`` False (InfoNCE, NCE, N-pair: every tuple has a
+      loss): these are titled by ε, the yardstick the log measures against
+      (:data:`FRACTIONS_WITHOUT_MARGIN`), not by a loss above 0."""
     x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
     panels = [_gap_panel(rows, margin, gaps, x, width, height)]
     if zones is not None:
         panels.append(_zone_panel(zones, width, height))
-    panels.append(_fraction_panel(rows, x, width, height))
+    panels.append(_fraction_panel(rows, x, width, height, _FRACTIONS if margin_loss else FRACTIONS_WITHOUT_MARGIN))
     # each panel its own colours and legend: concatenated views share one colour scale otherwise,
     # and the panels' domains (mined / zone / fraction) would be merged into one palette
     return alt.hconcat(*panels).resolve_scale(color="independent", opacity="independent")
@@ -234,6 +236,14 @@ _FRACTIONS = {
     "violating_fraction": "all triplets inside the margin",
     "inverted_anchor_fraction": "anchors: a negative nearer than a positive",
     "violating_anchor_fraction": "anchors: a negative inside the margin",
+}
+#: the same lines' titles for a loss without a margin, where every mined tuple has a loss and ε is
+#: only the log's yardstick (metrics.jsonl's active fraction is then the kept triplets within ε)
+FRACTIONS_WITHOUT_MARGIN = {
+    "active_fraction": "mined triplets within ε (no margin in the loss)",
+    "violating_fraction": "all triplets within ε",
+    "inverted_anchor_fraction": _FRACTIONS["inverted_anchor_fraction"],
+    "violating_anchor_fraction": "anchors: a negative within ε",
 }
 
 
@@ -277,13 +287,13 @@ def _zone_panel(zones, width, height):
     ).properties(title="Below 0, inside the margin, beyond it", width=width, height=height)
 
 
-def _fraction_panel(rows, x, width, height):
+def _fraction_panel(rows, x, width, height, titles):
     fraction_rows = [{"epoch": int(r["epoch"]), "fraction": float(r[key]), "of": name}
-                     for r in rows for key, name in _FRACTIONS.items() if r.get(key) is not None]
+                     for r in rows for key, name in titles.items() if r.get(key) is not None]
     return alt.Chart(_data(fraction_rows)).mark_line(point=True).encode(
         x=x, y=alt.Y("fraction:Q", title="fraction", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom", columns=1),
-                        scale=alt.Scale(domain=list(_FRACTIONS.values()), range=["#54a24b", "#e45756", "#b279a2", "#9d755d"])),
+                        scale=alt.Scale(domain=list(titles.values()), range=["#54a24b", "#e45756", "#b279a2", "#9d755d"])),
         tooltip=["epoch:Q", "of:N", alt.Tooltip("fraction:Q", format=".3f")],
     ).properties(title="Active fraction", width=width, height=height)
 

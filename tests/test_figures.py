@@ -75,6 +75,21 @@ def test_hardness_chart_plots_gap_and_active_fraction_per_epoch_with_margin_rule
     valid(chart)
 
 
+def test_hardness_chart_of_a_loss_without_a_margin_titles_its_fractions_by_epsilon_not_by_a_loss_above_0():
+    """InfoNCE, NCE, N-pair: every mined tuple has a loss, so "loss > 0" would be every one of them;
+    metrics.jsonl counts those within ε, and the legend says so, in the legend's colours."""
+    hardness = [{"epoch": 1, "mean_gap": 0.1, "active_fraction": 0.3, "violating_fraction": 0.2,
+                 "inverted_anchor_fraction": 0.1, "violating_anchor_fraction": 0.4}]
+    chart = figures.hardness_chart(hardness, 0.2, margin_loss=False)
+    fractions = chart.hconcat[-1]
+    titles = [r["of"] for r in rows(fractions)]
+    assert titles == list(figures.FRACTIONS_WITHOUT_MARGIN.values())
+    assert not any("loss > 0" in title or "margin" in title.replace("no margin", "") for title in titles)
+    assert valid(chart)["hconcat"][-1]["encoding"]["color"]["scale"]["domain"] == titles
+    with_margin = [r["of"] for r in rows(figures.hardness_chart(hardness, 0.2).hconcat[-1])]
+    assert with_margin[0] == "mined triplets with loss > 0" and with_margin != titles
+
+
 def test_concatenated_panels_keep_their_own_colours_and_legends():
     """Concatenated views share one colour scale unless told otherwise: the gap panel's "mined"
     blue would then also mean a zone and a fraction, and the panels' palettes would be lost."""

@@ -124,12 +124,15 @@ def test_a_run_whose_loss_has_no_margin_does_not_call_gaps_below_epsilon_a_loss(
     (epoch_line,) = [c for c in texts(at.caption) if "logged hardest triplets" in c]
     assert "a loss still" not in epoch_line
     assert "the ε the log measures against (this run's loss is infonce (temperature 0.1)\\: no margin)" in epoch_line
+    assert "mined triplets within ε (each has a loss: the loss has no margin)" in epoch_line
+    assert "with a loss, of all triplets inside the margin" not in epoch_line
 
 
 def test_a_margin_loss_calls_gaps_below_epsilon_a_loss(monkeypatch, full_run):
     at = go(start(monkeypatch, full_run), "Hardest negatives")
     (epoch_line,) = [c for c in texts(at.caption) if "logged hardest triplets" in c]
     assert f"< ε = {fake_runs.MARGIN:g}, a loss still" in epoch_line
+    assert "the share of mined triplets with a loss, of all triplets inside the margin" in epoch_line
 
 
 def test_an_image_linked_from_outside_the_data_folder_is_named_not_shown_and_the_page_goes_on(monkeypatch, tmp_path, gallery):
