@@ -231,9 +231,9 @@ def embed_upload(_index: GalleryIndex, stamp: str, digest: str, _data: bytes, na
 def upload_refusal(error: RetrievalError) -> str:
     """The page's line for an upload it cannot use: the reason, and what to upload instead (a
     smaller or larger picture for one refused by its size, an image file for anything else)."""
-    text = str(error)
-    advice = ("Upload a smaller picture (fewer pixels)" if text.startswith("image too large") else
-              "Upload a larger picture" if text.startswith("image too small") else
+    text, too = str(error), getattr(error, "too", None)  # ImageSizeError: refused by its size
+    advice = ("Upload a smaller picture (fewer pixels)" if too == "large" else
+              "Upload a larger picture" if too == "small" else
               "Upload a JPEG, PNG, WebP or other image file")
     return f"{markdown_text(text)}. {advice}."
 

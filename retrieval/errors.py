@@ -3,7 +3,8 @@
 Anything raised as :class:`RetrievalError` is a problem with the user's input (a missing folder,
 a corrupt file, a bad flag value). The CLI prints its message as one line and exits non-zero;
 the app shows it as an error box. Every other exception is a bug and keeps its traceback.
-:class:`LostProcesses`, one kind of it, also tells the CLI to leave without tearing torch down.
+:class:`LostProcesses`, one kind of it, also tells the CLI to leave without tearing torch down;
+:class:`ImageSizeError`, another, says whether an image was too large or too small.
 :func:`close_names` gives a message's "did you mean …?" for a name typed that is none of those known.
 """
 
@@ -20,6 +21,16 @@ class LostProcesses(RetrievalError):
     interpreter's own exit ("terminate called without an active exception", SIGABRT: seen in 2 of
     about 45 test sessions whose other process had died), burying the message under a crash, so
     the CLI prints it and ends the process at once (``os._exit``)."""
+
+
+class ImageSizeError(RetrievalError):
+    """An image refused for its size before it is decoded (:mod:`retrieval.data.images`): ``too``
+    is ``"large"`` (more pixels than the limit, or a decompression bomb) or ``"small"`` (a side
+    under the minimum), so that a page can say which picture to give instead."""
+
+    def __init__(self, message: str, too: str):
+        super().__init__(message)
+        self.too = too
 
 
 def close_names(asked: Iterable[str], known: Iterable[str]) -> list[str]:

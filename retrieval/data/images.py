@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import ImageSizeError, RetrievalError
 
 __all__ = [
     "FORMAT_OF_SUFFIX", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "MAX_QUERY_PIXELS", "MIN_IMAGE_SIDE",
@@ -153,11 +153,11 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
         with Image.open(source, formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:  # from the header: nothing decoded yet
-                raise RetrievalError(f"image too large: {name} is {width}x{height} pixels, more than the limit of "
-                                     f"{max_pixels:,}{_limit_name(max_pixels)}")
+                raise ImageSizeError(f"image too large: {name} is {width}x{height} pixels, more than the limit of "
+                                     f"{max_pixels:,}{_limit_name(max_pixels)}", too="large")
             if min(width, height) < MIN_IMAGE_SIDE:
-                raise RetrievalError(f"image too small: {name} is {width}x{height} pixels; an image needs at least "
-                                     f"{MIN_IMAGE_SIDE} pixels a side (MIN_IMAGE_SIDE)")
+                raise ImageSizeError(f"image too small: {name} is {width}x{height} pixels; an image needs at least "
+                                     f"{MIN_IMAGE_SIDE} pixels a side (MIN_IMAGE_SIDE)", too="small")
             image.load()
             try:
                 ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large image
@@ -167,7 +167,7 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
     except RetrievalError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise RetrievalError(f"image too large: {name} ({_short_reason(error)})") from None
+        raise ImageSizeError(f"image too large: {name} ({_short_reason(error)})", too="large") from None
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) on bad files
         raise RetrievalError(f"cannot read image {name}: {_short_reason(error)}") from None
 
