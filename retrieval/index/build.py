@@ -271,10 +271,11 @@ def _load_model(run_dir: Path, device):
 
 def _inside(folder, gallery_dir: Path) -> list[int]:
     """Indices of the folder's images that lie inside ``gallery_dir`` with symbolic links followed;
-    a warning line counts the others, which are not indexed."""
+    a warning line counts the others, which are not indexed (none when no image is inside: the
+    caller refuses the folder in one line)."""
     root = os.path.realpath(gallery_dir)
     inside = [i for i, path in enumerate(folder.paths) if Path(os.path.realpath(path)).is_relative_to(root)]
-    if len(inside) < len(folder.paths):
+    if inside and len(inside) < len(folder.paths):
         outside = sorted(set(range(len(folder.paths))) - set(inside))
         logger.warning("%s: %d image(s) reached through symbolic links that leave the folder are not indexed "
                        "(e.g. %s): an index serves only files inside its gallery folder",
