@@ -357,6 +357,9 @@ def hardest_report(run_dir: str | Path, *, epoch: int | None = None, top: int = 
     if top < 1:
         raise RetrievalError(f"--top must be at least 1, got {top}")
     config = read_config(run_dir)
+    if class_name is not None and config.get("mode") in ("unlabelled", "pairs"):
+        raise RetrievalError(f"--class filters by class, and this run trained without class labels (--{config.get('mode')}): "
+                             "its log's labels are the images' own or their linked groups'")
     logged = with_photo_names(read_mining_log(run_dir, epoch), training_photo_names(run_dir), run_dir)
     if class_name is not None:
         logged_labels = [row[f"{role}_label"] for row in logged for role in ("anchor", "negative")]

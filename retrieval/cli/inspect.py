@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from retrieval.cli.common import app, log_warnings
-from retrieval.errors import RetrievalError
 
 
 @app.command("mining")
@@ -31,13 +30,8 @@ def mining_command(
     from retrieval.tables import mining_table
 
     from retrieval.losses import LOSS_SETTING
-    from retrieval.run import read_config
 
     log_warnings()
-    mode = read_config(run_dir).get("mode")
-    if class_name is not None and mode in ("unlabelled", "pairs"):
-        raise RetrievalError(f"--class filters by class, and this run trained without class labels (--{mode}): "
-                             "its log's labels are the images' own or their linked groups'")
     report = hardest_report(run_dir, epoch=epoch, top=top, mined_only=mined_only, class_name=class_name)
     if json_output:
         typer.echo(json.dumps(report))
