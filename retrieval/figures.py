@@ -85,8 +85,8 @@ def margin_chart(neighbours: Sequence[Any], margin: float, *, query_label: str |
 
     ``neighbours`` are :class:`~retrieval.index.Neighbour` records (or objects with ``path``,
     ``label``, ``distance``, ``similarity``). Layers: 0 the band, 1 the bars, 2 the rule at d₁,
-    3 the band's label, and with a threshold 4 the rule at τ, 5 its label. Returns an empty-data
-    chart for no neighbours.
+    3-4 the band's label (its white halo, then the text), and with a threshold 5 the rule at τ,
+    6-7 its label. Returns an empty-data chart for no neighbours.
     """
     data = _margin_data(neighbours, margin, query_label, threshold, target_far)
     return _margin_layers(data, query_label is not None, _legend_bucket(data["n_labels"]), height)
@@ -187,18 +187,23 @@ def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, 
     rule = alt.Chart(source("rule")).mark_rule(color=_BAND_COLOUR, strokeDash=[4, 3]).encode(
         y=alt.Y("nearest:Q", scale=domain)
     )
-    text = alt.Chart(source("text")).mark_text(
-        align="left", baseline="bottom", dx=4, dy=-2, color=_BAND_COLOUR, fontSize=11
-    ).encode(y=alt.Y("high:Q", scale=domain), x=alt.value(0), text="text:N")
-    layers = [band, bars, rule, text]
+    layers = [band, bars, rule, *_haloed_label(source("text"), "high:Q", domain, _BAND_COLOUR, baseline="bottom", dy=-2)]
     if "tau" in data:  # the decision threshold τ: a neighbour below it is a match
         layers.append(alt.Chart(source("tau")).mark_rule(color=_THRESHOLD_COLOUR, strokeWidth=2).encode(
             y=alt.Y("threshold:Q", scale=domain),
             tooltip=[alt.Tooltip("threshold:Q", title="threshold τ", format=".3f"), alt.Tooltip("target_far:Q", title="target FAR")]))
-        layers.append(alt.Chart(source("tau_text")).mark_text(
-            align="left", baseline="top", dx=4, dy=2, color=_THRESHOLD_COLOUR, fontSize=11
-        ).encode(y=alt.Y("threshold:Q", scale=domain), x=alt.value(0), text="text:N"))
+        layers += _haloed_label(source("tau_text"), "threshold:Q", domain, _THRESHOLD_COLOUR, baseline="top", dy=2)
     return alt.layer(*layers).properties(height=height)
+
+
+def _haloed_label(source, y: str, domain: alt.Scale, colour: str, *, baseline: str, dy: int) -> list[alt.Chart]:
+    """A rule's label at the chart's left edge, as two layers of the same text: a white outline
+    (the halo) under the coloured letters, so a bar that crosses the label leaves it readable."""
+    def text(**style):
+        return alt.Chart(source).mark_text(align="left", baseline=baseline, dx=4, dy=dy, fontSize=11, **style).encode(
+            y=alt.Y(y, scale=domain), x=alt.value(0), text="text:N")
+
+    return [text(color="white", stroke="white", strokeWidth=3, strokeJoin="round", opacity=0.85), text(color=colour)]
 
 
 # ----------------------------------------------------------------------------- mining

@@ -30,7 +30,9 @@ def test_margin_chart_has_one_bar_per_neighbour_and_band_from_nearest_to_nearest
     found = neighbours([0.31, 0.35, 0.52, 0.60], ["a", "a", "b", "c"])
     chart = figures.margin_chart(found, 0.2, query_label="a")
     assert isinstance(chart, alt.LayerChart)
-    band, bars, rule, _text = chart.layer
+    band, bars, rule, halo, text = chart.layer
+    assert rows(halo) == rows(text) == [{"high": pytest.approx(0.51), "text": "within ε = 0.2 of the best match"}]
+    assert halo.mark.stroke == "white" and text.mark.color != "white"  # the halo under the letters
     assert [r["rank"] for r in rows(bars)] == [1, 2, 3, 4]
     assert [r["distance"] for r in rows(bars)] == [0.31, 0.35, 0.52, 0.60]
     assert [r["relation"] for r in rows(bars)] == ["positive", "positive", "negative", "negative"]

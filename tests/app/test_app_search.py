@@ -131,8 +131,9 @@ def test_within_tau_the_banner_names_the_nearest_label_and_the_cards_mark_matche
     assert all("≤ τ" in card for card in cards)
     assert any("validation classes, epoch 2" in c and "FAR 0.95 %" in c for c in texts(at.caption))
     (margin_spec,) = [c for c in charts(at) if "layer" in c]
-    assert layer_rows(margin_spec, 4) == [{"threshold": 2.0, "target_far": 0.01}]
-    assert margin_spec["layer"][4]["encoding"]["y"]["scale"]["domain"][1] >= 2.0  # the rule is in view
+    assert layer_rows(margin_spec, 5) == [{"threshold": 2.0, "target_far": 0.01}]
+    assert margin_spec["layer"][5]["data"]["name"] == "tau"
+    assert margin_spec["layer"][5]["encoding"]["y"]["scale"]["domain"][1] >= 2.0  # the rule is in view
 
 
 def test_beyond_tau_the_banner_says_no_match_in_the_gallery(monkeypatch, tau_run):
@@ -165,7 +166,7 @@ def test_a_run_without_tau_shows_distances_and_how_to_set_a_threshold(monkeypatc
     assert any("No threshold τ is set for this run" in m for m in texts(at.info))
     assert any(c.value == f"retrieval calibrate {tau_run} DATA_DIR --target-far 0.01" for c in at.code)
     (margin_spec,) = [c for c in charts(at) if "layer" in c]
-    assert len(margin_spec["layer"]) == 4  # no τ rule
+    assert len(margin_spec["layer"]) == 5 and "tau" not in {layer["data"]["name"] for layer in margin_spec["layer"]}  # no τ rule
 
 
 # ----------------------------------------------------------------------------- a loss without a margin
