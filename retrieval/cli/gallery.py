@@ -176,22 +176,21 @@ def search_command(
     from rich.table import Table
 
     method = "exact" if exact else f"Annoy, {gallery.n_trees} trees"
-    one_root = len(gallery.roots) == 1
+    root = gallery.shown_root
     typer.echo(printable(f"{len(neighbours)} nearest to {image} ({method})"))  # a line of its own: never wrapped
-    table = Table(caption=terminal_text(f"paths relative to {gallery.roots[0]}") if one_root else None)
+    table = Table(caption=terminal_text(f"paths relative to {root}") if root is not None else None)
     columns = [("#", "right"), ("path", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")]
     if gallery.threshold is not None:
         columns.append(("match", "left"))
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for rank, n in enumerate(neighbours, 1):
-        shown = gallery.relative_paths[n.item] if one_root else n.path
-        cells = [str(rank), terminal_text(shown), terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}", f"{n.similarity:.4f}"]
+        cells = [str(rank), terminal_text(gallery.shown_path(n.item)), terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}", f"{n.similarity:.4f}"]
         table.add_row(*cells, *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
     Console().print(table)
     target = gallery.threshold.target_far if gallery.threshold is not None else None
-    nearest = None if not neighbours else gallery.relative_paths[neighbours[0].item] if one_root else neighbours[0].path
-    typer.echo(printable(verdict.describe(target, nearest=None if nearest is None else str(nearest))))
+    nearest = gallery.shown_path(neighbours[0].item) if neighbours else None
+    typer.echo(printable(verdict.describe(target, nearest=nearest)))
 
 
 def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_output: bool, look_harder: bool,

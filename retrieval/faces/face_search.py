@@ -60,14 +60,14 @@ def search_aligned_faces(gallery: Any, faces: list[AlignedFace], k: int = 10, **
 def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tuple[str, Any, str]]:
     """``retrieval search``'s table output on a face run, as the whole-image table gives it: per face
     a heading line (which face of the photo, its box and score), a rich Table of its neighbours
-    (photo path, relative to the gallery folder when there is one; which face of it and its box;
+    (photo path, relative to the gallery folder or the one holding them all: ``GalleryIndex.shown_path``; which face of it and its box;
     label, distance, cosine similarity, and with a threshold τ whether it is a match) and its verdict line."""
     from rich.table import Table
 
     from retrieval.safe_text import terminal_text
 
     target = gallery.threshold.target_far if gallery.threshold is not None else None
-    one_root = len(gallery.roots) == 1
+    root = gallery.shown_root
     columns = [("#", "right"), ("path", "left"), ("face", "left"), ("label", "left"), ("distance", "right"), ("similarity", "right")]
     if gallery.threshold is not None:
         columns.append(("match", "left"))
@@ -75,17 +75,15 @@ def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tup
     for number, result in enumerate(results, 1):
         box = ", ".join(f"{v:.0f}" for v in result.face.box)
         heading = f"face {number} of {len(results)} in {image} (box {box}, score {result.face.score:.3f})"
-        table = Table(caption=terminal_text(f"paths relative to {gallery.roots[0]}") if one_root else None)
+        table = Table(caption=terminal_text(f"paths relative to {root}") if root is not None else None)
         for column, justify in columns:
             table.add_column(column, justify=justify, overflow="fold")
         for rank, n in enumerate(result.neighbours, 1):
             record = gallery.face(n.item) or {}
             where = f"{int(record.get('face', 0)) + 1} ({', '.join(f'{v:.0f}' for v in record.get('box', []))})"
-            path = gallery.relative_paths[n.item] if one_root else n.path
-            table.add_row(str(rank), terminal_text(path), where, terminal_text("-" if n.label is None else n.label),
+            table.add_row(str(rank), terminal_text(gallery.shown_path(n.item)), where, terminal_text("-" if n.label is None else n.label),
                           f"{n.distance:.4f}", f"{n.similarity:.4f}", *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
         first = result.neighbours[0] if result.neighbours else None
-        nearest = None if first is None else \
-            f"{gallery.relative_paths[first.item] if one_root else first.path}{gallery.face_suffix(first.item)}"
+        nearest = None if first is None else f"{gallery.shown_path(first.item)}{gallery.face_suffix(first.item)}"
         shown.append((heading, table, result.verdict.describe(target, nearest=nearest)))
     return shown

@@ -144,6 +144,23 @@ class GalleryIndex:
         return resolve_logged_path(self.roots[self._item_roots[item]], self.relative_paths[item],
                                    source=index_dir(self.run_dir) / METADATA_NAME)
 
+    @property
+    def shown_root(self) -> Path | None:
+        """The folder that tables print paths relative to: the gallery folder, or the folder that
+        holds all of an index's gallery folders (``index --add OTHER``); None when they share none
+        but the file system's root (paths are then printed whole)."""
+        import os
+
+        common = Path(os.path.commonpath([str(root) for root in self.roots]))
+        return None if common == Path(common.anchor) else common
+
+    def shown_path(self, item: int) -> str:
+        """An item's path as tables print it: relative to :attr:`shown_root` ("apple/3.png" for one
+        gallery folder, "catalog/apple/0.png" beside "test/…" for two under one folder), else whole."""
+        path = self.roots[self._item_roots[item]] / self.relative_paths[item]
+        root = self.shown_root
+        return (path if root is None else path.relative_to(root)).as_posix()
+
     def face_suffix(self, item: int) -> str:
         """" · face N" to follow an item's photo name in a face gallery ("003.jpg · face 2": a photo's
         faces are numbered from 1, most confident first); "" in an index of whole images."""

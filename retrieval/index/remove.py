@@ -113,16 +113,18 @@ def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kep
 
 def _wanted_keys(index: GalleryIndex, paths: list[Path]) -> set[str]:
     """The photos ``paths`` name, as :func:`_key` strings: each as given (from the current folder), or, when
-    it is relative and names nothing so, as a path inside the index's gallery folder (``search`` shows
-    ``s31/photo.jpg`` relative to it). A relative path found inside two gallery folders is a one-line
-    error naming them."""
+    it is relative and names nothing so, as a path inside the index's gallery folder or the folder that
+    ``search`` shows paths relative to (``s31/photo.jpg``; ``test/s31/photo.jpg`` for an index of
+    several folders: ``GalleryIndex.shown_path``). A relative path found inside two gallery folders is
+    a one-line error naming them."""
     items = {_item_key(index, i) for i in range(len(index))}
     items |= {_key(Path(index.roots[entry["root"]]) / entry["path"]) for entry in index.metadata.get("without_face", [])}
+    bases = [*index.roots, *([index.shown_root] if index.shown_root is not None else [])]
     wanted = set()
     for path in paths:
         key = _key(path)
         inside = [] if key in items or path.is_absolute() else \
-            [k for k in dict.fromkeys(_key(Path(root) / path) for root in index.roots) if k in items]
+            [k for k in dict.fromkeys(_key(Path(base) / path) for base in bases) if k in items]
         if len(inside) > 1:
             raise RetrievalError(f"{path} names a photo in more than one gallery folder of the index ({', '.join(inside)}); "
                                  "give the one to remove by its full path")

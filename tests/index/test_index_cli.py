@@ -215,3 +215,23 @@ def test_cli_remove_with_gallery_root_takes_the_moved_gallerys_paths_and_records
     assert removed.code == 0, removed.err
     assert json.loads(removed.out)["n_items"] == n - 1
     assert read_index_metadata(run)["roots"] == [str(moved.resolve())]
+
+
+def test_an_index_of_two_folders_prints_paths_relative_to_the_folder_holding_both_and_removes_by_them(tmp_path, run_dir, gallery_dir, cli):
+    """``index --add OTHER``: the search table printed every path whole (absolute, folded over four
+    lines at 80 columns); it now prints them from the folder that holds both gallery folders, names
+    that folder, and ``--remove`` takes a path as printed."""
+    run, photos = tmp_path / "run", tmp_path / "photos"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(gallery_dir, photos / "shop")
+    extra = write_images(photos / "catalogue", ["fig"], 2, seed=9)
+    fast = ["--device", "cpu", "--workers", "0", "--quiet"]
+    assert cli("index", run, photos / "shop", "--n-trees", "3", *fast).code == 0
+    assert cli("index", run, "--add", extra, *fast).code == 0
+    table = cli("search", run, extra / "fig" / "0_0.png", "-k", "3", "--exact")
+    assert table.code == 0, table.err
+    rows, caption = table.out.split("┩")[1].split("└")  # the table's rows, then its caption and the verdict
+    assert "catalogue/fig/0_0.png" in "".join(rows.replace("│", "").split()) and str(tmp_path) not in rows
+    assert f"pathsrelativeto{photos}" in "".join(caption.split())  # rich folds a long caption anywhere
+    removed = cli("index", run, "--remove", "catalogue/fig/0_0.png", "--json")  # as printed, not from the current folder
+    assert removed.code == 0 and json.loads(removed.out)["removed"] == 1, removed.err
