@@ -5,7 +5,8 @@ the largest) and every face gets a result row: its aligned crop (what the model 
 neighbours and the open-set verdict, the picked face's row first and then its margin picture (and, given
 its class, its nearest positive and negative: the Search page's ``explain``). Neighbours are shown as their
 gallery face crops (``RUN_DIR/faces/``, :func:`retrieval.faces.run_faces.crop_file`; the box cut
-from the photo when the crop is not cached), with the photo a click away (an expander). An upload
+from the photo when the crop is not cached), with the photo a click away: a *photo* button opens
+it large, the face boxed and numbered as the gallery numbers it (:func:`photo_button`). An upload
 is detected once per file content in this session and never written to the run.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from app_pages.common import (UNKNOWN_CLASS, decode_upload, item_name, one_torch_thread, path_key, relation_mark, show_image,
+from app_pages.common import (UNKNOWN_CLASS, decode_upload, file_stamp, item_name, one_torch_thread, path_key, relation_mark,
                               upload_refusal)
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
@@ -31,11 +32,14 @@ from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig, resolve_logged_path
 from retrieval.safe_text import markdown_text
 
-__all__ = ["LOOKED_HARDER", "PickedFace", "class_picker", "draw_boxes", "face_picker", "face_pipeline", "face_search_section",
-           "largest_face", "logged_image", "look_harder_toggle", "no_face_message", "photo_faces"]
+__all__ = ["LOOKED_HARDER", "PHOTO_PX", "PickedFace", "class_picker", "draw_boxes", "face_picker", "face_pipeline",
+           "face_search_section", "largest_face", "logged_image", "look_harder_toggle", "no_face_message", "photo_button",
+           "photo_faces", "photo_with_face"]
 
 GRID_COLUMNS = 5
 BOX_COLOUR = (255, 64, 64)
+#: a gallery face's photo, as its *photo* button opens it: at most this many pixels a side
+PHOTO_PX = 1200
 #: the end of a photo's caption when its faces were looked for harder
 LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
 
@@ -63,15 +67,16 @@ def largest_face(results: list[FaceResult]) -> int:
     return max(range(len(results)), key=lambda i: results[i].face.area)
 
 
-def draw_boxes(photo: Image.Image, boxes: list[tuple[float, float, float, float]]) -> Image.Image:
-    """A copy of ``photo`` with each box (x0, y0, x1, y1) drawn and numbered 1, 2, ... in order: the
-    number in white on the box's colour at its top-left corner, its height 1/25 of the photo's
-    longer side (at least 12 px), so that it stays legible when the photo is shown small."""
+def draw_boxes(photo: Image.Image, boxes: list[tuple[float, float, float, float]],
+               numbers: Sequence[int] | None = None) -> Image.Image:
+    """A copy of ``photo`` with each box (x0, y0, x1, y1) drawn and numbered 1, 2, ... in order (or
+    by ``numbers``): the number in white on the box's colour at its top-left corner, its height 1/25
+    of the photo's longer side (at least 12 px), so that it stays legible when the photo is shown small."""
     shown = photo.copy()
     draw = ImageDraw.Draw(shown)
     width = max(2, round(max(photo.size) / 200))
     font = ImageFont.load_default(size=max(12, round(max(photo.size) / 25)))
-    for number, (x0, y0, x1, y1) in enumerate(boxes, 1):
+    for number, (x0, y0, x1, y1) in zip(numbers if numbers is not None else range(1, len(boxes) + 1), boxes):
         draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=width)
         left, top, right, bottom = draw.textbbox((x0, y0), str(number), font=font)
         pad = width
@@ -166,8 +171,58 @@ def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int
                     st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**{relation_mark(n.label, query_label)}  \n"
                                 f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
                                 f"cos = {n.similarity:.3f}")
-                    with st.expander("photo"):
-                        show_image(n.path, caption=markdown_text(name))
+                    photo_button(index, n.item, key=f"photo-{number}-{rank}")
+
+
+def photo_button(index: GalleryIndex, item: int, key: str) -> None:
+    """A gallery face's *photo* button: it opens the photo the face was found in, large, with that
+    face boxed (:func:`photo_dialog`)."""
+    if st.button("photo", key=key, icon=":material/photo:", width="stretch",
+                 help="The photo this face was found in, with the face boxed"):
+        photo_dialog(index, item)
+
+
+@st.dialog("Photo", width="large")
+def photo_dialog(index: GalleryIndex, item: int) -> None:
+    """One gallery face's photo, at most PHOTO_PX a side, with its box drawn and numbered as the
+    gallery numbers the photo's faces (most confident first), its path and label beneath."""
+    record = index.face(item) or {}
+    name = markdown_text(item_name(index, item))
+    label = index.labels[item]
+    caption = name + ("" if label is None else f" · {markdown_text(label)}")
+    try:
+        path = index.path(item)
+    except RetrievalError as error:  # a link leaving the gallery folder: not served
+        st.caption(f":material/block: not shown: {name}", help=markdown_text(str(error)))
+        return
+    image = photo_with_face(path_key(path), file_stamp(Path(path)), tuple(float(v) for v in record.get("box", ())),
+                            int(record.get("face", 0)) + 1)
+    if image is None:
+        st.caption(f":material/broken_image: cannot read {name}")
+        return
+    st.image(image, caption=caption, width="stretch")
+    st.caption(markdown_text(index.shown_path(item)))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def photo_with_face(path: bytes, stamp: str, box: tuple[float, ...], number: int) -> bytes | None:
+    """A gallery photo (``path``: :func:`~app_pages.common.path_key` bytes) at most PHOTO_PX a side as
+    JPEG, with the face ``box`` (x0, y0, x1, y1 in the photo's pixels; none when empty) drawn and
+    numbered ``number``; None when the photo cannot be read."""
+    import io
+
+    try:
+        photo = load_image(os.fsdecode(path))
+    except RetrievalError:
+        return None
+    scale = min(1.0, PHOTO_PX / max(photo.size))
+    if scale < 1.0:
+        photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.LANCZOS)
+    if len(box) == 4:
+        photo = draw_boxes(photo, [tuple(v * scale for v in box)], numbers=[number])
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def neighbour_face(index: GalleryIndex, pipeline, item: int) -> Image.Image:

@@ -178,6 +178,10 @@ def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
         show_item(index, item, caption=f"query: {markdown_text(item_name(index, item))}")
         label = index.labels[item]
         st.caption(("" if label is None else f"class {markdown_text(label)} · ") + "the query itself is left out of the results")
+        if index.has_faces:
+            from app_pages.faces import photo_button
+
+            photo_button(index, item, key="photo-query")
     with st.expander("Gallery (pick a query)", expanded=picked is None):
         columns = st.columns(3)
         for position, item in enumerate(shown):
@@ -270,6 +274,10 @@ def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanat
                             f"cos = {n.similarity:.3f}")
                 if n.label is not None:  # without a label the file name is the card's title already
                     st.caption(markdown_text(item_name(index, n.item)))
+                if index.has_faces:  # a face gallery: the photo the face was found in, a click away
+                    from app_pages.faces import photo_button
+
+                    photo_button(index, n.item, key=f"photo-{rank}")
 
 
 def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None,

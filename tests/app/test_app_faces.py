@@ -40,7 +40,8 @@ def test_a_two_person_photo_gives_two_boxed_faces_and_a_result_row_each_largest_
     assert "largest" in pick.format_func(pick.value), "the default pick is the largest face"
     cards = [m for m in texts(at.markdown) if "d = " in m]
     assert len(cards) == 2 * 6, "each face shows its 6 nearest gallery faces (K is the gallery size)"
-    assert len(at.expander) == 12 and all(e.label == "photo" for e in at.expander)
+    photos = [b for b in at.button if b.key.startswith("photo-")]
+    assert len(photos) == 12 and all(b.label == "photo" for b in photos), "each neighbour's photo a click away"
     other = 1 - pick.value
     pick.set_value(other).run()
     assert not at.exception
@@ -366,3 +367,59 @@ def test_a_logged_path_shaped_like_a_crop_is_only_looked_up_inside_the_runs_own_
         logged_image(config, f"../faces/{crop.parent.name}/{crop.name}")
     with pytest.raises(RetrievalError):  # a settings folder that is not a plain name is not a crop of the run
         logged_image(config, f"faces/../{crop.name}", face_run)
+
+
+def dialog_images(at) -> list:
+    """The images of an open dialog (Streamlit renders it outside the main column)."""
+    return [img for element in at.get("image") for img in element.proto.imgs if "face" in img.caption or ".jpg" in img.caption
+            or ".png" in img.caption]
+
+
+def test_a_neighbours_photo_button_opens_its_photo_large_with_the_face_boxed(monkeypatch, face_run):
+    at = upload(start(monkeypatch, face_run), "two.jpg", dataset(SCENES / "pairs" / "000.jpg").read_bytes(), "image/jpeg")
+    before = len(list(at.get("image")))
+    button = next(b for b in at.button if b.key == "photo-1-1")
+    button.click().run()
+    assert not at.exception
+    shown = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert len(list(at.get("image"))) == before + 1, "the dialog adds the photo"
+    assert any(" · face " in c for c in shown), shown
+
+
+def test_picked_from_a_face_gallery_the_neighbours_photos_are_a_click_away_too(monkeypatch, face_run):
+    """A query picked from the gallery is searched as a stored embedding (no upload), and its
+    neighbours' cards show their face; each has the photo button, as an upload's rows do."""
+    at = start(monkeypatch, face_run)
+    at.radio(key="query_source").set_value("Pick from the gallery").run()
+    first = next(b for b in at.button if b.key.startswith("pick-"))
+    first.click().run()
+    assert not at.exception
+    photos = [b for b in at.button if b.key.startswith("photo-")]
+    n_cards = len([m for m in texts(at.markdown) if "cos = " in m])  # one a neighbour
+    assert n_cards and {b.key for b in photos} == {"photo-query", *(f"photo-{rank}" for rank in range(1, n_cards + 1))}
+    before = len(list(at.get("image")))
+    next(b for b in photos if b.key == "photo-1").click().run()
+    assert not at.exception and len(list(at.get("image"))) == before + 1
+
+
+def test_the_photo_of_a_gallery_face_is_at_most_photo_px_with_that_face_boxed_and_numbered(tmp_path):
+    """photo_with_face: a 2400 × 1800 photo comes back 1200 × 900, the box drawn at half its coordinates
+    in the box colour, the rest of the photo as it was."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from app_pages.common import path_key
+    from app_pages.faces import BOX_COLOUR, PHOTO_PX, photo_with_face
+
+    photo = tmp_path / "big.png"
+    Image.new("RGB", (2400, 1800), (20, 120, 40)).save(photo)
+    encoded = photo_with_face(path_key(photo), "stamp", (400.0, 600.0, 1000.0, 1400.0), 2)
+    shown = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")).astype(int)
+    assert shown.shape == (PHOTO_PX * 3 // 4, PHOTO_PX, 3)
+    red, green, _ = shown[450, 202]  # the box's left edge at x = 400 / 2, 6 px wide (JPEG smears its colour)
+    assert red > 180 and green < 110 and BOX_COLOUR[0] > 200, "the box's left edge"
+    assert np.abs(shown[450, 350] - (20, 120, 40)).max() < 20, "inside the box the photo as it was"
+    assert np.abs(shown[100, 1000] - (20, 120, 40)).max() < 20
+    assert photo_with_face(path_key(tmp_path / "gone.png"), "stamp", (0.0, 0.0, 1.0, 1.0), 1) is None
