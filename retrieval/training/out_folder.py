@@ -7,9 +7,11 @@
 - :func:`prepare_out`: a new run (no ``--resume``) starts only in a missing or empty folder. A
   folder with a run (``checkpoint.pt``) needs ``--resume``; one with a run that lacks its
   checkpoint, or with other files, would have its ``config.json``, ``metrics.jsonl`` and
-  ``mining/`` silently replaced, so it is refused unless ``--force`` asks for that (the files of
-  an earlier run are then removed first, nothing else). Either way the temporaries of killed
-  writers (``.*.tmp``) are removed, under the lock.
+  ``mining/`` silently replaced, so it is refused unless ``--force`` asks for that. The files of
+  the earlier run, nothing else, are then removed by :func:`clear_earlier_run` once the new run's
+  data, model and starting weights have been checked and built: a typo in DATA_DIR or ``--weights``
+  leaves the earlier run as it was. Either way the temporaries of killed writers (``.*.tmp``) are
+  removed, under the lock.
 - :func:`check_same_classes` and :func:`commands_so_far`: a resumed run trains on the classes it
   started with, and records every command that trained it.
 """
@@ -26,7 +28,7 @@ from retrieval.errors import RetrievalError
 from retrieval.run.files import FACES_DIR
 from retrieval.run.versions import VERSIONS_DIR
 
-__all__ = ["check_same_classes", "commands_so_far", "prepare_out", "training_lock"]
+__all__ = ["check_same_classes", "clear_earlier_run", "commands_so_far", "prepare_out", "training_lock"]
 
 #: what a run directory holds that ``--force`` removes before a new run is written over it
 RUN_FILES = (run.CONFIG_NAME, run.WEIGHTS_NAME, run.LAST_WEIGHTS_NAME, run.METRICS_NAME, run.VAL_DISTANCES_NAME,
@@ -54,21 +56,29 @@ def training_lock(run_dir: str | Path, ctx) -> Iterator[None]:
             run_dir.rmdir()
 
 
-def prepare_out(run_dir: str | Path, *, resume: bool, force: bool, is_main: bool) -> None:
-    """Refuse an ``--out`` folder a new run would overwrite unasked; with ``force`` clear the
-    earlier run's files; remove stale temporaries (rank 0 changes the folder, every rank checks)."""
+def prepare_out(run_dir: str | Path, *, resume: bool, force: bool, is_main: bool) -> bool:
+    """Refuse an ``--out`` folder a new run would overwrite unasked; remove stale temporaries (rank 0
+    changes the folder, every rank checks). True when ``force`` is to replace files there: the
+    caller clears them (:func:`clear_earlier_run`) once nothing else can stop the new run's start."""
     run_dir = Path(run_dir)
     if resume and force:
         raise RetrievalError("give --resume (continue the run in --out) or --force (replace it), not both")
+    entries = []
     if not resume and run_dir.is_dir():
         entries = sorted(p.name for p in run_dir.iterdir() if p.name not in _IGNORED and not _is_temporary(p))
         if entries and not force:
             raise RetrievalError(_refusal(run_dir, entries))
-        if entries and is_main:
-            _remove_run_files(run_dir)
     if is_main:
         for folder in (run_dir, run_dir / run.MINING_DIR):
             run.remove_stale_temporaries(folder)
+    return bool(entries)
+
+
+def clear_earlier_run(run_dir: str | Path, is_main: bool) -> None:
+    """``--force``: remove the earlier run's files (:data:`RUN_FILES`, its mining log and committed
+    versions; anything else in the folder stays), on rank 0, just before the new run writes."""
+    if is_main:
+        _remove_run_files(Path(run_dir))
 
 
 def check_same_classes(run_dir: str | Path, class_names: list[str]) -> None:

@@ -31,7 +31,7 @@ from retrieval.run import read_checkpoint, read_config
 from retrieval.training.config import TrainConfig
 from retrieval.training.finetune import FineTuning, backbone_lr_factor, weights_source
 from retrieval.training.objective import Objective
-from retrieval.training.out_folder import check_same_classes, commands_so_far, prepare_out
+from retrieval.training.out_folder import check_same_classes, clear_earlier_run, commands_so_far, prepare_out
 from retrieval.training.outputs import run_config_for
 from retrieval.training.resume import config_for_resume
 from retrieval.training.seeded_items import KeyedBatches, SeededItems
@@ -90,7 +90,7 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
     """Build the run for a resolved, validated ``config`` (see the module docstring); ``progress``:
     a progress bar while a face run finds its faces (rank 0 only)."""
     run_dir = Path(config.out)
-    prepare_out(run_dir, resume=bool(config.resume), force=bool(config.force), is_main=ctx.is_main)
+    replacing = prepare_out(run_dir, resume=bool(config.resume), force=bool(config.force), is_main=ctx.is_main)
     checkpoint = read_checkpoint(run_dir) if config.resume else None
     if checkpoint is not None:
         config = config_for_resume(config, run_dir)
@@ -124,6 +124,8 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
         log.warning("--freeze-backbone-epochs %g covers all %d epoch(s): the backbone stays frozen and only the head "
                     "learns; give more --epochs, or --freeze-backbone-epochs 0 for the backbone to learn from the start",
                     config.freeze_backbone_epochs, config.epochs)
+    if replacing:  # --force: the data, model and weights are checked; the earlier run goes only now
+        clear_earlier_run(run_dir, ctx.is_main)
     setup = TrainingSetup(config, run_dir, ctx, source, model, forward, run_objective, train_transform, eval_transform, batches, loader,
                           optimiser, schedule, scaler, precision, run_config, checkpoint, fine_tuning)
     if ctx.enabled:  # DDP takes the parameters that learn when it is built: build it for the first step's state

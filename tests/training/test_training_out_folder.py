@@ -69,6 +69,27 @@ def test_a_run_without_its_checkpoint_is_refused_and_force_replaces_it(tmp_path,
     assert not (out / "mining" / "epoch_007.jsonl").exists()  # the earlier run's log is not mixed into the new one
 
 
+def test_force_with_a_typo_leaves_the_earlier_run_as_it_was(tmp_path, base_run, sample, cli):
+    """--force replaced the earlier run before anything was checked: a mistyped DATA_DIR, a missing
+    weights file or an unknown backbone deleted a trained model and then failed. The earlier run now
+    goes only once the new one's data, model and weights are built."""
+    out = _copy(base_run, tmp_path / "run")
+    before = _files(out)
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    typos = {
+        "DATA_DIR": ["train", tmp_path / "trian", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS],
+        "--weights": ["train", sample / "train", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS,
+                      "--weights", tmp_path / "broken.safetensors"],
+        "--backbone": ["train", sample / "train", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS, "--backbone", "resnet9000"],
+    }
+    for what, args in typos.items():
+        done = cli(*args)
+        assert done.code == 2 and done.lines[-1].startswith("error: "), (what, done.err)
+        assert _files(out) == before, f"a failed --force ({what}) removed the earlier run's files"
+    replaced = cli("train", sample / "train", "--out", out, "--epochs", "0", "--force", *TINY_FLAGS, "--seed", "3")
+    assert replaced.code == 0 and read_config(out)["train_settings"]["seed"] == 3, replaced.err
+
+
 def test_a_run_with_its_checkpoint_needs_resume_and_resume_with_force_is_refused(base_run, sample, cli):
     done = cli("train", sample / "train", "--out", base_run, "--epochs", "0", *TINY_FLAGS)
     assert done.code == 2 and "already holds a run; pass --resume" in done.lines[0]
