@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from retrieval import data, distributed
-from retrieval.embed import embed_images
+from retrieval.embed import embed_readable
 from retrieval.model import EmbeddingModel, resolve_precision
 from retrieval.progress import stage_bars
 from retrieval.run import read_checkpoint, read_config
@@ -186,7 +186,7 @@ def _build_loader(config: TrainConfig, ctx: distributed.DistributedContext, sour
     cache_bytes = int(config.cache_mb * 2**20) // max(1, workers)
     train_set = data.ImageDataset(source.train_folder.paths, source.train_folder.labels, train_transform, cache_bytes=cache_bytes)
     sampler = source.make_sampler(model=model, transform=eval_transform, device=ctx.device, precision=precision,
-                                  embed_images=functools.partial(embed_images, ctx=ctx))
+                                  embed_readable=functools.partial(embed_readable, ctx=ctx))
     ctx.require_batch(sampler.classes_per_batch * sampler.images_per_class)
     batches = KeyedBatches(sampler, config.seed, shard=(ctx.rank, ctx.world_size))
     loader = data.make_loader(SeededItems(train_set), batch_sampler=batches, num_workers=workers, device=ctx.device)

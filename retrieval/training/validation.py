@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from retrieval import data, distributed
-from retrieval.embed import embed_images
+from retrieval.embed import embed_readable
 from retrieval.evaluate import retrieval_metrics
 from retrieval.verification import PairDistances, VerificationSummary, summarise
 
@@ -48,12 +48,16 @@ def validate(model, folder: data.ImageFolder, transform, device, precision, marg
              target_far: float | None = 0.01, ctx=None) -> Validation:
     """Recall@1, MAP@R (leave-one-out) and verification on every pair of the held-out classes, and
     sampled pair distances (under torchrun each process embeds a share of the images and all get
-    the same numbers)."""
+    the same numbers). Images that cannot be decoded are left out (the loader warns of each)."""
     if not folder.paths:
         return Validation(dict(EMPTY_METRICS), None)
     ctx = ctx or distributed.DistributedContext(device=torch.device(device))
-    embeddings = embed_images(model, folder.paths, transform, batch_size=128, device=device, precision=precision, ctx=ctx)
-    labels = np.asarray(folder.labels)
+    # an image that passed the folder scan but fails to decode (a truncated JPEG) is left out, as
+    # training leaves it out: the loader has warned of it by name
+    embeddings, kept = embed_readable(model, folder.paths, transform, batch_size=128, device=device, precision=precision, ctx=ctx)
+    if not kept:
+        return Validation(dict(EMPTY_METRICS), None)
+    labels = np.asarray(folder.labels)[kept]
     metrics = retrieval_metrics(embeddings, labels)
     x = torch.from_numpy(embeddings)
     distances = torch.cdist(x, x).numpy()

@@ -177,7 +177,7 @@ def test_hard_batches_depend_only_on_seed_epoch_and_embeddings():
 
 
 def test_hard_sampler_embeds_through_the_function_training_gives_it(sample, folder, tmp_path):
-    """Under torchrun training passes retrieval.embed.embed_images with its DistributedContext, so every process groups the
+    """Under torchrun training passes retrieval.embed.embed_readable with its DistributedContext, so every process groups the
     components from the same rows; the sampler must use it rather than embed on its own."""
     from retrieval.model import EmbeddingModel
     from retrieval.training import build_source
@@ -189,15 +189,26 @@ def test_hard_sampler_embeds_through_the_function_training_gives_it(sample, fold
 
     def shared_embed(model, paths, transform, **options):
         calls.append(list(paths))
-        return rows
+        return rows, list(range(len(paths)))
 
     model = EmbeddingModel("resnet10t", 8).train()
-    sampler = source.make_sampler(model=model, transform=None, device="cpu", precision="fp32", embed_images=shared_embed)
+    sampler = source.make_sampler(model=model, transform=None, device="cpu", precision="fp32", embed_readable=shared_embed)
     sampler.set_epoch(1)
     assert calls == [list(source.train_folder.paths)] and model.training  # back in training mode
     reference = HardNegativeBatches(source.train_folder.labels, TINY["classes_per_batch"], TINY["images_per_class"], seed=TINY.get("seed", 0), embed=lambda: rows)
     reference.set_epoch(1)
     assert list(sampler) == list(reference)
+
+    def one_unreadable(model, paths, transform, **options):  # a truncated JPEG: left out by the loader
+        return np.delete(rows, 3, axis=0), [i for i in range(len(paths)) if i != 3]
+
+    with_zero = rows.copy()
+    with_zero[3] = 0.0
+    sampler = source.make_sampler(model=model, transform=None, device="cpu", precision="fp32", embed_readable=one_unreadable)
+    sampler.set_epoch(1)
+    reference = HardNegativeBatches(source.train_folder.labels, TINY["classes_per_batch"], TINY["images_per_class"], seed=TINY.get("seed", 0), embed=lambda: with_zero)
+    reference.set_epoch(1)
+    assert list(sampler) == list(reference), "an unreadable image's row is zeros, and the batches are drawn"
 
 
 # ----------------------------------------------------------------------------- training

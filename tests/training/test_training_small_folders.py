@@ -41,3 +41,29 @@ def test_pair_training_clamps_the_default_p_to_the_linked_groups(small_folder, t
     assert any("classes per batch" in line and "4" in line for line in result.lines), result.err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train_settings"]["classes_per_batch"] == 4
 
+
+
+def test_a_truncated_jpeg_in_a_held_out_class_is_left_out_of_validation_not_the_end_of_training(small_folder, tmp_path, cli):
+    """A truncated JPEG passes the folder scan (its header is whole) and fails to decode. Training
+    warned and went on; validation stopped the run with "cannot read image", depending only on
+    which classes the seed held out. One such file in every class: the run ends, each named once."""
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "people"
+    shutil.copytree(small_folder, folder)
+    noise = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG")
+    for name in CLASSES:
+        (folder / name / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    done = cli("train", folder, "--out", tmp_path / "run", *FAST)
+    assert done.code == 0, done.err
+    warned = [line for line in done.lines if "skipped at load time" in line]
+    held_out = json.loads((tmp_path / "run" / "config.json").read_text())["val_classes"]
+    assert held_out and all(any(f"{name}/cut.jpg" in line for line in warned) for name in held_out), warned
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1]["epoch"] == 1 and epochs[-1]["recall_at_1"] is not None

@@ -37,11 +37,12 @@ class TrainingSource(Protocol):
         """The training augmentation (an :class:`~retrieval.data.ImageTransform`) for a backbone's data config."""
 
     def make_sampler(self, *, model=None, transform=None, device="cpu", precision="fp32",
-                     embed_images: Callable[..., Any] | None = None) -> Any:
+                     embed_readable: Callable[..., Any] | None = None) -> Any:
         """The batch sampler: a :class:`~retrieval.data.PKSampler` or one with its interface
         (``set_epoch``, ``__len__``, ``classes_per_batch``, ``images_per_class``). A sampler that
-        looks at the model embeds with ``embed_images`` (under torchrun the processes share the
-        work and all receive the same rows, so they draw the same batches)."""
+        looks at the model embeds with ``embed_readable`` (:func:`retrieval.embed.embed_readable`;
+        under torchrun the processes share the work and all receive the same rows, so they draw
+        the same batches)."""
 
     def config_entries(self) -> dict[str, Any]:
         """Keys added to the run's ``config.json``: ``"mode"``, ``"labelled"`` and the source's own numbers."""

@@ -45,7 +45,7 @@ from torch.utils.data import Sampler
 
 from retrieval import data
 from retrieval.data.sampler import fit_classes_per_batch
-from retrieval.embed import embed_images as embed_images_here
+from retrieval.embed import embed_readable as embed_readable_here
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
 from retrieval.training.sources.base import check_negatives, hidden_label_split, without_labels_entries
@@ -422,22 +422,27 @@ class PairsSource:
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
         return data.build_transforms(data_config, train=True, strength=self.augment, normalise_in_batch=normalise_in_batch)
 
-    def make_sampler(self, *, model=None, transform=None, device="cpu", precision="fp32", embed_images=None, **_: Any):
+    def make_sampler(self, *, model=None, transform=None, device="cpu", precision="fp32", embed_readable=None, **_: Any):
         """A P×K sampler over the components (``random``), or :class:`HardNegativeBatches` (``hard``)."""
         labels = self.train_folder.labels
         if self.strategy == "random":
             return data.PKSampler(labels, self.classes_per_batch, self.images_per_class, seed=self.seed)
-        embed_images = embed_images or embed_images_here
+        embed_readable = embed_readable or embed_readable_here
         paths = self.train_folder.paths
 
         def embed() -> np.ndarray:
             was_training = model.training
             try:
-                # one set of rows for every process under torchrun (retrieval.embed.embed_images with the run's DistributedContext):
+                # one set of rows for every process under torchrun (retrieval.embed.embed_readable with the run's DistributedContext):
                 # each regrouping the components from its own GPU's rounding could draw other batches
-                return embed_images(model, paths, transform, batch_size=256, device=device, precision=precision)
+                rows, kept = embed_readable(model, paths, transform, batch_size=256, device=device, precision=precision)
             finally:
                 model.train(was_training)
+            # an image that cannot be decoded (the loader warns of it, and leaves it out of its batches) gets
+            # a row of zeros: at distance 1 from every unit row, it draws no component nearer or farther
+            every = np.zeros((len(paths), rows.shape[1]), dtype=rows.dtype)
+            every[kept] = rows
+            return every
 
         return HardNegativeBatches(labels, self.classes_per_batch, self.images_per_class, seed=self.seed,
                                    embed=embed, never_negative=self.never_negative)
