@@ -4,7 +4,7 @@ Anything raised as :class:`RetrievalError` is a problem with the user's input (a
 a corrupt file, a bad flag value). The CLI prints its message as one line and exits non-zero;
 the app shows it as an error box. Every other exception is a bug and keeps its traceback.
 :class:`LostProcesses`, one kind of it, also tells the CLI to leave without tearing torch down;
-:class:`ImageSizeError`, another, says whether an image was too large or too small.
+:class:`ImageSizeError`, another, says whether an image was too large, too small or too elongated.
 :func:`close_names` gives a message's "did you mean …?" for a name typed that is none of those known.
 """
 
@@ -25,8 +25,9 @@ class LostProcesses(RetrievalError):
 
 class ImageSizeError(RetrievalError):
     """An image refused for its size before it is decoded (:mod:`retrieval.data.images`): ``too``
-    is ``"large"`` (more pixels than the limit, or a decompression bomb) or ``"small"`` (a side
-    under the minimum), so that a page can say which picture to give instead."""
+    is ``"large"`` (more pixels than the limit, or a decompression bomb), ``"small"`` (a side
+    under the minimum) or ``"elongated"`` (sides further apart than the limit's ratio), so that a
+    page can say which picture to give instead."""
 
     def __init__(self, message: str, too: str):
         super().__init__(message)

@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from retrieval.errors import ImageSizeError, RetrievalError
 
 __all__ = [
-    "FORMAT_OF_SUFFIX", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "MAX_QUERY_PIXELS", "MIN_IMAGE_SIDE",
+    "FORMAT_OF_SUFFIX", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_ASPECT_RATIO", "MAX_IMAGE_PIXELS", "MAX_QUERY_PIXELS", "MIN_IMAGE_SIDE",
     "all_greyscale", "load_image", "load_image_bytes", "unreadable_reason", "to_rgb",
 ]
 
@@ -58,6 +58,12 @@ that looks at the image at a few hundred pixels."""
 MIN_IMAGE_SIDE: int = 2
 """Smallest width and height read, in pixels: an image one pixel wide or high is refused like an
 unreadable one (a run's grey conversion cannot take it; there is nothing to embed in it)."""
+
+MAX_ASPECT_RATIO: int = 100
+"""Longest side over shortest side read: 100:1, beyond any photo (a 360° panorama is about 8:1).
+The model's resize brings the shorter side to the image size, so a tiny 400000 × 2 file (0.8
+megapixels, 2 KB) would become 73 × 14.6 million pixels: gigabytes, for a picture whose centre
+crop is all the model sees. Such a file is refused from its header like one too large."""
 
 _ROW_BLOCK_PIXELS = 1 << 20  # pixels scaled per block for 32-bit and float grey levels
 
@@ -105,6 +111,8 @@ def unreadable_reason(path: Path) -> str | None:
                 return f"too large: {width}x{height} pixels"
             if min(width, height) < MIN_IMAGE_SIDE:
                 return f"too small: {width}x{height} pixels (at least {MIN_IMAGE_SIDE} a side)"
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                return f"too elongated: {width}x{height} pixels (at most {MAX_ASPECT_RATIO}:1)"
             image.verify()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "too large (decompression bomb)"
@@ -158,6 +166,9 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
             if min(width, height) < MIN_IMAGE_SIDE:
                 raise ImageSizeError(f"image too small: {name} is {width}x{height} pixels; an image needs at least "
                                      f"{MIN_IMAGE_SIDE} pixels a side (MIN_IMAGE_SIDE)", too="small")
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                raise ImageSizeError(f"image too elongated: {name} is {width}x{height} pixels, more than {MAX_ASPECT_RATIO}:1 "
+                                     "(MAX_ASPECT_RATIO); crop it", too="elongated")
             image.load()
             try:
                 ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large image

@@ -92,6 +92,18 @@ def test_a_tiny_upload_is_told_to_upload_a_larger_picture(monkeypatch, full_run)
     assert len(errors) == 1 and "too small" in errors[0] and errors[0].endswith("Upload a larger picture.")
 
 
+def test_a_strip_of_an_upload_is_told_to_upload_a_picture_closer_to_square(monkeypatch, full_run):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20_000, 4), (1, 2, 3)).save(buffer, format="PNG")
+    at = upload(start(monkeypatch, full_run), "strip.png", buffer.getvalue())
+    errors = texts(at.error)
+    assert len(errors) == 1 and "too elongated" in errors[0] and errors[0].endswith("Upload a picture closer to square (crop it).")
+
+
 def test_empty_upload_is_refused(monkeypatch, full_run):
     at = upload(start(monkeypatch, full_run), "empty.jpg", b"", "image/jpeg")
     assert any("empty file" in e for e in texts(at.error))
