@@ -144,7 +144,9 @@ def _load_local_weights(backbone: nn.Module, weights: Path) -> nn.Module:
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state = {k: v for k, v in state.items() if not any(k.startswith(f"{c}.") for c in classifier)}
     expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
+    # BatchNorm's step counter: many files leave it out (torchvision's), and BatchNorm's own loading
+    # restores it, as torch's strict load_state_dict accepts
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
 
@@ -155,9 +157,13 @@ def _load_local_weights(backbone: nn.Module, weights: Path) -> nn.Module:
         wrong = sorted(wrong)
         problems = [f"{len(names)} {kind}" + (f" (e.g. {names[0]!r}{shape(names[0]) if kind == 'wrong-shaped' else ''})" if names else "")
                     for kind, names in (("missing", missing), ("unexpected", unexpected), ("wrong-shaped", wrong))]
+        own_run = unexpected and all(k.split(".")[0] in ("backbone", "head") for k in unexpected)
+        hint = ("this is a `retrieval train` run's model (its keys start with backbone. and head.): --weights takes a "
+                "timm backbone's weights, and a run continues with `retrieval train … --out RUN_DIR --resume`"
+                if own_run else "the file needs timm's key names for this model")
         raise RetrievalError(
             f"{weights}: weights do not fit backbone {backbone.default_cfg.get('architecture', '?')!r}: "
-            f"{', '.join(problems)} tensors (the file needs timm's key names for this model)"
+            f"{', '.join(problems)} tensors ({hint})"
         )
     backbone.load_state_dict(state, strict=True)
     return backbone

@@ -119,6 +119,32 @@ def test_weights_that_do_not_fit_name_the_missing_and_the_unexpected_keys_in_one
     assert f"1 wrong-shaped (e.g. {wrong!r}: [1, 1, 1, 1] in the file" in message
 
 
+def test_a_weights_file_without_batchnorm_step_counters_loads_as_torch_loads_it(tmp_path):
+    """torchvision's files (and others) leave out BatchNorm's ``num_batches_tracked``; torch's strict
+    load accepts that, and so does --weights (it refused: "N missing")."""
+    from safetensors.torch import save_file
+
+    import timm
+
+    source = timm.create_model(BACKBONE, pretrained=False, num_classes=0)
+    state = {k: v.contiguous() for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(source.state_dict())
+    save_file(state, str(tmp_path / "w.safetensors"))
+    model = EmbeddingModel(BACKBONE, 8, weights=tmp_path / "w.safetensors")
+    for name, tensor in state.items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+
+
+def test_a_runs_own_model_given_as_weights_is_told_apart_from_a_wrong_backbone(tmp_path):
+    from safetensors.torch import save_file
+
+    run_model = EmbeddingModel(BACKBONE, 8)
+    save_file({k: v.contiguous() for k, v in run_model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RetrievalError) as error:
+        EmbeddingModel(BACKBONE, 8, weights=tmp_path / "model.safetensors")
+    assert "a `retrieval train` run's model" in str(error.value) and "--resume" in str(error.value)
+
+
 def test_the_classifier_in_a_weights_file_is_dropped_and_the_data_config_is_the_weights_model(tmp_path):
     from safetensors.torch import save_file
 
