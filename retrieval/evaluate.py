@@ -144,8 +144,10 @@ def evaluate_run(
     """
     from retrieval.verification import pair_distances, rates_at, summarise
 
-    for folder in dict.fromkeys(f for f in (data_dir, query_dir, gallery_dir) if f is not None):
-        warn_when_trained_on(run_dir, folder, MEMORISED_FIGURES)
+    if data_dir is not None:
+        warn_when_trained_on(run_dir, data_dir, MEMORISED_FIGURES)
+    else:  # the queries' classes that the gallery holds: a trained class only in the gallery is a distractor
+        warn_when_trained_on(run_dir, query_dir, MEMORISED_FIGURES, gallery_dir=gallery_dir)
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
                                         device=device, num_workers=num_workers, precision=precision, on_progress=on_progress)
     warn_when_one_class((sets[1] if len(sets) > 1 else sets[0])[1], gallery_dir if gallery_dir is not None else data_dir)

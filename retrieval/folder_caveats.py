@@ -22,24 +22,35 @@ OPTIMISTIC_TAU = ("τ chosen on them is optimistic for people or products the mo
                   "calibrate on held-out classes")
 
 
-def warn_when_trained_on(run_dir: Path | str, data_dir: Path | str, consequence: str = OPTIMISTIC_TAU) -> None:
-    """One warning line when the folder's classes (its subfolders) include classes the run trained
-    on (``config.json``'s ``train_classes``): the model has seen those people or products, so
-    what is measured or chosen on them (``consequence``; default: τ) flatters it."""
+def warn_when_trained_on(run_dir: Path | str, data_dir: Path | str, consequence: str = OPTIMISTIC_TAU, *,
+                         gallery_dir: Path | str | None = None) -> None:
+    """One warning line when the folder's classes (its subfolders that hold files; hidden ones are
+    not classes) include classes the run trained on (``config.json``'s ``train_classes``): the
+    model has seen those people or products, so what is measured or chosen on them
+    (``consequence``; default: τ) flatters it. With ``gallery_dir`` (``data_dir`` then the
+    queries), only the query classes the gallery holds too count: a trained class that only the
+    gallery holds is a distractor for unseen queries, which flatters nothing."""
     from retrieval.run import read_config
 
     try:
         config = read_config(run_dir)
-        folder_classes = {p.name for p in Path(data_dir).iterdir() if p.is_dir()}
+        folder_classes = _classes(data_dir)
+        if gallery_dir is not None:
+            folder_classes &= _classes(gallery_dir)
     except (RetrievalError, OSError):
         return  # the command itself says what is wrong
     trained = set(config.get("train_classes") or [])
     seen = sorted(folder_classes & trained)
     if seen:
         shown = ", ".join(seen[:3]) + (f" (and {len(seen) - 3} more)" if len(seen) > 3 else "")
-        logger.warning(
-            "%s: %d of its %d classes are classes the run trained on (%s): %s", data_dir, len(seen),
-            len(folder_classes), shown, consequence)
+        counted = "classes" if gallery_dir is None else "classes that the gallery holds too"
+        logger.warning("%s: %d of its %d %s are classes the run trained on (%s): %s", data_dir, len(seen),
+                       len(folder_classes), counted, shown, consequence)
+
+
+def _classes(folder: Path | str) -> set[str]:
+    """The class folders of a labelled folder: its subfolders that hold anything, hidden ones left out."""
+    return {p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())}
 
 
 def shared_images(queries: Sequence[Path], gallery: Sequence[Path]) -> list[Path]:

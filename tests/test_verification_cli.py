@@ -194,3 +194,19 @@ def test_evaluate_warns_on_a_single_class_and_on_classes_the_run_trained_on(run_
     assert "measure what the model remembers" in seen.lines[0]
     plain = cli("evaluate", run, data, "--device", "cpu", "--quiet")
     assert plain.code == 0 and not plain.lines, plain.err
+
+    # queries of unseen classes against a gallery that also holds trained classes (a catalogue of every
+    # product): those are distractors, and the figures are not the model's memory
+    query, gallery = tmp_path / "query", tmp_path / "gallery"
+    for name in ("class0", "class2"):
+        shutil.copytree(data / name, query / name)
+    shutil.copytree(data, gallery)
+    (query / ".git").mkdir()  # hidden and empty folders are no classes
+    (query / "empty").mkdir()
+    read_config(copy).updated(train_classes=["class1"]).write(copy)
+    distractors = cli("evaluate", copy, "--query", query, "--gallery", gallery, "--device", "cpu", "--quiet")
+    assert distractors.code == 0 and not [line for line in distractors.lines if "trained on" in line], distractors.err
+    read_config(copy).updated(train_classes=["class2"]).write(copy)
+    memorised = cli("evaluate", copy, "--query", query, "--gallery", gallery, "--device", "cpu", "--quiet")
+    (line,) = [line for line in memorised.lines if "trained on" in line]
+    assert "1 of its 2 classes that the gallery holds too are classes the run trained on (class2)" in line, line
