@@ -177,8 +177,10 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
             return to_rgb(image)
     except RetrievalError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageSizeError(f"image too large: {name} ({_short_reason(error)})", too="large") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own check, before ours could read the size
+        raise ImageSizeError(f"image too large: {name} is more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels (Pillow's "
+                             f"decompression-bomb limit), more than the limit of {max_pixels:,}{_limit_name(max_pixels)}",
+                             too="large") from None
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) on bad files
         raise RetrievalError(f"cannot read image {name}: {_short_reason(error)}") from None
 
