@@ -130,9 +130,14 @@ class Verdict:
     label: str | None
     distance: float | None
     threshold: float | None
+    path: str | None = None  # the matched gallery image (None without a match), as search names it
+    face: int | None = None  # in a face gallery: which face of that photo (from 0, as gallery.json)
 
     def to_json(self) -> dict[str, Any]:
-        return {"match": self.match, "label": self.label, "distance": self.distance, "threshold": self.threshold}
+        """``{"match", "label", "distance", "threshold", "path", "face"}``: ``path`` the matched image
+        and ``face`` which face of it (a face gallery), each null without a match or a face."""
+        return {"match": self.match, "label": self.label, "distance": self.distance, "threshold": self.threshold,
+                "path": self.path, "face": self.face}
 
     def describe(self, target_far: float | None = None, nearest: str | None = None) -> str:
         """One line: "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %", "no match in the gallery …". In a

@@ -17,7 +17,7 @@ import logging
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +219,12 @@ class GalleryIndex:
         from retrieval.verification import open_set_verdict
 
         nearest = (neighbours[0].label, neighbours[0].distance) if neighbours else None
-        return open_set_verdict(nearest, self.threshold)
+        verdict = open_set_verdict(nearest, self.threshold)
+        if not verdict.match:
+            return verdict
+        face = self.face(neighbours[0].item)
+        return replace(verdict, path=str(neighbours[0].path),
+                                   face=None if face is None else int(face.get("face", 0)))
 
     def close(self) -> None:
         """Release the memory maps."""

@@ -54,6 +54,10 @@ def test_search_json_gives_every_face_of_the_query_with_neighbours_and_verdict(f
         assert face["neighbours"][0]["distance"] < 1e-3, "each face finds itself first"
         assert face["neighbours"][0]["path"].endswith("two_people.jpg")
     assert sorted(face["neighbours"][0]["face"] for face in faces) == [0, 1], "each finds its own face of the photo, by rank"
+    for face in faces:  # a match names the photo and which face of it (an unlabelled gallery has no label to name)
+        verdict = face["verdict"]
+        assert (verdict["path"], verdict["face"]) == ((face["neighbours"][0]["path"], face["neighbours"][0]["face"])
+                                                      if verdict["match"] else (None, None))
 
 
 def test_a_query_without_a_face_gives_an_empty_list_and_one_table_line(face_index, cli):

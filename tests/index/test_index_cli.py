@@ -31,8 +31,8 @@ def test_cli_index_then_search_prints_json_neighbours_and_a_table(tmp_path, run_
     first = payload["neighbours"][0]
     assert set(first) == {"path", "label", "distance", "similarity", "match"}
     # a run without a threshold: no match marks, no verdict
-    assert first["match"] is None and payload["verdict"] == {"match": None, "label": None,
-                                                              "distance": first["distance"], "threshold": None}
+    assert first["match"] is None and payload["verdict"] == {"match": None, "label": None, "distance": first["distance"],
+                                                              "threshold": None, "path": None, "face": None}
     assert first["path"] == str(query.resolve()) and first["label"] == "plum"
 
     exact = json.loads(runner.invoke(app, ["search", str(run), str(query), "-k", "4", "--json", "--exact"]).stdout)
@@ -61,6 +61,7 @@ def test_cli_search_marks_matches_and_gives_a_verdict_at_the_runs_threshold(tmp_
     wide = search_at(2.0)
     assert all(n["match"] for n in wide["neighbours"])
     assert wide["verdict"]["match"] is True and wide["verdict"]["label"] == "plum" and wide["verdict"]["threshold"] == 2.0
+    assert wide["verdict"]["path"] == wide["neighbours"][0]["path"] and wide["verdict"]["face"] is None  # what matched
     middle = sorted(n["distance"] for n in wide["neighbours"])
     tau = (middle[1] + middle[2]) / 2
     split = search_at(tau)
@@ -75,7 +76,8 @@ def test_cli_search_marks_matches_and_gives_a_verdict_at_the_runs_threshold(tmp_
     assert d > 0
     query = stranger
     outside = search_at(d / 2)
-    assert outside["verdict"] == {"match": False, "label": None, "distance": outside["neighbours"][0]["distance"], "threshold": d / 2}
+    assert outside["verdict"] == {"match": False, "label": None, "distance": outside["neighbours"][0]["distance"], "threshold": d / 2,
+                                  "path": None, "face": None}
     table = runner.invoke(app, ["search", str(run), str(stranger), "-k", "2"])
     assert table.exit_code == 0 and "no match in the gallery" in table.stdout and "match" in table.stdout
 
