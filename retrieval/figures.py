@@ -349,11 +349,13 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
     ``colour_title`` names what the labels are (legend and tooltip: "class", "folder", ...);
     ``labels=None`` draws every point in one colour, without a legend (a gallery without labels)."""
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    # the axes reach half a picture (and its frame) beyond the outermost points: a picture there is whole
+    padded = alt.Scale(padding=(picture_px + 6) / 2 + 2 if pictures is not None else 5, zero=False)
     if labels is None:
         rows = [{"x": round(float(x), 5), "y": round(float(y), 5), "name": str(name)}
                 for (x, y), name in zip(coords, names)]
         points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75, color="#4c78a8").encode(
-            x=alt.X("x:Q", title="axis 1"), y=alt.Y("y:Q", title="axis 2"),
+            x=alt.X("x:Q", title="axis 1", scale=padded), y=alt.Y("y:Q", title="axis 2", scale=padded),
             tooltip=[alt.Tooltip("name:N", title="image")],
         )
     else:
@@ -362,7 +364,7 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
                 for (x, y), label, name in zip(coords, labels, names)]
         n_labels = len({r["label"] for r in rows})
         points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75).encode(
-            x=alt.X("x:Q", title="axis 1"), y=alt.Y("y:Q", title="axis 2"),
+            x=alt.X("x:Q", title="axis 1", scale=padded), y=alt.Y("y:Q", title="axis 2", scale=padded),
             color=_colour("label", colour_title, n_labels),
             tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title=colour_title)],
         )

@@ -130,6 +130,9 @@ def test_embedding_map_draws_the_pictures_given_between_the_points_and_the_query
     chart = figures.embedding_map(coords, ["a", "b", "a"], ["x.png", "y.png", "z.png"], query=(0.2, 0.3),
                                   pictures=[url, None, url], picture_px=24)
     points, frames, pictures, query = chart.layer
+    scales = valid(chart)["layer"][0]["encoding"]
+    assert scales["x"]["scale"]["padding"] >= 30 / 2 and scales["y"]["scale"]["padding"] >= 30 / 2, \
+        "the axes reach half a picture beyond the outermost points: an edge picture is whole"
     assert [(r["x"], r["y"], r["name"], r["picture"]) for r in rows(pictures)] == [(0.0, 1.0, "x.png", url), (0.5, 0.5, "z.png", url)]
     assert [r["label"] for r in rows(frames)] == ["a", "a"] and frames.mark.size == (24 + 6) ** 2
     spec = valid(chart)["layer"][2]
