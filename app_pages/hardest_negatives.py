@@ -120,8 +120,9 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
     ``no_margin_note``: the run's loss, which has no margin, so a gap below ε is not a loss of it)."""
     hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
     gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
+    # three 210 px panels with their axes and legends fit the main column of a 1400 px window (260 px ran past it)
     st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, margin_loss=no_margin_note is None,
-                                           width=260), width="content")
+                                           width=210), width="content")
     last = next((r for r in reversed(hardness) if r["n_logged"]), None)
     if last is None:
         return

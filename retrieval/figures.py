@@ -283,7 +283,7 @@ def _zone_panel(zones, width, height):
     return alt.Chart(_data(zones)).mark_bar().encode(
         x=alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("count:Q", title="logged triplets", stack="zero"),
-        color=alt.Color("zone:N", title="d_an − d_ap", legend=alt.Legend(orient="bottom", columns=1),
+        color=alt.Color("zone:N", title="d_an − d_ap", legend=alt.Legend(orient="bottom", columns=1, labelLimit=width),
                         scale=alt.Scale(domain=list(GAP_ZONES), range=["#e45756", _BAND_COLOUR, "#54a24b"])),
         opacity=alt.Opacity("mined:N", title="miner", legend=alt.Legend(orient="bottom", columns=1),
                             scale=alt.Scale(domain=list(_MINED_STATUS), range=[1.0, 0.4, 0.75])),
@@ -297,7 +297,7 @@ def _fraction_panel(rows, x, width, height, titles):
                      for r in rows for key, name in titles.items() if r.get(key) is not None]
     return alt.Chart(_data(fraction_rows)).mark_line(point=True).encode(
         x=x, y=alt.Y("fraction:Q", title="fraction", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom", columns=1),
+        color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=width + 40),
                         scale=alt.Scale(domain=list(titles.values()), range=["#54a24b", "#e45756", "#b279a2", "#9d755d"])),
         tooltip=["epoch:Q", "of:N", alt.Tooltip("fraction:Q", format=".3f")],
     ).properties(title="Active fraction", width=width, height=height)
