@@ -304,7 +304,7 @@ def _fraction_panel(rows, x, width, height, titles):
 
 
 def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]] = (), *,
-                    width: int = 320, bar_height: int = 18) -> alt.Chart | alt.HConcatChart:
+                    width: int = 320, bar_height: int = 20) -> alt.Chart | alt.HConcatChart:
     """The class confusions of training: one epoch's most confused ordered class pairs as ranked
     bars (``pairs``: :func:`retrieval.diagnostics.confused_pairs`; length: anchors of A whose
     nearest negative was of B; colour: the rate, that count over the anchors of A that met B) and,
@@ -314,7 +314,9 @@ def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mappin
                  "met": r.get("met"), "batches": r.get("batches"), "anchors": r.get("anchors"),
                  "rate": r.get("rate"), "share": r.get("share")} for r in pairs]
     bars = alt.Chart(_data(bar_rows)).mark_bar().encode(
-        y=alt.Y("pair:N", title="anchor class → class of its nearest negative", sort=[r["pair"] for r in bar_rows]),
+        # every pair named: Vega dropped every other label under Streamlit's larger font
+        y=alt.Y("pair:N", title="anchor class → class of its nearest negative", sort=[r["pair"] for r in bar_rows],
+                axis=alt.Axis(labelOverlap=False)),
         x=alt.X("nearest:Q", title="anchors whose nearest negative was of that class"),
         color=alt.Color("rate:Q", title="rate (of meetings)", scale=alt.Scale(domain=[0, 1], scheme="orangered")),
         tooltip=["pair:N", "nearest:Q", alt.Tooltip("met:Q", title="anchors that met the class"),

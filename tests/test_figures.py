@@ -104,6 +104,8 @@ def test_concatenated_panels_keep_their_own_colours_and_legends():
     pairs = [{"anchor_label": "a", "negative_label": "b", "nearest": 3, "met": 4, "rate": 0.75}]
     history = [{"epoch": 1, "pair": "a → b", "rate": 0.75, "nearest": 3, "met": 4}]
     assert valid(figures.confusion_chart(pairs, history))["resolve"]["scale"]["color"] == "independent"
+    bars = valid(figures.confusion_chart(pairs * 12))  # a dozen pairs: every one named, none dropped for overlap
+    assert bars["encoding"]["y"]["axis"]["labelOverlap"] is False and bars["height"] == 12 * 20
 
 
 def test_hardness_chart_without_margin_has_no_rule():
