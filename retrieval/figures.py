@@ -477,7 +477,8 @@ def roc_chart(points: Sequence[Mapping[str, Any]], *, kind: str = "roc", chosen:
     (``x``; the tooltips give the FAR itself), so the curve starts where the strictest thresholds
     are and a τ that accepts no different-class pair sits on it; an FRR of 0 on the DET's log axis
     is left out. ``chosen`` rows ``{"name", "far", "tar", "threshold"}`` (the run's τ, a target FAR
-    tried) are drawn as labelled dots. Layer 0 the curve, 1 the dots, 2 their labels."""
+    tried) are drawn as labelled dots. Layer 0 the curve, 1 the dots, 2 the first dot's label (above,
+    to the left) and 3 the others' (below, to the right): two dots close together keep their labels apart."""
     y_key, y_title = ("tar", "TAR (same-class pairs accepted)") if kind == "roc" else ("frr", "FRR (same-class pairs rejected)")
     kept = [dict(p) for p in points if kind == "roc" or p["frr"] > 0]
     zero_far = min((p["far"] for p in kept if p["far"] > 0), default=2e-3) / 2
@@ -494,5 +495,6 @@ def roc_chart(points: Sequence[Mapping[str, Any]], *, kind: str = "roc", chosen:
                                       scale=alt.Scale(range=[_THRESHOLD_COLOUR, _BAND_COLOUR, "#b279a2"])),
         tooltip=["name:N", alt.Tooltip("threshold:Q", title="τ", format=".3f"), alt.Tooltip("far:Q", format=".4f"),
                  alt.Tooltip(f"{y_key}:Q", format=".3f")])
-    labels = alt.Chart(_data(marks)).mark_text(align="left", dx=7, dy=-7).encode(x=dot_x, y=y, text="name:N")
-    return alt.layer(line, dots, labels).properties(height=height)
+    first = alt.Chart(_data(marks[:1])).mark_text(align="right", baseline="bottom", dx=-6, dy=-4).encode(x=dot_x, y=y, text="name:N")
+    others = alt.Chart(_data(marks[1:])).mark_text(align="left", baseline="top", dx=6, dy=4).encode(x=dot_x, y=y, text="name:N")
+    return alt.layer(line, dots, first, others).properties(height=height)
