@@ -96,28 +96,29 @@ class PickedFace:
 
 
 def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, labels: Sequence[str] = (),
-                        explain: Callable[[PickedFace], None] | None = None) -> None:
+                        explain: Callable[[PickedFace], None] | None = None) -> bool:
     """Upload a photo, see its faces boxed, and one result row a face (see the module docstring); the
-    picked face's row first, then ``explain`` of it (the Search page's margin picture), then the others."""
+    picked face's row first, then ``explain`` of it (the Search page's margin picture), then the others.
+    True when faces were searched (not before an upload, nor for one refused or without a face)."""
     types = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
     uploaded = st.file_uploader("Query photo", type=types, key="upload", help="A photo with one or more faces.")
     harder = look_harder_toggle("search_look_harder")
     if uploaded is None:
         st.info("Upload a photo: every face found in it is searched in the gallery's faces.")
-        return
+        return False
     data = uploaded.getvalue()
     try:
         photo = decode_upload(data, uploaded.name)
     except RetrievalError as error:
         st.error(upload_refusal(error))
-        return
+        return False
     digest = hashlib.sha1(data).hexdigest()
     results = _searched(index, path_key(run_dir), stamp, digest, photo, int(k), harder)
     if not results:
         st.image(photo, caption=markdown_text(uploaded.name), width="content")
         st.warning(no_face_message(uploaded.name, "this run searches faces, so there is nothing to search",
                                    face_pipeline(path_key(run_dir), stamp, harder), photo.size, harder))
-        return
+        return False
     photo_col, pick_col = st.columns([2, 1], gap="large")
     photo_col.image(draw_boxes(photo, [r.face.box for r in results]), caption=f"{markdown_text(uploaded.name)}: {len(results)} face(s) found"
                     + (LOOKED_HARDER if harder else ""), width="stretch")
@@ -130,6 +131,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
         show_face_row(index, pipeline, results[i], i + 1, query_label=label if i == picked else None)
         if i == picked and explain is not None:
             explain(PickedFace(results[i], f"{uploaded.name} · face {i + 1}", label))
+    return True
 
 
 def face_picker(results: list[FaceResult], digest: str, harder: bool) -> int:

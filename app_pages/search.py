@@ -87,8 +87,8 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
                         threshold=index.threshold, title=f"Margin picture: {markdown_text(picked.name)}")
 
         with timed(timings, "faces"):
-            face_search_section(index, run_dir, stamp, int(k), labels, explain)
-        if st.session_state.get("upload") is not None:
+            searched = face_search_section(index, run_dir, stamp, int(k), labels, explain)
+        if searched:  # not after a refused upload or a photo without a face: nothing was searched
             if index.threshold is not None:
                 st.caption(threshold_note(config) + " A neighbour is a match when d ≤ τ.")
             st.caption(f"Server time {1000 * (time.perf_counter() - started):.0f} ms (detect, align, embed and search every face).")

@@ -97,6 +97,9 @@ def test_a_photo_without_a_face_says_so(monkeypatch, face_run):
 
     at = upload(start(monkeypatch, face_run), "blank.png", png_bytes((120, 120, 120), size=64))
     assert any("No face found in blank.png" in w and "faces under 40 px are not looked for in it" in w for w in texts(at.warning))
+    assert not any("Server time" in c or "A neighbour is a match" in c for c in texts(at.caption)), "nothing was searched"
+    refused = upload(start(monkeypatch, face_run), "notes.png", b"not an image")
+    assert texts(refused.error) and not any("Server time" in c for c in texts(refused.caption))
     at.toggle(key="search_look_harder").set_value(True).run()
     (warning,) = [w for w in texts(at.warning) if "No face found in blank.png" in w]
     assert "faces under 20 px are not looked for in it even looking harder" in warning and "--face-min-size" not in warning
