@@ -123,9 +123,9 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
             logger.warning("%s is a flat folder: its images have no label, so the index will no longer count as labelled "
                            "(`retrieval confusions` and the app's class checks need every item labelled); put them in "
                            "class folders (DIR/<class>/<image>) to keep it labelled", gallery_dir)
-        if not new_ids:
-            logger.warning("all %d images of %s are already in the index; nothing added",
-                           len(folder.paths), gallery_dir)
+        if not new_ids:  # the CLI says so in its own line ("nothing added: …"); a caller reads "added": false
+            logger.info("all %d images of %s are already in the index (or listed as without a face); nothing added",
+                        len(folder.paths), gallery_dir)
             previous.close()
             return read_index_metadata(run_dir)
     torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
@@ -284,10 +284,13 @@ def _inside(folder, gallery_dir: Path) -> list[int]:
 
 
 def _not_yet_indexed(previous: GalleryIndex, folder, gallery_dir: Path, candidates: list[int]) -> list[int]:
-    """The ``candidates`` (indices of the folder's images) that the index does not hold yet (same root and path)."""
+    """The ``candidates`` (indices of the folder's images) that the index does not hold yet (same root
+    and path), nor lists as a photo without a face (a face run's ``without_face``: searched already,
+    and warned of then)."""
     root = str(gallery_dir.resolve())
     item_roots = previous.metadata["items"]["root"]
     indexed = {(str(previous.roots[r]), p) for r, p in zip(item_roots, previous.relative_paths)}
+    indexed |= {(str(previous.roots[entry["root"]]), entry["path"]) for entry in previous.metadata.get("without_face", [])}
     return [i for i in candidates if (root, folder.relative_path(i)) not in indexed]
 
 

@@ -185,7 +185,7 @@ def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(
     again = cli("index", copy, "--add", gallery, "--quiet")
     assert again.code == 0, again.err
     assert not any(line.startswith("error") for line in again.lines), again.err
-    assert len([line for line in again.lines if line.startswith("warning")]) == 1, again.err  # the faceless photo, named once
+    assert not [line for line in again.lines if line.startswith("warning")], again.err  # its faceless photo was named at the build
     assert again.out.startswith("nothing added: ") and "holds 4 face(s) from 3 photo(s), as before" in again.out, again.out
     assert read_index_metadata(copy) == before, "the index stays as it was"
     assert json.loads(cli("index", copy, "--add", gallery, "--quiet", "--json").out)["added"] is False
