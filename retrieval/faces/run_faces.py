@@ -129,8 +129,10 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
                 on_progress: Callable[[int, int], None] | None = None) -> tuple[data.ImageFolder, list[Path]]:
     """``folder`` with each image replaced by its most confident face's crop file (the cache's PNG);
     images without a face left out, with one warning line, and images that cannot be read (each
-    warned of by name) added to its ``skipped``. Returns the new folder (same root and classes) and
-    the photos without a face. ``on_progress(done, total)``: images searched."""
+    warned of by name) added to its ``skipped``. Images holding several faces are counted in one
+    warning line too: the most confident face takes the class folder's label, and it may be someone
+    else's. Returns the new folder (same root and classes) and the photos without a face.
+    ``on_progress(done, total)``: images searched."""
     if pipeline.cache is None:
         raise ValueError("face_folder needs a pipeline with a cache (its crops are the files it returns)")
     found = faces_or_errors(pipeline, folder.paths, on_progress=on_progress)
@@ -138,6 +140,7 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
     labels: list[int] = []
     missing: list[Path] = []
     unreadable: list[Path] = []  # warned by name (faces_or_errors); skipped as a scan skips them, not a face missed
+    groups: list[Path] = []  # photos of several faces: the most confident one is taken as the folder's person
     for path, label, faces in zip(folder.paths, folder.labels, found):
         if faces is None:
             unreadable.append(path)
@@ -145,6 +148,8 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
         if not faces:
             missing.append(path)
             continue
+        if len(faces) > 1:
+            groups.append(path)
         paths.append(pipeline.cache.crop_path(faces[0].sha256, pipeline.crop_key, 0))  # faces come most confident first
         labels.append(label)
     if missing:
@@ -152,6 +157,11 @@ def face_folder(folder: data.ImageFolder, pipeline: FacePipeline, what: str = "t
         outcome = "count as misses" if what in ("query", "evaluation") else "are left out"  # evaluate scores a missed query 0; calibration leaves it out
         log.warning("faces: %d of %d %s image(s) have no face found and %s: %s (the run looks for %s)", len(missing),
                     len(folder.paths), what, outcome, data.brief_list(names), pipeline.settings.reach())
+    if groups:
+        log.warning("faces: %d of %d %s image(s) hold more than one face: %s; each is taken as its most confident face, "
+                    "labelled with the image's class folder, which may be another person's (crop group photos to the "
+                    "person, or leave them out)", len(groups), len(folder.paths), what,
+                    data.brief_list([_shown(path, folder.root) for path in groups]))
     return data.ImageFolder(root=folder.root, paths=paths, labels=labels, class_names=list(folder.class_names),
                             skipped=[*folder.skipped, *unreadable], non_images=list(folder.non_images)), missing
 

@@ -45,6 +45,22 @@ def test_evaluate_on_a_face_run_counts_a_faceless_query_as_a_miss(face_run, tmp_
     assert len(warned) == 1 and "count as misses" in warned[0] and "skipped" not in warned[0], warned
 
 
+def test_a_group_photo_in_a_class_folder_is_warned_of_in_evaluate_and_calibrate(face_run, tmp_path, caplog):
+    """evaluate and calibrate take each image's most confident face under its folder's label, which in
+    a photo of two people may be the other one: counted in one warning line, as `index` warns."""
+    import logging
+    import shutil
+
+    folder = make_face_folder(tmp_path / "eval", n_classes=3, per_class=2, no_face=0)
+    person = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    shutil.copy(dataset(SCENES / "pairs" / "000.jpg"), person / "party.jpg")
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        evaluate_run(face_run, folder, device="cpu")
+        calibrate_run(face_run, folder, device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "hold more than one face" in r.getMessage()]
+    assert len(warned) == 2 and all("1 of 7" in w and "party.jpg" in w and "most confident face" in w for w in warned), warned
+
+
 def test_cross_set_evaluate_on_a_face_run_counts_query_misses_only(face_run, tmp_path):
     queries = make_face_folder(tmp_path / "q", n_classes=3, per_class=2, no_face=2)
     gallery = make_face_folder(tmp_path / "g", n_classes=3, per_class=2, no_face=1)
