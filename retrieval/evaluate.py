@@ -214,12 +214,15 @@ def calibrate_run(
 
 
 def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str, *, device: str = "cpu",
-                  precision: str = "auto", look_harder: bool = False) -> dict[str, Any]:
+                  precision: str = "auto", look_harder: bool = False,
+                  faces: tuple[int | None, int | None] = (None, None)) -> dict[str, Any]:
     """Are two image files the same identity / product? Loads the run's model and answers
     :func:`verify_pair`'s dict for them. A face run compares each image's most confident face
-    (ties: the larger box) and adds ``"faces"``: for each image, that face's ``box`` and ``score``
-    and ``n_faces``, how many faces were found in it; ``look_harder``: found by the run's pipeline
-    looking harder (:meth:`~retrieval.faces.FacePipeline.harder`; an error for a run without faces)."""
+    (ties: the larger box), or the face ``faces`` picks for it (from 0, most confident first, as
+    ``search`` numbers them; None: the most confident), and adds ``"faces"``: for each image the
+    compared face's ``box``, ``score`` and ``face`` and ``n_faces``, how many faces were found in it;
+    ``look_harder``: found by the run's pipeline looking harder
+    (:meth:`~retrieval.faces.FacePipeline.harder`). Either is an error for a run without faces."""
     from retrieval.data import MAX_QUERY_PIXELS, load_image
     from retrieval.model import resolve_device
     from retrieval.run import load_model
@@ -232,6 +235,9 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
             from retrieval.faces.detect import LOOK_HARDER_WITHOUT_FACES
 
             raise RetrievalError(LOOK_HARDER_WITHOUT_FACES)
+        if any(face is not None for face in faces):
+            raise RetrievalError("--face-a / --face-b pick a face of a face run (trained with --faces); this run compares "
+                                 "whole images")
         return verify_pair(model, config, images[0], images[1], device=torch_device, precision=precision)
     from retrieval.faces.run_faces import run_pipeline
 
@@ -239,13 +245,18 @@ def verify_images(run_dir: Path | str, image_a: Path | str, image_b: Path | str,
     if look_harder:
         pipeline = pipeline.harder()
     found = pipeline.faces_many(images)  # each image's faces, most confident first
-    for path, faces, image in zip((image_a, image_b), found, images):
-        if not faces:
+    picked = [0 if face is None else int(face) for face in faces]
+    for path, faces_found, image, pick, flag in zip((image_a, image_b), found, images, picked, ("--face-a", "--face-b")):
+        if not faces_found:
             harder = "" if look_harder else f"; {pipeline.settings.look_harder_hint(image.size)}"
             raise RetrievalError(f"{path}: no face found (this run compares faces; {pipeline.settings.no_face_hint(image.size, looked_harder=look_harder)}{harder})")
-    result = verify_pair(model, config, found[0][0].crop, found[1][0].crop, device=torch_device, precision=precision)
-    result["faces"] = [{"box": [round(float(v), 2) for v in faces[0].box], "score": round(float(faces[0].score), 5),
-                        "n_faces": len(faces)} for faces in found]
+        if not 0 <= pick < len(faces_found):
+            raise RetrievalError(f"{flag} {pick + 1}: {path} has {len(faces_found)} face(s) found, numbered from 1, most "
+                                 "confident first (as `retrieval search` numbers them)")
+    chosen = [faces_found[pick] for faces_found, pick in zip(found, picked)]
+    result = verify_pair(model, config, chosen[0].crop, chosen[1].crop, device=torch_device, precision=precision)
+    result["faces"] = [{"box": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 5), "face": pick,
+                        "n_faces": len(faces_found)} for face, pick, faces_found in zip(chosen, picked, found)]
     return result
 
 

@@ -88,6 +88,7 @@ def test_bad_inputs_are_one_line_errors(run_and_data, tmp_path, cli):
         (("calibrate", run, data, "--target-far", "2"), "--target-far must be between 0 and 1"),
         (("calibrate", run, tmp_path / "one"), "calibration needs two or more classes"),
         (("verify", run, data / "class0" / "0.png", tmp_path / "missing.png"), "missing.png"),
+        (("verify", run, data / "class0" / "0.png", data / "class0" / "0.png", "--face-b", "2"), "this run compares whole images"),
     ]:
         result = cli(*args, "--device", "cpu")
         assert result.code == 2 and message in result.err, result.err

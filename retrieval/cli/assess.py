@@ -87,8 +87,10 @@ def verify_command(
     image_a: Path = typer.Argument(..., help="The first image."),
     image_b: Path = typer.Argument(..., help="The second image."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
-    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far", "target_far"}; a face run adds "faces": [{"box", "score", "n_faces"}] for each image.'),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"distance", "threshold", "same", "far", "target_far"}; a face run adds "faces": [{"box", "score", "face", "n_faces"}] for each image.'),
     look_harder: bool = typer.Option(False, "--look-harder", help=LOOK_HARDER_HELP),
+    face_a: Optional[int] = typer.Option(None, "--face-a", min=1, help="Face run: which face of IMAGE_A to compare, numbered from 1, most confident first, as `retrieval search` numbers them (default 1)."),
+    face_b: Optional[int] = typer.Option(None, "--face-b", min=1, help="Face run: which face of IMAGE_B to compare (as --face-a)."),
 ) -> None:
     """Same identity / product or not: the distance of two images against the run's threshold."""
     import json
@@ -96,15 +98,17 @@ def verify_command(
     from retrieval.evaluate import verify_images
 
     log_warnings()
-    result = verify_images(run_dir, image_a, image_b, device=device, look_harder=look_harder)
+    picked = tuple(None if face is None else face - 1 for face in (face_a, face_b))
+    result = verify_images(run_dir, image_a, image_b, device=device, look_harder=look_harder, faces=picked)
     if json_output:
         typer.echo(json.dumps(result))
         return
-    for path, face in zip((image_a, image_b), result.get("faces", [])):  # a face run: which face of a group photo
+    for path, face, flag in zip((image_a, image_b), result.get("faces", []), ("--face-a", "--face-b")):  # which face of a group photo
         if face["n_faces"] > 1:
             box = ", ".join(f"{v:.0f}" for v in face["box"])
-            typer.echo(printable(f"{path}: {face['n_faces']} faces found; compared the most confident (box {box}, "
-                                 f"score {face['score']:.3f}); `retrieval search` searches every face"))
+            which = "the most confident" if face["face"] == 0 else f"face {face['face'] + 1}"
+            typer.echo(printable(f"{path}: {face['n_faces']} faces found; compared {which} (box {box}, score "
+                                 f"{face['score']:.3f}; {flag} N picks another, as `retrieval search` numbers them)"))
     if result["threshold"] is None:
         typer.echo(f"d = {result['distance']:.4f}; no threshold is set for this run, so no verdict "
                    f"(set one with `retrieval calibrate {run_dir} DATA_DIR`)")

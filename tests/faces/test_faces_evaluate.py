@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -135,10 +137,29 @@ def test_verify_on_a_group_photo_compares_its_most_confident_face_and_says_which
     text = cli("verify", face_run, photo, photo)
     assert text.code == 0, text.err
     lines = text.out.splitlines()
-    assert len(lines) == 3 and lines[0] == lines[1]
+    assert len(lines) == 3 and lines[0].replace("--face-a", "--face-b") == lines[1]
     assert lines[0].startswith(f"{photo}: 2 faces found; compared the most confident (box ") \
-        and lines[0].endswith("; `retrieval search` searches every face"), lines[0]
+        and lines[0].endswith("; --face-a N picks another, as `retrieval search` numbers them)"), lines[0]
     assert "d = 0.0000" in lines[2], "the verdict line comes last"
+
+
+def test_verify_compares_the_face_picked_with_face_a_and_face_b(face_run, cli, tmp_path):
+    """The two people of one photo: --face-b 2 compares the first with the second (not itself), and
+    says which; a face number the photo has not, or on a run of whole images, is one line."""
+    photo = dataset(SCENES / "pairs" / "000.jpg")
+    found = run_pipeline(face_run, read_config(face_run)).faces(load_image(photo))
+    other = verify_images(face_run, photo, photo, faces=(None, 1))
+    assert other["distance"] > 1e-3 and [face["face"] for face in other["faces"]] == [0, 1]
+    assert other["faces"][1]["box"] == pytest.approx(list(found[1].box), abs=0.01)
+    text = cli("verify", face_run, photo, photo, "--face-b", "2")
+    assert text.code == 0, text.err
+    shown = text.out.splitlines()
+    assert shown[1].startswith(f"{photo}: 2 faces found; compared face 2 (box ") and "--face-b N" in shown[1], shown
+    same = cli("verify", face_run, photo, photo, "--face-a", "2", "--face-b", "2", "--json")
+    assert json.loads(same.out)["distance"] < 1e-5
+    missing = cli("verify", face_run, photo, photo, "--face-a", "3")
+    assert missing.code == 2 and len(missing.lines) == 1 and "--face-a 3" in missing.lines[0] and "has 2 face(s) found" in missing.lines[0]
+    assert cli("verify", face_run, photo, photo, "--face-b", "0").code == 2, "faces are numbered from 1"
 
 
 def test_evaluate_reports_finding_faces_then_embedding_both_sets_counted_together(face_run, tmp_path):
