@@ -42,11 +42,14 @@ class InterruptFlag:
 
 
 class ProgressBar:
-    """A rich progress bar for one epoch showing loss, active fraction and images/s (silent when off)."""
+    """A rich progress bar for one epoch showing loss, active fraction and images/s (silent when off,
+    and when stdout is no terminal: a log or a pipe gets the epoch's summary line alone)."""
 
     def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int) -> None:
         self.progress = None
-        if not enabled:
+        from rich.console import Console
+
+        if not enabled or not Console().is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

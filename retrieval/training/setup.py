@@ -98,7 +98,7 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
     if precision == "fp16" and ctx.device.type != "cuda" and ctx.is_main:
         log.warning("--precision fp16 on %s: half precision without loss scaling (the scaler is CUDA's), where small "
                     "gradients can round to 0; bf16 or fp32 is what a CPU trains in (auto picks one)", ctx.device)
-    with stage_bars({"detect": "finding faces"}, enabled=progress and ctx.is_main, stderr=False, terminal_only=False) as bars:
+    with stage_bars({"detect": "finding faces"}, enabled=progress and ctx.is_main, stderr=False) as bars:  # a terminal's only
         source = build_source(config, on_progress=lambda done, total: bars("detect", done, total), ctx=ctx)
     if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:
         config = dataclasses.replace(config, classes_per_batch=source.classes_per_batch)  # P fitted to the classes (sources)

@@ -94,11 +94,15 @@ def test_the_mining_log_of_a_face_run_names_the_photos_its_crops_were_cut_from(t
     assert before.code == 0 and not before.lines and not any("anchor_photo" in row for row in json.loads(before.out)["triplets"])
 
 
-def test_a_face_run_shows_a_progress_bar_while_it_finds_its_faces_and_a_run_on_whole_images_none(tmp_path, capsys):
+def test_a_face_run_shows_a_progress_bar_while_it_finds_its_faces_and_a_run_on_whole_images_none(tmp_path, capsys, monkeypatch):
     root = make_face_folder(tmp_path / "data", n_classes=4, per_class=3, no_face=1)
+    train(TrainConfig(data_dir=root, out=tmp_path / "logged", epochs=1, faces=True, **FACE_TINY), progress=True)
+    logged = capsys.readouterr().out
+    assert "finding faces" not in logged and "epoch 1/1" not in logged, "no bar into a log or a pipe"
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: the console is a terminal
     train(TrainConfig(data_dir=root, out=tmp_path / "faces", epochs=1, faces=True, **FACE_TINY), progress=True)
     shown = capsys.readouterr().out
-    assert "finding faces" in shown and "13/13" in shown, shown  # 12 faces and the blank image
+    assert "finding faces" in shown and "13/13" in shown and "epoch 1/1" in shown, shown  # 12 faces and the blank image
     train(TrainConfig(data_dir=root, out=tmp_path / "whole", epochs=1, **FACE_TINY), progress=True)
     assert "finding faces" not in capsys.readouterr().out
 
