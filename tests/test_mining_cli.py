@@ -125,3 +125,17 @@ def test_the_title_is_a_line_of_its_own_that_does_not_wrap_at_the_tables_width(r
     new, _ = runs
     first = mining(new, "--mined-only", "--class", "apple", columns=150).splitlines()[0]
     assert first == "epoch 3: hardest triplets, mined only, class apple · miner semihard, margin ε 0.2", first
+
+
+@pytest.mark.parametrize("loss", ["triplet", "infonce"])
+def test_at_80_columns_every_line_under_the_title_fits(runs, tmp_path, loss):
+    """The legend under the table was one 85-character line (about 120 for a loss without a margin)."""
+    import shutil
+
+    _, old = runs  # its "mined: not recorded" line too
+    run = shutil.copytree(old, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "loss": loss}))
+    lines = mining(run, columns=80).splitlines()
+    assert "not recorded" in " ".join(lines) and "whether the miner kept the triplet" in " ".join(lines)
+    assert all(len(line) <= 80 for line in lines[1:]), [line for line in lines[1:] if len(line) > 80]

@@ -22,6 +22,7 @@ def mining_command(
     """Show the hardest negatives of training: the epoch's hardest triplets of all its batches (smallest d_an − d_ap
     first, negative: the negative nearer than the positive), each marked whether the miner kept it."""
     import json
+    import textwrap
 
     from rich.console import Console
 
@@ -47,11 +48,13 @@ def mining_command(
         typer.echo(f"epoch {report['epoch']} logged no triplet (a run trained with --hardest 0 logs none)")
     elif not report["triplets"]:
         typer.echo(f"no logged triplet of epoch {report['epoch']} passes the filters")
-    typer.echo("d_an−d_ap < 0: the negative is nearer than the positive; < ε: " + ("it is inside the margin\n" if has_margin else
-               "closer than the yardstick ε, which this loss did not train for\n")
-               + "(violation = ε − (d_an − d_ap) > 0). mined: whether the miner kept the triplet.")
+    legend = ("d_an−d_ap < 0: the negative is nearer than the positive; < ε: "
+              + ("it is inside the margin " if has_margin else "closer than the yardstick ε, which this loss did not train for ")
+              + "(violation = ε − (d_an − d_ap) > 0). mined: whether the miner kept the triplet.")
+    typer.echo(textwrap.fill(legend, width=console.width))  # the table's width: 80 columns into a file
     if not report["mined_recorded"]:
-        typer.echo("mined: not recorded (a run trained before the log said; its log holds only the miner's triplets)")
+        typer.echo(textwrap.fill("mined: not recorded (a run trained before the log said; its log holds only the miner's "
+                                 "triplets)", width=console.width))
 
 
 @app.command("confusions")
