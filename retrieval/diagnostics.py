@@ -377,10 +377,12 @@ def check_class(name: str, classes: Iterable[str], held_out: Iterable[str] = ())
     classes = sorted({str(c) for c in classes})
     if name in classes:
         return
-    if name in {str(c) for c in held_out}:
+    held_out = {str(c) for c in held_out}
+    if name in held_out:
         raise RetrievalError(f"{name!r} is a validation class of this run (held out, never trained on): no triplet of it is logged")
-    close = close_names([name], classes)
-    hint = f"did you mean {', '.join(close)}?" if close else f"its classes include {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}"
+    close = close_names([name], [*classes, *held_out])  # a held-out name may be the one meant: said so
+    shown = [f"{c} (a validation class: none of it logged)" if c in held_out else c for c in close]
+    hint = f"did you mean {', '.join(shown)}?" if close else f"its classes include {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}"
     raise RetrievalError(f"no class {name!r} in this run; {hint}")
 
 

@@ -103,6 +103,8 @@ def test_a_validation_class_is_told_it_was_held_out(runs, tmp_path):
     run = _with_config(runs[0], tmp_path, val_classes=["kiwi"])
     out = CliRunner().invoke(app, ["mining", str(run), "--class", "kiwi"])
     assert out.exit_code != 0 and "'kiwi' is a validation class of this run" in str(out.exception)
+    typo = CliRunner().invoke(app, ["mining", str(run), "--class", "kiwj"])  # the nearest name is the held-out one
+    assert typo.exit_code != 0 and "did you mean kiwi (a validation class: none of it logged)?" in str(typo.exception)
 
 
 @pytest.mark.parametrize("mode", ["unlabelled", "pairs"])
