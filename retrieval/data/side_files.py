@@ -32,7 +32,7 @@ _GROUP_COLUMNS = (
 _PAIR_HEADERS = {"class_a", "class_b", "a", "b", "class1", "class2", "class_1", "class_2", "first", "second"}
 
 
-def read_class_groups(csv_path: str | Path, class_names: Sequence[str]) -> dict[str, str]:
+def read_class_groups(csv_path: str | Path, class_names: Sequence[str], held_out: Sequence[str] = ()) -> dict[str, str]:
     """Read which group each class belongs to (e.g. the apple varieties form the group "Apple").
 
     The CSV has a header row; the class column is the first of ``class``, ``class_name``,
@@ -43,7 +43,8 @@ def read_class_groups(csv_path: str | Path, class_names: Sequence[str]) -> dict[
     columns without a header (``class,group``) is accepted too. Blank lines and lines starting
     with ``#`` are skipped. Returns {class: group} for the classes in ``class_names``; classes of
     the file not in ``class_names`` are ignored, and classes without a group are named, each in
-    one warning line. Raises :class:`RetrievalError` with the file name and line number for a
+    one warning line (the data's classes ``held_out`` for validation are ignored without one: a
+    file of every class names them). Raises :class:`RetrievalError` with the file name and line number for a
     malformed row (wrong number of fields, an empty value, a class given two groups).
     """
     path = Path(csv_path)
@@ -86,10 +87,10 @@ def read_class_groups(csv_path: str | Path, class_names: Sequence[str]) -> dict[
             groups[name] = group
         else:
             unknown.append(name)
-    return _finish_groups(path, class_names, groups, unknown)
+    return _finish_groups(path, class_names, groups, [name for name in unknown if name not in set(held_out)])
 
 
-def read_class_pairs(csv_path: str | Path, class_names: Sequence[str]) -> list[tuple[str, str]]:
+def read_class_pairs(csv_path: str | Path, class_names: Sequence[str], held_out: Sequence[str] = ()) -> list[tuple[str, str]]:
     """Read pairs of classes that must never be used as each other's negatives.
 
     One ``class_a,class_b`` pair a row (e.g. two folders that hold the same person, or an
@@ -122,6 +123,7 @@ def read_class_pairs(csv_path: str | Path, class_names: Sequence[str]) -> list[t
         if frozenset((a, b)) not in seen:
             seen.add(frozenset((a, b)))
             pairs.append((a, b))
+    unknown = [name for name in unknown if name not in set(held_out)]  # validation classes: never in a batch, not unknown
     if unknown:
         logger.warning("%s: pairs with %d classes not in the data are ignored: %s", path, len(unknown), brief_list(unknown))
     return pairs

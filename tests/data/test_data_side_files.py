@@ -43,6 +43,17 @@ def test_read_class_groups_accepts_class_group_header_and_headerless_pairs(tmp_p
     messages = warning_messages(caplog)
     assert any("plum" in m and "not in the data" in m for m in messages)
     assert any("kiwi" in m and "no group" in m for m in messages)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retrieval"):  # plum held out for validation: in the data, no warning
+        assert "plum" not in read_class_groups(path, ["apple_green", "apple_red", "pear"], held_out=["plum"])
+    assert not [m for m in warning_messages(caplog) if "not in the data" in m]
+    pairs = tmp_path / "never.csv"
+    pairs.write_text("apple_red,plum\napple_red,pear\napple_red,fig\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        assert data.read_class_pairs(pairs, ["apple_red", "pear"], held_out=["plum"]) == [("apple_red", "pear")]
+    (warned,) = [m for m in warning_messages(caplog) if "not in the data" in m]
+    assert "1 classes" in warned and "fig" in warned and "plum" not in warned
     path.write_text("apple_red,apple\npear,pear\n")
     assert read_class_groups(path, ["apple_red", "pear"]) == {"apple_red": "apple", "pear": "pear"}
     assert data.class_group_ids(["apple_red", "pear", "kiwi"], {"apple_red": "apple", "pear": "pear"}) == [0, 1, 2]

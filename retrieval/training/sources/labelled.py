@@ -85,7 +85,7 @@ class LabelledSource:
             )
         classes_per_batch = fit_classes_per_batch(config.classes_per_batch, trainable, typed="classes_per_batch" in config.given,
                                                   what="training classes have two or more images")
-        groups, never_negative = _domain_knowledge(config, train_folder)
+        groups, never_negative = _domain_knowledge(config, train_folder, val_folder.class_names)
         rules = None
         if groups is not None or never_negative:
             rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
@@ -110,13 +110,15 @@ class LabelledSource:
         return {"mode": "labelled", "labelled": True}
 
 
-def _domain_knowledge(config, folder: data.ImageFolder):
-    """Group id per training class and never-negative label pairs, from the CSV files given."""
+def _domain_knowledge(config, folder: data.ImageFolder, held_out=()):
+    """Group id per training class and never-negative label pairs, from the CSV files given (their
+    validation classes, ``held_out``, are not in a batch and need no warning)."""
     groups = None
     if config.class_groups is not None:
-        groups = data.class_group_ids(folder.class_names, data.read_class_groups(config.class_groups, folder.class_names))
+        groups = data.class_group_ids(folder.class_names, data.read_class_groups(config.class_groups, folder.class_names, held_out))
     never = []
     if config.never_negative is not None:
         index = {c: i for i, c in enumerate(folder.class_names)}
-        never = [(index[a], index[b]) for a, b in data.read_class_pairs(config.never_negative, folder.class_names) if a in index and b in index]
+        never = [(index[a], index[b]) for a, b in data.read_class_pairs(config.never_negative, folder.class_names, held_out)
+                 if a in index and b in index]
     return groups, never
