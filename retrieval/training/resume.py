@@ -120,6 +120,8 @@ def _refuse_changes(call: TrainConfig, saved: TrainConfig, run_dir: Path) -> Non
             flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
             if isinstance(typed, bool) and isinstance(kept, bool):  # a switch: --no-flip-average, not "--flip-average False"
                 changed.append(f"{flag} (the run has it off)" if typed else f"{flag.replace('--', '--no-', 1)} (the run has it on)")
+            elif kept is None:  # a file or setting the run never had (--weights on a run from random weights)
+                changed.append(f"{flag} {typed} (the run has none)")
             else:
                 changed.append(f"{flag} {typed} (the run has {kept})")
     if changed:

@@ -122,6 +122,10 @@ def test_resume_refuses_typed_flags_that_contradict_the_run_naming_each(base_run
     named = line.split(": drop")[0]
     assert "-P 4" not in named and "--epochs 3" not in named  # the run's own value, and a flag a resume may change
     assert _files(base_run) == before
+    weights = sample.parent / "w.safetensors"
+    weights.write_bytes(b"")
+    started_without = cli("train", sample / "train", "--out", base_run, "--resume", "--weights", weights)
+    assert started_without.code == 2 and f"--weights {weights} (the run has none)" in started_without.lines[0], started_without.err
 
 
 def test_resume_refuses_a_data_folder_other_than_the_runs(base_run, sample, cli):
