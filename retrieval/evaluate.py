@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,7 @@ def _stage_offset(on_progress, stage: str, offset: int, total: int):
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
                          on_progress, purpose: str = "evaluation") -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
     """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
-    labels numbered by class name across the sets, and for a face run the number of query images
+    labels numbered by class name (NFC) across the sets, and for a face run the number of query images
     without a face (each set then holds each image's most confident face; a set where no face is
     found at all is a one-line RetrievalError). ``purpose``, "evaluation" or "calibration", names
     the one folder in the no-face warning (evaluation counts those images as misses, calibration
@@ -344,8 +345,10 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
                 num_workers=num_workers, precision=precision, on_progress=_stage_offset(on_progress, "embed", done, total),
             )
             done += len(folder.paths)
+            # a class is its folder's name in Unicode's composed form (NFC): "Café" written by macOS
+            # (decomposed, NFD) and by Linux or Windows (composed) is one class, as it looks
             labels = np.array(
-                [class_ids.setdefault(folder.class_names[folder.labels[i]], len(class_ids))
+                [class_ids.setdefault(unicodedata.normalize("NFC", folder.class_names[folder.labels[i]]), len(class_ids))
                  for i in kept],
                 dtype=np.int64,
             )

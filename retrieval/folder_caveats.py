@@ -6,6 +6,7 @@ query images that are also gallery images (:func:`shared_images`: each finds its
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def warn_when_trained_on(run_dir: Path | str, data_dir: Path | str, consequence:
             folder_classes &= _classes(gallery_dir)
     except (RetrievalError, OSError):
         return  # the command itself says what is wrong
-    trained = set(config.get("train_classes") or [])
+    trained = {unicodedata.normalize("NFC", str(name)) for name in config.get("train_classes") or []}
     seen = sorted(folder_classes & trained)
     if seen:
         shown = ", ".join(seen[:3]) + (f" (and {len(seen) - 3} more)" if len(seen) > 3 else "")
@@ -49,8 +50,10 @@ def warn_when_trained_on(run_dir: Path | str, data_dir: Path | str, consequence:
 
 
 def _classes(folder: Path | str) -> set[str]:
-    """The class folders of a labelled folder: its subfolders that hold anything, hidden ones left out."""
-    return {p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())}
+    """The class folders of a labelled folder: its subfolders that hold anything, hidden ones left out,
+    by name in Unicode's composed form (NFC, as ``evaluate`` matches classes)."""
+    return {unicodedata.normalize("NFC", p.name) for p in Path(folder).iterdir()
+            if p.is_dir() and not p.name.startswith(".") and any(p.iterdir())}
 
 
 def shared_images(queries: Sequence[Path], gallery: Sequence[Path]) -> list[Path]:

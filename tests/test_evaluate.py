@@ -252,6 +252,34 @@ def test_evaluate_run_matches_classes_by_folder_name_across_query_and_gallery(tm
         evaluate_run(tmp_path / "run", query_dir=tmp_path / "query", **options)
 
 
+def test_a_class_folder_named_in_decomposed_unicode_matches_its_composed_twin(tmp_path):
+    """macOS writes "Café" decomposed (NFD: e + combining accent), Linux and Windows composed (NFC):
+    the names print alike, and the query and gallery folders of one product did not match."""
+    import unicodedata
+
+    from PIL import Image
+
+    from retrieval.evaluate import evaluate_run
+    from retrieval.model import EmbeddingModel
+    from retrieval.run import save_model
+
+    torch.manual_seed(0)
+    model = EmbeddingModel("resnet10t", 8).eval()
+    save_model(tmp_path / "run", model, {"image_size": 32, "data_config": model.data_config(32)})
+    rng = np.random.default_rng(0)
+    for name in ("Café crème", "Thé"):
+        composed, decomposed = unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)
+        assert composed != decomposed
+        (tmp_path / "gallery" / composed).mkdir(parents=True)
+        (tmp_path / "query" / decomposed).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(tmp_path / "gallery" / composed / f"{i}.png")
+            (tmp_path / "query" / decomposed / f"{i}.png").write_bytes((tmp_path / "gallery" / composed / f"{i}.png").read_bytes())
+    cross = evaluate_run(tmp_path / "run", query_dir=tmp_path / "query", gallery_dir=tmp_path / "gallery",
+                         device="cpu", num_workers=0, batch_size=4)
+    assert cross["n_queries"] == 4 and cross["recall_at_1"] == pytest.approx(1.0)
+
+
 def test_class_names_as_labels_give_the_metrics_of_their_integer_ids():
     """A gallery index's labels are class names: retrieval_metrics numbers them itself, in one numbering for
     query and gallery (leave-one-out and cross-set), with the same metrics as integer ids."""
