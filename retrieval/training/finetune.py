@@ -32,6 +32,7 @@ epoch sets exactly the state an uninterrupted run had at that step:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,8 @@ from retrieval.errors import RetrievalError
 
 __all__ = ["BN_MODES", "FineTuning", "backbone_lr_factor", "fixed_stage_parameters", "freeze_steps", "state_dict_sha256",
            "weights_source"]
+
+log = logging.getLogger("retrieval")
 
 #: how BatchNorm layers of the backbone behave once it learns (see the module docstring)
 BN_MODES = ("train", "eval", "frozen")
@@ -103,6 +106,9 @@ def fixed_stage_parameters(backbone: nn.Module, stages: int) -> set[int]:
     except (AttributeError, NotImplementedError) as error:
         raise RetrievalError(f"backbone {type(backbone).__name__} does not name its stages (timm's group_matcher): "
                              "use --backbone-stages 0 (the whole backbone learns)") from error
+    if stages >= len(groups):  # said once: the result is cached on the backbone
+        log.warning("--backbone-stages %d: %s has %d stages (with its stem), so the whole backbone learns, as with "
+                    "--backbone-stages 0", stages, type(backbone).__name__, len(groups))
     learning = {name for key in sorted(groups)[-stages:] for name in groups[key]}
     fixed = {id(p) for name, p in backbone.named_parameters() if name not in learning}
     object.__setattr__(backbone, "_retrieval_fixed_stages", (stages, fixed))

@@ -81,7 +81,7 @@ def test_bn_eval_keeps_running_statistics_and_bn_frozen_also_keeps_gamma_and_bet
     assert all(p.requires_grad for p in model.parameters()) and all(m.training for m in _batch_norms(model))
 
 
-def test_only_the_last_stages_learn_after_the_warm_up_and_the_earlier_ones_keep_their_statistics():
+def test_only_the_last_stages_learn_after_the_warm_up_and_the_earlier_ones_keep_their_statistics(caplog):
     model = EmbeddingModel(TINY["backbone"], 8).train()  # resnet10t's stages: stem, layer1, layer2, layer3, layer4
     FineTuning(0, "train", backbone_stages=2).apply(model, 0)
     for name, parameter in model.backbone.named_parameters():
@@ -90,8 +90,12 @@ def test_only_the_last_stages_learn_after_the_warm_up_and_the_earlier_ones_keep_
         if isinstance(module, torch.nn.BatchNorm2d):
             assert module.training == name.startswith(("layer3.", "layer4.")), name
     model.train()
-    FineTuning(0, "train", backbone_stages=9).apply(model, 0)  # more stages than there are: all
+    assert not caplog.records
+    FineTuning(0, "train", backbone_stages=9).apply(model, 0)  # more stages than there are: all, said once
+    FineTuning(0, "train", backbone_stages=9).apply(model, 1)
     assert all(p.requires_grad for p in model.parameters())
+    (warned,) = [r.getMessage() for r in caplog.records if "--backbone-stages" in r.getMessage()]
+    assert "--backbone-stages 9" in warned and "has 5 stages" in warned and "the whole backbone learns" in warned
 
 
 @pytest.mark.parametrize("epochs, steps_per_epoch, expected", [(0, 10, 0), (1, 10, 10), (1.5, 4, 6), (0.01, 10, 1), (0.24, 10, 2)])
