@@ -100,7 +100,10 @@ def check_backbone_name(name: str) -> None:
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
+        import difflib
+
+        close = (difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)  # by spelling: resnet9000 → resnet200
+                 or timm.list_models(f"*{name.split('_')[0][:6]}*")[:5])
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise RetrievalError(f"unknown backbone {name!r}: not a timm model name{hint}")
 

@@ -56,6 +56,11 @@ def test_data_config_comes_from_timm_pretrained_config(model):
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(RetrievalError, match="unknown backbone 'resnet_does_not_exist'"):
         EmbeddingModel("resnet_does_not_exist", 8)
+    with pytest.raises(RetrievalError) as error:  # suggestions by spelling, not by a shared substring
+        EmbeddingModel("resnet9000", 8)
+    assert "(similar: resnet200" in str(error.value) and "cspresnet" not in str(error.value)
+    with pytest.raises(RetrievalError, match=r"similar: efficientnet_b0\b"):
+        EmbeddingModel("efficientnet-b0", 8)
 
 
 def test_local_weights_file_loads_into_backbone(tmp_path):
