@@ -8,8 +8,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,6 +59,7 @@ class ImageDataset(Dataset):
         self._cache: dict[Path, Image.Image] = {}
         self._cached_bytes = 0
         self._warned: set[Path] = set()
+        self._warned_by_any = _WarnedOnce()  # across the loader's worker processes, each holding a copy of this
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -69,7 +74,8 @@ class ImageDataset(Dataset):
             except RetrievalError as error:
                 if path not in self._warned:
                     self._warned.add(path)
-                    logger.warning("skipped at load time: %s", error)
+                    if self._warned_by_any.first(path):
+                        logger.warning("skipped at load time: %s", error)
                 return None
             size = image.width * image.height * 3
             if self._cached_bytes + size <= self.cache_bytes:
@@ -77,6 +83,33 @@ class ImageDataset(Dataset):
                 self._cached_bytes += size
         pixels = self.transform(image) if self.transform is not None else image
         return pixels, self.labels[index], index
+
+
+class _WarnedOnce:
+    """Which unreadable files some process has warned of: an empty marker file each, made with
+    ``O_EXCL`` (the first process to make it warns), in a folder of the temporary directory named
+    after the process and object that created this (so every loader worker, a copy, finds the same
+    one); that process removes it when the object goes. Nothing is made until a file fails."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.gettempdir()) / f"retrieval-unreadable-{os.getpid()}-{id(self):x}"
+        weakref.finalize(self, _remove_folder_of, self.root, os.getpid())
+
+    def first(self, path: Path) -> bool:
+        """Whether no process has warned of ``path`` yet (True when that cannot be recorded)."""
+        try:
+            self.root.mkdir(exist_ok=True)
+            os.close(os.open(self.root / hashlib.sha1(os.fsencode(path)).hexdigest(), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        except OSError:  # no temporary folder to write: a repeated warning rather than none
+            return True
+        return True
+
+
+def _remove_folder_of(root: Path, owner: int) -> None:
+    if os.getpid() == owner:  # a forked worker inherits the finalizer: only the creating process removes
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def collate_images(batch: Sequence[tuple[Any, int, int] | None]) -> tuple[Any, torch.Tensor, torch.Tensor]:

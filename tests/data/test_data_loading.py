@@ -28,6 +28,32 @@ def test_dataset_returns_none_for_image_corrupted_after_scan_and_collate_drops_i
     assert empty_images.numel() == 0 and empty_labels.numel() == 0
 
 
+def test_an_unreadable_file_is_warned_of_once_by_all_the_loader_workers_together(tmp_path, capfd):
+    """Each loader worker holds its own copy of the dataset, and each warned of the same file: two
+    workers, two lines. The workers agree through marker files; the warning goes to stderr, as the CLI logs."""
+    handler = logging.StreamHandler()  # stderr, in every process: a worker's record does not reach pytest's caplog
+    logging.getLogger("retrieval").addHandler(handler)
+    try:
+        folder = scan_folder(write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2}))
+        folder.paths[1].write_bytes(b"corrupted later")
+        dataset = ImageDataset(folder.paths, folder.labels, build_transforms(DATA_CONFIG, train=False))
+        loader = make_loader(dataset, batch_sampler=[[0, 1], [1, 2], [1, 3], [1]], num_workers=2, device="cpu")
+        batches = [indices.tolist() for _images, _labels, indices in loader]
+        assert batches == [[0], [2], [3], []]
+        del loader
+    finally:
+        logging.getLogger("retrieval").removeHandler(handler)
+    warned = [line for line in capfd.readouterr().err.splitlines() if "skipped at load time" in line]
+    assert len(warned) == 1 and "img_01.png" in warned[0], warned
+    root = dataset._warned_by_any.root
+    assert root.is_dir()
+    del dataset
+    import gc
+
+    gc.collect()
+    assert not root.exists(), "the process that made the markers removes them with the dataset"
+
+
 def test_dataset_cache_keeps_decoded_images_within_its_budget(tmp_path, monkeypatch):
     folder = scan_folder(write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(16, 16)))  # 768 bytes decoded each
     reads = []
