@@ -29,6 +29,7 @@ from retrieval import diagnostics, figures
 from retrieval.data import load_image, load_image_bytes
 from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex, index_exists
+from retrieval.projection import Projection, project_2d
 from retrieval.run import (
     CONFIG_NAME,
     METADATA_NAME,
@@ -215,8 +216,8 @@ def mining_logs(run_dir: bytes, stamp: str) -> dict[int, list[dict]]:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Projecting the gallery…")
-def projection(_index: GalleryIndex, stamp: str, method: str, max_points: int) -> diagnostics.Projection:
-    return diagnostics.project_2d(_index.embeddings, method=method, max_points=max_points)
+def projection(_index: GalleryIndex, stamp: str, method: str, max_points: int) -> Projection:
+    return project_2d(_index.embeddings, method=method, max_points=max_points)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -3,7 +3,7 @@
 Up to MAP_PICTURES of the points are drawn as their picture (the face, in a face gallery), so the map
 shows what sits where; the "Pictures" toggle turns them off.
 
-PCA, or UMAP when ``umap-learn`` is installed (:func:`retrieval.diagnostics.project_2d`); large
+PCA, or UMAP when ``umap-learn`` is installed (:func:`retrieval.projection.project_2d`); large
 galleries are drawn as a random sample. A gallery without class labels is coloured by folder when
 it comes from several folders, else not at all, and the page says so. The last query of the
 Search page (same run and index) is drawn as a cross. The chart is
@@ -18,8 +18,9 @@ import numpy as np
 import streamlit as st
 
 from app_pages.common import chosen_run, file_stamp, index_stamp, open_index, path_key, picture_url, projection
-from retrieval import diagnostics, figures
+from retrieval import figures
 from retrieval.index import GalleryIndex
+from retrieval.projection import umap_available
 from retrieval.run import RunConfig
 from retrieval.safe_text import markdown_text, printable
 
@@ -35,7 +36,7 @@ def map_page(run_dir: Path, config: RunConfig) -> None:
     if index is None:
         return
     stamp = index_stamp(run_dir)
-    methods = ["PCA"] + (["UMAP"] if diagnostics.umap_available() else [])
+    methods = ["PCA"] + (["UMAP"] if umap_available() else [])
     controls = st.columns([1, 2, 1])
     method = controls[0].radio("Projection", methods, horizontal=True, key="map_method")
     with_pictures = controls[2].toggle("Pictures", value=True, key="map_pictures",

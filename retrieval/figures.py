@@ -314,9 +314,8 @@ def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mappin
                  "met": r.get("met"), "batches": r.get("batches"), "anchors": r.get("anchors"),
                  "rate": r.get("rate"), "share": r.get("share")} for r in pairs]
     bars = alt.Chart(_data(bar_rows)).mark_bar().encode(
-        # every pair named: Vega dropped every other label under Streamlit's larger font
         y=alt.Y("pair:N", title="anchor class → class of its nearest negative", sort=[r["pair"] for r in bar_rows],
-                axis=alt.Axis(labelOverlap=False)),
+                axis=alt.Axis(labelOverlap=False)),  # every pair named: Vega dropped every other one under Streamlit's font
         x=alt.X("nearest:Q", title="anchors whose nearest negative was of that class"),
         color=alt.Color("rate:Q", title="rate (of meetings)", scale=alt.Scale(domain=[0, 1], scheme="orangered")),
         tooltip=["pair:N", "nearest:Q", alt.Tooltip("met:Q", title="anchors that met the class"),

@@ -438,8 +438,7 @@ class PairsSource:
                 rows, kept = embed_readable(model, paths, transform, batch_size=256, device=device, precision=precision)
             finally:
                 model.train(was_training)
-            # an image that cannot be decoded (the loader warns of it, and leaves it out of its batches) gets
-            # a row of zeros: at distance 1 from every unit row, it draws no component nearer or farther
+            # an image that cannot be decoded (the loader warns, and leaves it out) gets a row of zeros: at distance 1 from all
             every = np.zeros((len(paths), rows.shape[1]), dtype=rows.dtype)
             every[kept] = rows
             return every
