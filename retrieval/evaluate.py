@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retrieval.batch_inputs import require_labels
 from retrieval.errors import RetrievalError
 from retrieval.folder_caveats import MEMORISED_FIGURES, shared_images, warn_when_one_class, warn_when_trained_on
 
@@ -100,7 +101,8 @@ def retrieval_metrics(
         raise RetrievalError(
             "no query has a same-class item in the gallery: nothing to evaluate "
             + ("(each class needs at least two images for leave-one-out)" if leave_one_out
-               else "(no query class is among the gallery's classes: classes are matched by folder name)")
+               else "(no query class is among the gallery's classes: classes are matched by label, in `retrieval "
+                    "evaluate` by folder name)")
         )
     if chunk_size is None:
         chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // max(1, len(gallery))))
@@ -454,19 +456,21 @@ def _unit_rows(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _label_array(labels: Any, n: int, which: str) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    array = np.asarray(labels)
+    array = require_labels(labels, f"{which} labels")
     if array.shape != (n,):
         raise ValueError(f"{which} labels must have shape ({n},), got {array.shape}")
     return array
 
 
 def _class_ids(*label_sets: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The label arrays as int64 class ids in one numbering: integer labels as they are; any other
-    labels (class names, such as a gallery index's ``labels``) numbered by their sorted distinct values."""
+    """The label arrays as int64 class ids in one numbering: integer labels as they are; numbers of
+    any kind compared as numbers (1 and 1.0 are one class); any other labels (class names, such as a
+    gallery index's ``labels``) numbered by their sorted distinct values as text."""
     if all(np.issubdtype(labels.dtype, np.integer) for labels in label_sets):
         return tuple(labels.astype(np.int64) for labels in label_sets)
+    if all(np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_ for labels in label_sets):
+        values = np.unique(np.concatenate([labels.astype(np.float64) for labels in label_sets]))
+        return tuple(np.searchsorted(values, labels.astype(np.float64)).astype(np.int64) for labels in label_sets)
     names = [[str(label) for label in labels] for labels in label_sets]
     ids = {name: i for i, name in enumerate(sorted({name for labels in names for name in labels}))}
     return tuple(np.array([ids[name] for name in labels], dtype=np.int64) for labels in names)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from retrieval.batch_inputs import batch_embeddings, batch_labels, number_setting
 from retrieval.distances import euclidean_from_squared, full_precision, normalize, squared_from_unit_rows, to_float
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, padded_positives, pairs_to_masks
@@ -59,11 +60,10 @@ class MetricLoss(torch.nn.Module):
         self.negative_rules = negative_rules
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], mined: Mined = None) -> torch.Tensor:
-        if embeddings.dim() != 2:
-            raise ValueError(f"embeddings must be a (batch, dim) matrix, got shape {tuple(embeddings.shape)}")
-        labels = torch.as_tensor(labels, device=embeddings.device).long()
-        if labels.shape != (len(embeddings),):
-            raise ValueError(f"labels must have shape ({len(embeddings)},), got {tuple(labels.shape)}")
+        embeddings = batch_embeddings(embeddings)
+        labels = batch_labels(labels, len(embeddings), embeddings.device)  # ids, names; never 0.5 quietly made 0
+        if len(embeddings) == 0:
+            return embeddings.sum() * 0.0  # no tuple: a loss of 0 with a gradient
         with full_precision(embeddings):
             return self.compute(embeddings, labels, mined)
 
@@ -80,7 +80,7 @@ class MetricLoss(torch.nn.Module):
         if isinstance(mined, (MinedTriplets, MinedPairs)):
             pos_kept, neg_kept = mined.pair_masks(len(labels))
         else:
-            pos_kept, neg_kept = pairs_to_masks(len(labels), *_as_pairs(mined))
+            pos_kept, neg_kept = pairs_to_masks(len(labels), *(i.to(labels.device) for i in _as_pairs(mined)))
         if symmetric:
             pos_kept = pos_kept | pos_kept.T
             neg_kept = neg_kept | neg_kept.T
@@ -102,7 +102,7 @@ class ContrastiveLoss(MetricLoss):
 
     def __init__(self, margin: float, *, negative_rules: NegativeRules | None = None) -> None:
         super().__init__(negative_rules=negative_rules)
-        self.margin = float(margin)
+        self.margin = number_setting("margin", margin)
 
     def compute(self, embeddings, labels, mined):
         x = normalize(embeddings)
@@ -154,7 +154,7 @@ class TripletMarginLoss(MetricLoss):
         super().__init__(negative_rules=negative_rules)
         if reduction not in ("nonzero_mean", "mean"):
             raise ValueError(f'reduction must be "nonzero_mean" or "mean", got {reduction!r}')
-        self.margin = float(margin)
+        self.margin = number_setting("margin", margin)
         self.squared = bool(squared)
         self.reduction = reduction
 
@@ -162,9 +162,9 @@ class TripletMarginLoss(MetricLoss):
         x = normalize(embeddings)
         if isinstance(mined, MinedTriplets) and mined.dense is None or isinstance(mined, (tuple, list)) and len(mined) == 3:
             a, p, n = (mined.anchors, mined.positives, mined.negatives) if isinstance(mined, MinedTriplets) else mined
-            if self.negative_rules is not None:
-                keep = positive_mask(labels)[a, p] & negative_mask(labels, self.negative_rules)[a, n]
-                a, p, n = a[keep], p[keep], n[keep]
+            a, p, n = (torch.as_tensor(i, dtype=torch.long, device=labels.device) for i in (a, p, n))
+            keep = positive_mask(labels)[a, p] & negative_mask(labels, self.negative_rules)[a, n]  # valid ones only, as
+            a, p, n = a[keep], p[keep], n[keep]  # every other loss keeps: y_a = y_p, a ≠ p, y_n ≠ y_a (and the rules)
             if 32 * len(a) <= len(x) ** 2:  # few triplets (batch-hard; batch-semihard at large B): no B×B matrix
                 x_a = x[a]
                 squared = torch.stack([(x_a - x[p]).pow(2).sum(dim=1), (x_a - x[n]).pow(2).sum(dim=1)])
@@ -206,14 +206,16 @@ class LiftedStructureLoss(MetricLoss):
     A pair where neither sample has a negative has J = −∞ and contributes 0 (it still counts in
     |P|). Computed in B×B matrix form with a numerically safe log-sum-exp.
 
-    Equals pytorch-metric-learning's ``LiftedStructureLoss(neg_margin=ε, pos_margin=0)``, which
-    reaches the same value by averaging over ordered pairs with a factor 1/2, through a
-    |pairs| × |negative pairs| mask (our form is O(B²)).
+    Equals pytorch-metric-learning's ``LiftedStructureLoss(neg_margin=ε, pos_margin=0)`` on every
+    pair of a batch (no miner), which it reaches by averaging over ordered pairs with a factor 1/2,
+    through a |pairs| × |negative pairs| mask (our form is O(B²)). With mined tuples the two
+    differ: here the mined pairs are made symmetric and a positive pair without a mined negative
+    contributes 0, where PML sums each anchor's own mined negatives and gives such a pair d(i,j)².
     """
 
     def __init__(self, margin: float, *, negative_rules: NegativeRules | None = None) -> None:
         super().__init__(negative_rules=negative_rules)
-        self.margin = float(margin)
+        self.margin = number_setting("margin", margin)
 
     def compute(self, embeddings, labels, mined):
         x = normalize(embeddings)
@@ -252,7 +254,7 @@ class NPairLoss(MetricLoss):
 
     def __init__(self, l2_reg: float = 0.0, *, negative_rules: NegativeRules | None = None) -> None:
         super().__init__(negative_rules=negative_rules)
-        self.l2_reg = float(l2_reg)
+        self.l2_reg = number_setting("l2_reg", l2_reg)
 
     def compute(self, embeddings, labels, mined):
         raw = to_float(embeddings)
@@ -299,9 +301,7 @@ class _TemperatureLoss(MetricLoss):
 
     def __init__(self, temperature: float, *, negative_rules: NegativeRules | None = None) -> None:
         super().__init__(negative_rules=negative_rules)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = number_setting("temperature", temperature, positive=True)
 
     def _logits_and_pairs(self, embeddings, labels, mined) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, B) logits s(a,x)/τ and the (B, B) bool masks of the positive and negative pairs used."""
@@ -349,7 +349,9 @@ class InfoNCELoss(_TemperatureLoss):
         L       = mean over the ordered positive pairs of ℓ(a, p)
 
     computed as softplus(logsumexp_{n∈N(a)} s(a,n)/τ − s(a,p)/τ); an anchor without negatives
-    gives ℓ = 0. Equals pytorch-metric-learning's ``NTXentLoss(temperature=τ)``.
+    gives ℓ = 0. Equals pytorch-metric-learning's ``NTXentLoss(temperature=τ)`` on every pair of a
+    batch, and on mined pairs given once each; from triplets, each distinct (a, p) pair counts once
+    here, where PML counts it once per triplet that holds it.
     """
 
     def compute(self, embeddings, labels, mined):
@@ -457,9 +459,7 @@ def _dense_triplet_sum(dist, positives, margin, *, mask=None, valid=None, neg=No
 def _as_pairs(mined) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if isinstance(mined, (MinedTriplets, MinedPairs)):
         return mined.as_pairs()
-    if isinstance(mined, (tuple, list)) and len(mined) == 3:
-        a, p, n = mined
-        return a, p, a, n
-    if isinstance(mined, (tuple, list)) and len(mined) == 4:
-        return tuple(mined)  # type: ignore[return-value]
+    if isinstance(mined, (tuple, list)) and len(mined) in (3, 4):  # index lists or tensors, as PML writes them
+        indices = [torch.as_tensor(i, dtype=torch.long) for i in mined]
+        return (indices[0], indices[1], indices[0], indices[2]) if len(indices) == 3 else tuple(indices)  # type: ignore[return-value]
     raise TypeError("mined must be MinedTriplets, MinedPairs, or an index tuple (a, p, n) / (a1, p, a2, n)")

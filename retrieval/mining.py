@@ -48,6 +48,7 @@ from collections.abc import Sequence
 
 import torch
 
+from retrieval.batch_inputs import batch_embeddings, batch_labels, number_setting
 from retrieval.distances import euclidean_distance, euclidean_from_squared, full_precision, normalize, squared_euclidean_distance
 from retrieval.mining_record import MiningRecord, TripletScan, anchor_view, smallest, top_triplets
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
@@ -77,10 +78,8 @@ class _MarginMiner:
     ) -> None:
         if strategy not in self.strategies:
             raise ValueError(f"strategy must be one of {', '.join(self.strategies)}; got {strategy!r}")
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
         self.strategy = strategy
-        self.margin = float(margin)
+        self.margin = number_setting("margin", margin)
         self.negative_rules = negative_rules
         self.hardest_k = int(hardest_k)
 
@@ -107,8 +106,9 @@ class TripletMiner(_MarginMiner):
     Compared with pytorch-metric-learning: its ``TripletMarginMiner`` ``"all"`` keeps only the
     triplets that violate the margin (d_an < d_ap + ε), ours keeps every valid triplet (with the
     triplet loss's ``nonzero_mean`` the loss is the same); ``hard``, ``semihard`` and ``easy``
-    agree except at exact ties (its hard is d_an ≤ d_ap, its easy d_an > d_ap + ε). Our
-    ``batch-hard`` is its ``BatchHardMiner``. ``batch-semihard`` has no exact counterpart.
+    agree except at exact ties (its hard is d_an ≤ d_ap, its semihard d_an ≤ d_ap + ε, its easy
+    d_an > d_ap + ε). Our ``batch-hard`` is its ``BatchHardMiner``. ``batch-semihard`` has no exact
+    counterpart.
     """
 
     strategies = TRIPLET_STRATEGIES
@@ -116,7 +116,7 @@ class TripletMiner(_MarginMiner):
     def __call__(
         self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int] | None = None
     ) -> MinedTriplets:
-        with torch.no_grad(), full_precision(embeddings):
+        with torch.no_grad(), full_precision(batch_embeddings(embeddings)):
             x = normalize(embeddings.detach())
             labels, indices = _batch_labels(labels, indices, x)
             squared = squared_euclidean_distance(x, normalized=True)
@@ -261,9 +261,11 @@ class PairMiner(_MarginMiner):
     def __call__(
         self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int] | None = None
     ) -> MinedPairs:
-        with torch.no_grad(), full_precision(embeddings):
+        with torch.no_grad(), full_precision(batch_embeddings(embeddings)):
             x = normalize(embeddings.detach())
             labels, indices = _batch_labels(labels, indices, x)
+            if len(x) == 0:
+                return _empty_pairs(x, indices)
             dist = euclidean_distance(x, normalized=True)
             neg = negative_mask(labels, self.negative_rules)
             positives, valid = padded_positives(positive_mask(labels))  # positive pairs as (B, K)
@@ -356,8 +358,16 @@ def _empty_triplets(b: "_Batch", margin: float) -> MinedTriplets:
     empty = torch.zeros(0, dtype=torch.long, device=device)
     counts = torch.zeros(7, dtype=torch.long, device=device)
     record = MiningRecord(lambda: {"counts": counts, "sums": torch.zeros(2, dtype=b.squared.dtype, device=device),
-                                   "anchors": b.anchor_view(margin)}, b.indices)
+                                   "anchors": b.anchor_view(margin) if len(b.labels) else None}, b.indices)
     return MinedTriplets(empty, empty.clone(), empty.clone(), record)
+
+
+def _empty_pairs(x: torch.Tensor, indices) -> MinedPairs:
+    """An empty batch: no pair, nothing mined."""
+    empty = torch.zeros(0, dtype=torch.long, device=x.device)
+    record = MiningRecord(lambda: {"counts": torch.zeros(7, dtype=torch.long, device=x.device), "sums": x.new_zeros(2),
+                                   "anchors": None}, indices)
+    return MinedPairs(empty, empty.clone(), empty.clone(), empty.clone(), record)
 
 
 class _Batch:
@@ -384,9 +394,7 @@ class _Batch:
 
 
 def _batch_labels(labels, indices, x) -> tuple[torch.Tensor, torch.Tensor | None]:
-    labels = torch.as_tensor(labels, device=x.device).long()
-    if labels.shape != (len(x),):
-        raise ValueError(f"labels must have shape ({len(x)},) to match the embeddings, got {tuple(labels.shape)}")
+    labels = batch_labels(labels, len(x), x.device)
     if indices is not None:
         indices = torch.as_tensor(indices).long().cpu()
         if indices.shape != (len(x),):

@@ -27,6 +27,8 @@ group of class c. Positives are never affected: a positive of a is any other sam
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -82,7 +84,8 @@ class NegativeRules:
     ) -> "NegativeRules":
         """Rules from class names: ``never_negative`` as pairs of names, ``class_groups`` as a
         mapping class name -> group name (``retrieval.data.read_class_groups`` gives one). A class
-        missing from ``class_groups`` forms a group of its own."""
+        missing from ``class_groups`` forms a group of its own; names of ``class_groups`` that are no
+        class (a typo) are warned of in one line and ignored."""
         index = {name: i for i, name in enumerate(class_names)}
         unknown = sorted({n for pair in never_negative for n in pair} - set(index)) if never_negative else []
         if unknown:
@@ -90,6 +93,11 @@ class NegativeRules:
         pairs = [(index[a], index[b]) for a, b in never_negative]
         groups = None
         if class_groups is not None:
+            strays = sorted(set(class_groups) - set(index))
+            if strays:
+                logging.getLogger("retrieval").warning(
+                    "class_groups names %d classes that are not among the class names, ignored: %s%s", len(strays),
+                    ", ".join(map(str, strays[:5])), ", …" if len(strays) > 5 else "")
             group_ids: dict[str, int] = {}
             groups = []
             for name in class_names:

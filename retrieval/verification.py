@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.batch_inputs import require_labels
 from retrieval.errors import RetrievalError
 
 __all__ = [
@@ -192,7 +193,7 @@ def pair_distances(
     """Same- and different-class pair distances: all pairs i < j of one set, or all (query, gallery)
     pairs of two; a uniform sample of ``max_pairs`` pairs (``seed``) when there are more."""
     x = _unit(embeddings)
-    y = np.asarray(labels)
+    y = require_labels(labels)
     if gallery_embeddings is None:
         n = len(x)
         total = n * (n - 1) // 2
@@ -202,7 +203,7 @@ def pair_distances(
             first, second = _sample_upper(n, max_pairs, seed)
         g, gy = x, y
     else:
-        g, gy = _unit(gallery_embeddings), np.asarray(gallery_labels)
+        g, gy = _unit(gallery_embeddings), require_labels(gallery_labels, "gallery labels")
         total = len(x) * len(g)
         if total <= max_pairs:
             first, second = (a.ravel() for a in np.meshgrid(np.arange(len(x)), np.arange(len(g)), indexing="ij"))
