@@ -120,9 +120,12 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
     ``no_margin_note``: the run's loss, which has no margin, so a gap below ε is not a loss of it)."""
     hardness = diagnostics.hardness_by_epoch(logs, read_metrics(run_dir), margin=margin)
     gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
-    # three 210 px panels with their axes and legends fit the main column of a 1400 px window (260 px ran past it)
-    st.altair_chart(figures.hardness_chart(hardness, margin, gaps=gaps, zones=zones, margin_loss=no_margin_note is None,
-                                           width=210), width="content")
+    # each panel in a column of its own, as wide as the column: side by side at fixed widths they ran past
+    # the main column of a 1400 px window (measured in Chromium: 1113 px in 1100)
+    panels = figures.hardness_panels(hardness, margin, gaps=gaps, zones=zones, margin_loss=no_margin_note is None,
+                                     width="container")
+    for column, panel in zip(st.columns([1, 1.15, 1.3][-len(panels):]), panels):  # the legends under the last two are wider
+        column.altair_chart(panel, width="stretch")
     last = next((r for r in reversed(hardness) if r["n_logged"]), None)
     if last is None:
         return
@@ -232,7 +235,10 @@ def show_training_confusions(run_dir: Path) -> None:
     epoch = st.select_slider("Epoch", options=epochs, value=epochs[-1], key="confusion_epoch") if len(epochs) > 1 else epochs[0]
     pairs = diagnostics.confused_pairs(rows, epoch, top=CONFUSED_PAIRS_SHOWN)
     history = diagnostics.confusion_history(rows, [(p["anchor_label"], p["negative_label"]) for p in pairs[:CONFUSION_HISTORY_PAIRS]])
-    st.altair_chart(figures.confusion_chart(pairs, history if len(epochs) > 1 else ()), width="content")
+    bars_col, history_col = st.columns([1.4, 1]) if len(epochs) > 1 else (st.container(), None)
+    bars_col.altair_chart(figures.confusion_chart(pairs, width="container"), width="stretch")
+    if history_col is not None:  # a column each: side by side at fixed widths they ran past a 1400 px page
+        history_col.altair_chart(figures.confusion_history_chart(history, width="container"), width="stretch")
     st.caption(f"Epoch {epoch}: for each class A (the anchor's), how many of its anchors had their nearest negative "
                "in class B; the colour is the rate, that count over the anchors of A whose batch held a negative of B "
                "(which classes meet depends on the sampler). Right: the rate of the top pairs over the epochs.")

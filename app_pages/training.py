@@ -78,7 +78,9 @@ def held_out_distances(run_dir: Path, config: RunConfig) -> None:
         tried = try_target_far(positive, negative, threshold)
         chosen = chosen_points(positive, negative, threshold, tried)
         curve = figures.roc_chart(roc_points(positive, negative), kind=kind.lower(), chosen=chosen)
-        st.altair_chart(histogram.properties(width=420) | curve.properties(width=360), width="content")
+        # each its own colours: a shared scale merged the curve's dots into the histogram's pair colours, hiding them
+        st.altair_chart((histogram.properties(width=420) | curve.properties(width=360)).resolve_scale(color="independent"),
+                        width="content")
     else:
         tried = None
         st.altair_chart(histogram, width="stretch")

@@ -90,6 +90,22 @@ def test_hardness_chart_of_a_loss_without_a_margin_titles_its_fractions_by_epsil
     assert valid(chart)["hconcat"][-1]["encoding"]["color"]["scale"]["domain"] == titles
     with_margin = [r["of"] for r in rows(figures.hardness_chart(hardness, 0.2).hconcat[-1])]
     assert with_margin[0] == "mined triplets with loss > 0" and with_margin != titles
+    zones = [{"epoch": 1, "zone": "inside the margin", "mined": "mined", "count": 1}]
+    zone_panel = valid(figures.hardness_chart(hardness, 0.2, zones=zones, margin_loss=False))["hconcat"][1]
+    assert zone_panel["title"] == "Below 0, within ε, beyond it"
+    assert "'within ε'" in zone_panel["encoding"]["color"]["legend"]["labelExpr"]
+
+
+def test_hardness_panels_apart_fit_a_column_and_keep_their_height():
+    """The app lays the panels out in columns (side by side at fixed widths they ran past a 1400 px page)."""
+    hardness = [{"epoch": 1, "mean_gap": 0.1, "active_fraction": 0.3, "violating_fraction": 0.2}]
+    zones = [{"epoch": 1, "zone": "inside the margin", "mined": "mined", "count": 1}]
+    panels = figures.hardness_panels(hardness, 0.2, gaps=[], zones=zones, width="container", height=200)
+    assert len(panels) == 3
+    for panel in panels:
+        spec = valid(panel)
+        assert spec["width"] == "container" and spec["height"] == 200
+        assert spec["autosize"] == {"type": "fit-x", "contains": "padding"}, "the width fits the column, the height stays"
 
 
 def test_concatenated_panels_keep_their_own_colours_and_legends():

@@ -40,12 +40,14 @@ def test_hardest_negatives_page_shows_triples_filters_and_recurring_pairs(monkey
 
 def test_the_chart_shows_every_logged_gap_by_mined_its_zones_and_the_fractions(monkeypatch, full_run):
     at = go(start(monkeypatch, full_run), "Hardest negatives")
-    (hardness,) = [c for c in charts(at) if len(c.get("hconcat", [])) == 3]
-    gap_panel, zone_panel, fraction_panel = hardness["hconcat"]
-    points = hardness["datasets"][gap_panel["layer"][3]["data"]["name"]]
+    shown = charts(at)
+    gap_panel, zone_panel, fraction_panel = shown[:3]  # each panel a chart of its own, in a column of the page
+    assert [panel["title"] for panel in shown[:3]] == ["The logged hardest, each epoch", "Below 0, inside the margin, beyond it",
+                                                      "Active fraction"]
+    points = gap_panel["datasets"][gap_panel["layer"][3]["data"]["name"]]
     assert len(points) == 3 * 3  # three logged triplets in each of three epochs
     assert {(p["epoch"], p["mined"]) for p in points if p["gap"] == 0.0} == {(1, "not mined")}
-    zones = hardness["datasets"][zone_panel["data"]["name"]]
+    zones = zone_panel["datasets"][zone_panel["data"]["name"]]
     assert sum(z["count"] for z in zones if z["epoch"] == 3) == 3
     assert {z["zone"] for z in zones} == {"inside the margin"}  # the fake gaps lie in [0, 0.2)
     assert any("the miner kept 2" in c for c in texts(at.caption))
@@ -54,16 +56,20 @@ def test_the_chart_shows_every_logged_gap_by_mined_its_zones_and_the_fractions(m
 def test_class_confusions_over_training_rank_pairs_and_follow_the_epochs(monkeypatch, full_run):
     at = go(start(monkeypatch, full_run), "Hardest negatives")
     assert "Class confusions over training" in texts(at.subheader)
-    (chart,) = [c for c in charts(at) if any("pair" in str(panel.get("encoding", {}).get("y", {})) for panel in c.get("hconcat", []))]
-    bars, lines = chart["hconcat"]
-    ranked = chart["datasets"][bars["data"]["name"]]
+    def bars_and_lines():  # a chart each, in two columns of the page
+        (bars,) = [c for c in charts(at) if "pair" in str(c.get("encoding", {}).get("y", {}))]
+        (lines,) = [c for c in charts(at) if c.get("title") == "Their rate over training"]
+        return bars, lines
+
+    bars, lines = bars_and_lines()
+    ranked = bars["datasets"][bars["data"]["name"]]
     assert [r["pair"] for r in ranked][:2] == ["apple → banana", "banana → apple"]  # 5 and 3 nearest negatives in epoch 3
     assert ranked[0]["rate"] == 5 / 6
-    history = chart["datasets"][lines["data"]["name"]]
+    history = lines["datasets"][lines["data"]["name"]]
     assert [r["epoch"] for r in history if r["pair"] == "apple → banana"] == [1, 2, 3]
     at.select_slider(key="confusion_epoch").set_value(1).run()
-    (chart,) = [c for c in charts(at) if any("pair" in str(panel.get("encoding", {}).get("y", {})) for panel in c.get("hconcat", []))]
-    assert chart["datasets"][chart["hconcat"][0]["data"]["name"]][0]["nearest"] == 3  # cherry → damson and apple → banana tie at 3
+    bars, _ = bars_and_lines()
+    assert bars["datasets"][bars["data"]["name"]][0]["nearest"] == 3  # cherry → damson and apple → banana tie at 3
 
 
 def test_the_gallery_confusions_are_shown_as_pictures_of_the_closest_pairs(monkeypatch, full_run):
