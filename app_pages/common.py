@@ -235,7 +235,7 @@ def upload_refusal(error: RetrievalError) -> str:
     text, too = str(error), getattr(error, "too", None)  # ImageSizeError: refused by its size
     advice = ("Upload a smaller picture (fewer pixels)" if too == "large" else
               "Upload a larger picture" if too == "small" else
-              "Upload a picture closer to square (crop it)" if too == "elongated" else
+              "Upload a picture closer to square" if too == "elongated" else
               "Upload a JPEG, PNG, WebP or other image file")
     return f"{markdown_text(text)}. {advice}."
 

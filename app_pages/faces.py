@@ -165,33 +165,41 @@ def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int
             if index.threshold is not None:
                 st.caption(markdown_text(result.verdict.describe(index.threshold.target_far, nearest=nearest)))
         with neighbours_col:
-            columns = st.columns(GRID_COLUMNS)
-            for rank, n in enumerate(result.neighbours, 1):
-                with columns[(rank - 1) % GRID_COLUMNS]:
-                    st.image(neighbour_face(index, pipeline, n.item), width="stretch")
-                    name = item_name(index, n.item)
-                    st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**{relation_mark(n.label, query_label)}  \n"
-                                f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
-                                f"cos = {n.similarity:.3f}")
-                    photo_button(index, n.item, key=f"photo-{number}-{rank}")
+            for start in range(0, len(result.neighbours), GRID_COLUMNS):  # a row of columns each: the cards line up
+                columns = st.columns(GRID_COLUMNS)
+                for column, (rank, n) in zip(columns, enumerate(result.neighbours[start : start + GRID_COLUMNS], start=start + 1)):
+                    with column:
+                        st.image(neighbour_face(index, pipeline, n.item), width="stretch")
+                        name = item_name(index, n.item)
+                        st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**"
+                                    f"{relation_mark(n.label, query_label)}  \n"
+                                    f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
+                                    f"cos = {n.similarity:.3f}")
+                        photo_button(index, n.item, key=f"photo-{number}-{rank}",
+                                     detail=f"Neighbour {rank} of face {number} of the query: d = {n.distance:.3f}")
 
 
-def photo_button(index: GalleryIndex, item: int, key: str) -> None:
+def photo_button(index: GalleryIndex, item: int, key: str, detail: str | None = None) -> None:
     """A gallery face's *photo* button: it opens the photo the face was found in, large, with that
-    face boxed (:func:`photo_dialog`)."""
+    face boxed (:func:`photo_dialog`; ``detail``, plain text: what the face is to the query, shown above it)."""
     if st.button("photo", key=key, icon=":material/photo:", width="stretch",
                  help="The photo this face was found in, with the face boxed"):
-        photo_dialog(index, item)
+        photo_dialog(index, item, detail)
 
 
 @st.dialog("Photo", width="large")
-def photo_dialog(index: GalleryIndex, item: int) -> None:
-    """One gallery face's photo, at most PHOTO_PX a side, with its box drawn and numbered as the
-    gallery numbers the photo's faces (most confident first), its path and label beneath."""
+def photo_dialog(index: GalleryIndex, item: int, detail: str | None = None) -> None:
+    """One gallery face's photo, at most PHOTO_PX a side and never enlarged, with its box drawn and
+    numbered as the gallery numbers the photo's faces (most confident first); ``detail`` above it,
+    its label and path beneath."""
     record = index.face(item) or {}
     name = markdown_text(item_name(index, item))
     label = index.labels[item]
-    caption = name + ("" if label is None else f" · {markdown_text(label)}")
+    if detail:
+        st.markdown(markdown_text(detail))
+    where = index.shown_path(item)
+    caption = name + ("" if label is None else f" · {markdown_text(label)}") + (
+        f" · {markdown_text(where)}" if "/" in where else "")  # the folder, when the path has more than the name
     try:
         path = index.path(item)
     except RetrievalError as error:  # a link leaving the gallery folder: not served
@@ -202,8 +210,7 @@ def photo_dialog(index: GalleryIndex, item: int) -> None:
     if image is None:
         st.caption(f":material/broken_image: cannot read {name}")
         return
-    st.image(image, caption=caption, width="stretch")
-    st.caption(markdown_text(index.shown_path(item)))
+    st.image(image, caption=caption, width="content")  # its own size: a 480 × 360 photo is not blown up to the dialog
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -47,6 +47,7 @@ from retrieval.verification import Threshold, pairs_needed, percent
 
 GRID_COLUMNS = 5          # neighbours per row
 PICKER_PAGE = 12          # gallery thumbnails per page in the picker
+PICKER_COLUMNS = 6        # of them in a row, across the page
 MODE_NOTES = {"unlabelled": "trained with --unlabelled (each image its own class, seen as two augmented views)",
               "pairs": "trained with --pairs (images linked by the pair file form the classes)"}
 
@@ -93,12 +94,13 @@ def search_page(run_dir: Path, config: RunConfig) -> None:
                 st.caption(threshold_note(config) + " A neighbour is a match when d ≤ τ.")
             st.caption(f"Server time {1000 * (time.perf_counter() - started):.0f} ms (detect, align, embed and search every face).")
         return
+    picked = None if source == "Upload an image" else gallery_picker(index, stamp, labels)  # the page's width: readable names
     query_col, result_col = st.columns([1, 3], gap="large")
     with query_col, timed(timings, "query"):
         if source == "Upload an image":
             query = upload_query(index, stamp, labels)
         else:
-            query = gallery_query(index, stamp, labels)
+            query = gallery_query(index, picked, labels)
     if query is None:
         return
     vector_or_image, query_name, query_label, exclude = query
@@ -158,48 +160,53 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
     return vector, uploaded.name, label, None
 
 
-def gallery_query(index: GalleryIndex, stamp: str, labels: list[str]):
-    """(embedding, name, label, item) of the gallery image picked as the query (left out of its own
-    results), or None until one is picked."""
+def gallery_picker(index: GalleryIndex, stamp: str, labels: list[str]) -> int | None:
+    """The gallery image picked as the query (None until one is): a class filter and, in an expander
+    across the page, the gallery a page at a time, each a picture and a "class · file" button."""
     by_label = class_items(index, stamp)
+    items = list(range(len(index)))
     if labels:
         chosen = st.selectbox("Class", [ALL_CLASSES] + labels, key="pick_class")
-        items = list(range(len(index))) if chosen == ALL_CLASSES else by_label.get(chosen, [])
-    else:
-        items = list(range(len(index)))
-    n_pages = max(1, math.ceil(len(items) / PICKER_PAGE))
-    page = st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="pick_page") if n_pages > 1 else 1
-    shown = items[(page - 1) * PICKER_PAGE : page * PICKER_PAGE]
+        items = items if chosen == ALL_CLASSES else by_label.get(chosen, [])
     picked = st.session_state.get("picked")
     if picked is not None and (picked.get("stamp") != stamp or picked.get("item", len(index)) >= len(index)):
         picked = None
-    if picked is not None:
-        item = picked["item"]
-        show_item(index, item, caption=f"query: {markdown_text(item_name(index, item))}")
-        label = index.labels[item]
-        st.caption(("" if label is None else f"class {markdown_text(label)} · ") + "the query itself is left out of the results")
-        if index.has_faces:
-            from app_pages.faces import photo_button
-
-            photo_button(index, item, key="photo-query")
+    n_pages = max(1, math.ceil(len(items) / PICKER_PAGE))
     with st.expander("Gallery (pick a query)", expanded=picked is None):
-        columns = st.columns(3)
-        for position, item in enumerate(shown):
-            with columns[position % 3]:
-                show_item(index, item)
-                label = index.labels[item]  # many galleries repeat file names across classes (s31/1.png, s32/1.png)
-                name = item_name(index, item) if label is None else f"{label} · {item_name(index, item)}"
-                if st.button(markdown_text(name), key=f"pick-{item}", width="stretch",
-                             help=markdown_text(printable(index.relative_paths[item]))):
-                    st.session_state["picked"] = {"stamp": stamp, "item": item}
-                    st.rerun()
+        page = st.columns([1, 4])[0].number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1,
+                                                  key="pick_page") if n_pages > 1 else 1
+        shown = items[(page - 1) * PICKER_PAGE : page * PICKER_PAGE]
+        for start in range(0, len(shown), PICKER_COLUMNS):  # a row of columns each: the pictures line up
+            for column, item in zip(st.columns(PICKER_COLUMNS), shown[start : start + PICKER_COLUMNS]):
+                with column:
+                    show_item(index, item)
+                    label = index.labels[item]  # many galleries repeat file names across classes (s31/1.png, s32/1.png)
+                    name = item_name(index, item) if label is None else f"{label} · {item_name(index, item)}"
+                    if st.button(markdown_text(name), key=f"pick-{item}", width="stretch",
+                                 help=markdown_text(printable(index.relative_paths[item]))):
+                        st.session_state["picked"] = {"stamp": stamp, "item": item}
+                        st.rerun()
         st.caption(f"{len(items)} {'faces' if index.has_faces else 'images'}; page {page} of {n_pages}")
     if picked is None:
         st.info("Pick a gallery image as the query.")
         return None
-    item = picked["item"]
+    return int(picked["item"])
+
+
+def gallery_query(index: GalleryIndex, item: int | None, labels: list[str]):
+    """(embedding, name, label, item) of the gallery image picked as the query, shown (left out of
+    its own results), or None until one is picked."""
+    if item is None:
+        return None
+    show_item(index, item, caption=f"query: {markdown_text(item_name(index, item))}")
+    label = index.labels[item]
+    st.caption(("" if label is None else f"class {markdown_text(label)} · ") + "the query itself is left out of the results")
+    if index.has_faces:
+        from app_pages.faces import photo_button
+
+        photo_button(index, item, key="photo-query", detail="The query")
     vector = index.embeddings[item]
-    return vector, item_name(index, item), index.labels[item] if labels else None, item  # no class check unless all labelled
+    return vector, item_name(index, item), label if labels else None, item  # no class check unless all labelled
 
 
 # ----------------------------------------------------------------------------- the answer
@@ -277,7 +284,7 @@ def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanat
                 if index.has_faces:  # a face gallery: the photo the face was found in, a click away
                     from app_pages.faces import photo_button
 
-                    photo_button(index, n.item, key=f"photo-{rank}")
+                    photo_button(index, n.item, key=f"photo-{rank}", detail=f"Neighbour {rank} of the query: d = {n.distance:.3f}")
 
 
 def show_margin(index: GalleryIndex, explanation: diagnostics.SearchExplanation, query_label: str | None,

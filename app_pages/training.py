@@ -23,7 +23,7 @@ from app_pages.common import chosen_run, loss_margin, loss_text
 from app_pages.search import too_few_pairs
 from retrieval import diagnostics, figures
 from retrieval.run import RunConfig, read_metrics, read_val_distances
-from retrieval.safe_text import markdown_text
+from retrieval.safe_text import markdown_text, printable
 from retrieval.verification import pairs_needed, percent, rates_at, roc_points, threshold_at_far
 
 VALIDATION_METRICS = ("recall_at_1", "map_at_r", "eer", "tar_at_far", "threshold")
@@ -152,8 +152,8 @@ def threshold_line(run_dir: Path, config: RunConfig) -> str:
 def tried_line(tried, n_negative: int, run_dir: Path) -> str:
     """What the tried target FAR gives on the shown pairs, and how to store it."""
     text = (f"At a target FAR of {percent(tried.target_far)} these pairs give τ = {tried.threshold:.3f}: FAR "
-            f"{percent(tried.far)}, TAR {percent(tried.tar)}. Shown only; to store a threshold run "
-            f"retrieval calibrate {markdown_text(run_dir)} DATA_DIR --target-far {tried.target_far:g}.")
+            f"{percent(tried.far)}, TAR {percent(tried.tar)}. Shown only; to store a threshold, run "
+            f"`retrieval calibrate {printable(run_dir)} DATA_DIR --target-far {tried.target_far:g}`.")
     needed = pairs_needed(tried.target_far)
     if n_negative < needed:
         text += f" With {n_negative} negative pairs shown, a FAR of {percent(tried.target_far)} rests on too few (≥ {needed} needed)."

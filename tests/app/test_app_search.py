@@ -101,7 +101,7 @@ def test_a_strip_of_an_upload_is_told_to_upload_a_picture_closer_to_square(monke
     Image.new("RGB", (20_000, 4), (1, 2, 3)).save(buffer, format="PNG")
     at = upload(start(monkeypatch, full_run), "strip.png", buffer.getvalue())
     errors = texts(at.error)
-    assert len(errors) == 1 and "too elongated" in errors[0] and errors[0].endswith("Upload a picture closer to square (crop it).")
+    assert len(errors) == 1 and "too elongated" in errors[0] and errors[0].endswith("crop it. Upload a picture closer to square.")
 
 
 def test_empty_upload_is_refused(monkeypatch, full_run):

@@ -68,7 +68,8 @@ def test_every_page_on_an_unlabelled_run_with_a_flat_gallery_hides_what_needs_la
     assert roles.count("**view 1**") == roles.count("**view 2**") == roles.count("**negative**") == len(triples)
     assert not any(m.startswith(("anchor:", "positive:")) for m in roles)
     assert any("two augmented views of one file" in c for c in texts(at.caption))
-    assert [c for c in charts(at) if "hconcat" in c]  # hardness and active fraction
+    titles = [c.get("title") for c in charts(at)]
+    assert titles[0] == "The logged hardest, each epoch" and "Active fraction" in titles  # hardness panels, a chart each
     assert len(at.dataframe) == 0 and not any("confused in" in c for c in texts(at.caption))
     assert_no_label_widgets(at)
     at.checkbox(key="mining_recurring").check().run()
