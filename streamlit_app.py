@@ -62,9 +62,9 @@ def launch_run_dir() -> tuple[Path | None, str]:
     RETRIEVAL_RUN_DIR environment variable."""
     argv = sys.argv
     if len(argv) > 1 and argv[0] and Path(argv[0]).resolve() == APP_FILE:
-        return Path(argv[1]), "command line"
+        return Path(argv[1]), "given to `retrieval app`"
     if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV]), RUN_DIR_ENV
+        return Path(os.environ[RUN_DIR_ENV]), f"set in {RUN_DIR_ENV}"
     return None, ""
 
 
@@ -72,7 +72,7 @@ def choose_run() -> Path | None:
     """The run given at launch, else the one picked in the sidebar among models/* (None: there is none)."""
     run_dir, source = launch_run_dir()
     if run_dir is not None:
-        st.sidebar.caption(f"Run from {source}")
+        st.sidebar.caption(f"The run {source}")
         return run_dir
     found: dict[str, Path] = {}
     for models_dir in (Path.cwd() / "models", APP_FILE.parent / "models"):

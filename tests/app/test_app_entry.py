@@ -94,3 +94,8 @@ def test_the_run_chooser_picks_the_newest_run_that_reads_and_marks_a_broken_one(
     assert any("Upload an image" in m for m in texts(at.info))
     picker.set_value(str(models / "broken")).run()
     assert any("corrupt JSON" in e for e in texts(at.error))
+
+
+def test_the_sidebar_says_where_the_run_came_from(monkeypatch, full_run):
+    at = start(monkeypatch, full_run)  # RETRIEVAL_RUN_DIR, as `retrieval app` hands the run to Streamlit
+    assert "The run set in RETRIEVAL_RUN_DIR" in texts(at.sidebar.caption)
