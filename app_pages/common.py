@@ -283,10 +283,10 @@ def thumbnail(path: bytes, stamp: str) -> bytes | None:
         return None
 
 
-def encode_thumbnail(image) -> bytes:
-    """At most THUMBNAIL_PX on a side, as JPEG (PNG for tiny images, which JPEG smears)."""
+def encode_thumbnail(image, side: int = THUMBNAIL_PX) -> bytes:
+    """At most ``side`` pixels on a side, as JPEG (PNG for tiny images, which JPEG smears)."""
     image = image.copy()
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    image.thumbnail((side, side))
     buffer = io.BytesIO()
     if max(image.size) < 96:
         image.save(buffer, format="PNG")

@@ -31,6 +31,8 @@ from retrieval.safe_text import markdown_text
 from retrieval.verification import percent
 
 SIDES = ("a", "b")
+#: a face photo with its boxes drawn, at most this many pixels a side (a column of the page is about 500)
+BOXED_PHOTO_PX = 640
 
 
 def verify_page(run_dir: Path, config: RunConfig) -> None:
@@ -92,7 +94,8 @@ def picked_face(side: str, run_dir: Path, stamp: str, digest: str, photo, name: 
         st.image(encode_thumbnail(photo), caption=markdown_text(name), width="content")
         st.warning(no_face_message(name, "this run compares faces", face_pipeline(path_key(run_dir), stamp, harder), photo.size, harder))
         return None
-    st.image(encode_thumbnail(draw_boxes(photo, [face.box for face in faces])),
+    # large enough to read the boxes' numbers (at 256 px they were 6 px high), never enlarged past the column
+    st.image(encode_thumbnail(draw_boxes(photo, [face.box for face in faces]), side=BOXED_PHOTO_PX),
              caption=f"{markdown_text(name)}: {len(faces)} face(s) found" + (LOOKED_HARDER if harder else ""), width="content")
     picked = 0
     if len(faces) > 1:
