@@ -269,8 +269,9 @@ def threshold_at_far(positive: np.ndarray, negative: np.ndarray, target_far: flo
     limit = ordered[m]  # FAR stays ≤ m / N for every τ below it
     below = np.concatenate([positive[positive < limit], ordered[ordered < limit]])
     threshold = float((below.max() + limit) / 2) if len(below) else float(np.nextafter(limit, -np.inf))
-    far, frr = rates_at(threshold, positive, negative)
-    return Threshold(threshold, float(target_far), far, 1.0 - frr, len(positive), len(negative))
+    far, _frr = rates_at(threshold, positive, negative)
+    tar = float(np.mean(positive <= threshold))  # counted, not 1 − FRR: 0.1125, not 0.11250000000000004
+    return Threshold(threshold, float(target_far), far, tar, len(positive), len(negative))
 
 
 def pairs_needed(target_far: float) -> int:

@@ -163,3 +163,13 @@ def test_verdicts_and_stored_thresholds_read_as_one_line():
               "n_negative_pairs": 1200, "pairs": "validation classes, epoch 3"}
     assert describe_threshold(stored) == ("threshold τ = 0.5200 at FAR 0.0098 (target 0.01), TAR 0.8100, EER 0.0600 on 40 "
                                           "same-class and 1200 different-class pairs (validation classes, epoch 3)")
+
+
+def test_the_tar_at_a_threshold_is_a_count_over_the_pairs_without_float_noise():
+    """TAR was 1 − FRR, which printed 0.11250000000000004 for 9 of 80."""
+    from retrieval.verification import threshold_at_far
+
+    rng = np.random.default_rng(0)
+    positive, negative = rng.random(80), rng.random(1000) + 0.3
+    chosen = threshold_at_far(positive, negative, 0.01)
+    assert chosen.tar == int((positive <= chosen.threshold).sum()) / 80
