@@ -42,7 +42,7 @@ from app_pages.common import (
     show_item,
 )
 from app_pages.faces import logged_image
-from retrieval import confusions, diagnostics, figures
+from retrieval import confusions, diagnostics, mining_figures
 from retrieval.errors import RetrievalError
 from retrieval.index import GalleryIndex
 from retrieval.run import RunConfig, read_confusions, read_metrics
@@ -122,7 +122,7 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
     gaps, zones = diagnostics.logged_gaps(logs, margin), diagnostics.gap_zone_counts(logs, margin)
     # each panel in a column of its own, as wide as the column: side by side at fixed widths they ran past
     # the main column of a 1400 px window (measured in Chromium: 1113 px in 1100)
-    panels = figures.hardness_panels(hardness, margin, gaps=gaps, zones=zones, margin_loss=no_margin_note is None,
+    panels = mining_figures.hardness_panels(hardness, margin, gaps=gaps, zones=zones, margin_loss=no_margin_note is None,
                                      width="container")
     for column, panel in zip(st.columns([1, 1.15, 1.3][-len(panels):]), panels):  # the legends under the last two are wider
         column.altair_chart(panel, width="stretch")
@@ -236,9 +236,9 @@ def show_training_confusions(run_dir: Path) -> None:
     pairs = diagnostics.confused_pairs(rows, epoch, top=CONFUSED_PAIRS_SHOWN)
     history = diagnostics.confusion_history(rows, [(p["anchor_label"], p["negative_label"]) for p in pairs[:CONFUSION_HISTORY_PAIRS]])
     bars_col, history_col = st.columns([1.4, 1]) if len(epochs) > 1 else (st.container(), None)
-    bars_col.altair_chart(figures.confusion_chart(pairs, width="container"), width="stretch")
+    bars_col.altair_chart(mining_figures.confusion_chart(pairs, width="container"), width="stretch")
     if history_col is not None:  # a column each: side by side at fixed widths they ran past a 1400 px page
-        history_col.altair_chart(figures.confusion_history_chart(history, width="container"), width="stretch")
+        history_col.altair_chart(mining_figures.confusion_history_chart(history, width="container"), width="stretch")
     st.caption(f"Epoch {epoch}: for each class A (the anchor's), how many of its anchors had their nearest negative "
                "in class B; the colour is the rate, that count over the anchors of A whose batch held a negative of B "
                "(which classes meet depends on the sampler). Right: the rate of the top pairs over the epochs.")

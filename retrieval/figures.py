@@ -9,11 +9,8 @@ by any front end; nothing here imports streamlit.
   training margin ε drawn as a band from the nearest distance d₁ to d₁ + ε: a bar that ends inside
   the band is within the margin of the best match. :func:`margin_spec` is the same chart as a
   Vega-Lite dict from a cached template, for redrawing on every query without Altair's cost.
-- :func:`hardness_chart`: per epoch, the d_an − d_ap of the logged hardest triplets (each one,
-  coloured by whether the miner kept it, and their mean, with 0 and ε), how many lie below 0,
-  inside the margin or beyond it, and the active, violating and per-anchor fractions.
-- :func:`confusion_chart`: the class confusions of training, one epoch's most confused class
-  pairs as ranked bars and their rate over the epochs.
+- the Hardest negatives page's charts (the mining log's hardness, the class confusions of
+  training) are in :mod:`retrieval.mining_figures`.
 - :func:`embedding_map`: the 2-D projection of the gallery, coloured by class (or folder, or
   nothing), the query on it.
 - :func:`training_curves`: loss, active fraction, Recall@1, MAP@R and EER over the epochs.
@@ -34,15 +31,13 @@ from typing import Any
 import altair as alt
 import numpy as np
 
-from retrieval.diagnostics import GAP_ZONES
-
 __all__ = [
+    "BAND_COLOUR",
     "LEGEND_MAX_CLASSES",
     "TRAINING_METRICS",
-    "confusion_chart",
     "distance_histogram",
     "embedding_map",
-    "hardness_chart",
+    "inline_data",
     "margin_chart",
     "margin_spec",
     "roc_chart",
@@ -60,11 +55,12 @@ TRAINING_METRICS = {
     "eer": "EER (held-out pairs)",
 }
 
-_BAND_COLOUR = "#f58518"
+BAND_COLOUR = "#f58518"  # the margin ε, wherever it is drawn
 _QUERY_COLOUR = "#000000"
 
 
-def _data(rows: Sequence[Mapping[str, Any]]) -> alt.InlineData:
+def inline_data(rows: Sequence[Mapping[str, Any]]) -> alt.InlineData:
+    """Row dicts as a chart's inlined data (every chart here carries its data with it)."""
     return alt.InlineData(values=[dict(row) for row in rows])
 
 
@@ -166,9 +162,9 @@ def _margin_template(with_relation: bool, n_labels: int, height: int, with_thres
 def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, height: int, *,
                    named: bool = False) -> alt.LayerChart:
     """The margin chart's layers; ``named`` refers to datasets by layer name (for the template)."""
-    source = (lambda name: alt.NamedData(name=name)) if named else (lambda name: _data(data[name]))
+    source = (lambda name: alt.NamedData(name=name)) if named else (lambda name: inline_data(data[name]))
     domain = alt.Scale(domain=[0, data["y_max"]])
-    band = alt.Chart(source("band")).mark_rect(color=_BAND_COLOUR, opacity=0.18).encode(
+    band = alt.Chart(source("band")).mark_rect(color=BAND_COLOUR, opacity=0.18).encode(
         y=alt.Y("low:Q", scale=domain), y2="high:Q",
         tooltip=[alt.Tooltip("low:Q", title="nearest d₁", format=".3f"),
                  alt.Tooltip("high:Q", title="d₁ + ε", format=".3f"),
@@ -184,10 +180,10 @@ def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, 
         color=_colour("label", "label", n_labels),
         tooltip=tooltip,
     )
-    rule = alt.Chart(source("rule")).mark_rule(color=_BAND_COLOUR, strokeDash=[4, 3]).encode(
+    rule = alt.Chart(source("rule")).mark_rule(color=BAND_COLOUR, strokeDash=[4, 3]).encode(
         y=alt.Y("nearest:Q", scale=domain)
     )
-    layers = [band, bars, rule, *_haloed_label(source("text"), "high:Q", domain, _BAND_COLOUR, baseline="bottom", dy=-2)]
+    layers = [band, bars, rule, *_haloed_label(source("text"), "high:Q", domain, BAND_COLOUR, baseline="bottom", dy=-2)]
     if "tau" in data:  # the decision threshold τ: a neighbour below it is a match
         layers.append(alt.Chart(source("tau")).mark_rule(color=_THRESHOLD_COLOUR, strokeWidth=2).encode(
             y=alt.Y("threshold:Q", scale=domain),
@@ -204,168 +200,6 @@ def _haloed_label(source, y: str, domain: alt.Scale, colour: str, *, baseline: s
             y=alt.Y(y, scale=domain), x=alt.value(0), text="text:N")
 
     return [text(color="white", stroke="white", strokeWidth=3, strokeJoin="round", opacity=0.85), text(color=colour)]
-
-
-# ----------------------------------------------------------------------------- mining
-
-
-def hardness_chart(rows: Sequence[Mapping[str, Any]], margin: float | None = None, *,
-                   gaps: Sequence[Mapping[str, Any]] | None = None, zones: Sequence[Mapping[str, Any]] | None = None,
-                   margin_loss: bool = True, width: int = 300, height: int = 200) -> alt.HConcatChart:
-    """Panels over the epochs (``rows``: :func:`retrieval.diagnostics.hardness_by_epoch`):
-
-    - the mean d_an − d_ap of the logged hardest triplets (a rule at the margin: triplets below it
-      still have a loss) and, given ``gaps`` (:func:`~retrieval.diagnostics.logged_gaps`), every
-      logged triplet as a point coloured by whether the miner kept it, with a rule at 0 (below it
-      the negative lies nearer than the positive);
-    - given ``zones`` (:func:`~retrieval.diagnostics.gap_zone_counts`), how many logged triplets lie
-      below 0, inside the margin or beyond it, as stacked bars, the miner's in full colour;
-    - from ``metrics.jsonl``: the fraction of mined triplets with a loss, of all valid triplets
-      inside the margin, and of anchors whose nearest negative is nearer than their farthest
-      positive or within ε of it. ``margin_loss`` False (InfoNCE, NCE, N-pair: every tuple has a
-      loss): these are titled by ε, the yardstick the log measures against
-      (:data:`FRACTIONS_WITHOUT_MARGIN`), not by a loss above 0.
-
-    The panels side by side; :func:`hardness_panels` gives them apart (a page lays them out in
-    columns that fit its width)."""
-    panels = hardness_panels(rows, margin, gaps=gaps, zones=zones, margin_loss=margin_loss, width=width, height=height)
-    # each panel its own colours and legend: concatenated views share one colour scale otherwise,
-    # and the panels' domains (mined / zone / fraction) would be merged into one palette
-    return alt.hconcat(*panels).resolve_scale(color="independent", opacity="independent")
-
-
-def hardness_panels(rows: Sequence[Mapping[str, Any]], margin: float | None = None, *,
-                    gaps: Sequence[Mapping[str, Any]] | None = None, zones: Sequence[Mapping[str, Any]] | None = None,
-                    margin_loss: bool = True, width: int | str = 300, height: int = 200) -> list[alt.Chart | alt.LayerChart]:
-    """:func:`hardness_chart`'s panels, each a chart of its own (``width="container"``: as wide as
-    the column a page puts it in): the gaps, the zones (given ``zones``) and the fractions."""
-    x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
-    limit = width if isinstance(width, int) else 220  # a column of a 1400 px page: about 300 px
-    panels = [_gap_panel(rows, margin, gaps, x, width, height)]
-    if zones is not None:
-        panels.append(_zone_panel(zones, width, height, limit, margin_loss))
-    panels.append(_fraction_panel(rows, x, width, height, _FRACTIONS if margin_loss else FRACTIONS_WITHOUT_MARGIN, limit))
-    return [panel.properties(**_fit_width(width)) for panel in panels]
-
-
-_MINED_STATUS = ("mined", "not mined", "not recorded")
-_FRACTIONS = {
-    "active_fraction": "mined triplets with loss > 0",
-    "violating_fraction": "all triplets inside the margin",
-    "inverted_anchor_fraction": "anchors: a negative nearer than a positive",
-    "violating_anchor_fraction": "anchors: a negative inside the margin",
-}
-#: the same lines' titles for a loss without a margin, where every mined tuple has a loss and ε is
-#: only the log's yardstick (metrics.jsonl's active fraction is then the kept triplets within ε)
-FRACTIONS_WITHOUT_MARGIN = {
-    "active_fraction": "mined triplets within ε (no margin in the loss)",
-    "violating_fraction": "all triplets within ε",
-    "inverted_anchor_fraction": _FRACTIONS["inverted_anchor_fraction"],
-    "violating_anchor_fraction": "anchors: a negative within ε",
-}
-
-
-def _gap_panel(rows, margin, gaps, x, width, height):
-    gap_rows = [{"epoch": int(r["epoch"]), "mean_gap": float(r["mean_gap"]),
-                 "n_logged": r.get("n_logged"), "n_violating": r.get("n_violating")}
-                for r in rows if r.get("mean_gap") is not None]
-    layers = [alt.Chart(_data(gap_rows)).mark_line(point=True, color="#333333").encode(
-        x=x, y=alt.Y("mean_gap:Q", title="d_an − d_ap of logged hardest"),
-        tooltip=["epoch:Q", alt.Tooltip("mean_gap:Q", format=".3f"), "n_logged:Q", "n_violating:Q"],
-    )]
-    if margin is not None:
-        layers.append(alt.Chart(_data([{"margin": float(margin)}])).mark_rule(
-            color=_BAND_COLOUR, strokeDash=[4, 3]).encode(y="margin:Q"))
-        layers.append(alt.Chart(_data([{"margin": float(margin), "text": f"ε = {float(margin):g}"}])).mark_text(
-            align="left", baseline="bottom", dx=3, color=_BAND_COLOUR).encode(y="margin:Q", x=alt.value(0), text="text:N"))
-    if gaps is not None:
-        layers.append(alt.Chart(_data([{k: r[k] for k in ("epoch", "gap", "mined", "zone")} for r in gaps])).mark_circle(
-            size=28, opacity=0.55).encode(
-            x=x, y="gap:Q",
-            color=alt.Color("mined:N", title="logged triplet", legend=alt.Legend(orient="bottom", columns=1),
-                            scale=alt.Scale(domain=list(_MINED_STATUS), range=["#4c78a8", "#e45756", "#9d9d9d"])),
-            tooltip=["epoch:Q", alt.Tooltip("gap:Q", title="d_an − d_ap", format=".3f"), "mined:N", "zone:N"],
-        ))
-        layers.append(alt.Chart(_data([{"zero": 0.0}])).mark_rule(color="#888888").encode(y="zero:Q"))
-    title = "How hard were the hardest?" if gaps is None else "The logged hardest, each epoch"
-    panel = alt.layer(*layers) if len(layers) > 1 else layers[0]
-    return panel.properties(title=title, width=width, height=height)
-
-
-#: a loss without a margin: the zones are named by ε, the log's yardstick (the data keep GAP_ZONES' names)
-_ZONES_WITHOUT_MARGIN = {"inside the margin": "within ε", "margin met": "ε or more"}
-
-
-def _zone_panel(zones, width, height, label_limit, margin_loss=True):
-    renamed = " : ".join(f"datum.label == '{zone}' ? '{name}'" for zone, name in _ZONES_WITHOUT_MARGIN.items())
-    legend = alt.Legend(orient="bottom", columns=1, labelLimit=label_limit,
-                        **({} if margin_loss else {"labelExpr": f"{renamed} : datum.label"}))
-    return alt.Chart(_data(zones)).mark_bar().encode(
-        x=alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("count:Q", title="logged triplets", stack="zero"),
-        color=alt.Color("zone:N", title="d_an − d_ap", legend=legend,
-                        scale=alt.Scale(domain=list(GAP_ZONES), range=["#e45756", _BAND_COLOUR, "#54a24b"])),
-        opacity=alt.Opacity("mined:N", title="miner", legend=alt.Legend(orient="right", columns=1),
-                            scale=alt.Scale(domain=list(_MINED_STATUS), range=[1.0, 0.4, 0.75])),
-        order=alt.Order("mined:N"),
-        tooltip=["epoch:O", "zone:N", "mined:N", "count:Q"],
-    ).properties(title="Below 0, inside the margin, beyond it" if margin_loss else "Below 0, within ε, beyond it",
-                 width=width, height=height)
-
-
-def _fraction_panel(rows, x, width, height, titles, label_limit):
-    fraction_rows = [{"epoch": int(r["epoch"]), "fraction": float(r[key]), "of": name}
-                     for r in rows for key, name in titles.items() if r.get(key) is not None]
-    return alt.Chart(_data(fraction_rows)).mark_line(point=True).encode(
-        x=x, y=alt.Y("fraction:Q", title="fraction", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("of:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=label_limit + 80),
-                        scale=alt.Scale(domain=list(titles.values()), range=["#54a24b", "#e45756", "#b279a2", "#9d755d"])),
-        tooltip=["epoch:Q", "of:N", alt.Tooltip("fraction:Q", format=".3f")],
-    ).properties(title="Active fraction", width=width, height=height)
-
-
-def confusion_chart(pairs: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]] = (), *,
-                    width: int | str = 320, bar_height: int = 20) -> alt.Chart | alt.HConcatChart:
-    """The class confusions of training: one epoch's most confused ordered class pairs as ranked
-    bars (``pairs``: :func:`retrieval.diagnostics.confused_pairs`; length: anchors of A whose
-    nearest negative was of B; colour: the rate, that count over the anchors of A that met B) and,
-    given ``history`` (:func:`~retrieval.diagnostics.confusion_history`), those pairs' rates over
-    the epochs (:func:`confusion_history_chart`). ``width="container"``: as wide as the column a page
-    puts it in (give the history apart, in a column of its own)."""
-    bar_rows = [{"pair": f"{r['anchor_label']} → {r['negative_label']}", "nearest": int(r["nearest"]),
-                 "met": r.get("met"), "batches": r.get("batches"), "anchors": r.get("anchors"),
-                 "rate": r.get("rate"), "share": r.get("share")} for r in pairs]
-    bars = alt.Chart(_data(bar_rows)).mark_bar().encode(
-        y=alt.Y("pair:N", title=None, sort=[r["pair"] for r in bar_rows],  # the chart's subtitle says what a pair is
-                axis=alt.Axis(labelOverlap=False, labelLimit=280)),  # every pair named, whole (Vega dropped every other one)
-        x=alt.X("nearest:Q", title="anchors whose nearest negative was of that class"),
-        color=alt.Color("rate:Q", title="rate (of meetings)", scale=alt.Scale(domain=[0, 1], scheme="orangered")),
-        tooltip=["pair:N", "nearest:Q", alt.Tooltip("met:Q", title="anchors that met the class"),
-                 alt.Tooltip("batches:Q", title="batches shared"), alt.Tooltip("rate:Q", format=".1%"),
-                 alt.Tooltip("share:Q", title="share of the class's anchors", format=".1%")],
-    ).properties(title=alt.TitleParams("Most confused class pairs", subtitle="anchor class → class of its nearest negative"),
-                 width=width, height=max(1, len(bar_rows)) * bar_height,
-                 **_fit_width(width))
-    if not history:
-        return bars
-    lines = confusion_history_chart(history, width=width)
-    return alt.hconcat(bars, lines).resolve_scale(color="independent")  # a rate scale beside a pair palette
-
-
-def confusion_history_chart(history: Sequence[Mapping[str, Any]], *, width: int | str = 320, height: int = 220) -> alt.Chart:
-    """The rate of some class pairs over the epochs (``history``: :func:`~retrieval.diagnostics.confusion_history`)."""
-    return alt.Chart(_data(history)).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("rate:Q", title="rate", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("pair:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=280)),
-        tooltip=["epoch:Q", "pair:N", "nearest:Q", "met:Q", alt.Tooltip("rate:Q", format=".1%")],
-    ).properties(title="Their rate over training", width=width, height=height, **_fit_width(width))
-
-
-def _fit_width(width: int | str) -> dict[str, Any]:
-    """A chart as wide as its column (``width="container"``) fits the width alone: the plot keeps its
-    height and the legends come below it (Vega's default fit squeezes the plot to make room for them)."""
-    return {"autosize": alt.AutoSizeParams(type="fit-x", contains="padding")} if width == "container" else {}
 
 
 # ----------------------------------------------------------------------------- embedding map
@@ -390,7 +224,7 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
     if labels is None:
         rows = [{"x": round(float(x), 5), "y": round(float(y), 5), "name": str(name)}
                 for (x, y), name in zip(coords, names)]
-        points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75, color="#4c78a8").encode(
+        points = alt.Chart(inline_data(rows)).mark_circle(size=40, opacity=0.75, color="#4c78a8").encode(
             x=alt.X("x:Q", title="axis 1", scale=padded), y=alt.Y("y:Q", title="axis 2", scale=padded),
             tooltip=[alt.Tooltip("name:N", title="image")],
         )
@@ -399,7 +233,7 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
                  "label": "(unlabelled)" if label is None else str(label), "name": str(name)}
                 for (x, y), label, name in zip(coords, labels, names)]
         n_labels = len({r["label"] for r in rows})
-        points = alt.Chart(_data(rows)).mark_circle(size=40, opacity=0.75).encode(
+        points = alt.Chart(inline_data(rows)).mark_circle(size=40, opacity=0.75).encode(
             x=alt.X("x:Q", title="axis 1", scale=padded), y=alt.Y("y:Q", title="axis 2", scale=padded),
             color=_colour("label", colour_title, n_labels),
             tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title=colour_title)],
@@ -409,14 +243,14 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str | None] | None, names
         shown = [{**row, "picture": url} for row, url in zip(rows, pictures) if url is not None]
         if shown:
             if labels is not None:  # a frame in the class colour behind each picture: the colours stay visible
-                layers.append(alt.Chart(_data(shown)).mark_square(size=(picture_px + 6) ** 2, opacity=0.9).encode(
+                layers.append(alt.Chart(inline_data(shown)).mark_square(size=(picture_px + 6) ** 2, opacity=0.9).encode(
                     x="x:Q", y="y:Q", color=_colour("label", colour_title, n_labels),
                     tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("label:N", title=colour_title)]))
-            layers.append(alt.Chart(_data(shown)).mark_image(width=picture_px, height=picture_px).encode(
+            layers.append(alt.Chart(inline_data(shown)).mark_image(width=picture_px, height=picture_px).encode(
                 x="x:Q", y="y:Q", url="picture:N", tooltip=[alt.Tooltip("name:N", title="image")]))
     if query is not None:
         qx, qy = (float(v) for v in query)
-        layers.append(alt.Chart(_data([{"x": qx, "y": qy, "name": query_name}])).mark_point(
+        layers.append(alt.Chart(inline_data([{"x": qx, "y": qy, "name": query_name}])).mark_point(
             shape="cross", size=400, filled=True, color=_QUERY_COLOUR, strokeWidth=1
         ).encode(x="x:Q", y="y:Q", tooltip=[alt.Tooltip("name:N", title="query")]))
     return alt.layer(*layers).properties(height=height).interactive()
@@ -449,7 +283,7 @@ def training_curves(metrics: Sequence[Mapping[str, Any]], *, margin_loss: bool =
         tooltip=["epoch:Q", "metric:N", alt.Tooltip("value:Q", format=".4f")],
     ).properties(width=width, height=height)
     return alt.FacetChart(
-        data=_data(rows), spec=base,
+        data=inline_data(rows), spec=base,
         facet=alt.Facet("metric:N", sort=list(titles.values()), title=None),
         columns=2,
     ).resolve_scale(y="independent")
@@ -473,7 +307,7 @@ def distance_histogram(positive: Sequence[float], negative: Sequence[float], mar
         rows.extend({"pairs": kind, "start": round(float(lo), 4), "end": round(float(hi), 4),
                      "count": int(c), "share": float(c) / total}
                     for lo, hi, c in zip(edges[:-1], edges[1:], counts))
-    hist = alt.Chart(_data(rows)).mark_rect(opacity=0.55).encode(
+    hist = alt.Chart(inline_data(rows)).mark_rect(opacity=0.55).encode(
         x=alt.X("start:Q", title="distance between the pair's embeddings", scale=alt.Scale(domain=[0, 2])),
         x2="end:Q",
         y=alt.Y("share:Q", title="share of pairs", axis=alt.Axis(format="%")),
@@ -486,16 +320,16 @@ def distance_histogram(positive: Sequence[float], negative: Sequence[float], mar
     lines = [{"x": float(margin), "text": f"ε = {float(margin):g}", "dash": "margin", "offset": 0}]
     if median_positive is not None:  # its label a line lower: the two rules are often close
         lines.append({"x": float(median_positive) + float(margin), "text": "median d_ap + ε", "dash": "threshold", "offset": 14})
-    rules = alt.Chart(_data(lines)).mark_rule(color=_BAND_COLOUR, strokeWidth=2).encode(
+    rules = alt.Chart(inline_data(lines)).mark_rule(color=BAND_COLOUR, strokeWidth=2).encode(
         x="x:Q", strokeDash=alt.StrokeDash("dash:N", legend=None,
                                            scale=alt.Scale(domain=["margin", "threshold"], range=[[1, 0], [5, 4]])),
         tooltip=["text:N", alt.Tooltip("x:Q", format=".3f")],
     )
-    texts = alt.Chart(_data(lines)).mark_text(align="left", baseline="top", dx=3, dy=2, color=_BAND_COLOUR).encode(
+    texts = alt.Chart(inline_data(lines)).mark_text(align="left", baseline="top", dx=3, dy=2, color=BAND_COLOUR).encode(
         x="x:Q", y=alt.Y("offset:Q", scale=None), text="text:N")  # offset: pixels from the top
     layers = [hist, rules, texts]
     if threshold is not None:  # the decision threshold τ: pairs left of it are called the same
-        tau = _data([{"x": float(threshold), "text": "τ: same ← | → different"}])
+        tau = inline_data([{"x": float(threshold), "text": "τ: same ← | → different"}])
         layers.append(alt.Chart(tau).mark_rule(color=_THRESHOLD_COLOUR, strokeWidth=2).encode(
             x="x:Q", tooltip=[alt.Tooltip("x:Q", title="threshold τ", format=".3f")]))
         layers.append(alt.Chart(tau).mark_text(align="center", baseline="bottom", dy=-2, color=_THRESHOLD_COLOUR).encode(
@@ -520,15 +354,15 @@ def roc_chart(points: Sequence[Mapping[str, Any]], *, kind: str = "roc", chosen:
     marks = [{**c, "frr": 1.0 - c["tar"], "x": float(c["far"]) if c["far"] > 0 else zero_far} for c in chosen]
     x = alt.X("x:Q", title="FAR (different-class pairs accepted), log", scale=alt.Scale(type="log"))
     y = alt.Y(f"{y_key}:Q", title=y_title, scale=alt.Scale(type="log") if kind == "det" else alt.Scale(domain=[0, 1]))
-    line = alt.Chart(_data(curve)).mark_line(color="#4c78a8", interpolate="step-after").encode(
+    line = alt.Chart(inline_data(curve)).mark_line(color="#4c78a8", interpolate="step-after").encode(
         x=x, y=y, tooltip=[alt.Tooltip("threshold:Q", format=".3f"), alt.Tooltip("far:Q", format=".4f"),
                            alt.Tooltip(f"{y_key}:Q", format=".3f")])
     dot_x = alt.X("x:Q", scale=alt.Scale(type="log"))
-    dots = alt.Chart(_data(marks)).mark_point(filled=True, size=90).encode(
+    dots = alt.Chart(inline_data(marks)).mark_point(filled=True, size=90).encode(
         x=dot_x, y=y, color=alt.Color("name:N", title=None, legend=alt.Legend(orient="bottom"),
-                                      scale=alt.Scale(range=[_THRESHOLD_COLOUR, _BAND_COLOUR, "#b279a2"])),
+                                      scale=alt.Scale(range=[_THRESHOLD_COLOUR, BAND_COLOUR, "#b279a2"])),
         tooltip=["name:N", alt.Tooltip("threshold:Q", title="τ", format=".3f"), alt.Tooltip("far:Q", format=".4f"),
                  alt.Tooltip(f"{y_key}:Q", format=".3f")])
-    first = alt.Chart(_data(marks[:1])).mark_text(align="right", baseline="bottom", dx=-6, dy=-4).encode(x=dot_x, y=y, text="name:N")
-    others = alt.Chart(_data(marks[1:])).mark_text(align="left", baseline="top", dx=6, dy=4).encode(x=dot_x, y=y, text="name:N")
+    first = alt.Chart(inline_data(marks[:1])).mark_text(align="right", baseline="bottom", dx=-6, dy=-4).encode(x=dot_x, y=y, text="name:N")
+    others = alt.Chart(inline_data(marks[1:])).mark_text(align="left", baseline="top", dx=6, dy=4).encode(x=dot_x, y=y, text="name:N")
     return alt.layer(line, dots, first, others).properties(height=height)
