@@ -232,24 +232,33 @@ def test_all_greyscale_reads_modes_from_headers_and_stops_at_the_first_colour_im
     assert opened == [colour], "a colour data set is decided by its first image"
 
 
+def assert_refused_by_size(tmp_path, image, too: str, caplog) -> None:
+    """``image`` saved as a PNG is refused from its header as "image too <too>" (ImageSizeError),
+    as a file, as an upload and by the folder scan, which skips it with a warning naming it."""
+    path = tmp_path / f"{too}.png"
+    image.save(path)
+    width, height = image.size
+    with pytest.raises(RetrievalError, match=rf"image too {too}: .*{too}.png is {width}x{height} pixels") as error:
+        load_image(path)
+    assert error.value.too == too
+    with pytest.raises(RetrievalError, match=f"image too {too}") as error:
+        load_image_bytes(path.read_bytes(), path.name)
+    assert error.value.too == too
+    assert images.unreadable_reason(path).startswith(f"too {too}")
+    root = write_labelled_folder(tmp_path / "data", {"a": 2, "b": 2})
+    (root / "a" / path.name).write_bytes(path.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        folder = scan_folder(root, labelled=True)
+    assert all(p.name != path.name for p in folder.paths) and any(path.name in m for m in warning_messages(caplog))
+
+
 @pytest.mark.parametrize("size", [(40_000, 2), (3, 400), (2_020, 20)])
 def test_an_image_more_elongated_than_100_to_1_is_refused_from_its_header_and_skipped_in_a_folder(tmp_path, size, caplog):
     """A 400000 × 2 PNG is 2 KB and 0.8 MP, under every pixel limit, and the resize to the model's
     shorter side made it gigabytes (a cv2 allocation traceback). 100:1 exactly is read."""
-    path = tmp_path / "strip.png"
-    Image.new("RGB", size, (200, 30, 30)).save(path)
-    with pytest.raises(RetrievalError, match=rf"image too elongated: .*strip.png is {size[0]}x{size[1]} pixels, more than 100:1") as error:
-        load_image(path)
-    assert error.value.too == "elongated"
-    with pytest.raises(RetrievalError, match="image too elongated") as error:
-        load_image_bytes(path.read_bytes(), "strip.png")
-    assert error.value.too == "elongated"
-    assert images.unreadable_reason(path).startswith("too elongated")
-    root = write_labelled_folder(tmp_path / "data", {"a": 2, "b": 2})
-    (root / "a" / "strip.png").write_bytes(path.read_bytes())
-    with caplog.at_level(logging.WARNING, logger="retrieval"):
-        folder = scan_folder(root, labelled=True)
-    assert all(p.name != "strip.png" for p in folder.paths) and any("strip.png" in m for m in warning_messages(caplog))
+    assert_refused_by_size(tmp_path, Image.new("RGB", size, (200, 30, 30)), "elongated", caplog)
+    with pytest.raises(RetrievalError, match="more than 100:1"):
+        load_image(tmp_path / "elongated.png")
     edge = write_image(tmp_path / "edge.png", (2_000, 20))
     assert load_image(edge).size == (2_000, 20) and images.unreadable_reason(edge) is None
 
@@ -261,18 +270,6 @@ def test_an_image_one_pixel_wide_or_high_is_refused_in_one_line_and_skipped_in_a
     from retrieval.data import build_transforms
     from retrieval.model import EmbeddingModel
 
-    path = tmp_path / "thin.png"
-    Image.new("L", size, 100).save(path)
-    with pytest.raises(RetrievalError, match=rf"image too small: .*thin.png is {size[0]}x{size[1]} pixels"):
-        load_image(path)
-    with pytest.raises(RetrievalError, match="image too small") as error:
-        load_image_bytes(path.read_bytes(), "thin.png")
-    assert error.value.too == "small"
-    assert images.unreadable_reason(path).startswith("too small")
-    root = write_labelled_folder(tmp_path / "data", {"a": 2, "b": 2})
-    (root / "a" / "thin.png").write_bytes(path.read_bytes())
-    with caplog.at_level(logging.WARNING, logger="retrieval"):
-        folder = scan_folder(root, labelled=True)
-    assert all(p.name != "thin.png" for p in folder.paths) and any("thin.png" in m for m in warning_messages(caplog))
+    assert_refused_by_size(tmp_path, Image.new("L", size, 100), "small", caplog)
     grey = {**EmbeddingModel("resnet10t", 8).data_config(32), "greyscale": True}
     assert build_transforms(grey, train=False)(load_image(write_image(tmp_path / "two.png", (2, 2)))).shape == (3, 32, 32)
