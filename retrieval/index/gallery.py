@@ -14,8 +14,8 @@ with ``gallery_roots`` for a run moved from another machine).
 from __future__ import annotations
 
 import logging
-
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -149,8 +149,6 @@ class GalleryIndex:
         """The folder that tables print paths relative to: the gallery folder, or the folder that
         holds all of an index's gallery folders (``index --add OTHER``); None when they share none
         but the file system's root (paths are then printed whole)."""
-        import os
-
         common = Path(os.path.commonpath([str(root) for root in self.roots]))
         return None if common == Path(common.anchor) else common
 
@@ -223,8 +221,7 @@ class GalleryIndex:
         if not verdict.match:
             return verdict
         face = self.face(neighbours[0].item)
-        return replace(verdict, path=str(neighbours[0].path),
-                                   face=None if face is None else int(face.get("face", 0)))
+        return replace(verdict, path=str(neighbours[0].path), face=None if face is None else int(face.get("face", 0)))
 
     def close(self) -> None:
         """Release the memory maps."""
