@@ -28,7 +28,6 @@ group of class c. Positives are never affected: a positive of a is any other sam
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -36,6 +35,8 @@ import torch
 __all__ = ["NEGATIVE_MODES", "NegativeRules", "positive_mask", "negative_mask"]
 
 NEGATIVE_MODES = ("all", "same-group", "prefer-same-group")
+
+logger = logging.getLogger("retrieval")
 
 
 class NegativeRules:
@@ -95,7 +96,7 @@ class NegativeRules:
         if class_groups is not None:
             strays = sorted(set(class_groups) - set(index))
             if strays:
-                logging.getLogger("retrieval").warning(
+                logger.warning(
                     "class_groups names %d classes that are not among the class names, ignored: %s%s", len(strays),
                     ", ".join(map(str, strays[:5])), ", …" if len(strays) > 5 else "")
             group_ids: dict[str, int] = {}
