@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from retrieval.batch_inputs import batch_embeddings, batch_labels, number_setting
 from retrieval.distances import euclidean_from_squared, full_precision, normalize, squared_from_unit_rows, to_float
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
-from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, padded_positives, pairs_to_masks
+from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, first_pair_of_each_class, padded_positives, pairs_to_masks
 
 __all__ = [
     "ContrastiveLoss",
@@ -260,7 +260,7 @@ class NPairLoss(MetricLoss):
         raw = to_float(embeddings)
         x = normalize(raw)
         if mined is None:
-            anchors, positives = _first_two_of_each_class(labels)
+            anchors, positives = first_pair_of_each_class(labels)
             neg = None if self.negative_rules is None else negative_mask(labels, self.negative_rules)
         else:
             anchors, positives, neg = self._first_mined_pairs(labels, mined)
@@ -398,18 +398,6 @@ def _squared_distances(x: torch.Tensor) -> torch.Tensor:
 def _zero(x: torch.Tensor) -> torch.Tensor:
     """A 0 that is still connected to the graph, so backward() works and gives zero gradients."""
     return (x * 0).sum()
-
-
-def _first_two_of_each_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each class with two or more samples, its first and second sample in batch order."""
-    order = torch.argsort(labels, stable=True)  # classes together, batch order within a class
-    ordered = labels[order]
-    starts_class = torch.ones_like(ordered, dtype=torch.bool)
-    starts_class[1:] = ordered[1:] != ordered[:-1]
-    has_second = torch.zeros_like(starts_class)
-    has_second[:-1] = ordered[1:] == ordered[:-1]
-    first = torch.nonzero(starts_class & has_second).squeeze(1)
-    return order[first], order[first + 1]
 
 
 def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

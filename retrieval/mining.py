@@ -52,12 +52,13 @@ from retrieval.batch_inputs import batch_embeddings, batch_labels, number_settin
 from retrieval.distances import euclidean_distance, euclidean_from_squared, full_precision, normalize, squared_euclidean_distance
 from retrieval.mining_record import MiningRecord, TripletScan, anchor_view, smallest, top_triplets
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
-from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, padded_positives
+from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, first_pair_of_each_class, padded_positives
 
 __all__ = [
     "TRIPLET_STRATEGIES",
     "PAIR_STRATEGIES",
     "TripletMiner",
+    "NPairTriplets",
     "PairMiner",
     "MiningRecord",
     "build_miner",
@@ -134,11 +135,51 @@ class TripletMiner(_MarginMiner):
     # -- the threshold rules, on the dense (anchor, positive, negative) form ------------------------
 
     def _threshold(self, b: "_Batch") -> MinedTriplets:
-        size, k_max = b.positives.shape
         dist = b.dist
         d_ap = dist.gather(1, b.positives)
+        mask = self._threshold_mask(b, d_ap) if self.strategy in TRIPLET_STRATEGIES else self._given_mask(b)
+        size, k_max = b.positives.shape
+        counts_active = self.strategy not in TRIPLET_STRATEGIES
+
+        def compute_record() -> dict:
+            stats, candidates = [], []
+
+            def mined_chunk(rows: slice, gap: torch.Tensor) -> None:  # gap: +inf where not valid
+                chunk_mask = mask[rows]
+                weight = chunk_mask.to(dist.dtype)
+                per_pair = weight.sum(dim=2)  # (c, K): negatives per (a, p)
+                chunk_stats = [per_pair.sum(), (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
+                if counts_active:  # kept and violating the margin (the threshold rules know it from their rule)
+                    chunk_stats.append((chunk_mask & (gap < self.margin)).sum().to(weight.dtype))
+                stats.append(torch.stack(chunk_stats).to(_exact_dtype(dist.device)))  # counts stay exact integers
+                if self.hardest_k > 0 and self.strategy != "all":
+                    values, flat = smallest(gap.masked_fill_(~chunk_mask, math.inf).reshape(-1, size), self.hardest_k)
+                    candidates.append((values, flat + rows.start * k_max * size))
+
+            scan = TripletScan(self.margin, self.hardest_k).scan(dist, b.positives, b.valid, b.neg, mined_chunk)
+            stats = torch.stack(stats).sum(dim=0)
+            n_mined, n_violating = stats[0], scan.n_violating.to(stats.dtype)
+            # "all" keeps every valid triplet; "hard" and "semihard" triplets all violate the
+            # margin; "easy" triplets have d_an − d_ap >= ε, a zero hinge
+            n_active = stats[3] if counts_active else {"all": n_violating, "hard": n_mined, "semihard": n_mined}.get(
+                self.strategy, torch.zeros_like(n_mined))
+            hardest = scan.hardest(lambda a, slot, n: mask[a, slot, n])
+            mined = hardest[:5] if self.strategy == "all" and hardest is not None else None
+            if self.strategy != "all":
+                found = top_triplets(candidates, self.hardest_k, b.positives, d_ap)
+                mined = None if found is None else (found[0], b.positives[found[0], found[1]], *found[2:])
+            n_triplets = b.n_triplets.to(stats.dtype)
+            counts = torch.stack([n_triplets, n_mined, n_active, n_mined, n_mined, n_triplets, n_violating])
+            return {"counts": counts, "sums": stats[1:3], "hardest": hardest, "hardest_mined": mined,
+                    "anchors": b.anchor_view(self.margin)}
+
+        return MinedTriplets(None, None, None, MiningRecord(compute_record, b.indices), dense=(b.positives, mask))
+
+    def _threshold_mask(self, b: "_Batch", d_ap: torch.Tensor) -> torch.Tensor:
+        """The (B, K, B) mask of the strategy's rule on d_an − d_ap, computed in chunks of anchors."""
+        size, k_max = b.positives.shape
         # NaN where (a, k) is padding or n is not a negative of a: every comparison with NaN is False.
-        d_an_or_nan = dist.masked_fill(~b.neg, math.nan)
+        d_an_or_nan = b.dist.masked_fill(~b.neg, math.nan)
         d_ap_or_nan = d_ap.masked_fill(~b.valid, math.nan)
         masks = []
         for rows in anchor_chunks(size, k_max * size):
@@ -152,38 +193,11 @@ class TripletMiner(_MarginMiner):
                 masks.append((gap > 0) & (gap < self.margin))
             else:  # easy
                 masks.append(gap >= self.margin)
-        mask = masks[0] if len(masks) == 1 else torch.cat(masks)
+        return masks[0] if len(masks) == 1 else torch.cat(masks)
 
-        def compute_record() -> dict:
-            stats, candidates = [], []
-
-            def mined_chunk(rows: slice, gap: torch.Tensor) -> None:  # gap: +inf where not valid
-                chunk_mask = mask[rows]
-                weight = chunk_mask.to(dist.dtype)
-                per_pair = weight.sum(dim=2)  # (c, K): negatives per (a, p)
-                chunk_stats = [per_pair.sum(), (per_pair * d_ap[rows]).sum(), (weight.sum(dim=1) * dist[rows]).sum()]
-                stats.append(torch.stack(chunk_stats).to(_exact_dtype(dist.device)))  # counts stay exact integers
-                if self.hardest_k > 0 and self.strategy != "all":
-                    values, flat = smallest(gap.masked_fill_(~chunk_mask, math.inf).reshape(-1, size), self.hardest_k)
-                    candidates.append((values, flat + rows.start * k_max * size))
-
-            scan = TripletScan(self.margin, self.hardest_k).scan(dist, b.positives, b.valid, b.neg, mined_chunk)
-            stats = torch.stack(stats).sum(dim=0)
-            n_mined, n_violating = stats[0], scan.n_violating.to(stats.dtype)
-            # "all" keeps every valid triplet; "hard" and "semihard" triplets all violate the
-            # margin; "easy" triplets have d_an − d_ap >= ε, a zero hinge
-            n_active = {"all": n_violating, "hard": n_mined, "semihard": n_mined}.get(self.strategy, torch.zeros_like(n_mined))
-            hardest = scan.hardest(lambda a, slot, n: mask[a, slot, n])
-            mined = hardest[:5] if self.strategy == "all" and hardest is not None else None
-            if self.strategy != "all":
-                found = top_triplets(candidates, self.hardest_k, b.positives, d_ap)
-                mined = None if found is None else (found[0], b.positives[found[0], found[1]], *found[2:])
-            n_triplets = b.n_triplets.to(stats.dtype)
-            counts = torch.stack([n_triplets, n_mined, n_active, n_mined, n_mined, n_triplets, n_violating])
-            return {"counts": counts, "sums": stats[1:], "hardest": hardest, "hardest_mined": mined,
-                    "anchors": b.anchor_view(self.margin)}
-
-        return MinedTriplets(None, None, None, MiningRecord(compute_record, b.indices), dense=(b.positives, mask))
+    def _given_mask(self, b: "_Batch") -> torch.Tensor:
+        """The (B, K, B) mask of a rule that is not a threshold on d_an − d_ap (subclasses)."""
+        raise NotImplementedError(self.strategy)
 
     # -- the per-anchor / per-pair rules, decided on squared distances (the same order) ------------
 
@@ -235,6 +249,55 @@ class TripletMiner(_MarginMiner):
                     "anchors": b.anchor_view(self.margin)}
 
         return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, b.indices))
+
+
+class NPairTriplets(TripletMiner):
+    """The triplets the multi-class N-pair loss (:class:`~retrieval.losses.NPairLoss`) trains on
+    without a miner, as a miner's record: for each class with two or more samples its first two in
+    batch order (a_i, p_i), and as negatives of a_i the other classes' p_j that the negative rules
+    allow — (a_i, p_i, p_j). Every other valid triplet of the batch is one the loss never sees.
+
+    Training uses it as the record miner of an N-pair objective without ``--miner``, so that the
+    mining log's ``mined`` marks what the loss used and the active fraction counts those triplets
+    with d_an < d_ap + ε. Its tuples are the loss's own: ``NPairLoss()(x, y, NPairTriplets(ε)(x, y))``
+    is not meant (the loss picks its pairs from mined triplets differently); call the loss without.
+    """
+
+    strategies = ("npair",)
+
+    def __init__(self, margin: float, *, negative_rules: NegativeRules | None = None, hardest_k: int = 20) -> None:
+        super().__init__("npair", margin, negative_rules=negative_rules, hardest_k=hardest_k)
+
+    def _threshold_mask(self, b: "_Batch", d_ap: torch.Tensor) -> torch.Tensor:
+        """The (B, K, B) mask of the strategy's rule on d_an − d_ap, computed in chunks of anchors."""
+        size, k_max = b.positives.shape
+        # NaN where (a, k) is padding or n is not a negative of a: every comparison with NaN is False.
+        d_an_or_nan = b.dist.masked_fill(~b.neg, math.nan)
+        d_ap_or_nan = d_ap.masked_fill(~b.valid, math.nan)
+        masks = []
+        for rows in anchor_chunks(size, k_max * size):
+            if self.strategy == "all":
+                masks.append(b.valid[rows, :, None] & b.neg[rows, None, :])
+                continue
+            gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]  # d_an − d_ap, (c, K, B)
+            if self.strategy == "hard":
+                masks.append(gap < 0)
+            elif self.strategy == "semihard":
+                masks.append((gap > 0) & (gap < self.margin))
+            else:  # easy
+                masks.append(gap >= self.margin)
+        return masks[0] if len(masks) == 1 else torch.cat(masks)
+
+    def _given_mask(self, b: "_Batch") -> torch.Tensor:
+        batch = len(b.labels)
+        mask = torch.zeros((*b.positives.shape, batch), dtype=torch.bool, device=b.labels.device)
+        anchors, pair_positives = first_pair_of_each_class(b.labels)
+        if len(anchors):
+            slot = ((b.positives[anchors] == pair_positives[:, None]) & b.valid[anchors]).to(torch.uint8).argmax(dim=1)
+            is_pair_positive = torch.zeros(batch, dtype=torch.bool, device=mask.device)
+            is_pair_positive[pair_positives] = True
+            mask[anchors, slot] = b.neg[anchors] & is_pair_positive
+        return mask
 
 
 class PairMiner(_MarginMiner):

@@ -11,6 +11,7 @@ two, so that the losses never import the miners:
 - :func:`padded_positives`: each anchor's positives as a (B, K) index matrix, K the largest number
   of positives an anchor has (K − 1 for P×K batches). A rule over (anchor, positive, candidate
   negative) is then a (B, K, B) tensor — K/B of the B×B×B triplet cube, which is never built.
+- :func:`first_pair_of_each_class`: each class's first two samples, the N-pair loss's pairs.
 - :func:`anchor_chunks`: slices of anchors that keep each (c, K, B) chunk of such a tensor under
   :data:`CHUNK_ELEMENTS` elements, so memory stays bounded for large batches.
 
@@ -30,6 +31,7 @@ __all__ = [
     "pairs_to_masks",
     "padded_positives",
     "anchor_chunks",
+    "first_pair_of_each_class",
     "CHUNK_ELEMENTS",
 ]
 
@@ -184,6 +186,19 @@ def padded_positives(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     key = pos * torch.arange(batch, 0, -1, device=pos.device)  # larger for smaller indices, 0 off-mask
     values, positives = torch.topk(key, k_max, dim=1)
     return positives, values > 0
+
+
+def first_pair_of_each_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each class with two or more samples, its first and second sample in batch order: the
+    (anchor, positive) pairs of the multi-class N-pair loss (Sohn 2016) without a miner."""
+    order = torch.argsort(labels, stable=True)  # classes together, batch order within a class
+    ordered = labels[order]
+    starts_class = torch.ones_like(ordered, dtype=torch.bool)
+    starts_class[1:] = ordered[1:] != ordered[:-1]
+    has_second = torch.zeros_like(starts_class)
+    has_second[:-1] = ordered[1:] == ordered[:-1]
+    first = torch.nonzero(starts_class & has_second).squeeze(1)
+    return order[first], order[first + 1]
 
 
 def anchor_chunks(batch: int, elements_per_anchor: int) -> list[slice]:

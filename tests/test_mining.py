@@ -11,7 +11,8 @@ import pytest
 from conftest import brute_is_negative
 import torch
 
-from retrieval.mining import PAIR_STRATEGIES, TRIPLET_STRATEGIES, PairMiner, TripletMiner, build_miner
+from retrieval.losses import NPairLoss
+from retrieval.mining import PAIR_STRATEGIES, TRIPLET_STRATEGIES, NPairTriplets, PairMiner, TripletMiner, build_miner
 from retrieval.negatives import NegativeRules
 from retrieval.tuples import MinedPairs, MinedTriplets
 
@@ -330,6 +331,46 @@ def test_mining_under_bf16_autocast_uses_float32_distances():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = TripletMiner("semihard", MARGIN)(x, labels)
     assert as_set(under) == as_set(TripletMiner("semihard", MARGIN)(x, labels))
+
+
+def brute_npair_triplets(labels, rules=None):
+    """The N-pair loss's triplets by its definition: each class's first two samples in batch order
+    (a_i, p_i), and (a_i, p_i, p_j) for every other class's p_j that is a negative of a_i."""
+    y = [int(v) for v in labels]
+    is_neg = brute_is_negative(labels, rules)
+    pairs = {}
+    for i, c in enumerate(y):
+        pairs.setdefault(c, []).append(i)
+    pairs = [members[:2] for members in pairs.values() if len(members) >= 2]
+    return {(a, p, pj) for a, p in pairs for _, pj in pairs if is_neg(a, pj)}
+
+
+@pytest.mark.parametrize("rules_name", list(RULES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_npair_record_marks_the_triplets_the_npair_loss_trains_on(rules_name, seed):
+    rules = RULES[rules_name]
+    x, labels = uneven_batch(seed)
+    expected = brute_npair_triplets(labels, rules)
+    mined = NPairTriplets(MARGIN, negative_rules=rules, hardest_k=2000)(x, labels)
+    assert expected and as_set(mined) == expected
+    _, valid, d = brute_mine(x, labels, "all", MARGIN, rules)
+    record = mined.record
+    assert record.n_valid == len(valid) and record.n_mined == len(expected)
+    active = [t for t in expected if d[t[0]][t[2]] < d[t[0]][t[1]] + MARGIN]
+    assert record.active_fraction == pytest.approx(len(active) / len(expected), abs=1e-12)
+    rows = record.hardest  # every valid triplet (hardest_k exceeds them), each marked whether the loss uses it
+    assert len(rows) == len(valid)
+    assert {(h["anchor"], h["positive"], h["negative"]) for h in rows if h["mined"]} == expected
+
+
+def test_npair_record_leaves_out_exactly_the_samples_the_npair_loss_gives_no_gradient():
+    x, labels = uneven_batch(4, sizes=(4, 4, 4, 4))
+    x.requires_grad_(True)
+    NPairLoss()(x, labels).backward()
+    with_gradient = set(torch.nonzero(x.grad.abs().sum(dim=1) > 0).squeeze(1).tolist())
+    mined = NPairTriplets(MARGIN)(x.detach(), labels)
+    in_record = set(mined.anchors.tolist()) | set(mined.positives.tolist()) | set(mined.negatives.tolist())
+    assert in_record == with_gradient and len(with_gradient) == 8  # two of each class's four
 
 
 def test_miner_rejects_unknown_strategy_and_mismatched_labels():

@@ -5,11 +5,13 @@ Every step computes ``loss(embeddings, labels, miner(embeddings, labels, indices
 ``mined=None``, the loss uses every pair or tuple of the batch). Whatever the objective, the run
 logs the same things about the batch, all from one
 :class:`~retrieval.mining_record.MiningRecord`: the miner's own record, or, when the objective has
-no miner, that of a ``TripletMiner("all")`` (every valid triplet counts as used: the loss sees the
-whole batch). It holds the epoch's totals (active fraction, mean d_ap and d_an), the violating
-fraction (of every valid triplet, the share with d_an < d_ap + ε), the hardest triplets of the
-batch with whether the miner kept them (``mining/epoch_NNN.jsonl``) and the per-anchor view
-whose nearest-negative classes become ``mining/confusions.jsonl``.
+no miner, that of a ``TripletMiner("all")`` (every valid triplet counts as used: the contrastive,
+lifted, NCE and InfoNCE losses see the whole batch) or, for the N-pair loss, of
+:class:`~retrieval.mining.NPairTriplets` (the triplets of the one pair a class that it trains on).
+It holds the epoch's totals (active fraction, mean d_ap and d_an), the violating fraction (of
+every valid triplet, the share with d_an < d_ap + ε), the hardest triplets of the batch with
+whether the miner kept them (``mining/epoch_NNN.jsonl``) and the per-anchor view whose
+nearest-negative classes become ``mining/confusions.jsonl``.
 """
 
 from __future__ import annotations
@@ -41,13 +43,19 @@ def build_objective(config, rules: NegativeRules | None):
     """(loss, miner-or-None, record-miner) for a :class:`~retrieval.training.TrainConfig`.
 
     The record miner is the miner itself, or, for an objective without one, a
-    ``TripletMiner("all")``: every run logs which negatives were hardest.
+    ``TripletMiner("all")`` (N-pair: :class:`~retrieval.mining.NPairTriplets`): every run logs
+    which negatives were hardest and which of them the loss used.
     """
     config = config.resolve()
     loss = losses.build_loss(config.loss, margin=config.margin, temperature=config.temperature, negative_rules=rules)
     hardest_k = max(config.hardest_per_epoch, 1)
     miner = mining.build_miner(config.miner, config.margin, negative_rules=rules, hardest_k=hardest_k)
-    record_miner = miner if miner is not None else mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=hardest_k)
+    if miner is not None:
+        record_miner = miner
+    elif config.loss == "npair":  # N-pair sees one pair a class: its record marks those triplets
+        record_miner = mining.NPairTriplets(config.margin, negative_rules=rules, hardest_k=hardest_k)
+    else:
+        record_miner = mining.TripletMiner("all", config.margin, negative_rules=rules, hardest_k=hardest_k)
     return loss, miner, record_miner
 
 
