@@ -147,7 +147,7 @@ def evaluate_run(
     """
     from retrieval.verification import pair_distances, rates_at, summarise
 
-    if data_dir is not None:
+    if not check_folder_arguments(data_dir, query_dir, gallery_dir):  # before any warning about the folders
         warn_when_trained_on(run_dir, data_dir, MEMORISED_FIGURES)
     else:  # the queries' classes that the gallery holds: a trained class only in the gallery is a distractor
         warn_when_trained_on(run_dir, query_dir, MEMORISED_FIGURES, gallery_dir=gallery_dir)
@@ -289,6 +289,23 @@ def _stage_offset(on_progress, stage: str, offset: int, total: int):
     return lambda done, _total: on_progress(stage, offset + done, total)
 
 
+def check_folder_arguments(data_dir, query_dir, gallery_dir) -> bool:
+    """Whether the folders ask for cross-set evaluation (``query_dir`` against ``gallery_dir``)
+    rather than leave-one-out over ``data_dir``; a one-line RetrievalError when they ask for
+    neither, or for both, or give only one of the two sets, or the same folder twice."""
+    cross_set = query_dir is not None or gallery_dir is not None
+    if cross_set and data_dir is not None:
+        raise RetrievalError("give DATA_DIR for leave-one-out, or --query and --gallery, not both")
+    if cross_set and (query_dir is None or gallery_dir is None):
+        raise RetrievalError("cross-set evaluation needs both --query DIR and --gallery DIR")
+    if not cross_set and data_dir is None:
+        raise RetrievalError("give DATA_DIR (leave-one-out) or --query DIR --gallery DIR")
+    if cross_set and Path(query_dir).resolve() == Path(gallery_dir).resolve():  # before the model is loaded
+        raise RetrievalError(f"--query and --gallery are the same folder ({query_dir}): each image would find itself; "
+                             f"evaluate it leave-one-out instead: retrieval evaluate RUN_DIR {query_dir}")
+    return cross_set
+
+
 def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_size, device, num_workers, precision,
                          on_progress, purpose: str = "evaluation") -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], int]:
     """The run's config, [(embeddings, labels)] of one folder (leave-one-out) or two (query, gallery),
@@ -302,17 +319,7 @@ def _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, *, batch_siz
     from retrieval.model import resolve_device
     from retrieval.run import load_model
 
-    cross_set = query_dir is not None or gallery_dir is not None
-    if cross_set and data_dir is not None:
-        raise RetrievalError("give DATA_DIR for leave-one-out, or --query and --gallery, not both")
-    if cross_set and (query_dir is None or gallery_dir is None):
-        raise RetrievalError("cross-set evaluation needs both --query DIR and --gallery DIR")
-    if not cross_set and data_dir is None:
-        raise RetrievalError("give DATA_DIR (leave-one-out) or --query DIR --gallery DIR")
-    if cross_set and Path(query_dir).resolve() == Path(gallery_dir).resolve():  # before the model is loaded
-        raise RetrievalError(f"--query and --gallery are the same folder ({query_dir}): each image would find itself; "
-                             f"evaluate it leave-one-out instead: retrieval evaluate RUN_DIR {query_dir}")
-
+    cross_set = check_folder_arguments(data_dir, query_dir, gallery_dir)
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
     transform = build_transforms(config.data_config, train=False)

@@ -54,6 +54,19 @@ def test_index_and_evaluate_refuse_a_batch_size_below_one(run_and_gallery, tmp_p
     assert_one_line_error(result.code, result.err, "--batch-size")
 
 
+@pytest.mark.parametrize("folders, named", [
+    ([], "give DATA_DIR (leave-one-out) or --query DIR --gallery DIR"),
+    (["--json"], "give DATA_DIR (leave-one-out) or --query DIR --gallery DIR"),
+    (["--gallery", "{gallery}"], "needs both --query DIR and --gallery DIR"),
+    (["--query", "{gallery}"], "needs both --query DIR and --gallery DIR"),
+    (["{gallery}", "--query", "{gallery}", "--gallery", "{gallery}"], "not both"),
+])
+def test_evaluate_without_the_folders_it_needs_says_so_in_one_line(run_and_gallery, cli, folders, named):
+    run, gallery = run_and_gallery
+    result = cli("evaluate", run, *(str(f).format(gallery=gallery) for f in folders))
+    assert_one_line_error(result.code, result.err, named)
+
+
 def test_index_refuses_zero_trees(run_and_gallery, cli):
     run, gallery = run_and_gallery
     result = cli("index", run, gallery, "--n-trees", "0")
