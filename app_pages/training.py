@@ -24,7 +24,7 @@ from app_pages.search import too_few_pairs
 from retrieval import diagnostics, figures
 from retrieval.run import RunConfig, read_metrics, read_val_distances
 from retrieval.safe_text import markdown_text, printable
-from retrieval.verification import pairs_needed, percent, rates_at, roc_points, threshold_at_far
+from retrieval.verification import NoThresholdError, pairs_needed, percent, rates_at, roc_points, threshold_at_far
 
 VALIDATION_METRICS = ("recall_at_1", "map_at_r", "eer", "tar_at_far", "threshold")
 #: the target FARs the page lets a user try
@@ -115,7 +115,11 @@ def try_target_far(positive, negative, threshold):
     default = threshold.target_far if threshold is not None and threshold.target_far in TRY_FARS else 0.01
     far = st.select_slider("Try another target FAR (shown here, never saved)", options=TRY_FARS, value=default,
                            format_func=percent, key="try_far")
-    return threshold_at_far(positive, negative, far)
+    try:
+        return threshold_at_far(positive, negative, far)
+    except NoThresholdError as error:  # identical images under two classes: no τ ≥ 0 meets this FAR
+        st.caption(f"At a target FAR of {percent(far)}: {markdown_text(str(error))}.")
+        return None
 
 
 def chosen_points(positive, negative, threshold, tried) -> list[dict]:
@@ -126,7 +130,7 @@ def chosen_points(positive, negative, threshold, tried) -> list[dict]:
         far, frr = rates_at(threshold.threshold, positive, negative)
         points.append({"name": f"stored τ (FAR {percent(threshold.target_far)})", "far": far, "tar": 1.0 - frr,
                        "threshold": threshold.threshold})
-    same_as_stored = (threshold is not None and tried.target_far == threshold.target_far
+    same_as_stored = (tried is None or threshold is not None and tried.target_far == threshold.target_far
                       and abs(tried.threshold - threshold.threshold) < 5e-4)
     if not same_as_stored:  # the same point twice would print two labels on top of each other
         points.append({"name": f"tried: FAR {percent(tried.target_far)}", "far": tried.far, "tar": tried.tar,

@@ -208,6 +208,8 @@ def calibrate_run(
         left_out = f", once the {n_no_face} image(s) without a face found are left out" if n_no_face else ""
         raise RetrievalError(f"{data_dir}: calibration needs two or more classes, one with two or more images{left_out}")
     summary = summarise(pairs, target_far=target_far)
+    if summary.threshold is None:  # nothing is written: the stored τ stays as it was
+        raise RetrievalError(f"{data_dir}: {summary.no_threshold}")
     if caveat := few_pairs_caveat(summary.threshold):
         logger.warning("%s gives %s (a folder of more or larger classes gives a firmer τ)", data_dir, caveat)
     verification = {**summary.threshold.to_json(), "eer": summary.eer,

@@ -44,6 +44,7 @@ from retrieval.errors import RetrievalError
 __all__ = [
     "FAR_LEVELS",
     "MIN_PAIRS_PER_RATE",
+    "NoThresholdError",
     "PairDistances",
     "Threshold",
     "VerificationSummary",
@@ -105,15 +106,22 @@ class Threshold:
                 "n_positive_pairs": self.n_positive_pairs, "n_negative_pairs": self.n_negative_pairs}
 
 
+class NoThresholdError(RetrievalError):
+    """No τ ≥ 0 keeps the FAR within the target: more different-class pairs than the target allows
+    lie at distance 0 (the same image, or identical ones, under two classes)."""
+
+
 @dataclass(frozen=True)
 class VerificationSummary:
-    """EER, TAR at each reportable FAR, the pair counts, and the threshold for the target FAR."""
+    """EER, TAR at each reportable FAR, the pair counts, and the threshold for the target FAR
+    (None without both kinds of pairs, or, with ``no_threshold`` saying why, where no τ ≥ 0 meets it)."""
 
     eer: float | None
     tar_at_far: dict[str, float | None]
     n_positive_pairs: int
     n_negative_pairs: int
     threshold: Threshold | None
+    no_threshold: str | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The keys ``metrics.jsonl`` and ``retrieval evaluate --json`` carry."""
@@ -260,13 +268,22 @@ def rates_at(threshold: float, positive: np.ndarray, negative: np.ndarray) -> tu
 
 
 def threshold_at_far(positive: np.ndarray, negative: np.ndarray, target_far: float) -> Threshold:
-    """The largest τ with FAR(τ) ≤ ``target_far`` (half-way to the next observed distance), and its rates."""
+    """The largest τ with FAR(τ) ≤ ``target_far`` (half-way to the next observed distance), and its rates.
+
+    Distances are ≥ 0, so where more than ``target_far`` of the different-class pairs lie at
+    distance 0 no τ ≥ 0 meets the target: :class:`NoThresholdError` (one line, saying how many)."""
     if not 0 < target_far < 1:
         raise RetrievalError(f"--target-far must be between 0 and 1, got {target_far}")
     positive, negative = _check(positive, negative)
     ordered = np.sort(negative)
     m = int(math.floor(target_far * len(ordered) + 1e-9))
     limit = ordered[m]  # FAR stays ≤ m / N for every τ below it
+    if limit <= 0:
+        at_zero = int(np.sum(ordered <= 0))
+        raise NoThresholdError(
+            f"{at_zero} of the {len(ordered)} different-class pairs lie at distance 0 (the same image under two classes?), "
+            f"more than a FAR of {target_far:g} allows: no threshold τ ≥ 0 meets it; remove the duplicates or give a "
+            "larger --target-far")
     below = np.concatenate([positive[positive < limit], ordered[ordered < limit]])
     threshold = float((below.max() + limit) / 2) if len(below) else float(np.nextafter(limit, -np.inf))
     far, _frr = rates_at(threshold, positive, negative)
@@ -305,12 +322,20 @@ def summarise(pairs: PairDistances, target_far: float | None = 0.01) -> Verifica
     tar = {}
     for f in FAR_LEVELS:
         if f in measurable:
-            tar[_far_key(f)] = threshold_at_far(pairs.positive, pairs.negative, f).tar
+            try:
+                tar[_far_key(f)] = threshold_at_far(pairs.positive, pairs.negative, f).tar
+            except NoThresholdError:  # only accepting nothing meets f: TAR 0
+                tar[_far_key(f)] = 0.0
         elif f in FAR_LEVELS[:2]:
             tar[_far_key(f)] = None
-    threshold = None if target_far is None else threshold_at_far(pairs.positive, pairs.negative, target_far)
+    threshold, no_threshold = None, None
+    if target_far is not None:
+        try:
+            threshold = threshold_at_far(pairs.positive, pairs.negative, target_far)
+        except NoThresholdError as error:
+            no_threshold = str(error)
     return VerificationSummary(equal_error_rate(pairs.positive, pairs.negative), tar,
-                               pairs.n_positive, pairs.n_negative, threshold)
+                               pairs.n_positive, pairs.n_negative, threshold, no_threshold)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -5,6 +5,7 @@ import pytest
 
 from retrieval.errors import RetrievalError
 from retrieval.verification import (
+    NoThresholdError,
     PairDistances,
     equal_error_rate,
     far_levels,
@@ -83,6 +84,17 @@ def test_threshold_falls_half_way_between_observed_distances():
     assert chosen.threshold == pytest.approx(0.4) and chosen.far == 0.25 and chosen.tar == 1.0
     chosen = threshold_at_far([0.1, 0.2], [0.3, 0.5, 0.7, 0.9], 0.1)  # none allowed
     assert chosen.threshold == pytest.approx(0.25) and chosen.far == 0.0
+
+
+def test_no_threshold_meets_a_far_below_the_share_of_different_class_pairs_at_distance_zero():
+    positive, negative = [0.0, 0.2], [0.0, 0.5, 0.7, 0.9]  # one different-class pair at 0: the same image twice
+    with pytest.raises(NoThresholdError, match="1 of the 4 different-class pairs lie at distance 0"):
+        threshold_at_far(positive, negative, 0.1)
+    chosen = threshold_at_far(positive, negative, 0.25)  # that one pair is allowed: τ may be ≥ 0
+    assert chosen.threshold == pytest.approx(0.35) and chosen.far == 0.25
+    summary = summarise(PairDistances(np.array(positive * 60), np.array(negative * 250)), target_far=0.1)
+    assert summary.threshold is None and "distance 0" in summary.no_threshold
+    assert summary.tar_at_far == {"0.1": 0.0, "0.01": 0.0}  # only accepting nothing keeps within those FARs
 
 
 def test_far_levels_need_ten_over_f_negative_pairs():

@@ -134,6 +134,24 @@ def test_calibrate_warns_when_the_folder_has_too_few_pairs_for_the_target_far(ru
     assert firm.code == 0 and not any("rests on fewer than" in line for line in firm.lines), firm.err
 
 
+def test_calibrate_refuses_when_one_image_under_two_classes_leaves_no_threshold_and_keeps_the_stored_one(
+        run_and_data, tmp_path, cli):
+    import shutil
+
+    run, data = run_and_data
+    copy, folder = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(run, copy)
+    shutil.copytree(data, folder)
+    assert cli("calibrate", copy, folder, "--target-far", "0.1", "--device", "cpu", "--quiet").code == 0
+    stored = (copy / "config.json").read_bytes()
+    shutil.copy(folder / "class0" / "0.png", folder / "class1" / "copy-of-class0-0.png")  # a different-class pair at d = 0
+    result = cli("calibrate", copy, folder, "--target-far", "0.001", "--device", "cpu", "--quiet")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "lie at distance 0 (the same image under two classes?)" in result.err and "Traceback" not in result.err
+    assert (copy / "config.json").read_bytes() == stored
+    assert cli("verify", copy, folder / "class0" / "0.png", folder / "class0" / "1.png", "--device", "cpu").code == 0
+
+
 def test_calibrate_on_a_run_it_cannot_write_says_so_before_embedding(run_and_data, cli, monkeypatch):
     import os
 

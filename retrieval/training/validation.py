@@ -11,6 +11,7 @@ MAP@R chooses the run's best epoch (``model.safetensors``), whose τ ``config.js
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from retrieval.evaluate import retrieval_metrics
 from retrieval.verification import PairDistances, VerificationSummary, summarise
 
 __all__ = ["EMPTY_METRICS", "Validation", "validate"]
+
+logger = logging.getLogger(__name__)
 
 #: a metrics row's validation keys when there are no held-out classes
 EMPTY_METRICS: dict[str, Any] = {"recall_at_1": None, "map_at_r": None, "eer": None, "tar_at_far": None,
@@ -66,6 +69,8 @@ def validate(model, folder: data.ImageFolder, transform, device, precision, marg
     values = distances[upper]
     pairs = PairDistances(values[same], values[~same])
     summary = summarise(pairs, target_far=target_far)
+    if summary.no_threshold:  # the held-out classes share images: this epoch stores no τ
+        logger.warning("validation classes: %s; no τ from this epoch", summary.no_threshold)
     rng = np.random.default_rng(0)
     sample = lambda v: rng.choice(v, size=min(len(v), max_pairs), replace=False).round(5).tolist() if len(v) else []
     return Validation(
