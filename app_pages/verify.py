@@ -28,7 +28,7 @@ from retrieval.errors import RetrievalError
 from retrieval.evaluate import verify_pair
 from retrieval.run import CONFIG_NAME, WEIGHTS_NAME, RunConfig, load_model
 from retrieval.safe_text import markdown_text
-from retrieval.verification import percent
+from retrieval.verification import distance_and_threshold, percent
 
 SIDES = ("a", "b")
 #: a face photo with its boxes drawn, at most this many pixels a side (a column of the page is about 500)
@@ -134,11 +134,11 @@ def show_result(result: dict, run_dir: Path, config: RunConfig) -> None:
             st.markdown(f"**d = {distance:.3f}**: no verdict without a threshold.")
         show_no_threshold(run_dir)
         return
-    tau, at = result["threshold"], percent(result["target_far"])
+    (d, tau), at = distance_and_threshold(distance, result["threshold"]), percent(result["target_far"])
     if result["same"]:
-        text = f":green[:material/check_circle:] **same: d = {distance:.3f} ≤ τ = {tau:.3f} at FAR {at}**"
+        text = f":green[:material/check_circle:] **same: d = {d} ≤ τ = {tau} at FAR {at}**"
     else:
-        text = f":orange[:material/cancel:] **different: d = {distance:.3f} > τ = {tau:.3f} at FAR {at}**"
+        text = f":orange[:material/cancel:] **different: d = {d} > τ = {tau} at FAR {at}**"
     with st.container(border=True, key="verify_verdict"):
         st.markdown(text)
         st.caption(threshold_note(config))

@@ -50,6 +50,7 @@ __all__ = [
     "VerificationSummary",
     "Verdict",
     "describe_threshold",
+    "distance_and_threshold",
     "equal_error_rate",
     "open_set_verdict",
     "far_levels",
@@ -155,11 +156,23 @@ class Verdict:
         if self.threshold is None:
             return "no threshold set for this run: no verdict (retrieval calibrate RUN_DIR DATA_DIR sets one)"
         at = f" at FAR {percent(target_far)}" if target_far is not None else ""
+        if self.distance is None:
+            return "no match in the gallery"
+        d, tau = distance_and_threshold(self.distance, self.threshold)
         if self.match:
             name = self.label if self.label is not None else nearest if nearest is not None else "(unlabelled)"
-            return f"match: {name}, d = {self.distance:.3f} ≤ τ = {self.threshold:.3f}{at}"
-        nearest = "" if self.distance is None else f": the nearest is at d = {self.distance:.3f} > τ = {self.threshold:.3f}{at}"
-        return f"no match in the gallery{nearest}"
+            return f"match: {name}, d = {d} ≤ τ = {tau}{at}"
+        return f"no match in the gallery: the nearest is at d = {d} > τ = {tau}{at}"
+
+
+def distance_and_threshold(distance: float, threshold: float, decimals: int = 3) -> tuple[str, str]:
+    """d and τ as text with ``decimals`` decimals, or more (up to 6) where that many would print two
+    different values alike: "d = 0.2744 > τ = 0.2742", never "d = 0.274 > τ = 0.274"."""
+    for places in range(decimals, 7):
+        shown = f"{distance:.{places}f}", f"{threshold:.{places}f}"
+        if shown[0] != shown[1] or distance == threshold:
+            break
+    return shown
 
 
 def percent(rate: float) -> str:

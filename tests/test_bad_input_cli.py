@@ -332,3 +332,11 @@ def test_under_torchrun_only_rank_0_says_it_stops_after_the_step(monkeypatch, ca
             signal.raise_signal(signal.SIGINT)
         assert flag.requested
         assert ("stopping after this step" in capsys.readouterr().err) == said
+
+
+@pytest.mark.parametrize("command", ["calibrate", "evaluate", "index"])
+def test_a_file_given_as_the_run_directory_is_called_a_file_not_missing(run_and_gallery, tmp_path, cli, command):
+    _, gallery = run_and_gallery
+    image = next(p for p in Path(gallery).rglob("*") if p.is_file())
+    result = cli(command, image, gallery)
+    assert_one_line_error(result.code, result.err, "not a run directory", "is a file")

@@ -7,6 +7,8 @@ from retrieval.errors import RetrievalError
 from retrieval.verification import (
     NoThresholdError,
     PairDistances,
+    Verdict,
+    distance_and_threshold,
     equal_error_rate,
     far_levels,
     pair_distances,
@@ -185,3 +187,20 @@ def test_the_tar_at_a_threshold_is_a_count_over_the_pairs_without_float_noise():
     positive, negative = rng.random(80), rng.random(1000) + 0.3
     chosen = threshold_at_far(positive, negative, 0.01)
     assert chosen.tar == int((positive <= chosen.threshold).sum()) / 80
+
+
+@pytest.mark.parametrize("distance, threshold, shown", [
+    (0.274415, 0.274236, ("0.2744", "0.2742")),  # alike at 3 decimals: one more tells them apart
+    (0.274057, 0.274236, ("0.2741", "0.2742")),
+    (0.31, 0.52, ("0.310", "0.520")),
+    (0.5, 0.5, ("0.500", "0.500")),  # equal values stay at 3
+    (0.1234561, 0.1234562, ("0.123456", "0.123456")),  # at most 6
+])
+def test_a_distance_and_threshold_are_shown_with_enough_decimals_to_tell_them_apart(distance, threshold, shown):
+    assert distance_and_threshold(distance, threshold) == shown
+
+
+def test_a_verdict_line_never_prints_the_distance_and_threshold_alike_when_they_differ():
+    assert Verdict(False, None, 0.274415, 0.274236).describe(0.01) == (
+        "no match in the gallery: the nearest is at d = 0.2744 > τ = 0.2742 at FAR 1 %")
+    assert Verdict(True, "Asparagus", 0.274057, 0.274236).describe(0.01) == "match: Asparagus, d = 0.2741 ≤ τ = 0.2742 at FAR 1 %"

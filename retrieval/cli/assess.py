@@ -96,6 +96,7 @@ def verify_command(
     import json
 
     from retrieval.evaluate import verify_images
+    from retrieval.verification import distance_and_threshold
 
     log_warnings()
     picked = tuple(None if face is None else face - 1 for face in (face_a, face_b))
@@ -115,5 +116,6 @@ def verify_command(
         return
     verdict = "same" if result["same"] else "different"
     sign = "<=" if result["same"] else ">"
-    typer.echo(f"{verdict}: d = {result['distance']:.4f} {sign} threshold {result['threshold']:.4f} "
+    d, tau = distance_and_threshold(result["distance"], result["threshold"], decimals=4)
+    typer.echo(f"{verdict}: d = {d} {sign} threshold {tau} "
                f"(chosen at FAR {result['target_far']:g}; {result['far']:.4f} on its pairs)")

@@ -72,6 +72,8 @@ class RunConfig(Mapping):
         ``path``: where the file is read from, when the caller resolved the model's unit itself
         (:func:`retrieval.run.versions.unit_paths`; by default it is resolved here)."""
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RetrievalError(f"not a run directory: {run_dir} is a file (give the folder `retrieval train --out` wrote)")
         if not run_dir.is_dir():
             raise RetrievalError(f"run directory not found: {run_dir}")
         if path is None:
