@@ -20,8 +20,9 @@ After training (:func:`gallery_confusions`, ``retrieval confusions``). Every ite
 set is a query against all the others (exact search, cosine on unit embeddings, d = sqrt(2 − 2 cos)):
 its nearest item, its nearest item of another class (its nearest negative) and its nearest item of
 its own class. For each class: how many of its items have an item of another class as nearest
-neighbour (a rank-1 confusion) and its ``per_class`` items nearest to another class, with that
-other item. For each unordered class pair {A, B}: ``confused``, the rank-1 confusions between them
+neighbour (a rank-1 confusion; counted only for the ``n_with_positive`` items that have a
+same-class item, as evaluation counts queries) and its ``per_class`` items nearest to another
+class, with that other item. For each unordered class pair {A, B}: ``confused``, the rank-1 confusions between them
 (either way), ``nearest_negative``, the items of either class whose nearest negative lies in the
 other, and ``closest``, the smallest of those nearest-negative distances; the pairs are ranked by
 ``confused``, then ``nearest_negative``, then ``closest``. :func:`run_confusions` takes the set
@@ -161,9 +162,11 @@ def gallery_confusions(embeddings: np.ndarray, labels: Sequence[Any], paths: Seq
     classes: dict[str, dict[str, Any]] = {}
     pairs: dict[tuple[str, str], dict[str, Any]] = {}
     for item, label in enumerate(labels):
-        entry = classes.setdefault(label, {"class": label, "n_items": 0, "confused": 0, "nearest_other": []})
+        entry = classes.setdefault(label, {"class": label, "n_items": 0, "n_with_positive": 0, "confused": 0, "nearest_other": []})
         entry["n_items"] += 1
         nearest, negative = int(found.nearest[item]), int(found.negative[item])
+        has_positive = found.positive[item] >= 0  # an item alone in its class has no right answer to miss
+        entry["n_with_positive"] += int(has_positive)
         if negative < 0:
             continue
         other = labels[negative]
@@ -171,7 +174,7 @@ def gallery_confusions(embeddings: np.ndarray, labels: Sequence[Any], paths: Seq
         pair = pairs.setdefault(tuple(sorted((label, other))), {"classes": sorted((label, other)), "confused": 0,
                                                                   "nearest_negative": 0, "closest": None})
         pair["nearest_negative"] += 1
-        if nearest >= 0 and labels[nearest] != label:
+        if has_positive and nearest >= 0 and labels[nearest] != label:
             entry["confused"] += 1
             pair["confused"] += 1
         if pair["closest"] is None or found.negative_distance[item] < pair["closest"]["distance"]:

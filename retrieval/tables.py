@@ -63,7 +63,9 @@ def nearest_other_table(classes: Sequence[Mapping[str, Any]], *, title: str, wid
                             ("d_an", "right"), ("d_ap", "right")])
     for entry in classes:
         for number, link in enumerate(entry["nearest_other"]):
-            head = (terminal_text(entry["class"]), f"{entry['confused']}/{entry['n_items']}") if number == 0 else ("", "")
+            compared = entry.get("n_with_positive", entry["n_items"])  # items with a same-class item
+            rank_1 = f"{entry['confused']}/{compared}" if compared else "-"
+            head = (terminal_text(entry["class"]), rank_1) if number == 0 else ("", "")
             positive = link["positive_distance"]
             table.add_row(*head, terminal_text(_name(link["item"]), "dim"),
                           Text.assemble(terminal_text(link["other_label"]), " ", terminal_text(_name(link["other"]), "dim")),

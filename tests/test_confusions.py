@@ -17,6 +17,7 @@ from retrieval.confusions import ConfusionCounts, gallery_confusions, nearest_it
 from retrieval.errors import RetrievalError
 from retrieval.mining import TripletMiner
 from retrieval.negatives import NegativeRules
+from retrieval.tables import nearest_other_table
 
 CLASSES = ["apple", "banana", "cherry"]
 
@@ -130,6 +131,22 @@ def test_gallery_confusions_count_rank_1_confusions_and_nearest_negatives_per_pa
         assert [(link["item"], link["other"]) for link in entry["nearest_other"]] == [(p, o) for _, p, o in mine[:2]]
         assert entry["confused"] == sum(1 for i in range(30) if labels[i] == entry["class"] and labels[brute[i][0]] != labels[i])
     assert json.loads(json.dumps(result)) == result
+
+
+def test_an_item_alone_in_its_class_is_no_rank_1_confusion_but_keeps_its_nearest_negative():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    labels = ["a", "a", "a", "b", "b", "b", "single"]  # "single": one item, so its nearest is always of another class
+    result = gallery_confusions(x, labels, [f"{i}.png" for i in range(7)])
+    single = next(entry for entry in result["classes"] if entry["class"] == "single")
+    assert (single["n_items"], single["n_with_positive"], single["confused"]) == (1, 0, 0)
+    assert len(single["nearest_other"]) == 1
+    brute = brute_nearest(x, labels)
+    for pair in result["pairs"]:
+        links = [i for i, row in enumerate(brute) if {labels[i], labels[row[1]]} == set(pair["classes"])]
+        assert pair["confused"] == sum(1 for i in links if labels[i] != "single" and labels[brute[i][0]] != labels[i])
+    table = nearest_other_table(result["classes"], title="t", width=100)
+    assert list(table.columns[1].cells)[-1] == "-"
 
 
 @pytest.fixture(scope="module")

@@ -86,5 +86,6 @@ def confusions_command(
     console.print(confused_pairs_table(result["pairs"], title=f"most confused class pairs of {source} "
                                        f"({result['n_items']} items, {result['n_classes']} classes)", width=console.width))
     console.print(nearest_other_table(result["classes"], title="each class's items nearest to another class", width=console.width))
-    typer.echo("rank-1: items whose nearest neighbour is of the other class; nearest neg.: items whose\n"
-               "nearest other-class item is there; d_an: to it, d_ap: to the item's nearest same-class item.")
+    typer.echo("rank-1: items whose nearest neighbour is of the other class (of those with a same-class item;\n"
+               "- where none has one); nearest neg.: items whose nearest other-class item is there; d_an: to it,\n"
+               "d_ap: to the item's nearest same-class item.")
