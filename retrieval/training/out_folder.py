@@ -75,8 +75,8 @@ def prepare_out(run_dir: str | Path, *, resume: bool, force: bool, is_main: bool
 
 
 def clear_earlier_run(run_dir: str | Path, is_main: bool) -> None:
-    """``--force``: remove the earlier run's files (:data:`RUN_FILES`, its mining log and committed
-    versions; anything else in the folder stays), on rank 0, just before the new run writes."""
+    """``--force``: remove the earlier run's files (:data:`RUN_FILES`, its mining log, committed
+    versions and index; anything else in the folder stays), on rank 0, just before the new run writes."""
     if is_main:
         _remove_run_files(Path(run_dir))
 
@@ -120,8 +120,10 @@ def _refusal(run_dir: Path, entries: list[str]) -> str:
 
 
 def _remove_run_files(run_dir: Path) -> None:
-    """The files of an earlier run (``--force``): the documented names, its mining log and its
-    committed versions; anything else in the folder stays."""
+    """The files of an earlier run (``--force``): the documented names, its mining log, its
+    committed versions and its gallery index (``index/``, embedded by the earlier model); anything
+    else in the folder stays (a face run's detection cache ``faces/`` too: it depends on the photos
+    and the detector, not on the model)."""
     for name in RUN_FILES:
         path = run_dir / name
         if path.is_file() or path.is_symlink():
@@ -131,6 +133,7 @@ def _remove_run_files(run_dir: Path) -> None:
         for path in mining.glob("*.jsonl"):
             path.unlink()
     shutil.rmtree(run_dir / VERSIONS_DIR, ignore_errors=True)
+    shutil.rmtree(run.index_dir(run_dir), ignore_errors=True)  # built by the earlier model: search would refuse it
 
 
 def _is_run(run_dir: Path) -> bool:

@@ -69,6 +69,18 @@ def test_a_run_without_its_checkpoint_is_refused_and_force_replaces_it(tmp_path,
     assert not (out / "mining" / "epoch_007.jsonl").exists()  # the earlier run's log is not mixed into the new one
 
 
+def test_force_removes_the_earlier_runs_index_and_keeps_its_face_cache(tmp_path, base_run, sample, cli):
+    out = _copy(base_run, tmp_path / "run")
+    assert cli("index", out, sample / "test", "--quiet").code == 0 and (out / "index").is_dir()
+    (out / "faces").mkdir()
+    (out / "faces" / "kept.json").write_text("{}")  # stands for a face run's detection cache
+    assert cli("train", sample / "train", "--out", out, "--epochs", "0", "--force", "--seed", "1", *TINY_FLAGS).code == 0
+    assert not (out / "index").exists()  # the earlier model's embeddings: search would refuse them
+    assert (out / "faces" / "kept.json").exists()
+    searched = cli("search", out, next((sample / "test").rglob("*.png")))
+    assert searched.code == 2 and "has no gallery index yet" in searched.err, searched.err
+
+
 def test_force_with_a_typo_leaves_the_earlier_run_as_it_was(tmp_path, base_run, sample, cli):
     """--force replaced the earlier run before anything was checked: a mistyped DATA_DIR, a missing
     weights file or an unknown backbone deleted a trained model and then failed. The earlier run now
