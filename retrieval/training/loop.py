@@ -121,8 +121,10 @@ def _start(setup: TrainingSetup) -> tuple[RunState, Validation | None]:
         return restore(setup, setup.checkpoint), None
     baseline = validate(setup.model, setup.source.val_folder, setup.eval_transform, setup.device, setup.precision,
                         setup.config.margin, target_far=setup.config.target_far, ctx=setup.ctx)
-    history = [{"epoch": 0, "loss": None, **baseline.metrics, "active_fraction": None, "violating_fraction": None, "mean_d_ap": None,
-                "mean_d_an": None, "lr": 0.0, "images_per_second": None, "seconds": 0.0}]
+    # every key a trained epoch's row has (null: nothing trained), so a reader may index any row by key
+    history = [{"epoch": 0, "loss": None, **baseline.metrics, "active_fraction": None, "violating_fraction": None,
+                "inverted_anchor_fraction": None, "violating_anchor_fraction": None, "mean_d_ap": None, "mean_d_an": None,
+                "embedding_spread": None, "lr": 0.0, "images_per_second": None, "train_seconds": None, "seconds": 0.0}]
     if setup.ctx.is_main:  # only rank 0 writes the run directory
         write_baseline(setup.run_dir, history, baseline)
     state = RunState(history, {"epoch": 0, "map_at_r": -1.0}, start_epoch=1)

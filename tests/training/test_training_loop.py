@@ -42,6 +42,8 @@ def test_metrics_have_one_row_per_epoch_after_the_untrained_baseline(trained):
         assert 0 <= row["recall_at_1"] <= 1 and 0 <= row["active_fraction"] <= 1
         assert 0 <= row["violating_fraction"] <= 1  # of all valid triplets, not only the semihard ones
     assert rows[0]["violating_fraction"] is None
+    assert set(rows[0]) == set(rows[1]) == set(rows[2])  # the untrained row has every key, null where nothing trained
+    assert rows[0]["embedding_spread"] is None and rows[0]["train_seconds"] is None
 
 
 def test_violating_fraction_counts_every_valid_triplet_of_the_epoch_inside_the_margin():
