@@ -80,7 +80,7 @@ class EpochTotals:
         unit = torch.nn.functional.normalize(embeddings, dim=1)
         self.spread += float((unit - unit.mean(0)).norm(dim=1).mean())
         for kept, triplets in ((self.hardest, record.hardest), (self.hardest_mined, record.hardest_mined)):
-            _keep_hardest(kept, triplets)
+            _keep_hardest(kept, triplets, self.steps)
             if len(kept) > 4 * max(self.keep, 1):
                 _trim(kept, self.keep)
         view = record.anchors
@@ -136,7 +136,8 @@ class EpochTotals:
 
     def hardest_rows(self, epoch: int, folder: data.ImageFolder, data_dir: Path) -> list[dict[str, Any]]:
         """The mining log's rows: the k hardest of every valid triplet and the k hardest mined,
-        one row per (anchor, positive, negative), hardest first, each with ``mined``."""
+        one row per (anchor, positive, negative), hardest first, each with ``mined`` and ``batch``
+        (the epoch's step it was met in, from 1: distances and the miner's choice are that batch's)."""
         rows: dict[tuple[int, int, int], dict[str, Any]] = {}
         for kept in (self.hardest, self.hardest_mined):
             _trim(kept, self.keep)
@@ -151,7 +152,7 @@ class EpochTotals:
                 row[f"{role}_path"] = _relative(folder.paths[index], root)
                 row[f"{role}_label"] = folder.class_names[folder.labels[index]]
             row.update(d_ap=float(triplet["d_ap"]), d_an=float(triplet["d_an"]), d_an_minus_d_ap=float(triplet["gap"]),
-                       mined=bool(triplet["mined"]))
+                       mined=bool(triplet["mined"]), batch=int(triplet["batch"]))
             out.append(row)
         return out
 
@@ -160,13 +161,14 @@ class EpochTotals:
         return self.confusions.rows(epoch, class_names)
 
 
-def _keep_hardest(kept: dict[tuple[int, int], dict], triplets: list[dict]) -> None:
-    """Add a step's triplets, keeping per unordered (anchor, negative) pair the one with the smallest gap."""
+def _keep_hardest(kept: dict[tuple[int, int], dict], triplets: list[dict], step: int) -> None:
+    """Add step ``step``'s triplets (its batch, from 1 in the epoch), keeping per unordered
+    (anchor, negative) pair the one with the smallest gap."""
     for triplet in triplets:
         key = tuple(sorted((int(triplet["anchor"]), int(triplet["negative"]))))
         gap = float(triplet["d_an"]) - float(triplet["d_ap"])
         if key not in kept or gap < kept[key]["gap"]:
-            kept[key] = {**triplet, "gap": gap}
+            kept[key] = {**triplet, "gap": gap, "batch": step}
 
 
 def _trim(kept: dict[tuple[int, int], dict], keep: int) -> None:

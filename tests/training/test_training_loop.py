@@ -92,6 +92,7 @@ def test_mining_log_holds_hardest_distinct_triplets_with_paths(trained, sample):
     for r in rows:
         assert r["anchor_label"] == r["positive_label"] != r["negative_label"]
         assert abs(r["d_an"] - r["d_ap"] - r["d_an_minus_d_ap"]) < 1e-6
+        assert isinstance(r["batch"], int) and r["batch"] >= 1  # the epoch's step it was met in
         for role in ("anchor", "positive", "negative"):
             path = sample / "train" / r[f"{role}_path"]
             assert path.is_file() and path.parent.name == r[f"{role}_label"]

@@ -78,6 +78,13 @@ def test_the_logged_hardest_are_those_of_a_loop_over_every_triplet_with_whether_
     assert [(r["anchor_path"], r["positive_path"], r["negative_path"], r["mined"]) for r in rows] == [
         tuple(f"{'wxyz'[i % 4]}/{i}.png" for i in triplet) + (kept,) for _, triplet, kept in expected]
     assert [r["d_an_minus_d_ap"] for r in rows] == pytest.approx([gap for gap, _, _ in expected], abs=1e-9)
+    for r in rows:  # each row's distances are those of the batch it names
+        x, _, indices = batches[r["batch"] - 1]
+        where = {int(i): k for k, i in enumerate(indices)}
+        a, p, n = (where[int(Path(r[f"{role}_path"]).stem)] for role in ("anchor", "positive", "negative"))
+        unit = torch.nn.functional.normalize(x)
+        assert float((unit[a] - unit[p]).norm()) == pytest.approx(r["d_ap"], abs=1e-6)
+        assert float((unit[a] - unit[n]).norm()) == pytest.approx(r["d_an"], abs=1e-6)
     if strategy == "semihard":  # the batches' hardest lie below 0, which semihard never keeps
         assert rows[0]["d_an_minus_d_ap"] < 0 and rows[0]["mined"] is False
         assert all(0 < r["d_an_minus_d_ap"] < MARGIN for r in rows if r["mined"])
