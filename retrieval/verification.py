@@ -149,12 +149,14 @@ class Verdict:
         return {"match": self.match, "label": self.label, "distance": self.distance, "threshold": self.threshold,
                 "path": self.path, "face": self.face}
 
-    def describe(self, target_far: float | None = None, nearest: str | None = None) -> str:
+    def describe(self, target_far: float | None = None, nearest: str | None = None, run_dir: str | None = None) -> str:
         """One line: "match: LABEL, d = 0.31 ≤ τ = 0.52 at FAR 1 %", "no match in the gallery …". In a
         gallery without labels a match is named by ``nearest`` (the nearest item's name, e.g.
-        "003.jpg · face 2"), else "(unlabelled)"."""
+        "003.jpg · face 2"), else "(unlabelled)". Without τ, the calibrate command for ``run_dir``
+        (else for RUN_DIR)."""
         if self.threshold is None:
-            return "no threshold set for this run: no verdict (retrieval calibrate RUN_DIR DATA_DIR sets one)"
+            return (f"no threshold is set for this run, so no verdict (set one with `retrieval calibrate "
+                    f"{run_dir or 'RUN_DIR'} DATA_DIR`)")
         at = f" at FAR {percent(target_far)}" if target_far is not None else ""
         if self.distance is None:
             return "no match in the gallery"

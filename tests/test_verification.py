@@ -204,3 +204,8 @@ def test_a_verdict_line_never_prints_the_distance_and_threshold_alike_when_they_
     assert Verdict(False, None, 0.274415, 0.274236).describe(0.01) == (
         "no match in the gallery: the nearest is at d = 0.2744 > τ = 0.2742 at FAR 1 %")
     assert Verdict(True, "Asparagus", 0.274057, 0.274236).describe(0.01) == "match: Asparagus, d = 0.2741 ≤ τ = 0.2742 at FAR 1 %"
+
+
+def test_a_verdict_without_a_threshold_names_the_calibrate_command_for_its_run():
+    line = Verdict(None, None, 0.3, None).describe(None, run_dir="models/demo")
+    assert line == "no threshold is set for this run, so no verdict (set one with `retrieval calibrate models/demo DATA_DIR`)"

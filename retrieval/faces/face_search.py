@@ -85,5 +85,5 @@ def face_tables(results: list[FaceResult], gallery: Any, image: Any) -> list[tup
                           f"{n.distance:.4f}", f"{n.similarity:.4f}", *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
         first = result.neighbours[0] if result.neighbours else None
         nearest = None if first is None else f"{gallery.shown_path(first.item)}{gallery.face_suffix(first.item)}"
-        shown.append((heading, table, result.verdict.describe(target, nearest=nearest)))
+        shown.append((heading, table, result.verdict.describe(target, nearest=nearest, run_dir=str(gallery.run_dir))))
     return shown
