@@ -71,13 +71,19 @@ def index_command(
         return
     skipped_before = len(before.get("skipped", [])) if before else 0
     summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started, skipped_before=skipped_before)
-    summary["added"] = None if add is None else not (before and metadata.get("build_id") == before.get("build_id"))
+    summary["added"] = None if add is None else bool(metadata.get("added"))
+    if add is not None:  # images of the added folder the index holds already (the same files), not added again
+        summary["n_already_indexed"] = int(metadata.get("already_indexed", 0))
+        summary["roots_recorded"] = bool(metadata.get("roots_recorded"))
     if "faces_forgotten" in metadata:  # a face index rebuilt on another gallery: the replaced photos' cached faces
         summary["faces_forgotten"] = metadata["faces_forgotten"]
     if json_output:
         typer.echo(json.dumps(summary))
         return
     left_out = [f"{summary['n_skipped']} unreadable image(s) skipped"] if summary["n_skipped"] else []
+    already = f"{summary['n_already_indexed']} image(s) of {add} already indexed" if summary.get("n_already_indexed") else ""
+    if already:
+        left_out.append(f"{already}, not added again")
     if summary.get("n_without_face"):
         left_out.append(f"{summary['n_without_face']} photo(s) without a face not in it")
     if summary.get("faces_forgotten"):
@@ -85,8 +91,10 @@ def index_command(
     skipped = f" ({'; '.join(left_out)})" if left_out else ""
     what = (f"{summary['n_items']} face(s) from {summary['n_photos']} photo(s)" if "n_photos" in summary
             else f"{summary['n_items']} image(s)")
-    if summary["added"] is False:  # the warning above says why
-        typer.echo(f"nothing added: {summary['index']} holds {what}, as before")
+    if summary["added"] is False:  # the warning above says why, or the count of images already indexed
+        recorded = "; recorded the gallery folders given with --gallery-root" if summary["roots_recorded"] else ""
+        typer.echo(printable(f"nothing added: {summary['index']} holds {what}, as before"
+                             f"{f' ({already})' if already else ''}{recorded}"))
         return
     typer.echo(f"indexed {what}{skipped} in {summary['index']} with {summary['n_trees']} trees, {summary['seconds']:.1f} s")
     typer.echo(f"next: retrieval search {run_dir} IMAGE   (or: retrieval app {run_dir})")
@@ -190,7 +198,7 @@ def search_command(
     Console().print(table)
     target = gallery.threshold.target_far if gallery.threshold is not None else None
     nearest = gallery.shown_path(neighbours[0].item) if neighbours else None
-    typer.echo(printable(verdict.describe(target, nearest=nearest)))
+    typer.echo(printable(verdict.describe(target, nearest=nearest, run_dir=str(run_dir))))
 
 
 def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_output: bool, look_harder: bool,

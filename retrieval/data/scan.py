@@ -42,8 +42,10 @@ class ImageFolder:
     ``paths`` are sorted by class, then by their path within the class folder; ``labels[i]`` is
     the index of ``paths[i]``'s class in ``class_names`` (sorted), or -1 for every image of a
     flat, unlabelled folder (then ``class_names`` is empty). ``skipped`` are image files that
-    could not be read (corrupt, empty, truncated header, too large); ``non_images`` are files
-    without an image suffix. Hidden files and folders are in neither.
+    could not be read (corrupt, empty, truncated header, too large, a broken link); ``non_images``
+    are files without an image suffix. Hidden files and folders are in neither. ``outside``: the
+    image files reached through symbolic links that leave ``root``, set aside unopened by a scan
+    with ``within_root`` (empty otherwise).
     """
 
     root: Path
@@ -52,6 +54,7 @@ class ImageFolder:
     class_names: list[str]
     skipped: list[Path] = field(default_factory=list)
     non_images: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -98,11 +101,12 @@ class ImageFolder:
             class_names=list(class_names),
             skipped=[p for p in self.skipped if _class_of(self.root, p) in kept_classes],
             non_images=[p for p in self.non_images if _class_of(self.root, p) in kept_classes],
+            outside=[p for p in self.outside if _class_of(self.root, p) in kept_classes],
         )
 
 
 def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool = True,
-                refuse_splits: bool = False) -> ImageFolder:
+                refuse_splits: bool = False, within_root: bool = False) -> ImageFolder:
     """Scan ``root`` for images: ``root/<class>/<image>`` (labelled) or ``root/<image>`` (flat).
 
     ``labelled=None`` decides by the layout: labelled when some sub-folder of ``root`` holds
@@ -113,7 +117,11 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     folders (``.name``) are ignored; other files are listed in ``non_images`` and reported in
     one warning line. With ``verify`` each image is opened and checked cheaply (header and
     Pillow's ``verify()``, not a full decode); unreadable ones go to ``skipped`` with one
-    warning line. A class whose images are all unreadable is dropped (warned).
+    warning line. A class whose images are all unreadable is dropped (warned). With
+    ``within_root`` (a gallery: an index serves only files inside its folder) files whose real
+    path, symbolic links followed, leaves ``root`` are neither opened nor listed as skipped or
+    non-images: the images among them go to ``outside`` (the caller says what it does with them),
+    and a folder whose images all lie outside is returned without usable images instead of raising.
 
     Raises :class:`RetrievalError` when ``root`` is missing or has no usable image, or when
     ``labelled=True`` and it has no class sub-folders; with ``refuse_splits`` (training) also when
@@ -134,16 +142,25 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
         files = [(name, path) for name, paths in class_files.items() for path in paths]
     else:
         files = [("", path) for path in sorted(top_files) + [p for paths in class_files.values() for p in paths]]
+    outside: list[Path] = []
+    if within_root:  # never open (nor name in a warning) what lies outside the folder
+        real_root, inside_folders = Path(os.path.realpath(root)), {}
+        leaves = {path for _, path in files if _leaves(path, real_root, inside_folders)}
+        outside = [path for _, path in files if path in leaves and _is_image(path)]
+        files = [(name, path) for name, path in files if path not in leaves]
     candidates = [(name, path) for name, path in files if _is_image(path)]  # (class name or "", image path)
     non_images = [path for _, path in files if not _is_image(path)]
     usable, skipped, reasons = _check_readable(root, candidates, verify)
     _warn_left_out(root, non_images, skipped, reasons)
+    if not usable and outside:
+        return ImageFolder(root=root, paths=[], labels=[], class_names=[], skipped=skipped,
+                           non_images=non_images, outside=outside)
     if not usable:
         suffixes = ", ".join(sorted(IMAGE_EXTENSIONS))
         detail = f" ({len(skipped)} unreadable)" if skipped else f" (looked for {suffixes})"
         raise RetrievalError(f"no usable images in {root}{detail}")
     if labelled:
-        class_names = _usable_class_names(root, usable, class_files)
+        class_names = _usable_class_names(root, usable, class_files, set(outside))
         label_of = {name: i for i, name in enumerate(class_names)}
         usable.sort(key=lambda item: (label_of[item[0]], item[1].relative_to(root).as_posix()))
         labels = [label_of[name] for name, _ in usable]
@@ -158,6 +175,7 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
         class_names=class_names,
         skipped=skipped,
         non_images=non_images,
+        outside=outside,
     )
 
 
@@ -286,25 +304,29 @@ def _warn_left_out(root: Path, non_images: list[Path], skipped: list[Path], reas
         logger.warning("skipped %d unreadable image(s) in %s: %s", len(skipped), root, brief_list(reasons))
 
 
-def _usable_class_names(root: Path, usable: list[tuple[str, Path]], class_files: dict[str, list[Path]]) -> list[str]:
-    """The sorted classes with a usable image; warns about class folders whose images all failed."""
+def _usable_class_names(root: Path, usable: list[tuple[str, Path]], class_files: dict[str, list[Path]],
+                        outside: set[Path] = frozenset()) -> list[str]:
+    """The sorted classes with a usable image; warns about class folders whose images all failed
+    (not those whose images all lie ``outside`` the root: the caller reports those)."""
     class_names = sorted({name for name, _ in usable})
-    empty = [name for name, files in class_files.items() if _has_images(files) and name not in class_names]
+    empty = [name for name, files in class_files.items()
+             if _has_images([f for f in files if f not in outside]) and name not in class_names]
     if empty:
         logger.warning("dropped %d class folders of %s with no readable image: %s", len(empty), root, brief_list(empty))
     return class_names
 
 
 def _list_dir(folder: Path) -> tuple[list[Path], list[str]]:
-    """Non-hidden files (paths) and sub-folder names directly in ``folder``."""
+    """Non-hidden files (paths; broken links too, reported as unreadable images, as
+    :func:`_walk_files` keeps them) and sub-folder names directly in ``folder``."""
     files, dirs = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if _is_dir(entry):
                 dirs.append(entry.name)
-            elif entry.is_file():
+            elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
                 files.append(Path(entry.path))
     return files, dirs
 
@@ -331,6 +353,18 @@ def _walk_files(folder: Path, visited: set[tuple[int, int]], repeated: list[str]
             else:
                 repeated.append(path.relative_to(root).as_posix())
     return sorted(found)
+
+
+def _leaves(path: Path, real_root: Path, inside_folders: dict[Path, bool]) -> bool:
+    """Whether ``path``, symbolic links followed, lies outside ``real_root`` (a resolved folder): its
+    folder does, or it exists and its target does. A broken link lying in the folder stays (it is
+    reported as unreadable, as in a scan of any folder: nothing outside is opened).
+    ``inside_folders`` caches the answer for each folder."""
+    if path.parent not in inside_folders:
+        inside_folders[path.parent] = Path(os.path.realpath(path.parent)).is_relative_to(real_root)
+    if not inside_folders[path.parent]:
+        return True
+    return os.path.exists(path) and not Path(os.path.realpath(path)).is_relative_to(real_root)
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

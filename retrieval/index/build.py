@@ -74,9 +74,16 @@ def add_to_index(
 ) -> dict[str, Any]:
     """Add the images of ``gallery_dir`` to the run's existing index: embed only them, append them
     to the stored embeddings and rebuild the Annoy index (same n_trees and seed unless given).
-    The result equals a full build over the old and new images in that order. ``gallery_roots``
-    re-roots the index's existing folders first (one for each, in order; a run moved from another
-    machine), and the new index records them."""
+    The result equals a full build over the old and new images in that order. An image the index
+    holds already (the same file, symbolic links followed, whatever folder it is reached from: a
+    sub-folder or a parent of an indexed folder) is not added again; a folder that holds the
+    images of an indexed folder that is no longer where the index says (moved) is refused in one
+    line pointing at ``gallery_roots``. ``gallery_roots`` re-roots the index's existing folders
+    first (one for each, in order; a run moved from another machine), and the new index records
+    them, even when nothing is added. Returns the ``gallery.json`` content now current, with
+    ``added`` (whether images were added), ``already_indexed`` (the folder's images left out as
+    already in the index) and ``roots_recorded`` (whether ``gallery_roots`` changed the recorded
+    roots) added, which the file does not hold."""
     return _build(run_dir, gallery_dir, add=True, n_trees=n_trees, batch_size=batch_size,
                   device=device, num_workers=num_workers, precision=precision, seed=seed,
                   n_jobs=n_jobs, on_progress=on_progress, gallery_roots=gallery_roots)
@@ -111,14 +118,29 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         raise RetrievalError(f"--n-trees must be at least 1, got {n_trees}")
 
     gallery_dir = Path(gallery_dir)
-    folder = scan_folder(gallery_dir)  # warns about unreadable images (skipped) in one line
+    try:
+        folder = scan_folder(gallery_dir, within_root=True)  # warns about unreadable images (skipped) in one line
+    except RetrievalError:
+        if previous is not None:
+            previous.close()
+        raise
     new_ids = _inside(folder, gallery_dir)
-    if folder.paths and not new_ids:
+    if not new_ids:
+        if previous is not None:
+            previous.close()
         raise RetrievalError(f"{gallery_dir}: every image is reached through a symbolic link that leaves the folder, and an "
                              "index serves only files inside its gallery folder; index the folder the links point into, "
                              "or copy the images")
+    already = 0
     if previous is not None:
-        new_ids = _not_yet_indexed(previous, folder, gallery_dir, new_ids)
+        try:
+            _refuse_a_moved_folder(previous, gallery_dir)
+        except RetrievalError:
+            previous.close()
+            raise
+        candidates = new_ids
+        new_ids = _not_yet_indexed(previous, folder, gallery_dir, candidates)
+        already = len(candidates) - len(new_ids)
         if new_ids and previous.metadata.get("labelled") and not folder.labelled:
             logger.warning("%s is a flat folder: its images have no label, so the index will no longer count as labelled "
                            "(`retrieval confusions` and the app's class checks need every item labelled); put them in "
@@ -126,8 +148,7 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         if not new_ids:  # the CLI says so in its own line ("nothing added: …"); a caller reads "added": false
             logger.info("all %d images of %s are already in the index (or listed as without a face); nothing added",
                         len(folder.paths), gallery_dir)
-            previous.close()
-            return read_index_metadata(run_dir)
+            return _nothing_added(run_dir, previous, already, record=ctx.is_main)
     torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
     model, transform, fingerprint = _load_model(run_dir, torch_device)
     paths = [folder.paths[i] for i in new_ids]
@@ -147,8 +168,7 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         folder = dataclasses.replace(folder, skipped=[*folder.skipped, *found.unreadable])  # counted with the scan's
         if not paths:  # adding photos in which no face is found (warned by name above): the index stays as it is
             logger.debug("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
-            previous.close()
-            return read_index_metadata(run_dir)
+            return _nothing_added(run_dir, previous, already, record=ctx.is_main)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,
                                 num_workers=num_workers, precision=precision, ctx=ctx,
                                 on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress and ctx.is_main else None)
@@ -164,7 +184,42 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
                             fingerprint=fingerprint, faces=faces, looked=looked, without_face=without_face)
     if replaced:
         metadata = {**metadata, "faces_forgotten": _forget_replaced_faces(run_dir, config, replaced, metadata)}
+    if previous is not None:
+        metadata = {**metadata, "added": True, "already_indexed": already,
+                    "roots_recorded": [str(root) for root in previous.roots] != previous.metadata["roots"]}
     return metadata
+
+
+def _nothing_added(run_dir: Path, previous: GalleryIndex, already: int, *, record: bool) -> dict[str, Any]:
+    """``--add`` with nothing to add: the index stays as it is but for the roots ``--gallery-root``
+    gave, which are recorded (:func:`_record_roots`; with ``record``: rank 0 of a torchrun launch,
+    or the only process). Returns the current ``gallery.json`` content with ``added`` (False),
+    ``already_indexed`` and ``roots_recorded``."""
+    try:
+        recorded = _record_roots(run_dir, previous) if record else False
+    finally:
+        previous.close()
+    return {**read_index_metadata(run_dir), "added": False, "already_indexed": already, "roots_recorded": recorded}
+
+
+def _record_roots(run_dir: Path, previous: GalleryIndex) -> bool:
+    """Record the roots ``previous`` was loaded with (``--gallery-root``) when they differ from those
+    its ``gallery.json`` records: a new version of the index whose ``gallery.json`` names them, its
+    data files carried over unchanged, committed in one step as a build is. False when there was
+    nothing to record."""
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
+
+    roots = [str(root) for root in previous.roots]
+    if roots == previous.metadata["roots"]:
+        return False
+    target = index_dir(run_dir)
+    with hold_lock(target, "`retrieval index` on a run"), \
+            new_version(target, INDEX_UNIT, keep=(ANN_NAME, EMBEDDINGS_NAME)) as version:
+        if read_index_metadata(run_dir).get("build_id") != previous.metadata.get("build_id"):  # its data files are carried over
+            raise RetrievalError(f"{target} changed while this command read it (another `retrieval index`); run it again")
+        metadata = {**previous.metadata, "build_id": version.name, "roots": roots}
+        (version / METADATA_NAME).write_text(json.dumps(metadata, indent=1) + "\n")
+    return True
 
 
 def _warn_group_photos(folder, owners: list[int]) -> None:
@@ -247,7 +302,7 @@ def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list
             previous=previous, folder=folder, kept=kept, gallery_dir=gallery_dir, config=config,
             fingerprint=fingerprint, build_id=version.name, n_trees=n_trees, seed=seed,
             faces=None if faces is None else [faces[j] for j in embedded], looked=looked, without_face=without_face,
-            skipped=[str(p) for p in [*folder.skipped, *unread]],
+            skipped=[Path(p).relative_to(folder.root).as_posix() for p in [*folder.skipped, *unread]],
             files={ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256),
                    EMBEDDINGS_NAME: file_check(embeddings_path)},
         )
@@ -270,28 +325,53 @@ def _load_model(run_dir: Path, device):
 
 
 def _inside(folder, gallery_dir: Path) -> list[int]:
-    """Indices of the folder's images that lie inside ``gallery_dir`` with symbolic links followed;
-    a warning line counts the others, which are not indexed (none when no image is inside: the
-    caller refuses the folder in one line)."""
-    root = os.path.realpath(gallery_dir)
-    inside = [i for i, path in enumerate(folder.paths) if Path(os.path.realpath(path)).is_relative_to(root)]
-    if inside and len(inside) < len(folder.paths):
-        outside = sorted(set(range(len(folder.paths))) - set(inside))
+    """Indices of the folder's images (a scan ``within_root``, which sets aside unopened those
+    reached through symbolic links that leave ``gallery_dir``); a warning line counts the images
+    set aside, which are not indexed (none when no image is inside: the caller refuses the folder
+    in one line)."""
+    if folder.paths and folder.outside:
         logger.warning("%s: %d image(s) reached through symbolic links that leave the folder are not indexed "
                        "(e.g. %s): an index serves only files inside its gallery folder",
-                       gallery_dir, len(outside), folder.relative_path(outside[0]))
-    return inside
+                       gallery_dir, len(folder.outside), folder.outside[0].relative_to(folder.root).as_posix())
+    return list(range(len(folder.paths)))
 
 
 def _not_yet_indexed(previous: GalleryIndex, folder, gallery_dir: Path, candidates: list[int]) -> list[int]:
-    """The ``candidates`` (indices of the folder's images) that the index does not hold yet (same root
-    and path), nor lists as a photo without a face (a face run's ``without_face``: searched already,
-    and warned of then)."""
-    root = str(gallery_dir.resolve())
+    """The ``candidates`` (indices of the folder's images) that are not the same file, symbolic
+    links followed, as an item of the index, nor as a photo it lists without a face (a face run's
+    ``without_face``: searched already, and warned of then), whatever folder each is reached from
+    (``gallery_dir`` may be an indexed folder, a sub-folder or a parent of one). Only the items of
+    the index's folders that overlap ``gallery_dir`` are looked at: an indexed file lies inside
+    its folder, and a candidate inside ``gallery_dir``."""
+    real = Path(os.path.realpath(gallery_dir))
+    overlapping = set()
+    for number, root in enumerate(previous.roots):
+        real_root = Path(os.path.realpath(root))
+        if real_root.is_relative_to(real) or real.is_relative_to(real_root):
+            overlapping.add(number)
+    entries = [*zip(previous.metadata["items"]["root"], previous.relative_paths),
+               *((entry["root"], entry["path"]) for entry in previous.metadata.get("without_face", []))]
+    held = {os.path.realpath(os.path.join(previous.roots[r], p)) for r, p in entries if r in overlapping}
+    return [i for i in candidates if os.path.realpath(folder.paths[i]) not in held]
+
+
+def _refuse_a_moved_folder(previous: GalleryIndex, gallery_dir: Path) -> None:
+    """A one-line RetrievalError when ``gallery_dir`` holds the first images the index lists under
+    one of its folders that is not where the index says (:meth:`GalleryIndex.unfound_roots`): that
+    folder moved to ``gallery_dir``, and adding it would index every image a second time; its new
+    place is given with ``--gallery-root``."""
+    from retrieval.index.gallery import unfound_roots
+
     item_roots = previous.metadata["items"]["root"]
-    indexed = {(str(previous.roots[r]), p) for r, p in zip(item_roots, previous.relative_paths)}
-    indexed |= {(str(previous.roots[entry["root"]]), entry["path"]) for entry in previous.metadata.get("without_face", [])}
-    return [i for i in candidates if (root, folder.relative_path(i)) not in indexed]
+    for number in unfound_roots(previous.roots, item_roots, previous.relative_paths):
+        first = [p for r, p in zip(item_roots, previous.relative_paths) if r == number][:20]
+        if any((gallery_dir / path).is_file() for path in first):
+            several = (f" (one for each of the index's {len(previous.roots)} gallery folders, in order)"
+                       if len(previous.roots) > 1 else "")
+            raise RetrievalError(f"{gallery_dir} holds the images the index lists under {previous.roots[number]}, which is "
+                                 f"not there any more: if that folder moved here, give its new place with --gallery-root "
+                                 f"{gallery_dir}{several}, which records it and adds only the images not indexed yet; "
+                                 "nothing added")
 
 
 def _remove_stale_builds(index_dir: Path) -> None:

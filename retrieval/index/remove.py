@@ -35,22 +35,30 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
     """Rebuild the run's index without the items of ``labels`` and of the photos ``paths``, and
     without the face run's record of such photos where no face was found; returns ``{"removed": n
     items, "n_items": n left, "faces_forgotten": cache files deleted, "without_face_forgotten":
-    photos without a face no longer listed}``. A one-line error when nothing matches, or when
-    nothing would be left. ``gallery_roots`` re-roots the index's folders first (a gallery moved since
+    photos without a face no longer listed}``. A one-line error, and nothing removed, when a label
+    or a path given matches nothing (a typo: it names them, with the labels they may have meant),
+    or when nothing would be left. ``gallery_roots`` re-roots the index's folders first (a gallery moved since
     it was indexed: one for each, in order, as for ``--add``); the new index records them."""
     run_dir = Path(run_dir)
     labels, paths = set(labels), [Path(p) for p in paths]
     previous = GalleryIndex.load(run_dir, load_model=False, gallery_roots=gallery_roots)
     try:
-        wanted = _wanted_keys(previous, paths)
-        removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
+        held_keys = _held_keys(previous)
+        wanted = _wanted_keys(previous, paths, held_keys)
         without_face = previous.metadata.get("without_face", [])
+        held_labels = {*previous.labels, *(entry["label"] for entry in without_face)}
+        unknown_labels = sorted(label for label in labels if label not in held_labels)
+        unknown_paths = [str(path) for path, key in wanted.items() if key not in held_keys]
+        if unknown_labels or unknown_paths:  # a typo among the names: remove nothing rather than part of what was meant
+            unknown = [*unknown_labels, *unknown_paths]
+            given = ", ".join(unknown[:3]) + (" …" if len(unknown) > 3 else "")
+            known = (label for label in held_labels if label is not None)
+            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given ({given}); nothing removed"
+                                 + _did_you_mean(close_names(unknown_labels, known)))
+        wanted = set(wanted.values())
+        removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
         faceless_kept = [entry for entry in without_face
                          if entry["label"] not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
-        if not removed and len(faceless_kept) == len(without_face):
-            given = ", ".join([*sorted(labels), *map(str, paths)][:3]) + (" …" if len(labels) + len(paths) > 3 else "")
-            raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given ({given}); nothing removed"
-                                 + _did_you_mean(close_names(sorted(labels), (l for l in previous.labels if l is not None))))
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]
         if not kept:
@@ -111,16 +119,21 @@ def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kep
     return 0 if pipeline is None else pipeline.forget_digests(digests)
 
 
-def _wanted_keys(index: GalleryIndex, paths: list[Path]) -> set[str]:
-    """The photos ``paths`` name, as :func:`_key` strings: each as given (from the current folder), or, when
+def _held_keys(index: GalleryIndex) -> set[str]:
+    """The :func:`_key` of every photo the index holds: its items' and those it lists without a face."""
+    return ({_item_key(index, i) for i in range(len(index))}
+            | {_key(Path(index.roots[entry["root"]]) / entry["path"]) for entry in index.metadata.get("without_face", [])})
+
+
+def _wanted_keys(index: GalleryIndex, paths: list[Path], items: set[str]) -> dict[Path, str]:
+    """The photo each of ``paths`` names, as a :func:`_key` string (``items``: the index's photos,
+    :func:`_held_keys`): each as given (from the current folder), or, when
     it is relative and names nothing so, as a path inside the index's gallery folder or the folder that
     ``search`` shows paths relative to (``s31/photo.jpg``; ``test/s31/photo.jpg`` for an index of
     several folders: ``GalleryIndex.shown_path``). A relative path found inside two gallery folders is
     a one-line error naming them."""
-    items = {_item_key(index, i) for i in range(len(index))}
-    items |= {_key(Path(index.roots[entry["root"]]) / entry["path"]) for entry in index.metadata.get("without_face", [])}
     bases = [*index.roots, *([index.shown_root] if index.shown_root is not None else [])]
-    wanted = set()
+    wanted = {}
     for path in paths:
         key = _key(path)
         inside = [] if key in items or path.is_absolute() else \
@@ -128,7 +141,7 @@ def _wanted_keys(index: GalleryIndex, paths: list[Path]) -> set[str]:
         if len(inside) > 1:
             raise RetrievalError(f"{path} names a photo in more than one gallery folder of the index ({', '.join(inside)}); "
                                  "give the one to remove by its full path")
-        wanted.add(inside[0] if inside else key)
+        wanted[path] = inside[0] if inside else key
     return wanted
 
 

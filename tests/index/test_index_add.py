@@ -66,3 +66,36 @@ def test_adding_a_folder_already_indexed_adds_nothing(tmp_path, run_dir, caplog)
     assert "already in the index" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "the CLI's own line says it: no warning too"
     assert index_files(run) == before
+
+
+def test_adding_a_sub_folder_or_a_parent_of_an_indexed_folder_adds_only_the_files_not_indexed(tmp_path, run_dir):
+    """The same file is not indexed twice, whatever folder it is reached from (``index RUN data/test``,
+    then ``--add data/test/a``, then ``--add data``): each call says how many it found indexed already."""
+    data = tmp_path / "data"
+    write_images(data / "test", ["a", "b"], 3)
+    write_images(data / "other", ["c"], 2, seed=3)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    build_index(run, data / "test", n_trees=2, **FAST)
+    before = index_files(run)
+    sub = add_to_index(run, data / "test" / "a", **FAST)
+    assert sub["n_items"] == 6 and index_files(run) == before
+    assert (sub["added"], sub["already_indexed"]) == (False, 3)
+    parent = add_to_index(run, data, **FAST)
+    assert parent["n_items"] == 8
+    assert (parent["added"], parent["already_indexed"]) == (True, 6)
+    index = GalleryIndex.load(run, load_model=False)
+    files = [path.resolve() for path in index.paths]
+    assert len(set(files)) == len(files) == 8
+    assert index.labels[-2:] == ["other", "other"]  # only the new files, under data's class folder "other"
+
+
+def test_adding_a_link_to_an_indexed_folder_adds_nothing(tmp_path, run_dir):
+    gallery = write_images(tmp_path / "gallery", ["a"], 3)
+    (tmp_path / "alias").symlink_to(gallery)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    build_index(run, gallery, n_trees=2, **FAST)
+    again = add_to_index(run, tmp_path / "alias", **FAST)
+    assert again["n_items"] == 3
+    assert (again["added"], again["already_indexed"]) == (False, 3)

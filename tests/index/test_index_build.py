@@ -70,7 +70,7 @@ def test_unreadable_gallery_images_are_skipped_reported_and_rows_stay_aligned(tm
     with caplog.at_level(logging.WARNING, logger="retrieval"):
         metadata = build_index(run, gallery_dir, n_trees=3, **FAST)
     assert metadata["n_items"] == 6
-    assert sorted(metadata["skipped"]) == sorted([str(gallery_dir / "a" / "broken.png"), str(jpeg)])
+    assert sorted(metadata["skipped"]) == ["a/broken.png", "b/0_9.jpg"]  # relative to the gallery folder, as items are
     assert "broken.png" in caplog.text and "0_9.jpg" in caplog.text
     gallery = GalleryIndex.load(run, precision="fp32")
     assert "b/0_9.jpg" not in gallery.relative_paths
@@ -116,3 +116,38 @@ def test_index_files_follow_the_umask(tmp_path, run_dir, mask):
     for path in entries:
         expected = (0o666 if path.is_file() else 0o777) & ~mask
         assert stat.S_IMODE(path.stat().st_mode) == expected, f"{path.name}: {oct(path.stat().st_mode)}"
+
+
+def test_a_broken_link_in_a_flat_gallery_is_warned_of_and_counted_as_in_a_labelled_one(tmp_path, run_dir, caplog):
+    flat = write_images(tmp_path / "flat", None, 3)
+    (flat / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        metadata = build_index(shutil.copytree(run_dir, tmp_path / "run"), flat, n_trees=2, **FAST)
+    assert metadata["n_items"] == 3 and metadata["skipped"] == ["gone.png"]
+    assert any("unreadable" in r.getMessage() and "gone.png" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_skipped_paths_are_relative_to_the_gallery_and_files_outside_it_are_never_opened(tmp_path, run_dir, monkeypatch, caplog):
+    """Built from a relative GALLERY_DIR with a link out of the gallery (b/loop -> ../..): gallery.json
+    lists the gallery's own unreadable file relative to it, and nothing outside it was opened or listed."""
+    from retrieval.data import scan as scan_module
+
+    gallery = write_images(tmp_path / "photos" / "gallery", ["a"], 3)
+    (gallery / "a" / "empty.png").write_bytes(b"")
+    (gallery / "b").mkdir()
+    (gallery / "b" / "loop").symlink_to("../..")
+    (tmp_path / "photos" / "private").mkdir()
+    (tmp_path / "photos" / "private" / "empty.png").write_bytes(b"")  # unreadable, outside the gallery
+    write_images(tmp_path / "photos" / "private", ["c"], 1, seed=4)  # readable, outside the gallery
+    opened = []
+    check = scan_module.unreadable_reason
+    monkeypatch.setattr(scan_module, "unreadable_reason", lambda path: opened.append(path.resolve()) or check(path))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        metadata = build_index(shutil.copytree(run_dir, tmp_path / "run"), "photos/gallery", n_trees=2, **FAST)
+    assert metadata["skipped"] == ["a/empty.png"]
+    assert sorted(metadata["items"]["path"]) == ["a/0_0.png", "a/0_1.png", "a/0_2.png"]
+    assert opened and all(path.is_relative_to(gallery.resolve()) for path in opened), opened
+    left_out = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage() or "non-image" in r.getMessage()]
+    assert left_out and not any("private" in message for message in left_out), left_out  # named neither skipped nor ignored
+    assert "reached through symbolic links that leave the folder are not indexed" in caplog.text  # the links are reported

@@ -237,3 +237,34 @@ def test_an_index_of_two_folders_prints_paths_relative_to_the_folder_holding_bot
     assert f"pathsrelativeto{photos}" in "".join(caption.split())  # rich folds a long caption anywhere
     removed = cli("index", run, "--remove", "catalogue/fig/0_0.png", "--json")  # as printed, not from the current folder
     assert removed.code == 0 and json.loads(removed.out)["removed"] == 1, removed.err
+
+
+def test_cli_remove_with_one_unknown_label_or_path_among_known_ones_removes_nothing(tmp_path, run_dir, gallery_dir, cli):
+    """`--remove-label apple --remove-label TYPO` removed apple and ignored TYPO: a typo among the
+    names is refused in one line naming it (with the label it may mean), and nothing is removed."""
+    from index_helpers import index_files
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert cli("index", run, gallery_dir, "--n-trees", "2", "--device", "cpu", "--workers", "0", "--quiet").code == 0
+    before = index_files(run)
+    typo = cli("index", run, "--remove-label", "apple", "--remove-label", "peer")
+    assert typo.code == 2 and len(typo.lines) == 1, typo.err
+    assert typo.lines[0].endswith("given (peer); nothing removed (did you mean pear?)"), typo.err
+    path = cli("index", run, "--remove", gallery_dir / "apple" / "0_0.png", "--remove", gallery_dir / "apple" / "nope.png")
+    assert path.code == 2 and len(path.lines) == 1 and f"({gallery_dir / 'apple' / 'nope.png'})" in path.lines[0], path.err
+    assert index_files(run) == before
+    both = cli("index", run, "--remove-label", "apple", "--remove", gallery_dir / "pear" / "1_0.png", "--json")
+    assert both.code == 0 and json.loads(both.out)["removed"] == 7, both.err
+
+
+def test_cli_add_says_how_many_images_it_found_indexed_already(tmp_path, run_dir, gallery_dir, cli):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    fast = ["--device", "cpu", "--workers", "0", "--quiet"]
+    assert cli("index", run, gallery_dir / "apple", "--n-trees", "2", *fast).code == 0
+    added = cli("index", run, "--add", gallery_dir, *fast)
+    assert added.code == 0, added.err
+    assert f"(6 image(s) of {gallery_dir} already indexed, not added again)" in added.out and "indexed 18 image(s)" in added.out
+    again = cli("index", run, "--add", gallery_dir / "pear", "--json", *fast)
+    assert json.loads(again.out)["added"] is False and json.loads(again.out)["n_already_indexed"] == 6

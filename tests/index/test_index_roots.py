@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from cli_runner import cli  # noqa: F401 (fixture)
-from index_helpers import FAST, gallery_dir, indexed_run, run_dir, write_images  # noqa: F401 (fixtures)
+from index_helpers import FAST, gallery_dir, index_files, indexed_run, run_dir, write_images  # noqa: F401 (fixtures)
 from retrieval.errors import RetrievalError
-from retrieval.index import GalleryIndex, build_index
+from retrieval.index import GalleryIndex, build_index, read_index_metadata
 
 
 @pytest.fixture
@@ -129,3 +129,41 @@ def test_index_add_with_gallery_root_records_the_new_roots(tmp_path, indexed_run
     assert again.code == 0 and not again.lines, again.err  # the root the app was started with, now recorded: nothing to re-root
     misplaced = cli("index", run, gallery, "--gallery-root", gallery)
     assert misplaced.code == 2 and "give it with --add" in misplaced.lines[0]
+
+
+def test_index_add_with_gallery_root_records_the_new_root_when_nothing_is_new(tmp_path, run_dir, gallery_dir, cli):
+    """The gallery moved (photos -> moved), nothing new in it: `--add moved --gallery-root moved` adds
+    nothing and records the new place, so that search no longer warns that the folder moved."""
+    run, gallery, moved = tmp_path / "run", tmp_path / "photos", tmp_path / "moved"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(gallery_dir, gallery)
+    build_index(run, gallery, n_trees=2, **FAST)
+    gallery.rename(moved)
+    done = cli("index", run, "--add", moved, "--gallery-root", moved, "--quiet", "--device", "cpu", "--workers", "0", "--json")
+    assert done.code == 0, done.err
+    assert read_index_metadata(run)["roots"] == [str(moved.resolve())]
+    summary = json.loads(done.out)
+    assert (summary["added"], summary["roots_recorded"], summary["n_already_indexed"], summary["n_items"]) == (False, True, 18, 18)
+    index = GalleryIndex.load(run, load_model=False)  # its data files carried over, checked by their recorded hashes
+    assert len(index) == 18 and all(index.path(i).is_file() and index.path(i).is_relative_to(moved.resolve())
+                                    for i in range(len(index)))
+    index.close()
+    shown = cli("search", run, moved / "apple" / "0_0.png", "--device", "cpu", "-k", "1")
+    assert shown.code == 0 and not shown.lines, shown.err  # no "folder moved" warning any more
+    said = cli("index", run, "--add", moved, "--quiet", "--device", "cpu", "--workers", "0")
+    assert said.code == 0 and said.out.startswith("nothing added: ") and "18 image(s) of" in said.out, said.out
+
+
+def test_index_add_of_a_moved_gallery_without_gallery_root_is_refused_and_adds_nothing(tmp_path, run_dir, gallery_dir, cli):
+    """Re-adding a gallery folder that moved, without --gallery-root, indexed every image a second
+    time (after the "folder moved" warning): it is refused in one line that says what to give."""
+    run, gallery, moved = tmp_path / "run", tmp_path / "photos", tmp_path / "moved"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(gallery_dir, gallery)
+    build_index(run, gallery, n_trees=2, **FAST)
+    gallery.rename(moved)
+    before = index_files(run)
+    done = cli("index", run, "--add", moved, "--quiet", "--device", "cpu", "--workers", "0")
+    assert done.code == 2 and done.lines[-1].startswith("error: "), done.err
+    assert f"--gallery-root {moved}" in done.lines[-1] and "nothing added" in done.lines[-1]
+    assert index_files(run) == before
