@@ -219,17 +219,22 @@ def test_the_console_script_and_python_m_start_at_the_same_entry_point():
 
 def test_same_group_negatives_warn_of_training_classes_alone_in_their_group(sample, tmp_path, cli):
     """--negatives same-group with a class that no other class shares a group with: that class is never pushed
-    from anything, which the run says in one warning line naming it."""
+    from anything, which the run says in one warning line naming it and what its loss does with it (-P 3: at -P 2
+    a batch's two classes come from the 2 groups drawn, alone in each, which is refused)."""
     classes = sorted(p.name for p in (sample / "train").iterdir() if p.is_dir())
     groups = tmp_path / "groups.csv"
     groups.write_text("class,group\n" + "".join(f"{name},{'pair' if k < 2 else 'rest'}\n" for k, name in enumerate(classes[:-1]))
                       + f"{classes[-1]},alone\n")
-    flags = ["--epochs", "0", "--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16", "-P", "2", "-K", "2",
+    flags = ["--epochs", "0", "--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16", "-P", "3", "-K", "2",
              "--workers", "0", "--val-fraction", "0", "--quiet", "--class-groups", groups]
     result = cli("train", sample / "train", "--out", tmp_path / "run", "--negatives", "same-group", *flags)
     assert result.code == 0, result.err
     warned = [line for line in result.lines if "can have no negative" in line]
     assert len(warned) == 1 and f"1 of {len(classes)} training classes" in warned[0] and classes[-1] in warned[0], result.err
+    assert warned[0].endswith("their images get no gradient (every tuple of the triplet loss needs a negative)"), warned[0]
+    pulled = cli("train", sample / "train", "--out", tmp_path / "run3", "--negatives", "same-group", "--loss", "contrastive", *flags)
+    (line,) = [line for line in pulled.lines if "can have no negative" in line]
+    assert line.endswith("training only pulls their images together (the contrastive loss's positive pairs)"), line
     everyone = cli("train", sample / "train", "--out", tmp_path / "run2", "--negatives", "prefer-same-group", *flags)
     assert everyone.code == 0 and not any("can have no negative" in line for line in everyone.lines)
 
@@ -340,3 +345,47 @@ def test_a_file_given_as_the_run_directory_is_called_a_file_not_missing(run_and_
     image = next(p for p in Path(gallery).rglob("*") if p.is_file())
     result = cli(command, image, gallery)
     assert_one_line_error(result.code, result.err, "not a run directory", "is a file")
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--loss", "triplet", "--miner", "semihard", "--margin", "0"], "--miner semihard keeps only triplets with 0 < d_an − d_ap < ε"),
+    (["--margin", "0"], "--miner semihard (the default of --loss triplet)"),
+    (["--loss", "triplet", "--miner", "easy"], "--miner easy keeps only triplets whose triplet loss is 0 (d_an − d_ap ≥ ε)"),
+    (["--loss", "npair", "--miner", "pair-active", "--margin", "0"], "the npair loss needs a negative in every tuple"),
+])
+def test_train_refuses_an_objective_that_learns_nothing_in_one_line(run_and_gallery, tmp_path, cli, flags, named):
+    """Settings whose loss is 0 on every batch whatever the model (nothing mined, or only zero hinges): one line,
+    before anything is written, not a run that "trains" at loss 0.0000."""
+    _, gallery = run_and_gallery
+    result = cli("train", gallery, "--out", tmp_path / "out", "--epochs", "0", "--backbone", "resnet10t", *flags)
+    assert_one_line_error(result.code, result.err, named, "nothing would be learnt")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--groups-per-batch", "9"], "--groups-per-batch 9 but the training classes of two or more images fall in only 3 group(s)"),
+    (["--groups-per-batch", "3", "-P", "2"], "--groups-per-batch 3 but a batch holds only 2 classes (-P)"),
+    (["--negatives", "same-group", "-P", "2"], "every class of a batch is alone in its group"),
+])
+def test_train_refuses_group_batches_that_cannot_be_drawn_or_hold_no_negative_in_one_line(sample, tmp_path, cli, flags, named):
+    """A typed --groups-per-batch above the groups there are, or above -P, is refused as a typed -P above the classes
+    is (not clamped behind the user's back and recorded as typed); same-group negatives with -P no more than the
+    groups drawn (default 2) leave every class of a batch alone in its group: nothing to learn, refused."""
+    classes = sorted(p.name for p in (sample / "train").iterdir() if p.is_dir())
+    groups = tmp_path / "groups.csv"
+    groups.write_text("class,group\n" + "".join(f"{name},{name.split('-')[0]}\n" for name in classes))  # 3 shapes
+    result = cli("train", sample / "train", "--out", tmp_path / "out", "--epochs", "0", "--backbone", "resnet10t", "--image-size", "32",
+                 "--workers", "0", "--val-fraction", "0", "--quiet", "--class-groups", groups, "-P", "4", *flags)  # the last -P wins
+    assert result.code == 2 and "Traceback" not in result.err, result.err
+    assert len(result.lines) == 1 and result.lines[0].startswith("error: ") and named in result.lines[0], result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_margin_the_objective_never_uses_is_warned_of_in_one_line(sample, tmp_path, cli):
+    flags = ["--epochs", "0", "--backbone", "resnet10t", "--image-size", "32", "--embedding-dim", "16", "--workers", "0", "--quiet"]
+    result = cli("train", sample / "train", "--out", tmp_path / "run", "--loss", "infonce", "--margin", "0.3", *flags)
+    assert result.code == 0, result.err
+    (line,) = [line for line in result.lines if "--margin" in line]
+    assert line.startswith("warning: --margin 0.3 has no effect on training: the infonce loss has no margin"), line
+    used = cli("train", sample / "train", "--out", tmp_path / "run2", "--loss", "infonce", "--miner", "semihard", "--margin", "0.3", *flags)
+    assert used.code == 0 and not [line for line in used.lines if "--margin" in line], used.err

@@ -92,7 +92,7 @@ def train_command(
     cache_mb: Optional[float] = typer.Option(None, "--cache-mb", help=f"MiB of decoded training images kept in memory (split between loader workers), so later epochs skip decoding; 0 turns it off. {_default(1024.0)}"),
     augment: Optional[float] = typer.Option(None, help=f"Augmentation strength (0 = none; with --faces 1 is a horizontal flip and a small similarity jitter, more adds colour at strength - 1). {_default(1.0)}"),
     class_groups: Optional[Path] = typer.Option(None, "--class-groups", help="CSV mapping class -> group (e.g. grocery classes.csv)."),
-    groups_per_batch: Optional[int] = typer.Option(None, help="Draw each batch's classes from this many groups of --class-groups (at least 1)."),
+    groups_per_batch: Optional[int] = typer.Option(None, help=f"Draw each batch's classes from this many groups of --class-groups (from 1 to the training classes' groups, and at most -P). {_default('2 with --class-groups')}"),
     negatives: Optional[str] = typer.Option(None, help=f"all | same-group | prefer-same-group: which classes count as negatives (groups from --class-groups). {_default('all')}"),
     never_negative: Optional[Path] = typer.Option(None, "--never-negative", help="CSV of class pairs that are never negatives."),
     hardest: Optional[int] = typer.Option(None, help=f"Hardest triplets logged per epoch in mining/ (of all the batches' triplets, and as many of the miner's own). {_default(50)}"),

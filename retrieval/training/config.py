@@ -25,7 +25,13 @@ BENCHMARKS.md) and from the settings they depend on:
 - ``face_min_size``, ``face_max_side`` and ``face_recheck``: the face detector's smallest face, the
   longest side it searches and the score a face must keep when O-Net sees it framed by its own
   landmarks (:class:`~retrieval.faces.detect.DetectorSettings`, 40 px, 1600 px and 0.9) with
-  ``--faces``, None otherwise; config.json's ``faces`` records them for every later reader of the run.
+  ``--faces``, None otherwise; config.json's ``faces`` records them for every later reader of the run;
+- ``groups_per_batch``: :data:`GROUPS_PER_BATCH` (2) with ``--class-groups``, None otherwise; the
+  labelled source then fits it to the groups of the training classes (one group: 1) and refuses a
+  typed one larger than those groups or than P
+  (:class:`~retrieval.training.sources.labelled.LabelledSource`), and config.json records the
+  value the batches were drawn with. A run recorded with ``null`` (before it was resolved) resumes
+  with the 2 its sampler used.
 
 The resolved config records which settings were given (``given``), so that ``--resume`` can tell
 a flag typed on its command line from a default. :meth:`TrainConfig.validate` then turns flag
@@ -48,7 +54,7 @@ from retrieval.model import check_backbone_name
 from retrieval.negatives import NEGATIVE_MODES
 from retrieval.run.config import MAX_EMBEDDING_DIM, MAX_IMAGE_SIZE
 from retrieval.training.finetune import BN_MODES
-from retrieval.training.objective import LOSSES, MINERS, NATURAL_MINER
+from retrieval.training.objective import LOSSES, MINERS, NATURAL_MINER, margin_unused, nothing_learnt
 from retrieval.training.sources.pairs import PAIR_NEGATIVES
 
 __all__ = ["DEFAULTS", "TrainConfig", "describe_defaults", "fine_tuning_defaults", "settings_before_they_existed"]
@@ -80,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "cache_mb": 1024.0,  # decoded training images kept in memory, split between loader workers
     "augment": 1.0,
     "negatives": "all",
+    "groups_per_batch": None,  # GROUPS_PER_BATCH with --class-groups (TrainConfig.resolve); the source fits it to the groups
     "hardest_per_epoch": 50,
     "resume": False,
     "force": False,  # write into an --out folder that holds other files (or a run)
@@ -104,6 +111,9 @@ DEFAULTS: dict[str, Any] = {
 }
 #: the detector's defaults with --faces: DetectorSettings' own (its bounds, MIN_FACE_SIZE_RANGE and MAX_SIDE_LIMIT, check the flags)
 FACE_MIN_SIZE, FACE_MAX_SIDE, FACE_RECHECK = DetectorSettings.min_face_size, DetectorSettings.max_side, DetectorSettings.recheck_threshold
+#: the groups each batch draws its classes from with ``--class-groups`` when ``--groups-per-batch`` is
+#: not given (the P x K sampler's own default; fewer when the training classes form fewer groups)
+GROUPS_PER_BATCH = 2
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given
@@ -270,6 +280,8 @@ class TrainConfig:
             defaults["face_jitter"] = FACE_JITTER
             defaults["face_min_size"], defaults["face_max_side"] = FACE_MIN_SIZE, FACE_MAX_SIDE
             defaults["face_recheck"] = FACE_RECHECK
+        if values["class_groups"] is not None:
+            defaults["groups_per_batch"] = GROUPS_PER_BATCH
         if (values["pretrained"] or values["weights"] is not None) and values["image_size"] is None:
             backbone = values["backbone"] if values["backbone"] is not None else DEFAULTS["backbone"]
             defaults["image_size"] = pretrained_image_size(backbone) or DEFAULTS["image_size"]
@@ -357,10 +369,26 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise RetrievalError(message)
+        zero = nothing_learnt(self.loss, self.miner, self.margin, miner_typed="miner" in self.given)
+        if zero is not None:
+            raise RetrievalError(zero)
         check_backbone_name(self.backbone)  # before the data is scanned: one line, no warnings ahead of it
         if self.pretrained and self.weights is not None:
             raise RetrievalError("give --pretrained or --weights FILE, not both")
         self._check_mode_flags()
+
+    def warnings(self) -> list[str]:
+        """One-line warnings for settings that are valid but do nothing the user may think they do
+        (on the resolved config of a new run): a ``--margin`` typed for an objective that never
+        uses it (:func:`~retrieval.training.objective.margin_unused`)."""
+        self._require_resolved()
+        lines = []
+        if "margin" in self.given and margin_unused(self.loss, self.miner):
+            chooser = "without a --miner nothing" if self.miner in (None, "none") else f"--miner {self.miner}"
+            lines.append(f"--margin {self.margin:g} has no effect on training: the {self.loss} loss has no margin, and {chooser} "
+                         "compares with it (the semihard, easy and pair-active miners do); it only sets the yardstick of the "
+                         "logged active and violating fractions")
+        return lines
 
     def _check_mode_flags(self) -> None:
         """Flags that belong to another training source than the one chosen. Not for a ``--resume``

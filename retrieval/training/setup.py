@@ -94,6 +94,9 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
     checkpoint = read_checkpoint(run_dir) if config.resume else None
     if checkpoint is not None:
         config = config_for_resume(config, run_dir)
+    elif ctx.is_main:  # a new run: settings that are valid but change nothing (a resume was warned when it started)
+        for line in config.warnings():
+            log.warning("%s", line)
     precision = resolve_precision(config.precision, ctx.device)
     if precision == "fp16" and ctx.device.type != "cuda" and ctx.is_main:
         log.warning("--precision fp16 on %s: half precision without loss scaling (the scaler is CUDA's), where small "
@@ -102,6 +105,8 @@ def set_up(config: TrainConfig, ctx: distributed.DistributedContext, *,
         source = build_source(config, on_progress=lambda done, total: bars("detect", done, total), ctx=ctx)
     if getattr(source, "classes_per_batch", config.classes_per_batch) != config.classes_per_batch:
         config = dataclasses.replace(config, classes_per_batch=source.classes_per_batch)  # P fitted to the classes (sources)
+    if getattr(source, "groups_per_batch", config.groups_per_batch) != config.groups_per_batch:
+        config = dataclasses.replace(config, groups_per_batch=source.groups_per_batch)  # G fitted to the groups (labelled source)
     if checkpoint is not None:
         check_same_classes(run_dir, source.folder.class_names)
     torch.manual_seed(config.seed)

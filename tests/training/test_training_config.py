@@ -186,7 +186,7 @@ def test_help_shows_the_defaults_that_resolve_fills():
         found = re.search(r"\\\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
         if found:
             shown[names.get(param.name, param.name)] = found.group(1)
-    assert len(shown) == 32  # issue 15 added --faces, --flip-average, --face-jitter, --face-min-size, --face-max-side, --face-recheck
+    assert len(shown) == 33  # issue 15 added --faces, --flip-average, --face-jitter, --face-min-size, --face-max-side, --face-recheck; then --groups-per-batch
     for name, text in shown.items():
         if name == "loss":
             assert text == "triplet; infonce with --unlabelled or from --pretrained / --weights"
@@ -200,6 +200,9 @@ def test_help_shows_the_defaults_that_resolve_fills():
         elif name in ("face_min_size", "face_max_side", "face_recheck"):
             value = getattr(_config(faces=True).resolve(), name)
             assert text == f"{value} with --faces" and DEFAULTS[name] is None
+        elif name == "groups_per_batch":
+            assert text == f"{config_module.GROUPS_PER_BATCH} with --class-groups" and DEFAULTS[name] is None
+            assert _config(class_groups=Path("groups.csv")).resolve().groups_per_batch == 2 and _config().resolve().groups_per_batch is None
         elif name == "flip_average":
             assert text == "on with --faces, else off"
             assert DEFAULTS[name] is False and _config(faces=True).resolve().flip_average is True
@@ -228,3 +231,76 @@ def test_resume_without_epochs_keeps_the_runs_own_number_of_epochs(tmp_path):
     resumed = config_for_resume(_config(resume=True).resolve(), tmp_path)
     assert resumed.epochs == 3 and resumed.train_settings()["epochs"] == 3
     assert config_for_resume(_config(epochs=12, resume=True).resolve(), tmp_path).epochs == 12
+
+
+@pytest.mark.parametrize("values, named", [
+    (dict(loss="triplet", miner="semihard", margin=0.0), "--miner semihard keeps only triplets with 0 < d_an − d_ap < ε, none at --margin 0"),
+    (dict(margin=0.0), "--miner semihard (the default of --loss triplet) keeps only triplets"),
+    (dict(loss="lifted", miner="semihard", margin=0.0), "--miner semihard keeps only triplets"),  # nothing mined: every loss is 0
+    (dict(loss="triplet", miner="easy"), "--miner easy keeps only triplets whose triplet loss is 0 (d_an − d_ap ≥ ε)"),
+    (dict(loss="triplet", miner="easy", margin=0.0), "--miner easy keeps only triplets whose triplet loss is 0"),
+    (dict(loss="infonce", miner="pair-active", margin=0.0), "the infonce loss needs a negative in every tuple"),
+])
+def test_an_objective_whose_loss_is_0_whatever_the_embeddings_is_refused(values, named):
+    with pytest.raises(RetrievalError, match=re.escape(named)):
+        _config(**values).resolve().validate()
+
+
+@pytest.mark.parametrize("values", [
+    dict(loss="contrastive", miner="pair-active", margin=0.0),  # its positive pairs still pull
+    dict(loss="contrastive", margin=0.0),
+    dict(loss="lifted", miner="easy"),  # easy triplets still have a lifted loss
+    dict(loss="infonce", miner="easy"),
+    dict(loss="triplet", miner="hard", margin=0.0),
+    dict(loss="triplet", miner="batch-semihard", margin=0.0),
+])
+def test_an_objective_that_can_learn_is_accepted(values):
+    _config(**values).resolve().validate()
+
+
+def test_the_refused_objectives_are_those_whose_loss_and_gradient_are_0_on_any_batch():
+    """Every loss x miner at margins 0, 0.2 and 2 on random and clustered batches: each objective that
+    nothing_learnt refuses has loss and gradient exactly 0 on every batch (the converse is not claimed: easy at
+    ε = 2 is 0 on these batches too, but not on every batch, so it is not refused)."""
+    import torch
+
+    from retrieval import losses, mining
+    from retrieval.training.objective import MINERS, nothing_learnt
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(4)
+    batches = [torch.randn(24, 8, generator=generator) for _ in range(4)]
+    batches += [torch.randn(6, 8, generator=generator).repeat_interleave(4, 0) + 0.3 * torch.randn(24, 8, generator=generator)
+                for _ in range(4)]
+    for loss_name in LOSSES:
+        for miner_name in MINERS:
+            for margin in (0.0, 0.2, 2.0):
+                if nothing_learnt(loss_name, miner_name, margin) is None:
+                    continue
+                loss = losses.build_loss(loss_name, margin=margin, temperature=0.1)
+                miner = mining.build_miner(miner_name, margin)
+                for batch in batches:
+                    x = batch.clone().requires_grad_()
+                    value = loss(x, labels, miner(x, labels, torch.arange(len(x))))
+                    value.backward()
+                    assert value.item() == 0 and not x.grad.any(), (loss_name, miner_name, margin)
+
+
+def test_a_margin_typed_for_an_objective_that_never_uses_it_is_warned_of():
+    (line,) = _config(loss="infonce", margin=0.3).resolve().warnings()
+    assert line.startswith("--margin 0.3 has no effect on training: the infonce loss has no margin, and without a --miner") and "\n" not in line
+    assert "--miner batch-hard compares with it" in _config(loss="npair", miner="batch-hard", margin=0.3).resolve().warnings()[0]
+    for used in (dict(loss="nce", miner="semihard", margin=0.3), dict(loss="contrastive", margin=0.3), dict(loss="infonce")):
+        assert _config(**used).resolve().warnings() == [], used
+
+
+def test_a_run_recorded_with_a_null_groups_per_batch_resumes_with_the_2_it_drew_its_batches_from(tmp_path):
+    """Runs before groups_per_batch was resolved recorded null with --class-groups (their sampler used 2); --resume
+    takes them as 2, and accepts --groups-per-batch 2 typed again."""
+    groups = tmp_path / "groups.csv"
+    groups.write_text("class,group\n")
+    settings = _config(class_groups=groups, epochs=2).resolve().train_settings()
+    assert settings["groups_per_batch"] == 2
+    _write_run_config(tmp_path, {**settings, "groups_per_batch": None})
+    assert config_for_resume(_config(resume=True).resolve(), tmp_path).groups_per_batch == 2
+    assert config_for_resume(_config(resume=True, groups_per_batch=2, class_groups=groups).resolve(), tmp_path).groups_per_batch == 2

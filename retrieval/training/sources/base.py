@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 from retrieval import data
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
+from retrieval.training.objective import positives_still_pull, without_negatives
 
 __all__ = ["TrainingSource", "check_negatives", "hidden_label_split", "empty_folder", "without_labels_entries", "relative_posix"]
 
@@ -82,14 +83,19 @@ def relative_posix(path: Path, root: Path) -> str:
         return Path(path).as_posix()
 
 
-def check_negatives(rules: NegativeRules, names: Sequence[str], what: str, why: str) -> None:
+def check_negatives(rules: NegativeRules, names: Sequence[str], what: str, why: str, *, loss: str, miner: str | None) -> None:
     """The training labels (``names``: classes, or linked groups of a pair file) that no other label
     may be a negative of under ``rules`` (:meth:`~retrieval.negatives.NegativeRules.classes_without_negatives`;
-    ``why``: the rule that makes it so): a warning line naming them, since training only pulls their
-    images together; a RetrievalError when that is every one (no loss but 0: training learns nothing)."""
+    ``why``: the rule that makes it so): a warning line naming them and saying what training does
+    with their images under the run's ``loss`` and ``miner``
+    (:func:`~retrieval.training.objective.without_negatives`: the contrastive loss still pulls them
+    together, every other loss gives them no gradient); a RetrievalError when that is every one
+    (nothing is ever pushed apart: every loss but the contrastive one is 0, which only pulls)."""
     lonely = rules.classes_without_negatives(len(names))
     if lonely and len(lonely) == len(names):
-        raise RetrievalError(f"none of the {len(names)} {what} can have a negative ({why}): training would learn nothing")
+        outcome = ("training would only pull each one's images together and push nothing apart" if positives_still_pull(loss, miner)
+                   else "training would learn nothing")
+        raise RetrievalError(f"none of the {len(names)} {what} can have a negative ({why}): {outcome}")
     if lonely:
-        log.warning("%d of %d %s can have no negative (%s): %s; training only pulls their "
-                    "images together", len(lonely), len(names), what, why, data.brief_list([names[c] for c in lonely]))
+        log.warning("%d of %d %s can have no negative (%s): %s; %s", len(lonely), len(names), what, why,
+                    data.brief_list([names[c] for c in lonely]), without_negatives(loss, miner))

@@ -5,7 +5,8 @@ others train on P×K batches (:class:`~retrieval.data.PKSampler`; the default P 
 with fewer training classes, :func:`~retrieval.data.sampler.fit_classes_per_batch`), augmented by
 :func:`~retrieval.data.build_transforms` at ``--augment``. Domain knowledge about negatives is
 read from the optional CSV files: ``--class-groups`` (a group per class; ``--groups-per-batch``
-fills a batch from that many groups, ``--negatives`` restricts negatives to the anchor's group)
+fills a batch from that many groups, 2 unless given, fitted to the groups there are: see
+:func:`_fit_groups_per_batch`; ``--negatives`` restricts negatives to the anchor's group)
 and ``--never-negative`` (pairs of classes that are never each other's negatives), which every
 loss and miner then obeys (:class:`~retrieval.negatives.NegativeRules`).
 
@@ -22,10 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from retrieval import data
 from retrieval.data.sampler import fit_classes_per_batch
 from retrieval.errors import RetrievalError
 from retrieval.negatives import NegativeRules
+from retrieval.training.objective import positives_still_pull
 from retrieval.training.sources.base import check_negatives
 
 __all__ = ["LabelledSource"]
@@ -40,7 +44,7 @@ class LabelledSource:
     val_folder: data.ImageFolder
     rules: NegativeRules | None
     class_groups: list[int] | None  # a group id per training class (--class-groups)
-    groups_per_batch: int | None
+    groups_per_batch: int | None  # fitted to the training classes' groups (_fit_groups_per_batch); None without groups
     classes_per_batch: int
     images_per_class: int
     augment: float
@@ -86,13 +90,16 @@ class LabelledSource:
         classes_per_batch = fit_classes_per_batch(config.classes_per_batch, trainable, typed="classes_per_batch" in config.given,
                                                   what="training classes have two or more images")
         groups, never_negative = _domain_knowledge(config, train_folder, val_folder.class_names)
+        groups_per_batch = None
+        if groups is not None:
+            groups_per_batch = _fit_groups_per_batch(config, groups, train_folder, classes_per_batch)
         rules = None
         if groups is not None or never_negative:
             rules = NegativeRules(never_negative=never_negative, class_groups=groups, negatives=config.negatives)
             why = ("alone in their --class-groups group, or never-negative with its other classes"
                    if config.negatives == "same-group" else "never-negative with every other class")
-            check_negatives(rules, train_folder.class_names, "training classes", why)
-        return cls(folder, train_folder, val_folder, rules, groups, config.groups_per_batch, classes_per_batch,
+            check_negatives(rules, train_folder.class_names, "training classes", why, loss=config.loss, miner=config.miner)
+        return cls(folder, train_folder, val_folder, rules, groups, groups_per_batch, classes_per_batch,
                    config.images_per_class, config.augment, config.seed, faces, greyscale, config.face_jitter)
 
     def make_train_transform(self, data_config: dict[str, Any], *, normalise_in_batch: bool = False) -> data.ImageTransform:
@@ -108,6 +115,45 @@ class LabelledSource:
     def config_entries(self) -> dict[str, Any]:
         """``config.json``'s ``mode`` and ``labelled`` (the readers that branch on the mode)."""
         return {"mode": "labelled", "labelled": True}
+
+
+def _fit_groups_per_batch(config, groups: list[int], folder: data.ImageFolder, classes_per_batch: int) -> int:
+    """G, the groups each batch draws its P classes from, for the groups of the training classes
+    that batches hold (two or more images: the sampler's anchor classes).
+
+    The default (2, :data:`~retrieval.training.config.GROUPS_PER_BATCH`) is fitted to fewer groups
+    without a word, as the sampler always did. A G the user typed that does not fit is a one-line
+    error, as an over-large ``-P`` is (they asked for it, so it is not changed behind their back):
+    more groups than the classes form, or than the P classes a batch holds (each group drawn gives
+    at least one). A resumed run keeps what its sampler did: G fitted to the groups (a run recorded
+    before G was checked may hold a larger one). With ``--negatives same-group`` a G of P or more
+    puts every class of a batch alone in its group: no batch has a negative, every loss is 0 (the
+    contrastive loss only pulls, as when no class can have a negative), and the run is refused."""
+    counts = np.bincount(np.asarray(folder.labels, dtype=np.int64), minlength=len(folder.class_names))
+    n_groups = len({groups[c] for c in np.flatnonzero(counts >= 2)})
+    asked = int(config.groups_per_batch)
+    typed = "groups_per_batch" in config.given and not config.resume
+    if typed and asked > n_groups:
+        raise RetrievalError(
+            f"--groups-per-batch {asked} but the training classes of two or more images fall in only {n_groups} "
+            f"group(s) of {config.class_groups}: lower --groups-per-batch to at most {n_groups}, or leave it out"
+        )
+    if typed and asked > classes_per_batch:
+        raise RetrievalError(
+            f"--groups-per-batch {asked} but a batch holds only {classes_per_batch} classes (-P), at least one from each group "
+            f"drawn: lower --groups-per-batch to at most {classes_per_batch}, or raise -P"
+        )
+    fitted = min(asked, n_groups)
+    if config.negatives == "same-group" and classes_per_batch <= fitted and not config.resume:
+        given = "" if "groups_per_batch" in config.given else ", the default with --class-groups"
+        outcome = ("training would only pull each class's images together and push nothing apart"
+                   if positives_still_pull(config.loss, config.miner) else "every loss would be 0")
+        raise RetrievalError(
+            f"--negatives same-group with batches of {classes_per_batch} classes (-P) drawn from {fitted} groups "
+            f"(--groups-per-batch {fitted}{given}): every class of a batch is alone in its group, so no batch has a "
+            f"negative and {outcome}; raise -P above {fitted} or lower --groups-per-batch below {classes_per_batch}"
+        )
+    return fitted
 
 
 def _domain_knowledge(config, folder: data.ImageFolder, held_out=()):

@@ -397,7 +397,7 @@ class PairsSource:
         rules = NegativeRules(never_negative=never) if never else None
         if rules is not None:
             check_negatives(rules, train_folder.class_names, f"groups of images linked by {config.pairs}",
-                            "--pair-groups puts them in one group with every other linked group")
+                            "--pair-groups puts them in one group with every other linked group", loss=config.loss, miner=config.miner)
         sizes = np.bincount(np.asarray(train_folder.labels))
         n_trainable = len(folder.paths) - n_held_out
         entries = {
