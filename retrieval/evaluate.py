@@ -153,8 +153,9 @@ def evaluate_run(
         warn_when_trained_on(run_dir, query_dir, MEMORISED_FIGURES, gallery_dir=gallery_dir)
     config, sets, n_no_face = _embed_labelled_sets(run_dir, data_dir, query_dir, gallery_dir, batch_size=batch_size,
                                         device=device, num_workers=num_workers, precision=precision, on_progress=on_progress)
-    warn_when_one_class((sets[1] if len(sets) > 1 else sets[0])[1], gallery_dir if gallery_dir is not None else data_dir)
     metrics: dict[str, Any] = dict(retrieval_metrics(*sets[0], *(sets[1] if len(sets) > 1 else (None, None))))
+    # after the metrics: a folder with nothing to evaluate is refused in one line, without this warning ahead of it
+    warn_when_one_class((sets[1] if len(sets) > 1 else sets[0])[1], gallery_dir if gallery_dir is not None else data_dir)
     if config.faces is not None:  # a face run: the queries whose face was not found are misses, never dropped
         metrics = with_misses(metrics, n_no_face)
     pairs = pair_distances(*sets[0], *(sets[1] if len(sets) > 1 else (None, None)))

@@ -203,6 +203,11 @@ def test_evaluate_warns_on_a_single_class_and_on_classes_the_run_trained_on(run_
     single = cli("evaluate", run, one, "--device", "cpu", "--quiet")
     assert single.code == 0, single.err
     assert len(single.lines) == 1 and "one class only" in single.lines[0] and "whatever the model" in single.lines[0], single.err
+    lone = tmp_path / "lone"  # one image: nothing to evaluate, refused in one line with no warning ahead of it
+    (lone / "class0").mkdir(parents=True)
+    shutil.copy(data / "class0" / "0.png", lone / "class0" / "0.png")
+    refused = cli("evaluate", run, lone, "--device", "cpu", "--quiet")
+    assert refused.code == 2 and len(refused.lines) == 1 and refused.lines[0].startswith("error: "), refused.err
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
