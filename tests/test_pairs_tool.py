@@ -53,3 +53,31 @@ def test_a_missing_folder_is_one_error_line(monkeypatch, capsys, tmp_path):
     assert code == 2 and "Traceback" not in stderr
     (error,) = [line for line in stderr.splitlines() if "error:" in line]
     assert "nowhere" in error
+
+
+def test_paths_with_a_comma_or_a_leading_hash_are_written_so_that_training_reads_them(monkeypatch, capsys, tmp_path):
+    from retrieval.data.side_files import read_csv_rows
+
+    data = tmp_path / "data"
+    for name in ("red,star", "#blue"):
+        (data / name).mkdir(parents=True)
+    fake_runs.make_gallery(tmp_path / "made", images_per_class=2)
+    images = sorted((tmp_path / "made").rglob("*.png"))[:4]
+    for k, image in enumerate(images):
+        target = data / ("red,star" if k < 2 else "#blue") / image.name
+        target.write_bytes(image.read_bytes())
+    out = tmp_path / "pairs.csv"
+    code, _, stderr = run_tool(monkeypatch, capsys, data, "--fraction", "1", "--out", out)
+    assert code == 0, stderr
+    rows = [fields for _, fields in read_csv_rows(out)][1:]  # as training reads it: no row lost to a comma or a "#"
+    assert sorted(Path(a).parent.name for a, _ in rows) == ["#blue", "red,star"] and all(len(r) == 2 for r in rows)
+
+
+@pytest.mark.parametrize("where", ["folder", "missing parent"])
+def test_an_out_that_is_a_folder_or_in_a_missing_folder_is_one_error_line(monkeypatch, capsys, tmp_path, where):
+    data = fake_runs.make_gallery(tmp_path / "data", images_per_class=2)
+    out = data if where == "folder" else tmp_path / "nowhere" / "pairs.csv"
+    code, _, stderr = run_tool(monkeypatch, capsys, data, "--fraction", "1", "--out", out)
+    assert code == 2 and "Traceback" not in stderr
+    (error,) = [line for line in stderr.splitlines() if "error:" in line]
+    assert "--out" in error

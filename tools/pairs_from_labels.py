@@ -12,6 +12,8 @@ training uses the links transitively.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from itertools import combinations
 from pathlib import Path
@@ -39,6 +41,22 @@ def pairs_from_labels(data_dir: str | Path, fraction: float, seed: int = 0) -> l
             a, b = candidates[k]
             rows.append((folder.relative_path(a), folder.relative_path(b)))
     return rows
+
+
+def pairs_csv(rows: list[tuple[str, str]]) -> str:
+    """The pair file's text: a header and one ``image_a,image_b`` row a pair, quoted where a path holds
+    a comma, a quote, a line break or begins with ``#`` (which would start a comment), as
+    ``retrieval train --pairs`` reads CSV."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image_a", "image_b"])
+    for a, b in rows:
+        if a.startswith("#"):  # unquoted, the row would be a comment line
+            text.write('"' + a.replace('"', '""') + '",')
+            writer.writerow([b])
+        else:
+            writer.writerow([a, b])
+    return text.getvalue()
 
 
 def link_summary(data_dir: str | Path, rows: list[tuple[str, str]]) -> dict:
@@ -72,8 +90,11 @@ def main() -> None:
         rows = pairs_from_labels(args.data_dir, args.fraction, args.seed)
     except RetrievalError as error:  # a missing or unlabelled folder: one line, not a traceback
         parser.error(str(error))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("image_a,image_b\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; give the pair file's name, e.g. {args.out / 'pairs.csv'}")
+    if not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: folder not found: {args.out.parent}")
+    args.out.write_text(pairs_csv(rows))
     print(json.dumps({"out": str(args.out), "fraction": args.fraction, "seed": args.seed, **link_summary(args.data_dir, rows)}))
 
 

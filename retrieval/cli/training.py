@@ -193,5 +193,6 @@ def _threshold_line(run_dir: Path) -> str:
         return ""
     stored = read_config(run_dir).verification
     if stored is None:
-        return f"no threshold τ (no validation classes): set one with `retrieval calibrate {run_dir} DATA_DIR`"
+        return (f"no threshold τ (no validation classes): set one with `retrieval calibrate {run_dir} DATA_DIR`, "
+                "DATA_DIR a folder of class sub-folders the run did not train on")
     return describe_threshold(stored)

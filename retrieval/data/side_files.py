@@ -148,7 +148,8 @@ def class_group_ids(class_names: Sequence[str], class_groups: dict[str, str]) ->
 
 
 def read_csv_rows(path: Path, *, what: str = "CSV file") -> list[tuple[int, list[str]]]:
-    """(line number, fields) of each non-blank, non-comment (``#``) row of a UTF-8 CSV file.
+    """(line number, fields) of each non-blank, non-comment row of a UTF-8 CSV file (a comment: a
+    line whose first character, spaces aside, is ``#`` as written; quote a value that begins with one).
 
     Line numbers are the file's own (1-based, counting blank and comment lines and the lines of
     quoted fields that span several), so callers can report ``path:line`` in their errors.
@@ -167,10 +168,13 @@ def read_csv_rows(path: Path, *, what: str = "CSV file") -> list[tuple[int, list
         raise RetrievalError(f"{path}:{line}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
     rows: list[tuple[int, list[str]]] = []
     line = 1
+    raw_lines = io.StringIO(text, newline="").readlines()  # as the reader counts them
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         for row in reader:
-            if row and any(value.strip() for value in row) and not row[0].lstrip().startswith("#"):
+            # a comment is a line that begins with # as written: a quoted "#name.png" is a value
+            comment = raw_lines[line - 1].lstrip().startswith("#")
+            if row and any(value.strip() for value in row) and not comment:
                 rows.append((line, row))
             line = reader.line_num + 1
     except csv.Error as error:

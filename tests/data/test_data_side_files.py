@@ -115,3 +115,11 @@ def test_a_side_file_that_is_a_folder_or_not_utf8_is_named_with_its_line(tmp_pat
     bom = tmp_path / "bom.csv"
     bom.write_bytes("class,group\na,fruit\n".encode("utf-8-sig"))
     assert read_class_groups(bom, ["a"]) == {"a": "fruit"}
+
+
+def test_a_comment_is_a_line_beginning_with_a_hash_as_written_and_a_quoted_hash_is_a_value(tmp_path):
+    from retrieval.data.side_files import read_csv_rows
+
+    path = tmp_path / "pairs.csv"
+    path.write_text('# a comment\n  # another\n"#tag.png",b.png\na.png,"x\ny.png"\nc.png,d.png\n')
+    assert read_csv_rows(path) == [(3, ["#tag.png", "b.png"]), (4, ["a.png", "x\ny.png"]), (6, ["c.png", "d.png"])]

@@ -91,7 +91,7 @@ def test_pairs_with_an_unreadable_image_are_dropped_with_a_warning(sample, tmp_p
     path = _write(tmp_path / "pairs.csv", "x/0.png,x/1.png\nx/1.png,x/bad.png\nx/2.png,x/2.png\n")
     with caplog.at_level("WARNING", logger="retrieval"):
         assert read_pairs(path, folder) == [(0, 1)]
-    assert "unreadable image (lines 2)" in caplog.text and "1 pairs of an image with itself" in caplog.text
+    assert "unreadable image (lines 2)" in caplog.text and "1 pair(s) of an image with itself" in caplog.text
 
 
 def test_group_file_errors_name_the_line(folder, tmp_path):
@@ -174,6 +174,20 @@ def test_hard_batches_depend_only_on_seed_epoch_and_embeddings():
     assert list(first) == list(second) and len(first) == len(list(first))
     for batch in first:
         assert len(set(labels[batch].tolist())) == 4  # P components, K images each
+
+
+def test_a_pair_file_linking_part_of_the_folder_says_how_much_it_leaves_out(sample, folder, tmp_path, caplog):
+    from retrieval.training import build_source
+
+    pairs = _write(tmp_path / "pairs.csv", "".join(f"{a},{b}\n" for a, b in _chain_pairs(folder, per_class=3)))
+    with caplog.at_level("WARNING", logger="retrieval"):
+        source = build_source(TrainConfig(data_dir=sample / "train", out=tmp_path / "r", pairs=pairs, **{**TINY, "val_fraction": 0.0}))
+    entries = source.config_entries()
+    n_classes = len(folder.class_names)
+    assert (entries["n_linked_images"], entries["n_components"]) == (3 * n_classes, n_classes)
+    assert entries["n_unlinked_images"] == len(folder.paths) - 3 * n_classes > 0
+    assert (f"links {3 * n_classes} of the {len(folder.paths)} training images in {n_classes} groups; the other "
+            f"{entries['n_unlinked_images']} are in no pair and are not trained on, not even as negatives") in caplog.text
 
 
 def test_hard_sampler_embeds_through_the_function_training_gives_it(sample, folder, tmp_path):

@@ -126,7 +126,7 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
     if dropped_unreadable:
         log.warning("%s: dropped %d pairs with an unreadable image (lines %s)", path, len(dropped_unreadable), data.brief_list(dropped_unreadable))
     if self_pairs:
-        log.warning("%s: ignored %d pairs of an image with itself", path, self_pairs)
+        log.warning("%s: ignored %d pair(s) of an image with itself", path, self_pairs)
     return pairs
 
 
@@ -414,8 +414,10 @@ class PairsSource:
             **side_files,
             "pseudo_labels": "component",
         }
-        if entries["n_unlinked_images"]:
-            log.info("%s: %d images are in no pair and are not trained on", config.pairs, entries["n_unlinked_images"])
+        if entries["n_unlinked_images"]:  # a warning, so that the CLI shows it: unlike a labelled folder, not every image trains
+            log.warning("%s links %d of the %d training images in %d groups; the other %d are in no pair and are not trained "
+                        "on, not even as negatives", config.pairs, entries["n_linked_images"], n_trainable, n_components,
+                        entries["n_unlinked_images"])
         return cls(folder, train_folder, val_folder, rules, never, config.pair_negatives, classes_per_batch,
                    config.images_per_class, config.augment, config.seed, entries, greyscale=data.all_greyscale(folder.paths))
 
