@@ -80,6 +80,12 @@ def index_command(
     if json_output:
         typer.echo(json.dumps(summary))
         return
+    _print_index_summary(summary, run_dir, add)
+
+
+def _print_index_summary(summary: dict, run_dir: Path, add: Path | None) -> None:
+    """The table-output lines of `retrieval index`: what the index holds and what was left out, or
+    "nothing added" for an ``--add`` that found nothing new."""
     left_out = [f"{summary['n_skipped']} unreadable image(s) skipped"] if summary["n_skipped"] else []
     already = f"{summary['n_already_indexed']} image(s) of {add} already indexed" if summary.get("n_already_indexed") else ""
     if already:

@@ -103,7 +103,6 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
                 seed, n_jobs, on_progress, gallery_roots=None) -> dict[str, Any]:
     """Choose the images to embed (with ``add``: those the index does not hold yet), start
     embedding them, and on rank 0 write the index (:func:`_write_index`)."""
-    from retrieval.data import scan_folder
     from retrieval.embed import embedding_batches
     from retrieval.run import read_config
 
@@ -118,37 +117,11 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         raise RetrievalError(f"--n-trees must be at least 1, got {n_trees}")
 
     gallery_dir = Path(gallery_dir)
-    try:
-        folder = scan_folder(gallery_dir, within_root=True)  # warns about unreadable images (skipped) in one line
-    except RetrievalError:
-        if previous is not None:
-            previous.close()
-        raise
-    new_ids = _inside(folder, gallery_dir)
-    if not new_ids:
-        if previous is not None:
-            previous.close()
-        raise RetrievalError(f"{gallery_dir}: every image is reached through a symbolic link that leaves the folder, and an "
-                             "index serves only files inside its gallery folder; index the folder the links point into, "
-                             "or copy the images")
-    already = 0
-    if previous is not None:
-        try:
-            _refuse_a_moved_folder(previous, gallery_dir)
-        except RetrievalError:
-            previous.close()
-            raise
-        candidates = new_ids
-        new_ids = _not_yet_indexed(previous, folder, gallery_dir, candidates)
-        already = len(candidates) - len(new_ids)
-        if new_ids and previous.metadata.get("labelled") and not folder.labelled:
-            logger.warning("%s is a flat folder: its images have no label, so the index will no longer count as labelled "
-                           "(`retrieval confusions` and the app's class checks need every item labelled); put them in "
-                           "class folders (DIR/<class>/<image>) to keep it labelled", gallery_dir)
-        if not new_ids:  # the CLI says so in its own line ("nothing added: …"); a caller reads "added": false
-            logger.info("all %d images of %s are already in the index (or listed as without a face); nothing added",
-                        len(folder.paths), gallery_dir)
-            return _nothing_added(run_dir, previous, already, record=ctx.is_main)
+    folder, new_ids, already = _images_to_index(gallery_dir, previous)
+    if previous is not None and not new_ids:  # the CLI says so in its own line ("nothing added: …"); a caller reads "added": false
+        logger.info("all %d images of %s are already in the index (or listed as without a face); nothing added",
+                    len(folder.paths), gallery_dir)
+        return _nothing_added(run_dir, previous, already, record=ctx.is_main)
     torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
     model, transform, fingerprint = _load_model(run_dir, torch_device)
     paths = [folder.paths[i] for i in new_ids]
@@ -188,6 +161,36 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         metadata = {**metadata, "added": True, "already_indexed": already,
                     "roots_recorded": [str(root) for root in previous.roots] != previous.metadata["roots"]}
     return metadata
+
+
+def _images_to_index(gallery_dir: Path, previous: GalleryIndex | None) -> tuple[Any, list[int], int]:
+    """(the scanned folder, the indices of its images to embed, how many it holds that ``previous``
+    indexes already): every image inside the folder for a new index (:func:`_inside`), those not
+    indexed yet for an ``--add`` (:func:`_not_yet_indexed`, after :func:`_refuse_a_moved_folder`).
+    A one-line RetrievalError when no image lies inside the folder; ``previous`` is closed on any
+    error."""
+    from retrieval.data import scan_folder
+
+    try:
+        folder = scan_folder(gallery_dir, within_root=True)  # warns about unreadable images (skipped) in one line
+        new_ids = _inside(folder, gallery_dir)
+        if not new_ids:
+            raise RetrievalError(f"{gallery_dir}: every image is reached through a symbolic link that leaves the folder, and "
+                                 "an index serves only files inside its gallery folder; index the folder the links point "
+                                 "into, or copy the images")
+        if previous is None:
+            return folder, new_ids, 0
+        _refuse_a_moved_folder(previous, gallery_dir)
+        not_yet = _not_yet_indexed(previous, folder, gallery_dir, new_ids)
+        if not_yet and previous.metadata.get("labelled") and not folder.labelled:
+            logger.warning("%s is a flat folder: its images have no label, so the index will no longer count as labelled "
+                           "(`retrieval confusions` and the app's class checks need every item labelled); put them in "
+                           "class folders (DIR/<class>/<image>) to keep it labelled", gallery_dir)
+        return folder, not_yet, len(new_ids) - len(not_yet)
+    except BaseException:
+        if previous is not None:
+            previous.close()
+        raise
 
 
 def _nothing_added(run_dir: Path, previous: GalleryIndex, already: int, *, record: bool) -> dict[str, Any]:

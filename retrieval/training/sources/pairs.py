@@ -388,9 +388,8 @@ class PairsSource:
         train_folder = linked_folder(folder, components)
         n_components = len(train_folder.class_names)
         if n_components < 2:
-            raise RetrievalError(
-                f"{config.pairs}: the pairs link all their images into 1 group; negatives come from other groups, so at least 2 are needed"
-            )
+            raise RetrievalError(f"{config.pairs}: the pairs link all their images into 1 group; negatives come from other groups, "
+                                 "so at least 2 are needed")
         classes_per_batch = fit_classes_per_batch(config.classes_per_batch, n_components, typed="classes_per_batch" in config.given,
                                                   what=f"groups of linked images (connected components) in {config.pairs}")
         never = _never_negative(config, folder, train_folder)
@@ -415,9 +414,8 @@ class PairsSource:
             "pseudo_labels": "component",
         }
         if entries["n_unlinked_images"]:  # a warning, so that the CLI shows it: unlike a labelled folder, not every image trains
-            log.warning("%s links %d of the %d training images in %d groups; the other %d are in no pair and are not trained "
-                        "on, not even as negatives", config.pairs, entries["n_linked_images"], n_trainable, n_components,
-                        entries["n_unlinked_images"])
+            log.warning("%s links %d of the %d training images in %d groups; the other %d are in no pair and are not trained on, not even "
+                        "as negatives", config.pairs, entries["n_linked_images"], n_trainable, n_components, entries["n_unlinked_images"])
         return cls(folder, train_folder, val_folder, rules, never, config.pair_negatives, classes_per_batch,
                    config.images_per_class, config.augment, config.seed, entries, greyscale=data.all_greyscale(folder.paths))
 
