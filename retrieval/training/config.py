@@ -50,6 +50,7 @@ from retrieval import distributed
 from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import MAX_SIDE_LIMIT, MIN_FACE_SIZE_RANGE, DetectorSettings
+from retrieval.losses import LOSS_SETTING
 from retrieval.model import check_backbone_name
 from retrieval.negatives import NEGATIVE_MODES
 from retrieval.run.config import MAX_EMBEDDING_DIM, MAX_IMAGE_SIZE
@@ -380,7 +381,8 @@ class TrainConfig:
     def warnings(self) -> list[str]:
         """One-line warnings for settings that are valid but do nothing the user may think they do
         (on the resolved config of a new run): a ``--margin`` typed for an objective that never
-        uses it (:func:`~retrieval.training.objective.margin_unused`)."""
+        uses it (:func:`~retrieval.training.objective.margin_unused`), a ``--temperature`` typed
+        for a loss without one (:data:`~retrieval.losses.LOSS_SETTING`)."""
         self._require_resolved()
         lines = []
         if "margin" in self.given and margin_unused(self.loss, self.miner):
@@ -388,6 +390,9 @@ class TrainConfig:
             lines.append(f"--margin {self.margin:g} has no effect on training: the {self.loss} loss has no margin, and {chooser} "
                          "compares with it (the semihard, easy and pair-active miners do); it only sets the yardstick of the "
                          "logged active and violating fractions")
+        if "temperature" in self.given and LOSS_SETTING[self.loss] != "temperature":
+            lines.append(f"--temperature {self.temperature:g} has no effect on training: only the nce and infonce losses "
+                         f"have one, not the {self.loss} loss")
         return lines
 
     def _check_mode_flags(self) -> None:

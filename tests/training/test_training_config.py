@@ -294,6 +294,13 @@ def test_a_margin_typed_for_an_objective_that_never_uses_it_is_warned_of():
         assert _config(**used).resolve().warnings() == [], used
 
 
+def test_a_temperature_typed_for_a_loss_without_one_is_warned_of():
+    (line,) = _config(loss="triplet", temperature=0.05).resolve().warnings()
+    assert line == "--temperature 0.05 has no effect on training: only the nce and infonce losses have one, not the triplet loss"
+    for used in (dict(loss="nce", temperature=0.05), dict(loss="infonce", temperature=0.2), dict(loss="triplet")):
+        assert _config(**used).resolve().warnings() == [], used
+
+
 def test_a_run_recorded_with_a_null_groups_per_batch_resumes_with_the_2_it_drew_its_batches_from(tmp_path):
     """Runs before groups_per_batch was resolved recorded null with --class-groups (their sampler used 2); --resume
     takes them as 2, and accepts --groups-per-batch 2 typed again."""
