@@ -306,7 +306,7 @@ def test_pair_groups_that_leave_no_group_a_negative_are_refused(sample, folder, 
 def test_a_pair_file_without_pairs_says_so_and_a_resume_refuses_a_changed_pair_file(sample, folder, tmp_path):
     empty = _write(tmp_path / "empty.csv", "image_a,image_b\n")
     config = dict(data_dir=sample / "train", out=tmp_path / "run", pairs=empty, epochs=0, **{**TINY, "val_fraction": 0.25})
-    with pytest.raises(RetrievalError, match="the file holds no pairs"):
+    with pytest.raises(RetrievalError, match="the file holds no pair of two readable images"):
         train(TrainConfig(**config), progress=False)
     chained = list(_chain_pairs(folder))
     pairs = _write(tmp_path / "pairs.csv", "".join(f"{a},{b}\n" for a, b in chained))

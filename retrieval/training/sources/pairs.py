@@ -473,7 +473,7 @@ def _training_pairs(config, folder: data.ImageFolder, val_folder: data.ImageFold
     """The pair file's pairs outside the held-out validation classes, and how many images those hold."""
     pairs = read_pairs(config.pairs, folder)
     if not pairs:
-        raise RetrievalError(f"{config.pairs}: the file holds no pairs (rows of image_a,image_b)")
+        raise RetrievalError(f"{config.pairs}: the file holds no pair of two readable images (rows of image_a,image_b)")
     held_out: set[int] = set()
     if val_folder.paths:
         index_of = {p: i for i, p in enumerate(folder.paths)}
