@@ -34,6 +34,7 @@ from retrieval.data.side_files import (
     read_class_groups,
     read_class_pairs,
     read_csv_rows,
+    shown_field,
 )
 from retrieval.data.sampler import PKSampler
 from retrieval.data.transforms import (
@@ -62,6 +63,7 @@ __all__ = [
     "read_class_pairs",
     "class_group_ids",
     "read_csv_rows",
+    "shown_field",
     "normalise_column",
     "PKSampler",
     "build_transforms",

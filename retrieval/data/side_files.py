@@ -20,7 +20,7 @@ from typing import Sequence
 from retrieval.data.scan import brief_list
 from retrieval.errors import RetrievalError
 
-__all__ = ["read_class_groups", "read_class_pairs", "class_group_ids", "read_csv_rows", "normalise_column"]
+__all__ = ["read_class_groups", "read_class_pairs", "class_group_ids", "read_csv_rows", "normalise_column", "shown_field"]
 
 logger = logging.getLogger("retrieval")
 
@@ -180,6 +180,16 @@ def read_csv_rows(path: Path, *, what: str = "CSV file") -> list[tuple[int, list
     except csv.Error as error:
         raise RetrievalError(f"{path}:{line}: {error}") from None
     return rows
+
+
+def shown_field(value: str, line: int) -> str:
+    """A CSV value as an error message quotes it (``repr``). A value that runs over several lines is
+    almost always a quote (") left open on line ``line``, which swallowed the lines after it: its
+    first line is shown, with that said, rather than every line it swallowed."""
+    lines = value.splitlines()
+    if len(lines) < 2:
+        return repr(value)
+    return f"{lines[0]!r}… (a value running over {len(lines)} lines: is a quote (\") on line {line} left open?)"
 
 
 def normalise_column(name: str) -> str:

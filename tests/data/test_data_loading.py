@@ -32,6 +32,7 @@ def test_an_unreadable_file_is_warned_of_once_by_all_the_loader_workers_together
     """Each loader worker holds its own copy of the dataset, and each warned of the same file: two
     workers, two lines. The workers agree through marker files; the warning goes to stderr, as the CLI logs."""
     handler = logging.StreamHandler()  # stderr, in every process: a worker's record does not reach pytest's caplog
+    handler.setFormatter(logging.Formatter("this test: %(message)s"))  # apart from a CLI handler an earlier test left
     logging.getLogger("retrieval").addHandler(handler)
     try:
         folder = scan_folder(write_labelled_folder(tmp_path / "d", {"a": 2, "b": 2}))
@@ -43,7 +44,7 @@ def test_an_unreadable_file_is_warned_of_once_by_all_the_loader_workers_together
         del loader
     finally:
         logging.getLogger("retrieval").removeHandler(handler)
-    warned = [line for line in capfd.readouterr().err.splitlines() if "skipped at load time" in line]
+    warned = [line for line in capfd.readouterr().err.splitlines() if line.startswith("this test: skipped at load time")]
     assert len(warned) == 1 and "img_01.png" in warned[0], warned
     root = dataset._warned_by_any.root
     assert root.is_dir()

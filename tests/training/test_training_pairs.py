@@ -70,6 +70,8 @@ def test_missing_pair_file_is_a_one_line_error(folder, tmp_path):
         ("{a},{b},{a}", r"pairs.csv:3: expected two image paths \(image_a,image_b\), got 3 field\(s\)"),
         ("{a},", r"pairs.csv:3: empty image path"),
         ("{a},nowhere/ghost.png", r"pairs.csv:3: unknown image 'nowhere/ghost.png'"),
+        ('{a},"{b}\n{a},{b}\n{a},{b}', r"pairs.csv:3: unknown image '.*'… \(a value running over 3 lines: is a quote "
+                                         r"\(\"\) on line 3 left open\?\)"),
     ],
 )
 def test_a_bad_row_names_the_file_and_line(folder, tmp_path, row, message):

@@ -24,11 +24,10 @@ uploads, one shop shelf, near-duplicates): two components with images in one gro
 negatives of each other in any loss or miner (a :class:`~retrieval.negatives.NegativeRules`
 never-negative pair), and the hard strategy does not pick them as each other's neighbours.
 
-The pair file is a CSV of two image paths per row, relative to ``DATA_DIR``; an optional header
-row (``image_a,image_b``), blank lines and ``#`` comments are skipped. Images left out of every
-pair are not trained on (they are not known negatives either). When ``DATA_DIR`` has class
-folders, the validation classes are held out as in labelled training and pairs that touch them
-are dropped (one warning), so the held-out metrics stay honest.
+The pair file is a CSV of two image paths per row, relative to ``DATA_DIR`` (optional header
+``image_a,image_b``; blank lines and ``#`` comments skipped). Images in no pair are not trained on
+(nor known negatives). When ``DATA_DIR`` has class folders, the validation classes are held out as
+in labelled training and pairs that touch them are dropped (one warning): held-out metrics stay honest.
 """
 
 from __future__ import annotations
@@ -99,7 +98,8 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
     dropped_unreadable, self_pairs = [], 0
     for line, row in rows:
         if len(row) != 2:
-            raise RetrievalError(f"{path}:{line}: expected two image paths (image_a,image_b), got {len(row)} field(s): {','.join(row)}")
+            fields = ", ".join(data.shown_field(value, line) for value in row)
+            raise RetrievalError(f"{path}:{line}: expected two image paths (image_a,image_b), got {len(row)} field(s): {fields}")
         ends = []
         for value in row:
             value = value.strip()
@@ -111,7 +111,7 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
             elif key in unreadable:
                 ends.append(None)
             else:
-                raise RetrievalError(f"{path}:{line}: unknown image {value!r}: no usable image with that path under {folder.root}")
+                raise RetrievalError(f"{path}:{line}: unknown image {data.shown_field(value, line)}: no usable image under {folder.root}")
         if None in ends:
             dropped_unreadable.append(str(line))
             continue
