@@ -268,26 +268,6 @@ class NPairTriplets(TripletMiner):
     def __init__(self, margin: float, *, negative_rules: NegativeRules | None = None, hardest_k: int = 20) -> None:
         super().__init__("npair", margin, negative_rules=negative_rules, hardest_k=hardest_k)
 
-    def _threshold_mask(self, b: "_Batch", d_ap: torch.Tensor) -> torch.Tensor:
-        """The (B, K, B) mask of the strategy's rule on d_an − d_ap, computed in chunks of anchors."""
-        size, k_max = b.positives.shape
-        # NaN where (a, k) is padding or n is not a negative of a: every comparison with NaN is False.
-        d_an_or_nan = b.dist.masked_fill(~b.neg, math.nan)
-        d_ap_or_nan = d_ap.masked_fill(~b.valid, math.nan)
-        masks = []
-        for rows in anchor_chunks(size, k_max * size):
-            if self.strategy == "all":
-                masks.append(b.valid[rows, :, None] & b.neg[rows, None, :])
-                continue
-            gap = d_an_or_nan[rows, None, :] - d_ap_or_nan[rows, :, None]  # d_an − d_ap, (c, K, B)
-            if self.strategy == "hard":
-                masks.append(gap < 0)
-            elif self.strategy == "semihard":
-                masks.append((gap > 0) & (gap < self.margin))
-            else:  # easy
-                masks.append(gap >= self.margin)
-        return masks[0] if len(masks) == 1 else torch.cat(masks)
-
     def _given_mask(self, b: "_Batch") -> torch.Tensor:
         batch = len(b.labels)
         mask = torch.zeros((*b.positives.shape, batch), dtype=torch.bool, device=b.labels.device)
