@@ -29,7 +29,10 @@ from retrieval.data.scan import (
 )
 from retrieval.data.split import split_classes
 from retrieval.data.side_files import (
+    bad_rows_error,
     class_group_ids,
+    csv_path_key,
+    image_lookup,
     normalise_column,
     read_class_groups,
     read_class_pairs,
@@ -64,6 +67,9 @@ __all__ = [
     "class_group_ids",
     "read_csv_rows",
     "shown_field",
+    "bad_rows_error",
+    "csv_path_key",
+    "image_lookup",
     "normalise_column",
     "PKSampler",
     "build_transforms",

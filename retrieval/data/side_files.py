@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from retrieval.data.scan import brief_list
 from retrieval.errors import RetrievalError
 
-__all__ = ["read_class_groups", "read_class_pairs", "class_group_ids", "read_csv_rows", "normalise_column", "shown_field"]
+__all__ = ["read_class_groups", "read_class_pairs", "class_group_ids", "read_csv_rows", "normalise_column", "shown_field",
+           "bad_rows_error", "csv_path_key", "image_lookup"]
 
 logger = logging.getLogger("retrieval")
 
@@ -190,6 +191,35 @@ def shown_field(value: str, line: int) -> str:
     if len(lines) < 2:
         return repr(value)
     return f"{lines[0]!r}… (a value running over {len(lines)} lines: is a quote (\") on line {line} left open?)"
+
+
+def bad_rows_error(path: Path, bad: Sequence[tuple[int, str]]) -> RetrievalError:
+    """One line for a CSV file's bad rows, ``bad`` = [(line, why)]: ``path:line: why`` for one, else
+    how many, the first three with their lines, and how many more."""
+    if len(bad) == 1:
+        return RetrievalError(f"{path}:{bad[0][0]}: {bad[0][1]}")
+    more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return RetrievalError(f"{path}: {len(bad)} bad rows: " + "; ".join(f"line {n}: {why}" for n, why in bad[:3]) + more)
+
+
+def csv_path_key(value: str, root: Path | None = None) -> str:
+    """A path as written in a CSV (``/`` or ``\\``, a leading ``./``, or absolute inside ``root``),
+    normalised to a posix path relative to ``root``."""
+    text = value.strip().replace("\\", "/")
+    if root is not None and Path(text).is_absolute():
+        try:
+            text = Path(text).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            return text
+    parts = [p for p in PurePosixPath(text).parts if p not in (".", "")]
+    return "/".join(parts)
+
+
+def image_lookup(folder) -> tuple[dict[str, int], set[str]]:
+    """A scanned folder's images by :func:`csv_path_key` (→ index into ``folder.paths``), and the keys
+    of the image files its scan skipped as unreadable."""
+    lookup = {csv_path_key(folder.relative_path(i)): i for i in range(len(folder.paths))}
+    return lookup, {csv_path_key(p.relative_to(folder.root).as_posix()) for p in folder.skipped}
 
 
 def normalise_column(name: str) -> str:

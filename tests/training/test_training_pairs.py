@@ -318,3 +318,15 @@ def test_a_pair_file_without_pairs_says_so_and_a_resume_refuses_a_changed_pair_f
     with pytest.raises(RetrievalError, match=r"\(--pairs\) has changed since .* started"):
         train(TrainConfig(data_dir=sample / "train", out=tmp_path / "run", pairs=pairs, epochs=1, resume=True, num_workers=0),
               progress=False)
+
+
+def test_a_pair_file_with_several_bad_rows_names_them_all_in_one_line(folder, tmp_path):
+    a, b = folder.relative_path(0), folder.relative_path(1)
+    rows = [f"{a},{b}", f"{a},ghost1.png", f"{a}", f"{a},{b}", "ghost2.png,", f"{a},ghost3.png", f"{a},ghost4.png"]
+    path = _write(tmp_path / "pairs.csv", "\n".join(rows) + "\n")
+    with pytest.raises(RetrievalError) as error:
+        read_pairs(path, folder)
+    message = str(error.value)
+    assert message.startswith(f"{path}: 5 bad rows: line 2: unknown image 'ghost1.png'") and "\n" not in message
+    assert "; line 3: expected two image paths" in message and "; line 5: unknown image 'ghost2.png'" in message
+    assert message.endswith("; and 2 more")  # one reason a row: line 5's empty second path is not counted again

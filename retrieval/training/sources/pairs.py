@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
@@ -82,8 +82,8 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
 
     Paths are relative to ``folder.root`` (``/`` or ``\\`` separators, a leading ``./`` allowed;
     an absolute path inside the root works too). Raises :class:`RetrievalError` — one line, with
-    the file name and line number — for a missing file, a row that is not two non-empty fields,
-    or an image that is not in the folder. Pairs with an image that exists but cannot be read
+    the file name and line number, naming the first three bad rows and counting the rest — for a
+    missing file, a row that is not two non-empty fields, or an image that is not in the folder. Pairs with an image that exists but cannot be read
     (the folder scan skipped it), and pairs of an image with itself, are dropped with one
     warning line each.
     """
@@ -91,27 +91,31 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
     rows = data.read_csv_rows(path, what="pair file")
     if rows and len(rows[0][1]) == 2 and {data.normalise_column(v) for v in rows[0][1]} <= _PAIR_HEADERS:
         rows = rows[1:]
-    lookup = _path_lookup(folder)
-    unreadable = {_key(p.relative_to(folder.root).as_posix()) for p in folder.skipped}
+    lookup, unreadable = data.image_lookup(folder)
     pairs: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()
-    dropped_unreadable, self_pairs = [], 0
+    dropped_unreadable, self_pairs, bad = [], 0, []
     for line, row in rows:
         if len(row) != 2:
             fields = ", ".join(data.shown_field(value, line) for value in row)
-            raise RetrievalError(f"{path}:{line}: expected two image paths (image_a,image_b), got {len(row)} field(s): {fields}")
+            bad.append((line, f"expected two image paths (image_a,image_b), got {len(row)} field(s): {fields}"))
+            continue
         ends = []
         for value in row:
             value = value.strip()
-            if not value:
-                raise RetrievalError(f"{path}:{line}: empty image path")
-            key = _key(value, folder.root)
-            if key in lookup:
+            key = data.csv_path_key(value, folder.root) if value else None
+            if key is None:
+                bad.append((line, "empty image path"))
+                break  # one reason a bad row
+            elif key in lookup:
                 ends.append(lookup[key])
             elif key in unreadable:
                 ends.append(None)
             else:
-                raise RetrievalError(f"{path}:{line}: unknown image {data.shown_field(value, line)}: no usable image under {folder.root}")
+                bad.append((line, f"unknown image {data.shown_field(value, line)}: no usable image under {folder.root}"))
+                break
+        if len(ends) < 2:
+            continue
         if None in ends:
             dropped_unreadable.append(str(line))
             continue
@@ -123,6 +127,8 @@ def read_pairs(csv_path: str | Path, folder: data.ImageFolder) -> list[tuple[int
         if pair not in seen:
             seen.add(pair)
             pairs.append(pair)
+    if bad:  # every bad row at once, in one line: a file with several typos is mended in one go
+        raise data.bad_rows_error(path, bad)
     if dropped_unreadable:
         log.warning("%s: dropped %d pairs with an unreadable image (lines %s)", path, len(dropped_unreadable), data.brief_list(dropped_unreadable))
     if self_pairs:
@@ -138,8 +144,7 @@ def read_image_groups(csv_path: str | Path, folder: data.ImageFolder) -> dict[in
     rows = data.read_csv_rows(path, what="group file")
     if rows and len(rows[0][1]) == 2 and {data.normalise_column(v) for v in rows[0][1]} <= _GROUP_HEADERS:
         rows = rows[1:]
-    lookup = _path_lookup(folder)
-    unreadable = {_key(p.relative_to(folder.root).as_posix()) for p in folder.skipped}
+    lookup, unreadable = data.image_lookup(folder)
     groups: dict[int, str] = {}
     lines: dict[int, int] = {}
     for line, row in rows:
@@ -148,7 +153,7 @@ def read_image_groups(csv_path: str | Path, folder: data.ImageFolder) -> dict[in
         image, group = row[0].strip(), row[1].strip()
         if not image or not group:
             raise RetrievalError(f"{path}:{line}: empty image or group")
-        key = _key(image, folder.root)
+        key = data.csv_path_key(image, folder.root)
         if key not in lookup:
             if key in unreadable:
                 continue
@@ -159,22 +164,6 @@ def read_image_groups(csv_path: str | Path, folder: data.ImageFolder) -> dict[in
         groups[index] = group
         lines[index] = line
     return groups
-
-
-def _key(value: str, root: Path | None = None) -> str:
-    """A path as written in a CSV, normalised to a posix path relative to the root."""
-    text = value.strip().replace("\\", "/")
-    if root is not None and Path(text).is_absolute():
-        try:
-            text = Path(text).resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            return text
-    parts = [p for p in PurePosixPath(text).parts if p not in (".", "")]
-    return "/".join(parts)
-
-
-def _path_lookup(folder: data.ImageFolder) -> dict[str, int]:
-    return {_key(folder.relative_path(i)): i for i in range(len(folder.paths))}
 
 
 # ----------------------------------------------------------------------------- components
