@@ -17,7 +17,10 @@ from torch.utils.data import Sampler
 
 from retrieval.errors import RetrievalError
 
-__all__ = ["PKSampler", "fit_classes_per_batch"]
+__all__ = ["GROUPS_PER_BATCH", "PKSampler", "fit_classes_per_batch"]
+
+#: the groups a batch draws its classes from when class groups are given without a number
+GROUPS_PER_BATCH = 2
 
 logger = logging.getLogger("retrieval")
 
@@ -123,7 +126,7 @@ class PKSampler(Sampler[list[int]]):
             _, self._group_of = np.unique(groups[anchor_classes], return_inverse=True)
             self._group_of = self._group_of.reshape(-1)
             n_groups = int(self._group_of.max()) + 1
-            self.groups_per_batch = min(int(groups_per_batch or 2), n_groups)
+            self.groups_per_batch = min(int(groups_per_batch or GROUPS_PER_BATCH), n_groups)
             if self.groups_per_batch < 1:
                 raise RetrievalError(f"groups_per_batch must be at least 1, got {groups_per_batch}")
         elif groups_per_batch is not None:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from retrieval import distributed
+from retrieval.data.sampler import GROUPS_PER_BATCH  # the P x K sampler's own default (fewer when there are fewer groups)
 from retrieval.data.transforms import FACE_JITTER
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import MAX_SIDE_LIMIT, MIN_FACE_SIZE_RANGE, DetectorSettings
@@ -112,9 +113,6 @@ DEFAULTS: dict[str, Any] = {
 }
 #: the detector's defaults with --faces: DetectorSettings' own (its bounds, MIN_FACE_SIZE_RANGE and MAX_SIDE_LIMIT, check the flags)
 FACE_MIN_SIZE, FACE_MAX_SIDE, FACE_RECHECK = DetectorSettings.min_face_size, DetectorSettings.max_side, DetectorSettings.recheck_threshold
-#: the groups each batch draws its classes from with ``--class-groups`` when ``--groups-per-batch`` is
-#: not given (the P x K sampler's own default; fewer when the training classes form fewer groups)
-GROUPS_PER_BATCH = 2
 #: the largest --face-jitter: scale ± 10 %, shift ± 5 %, rotation ± 10° at --augment 1
 MAX_FACE_JITTER = 1.0
 #: the loss of ``--unlabelled`` runs when ``--loss`` is not given

@@ -121,7 +121,7 @@ def _fit_groups_per_batch(config, groups: list[int], folder: data.ImageFolder, c
     """G, the groups each batch draws its P classes from, for the groups of the training classes
     that batches hold (two or more images: the sampler's anchor classes).
 
-    The default (2, :data:`~retrieval.training.config.GROUPS_PER_BATCH`) is fitted to fewer groups
+    The default (2, :data:`~retrieval.data.sampler.GROUPS_PER_BATCH`) is fitted to fewer groups
     without a word, as the sampler always did. A G the user typed that does not fit is a one-line
     error, as an over-large ``-P`` is (they asked for it, so it is not changed behind their back):
     more groups than the classes form, or than the P classes a batch holds (each group drawn gives
