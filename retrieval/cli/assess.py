@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import LOOK_HARDER_HELP, app, fmt, log_warnings
+from retrieval.cli.common import LOOK_HARDER_HELP, app, fmt, log_warnings, table_console
 from retrieval.progress import stage_bars
 from retrieval.safe_text import printable, terminal_text
 
@@ -39,7 +39,6 @@ def evaluate_command(
     if json_output:
         typer.echo(json.dumps(metrics))
         return
-    from rich.console import Console
     from rich.table import Table
 
     # the heading is a line of its own: as a rich title it would wrap at the narrow table's width
@@ -53,7 +52,7 @@ def evaluate_command(
                 table.add_row(f"tar_at_far {far}", fmt(tar))
         else:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value)))
-    Console().print(table)
+    table_console().print(table)
 
 
 @app.command("calibrate")

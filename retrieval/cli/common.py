@@ -36,3 +36,14 @@ def log_warnings() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
+
+
+def table_console():
+    """The rich Console a command prints its table on: on a terminal, the terminal's width (a long
+    path folds to fit the screen); written to a file or a pipe, wide enough that no cell is folded,
+    so that each row is one line that ``grep``, ``cut`` and scripts read whole (rich's default
+    there, 80 columns, split a long path over several lines)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=100_000)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from retrieval.cli.common import GALLERY_ROOT_HELP, LOOK_HARDER_HELP, app, log_warnings
+from retrieval.cli.common import GALLERY_ROOT_HELP, LOOK_HARDER_HELP, app, log_warnings, table_console
 from retrieval.errors import RetrievalError
 from retrieval.progress import stage_bars
 from retrieval.safe_text import printable, terminal_text
@@ -186,7 +186,6 @@ def search_command(
     if json_output:
         typer.echo(json.dumps({"neighbours": [n.to_json() for n in neighbours], "verdict": verdict.to_json()}))
         return
-    from rich.console import Console
     from rich.table import Table
 
     method = "exact" if exact else f"Annoy, {gallery.n_trees} trees"
@@ -201,7 +200,7 @@ def search_command(
     for rank, n in enumerate(neighbours, 1):
         cells = [str(rank), terminal_text(gallery.shown_path(n.item)), terminal_text("-" if n.label is None else n.label), f"{n.distance:.4f}", f"{n.similarity:.4f}"]
         table.add_row(*cells, *(["yes" if n.match else "no"] if gallery.threshold is not None else []))
-    Console().print(table)
+    table_console().print(table)
     target = gallery.threshold.target_far if gallery.threshold is not None else None
     nearest = gallery.shown_path(neighbours[0].item) if neighbours else None
     typer.echo(printable(verdict.describe(target, nearest=nearest, run_dir=str(run_dir))))
@@ -229,9 +228,8 @@ def _search_faces(gallery, run_dir: Path, image: Path, query, k: int, *, json_ou
         harder = "" if look_harder else f"; {pipeline.settings.look_harder_hint(query.size)}"
         typer.echo(printable(f"no face found in {image}: nothing to search; {hint}{harder}"))
         return
-    from rich.console import Console
 
     for heading, table, verdict in face_tables(results, gallery, image):  # the heading a line of its own: never wrapped
         typer.echo(printable(heading))
-        Console().print(table)
+        table_console().print(table)
         typer.echo(printable(verdict))

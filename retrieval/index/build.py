@@ -13,12 +13,13 @@ next build. Images reached through symbolic links that leave the gallery folder 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from retrieval.index.store import ProgressCallback, RowWriter, copy_rows, shrink
 if TYPE_CHECKING:  # torch is imported where it is used: building an index from vectors needs none
     import torch
 
-__all__ = ["add_to_index", "build_index"]
+__all__ = ["add_to_index", "build_index", "index_writer"]
 
 logger = logging.getLogger("retrieval")
 
@@ -95,8 +96,33 @@ def _build(run_dir, gallery_dir, *, device, **options) -> dict[str, Any]:
     ``{"rank", "world_size"}`` once their share is embedded."""
     from retrieval import distributed
 
-    with distributed.process_group(device) as ctx:
+    with distributed.process_group(device) as ctx, index_writer(run_dir, held=ctx.is_main):
         return _build_with(ctx, run_dir, gallery_dir, **options)
+
+
+@contextlib.contextmanager
+def index_writer(run_dir: str | Path, *, held: bool = True) -> Iterator[None]:
+    """Hold ``RUN_DIR/index/.lock`` for a whole command that changes the index (a build, an
+    ``--add``, a ``--remove``), from before it reads the current index to its commit, so that a
+    second such command stops at once with a one-line error naming this one, rather than both
+    running and the later commit dropping what the earlier one added. ``held`` False (a helper
+    process of a torchrun launch, which writes nothing) takes no lock. An ``index/`` folder that
+    holding the lock created is removed again if the command left it empty (it failed before
+    writing anything)."""
+    from retrieval.run import hold_lock, index_dir
+
+    if not held:
+        yield
+        return
+    target = index_dir(run_dir)
+    existed = target.exists()
+    try:
+        with hold_lock(target, "`retrieval index` on a run"):
+            yield
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                target.rmdir()  # only when empty
 
 
 def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, num_workers, precision,
@@ -209,17 +235,13 @@ def _record_roots(run_dir: Path, previous: GalleryIndex) -> bool:
     """Record the roots ``previous`` was loaded with (``--gallery-root``) when they differ from those
     its ``gallery.json`` records: a new version of the index whose ``gallery.json`` names them, its
     data files carried over unchanged, committed in one step as a build is. False when there was
-    nothing to record."""
-    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
+    nothing to record. The caller holds the index's lock (:func:`index_writer`)."""
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, index_dir, new_version
 
     roots = [str(root) for root in previous.roots]
     if roots == previous.metadata["roots"]:
         return False
-    target = index_dir(run_dir)
-    with hold_lock(target, "`retrieval index` on a run"), \
-            new_version(target, INDEX_UNIT, keep=(ANN_NAME, EMBEDDINGS_NAME)) as version:
-        if read_index_metadata(run_dir).get("build_id") != previous.metadata.get("build_id"):  # its data files are carried over
-            raise RetrievalError(f"{target} changed while this command read it (another `retrieval index`); run it again")
+    with new_version(index_dir(run_dir), INDEX_UNIT, keep=(ANN_NAME, EMBEDDINGS_NAME)) as version:
         metadata = {**previous.metadata, "build_id": version.name, "roots": roots}
         (version / METADATA_NAME).write_text(json.dumps(metadata, indent=1) + "\n")
     return True
@@ -269,15 +291,15 @@ def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list
                  seed: int, n_jobs: int, on_progress: ProgressCallback | None, fingerprint: str,
                  faces: list[dict[str, Any]] | None = None, looked: list[int] = (),
                  without_face: list[int] = ()) -> dict[str, Any]:
-    """The build transaction: under the lock, write the embeddings (the previous index's rows, then
+    """The build transaction (the caller holds the index's lock, :func:`index_writer`): write the embeddings (the previous index's rows, then
     ``batches``), the Annoy file and ``gallery.json`` into a new version of the index, which
     leaving the ``new_version`` block commits. Returns the new ``gallery.json`` content. ``faces``:
     a face run's record of each embedded item (``new_ids`` then repeats a photo once per face);
     ``looked``: the folder's photos it searched for faces, ``without_face``: those where it found none."""
-    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, index_dir, new_version
 
     target = index_dir(run_dir)
-    with hold_lock(target, "`retrieval index` on a run"), new_version(target, INDEX_UNIT) as version:
+    with new_version(target, INDEX_UNIT) as version:
         _remove_stale_builds(target)
         n_old = len(previous) if previous is not None else 0
         embeddings_path = version / EMBEDDINGS_NAME

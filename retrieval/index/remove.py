@@ -23,6 +23,7 @@ import numpy as np
 
 from retrieval.errors import RetrievalError, close_names
 from retrieval.index.annoy_file import build_annoy, check_annoy_file
+from retrieval.index.build import index_writer
 from retrieval.index.gallery import GalleryIndex
 from retrieval.index.metadata import file_check
 from retrieval.index.store import RowWriter
@@ -39,8 +40,13 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
     or a path given matches nothing (a typo: it names them, with the labels they may have meant),
     or when nothing would be left. ``gallery_roots`` re-roots the index's folders first (a gallery moved since
     it was indexed: one for each, in order, as for ``--add``); the new index records them."""
-    run_dir = Path(run_dir)
-    labels, paths = set(labels), [Path(p) for p in paths]
+    with index_writer(run_dir):
+        return _remove(Path(run_dir), set(labels), [Path(p) for p in paths], n_jobs=n_jobs, gallery_roots=gallery_roots)
+
+
+def _remove(run_dir: Path, labels: set[str], paths: list[Path], *, n_jobs: int,
+            gallery_roots: list[str | Path] | None) -> dict[str, Any]:
+    """:func:`remove_from_index` under the index's lock."""
     previous = GalleryIndex.load(run_dir, load_model=False, gallery_roots=gallery_roots)
     try:
         held_keys = _held_keys(previous)
@@ -77,11 +83,10 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
 def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], without_face: list[dict[str, Any]], *,
                    n_jobs: int) -> None:
     """A new version of the index holding only the ``kept`` items, their stored rows reused."""
-    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, hold_lock, index_dir, new_version
+    from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, index_dir, new_version
 
-    target = index_dir(run_dir)
     dim = previous.embedding_dim
-    with hold_lock(target, "`retrieval index` on a run"), new_version(target, INDEX_UNIT) as version:
+    with new_version(index_dir(run_dir), INDEX_UNIT) as version:
         embeddings_path = version / EMBEDDINGS_NAME
         rows = np.asarray(kept, dtype=np.int64)
         with RowWriter(embeddings_path, len(kept), dim) as writer:

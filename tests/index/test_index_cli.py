@@ -99,6 +99,23 @@ def test_cli_search_in_a_gallery_without_labels_names_the_match_by_its_file(tmp_
     assert "match: plum_2_0.png, d = 0.000 ≤ τ = 2.000 at FAR 1 %" in table.stdout, table.stdout
 
 
+def test_cli_search_table_written_to_a_file_keeps_each_long_path_on_one_line(tmp_path, run_dir, gallery_dir):
+    """Output that is not a terminal (CliRunner's, a file, a pipe) is not folded at 80 columns: a row
+    a neighbour, its path whole, as grep and scripts read it."""
+    run, deep = tmp_path / "run", tmp_path / "g"
+    shutil.copytree(run_dir, run)
+    name = "a_product_photo_with_a_long_descriptive_name_as_shops_export_them_" * 2 + "0.png"
+    (deep / "plum").mkdir(parents=True)
+    shutil.copy(gallery_dir / "plum" / "2_0.png", deep / "plum" / name)
+    shutil.copy(gallery_dir / "apple" / "0_0.png", deep / "plum" / "short.png")
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(run), str(deep), "--n-trees", "2", "--device", "cpu", "--quiet"]).exit_code == 0
+    table = runner.invoke(app, ["search", str(run), str(deep / "plum" / name), "-k", "2", "--exact"])
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.stdout.splitlines()[1:] if f"plum/{name}" in line]  # [0]: the heading
+    assert len(rows) == 1 and "0.0000" in rows[0], table.stdout
+
+
 def test_cli_add_appends_a_folder(tmp_path, run_dir, gallery_dir):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
