@@ -5,7 +5,8 @@ a corrupt file, a bad flag value). The CLI prints its message as one line and ex
 the app shows it as an error box. Every other exception is a bug and keeps its traceback.
 :class:`LostProcesses`, one kind of it, also tells the CLI to leave without tearing torch down;
 :class:`ImageSizeError`, another, says whether an image was too large, too small or too elongated.
-:func:`close_names` gives a message's "did you mean …?" for a name typed that is none of those known.
+:func:`close_names` gives the known names a typed name probably meant, :func:`did_you_mean` a message's
+" (did you mean …?)" made of them.
 """
 
 from collections.abc import Iterable
@@ -45,3 +46,10 @@ def close_names(asked: Iterable[str], known: Iterable[str]) -> list[str]:
     for name in asked:
         close += [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, known, n=2, cutoff=0.75)
     return list(dict.fromkeys(close))
+
+
+def did_you_mean(asked: str | Iterable[str], known: Iterable[str]) -> str:
+    """" (did you mean A, B?)" for the :func:`close_names` of ``asked`` (one name or several), or ""
+    when none is close."""
+    close = close_names([asked] if isinstance(asked, str) else asked, known)
+    return f" (did you mean {', '.join(close)}?)" if close else ""

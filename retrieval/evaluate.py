@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retrieval.batch_inputs import require_labels
+from retrieval.batch_inputs import embedding_rows, require_labels
 from retrieval.errors import RetrievalError
 from retrieval.folder_caveats import MEMORISED_FIGURES, shared_images, warn_when_one_class, warn_when_trained_on
 
@@ -72,9 +72,10 @@ def retrieval_metrics(
     """Recall@K for each K in ``ks``, Precision@10 and MAP@R, computed exactly.
 
     Embeddings are (N, D) arrays or tensors; they are L2-normalised here (a no-op for a model's
-    output), so ranking by dot product equals ranking by the training distance. Labels are
-    integers, compared for equality; in cross-set mode the caller must give query and gallery
-    labels in one numbering (e.g. indices into a shared list of class names).
+    output), so ranking by dot product equals ranking by the training distance; a row holding NaN or
+    inf is a ValueError. Labels are class ids or class names, compared for equality (1 and 1.0
+    are one class); in cross-set mode query and gallery labels must be in one numbering (the same
+    names, or indices into a shared list of class names).
 
     ``chunk_size`` queries are ranked at a time (default: as many as keep the similarity chunk
     near 256 MiB), so memory stays bounded for large sets.
@@ -454,14 +455,11 @@ def _average_precision_at_r_sum(relevant: torch.Tensor, r: torch.Tensor) -> floa
 
 
 def _unit_rows(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, D) float32 CPU tensor with L2-normalised rows."""
-    if not isinstance(embeddings, torch.Tensor):
-        array = np.asarray(embeddings, dtype=np.float32)
-        # a read-only array (an index's memory-mapped embeddings): torch warns on wrapping one, so copy it
-        embeddings = torch.from_numpy(array if array.flags.writeable else array.copy())
-    x = embeddings.detach().to(device="cpu", dtype=torch.float32)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {tuple(x.shape)}")
+    """(N, D) float32 CPU tensor with L2-normalised rows (:func:`retrieval.batch_inputs.embedding_rows`:
+    finite values only)."""
+    array = embedding_rows(embeddings)
+    # a read-only array (an index's memory-mapped embeddings): torch warns on wrapping one, so copy it
+    x = torch.from_numpy(array if array.flags.writeable else array.copy())
     return torch.nn.functional.normalize(x, dim=1)
 
 

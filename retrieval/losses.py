@@ -34,8 +34,10 @@ import torch.nn.functional as F
 
 from retrieval.batch_inputs import batch_embeddings, batch_labels, number_setting
 from retrieval.distances import euclidean_from_squared, full_precision, normalize, squared_from_unit_rows, to_float
+from retrieval.errors import did_you_mean
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
-from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, first_pair_of_each_class, padded_positives, pairs_to_masks
+from retrieval.tuples import (MinedPairs, MinedTriplets, anchor_chunks, checked_tuples, first_pair_of_each_class, padded_positives,
+                              pairs_to_masks)
 
 __all__ = [
     "ContrastiveLoss",
@@ -61,7 +63,8 @@ class MetricLoss(torch.nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], mined: Mined = None) -> torch.Tensor:
         embeddings = batch_embeddings(embeddings)
-        labels = batch_labels(labels, len(embeddings), embeddings.device)  # ids, names; never 0.5 quietly made 0
+        labels = batch_labels(labels, len(embeddings), embeddings.device, rules=self.negative_rules)  # ids, names; never 0.5 quietly made 0
+        mined = checked_tuples(mined, len(embeddings))  # a miner's output for this batch, or valid hand-given indices
         if len(embeddings) == 0:
             return embeddings.sum() * 0.0  # no tuple: a loss of 0 with a gradient
         with full_precision(embeddings):
@@ -381,7 +384,7 @@ def build_loss(
     """The loss for a command-line name (a key of ``LOSSES``), given the run's margin / temperature;
     each loss takes only the parameter it uses."""
     if name not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {name!r}")
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {name!r}" + did_you_mean(str(name), LOSSES))
     takes = {"margin": (margin,), "temperature": (temperature,), None: ()}[LOSS_SETTING[name]]
     return LOSSES[name](*takes, negative_rules=negative_rules)
 

@@ -50,6 +50,7 @@ import torch
 
 from retrieval.batch_inputs import batch_embeddings, batch_labels, number_setting
 from retrieval.distances import euclidean_distance, euclidean_from_squared, full_precision, normalize, squared_euclidean_distance
+from retrieval.errors import did_you_mean
 from retrieval.mining_record import MiningRecord, TripletScan, anchor_view, smallest, top_triplets
 from retrieval.negatives import NegativeRules, negative_mask, positive_mask
 from retrieval.tuples import MinedPairs, MinedTriplets, anchor_chunks, first_pair_of_each_class, padded_positives
@@ -78,7 +79,8 @@ class _MarginMiner:
         self, strategy: str, margin: float, *, negative_rules: NegativeRules | None = None, hardest_k: int = 20
     ) -> None:
         if strategy not in self.strategies:
-            raise ValueError(f"strategy must be one of {', '.join(self.strategies)}; got {strategy!r}")
+            raise ValueError(f"strategy must be one of {', '.join(self.strategies)}; got {strategy!r}"
+                             + did_you_mean(str(strategy), self.strategies))
         self.strategy = strategy
         self.margin = number_setting("margin", margin)
         self.negative_rules = negative_rules
@@ -119,7 +121,7 @@ class TripletMiner(_MarginMiner):
     ) -> MinedTriplets:
         with torch.no_grad(), full_precision(batch_embeddings(embeddings)):
             x = normalize(embeddings.detach())
-            labels, indices = _batch_labels(labels, indices, x)
+            labels, indices = _batch_labels(labels, indices, x, self.negative_rules)
             squared = squared_euclidean_distance(x, normalized=True)
             neg = negative_mask(labels, self.negative_rules)
             positives, valid = padded_positives(positive_mask(labels))
@@ -248,7 +250,7 @@ class TripletMiner(_MarginMiner):
                     "hardest_mined": _hardest_of(anchors, positives, negatives, d_ap, d_an, self.hardest_k),
                     "anchors": b.anchor_view(self.margin)}
 
-        return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, b.indices))
+        return MinedTriplets(anchors, positives, negatives, MiningRecord(compute_record, b.indices), batch_size=len(b.labels))
 
 
 class NPairTriplets(TripletMiner):
@@ -306,7 +308,7 @@ class PairMiner(_MarginMiner):
     ) -> MinedPairs:
         with torch.no_grad(), full_precision(batch_embeddings(embeddings)):
             x = normalize(embeddings.detach())
-            labels, indices = _batch_labels(labels, indices, x)
+            labels, indices = _batch_labels(labels, indices, x, self.negative_rules)
             if len(x) == 0:
                 return _empty_pairs(x, indices)
             dist = euclidean_distance(x, normalized=True)
@@ -374,6 +376,9 @@ def build_miner(
     :class:`PairMiner` (``"pair-active"``, ...)."""
     if name in ("none", "", None):
         return None
+    names = ("none", *TRIPLET_STRATEGIES, *(f"pair-{strategy}" for strategy in PAIR_STRATEGIES))
+    if name not in names:  # named as typed: "pair-semihard", not the strategy "semihard" PairMiner would be given
+        raise ValueError(f"miner must be one of {', '.join(names)}; got {name!r}" + did_you_mean(str(name), names))
     if name.startswith("pair-"):
         return PairMiner(name[len("pair-") :], margin, negative_rules=negative_rules, hardest_k=hardest_k)
     return TripletMiner(name, margin, negative_rules=negative_rules, hardest_k=hardest_k)
@@ -436,8 +441,8 @@ class _Batch:
         return anchor_view(self.dist, self.neg, self.positives, self.valid, self.labels, margin)
 
 
-def _batch_labels(labels, indices, x) -> tuple[torch.Tensor, torch.Tensor | None]:
-    labels = batch_labels(labels, len(x), x.device)
+def _batch_labels(labels, indices, x, rules) -> tuple[torch.Tensor, torch.Tensor | None]:
+    labels = batch_labels(labels, len(x), x.device, rules=rules)
     if indices is not None:
         indices = torch.as_tensor(indices).long().cpu()
         if indices.shape != (len(x),):

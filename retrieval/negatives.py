@@ -21,8 +21,8 @@ the coarse class "Apple")::
     rules = NegativeRules.from_names(class_names, class_groups=groups, negatives="same-group")
     miner = TripletMiner("semihard", 0.2, negative_rules=rules)       # Granny-Smith vs Pink-Lady, not vs Banana
 
-Labels are class indices (0 … C−1, the order of ``class_names``); ``class_groups[c]`` is the
-group of class c. Positives are never affected: a positive of a is any other sample of a's class.
+Labels are class indices (0 … C−1, the order of ``class_names``), or, with rules made by
+``from_names``, the class names themselves; ``class_groups[c]`` is the group of class c. Positives are never affected: a positive of a is any other sample of a's class.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ class NegativeRules:
         negatives: ``"all"`` (any other class, minus never-negative pairs), ``"same-group"``
             (only other classes of the anchor's group) or ``"prefer-same-group"`` (same-group
             negatives where the anchor has any in the batch, else any other class).
+        class_names: the name of each class index (:meth:`from_names` sets them): a loss or miner
+            with these rules then takes labels as class names too, numbered by this list; rules
+            without them take class indices only (a ValueError for names).
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class NegativeRules:
         never_negative: Iterable[tuple[int, int]] = (),
         class_groups: Sequence[int] | None = None,
         negatives: str = "all",
+        *,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_MODES)}; got {negatives!r}")
@@ -67,6 +72,7 @@ class NegativeRules:
         self.never_negative: list[tuple[int, int]] = pairs
         self.class_groups: list[int] | None = None if class_groups is None else [int(g) for g in class_groups]
         self.negatives = negatives
+        self.class_names: list[str] | None = None if class_names is None else [str(name) for name in class_names]
         # Forbidden (anchor class, negative class) pairs as sorted codes a * stride + b, both ways.
         self._stride = 1 + max([max(p) for p in pairs], default=0)
         codes = [a * self._stride + b for a, b in pairs] + [b * self._stride + a for a, b in pairs]
@@ -104,7 +110,7 @@ class NegativeRules:
             for name in class_names:
                 key = class_groups.get(name, "\0" + name)
                 groups.append(group_ids.setdefault(key, len(group_ids)))
-        return cls(never_negative=pairs, class_groups=groups, negatives=negatives)
+        return cls(never_negative=pairs, class_groups=groups, negatives=negatives, class_names=class_names)
 
     @property
     def is_default(self) -> bool:

@@ -7,6 +7,9 @@ two, so that the losses never import the miners:
 - :class:`MinedTriplets`: triplets (a, p, n), y_a = y_p, a ≠ p, y_n ≠ y_a, as index tensors into the
   batch, held either as the three index lists or in a dense (anchor, positive, negative) mask.
 - :class:`MinedPairs`: positive pairs (a, p) and negative pairs (a, n), as index lists or masks.
+- :func:`checked_tuples`: what a loss is given as ``mined``, checked against its batch (a miner's
+  output for another batch, or hand-written indices that are negative, fractional or of unequal
+  lengths, are a ValueError rather than a wrapped index or a torch error from deep inside).
 - :func:`pairs_to_masks`: index pairs as (B, B) bool masks, the form every pair loss reads.
 - :func:`padded_positives`: each anchor's positives as a (B, K) index matrix, K the largest number
   of positives an anchor has (K − 1 for P×K batches). A rule over (anchor, positive, candidate
@@ -28,6 +31,7 @@ import torch
 __all__ = [
     "MinedTriplets",
     "MinedPairs",
+    "checked_tuples",
     "pairs_to_masks",
     "padded_positives",
     "anchor_chunks",
@@ -64,12 +68,14 @@ class MinedTriplets:
         record: _Record,
         *,
         dense: tuple[torch.Tensor, torch.Tensor] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         if anchors is None and dense is None:
             raise ValueError("MinedTriplets needs the triplets or their dense form")
         self._triplets = None if anchors is None else (anchors, positives, negatives)
         self.record = record
         self.dense = dense
+        self.batch_size = batch_size  # the rows of the batch mined, where the miner says (checked_tuples)
 
     def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._triplets is None:
@@ -167,6 +173,47 @@ class MinedPairs:
             positives, positive_kept, negative_kept = self.masks
             return _scatter_or(batch, positives, positive_kept), negative_kept
         return pairs_to_masks(batch, *self._pairs)
+
+
+def checked_tuples(mined, batch: int):
+    """``mined`` as a loss takes it, checked against a batch of ``batch`` rows: a MinedTriplets or
+    MinedPairs made for a batch of that size, as it is; an index tuple (a, p, n) or (a1, p, a2, n)
+    of lists or tensors (PML's form) as LongTensors, each index an integer in [0, batch), a, p, n of
+    one length (a1, p and a2, n of one length each); None as it is. Else a one-line ValueError."""
+    if mined is None:
+        return None
+    if isinstance(mined, (MinedTriplets, MinedPairs)):
+        dense = mined.dense if isinstance(mined, MinedTriplets) else mined.masks
+        known = dense is not None or getattr(mined, "batch_size", None) is not None  # else: indices read (a GPU sync)
+        rows = len(dense[0]) if dense is not None else getattr(mined, "batch_size", None) if known else \
+            1 + max((int(i.max()) for i in _stored(mined) if len(i)), default=-1)
+        if (rows != batch) if known else (rows > batch):
+            raise ValueError(f"mined was mined on a batch of {'' if known else 'at least '}{rows} rows, the embeddings "
+                             f"have {batch}: mine the batch the loss is given")
+        return mined
+    if not isinstance(mined, (tuple, list)) or len(mined) not in (3, 4):
+        raise TypeError("mined must be MinedTriplets, MinedPairs, or an index tuple (a, p, n) / (a1, p, a2, n)")
+    indices = []
+    for values in mined:
+        tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+        if tensor.dim() != 1 or (len(tensor) and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)):
+            raise ValueError(f"mined index lists must be 1-D lists of integer batch indices, got shape {tuple(tensor.shape)} "
+                             f"of {tensor.dtype}")
+        tensor = tensor.long()
+        if len(tensor) and (int(tensor.min()) < 0 or int(tensor.max()) >= batch):
+            raise ValueError(f"mined indices must lie in [0, {batch}) (the embeddings' rows), got "
+                             f"{int(tensor.min()) if int(tensor.min()) < 0 else int(tensor.max())}")
+        indices.append(tensor)
+    lengths = [len(i) for i in indices]
+    if len(set(lengths)) > 1 if len(indices) == 3 else (lengths[0] != lengths[1] or lengths[2] != lengths[3]):
+        names = "a, p, n" if len(indices) == 3 else "a1, p and a2, n"
+        raise ValueError(f"mined index lists {names} must be of equal length, got {', '.join(map(str, lengths))}")
+    return tuple(indices)
+
+
+def _stored(mined) -> tuple[torch.Tensor, ...]:
+    """The index tensors a tuple set holds (enumerated already: no dense form)."""
+    return mined._triplets if isinstance(mined, MinedTriplets) else mined._pairs
 
 
 def pairs_to_masks(batch, a1, p, a2, n) -> tuple[torch.Tensor, torch.Tensor]:

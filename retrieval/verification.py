@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.batch_inputs import require_labels
+from retrieval.batch_inputs import embedding_rows, require_labels
 from retrieval.errors import RetrievalError
 
 __all__ = [
@@ -215,8 +215,7 @@ def pair_distances(
 ) -> PairDistances:
     """Same- and different-class pair distances: all pairs i < j of one set, or all (query, gallery)
     pairs of two; a uniform sample of ``max_pairs`` pairs (``seed``) when there are more."""
-    x = _unit(embeddings)
-    y = require_labels(labels)
+    x, y = _unit(embeddings, labels, "")
     if gallery_embeddings is None:
         n = len(x)
         total = n * (n - 1) // 2
@@ -226,7 +225,9 @@ def pair_distances(
             first, second = _sample_upper(n, max_pairs, seed)
         g, gy = x, y
     else:
-        g, gy = _unit(gallery_embeddings), require_labels(gallery_labels, "gallery labels")
+        g, gy = _unit(gallery_embeddings, gallery_labels, "gallery ")
+        if g.shape[1] != x.shape[1]:
+            raise ValueError(f"query and gallery embeddings differ in dimension: {x.shape[1]} vs {g.shape[1]}")
         total = len(x) * len(g)
         if total <= max_pairs:
             first, second = (a.ravel() for a in np.meshgrid(np.arange(len(x)), np.arange(len(g)), indexing="ij"))
@@ -372,10 +373,14 @@ def _check(positive, negative) -> tuple[np.ndarray, np.ndarray]:
     return positive, negative
 
 
-def _unit(embeddings) -> np.ndarray:
-    x = np.asarray(embeddings, dtype=np.float32)
+def _unit(embeddings, labels, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """(unit rows, labels) of one set, checked: finite (N, D) embeddings, one label each."""
+    x = embedding_rows(embeddings, f"{which}embeddings")
+    y = require_labels(labels, f"{which}labels")
+    if y.shape != (len(x),):
+        raise ValueError(f"{which}labels must have shape ({len(x)},) to match the embeddings, got {y.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return x / np.maximum(norms, 1e-12), y
 
 
 def _row_distances(x: np.ndarray, g: np.ndarray, first: np.ndarray, second: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:

@@ -434,3 +434,16 @@ def test_every_loss_docstring_states_its_formula():
     for cls in LOSSES.values():
         doc = cls.__doc__
         assert "::" in doc and any(sym in doc for sym in ("max(0", "log", "mean")), cls
+
+
+def test_infonce_on_mined_pairs_equals_pytorch_metric_learning_ntxent_on_the_same_indices():
+    """README's PML table: InfoNCE equals NTXent on mined pairs too (the same (a1, p, a2, n) given to both)."""
+    from pytorch_metric_learning import losses
+
+    for seed in range(3):
+        x, labels = uneven_batch(seed, dim=8)
+        mined = PairMiner("active", 1.0)(x, labels)
+        ours = InfoNCELoss(TAU)(x, labels, mined)
+        theirs = losses.NTXentLoss(temperature=TAU)(x, labels, indices_tuple=mined.as_pairs())
+        assert len(mined.anchors) > 0 and len(mined.negatives) > 0
+        close(ours.item(), theirs.item())

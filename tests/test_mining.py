@@ -436,3 +436,17 @@ def test_mined_triplets_expose_their_pairs():
     assert isinstance(mined, MinedTriplets)
     a1, p, a2, n = mined.as_pairs()
     assert a1 is mined.anchors and a2 is mined.anchors and p is mined.positives and n is mined.negatives
+
+
+def test_pair_active_keeps_the_same_pairs_as_pytorch_metric_learning_pair_margin_miner():
+    """README's PML table: PairMiner("active", m) is PairMarginMiner(pos_margin=0, neg_margin=m) (up
+    to positive pairs at distance exactly 0, which random batches do not hold)."""
+    from pytorch_metric_learning import miners
+
+    for seed in range(3):
+        x, labels = uneven_batch(seed)
+        ours = PairMiner("active", 1.0)(x, labels)  # a margin that random points' negatives fall inside
+        a1, p, a2, n = miners.PairMarginMiner(pos_margin=0, neg_margin=1.0)(x, labels)
+        assert set(zip(ours.anchors.tolist(), ours.positives.tolist())) == set(zip(a1.tolist(), p.tolist()))
+        assert set(zip(ours.negative_anchors.tolist(), ours.negatives.tolist())) == set(zip(a2.tolist(), n.tolist()))
+        assert len(ours.negatives) > 0

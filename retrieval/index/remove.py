@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import RetrievalError, close_names
+from retrieval.errors import RetrievalError, did_you_mean
 from retrieval.index.annoy_file import build_annoy, check_annoy_file
 from retrieval.index.build import index_writer
 from retrieval.index.gallery import GalleryIndex
@@ -60,7 +60,7 @@ def _remove(run_dir: Path, labels: set[str], paths: list[Path], *, n_jobs: int,
             given = ", ".join(unknown[:3]) + (" …" if len(unknown) > 3 else "")
             known = (label for label in held_labels if label is not None)
             raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given ({given}); nothing removed"
-                                 + _did_you_mean(close_names(unknown_labels, known)))
+                                 + did_you_mean(unknown_labels, known))
         wanted = set(wanted.values())
         removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
         faceless_kept = [entry for entry in without_face
@@ -105,10 +105,6 @@ def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], witho
                "roots": [str(root) for root in previous.roots],
                "files": {ANN_NAME: file_check(version / ANN_NAME, sha256=ann_sha256), EMBEDDINGS_NAME: file_check(embeddings_path)}}
         (version / METADATA_NAME).write_text(json.dumps(new, indent=1) + "\n")
-
-
-def _did_you_mean(names: list[str]) -> str:
-    return f" (did you mean {', '.join(names)}?)" if names else ""
 
 
 def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kept: list[int]) -> int:
