@@ -20,6 +20,7 @@ import contextlib
 import io
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,6 +45,7 @@ from retrieval.safe_text import markdown_text, printable
 
 __all__ = [
     "ALL_CLASSES", "UNKNOWN_CLASS", "ChosenRun", "chosen_run", "class_items", "decode_upload", "embed_upload", "file_stamp", "gallery_label",
+    "known_class_picker", "neighbour_distance",
     "index_stamp", "item_name", "load_index", "loss_margin", "loss_text", "mining_logs", "mining_stamp", "open_index", "path_key", "projection",
     "relation_mark", "remember_run",
     "show_image", "show_item", "thumbnail",
@@ -365,3 +367,27 @@ def show_image(path: str | Path, caption: str | None = None) -> None:
         st.caption(f":material/broken_image: cannot read {markdown_text(Path(path).name)}")
     else:
         st.image(image, caption=caption, width="stretch")
+
+
+def known_class_picker(labels: Sequence[str], query: object, help: str) -> str | None:
+    """The *Its class, if you know it* select box of an uploaded query; None for "(unknown)". It
+    belongs to one query: ``query`` names it (the upload's content, and on a face run the face
+    picked and the *Look harder* switch), and a new one starts on "(unknown)". (A class kept from
+    the previous photo, or from the other face of a photo, judged the new query against it: its
+    right neighbours marked ✗ and "the top match is of the wrong class".) The key stays
+    ``upload_label``, the widget's one place in the session."""
+    if st.session_state.get("upload_label_query") != query:
+        st.session_state["upload_label_query"] = query
+        st.session_state["upload_label"] = UNKNOWN_CLASS
+    chosen = st.selectbox("Its class, if you know it", [UNKNOWN_CLASS, *labels], key="upload_label", help=help)
+    return None if chosen == UNKNOWN_CLASS else chosen
+
+
+def neighbour_distance(index, distance: float, match: bool | None) -> str:
+    """A neighbour card's "d = …" (with " ≤ τ" for a match): three decimals, or as many more as
+    tell d from the run's τ (:func:`retrieval.verification.distance_and_threshold`), so that a
+    neighbour just beyond τ never reads "d = 0.063" beside a verdict's "τ = 0.063"."""
+    from retrieval.verification import distance_and_threshold
+
+    shown = f"{distance:.3f}" if index.threshold is None else distance_and_threshold(distance, index.threshold.threshold)[0]
+    return f"d = {shown}{' ≤ τ' if match else ''}"

@@ -21,8 +21,8 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from app_pages.common import (UNKNOWN_CLASS, decode_upload, file_stamp, item_name, one_torch_thread, path_key, relation_mark,
-                              upload_refusal)
+from app_pages.common import (decode_upload, file_stamp, item_name, known_class_picker, neighbour_distance, one_torch_thread,
+                              path_key, relation_mark, upload_refusal)
 from retrieval.data import IMAGE_EXTENSIONS, load_image
 from retrieval.errors import RetrievalError
 from retrieval.faces.detect import HARDER
@@ -124,7 +124,7 @@ def face_search_section(index: GalleryIndex, run_dir: Path, stamp: str, k: int, 
                     + (LOOKED_HARDER if harder else ""), width="stretch")
     with pick_col:
         picked = face_picker(results, digest, harder)
-        label = class_picker(labels)
+        label = class_picker(labels, (digest, picked, harder))
     order = [picked, *(i for i in range(len(results)) if i != picked)]
     pipeline = face_pipeline(path_key(run_dir), stamp)  # the run's own: it finds the gallery's cached crops
     for i in order:
@@ -143,15 +143,14 @@ def face_picker(results: list[FaceResult], digest: str, harder: bool) -> int:
                         key=f"face_pick_{digest}_{harder}", help="The picked face's row comes first, with its margin picture.")
 
 
-def class_picker(labels: Sequence[str]) -> str | None:
+def class_picker(labels: Sequence[str], face: tuple[str, int, bool]) -> str | None:
     """The picked face's class, if the user knows it (a labelled gallery only): with it the page marks
-    its neighbours ✓ / ✗ and shows its nearest positive and negative."""
+    its neighbours ✓ / ✗ and shows its nearest positive and negative. ``face``: (the photo's content,
+    the face picked, *Look harder*): another photo or another face starts on "(unknown)"."""
     if not labels:
         return None
-    chosen = st.selectbox("Its class, if you know it", [UNKNOWN_CLASS, *labels], key="upload_label",
-                          help="Type to filter. For the picked face: its neighbours marked ✓ / ✗, and its nearest "
-                               "positive and negative.")
-    return None if chosen == UNKNOWN_CLASS else chosen
+    return known_class_picker(labels, ("face", *face), help="Type to filter. For the picked face: its neighbours marked "
+                                                            "✓ / ✗, and its nearest positive and negative.")
 
 
 def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int, query_label: str | None = None) -> None:
@@ -173,7 +172,7 @@ def show_face_row(index: GalleryIndex, pipeline, result: FaceResult, number: int
                         name = item_name(index, n.item)
                         st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else name)}**"
                                     f"{relation_mark(n.label, query_label)}  \n"
-                                    f"d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
+                                    f"{neighbour_distance(index, n.distance, n.match)}  \n"
                                     f"cos = {n.similarity:.3f}")
                         photo_button(index, n.item, key=f"photo-{number}-{rank}",
                                      detail=f"Neighbour {rank} of face {number} of the query: d = {n.distance:.3f}")

@@ -135,7 +135,8 @@ def show_hardness(run_dir: Path, logs: dict[int, list[dict]], margin: float, wit
         mined = f"this run has no miner (loss {loss}): its loss saw every triplet of a batch, all {last['n_mined']} of these"
     else:
         mined = f"the miner kept {last['n_mined']}"
-    st.caption(f"Epoch {last['epoch']}: of the {last['n_logged']} logged hardest triplets (of all the batches' triplets), "
+    st.caption(f"Last epoch logged ({last['epoch']}; the charts run over every epoch, the Epoch slider below picks the "
+               f"triplets listed): of the {last['n_logged']} logged hardest triplets (of all the batches' triplets), "
                f"{last['n_nearer']} have the negative nearer than the positive (d_an − d_ap < 0) and {last['n_violating']} "
                f"have d_an − d_ap < ε = {margin:g}, "
                + ("a loss still" if no_margin_note is None else

@@ -25,12 +25,13 @@ import streamlit as st
 
 from app_pages.common import (
     ALL_CLASSES,
-    UNKNOWN_CLASS,
     chosen_run,
     class_items,
     embed_upload,
     index_stamp,
     item_name,
+    known_class_picker,
+    neighbour_distance,
     loss_margin,
     open_index,
     relation_mark,
@@ -154,9 +155,8 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
     st.image(preview, caption=markdown_text(uploaded.name), width="stretch")
     label = None
     if labels:
-        chosen = st.selectbox("Its class, if you know it", [UNKNOWN_CLASS] + labels, key="upload_label",
-                              help="Type to filter. With a class, the page shows the nearest positive and negative.")
-        label = None if chosen == UNKNOWN_CLASS else chosen
+        label = known_class_picker(labels, ("upload", hashlib.sha1(data).hexdigest()),
+                                   help="Type to filter. With a class, the page shows the nearest positive and negative.")
     return vector, uploaded.name, label, None
 
 
@@ -182,7 +182,8 @@ def gallery_picker(index: GalleryIndex, stamp: str, labels: list[str]) -> int | 
                     show_item(index, item)
                     label = index.labels[item]  # many galleries repeat file names across classes (s31/1.png, s32/1.png)
                     name = item_name(index, item) if label is None else f"{label} · {item_name(index, item)}"
-                    if st.button(markdown_text(name), key=f"pick-{item}", width="stretch",
+                    st.caption(markdown_text(name))  # wraps: a button's label was cut to "bottle-blue-star ·…"
+                    if st.button("pick", key=f"pick-{item}", width="stretch",
                                  help=markdown_text(printable(index.relative_paths[item]))):
                         st.session_state["picked"] = {"stamp": stamp, "item": item}
                         st.rerun()
@@ -277,7 +278,7 @@ def show_neighbours(index: GalleryIndex, explanation: diagnostics.SearchExplanat
                 mark = "◆ " if margin is not None and n.distance <= band_high else ""
                 st.markdown(f"**{rank}. {markdown_text(n.label if n.label is not None else item_name(index, n.item))}**"
                             f"{relation_mark(n.label, query_label)}  \n"
-                            f"{mark}d = {n.distance:.3f}{' ≤ τ' if n.match else ''}  \n"
+                            f"{mark}{neighbour_distance(index, n.distance, n.match)}  \n"
                             f"cos = {n.similarity:.3f}")
                 if n.label is not None:  # without a label the file name is the card's title already
                     st.caption(markdown_text(item_name(index, n.item)))

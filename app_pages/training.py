@@ -150,7 +150,7 @@ def threshold_line(run_dir: Path, config: RunConfig) -> str:
             + ("" if stored.get("eer") is None else f", EER {percent(stored['eer'])}")
             + f" on {stored['n_positive_pairs']} same-class and {stored['n_negative_pairs']} different-class pairs ("
             f"{markdown_text(stored.get('pairs', 'pairs not recorded'))}). The dot on the curve is where it falls on the "
-            "sampled pairs shown (a FAR of 0, which the log axis cannot show, at its left edge)." + too_few_pairs(stored))
+            "sampled pairs shown (at the left edge where its FAR there is 0, which the log axis cannot show)." + too_few_pairs(stored))
 
 
 def tried_line(tried, n_negative: int, run_dir: Path) -> str:

@@ -37,14 +37,19 @@ class ImageSizeError(RetrievalError):
 
 def close_names(asked: Iterable[str], known: Iterable[str]) -> list[str]:
     """The known names each asked name probably meant, in order and once each: the same name in
-    another case, else up to two within difflib's ratio 0.75 (a letter or two off)."""
+    another case, else up to three that begin with it (a name typed short: "bottle-tea" for
+    "bottle-teal-letter-a"), else up to two within difflib's ratio 0.75 (a letter or two off)."""
     import difflib
 
     known = sorted({str(name) for name in known})
     by_case = {name.lower(): name for name in known}
     close: list[str] = []
     for name in asked:
-        close += [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+        if name.lower() in by_case:
+            close.append(by_case[name.lower()])
+            continue
+        longer = [k for k in known if name and k.lower().startswith(name.lower())][:3]
+        close += longer or difflib.get_close_matches(name, known, n=2, cutoff=0.75)
     return list(dict.fromkeys(close))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,16 +189,20 @@ def _margin_layers(data: Mapping[str, Any], with_relation: bool, n_labels: int, 
         layers.append(alt.Chart(source("tau")).mark_rule(color=_THRESHOLD_COLOUR, strokeWidth=2).encode(
             y=alt.Y("threshold:Q", scale=domain),
             tooltip=[alt.Tooltip("threshold:Q", title="threshold τ", format=".3f"), alt.Tooltip("target_far:Q", title="target FAR")]))
-        layers += _haloed_label(source("tau_text"), "threshold:Q", domain, _THRESHOLD_COLOUR, baseline="top", dy=2)
+        # at the right edge: τ often lies near the band's top, whose label is at the left edge (they overlapped)
+        layers += _haloed_label(source("tau_text"), "threshold:Q", domain, _THRESHOLD_COLOUR, baseline="top", dy=2, right=True)
     return alt.layer(*layers).properties(height=height)
 
 
-def _haloed_label(source, y: str, domain: alt.Scale, colour: str, *, baseline: str, dy: int) -> list[alt.Chart]:
-    """A rule's label at the chart's left edge, as two layers of the same text: a white outline
-    (the halo) under the coloured letters, so a bar that crosses the label leaves it readable."""
+def _haloed_label(source, y: str, domain: alt.Scale, colour: str, *, baseline: str, dy: int,
+                  right: bool = False) -> list[alt.Chart]:
+    """A rule's label at the chart's left edge (``right``: its right edge), as two layers of the same
+    text: a white outline (the halo) under the coloured letters, so a bar that crosses the label
+    leaves it readable."""
     def text(**style):
-        return alt.Chart(source).mark_text(align="left", baseline=baseline, dx=4, dy=dy, fontSize=11, **style).encode(
-            y=alt.Y(y, scale=domain), x=alt.value(0), text="text:N")
+        return alt.Chart(source).mark_text(align="right" if right else "left", baseline=baseline, dx=-4 if right else 4, dy=dy,
+                                           fontSize=11, **style).encode(
+            y=alt.Y(y, scale=domain), x=alt.value(alt.expr("width")) if right else alt.value(0), text="text:N")
 
     return [text(color="white", stroke="white", strokeWidth=3, strokeJoin="round", opacity=0.85), text(color=colour)]
 
@@ -290,15 +295,23 @@ def training_curves(metrics: Sequence[Mapping[str, Any]], *, margin_loss: bool =
 
 
 def distance_histogram(positive: Sequence[float], negative: Sequence[float], margin: float, *,
-                       median_positive: float | None = None, threshold: float | None = None, bin_width: float = 0.04,
+                       median_positive: float | None = None, threshold: float | None = None, bin_width: float | None = None,
                        height: int = 260) -> alt.LayerChart:
     """Histograms of positive- and negative-pair distances (each as a share of its own pairs, so
-    few positives are not drowned by many negatives), binned over [0, 2], with a rule at the
+    few positives are not drowned by many negatives), binned over [0, reach], reach the largest of
+    the distances and the rules drawn, plus a tenth, rounded up to 0.1 (at most 2, the largest
+    distance): a face run whose distances all lie below 0.7 got 0.04-wide bins over [0, 2], half its
+    positives in one bar and τ inside the first; ``bin_width`` defaults to reach / 40. A rule at the
     margin ε and, when ``median_positive`` is given, a dashed rule at median d_ap + ε (a negative
     left of it violates the margin for a typical positive), and given the decision ``threshold`` τ
     a rule at it. Layer 0 is the histogram (rows ``{"pairs", "start", "end", "share", "count"}``),
     then the margin rules and their labels, then the τ rule and its label."""
-    edges = np.arange(0.0, 2.0 + bin_width / 2, bin_width)
+    shown = [*np.asarray(positive, dtype=np.float64).ravel(), *np.asarray(negative, dtype=np.float64).ravel(), float(margin),
+             *([float(median_positive) + float(margin)] if median_positive is not None else []),
+             *([float(threshold)] if threshold is not None else [])]
+    reach = min(2.0, max(0.2, math.ceil(round(max(shown) * 1.1 * 10, 6)) / 10))
+    bin_width = reach / 40 if bin_width is None else bin_width
+    edges = np.arange(0.0, reach + bin_width / 2, bin_width)
     rows = []
     for kind, values in (("positive pairs", positive), ("negative pairs", negative)):
         values = np.asarray(values, dtype=np.float64)
@@ -308,7 +321,7 @@ def distance_histogram(positive: Sequence[float], negative: Sequence[float], mar
                      "count": int(c), "share": float(c) / total}
                     for lo, hi, c in zip(edges[:-1], edges[1:], counts))
     hist = alt.Chart(inline_data(rows)).mark_rect(opacity=0.55).encode(
-        x=alt.X("start:Q", title="distance between the pair's embeddings", scale=alt.Scale(domain=[0, 2])),
+        x=alt.X("start:Q", title="distance between the pair's embeddings", scale=alt.Scale(domain=[0, reach])),
         x2="end:Q",
         y=alt.Y("share:Q", title="share of pairs", axis=alt.Axis(format="%")),
         y2=alt.datum(0),

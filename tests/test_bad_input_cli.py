@@ -389,3 +389,20 @@ def test_a_margin_the_objective_never_uses_is_warned_of_in_one_line(sample, tmp_
     assert line.startswith("warning: --margin 0.3 has no effect on training: the infonce loss has no margin"), line
     used = cli("train", sample / "train", "--out", tmp_path / "run2", "--loss", "infonce", "--miner", "semihard", "--margin", "0.3", *flags)
     assert used.code == 0 and not [line for line in used.lines if "--margin" in line], used.err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["-P", "100"], "-P"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--weights", "/nonexistent/w.safetensors"], "w.safetensors"),
+])
+def test_train_refused_at_set_up_prints_the_error_alone_not_after_the_defaults_line(sample, tmp_path, cli, flags, named):
+    """The "from-scratch defaults …" line came on stdout before these errors: two lines for one refusal."""
+    result = cli("train", sample / "train", "--out", tmp_path / "out", "--epochs", "0", "--backbone", "resnet10t",
+                 "--image-size", "32", "-P", "4", *flags)  # -P 4: no warning of a smaller P (a later -P wins)
+    assert_one_line_error(result.code, result.err, named)
+    assert result.out.strip() == "", result.out
+    started = cli("train", sample / "train", "--out", tmp_path / "ok", "--epochs", "0", "--backbone", "resnet10t",
+                  "--image-size", "32", "--workers", "0")
+    assert started.code == 0, started.err
+    assert started.out.splitlines()[0].startswith("from-scratch defaults"), "a run that starts still says so first"

@@ -212,3 +212,15 @@ def test_a_miner_or_loss_name_typed_wrong_is_named_as_typed_with_the_names_it_ma
     with pytest.raises(ValueError, match="got 'info-nce' \\(did you mean infonce\\?\\)"):
         build_loss("info-nce")
     assert build_miner("none", 0.2) is None and isinstance(build_miner("pair-active", 0.2), PairMiner)
+
+
+def test_a_class_typed_short_is_answered_with_the_names_that_begin_with_it():
+    """`mining --class bottle-tea` listed the first five classes alphabetically, not bottle-teal-…"""
+    from retrieval.diagnostics import check_class
+    from retrieval.errors import RetrievalError, close_names
+
+    classes = ["bottle-blue-letter-k", "bottle-green-letter-a", "bottle-teal-letter-a", "bottle-teal-letter-k", "can-red"]
+    with pytest.raises(RetrievalError, match="did you mean bottle-teal-letter-a, bottle-teal-letter-k\\?"):
+        check_class("bottle-tea", classes)
+    assert close_names(["can-red-diamnd"], ["can-red-diamond", "can-yellow-diamond"]) == ["can-red-diamond", "can-yellow-diamond"]
+    assert close_names(["CAN-RED"], classes) == ["can-red"] and close_names(["zzz"], classes) == []

@@ -225,3 +225,20 @@ def test_the_active_fraction_is_titled_for_a_loss_without_a_margin():
     titles = lambda chart: {r["metric"] for r in chart.to_dict()["datasets"].popitem()[1]}  # noqa: E731
     assert titles(figures.training_curves(metrics)) == {"training loss", "active fraction (loss > 0)"}
     assert titles(figures.training_curves(metrics, margin_loss=False)) == {"training loss", figures.ACTIVE_WITHOUT_MARGIN}
+
+
+def test_distance_histogram_fits_its_axis_and_bins_to_the_distances_and_rules_it_shows():
+    """A face run's distances all lay below 0.7 over an axis of 0 to 2: half the positives in one bar,
+    τ inside the first. The axis now reaches the largest distance or rule shown, plus a tenth."""
+    positive, negative = [0.01, 0.02, 0.03, 0.05], [0.2, 0.4, 0.62]
+    chart = figures.distance_histogram(positive, negative, 0.2, median_positive=0.03, threshold=0.063)
+    data = rows(chart.layer[0])
+    ends = sorted({r["end"] for r in data})
+    assert ends[-1] == pytest.approx(0.7) and len(ends) == 40, "0.62 · 1.1 rounded up to 0.1: 40 bins of 0.0175"
+    positives = [r for r in data if r["pairs"] == "positive pairs" and r["count"]]
+    assert len(positives) == 3, "the four positive distances fall in three bars, not one"
+    spec = chart.to_dict()
+    assert any(layer.get("encoding", {}).get("x", {}).get("scale", {}).get("domain") == [0, 0.7] for layer in spec["layer"])
+    wide = figures.distance_histogram([0.1], [1.95], 0.2)
+    assert sorted({r["end"] for r in rows(wide.layer[0])})[-1] == pytest.approx(2.0), "never beyond 2"
+    valid(chart)

@@ -71,6 +71,8 @@ def index_command(
         return
     skipped_before = len(before.get("skipped", [])) if before else 0
     summary = _index_summary(run_dir, metadata, seconds=time.perf_counter() - started, skipped_before=skipped_before)
+    if "skipped_now" in metadata:  # --add with nothing new: gallery.json is as before, the call's own count
+        summary["n_skipped"] = int(metadata["skipped_now"])
     summary["added"] = None if add is None else bool(metadata.get("added"))
     if add is not None:  # images of the added folder the index holds already (the same files), not added again
         summary["n_already_indexed"] = int(metadata.get("already_indexed", 0))
@@ -158,7 +160,7 @@ def search_command(
     exact: bool = typer.Option(False, "--exact", help="Brute force over the stored embeddings (the reference) instead of Annoy."),
     search_k: Optional[int] = typer.Option(None, "--search-k", help="Annoy nodes to inspect (default: tuned for recall@10 >= 0.99)."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto, for embedding the query."),
-    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"neighbours": [{"path", "label", "distance", "similarity", "match"}, ...], "verdict": {"match", "label", "distance", "threshold"}}; for a face run {"faces": [{"box", "score", "neighbours", "verdict"}, ...]}, one entry a face found.'),
+    json_output: bool = typer.Option(False, "--json", help='Print one JSON object: {"neighbours": [{"path", "label", "distance", "similarity", "match"}, ...], "verdict": {"match", "label", "distance", "threshold", "path", "face"}}, paths absolute (the table shows them relative to the gallery folder); for a face run {"faces": [{"box", "score", "neighbours", "verdict"}, ...]}, one entry a face found.'),
     gallery_root: Optional[list[Path]] = typer.Option(None, "--gallery-root", help=GALLERY_ROOT_HELP),
     look_harder: bool = typer.Option(False, "--look-harder", help=LOOK_HARDER_HELP),
 ) -> None:

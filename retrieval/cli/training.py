@@ -138,8 +138,8 @@ def train_command(
 
     from retrieval.distributed import is_main_process
 
-    _announce_defaults(config)
-    result = train(config, progress=not quiet, on_epoch=_report_epoch)
+    announce = _checked_defaults(config)
+    result = train(config, progress=not quiet, on_epoch=_report_epoch, on_start=announce)
     if not is_main_process():  # under torchrun, rank 0 reports
         raise typer.Exit(130 if result.interrupted else 0)
     _report_run(result, out)
@@ -163,15 +163,15 @@ def _report_run(result, out: Path) -> None:
     typer.echo(f"next: retrieval index {out} GALLERY_DIR   (then: retrieval app {out})")
 
 
-def _announce_defaults(config) -> None:
-    """Check the flags (one-line errors before anything else), then say which defaults the run took."""
-    from retrieval.distributed import is_main_process
+def _checked_defaults(config):
+    """Check the flags (one-line errors before anything else); returns what says which defaults the
+    run took, for ``train`` to call once the run is set up (a data folder, ``--out`` or
+    ``--weights`` refused then is one ``error:`` line, not that line and the error)."""
     from retrieval.training.config import describe_defaults
 
     resolved = config.resolve()
     resolved.validate()
-    if is_main_process():
-        typer.echo(describe_defaults(resolved))
+    return lambda: typer.echo(describe_defaults(resolved))
 
 
 def _report_epoch(row: dict) -> None:

@@ -6,8 +6,9 @@ once by :func:`scan_folder`: each sub-folder is a class, images are checked chea
 read are listed and reported in one warning line each rather than failing the scan. Folders are
 followed through symlinks (a class folder may live elsewhere) but never into a folder already
 scanned, so a link back up (``DATA_DIR/loop -> DATA_DIR``) or a second link to one class is skipped
-with a warning instead of becoming a class of every image. A flat folder of images scans as an
-unlabelled gallery (labels -1). :func:`require_trainable` checks that a
+with a warning instead of becoming a class of every image; a class folder without an image file
+(empty, or only hidden or other files) is no class, named in one warning line. A flat folder of
+images scans as an unlabelled gallery (labels -1). :func:`require_trainable` checks that a
 folder can train a metric (some class with two or more images). :func:`brief_list` is how every
 warning of the package names its examples in one line.
 """
@@ -139,6 +140,7 @@ def scan_folder(root: str | Path, *, labelled: bool | None = None, verify: bool 
     if labelled:
         _warn_if_split_root(root, class_files, refuse=refuse_splits)
         _warn_if_top_level_images(root, top_files)
+        _warn_if_imageless_folders(root, class_files)
         files = [(name, path) for name, paths in class_files.items() for path in paths]
     else:
         files = [("", path) for path in sorted(top_files) + [p for paths in class_files.values() for p in paths]]
@@ -273,6 +275,16 @@ def _warn_if_top_level_images(root: Path, top_files: list[Path]) -> None:
             "ignored %d image(s) at the top level of %s (not in a class folder): %s",
             len(stray), root, brief_list([p.name for p in stray]),
         )
+
+
+def _warn_if_imageless_folders(root: Path, class_files: dict[str, list[Path]]) -> None:
+    """Warn about sub-folders of a labelled ``root`` without an image file (empty, or holding only
+    hidden or non-image files): they are no class, and a class the user expected to train on,
+    index or evaluate would otherwise vanish without a word, while a stray file is warned of."""
+    imageless = [name for name, files in class_files.items() if not _has_images(files)]
+    if imageless:
+        logger.warning("%d class folder(s) of %s hold no image and are not classes: %s",
+                       len(imageless), root, brief_list(imageless))
 
 
 def _check_readable(

@@ -58,6 +58,9 @@ class FaceCache:
         #: another cache folder (the run's own) whose entries this one copies on a miss and never writes:
         #: a command's scratch cache answers from what training and the index already found
         self.read_from = None if read_from is None else FaceCache(read_from, settings_key)
+        #: the contents this object has written an entry or a crop of: what a command that fails
+        #: half-way forgets again, unless an index or training refers to them (retrieval.index.build)
+        self.written: set[str] = set()
 
     @property
     def entries_dir(self) -> Path:
@@ -106,6 +109,7 @@ class FaceCache:
 
     def store(self, digest: str, image_size: tuple[int, int], faces: Sequence[Detection]) -> None:
         """Write the entry of ``digest`` (after its crops, so a present entry is whole)."""
+        self.written.add(_checked(digest))
         value = {"format": CACHE_FORMAT, "sha256": _checked(digest), "settings": self.settings_key,
                  "image_size": [int(image_size[0]), int(image_size[1])], "faces": [face.to_json() for face in faces]}
         write_json(self.entry_path(digest), value)
@@ -125,6 +129,7 @@ class FaceCache:
 
     def store_crop(self, digest: str, crop_key: str, index: int, crop: Image.Image) -> None:
         """Write one aligned crop as PNG."""
+        self.written.add(_checked(digest))
         buffer = BytesIO()
         crop.save(buffer, format="PNG")
         write_atomic(self.crop_path(digest, crop_key, index), buffer.getvalue())

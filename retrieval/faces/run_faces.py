@@ -252,6 +252,7 @@ class GalleryFaces(NamedTuple):
     records: list[dict[str, Any]]
     without_face: list[Path]
     unreadable: list[Path] = []  # photos that could not be read (warned by name): the index's skipped
+    without_face_sha256: list[str] = []  # the content of each photo of without_face: its cached detection is forgotten with it
 
 
 def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequence[int], *,
@@ -279,12 +280,14 @@ def gallery_faces(pipeline: FacePipeline, paths: Sequence[Path], owners: Sequenc
             crops.append(pipeline.cache.crop_path(face.sha256, pipeline.crop_key, k))
             records.append({"box": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 5),
                             "face": k, "sha256": face.sha256})
+    read = len(paths) - len(unreadable)  # the unreadable ones are warned of, and counted, as skipped
     if missing:
         log.warning("faces: %d of %d gallery image(s) have no face found and are not indexed: %s (the run looks for %s)",
-                    len(missing), len(paths), data.brief_list([str(p) for p in missing]), pipeline.settings.reach())
+                    len(missing), read, data.brief_list([str(p) for p in missing]), pipeline.settings.reach())
     if not records and not adding:
-        raise RetrievalError(f"no face found in any of the {len(paths)} gallery image(s): a face run indexes faces")
-    return GalleryFaces(ids, crops, records, missing, unreadable)
+        raise RetrievalError(f"no face found in any of the {read} gallery image(s): a face run indexes faces")
+    # the photos without a face hashed again (their results carry no digest): a few, where the faces are most
+    return GalleryFaces(ids, crops, records, missing, unreadable, [pipeline.digest(path) for path in missing])
 
 
 def crop_file(pipeline: FacePipeline, record: Mapping[str, Any]) -> Path | None:

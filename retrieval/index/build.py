@@ -95,9 +95,15 @@ def _build(run_dir, gallery_dir, *, device, **options) -> dict[str, Any]:
     (:func:`retrieval.embed.embedding_batches`); the other processes return
     ``{"rank", "world_size"}`` once their share is embedded."""
     from retrieval import distributed
+    from retrieval.faces.run_faces import run_pipeline
+    from retrieval.run import read_config
 
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)  # a folder that is no run: its one-line error, before anything is created
     with distributed.process_group(device) as ctx, index_writer(run_dir, held=ctx.is_main):
-        return _build_with(ctx, run_dir, gallery_dir, **options)
+        pipeline = run_pipeline(run_dir, config)  # a face run's (None for whole images), caching in RUN_DIR/faces/
+        with _forgetting_on_failure(run_dir, pipeline):
+            return _build_with(ctx, run_dir, gallery_dir, config=config, pipeline=pipeline, **options)
 
 
 @contextlib.contextmanager
@@ -111,7 +117,7 @@ def index_writer(run_dir: str | Path, *, held: bool = True) -> Iterator[None]:
     writing anything)."""
     from retrieval.run import hold_lock, index_dir
 
-    if not held:
+    if not held or not Path(run_dir).is_dir():  # no run there: the command fails on its own, nothing is created
         yield
         return
     target = index_dir(run_dir)
@@ -125,15 +131,13 @@ def index_writer(run_dir: str | Path, *, held: bool = True) -> Iterator[None]:
                 target.rmdir()  # only when empty
 
 
-def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, num_workers, precision,
-                seed, n_jobs, on_progress, gallery_roots=None) -> dict[str, Any]:
+def _build_with(ctx, run_dir: Path, gallery_dir, *, config, pipeline, add: bool, n_trees, batch_size, num_workers,
+                precision, seed, n_jobs, on_progress, gallery_roots=None) -> dict[str, Any]:
     """Choose the images to embed (with ``add``: those the index does not hold yet), start
-    embedding them, and on rank 0 write the index (:func:`_write_index`)."""
+    embedding them, and on rank 0 write the index (:func:`_write_index`). ``pipeline``: a face
+    run's face pipeline, None for a run on whole images."""
     from retrieval.embed import embedding_batches
-    from retrieval.run import read_config
 
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
     previous = None
     if add:
         previous = GalleryIndex.load(run_dir, load_model=False, gallery_roots=gallery_roots)
@@ -147,15 +151,14 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
     if previous is not None and not new_ids:  # the CLI says so in its own line ("nothing added: …"); a caller reads "added": false
         logger.info("all %d images of %s are already in the index (or listed as without a face); nothing added",
                     len(folder.paths), gallery_dir)
-        return _nothing_added(run_dir, previous, already, record=ctx.is_main)
+        return _nothing_added(run_dir, previous, already, len(folder.skipped), record=ctx.is_main)
     torch_device = ctx.device  # the device asked for; cuda:LOCAL_RANK under torchrun
     model, transform, fingerprint = _load_model(run_dir, torch_device)
     paths = [folder.paths[i] for i in new_ids]
     faces, looked, without_face = None, [], []
-    if config.faces is not None:  # a face run: every face of every photo is an item (retrieval.faces.run_faces)
-        from retrieval.faces.run_faces import find_share, gallery_faces, run_pipeline
+    if pipeline is not None:  # a face run: every face of every photo is an item (retrieval.faces.run_faces)
+        from retrieval.faces.run_faces import find_share, gallery_faces
 
-        pipeline = run_pipeline(run_dir, config)
         find_share(pipeline, paths, ctx)  # torchrun: each process detects a share first, then the shared cache answers
         searched = (lambda d, t: on_progress("detect", d, t)) if on_progress and ctx.is_main else None
         n_photos, looked, id_of = len(paths), list(new_ids), dict(zip(paths, new_ids))
@@ -163,11 +166,11 @@ def _build_with(ctx, run_dir, gallery_dir, *, add: bool, n_trees, batch_size, nu
         new_ids, paths, faces = found.owners, found.crops, found.records
         if folder.labelled:
             _warn_group_photos(folder, new_ids)
-        without_face = [id_of[path] for path in found.without_face]
+        without_face = [(id_of[path], digest) for path, digest in zip(found.without_face, found.without_face_sha256)]
         folder = dataclasses.replace(folder, skipped=[*folder.skipped, *found.unreadable])  # counted with the scan's
         if not paths:  # adding photos in which no face is found (warned by name above): the index stays as it is
             logger.debug("no face found in the %d image(s) of %s not yet in the index; nothing added", n_photos, gallery_dir)
-            return _nothing_added(run_dir, previous, already, record=ctx.is_main)
+            return _nothing_added(run_dir, previous, already, len(folder.skipped), record=ctx.is_main)
     batches = embedding_batches(model, paths, transform, batch_size=batch_size, device=torch_device,
                                 num_workers=num_workers, precision=precision, ctx=ctx,
                                 on_progress=(lambda d, t: on_progress("embed", d, t)) if on_progress and ctx.is_main else None)
@@ -219,16 +222,18 @@ def _images_to_index(gallery_dir: Path, previous: GalleryIndex | None) -> tuple[
         raise
 
 
-def _nothing_added(run_dir: Path, previous: GalleryIndex, already: int, *, record: bool) -> dict[str, Any]:
+def _nothing_added(run_dir: Path, previous: GalleryIndex, already: int, skipped: int, *, record: bool) -> dict[str, Any]:
     """``--add`` with nothing to add: the index stays as it is but for the roots ``--gallery-root``
     gave, which are recorded (:func:`_record_roots`; with ``record``: rank 0 of a torchrun launch,
     or the only process). Returns the current ``gallery.json`` content with ``added`` (False),
-    ``already_indexed`` and ``roots_recorded``."""
+    ``already_indexed``, ``roots_recorded`` and ``skipped_now`` (the unreadable images of the added
+    folder, warned of by name: the index's ``skipped`` list is not rewritten, so it cannot count them)."""
     try:
         recorded = _record_roots(run_dir, previous) if record else False
     finally:
         previous.close()
-    return {**read_index_metadata(run_dir), "added": False, "already_indexed": already, "roots_recorded": recorded}
+    return {**read_index_metadata(run_dir), "added": False, "already_indexed": already, "roots_recorded": recorded,
+            "skipped_now": skipped}
 
 
 def _record_roots(run_dir: Path, previous: GalleryIndex) -> bool:
@@ -260,16 +265,22 @@ def _warn_group_photos(folder, owners: list[int]) -> None:
 
 
 def _face_digests(run_dir: Path) -> set[str]:
-    """The photo contents (SHA-256) of the face index a full build is about to replace; none when
-    there is no readable one."""
-    from retrieval.faces.cache import is_digest
-    from retrieval.index.metadata import read_index_metadata
-
+    """The photo contents (SHA-256) of the run's current face index (a full build is about to
+    replace it, or a failed command must keep them): its items' and those of its photos without a
+    face; none when there is no readable one."""
     try:
-        faces = read_index_metadata(run_dir)["items"].get("face", [])
+        return _digests_of(read_index_metadata(run_dir))
     except (RetrievalError, OSError, KeyError, TypeError, AttributeError):
         return set()
-    return {f["sha256"] for f in faces if isinstance(f, dict) and is_digest(f.get("sha256"))}
+
+
+def _digests_of(metadata: dict[str, Any]) -> set[str]:
+    """The photo contents (SHA-256) a face index's ``gallery.json`` names: of its items, and of its
+    photos without a face (recorded since they are kept)."""
+    from retrieval.faces.cache import is_digest
+
+    records = [*metadata["items"].get("face", []), *metadata.get("without_face", [])]
+    return {r["sha256"] for r in records if isinstance(r, dict) and is_digest(r.get("sha256"))}
 
 
 def _forget_replaced_faces(run_dir: Path, config, replaced: set[str], metadata: dict[str, Any]) -> int:
@@ -277,25 +288,47 @@ def _forget_replaced_faces(run_dir: Path, config, replaced: set[str], metadata: 
     photos that the new index does not hold and training did not read (its crops stay: the mining
     log shows them), as ``--remove`` does for the photos it takes out; the number of cache files
     deleted. Otherwise they would stay in ``RUN_DIR/faces/`` where no ``--remove`` reaches them."""
-    from retrieval.faces.run_faces import run_pipeline, training_photo_names
+    from retrieval.faces.run_faces import run_pipeline
 
-    kept = {f["sha256"] for f in metadata["items"].get("face", [])}
-    trained = {name.split(".", 1)[0] for name in training_photo_names(run_dir)}
-    gone = replaced - kept - trained
+    gone = replaced - _digests_of(metadata) - _trained_digests(run_dir)
     pipeline = run_pipeline(run_dir, config)
     return pipeline.forget_digests(gone) if gone and pipeline is not None else 0
+
+
+def _trained_digests(run_dir: Path) -> set[str]:
+    """The photo contents whose crops training read (the mining log shows them): never forgotten here."""
+    from retrieval.faces.run_faces import training_photo_names
+
+    return {name.split(".", 1)[0] for name in training_photo_names(run_dir)}
+
+
+@contextlib.contextmanager
+def _forgetting_on_failure(run_dir: Path, pipeline) -> Iterator[None]:
+    """On an error or Ctrl-C, delete what ``pipeline`` (a face run's, or None) cached in this command
+    that neither the index now current nor training refers to: the faces of a gallery whose build
+    stopped half-way are in no index, so no ``--remove`` would ever reach them (personal data left
+    in ``RUN_DIR/faces/``)."""
+    try:
+        yield
+    except BaseException:
+        if pipeline is not None and pipeline.cache is not None and pipeline.cache.written:
+            stray = pipeline.cache.written - _face_digests(run_dir) - _trained_digests(run_dir)
+            pipeline.forget_digests(stray)
+            logger.debug("forgot the cached faces of %d photo(s) of the stopped command", len(stray))
+        raise
 
 
 def _write_index(run_dir: Path, config, batches: Iterable[tuple[np.ndarray, list[int]]], *,
                  previous: GalleryIndex | None, folder, gallery_dir: Path, new_ids: list[int], n_trees: int,
                  seed: int, n_jobs: int, on_progress: ProgressCallback | None, fingerprint: str,
                  faces: list[dict[str, Any]] | None = None, looked: list[int] = (),
-                 without_face: list[int] = ()) -> dict[str, Any]:
+                 without_face: list[tuple[int, str]] = ()) -> dict[str, Any]:
     """The build transaction (the caller holds the index's lock, :func:`index_writer`): write the embeddings (the previous index's rows, then
     ``batches``), the Annoy file and ``gallery.json`` into a new version of the index, which
     leaving the ``new_version`` block commits. Returns the new ``gallery.json`` content. ``faces``:
     a face run's record of each embedded item (``new_ids`` then repeats a photo once per face);
-    ``looked``: the folder's photos it searched for faces, ``without_face``: those where it found none."""
+    ``looked``: the folder's photos it searched for faces, ``without_face``: those where it found none
+    (id, SHA-256 of the photo)."""
     from retrieval.run import ANN_NAME, EMBEDDINGS_NAME, INDEX_UNIT, METADATA_NAME, index_dir, new_version
 
     target = index_dir(run_dir)

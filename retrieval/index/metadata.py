@@ -72,15 +72,16 @@ def read_index_metadata(run_dir: str | Path, *, path: Path | None = None) -> dic
 def metadata_for_build(*, previous, folder, kept: list[int], gallery_dir: Path, config, fingerprint: str,
                        build_id: str, n_trees: int, seed: int, skipped: list[str],
                        files: dict[str, dict[str, Any]], faces: list[dict[str, Any]] | None = None,
-                       looked: list[int] = (), without_face: list[int] = ()) -> dict[str, Any]:
+                       looked: list[int] = (), without_face: list[tuple[int, str]] = ()) -> dict[str, Any]:
     """The ``gallery.json`` content of a build: the ``previous`` index's items (a GalleryIndex,
     None for a full build; its roots as re-rooted when it was loaded) followed by the ``kept``
     images of ``folder`` (a scanned gallery), with the run's ``config`` (a RunConfig) and
     ``files``, each data file's :func:`file_check`. ``faces`` (a face run): each kept item's face
     record (box, score, face, sha256), stored as the items' ``face`` column (``kept`` then repeats a
     photo once per face); and the photos of the folder searched without a face found
-    (``without_face``, each {root, path, label}): the previous index's, but those searched again
-    this time (``looked``), then this build's."""
+    (``without_face``, (id, SHA-256) each, stored as {root, path, label, sha256}: the content, so that
+    removing the photo also forgets its cached detection): the previous index's, but those searched
+    again this time (``looked``), then this build's."""
     from retrieval.run import check_root
 
     roots, items, old_skipped = _previous_items(previous)
@@ -102,7 +103,8 @@ def metadata_for_build(*, previous, folder, kept: list[int], gallery_dir: Path, 
         again = {folder.relative_path(i) for i in looked}
         earlier = [] if previous is None else previous.metadata.get("without_face", [])
         extra["without_face"] = [*(entry for entry in earlier if not (entry["root"] == root_id and entry["path"] in again)),
-                                 *({"root": root_id, "path": folder.relative_path(i), "label": label(i)} for i in without_face)]
+                                 *({"root": root_id, "path": folder.relative_path(i), "label": label(i), "sha256": digest}
+                                   for i, digest in without_face)]
     return {
         "format": FORMAT_VERSION,
         "build_id": build_id,
@@ -209,9 +211,13 @@ def _previous_items(previous) -> tuple[list[str], dict[str, list], list[str]]:
 
 
 def _is_photo_entry(value: Any, n_roots: int) -> bool:
-    """A gallery photo without a face: {root (one of the n_roots), path (text), label (text, a number or null)}."""
+    """A gallery photo without a face: {root (one of the n_roots), path (text), label (text, a number or
+    null), sha256 (hex; absent in indexes built before it was kept)}."""
+    from retrieval.faces.cache import is_digest
+
     return (isinstance(value, dict) and type(value.get("root")) is int and 0 <= value["root"] < n_roots
-            and isinstance(value.get("path"), str) and (value.get("label") is None or type(value["label"]) in (str, int)))
+            and isinstance(value.get("path"), str) and (value.get("label") is None or type(value["label"]) in (str, int))
+            and ("sha256" not in value or is_digest(value["sha256"])))
 
 
 def _is_face_record(value: Any) -> bool:

@@ -41,7 +41,16 @@ def remove_from_index(run_dir: str | Path, *, labels: Iterable[str] = (), paths:
     or when nothing would be left. ``gallery_roots`` re-roots the index's folders first (a gallery moved since
     it was indexed: one for each, in order, as for ``--add``); the new index records them."""
     with index_writer(run_dir):
-        return _remove(Path(run_dir), set(labels), [Path(p) for p in paths], n_jobs=n_jobs, gallery_roots=gallery_roots)
+        return _remove(Path(run_dir), {_composed(label) for label in labels}, [Path(p) for p in paths], n_jobs=n_jobs,
+                       gallery_roots=gallery_roots)
+
+
+def _composed(label: Any) -> Any:
+    """A label in Unicode's composed form (NFC): "Café" typed and "Cafe" + U+0301 from a folder a Mac
+    named are one label, as ``evaluate`` matches folder names."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", label) if isinstance(label, str) else label
 
 
 def _remove(run_dir: Path, labels: set[str], paths: list[Path], *, n_jobs: int,
@@ -53,7 +62,7 @@ def _remove(run_dir: Path, labels: set[str], paths: list[Path], *, n_jobs: int,
         wanted = _wanted_keys(previous, paths, held_keys)
         without_face = previous.metadata.get("without_face", [])
         held_labels = {*previous.labels, *(entry["label"] for entry in without_face)}
-        unknown_labels = sorted(label for label in labels if label not in held_labels)
+        unknown_labels = sorted(label for label in labels if label not in {_composed(held) for held in held_labels})
         unknown_paths = [str(path) for path, key in wanted.items() if key not in held_keys]
         if unknown_labels or unknown_paths:  # a typo among the names: remove nothing rather than part of what was meant
             unknown = [*unknown_labels, *unknown_paths]
@@ -62,9 +71,9 @@ def _remove(run_dir: Path, labels: set[str], paths: list[Path], *, n_jobs: int,
             raise RetrievalError(f"nothing in {run_dir}'s index has the label(s) or path(s) given ({given}); nothing removed"
                                  + did_you_mean(unknown_labels, known))
         wanted = set(wanted.values())
-        removed = [i for i in range(len(previous)) if previous.labels[i] in labels or _item_key(previous, i) in wanted]
+        removed = [i for i in range(len(previous)) if _composed(previous.labels[i]) in labels or _item_key(previous, i) in wanted]
         faceless_kept = [entry for entry in without_face
-                         if entry["label"] not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
+                         if _composed(entry["label"]) not in labels and _key(Path(previous.roots[entry["root"]]) / entry["path"]) not in wanted]
         gone = set(removed)
         kept = [i for i in range(len(previous)) if i not in gone]
         if not kept:
@@ -73,7 +82,8 @@ def _remove(run_dir: Path, labels: set[str], paths: list[Path], *, n_jobs: int,
             raise RetrievalError(f"that would remove all {len(previous)} items of {run_dir}'s index; build a new index "
                                  f"on another gallery{how}")
         _write_without(run_dir, previous, kept, faceless_kept, n_jobs=n_jobs)
-        forgotten = _forget_faces(run_dir, previous, removed, kept)
+        faceless_gone = [entry for entry in without_face if entry not in faceless_kept]
+        forgotten = _forget_faces(run_dir, previous, removed, kept, faceless_gone, faceless_kept)
     finally:
         previous.close()
     return {"removed": len(removed), "n_items": len(kept), "faces_forgotten": forgotten,
@@ -107,17 +117,32 @@ def _write_without(run_dir: Path, previous: GalleryIndex, kept: list[int], witho
         (version / METADATA_NAME).write_text(json.dumps(new, indent=1) + "\n")
 
 
-def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kept: list[int]) -> int:
-    """Delete the cached faces of the removed photos (by content) that no kept item shares."""
+def _forget_faces(run_dir: Path, previous: GalleryIndex, removed: list[int], kept: list[int],
+                  faceless_gone: list[dict[str, Any]], faceless_kept: list[dict[str, Any]]) -> int:
+    """Delete the cached faces of the removed photos (by content) that no kept item shares: those of
+    the removed items, and the cached detection (no face) of the removed photos without a face
+    (their ``sha256``; an index built before it was kept: the file's, when it is still there)."""
     if not previous.has_faces:
         return 0
     from retrieval.faces.run_faces import run_pipeline
     from retrieval.run import read_config
 
-    kept_digests = {previous.face(i)["sha256"] for i in kept}
-    digests = {previous.face(i)["sha256"] for i in removed} - kept_digests
+    kept_digests = {previous.face(i)["sha256"] for i in kept} | {_faceless_digest(previous, e) for e in faceless_kept}
+    digests = ({previous.face(i)["sha256"] for i in removed} | {_faceless_digest(previous, e) for e in faceless_gone}) \
+        - kept_digests - {None}
     pipeline = run_pipeline(run_dir, read_config(run_dir))
     return 0 if pipeline is None else pipeline.forget_digests(digests)
+
+
+def _faceless_digest(index: GalleryIndex, entry: dict[str, Any]) -> str | None:
+    """The content (SHA-256) of a photo the index lists as without a face: recorded, or, for an index
+    built before it was, the file's when it is still there; else None."""
+    if entry.get("sha256"):
+        return entry["sha256"]
+    from retrieval.faces.pipeline import FacePipeline
+
+    path = Path(index.roots[entry["root"]]) / entry["path"]
+    return FacePipeline.digest(path) if path.is_file() else None
 
 
 def _held_keys(index: GalleryIndex) -> set[str]:

@@ -27,7 +27,7 @@ from retrieval.mining import MiningRecord
 from retrieval.model import autocast
 from retrieval.run.checkpoint import has_checkpoint
 from retrieval.training.config import TrainConfig
-from retrieval.training.out_folder import training_lock
+from retrieval.training.out_folder import training_lock, undone_if_refused
 from retrieval.training.outputs import write_baseline, write_epoch, write_untouched_as_best, write_untrained
 from retrieval.training.progress import InterruptFlag, ProgressBar
 from retrieval.training.resume import RunState, restore
@@ -58,12 +58,16 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     objective: tuple[Callable, Callable | None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) a run as :mod:`retrieval.training` describes; returns the run and its history.
 
     ``objective`` replaces the (loss, miner) that ``config.loss`` / ``config.miner`` name, with the
     same call conventions (``miner(embeddings, labels, indices)``, ``loss(embeddings, labels,
     mined)``); the benchmarks use it to run another library's loss in the same pipeline.
+    ``on_start`` is called on rank 0 once the run is set up (its data, model and folder accepted),
+    before the untrained model's validation: the CLI's line on the defaults taken, which an input
+    refused at set-up would otherwise precede.
 
     Under ``torchrun`` every process calls this; they train one model with DDP on shares of each
     global batch, and rank 0 writes the run (:mod:`retrieval.distributed`), holding its lock
@@ -74,7 +78,11 @@ def train(
     if config.resume and not Path(config.out).is_dir():  # before the lock, which would create it
         raise RetrievalError(f"--resume: {config.out} does not exist; start a new run there without --resume")
     with distributed.process_group(config.device, timeout_s=config.dist_timeout) as ctx, training_lock(config.out, ctx):
-        setup = set_up(config, ctx, objective=objective, progress=progress)
+        # a new run refused for its input (or Ctrl-C) before its first save leaves --out as it was, faces/ included
+        with undone_if_refused(config.out, resume=bool(config.resume), is_main=ctx.is_main):
+            setup = set_up(config, ctx, objective=objective, progress=progress)
+        if ctx.is_main and on_start is not None:
+            on_start()
         if ctx.is_main and not setup.source.val_folder.paths:
             log.warning("%s: no validation classes (a flat folder, --val-fraction 0, or too few classes of two or more images to hold one out): no Recall@1 / MAP@R / EER each epoch "
                         "and no threshold τ; set one with `retrieval calibrate %s DATA_DIR`", setup.run_dir, setup.run_dir)

@@ -3,7 +3,13 @@
 - :func:`training_lock`: rank 0 holds ``RUN_DIR/.lock`` (:func:`retrieval.run.hold_lock`) from
   before the first file is written until the run ends, however it ends: a second
   ``retrieval train`` on the same ``--out`` stops at once with a one-line error naming this
-  process; a folder the run created and left empty (it failed before writing) is removed again.
+  process; a folder the run created and left empty (it failed before writing) is removed again,
+  and so are the parent folders it created for it.
+- :func:`undone_if_refused`: a new run in a missing or empty folder that is refused for its input
+  (or stopped by Ctrl-C) while it checks and builds it, before anything of the run proper is saved,
+  removes what it wrote there: a face run's detection cache ``faces/`` holds face crops, personal
+  data that a failed command must not leave behind, and a folder left holding it would refuse the
+  retry as the start of a run that stopped. A folder that held files before is never touched.
 - :func:`prepare_out`: a new run (no ``--resume``) starts only in a missing or empty folder. A
   folder with a run (``checkpoint.pt``) needs ``--resume``; one with a run that lacks its
   checkpoint, or with other files, would have its ``config.json``, ``metrics.jsonl`` and
@@ -19,6 +25,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +36,9 @@ from retrieval.errors import RetrievalError
 from retrieval.run.files import FACES_DIR
 from retrieval.run.versions import VERSIONS_DIR
 
-__all__ = ["check_same_classes", "clear_earlier_run", "commands_so_far", "prepare_out", "training_lock"]
+__all__ = ["check_same_classes", "clear_earlier_run", "commands_so_far", "prepare_out", "training_lock", "undone_if_refused"]
+
+log = logging.getLogger("retrieval")
 
 #: what a run directory holds that ``--force`` removes before a new run is written over it
 RUN_FILES = (run.CONFIG_NAME, run.WEIGHTS_NAME, run.LAST_WEIGHTS_NAME, run.METRICS_NAME, run.VAL_DISTANCES_NAME,
@@ -47,13 +57,40 @@ def training_lock(run_dir: str | Path, ctx) -> Iterator[None]:
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise RetrievalError(f"--out {run_dir} is a file, not a folder")
-    created = not run_dir.exists()
+    created = _missing_folders(run_dir)  # run_dir and the parents the lock's mkdir creates, deepest first
     try:
         with run.hold_lock(run_dir, "`retrieval train` on a run directory"):
             yield
     finally:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
+            for parent in created[1:]:
+                try:
+                    os.rmdir(parent)  # only while empty: another command may have written there meanwhile
+                except OSError:
+                    break
+
+
+@contextlib.contextmanager
+def undone_if_refused(run_dir: str | Path, *, resume: bool, is_main: bool) -> Iterator[None]:
+    """Around the start of a run (its input checked, the run built, nothing of the run proper
+    saved yet), inside :func:`training_lock`: when it ends in an error or Ctrl-C and it was a new
+    run in a missing or empty folder, rank 0 removes what the block wrote there (the face detection
+    cache ``faces/`` and its ``training_photos.json``), so the folder is as the command found it
+    (:func:`training_lock` then removes it if it created it) and the retry is not refused as a run
+    that stopped. A folder holding anything but our lock and stale temporaries (``--force``) keeps
+    everything, as does ``--resume``; the caller closes the block before its first save: a failure
+    after the untrained model's row is written leaves that start, as documented."""
+    run_dir = Path(run_dir)
+    before = set() if resume or not is_main or not run_dir.is_dir() else {p.name for p in run_dir.iterdir()}
+    if resume or not is_main or any(name not in _IGNORED and not _is_temporary(run_dir / name) for name in before):
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        _remove_new_entries(run_dir, keep=before)
+        raise
 
 
 def prepare_out(run_dir: str | Path, *, resume: bool, force: bool, is_main: bool) -> bool:
@@ -134,6 +171,35 @@ def _remove_run_files(run_dir: Path) -> None:
             path.unlink()
     shutil.rmtree(run_dir / VERSIONS_DIR, ignore_errors=True)
     shutil.rmtree(run.index_dir(run_dir), ignore_errors=True)  # built by the earlier model: search would refuse it
+
+
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """``run_dir`` and its parents that do not exist yet, deepest first (empty when it exists)."""
+    missing = []
+    folder = run_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_new_entries(run_dir: Path, keep: set[str]) -> None:
+    """Remove what is in ``run_dir`` but not in ``keep`` (names), nor our lock; what cannot be
+    removed is named in one warning line (it may hold face crops: personal data)."""
+    left = []
+    for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if path.name in keep or path.name in _IGNORED:
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as error:
+            left.append(f"{path.name} ({error.strerror or error})")
+    if left:
+        log.warning("%s: the refused run could not remove what it wrote there: %s; delete it by hand (a face run's faces/ "
+                    "holds face crops)", run_dir, ", ".join(left))
 
 
 def _is_run(run_dir: Path) -> bool:

@@ -90,6 +90,11 @@ def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
     this_call = {name: getattr(config, name) for name in (*PER_CALL, *_THIS_CALL)}
     if "epochs" not in (config.given or frozenset()):  # the run's own plan (and cosine schedule) unless --epochs is typed
         this_call.pop("epochs")
+    elif isinstance(values.get("epochs"), int) and this_call["epochs"] < values["epochs"]:
+        log.warning("--epochs %d is below the %d this run was planned for: its cosine schedule now ends at epoch %d "
+                    "(the learning rate falls to 0 by then, faster than planned), and the run counts as %d epochs long "
+                    "(a later bare --resume finds it finished)", this_call["epochs"], values["epochs"], this_call["epochs"],
+                    this_call["epochs"])
     values.update(this_call, resume=True)
     return TrainConfig(**values).resolve()
 

@@ -70,6 +70,12 @@ def test_the_picked_face_gets_its_margin_picture_its_class_check_and_a_place_on_
     marked = [m for m in texts(at.markdown) if "d = " in m and (":material/check:" in m or ":material/close:" in m)]
     assert len(marked) == 6, "the picked face's neighbours are marked ✓ / ✗ against the class given, the others' not"
 
+    face_pick(at).set_value(1 - picked).run()  # the other face: the class given was the first face's
+    assert at.selectbox(key="upload_label").value == "(unknown)"
+    assert "Nearest positive and nearest negative" not in texts(at.subheader)
+    face_pick(at).set_value(picked).run()
+    at.selectbox(key="upload_label").set_value(cls).run()
+
     at = go(at, "Embedding map")
     assert any(f"The black cross is the last query, two.jpg · face {picked + 1}." in c for c in texts(at.caption)), \
         texts(at.caption)
@@ -146,11 +152,13 @@ def test_the_hardest_negatives_of_a_face_run_show_its_face_crops(monkeypatch, fa
 def test_picking_from_a_face_gallery_shows_faces_named_by_photo_and_face(monkeypatch, face_run):
     at = start(monkeypatch, face_run)
     at.radio(key="query_source").set_value("Pick from the gallery").run()
-    labels = [b.label for b in at.button]
-    two = [label for label in labels if "two" in label]
-    assert sorted(two) == [r"party · two.jpg · face 1", r"party · two.jpg · face 2"], labels
+    buttons = [b for b in at.button if b.key.startswith("pick-")]
+    names = [c for c in texts(at.caption) if " · " in c and "\n" not in c]  # each picture's caption, above its "pick" button, in page order
+    assert len(names) == len(buttons) and all(b.label == "pick" for b in buttons), names
+    two = [name for name in names if "two" in name]
+    assert sorted(two) == [r"party · two.jpg · face 1", r"party · two.jpg · face 2"], names
     assert any("faces; page" in c for c in texts(at.caption)), "the picker counts faces, not photos"
-    next(b for b in at.button if b.label == two[1]).click().run()
+    buttons[names.index(two[1])].click().run()
     assert not at.exception
     captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
     assert any(c.startswith("query: two.jpg · face 2") for c in captions), captions  # the class is in the caption below

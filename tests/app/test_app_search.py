@@ -54,8 +54,10 @@ def test_pick_from_gallery_leaves_the_query_out_and_knows_its_class(monkeypatch,
     assert not at.exception
     cards = neighbour_cards(at)
     assert len(cards) == K_DEFAULT
-    assert buttons[0].label == "banana · banana_0.png" and buttons[0].help == "banana/banana_0.png"  # class first: file names repeat across classes
-    assert "banana_0.png" not in texts(at.caption)  # neighbour cards caption their file name
+    assert buttons[0].label == "pick" and buttons[0].help == "banana/banana_0.png"
+    # named in a caption above its button, whole (a button's label was cut): class first, as file names repeat across classes
+    assert "banana · banana_0.png" in texts(at.caption)
+    assert "banana_0.png" not in texts(at.caption)  # the query is left out of the neighbour cards, which caption their file name
     assert any("the query itself is left out" in c for c in texts(at.caption))
     assert len(texts(at.success) + texts(at.warning) + texts(at.error)) == 1
 
@@ -246,3 +248,31 @@ def test_picking_the_only_gallery_image_says_there_is_nothing_to_compare_it_with
     assert any("The gallery holds no other image than the query" in m for m in texts(at.info))
     assert not any(s.startswith("Top ") or s == "Margin picture" for s in texts(at.subheader))
     assert charts(at) == [] and verdict_lines(at) == [] and neighbour_cards(at) == []
+
+
+def test_the_class_given_for_one_upload_does_not_carry_over_to_the_next(monkeypatch, full_run):
+    """A class kept from the previous photo judged the new one against it: its neighbours of its own
+    class marked ✗ and "the top match is of the wrong class". A new upload starts on "(unknown)"."""
+    at = upload(start(monkeypatch, full_run), "q.png", fake_runs.png_bytes((0, 255, 40)))
+    at.selectbox(key="upload_label").set_value("apple").run()
+    assert any(m.startswith("positive: **apple**") for m in texts(at.markdown))
+    at = upload(at, "other.png", fake_runs.png_bytes((200, 30, 40)))
+    assert at.selectbox(key="upload_label").value == "(unknown)"
+    assert not any(m.startswith("positive: **") for m in texts(at.markdown)), "no class check without a class"
+    at = upload(at, "q.png", fake_runs.png_bytes((0, 255, 40)))
+    assert at.selectbox(key="upload_label").value == "(unknown)", "the first photo again is a new query too"
+
+
+def test_a_neighbour_card_shows_d_with_the_decimals_that_tell_it_from_tau():
+    """A face run's distances are small: "d = 0.063" beside a verdict's "τ = 0.063" read as a match
+    that was not one (d 0.0633, τ 0.0626)."""
+    from types import SimpleNamespace
+
+    from app_pages.common import neighbour_distance
+
+    index = SimpleNamespace(threshold=SimpleNamespace(threshold=0.0626))
+    assert neighbour_distance(index, 0.0633, False) == "d = 0.0633"
+    assert neighbour_distance(index, 0.0611, True) == "d = 0.061 ≤ τ"  # 3 decimals tell it from 0.063
+    assert neighbour_distance(index, 0.0631, False) == "d = 0.0631"
+    assert neighbour_distance(index, 0.5, False) == "d = 0.500"
+    assert neighbour_distance(SimpleNamespace(threshold=None), 0.0633, None) == "d = 0.063"

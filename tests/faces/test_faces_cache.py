@@ -183,7 +183,7 @@ def test_each_photo_is_hashed_once_and_its_faces_carry_the_digest(tmp_path, phot
     hashed = []
     monkeypatch.setattr(pipeline_module, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
     run, _ = pipeline(tmp_path / "faces")
-    owners, crops, records, without_face, _ = gallery_faces(run, photos, [0, 1, 2])
+    owners, crops, records, without_face, *_ = gallery_faces(run, photos, [0, 1, 2])
     assert len(hashed) == 3 and owners == [0, 1, 2, 2] and without_face == []
     assert [r["sha256"] for r in records] == [sha256_file(photos[0]), sha256_file(photos[1])] + [sha256_file(photos[2])] * 2
     assert crops == [run.cache.crop_path(r["sha256"], run.crop_key, r["face"]) for r in records] and all(c.is_file() for c in crops)

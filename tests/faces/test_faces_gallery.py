@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -158,7 +159,8 @@ def test_gallery_json_lists_the_photos_without_a_face_and_adding_or_removing_kee
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     person = next(p.name for p in gallery.iterdir() if (p / "blank0.png").exists())
-    assert read_index_metadata(copy)["without_face"] == [{"root": 0, "path": f"{person}/blank0.png", "label": person}]
+    blank = hashlib.sha256((gallery / person / "blank0.png").read_bytes()).hexdigest()
+    assert read_index_metadata(copy)["without_face"] == [{"root": 0, "path": f"{person}/blank0.png", "label": person, "sha256": blank}]
 
     extra = make_face_folder(tmp_path / "extra", n_classes=1, per_class=1, no_face=2)
     added = cli("index", copy, "--add", extra, "--quiet", "--json")
@@ -175,6 +177,9 @@ def test_gallery_json_lists_the_photos_without_a_face_and_adding_or_removing_kee
     removed = json.loads(cli("index", copy, "--remove-label", person, "--json").out)  # the added folder's person too
     assert removed["without_face_forgotten"] == 2 and removed["removed"] == 3, removed
     assert read_index_metadata(copy)["without_face"] == [], "no path of the person is left in gallery.json"
+    faceless = {hashlib.sha256(p.read_bytes()).hexdigest() for p in [*gallery.rglob("blank*.png"), *extra.rglob("blank*.png")]}
+    cached = {p.name.split(".", 1)[0] for p in (copy / "faces").rglob("*.json")}
+    assert faceless and not faceless & cached, "the removed photos' cached detections (no face) went with them"
 
 
 def test_adding_the_same_folder_again_adds_nothing_though_one_photo_has_no_face(face_index, cli, tmp_path):
@@ -255,7 +260,7 @@ def test_gallery_photos_without_a_face_are_named_in_one_warning_with_what_the_ru
     paths = sorted(folder.rglob("*.png"))
     pipeline = FacePipeline(output_size=40, cache_dir=tmp_path / "faces", detector=CountingDetector())
     with caplog.at_level(logging.WARNING, logger="retrieval"):
-        owners, crops, records, without_face, _ = gallery_faces(pipeline, paths, list(range(len(paths))))
+        owners, crops, records, without_face, *_ = gallery_faces(pipeline, paths, list(range(len(paths))))
     assert len(records) == 1 and owners == [paths.index(next(p for p in paths if "blank" not in p.name))]
     assert sorted(p.name for p in without_face) == ["blank0.png", "blank1.png"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -333,3 +338,55 @@ def test_confusions_of_a_face_index_name_each_face_of_a_photo_and_a_partly_label
     assert cli("index", copy, "--add", flat, "--quiet").code == 0
     refused = cli("confusions", copy)
     assert refused.code == 2 and "1 of its 5 items without a label" in refused.lines[-1], refused.err
+
+
+def test_a_face_index_build_stopped_half_way_forgets_the_faces_it_cached_and_keeps_the_current_indexs(face_index, tmp_path,
+                                                                                                       monkeypatch):
+    """Ctrl-C after the faces of a new gallery were found: they are in no index, so no --remove would
+    ever reach them; the stopped build deletes them. The current index, and its crops, stay."""
+    import retrieval.embed
+    from retrieval.faces.run_faces import crop_file, run_pipeline
+    from retrieval.run import read_config
+
+    run, _ = face_index
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name for p in (copy / "faces").rglob("*") if p.is_file()}
+    other = tmp_path / "other"
+    for person in ("s35", "s36"):
+        (other / person).mkdir(parents=True)
+        shutil.copy(dataset(SCENES / "single" / person / "1.jpg"), other / person / "scene.jpg")
+    new = {hashlib.sha256(p.read_bytes()).hexdigest() for p in other.rglob("*.jpg")}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrieval.embed, "embedding_batches", interrupted)  # the faces are found and cached by then
+    for command in (lambda: build_index(copy, other, device="cpu", n_trees=2),
+                    lambda: __import__("retrieval.index", fromlist=["add_to_index"]).add_to_index(copy, other, device="cpu")):
+        with pytest.raises(KeyboardInterrupt):
+            command()
+        after = {p.name for p in (copy / "faces").rglob("*") if p.is_file()}
+        assert after == before, sorted(after ^ before)
+        assert not {name.split(".", 1)[0] for name in after} & new
+    index = GalleryIndex.load(copy, load_model=False)
+    pipeline = run_pipeline(copy, read_config(copy))
+    assert len(index) > 0 and all(crop_file(pipeline, index.face(i)) is not None for i in range(len(index)))
+    index.close()
+
+
+def test_remove_label_takes_a_label_typed_in_composed_form_for_a_folder_named_in_decomposed_form(face_index, cli, tmp_path):
+    """macOS names folders in decomposed Unicode (NFD); a label typed on a keyboard is composed (NFC):
+    one label, as evaluate matches folder names."""
+    import unicodedata
+
+    run, gallery = face_index
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    folder = tmp_path / "more"
+    (folder / unicodedata.normalize("NFD", "Zoë")).mkdir(parents=True)
+    shutil.copy(dataset(SCENES / "single" / "s35" / "1.jpg"), folder / unicodedata.normalize("NFD", "Zoë") / "1.jpg")
+    assert cli("index", copy, "--add", folder, "--quiet").code == 0
+    removed = cli("index", copy, "--remove-label", unicodedata.normalize("NFC", "Zoë"), "--json")
+    assert removed.code == 0, removed.err
+    assert json.loads(removed.out)["removed"] == 1

@@ -141,6 +141,10 @@ def test_cli_add_counts_only_its_own_unreadable_images(tmp_path, run_dir, galler
     extra = write_images(tmp_path / "extra", ["fig"], 2, seed=9)
     added = runner.invoke(app, ["index", str(run), "--add", str(extra), *fast])
     assert added.exit_code == 0 and json.loads(added.stdout)["n_skipped"] == 0, "the first build's broken file is not this call's"
+    (extra / "fig" / "empty.png").write_bytes(b"")
+    again = runner.invoke(app, ["index", str(run), "--add", str(extra), *fast])  # nothing new, one unreadable file warned of
+    summary = json.loads(again.stdout)
+    assert again.exit_code == 0 and summary["added"] is False and summary["n_skipped"] == 1, again.output  # it said 0
 
 
 def test_cli_errors_are_retrieval_errors_with_one_line(tmp_path, run_dir, gallery_dir):
