@@ -13,6 +13,7 @@ is detected once per file content in this session and never written to the run.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ GRID_COLUMNS = 5
 BOX_COLOUR = (255, 64, 64)
 #: a gallery face's photo, as its *photo* button opens it: at most this many pixels a side
 PHOTO_PX = 1200
+PHOTO_MIN_PX = 360  # the photo dialog shows a smaller photo this wide
 #: the end of a photo's caption when its faces were looked for harder
 LOOKED_HARDER = ", looking harder (a box may hold something that is not a face)"
 
@@ -188,7 +190,7 @@ def photo_button(index: GalleryIndex, item: int, key: str, detail: str | None = 
 
 @st.dialog("Photo", width="large")
 def photo_dialog(index: GalleryIndex, item: int, detail: str | None = None) -> None:
-    """One gallery face's photo, at most PHOTO_PX a side and never enlarged, with its box drawn and
+    """One gallery face's photo, at most PHOTO_PX a side (one under PHOTO_MIN_PX wide is shown that wide), with its box drawn and
     numbered as the gallery numbers the photo's faces (most confident first); ``detail`` above it,
     its label and path beneath."""
     record = index.face(item) or {}
@@ -209,7 +211,11 @@ def photo_dialog(index: GalleryIndex, item: int, detail: str | None = None) -> N
     if image is None:
         st.caption(f":material/broken_image: cannot read {name}")
         return
-    st.image(image, caption=caption, width="content")  # its own size: a 480 × 360 photo is not blown up to the dialog
+    with Image.open(io.BytesIO(image)) as shown:  # the header only
+        small = shown.width < PHOTO_MIN_PX
+    # its own size (a 480 × 360 photo is not blown up to the dialog), but a small one, a 92 × 112 crop, is shown
+    # PHOTO_MIN_PX wide: at its own size it was a thumbnail in a large dialog
+    st.image(image, caption=caption, width=PHOTO_MIN_PX if small else "content")
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -217,8 +223,6 @@ def photo_with_face(path: bytes, stamp: str, box: tuple[float, ...], number: int
     """A gallery photo (``path``: :func:`~app_pages.common.path_key` bytes) at most PHOTO_PX a side as
     JPEG, with the face ``box`` (x0, y0, x1, y1 in the photo's pixels; none when empty) drawn and
     numbered ``number``; None when the photo cannot be read."""
-    import io
-
     try:
         photo = load_image(os.fsdecode(path))
     except RetrievalError:

@@ -205,10 +205,10 @@ class DetectorSettings:
         reached, since the run's flags no longer set those numbers (only ``--face-max-side`` still does)."""
         shrinks = self.shrinks(photo_size)
         if looked_harder:
-            hint = (f"faces under {self.smallest_face(photo_size)} px are not looked for in it even looking harder"
+            hint = (f"faces under about {self.smallest_face(photo_size)} px are not looked for in it even looking harder"
                     + (" (the run's --face-max-side)" if shrinks else ""))
         else:
-            hint = (f"faces under {self.smallest_face(photo_size)} px are not looked for in it (the run's "
+            hint = (f"faces under about {self.smallest_face(photo_size)} px are not looked for in it (the run's "
                     + ("--face-min-size and --face-max-side" if shrinks else "--face-min-size") + ")")
         if self.recheck_threshold and self.landmark_passes:
             where = f"at {self.recheck_threshold:g}, looking harder" if looked_harder else f"--face-recheck {self.recheck_threshold:g}"

@@ -102,13 +102,13 @@ def test_a_photo_without_a_face_says_so(monkeypatch, face_run):
     from fake_runs import png_bytes
 
     at = upload(start(monkeypatch, face_run), "blank.png", png_bytes((120, 120, 120), size=64))
-    assert any("No face found in blank.png" in w and "faces under 40 px are not looked for in it" in w for w in texts(at.warning))
+    assert any("No face found in blank.png" in w and "faces under about 40 px are not looked for in it" in w for w in texts(at.warning))
     assert not any("Server time" in c or "A neighbour is a match" in c for c in texts(at.caption)), "nothing was searched"
     refused = upload(start(monkeypatch, face_run), "notes.png", b"not an image")
     assert texts(refused.error) and not any("Server time" in c for c in texts(refused.caption))
     at.toggle(key="search_look_harder").set_value(True).run()
     (warning,) = [w for w in texts(at.warning) if "No face found in blank.png" in w]
-    assert "faces under 20 px are not looked for in it even looking harder" in warning and "--face-min-size" not in warning
+    assert "faces under about 20 px are not looked for in it even looking harder" in warning and "--face-min-size" not in warning
     assert not any("Server time" in c for c in texts(start(monkeypatch, face_run).caption)), "no time before an upload"
 
 
@@ -258,7 +258,7 @@ def test_verify_on_a_face_run_says_when_an_upload_has_no_face(monkeypatch, face_
     photo = dataset(SCENES / "pairs" / "000.jpg")
     at = _verify_pair(go(start(monkeypatch, face_run), "Verify"), ("two.jpg", photo.read_bytes()),
                       ("blank.png", png_bytes((120, 120, 120), size=64)))
-    assert any("No face found in blank.png: this run compares faces" in w and "faces under 40 px are not looked for" in w
+    assert any("No face found in blank.png: this run compares faces" in w and "faces under about 40 px are not looked for" in w
                for w in texts(at.warning)), texts(at.warning)
     assert not [m for m in texts(at.markdown) if "d = " in m], "no verdict without a face on each side"
     assert not texts(at.info), "both photos were given: no request to upload them"
@@ -409,8 +409,26 @@ def test_picked_from_a_face_gallery_the_neighbours_photos_are_a_click_away_too(m
     n_cards = len([m for m in texts(at.markdown) if "cos = " in m])  # one a neighbour
     assert n_cards and {b.key for b in photos} == {"photo-query", *(f"photo-{rank}" for rank in range(1, n_cards + 1))}
     before = len(list(at.get("image")))
-    next(b for b in photos if b.key == "photo-1").click().run()
-    assert not at.exception and len(list(at.get("image"))) == before + 1
+    import streamlit as st
+
+    from app_pages.faces import PHOTO_MIN_PX
+    shown = st.image
+    widths = []
+    monkeypatch.setattr(st, "image", lambda *args, **kwargs: widths.append((kwargs.get("caption"), kwargs.get("width")))
+                        or shown(*args, **kwargs))
+    seen = set()
+    for rank in range(1, n_cards + 1):
+        next(b for b in at.button if b.key == f"photo-{rank}").click().run()
+        assert not at.exception and len(list(at.get("image"))) == before + 1
+        dialog = list(at.get("image"))[-1].proto.imgs[0].caption
+        (width,) = {w for caption, w in widths if caption == dialog}
+        # a 92 × 112 crop was shown at its own size in the large dialog; a 480 × 360 photo is shown at its own
+        assert width == ("content" if "two.jpg" in dialog else PHOTO_MIN_PX), (dialog, width)
+        seen.add("two.jpg" in dialog)
+        widths.clear()
+        if seen == {True, False}:
+            break
+    assert seen == {True, False}, "a photo and a small crop among the neighbours"
 
 
 def test_the_photo_of_a_gallery_face_is_at_most_photo_px_with_that_face_boxed_and_numbered(tmp_path):

@@ -84,11 +84,11 @@ def test_the_smallest_face_looked_for_grows_with_a_photo_searched_as_a_shrunk_co
     assert DetectorSettings(min_face_size=20, max_side=0).reach() == "faces from 20 px, rechecked at 0.9"
     assert DetectorSettings(min_face_size=20, max_side=0, recheck_threshold=0).reach() == "faces from 20 px"
     recheck = ", and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9)"
-    assert settings.no_face_hint((480, 360)) == "faces under 40 px are not looked for in it (the run's --face-min-size)" + recheck
+    assert settings.no_face_hint((480, 360)) == "faces under about 40 px are not looked for in it (the run's --face-min-size)" + recheck
     assert settings.no_face_hint((4000, 3000)) == \
-        "faces under 100 px are not looked for in it (the run's --face-min-size and --face-max-side)" + recheck
+        "faces under about 100 px are not looked for in it (the run's --face-min-size and --face-max-side)" + recheck
     assert DetectorSettings(recheck_threshold=0).no_face_hint((480, 360)) == \
-        "faces under 40 px are not looked for in it (the run's --face-min-size)"
+        "faces under about 40 px are not looked for in it (the run's --face-min-size)"
 
 
 @pytest.mark.parametrize("value", [

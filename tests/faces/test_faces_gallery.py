@@ -68,7 +68,7 @@ def test_a_query_without_a_face_gives_an_empty_list_and_one_table_line(face_inde
     assert result.code == 0 and json.loads(result.out) == {"faces": []}
     table = cli("search", run, blank)
     assert table.code == 0 and table.out.strip().splitlines() == [
-        f"no face found in {blank}: nothing to search; faces under 40 px are not looked for in it (the run's --face-min-size), "
+        f"no face found in {blank}: nothing to search; faces under about 40 px are not looked for in it (the run's --face-min-size), "
         "and a face that O-Net doubts once framed by its own landmarks is dropped (--face-recheck 0.9); "
         "--look-harder looks for faces from 20 px at lower thresholds"]
 
@@ -84,7 +84,7 @@ def test_look_harder_searches_a_face_the_run_misses_and_says_nothing_of_itself_w
     blank = next(gallery.rglob("blank0.png"))
     table = cli("search", run, blank, "--look-harder")
     assert table.code == 0 and table.out.strip().startswith(f"no face found in {blank}") and "--look-harder" not in table.out
-    assert "faces under 20 px are not looked for in it even looking harder" in table.out and "--face-min-size" not in table.out
+    assert "faces under about 20 px are not looked for in it even looking harder" in table.out and "--face-min-size" not in table.out
 
 
 def test_verify_looks_harder_when_asked_and_says_it_can_when_a_photo_has_no_face(face_index, cli):

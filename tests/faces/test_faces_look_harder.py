@@ -49,10 +49,10 @@ def test_the_no_face_hint_gives_the_smallest_face_looking_harder_finds_in_that_p
 def test_the_no_face_line_after_looking_harder_says_what_looking_harder_reached_not_the_runs_flags():
     harder = DetectorSettings().harder()
     assert harder.no_face_hint((480, 360), looked_harder=True) == (
-        "faces under 20 px are not looked for in it even looking harder, and a face that O-Net doubts once framed "
+        "faces under about 20 px are not looked for in it even looking harder, and a face that O-Net doubts once framed "
         "by its own landmarks is dropped (at 0.9, looking harder)")
     assert harder.no_face_hint((4000, 3000), looked_harder=True).startswith(
-        "faces under 50 px are not looked for in it even looking harder (the run's --face-max-side),")
+        "faces under about 50 px are not looked for in it even looking harder (the run's --face-max-side),")
     assert "--face-min-size" not in harder.no_face_hint((480, 360), looked_harder=True)
 
 
