@@ -118,7 +118,9 @@ def _zone_panel(zones, width, height, label_limit, margin_loss=True):
         y=alt.Y("count:Q", title="logged triplets", stack="zero"),
         color=alt.Color("zone:N", title="d_an − d_ap", legend=legend,
                         scale=alt.Scale(domain=list(GAP_ZONES), range=["#e45756", BAND_COLOUR, "#54a24b"])),
-        opacity=alt.Opacity("mined:N", title="miner", legend=alt.Legend(orient="right", columns=1),
+        # above the plot: at its right it took the width of a narrow column (a 1024 px window with the sidebar
+        # open), leaving no room for the bars; under it, beside the zones' legend, or in a row, it ran past the edge
+        opacity=alt.Opacity("mined:N", title="miner", legend=alt.Legend(orient="top", direction="vertical", columns=1),
                             scale=alt.Scale(domain=list(_MINED_STATUS), range=[1.0, 0.4, 0.75])),
         order=alt.Order("mined:N"),
         tooltip=["epoch:O", "zone:N", "mined:N", "count:Q"],
