@@ -63,6 +63,11 @@ def test_hardness_panels_apart_fit_a_column_and_keep_their_height():
         spec = valid(panel)
         assert spec["width"] == "container" and spec["height"] == 200
         assert spec["autosize"] == {"type": "fit-x", "contains": "padding"}, "the width fits the column, the height stays"
+    legends = {key: channel["legend"] for key, channel in valid(panels[1])["encoding"].items()
+               if isinstance(channel, dict) and channel.get("legend")}
+    # none at the side, where it took a narrow column's width from the bars (a 1024 px window with the sidebar open)
+    assert legends and all(legend["orient"] in ("top", "bottom") for legend in legends.values()), legends
+    assert legends["opacity"]["orient"] == "top" and legends["opacity"]["columns"] == 1, "one entry a line: in a row it ran past the edge"
 
 
 def test_concatenated_panels_keep_their_own_colours_and_legends():
