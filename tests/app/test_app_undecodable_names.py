@@ -61,8 +61,10 @@ def test_picking_such_a_gallery_image_searches_with_it(monkeypatch, odd_run):
     at.selectbox(key="pick_class").set_value("banana").run()
     assert not at.exception, [e.value for e in at.exception]
     shown = markdown_text("banana_\\xff0.png")
-    (button,) = [b for b in at.button if b.label == markdown_text("banana · banana_\\xff0.png")]
-    button.click().run()
+    buttons = [b for b in at.button if b.key.startswith("pick-")]
+    names = [c for c in texts(at.caption) if " · " in c and "\n" not in c]  # each picture's caption, above its button
+    assert len(names) == len(buttons), names
+    buttons[names.index(markdown_text("banana · banana_\\xff0.png"))].click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "query: " + shown in [caption for image in at.image for caption in image.captions]
     assert len(neighbour_cards(at)) == 10
