@@ -90,13 +90,23 @@ def config_for_resume(config: TrainConfig, run_dir: Path) -> TrainConfig:
     this_call = {name: getattr(config, name) for name in (*PER_CALL, *_THIS_CALL)}
     if "epochs" not in (config.given or frozenset()):  # the run's own plan (and cosine schedule) unless --epochs is typed
         this_call.pop("epochs")
-    elif isinstance(values.get("epochs"), int) and this_call["epochs"] < values["epochs"]:
-        log.warning("--epochs %d is below the %d this run was planned for: its cosine schedule now ends at epoch %d "
-                    "(the learning rate falls to 0 by then, faster than planned), and the run counts as %d epochs long "
-                    "(a later bare --resume finds it finished)", this_call["epochs"], values["epochs"], this_call["epochs"],
-                    this_call["epochs"])
     values.update(this_call, resume=True)
     return TrainConfig(**values).resolve()
+
+
+def _warn_if_squeezed(setup) -> None:
+    """One warning when this resume trains on with fewer ``--epochs`` than the run was planned for
+    (config.json's train_settings, not yet rewritten): the cosine schedule then ends early, the
+    learning rate falling to 0 by the new last epoch, and the run counts as that many epochs long."""
+    try:
+        planned = read_config(setup.run_dir).get("train_settings", {}).get("epochs")
+    except (RetrievalError, OSError, AttributeError):
+        return
+    epochs = setup.config.epochs
+    if isinstance(planned, int) and epochs < planned:
+        log.warning("--epochs %d is below the %d this run was planned for: its cosine schedule now ends at epoch %d (the "
+                    "learning rate falls to 0 by then, faster than planned), and the run counts as %d epochs long (a later "
+                    "bare --resume finds it finished)", epochs, planned, epochs, epochs)
 
 
 def _data_dir(recorded: str | None, config_json: str | None, typed: Path) -> Path:
@@ -170,6 +180,8 @@ def restore(setup, checkpoint: dict[str, Any]) -> RunState:
     left = state.start_epoch <= setup.config.epochs
     if not left:
         log.warning("%s: already trained for %d epochs; raise --epochs to train more", setup.run_dir, state.start_epoch - 1)
+    else:
+        _warn_if_squeezed(setup)
     damage = _served_weights_damage(setup.run_dir)
     if damage is not None:
         if not left:

@@ -312,19 +312,3 @@ def test_a_run_recorded_with_a_null_groups_per_batch_resumes_with_the_2_it_drew_
     assert config_for_resume(_config(resume=True).resolve(), tmp_path).groups_per_batch == 2
     assert config_for_resume(_config(resume=True, groups_per_batch=2, class_groups=groups).resolve(), tmp_path).groups_per_batch == 2
 
-
-def test_resuming_with_fewer_epochs_than_planned_warns_that_the_schedule_is_squeezed(tmp_path, caplog):
-    """Resumed at epoch 4 of 40 with --epochs 6, the learning rate fell from 1e-3 to 0 in two epochs
-    without a word; a larger --epochs (documented: the schedule stretched) gives no warning."""
-    import logging
-
-    _write_run_config(tmp_path, _config(epochs=40).resolve().train_settings())
-    with caplog.at_level(logging.WARNING, logger="retrieval"):
-        assert config_for_resume(_config(epochs=6, resume=True).resolve(), tmp_path).epochs == 6
-    (warned,) = [r.getMessage() for r in caplog.records if "below the 40" in r.getMessage()]
-    assert "--epochs 6 is below the 40 this run was planned for: its cosine schedule now ends at epoch 6" in warned
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="retrieval"):
-        config_for_resume(_config(epochs=50, resume=True).resolve(), tmp_path)
-        config_for_resume(_config(resume=True).resolve(), tmp_path)
-    assert not [r for r in caplog.records if "below the" in r.getMessage()]

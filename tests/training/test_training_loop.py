@@ -274,3 +274,28 @@ def test_ctrl_c_is_handled_by_the_training_process_alone_not_by_forked_loader_wo
         signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
         assert flag.requested
     assert capsys.readouterr().err.count("stopping after this step") == 1
+
+
+def test_resuming_with_fewer_epochs_than_planned_warns_that_the_schedule_is_squeezed_only_when_it_trains_on(sample, tmp_path,
+                                                                                                              caplog):
+    """Stopped at epoch 1 of 3 and resumed with --epochs 2, the learning rate fell to 0 in one epoch without a word;
+    a finished run resumed with fewer epochs trains nothing and gets only "already trained"."""
+    import logging
+    import signal
+
+    def press_ctrl_c_after_epoch_1(row):
+        if row["epoch"] == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    run = tmp_path / "run"
+    train(TrainConfig(data_dir=sample / "train", out=run, epochs=3, **TINY), progress=False, on_epoch=press_ctrl_c_after_epoch_1)
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        train(TrainConfig(data_dir=sample / "train", out=run, epochs=2, resume=True, **TINY), progress=False)
+    (warned,) = [r.getMessage() for r in caplog.records if "planned for" in r.getMessage()]
+    assert warned.startswith("--epochs 2 is below the 3 this run was planned for: its cosine schedule now ends at epoch 2")
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        train(TrainConfig(data_dir=sample / "train", out=run, epochs=1, resume=True, **TINY), progress=False)
+    assert not [r for r in caplog.records if "planned for" in r.getMessage()], "a finished run: nothing is squeezed"
+    assert any("already trained for 2 epochs" in r.getMessage() for r in caplog.records)
