@@ -148,14 +148,15 @@ def upload_query(index: GalleryIndex, stamp: str, labels: list[str]):
         return None
     data = uploaded.getvalue()
     try:
-        vector, preview = embed_upload(index, stamp, hashlib.sha1(data).hexdigest(), data, uploaded.name)
+        digest = hashlib.sha1(data).hexdigest()  # the upload's key: its embedding's cache, and its class box
+        vector, preview = embed_upload(index, stamp, digest, data, uploaded.name)
     except RetrievalError as error:
         st.error(upload_refusal(error))
         return None
     st.image(preview, caption=markdown_text(uploaded.name), width="stretch")
     label = None
     if labels:
-        label = known_class_picker(labels, ("upload", hashlib.sha1(data).hexdigest()),
+        label = known_class_picker(labels, ("upload", digest),
                                    help="Type to filter. With a class, the page shows the nearest positive and negative.")
     return vector, uploaded.name, label, None
 

@@ -95,13 +95,16 @@ def _build(run_dir, gallery_dir, *, device, **options) -> dict[str, Any]:
     (:func:`retrieval.embed.embedding_batches`); the other processes return
     ``{"rank", "world_size"}`` once their share is embedded."""
     from retrieval import distributed
-    from retrieval.faces.run_faces import run_pipeline
     from retrieval.run import read_config
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)  # a folder that is no run: its one-line error, before anything is created
     with distributed.process_group(device) as ctx, index_writer(run_dir, held=ctx.is_main):
-        pipeline = run_pipeline(run_dir, config)  # a face run's (None for whole images), caching in RUN_DIR/faces/
+        pipeline = None
+        if config.faces is not None:  # a face run's pipeline, caching in RUN_DIR/faces/ (runs on whole images import none of it)
+            from retrieval.faces.run_faces import run_pipeline
+
+            pipeline = run_pipeline(run_dir, config)
         with _forgetting_on_failure(run_dir, pipeline):
             return _build_with(ctx, run_dir, gallery_dir, config=config, pipeline=pipeline, **options)
 
@@ -185,7 +188,7 @@ def _build_with(ctx, run_dir: Path, gallery_dir, *, config, pipeline, add: bool,
                             new_ids=new_ids, n_trees=n_trees, seed=seed, n_jobs=n_jobs, on_progress=on_progress,
                             fingerprint=fingerprint, faces=faces, looked=looked, without_face=without_face)
     if replaced:
-        metadata = {**metadata, "faces_forgotten": _forget_replaced_faces(run_dir, config, replaced, metadata)}
+        metadata = {**metadata, "faces_forgotten": _forget_replaced_faces(run_dir, pipeline, replaced, metadata)}
     if previous is not None:
         metadata = {**metadata, "added": True, "already_indexed": already,
                     "roots_recorded": [str(root) for root in previous.roots] != previous.metadata["roots"]}
@@ -283,16 +286,14 @@ def _digests_of(metadata: dict[str, Any]) -> set[str]:
     return {r["sha256"] for r in records if isinstance(r, dict) and is_digest(r.get("sha256"))}
 
 
-def _forget_replaced_faces(run_dir: Path, config, replaced: set[str], metadata: dict[str, Any]) -> int:
+def _forget_replaced_faces(run_dir: Path, pipeline, replaced: set[str], metadata: dict[str, Any]) -> int:
     """A face index rebuilt on another gallery: delete the cached faces of the replaced index's
     photos that the new index does not hold and training did not read (its crops stay: the mining
     log shows them), as ``--remove`` does for the photos it takes out; the number of cache files
-    deleted. Otherwise they would stay in ``RUN_DIR/faces/`` where no ``--remove`` reaches them."""
-    from retrieval.faces.run_faces import run_pipeline
-
+    deleted (``pipeline``: the build's own). Otherwise they would stay in ``RUN_DIR/faces/`` where no
+    ``--remove`` reaches them."""
     gone = replaced - _digests_of(metadata) - _trained_digests(run_dir)
-    pipeline = run_pipeline(run_dir, config)
-    return pipeline.forget_digests(gone) if gone and pipeline is not None else 0
+    return pipeline.forget_digests(gone) if gone else 0
 
 
 def _trained_digests(run_dir: Path) -> set[str]:
